@@ -1,0 +1,1 @@
+"""kvapp: an etcd-compatible replicated key-value server built on raftlib."""
