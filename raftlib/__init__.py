@@ -1,5 +1,6 @@
 """raftlib: an embeddable, sans-I/O implementation of the Raft consensus protocol."""
 
+from raftlib.config import Config, ReadOnlyOption
 from raftlib.errors import (
     CompactedError,
     ConfigError,
@@ -14,6 +15,8 @@ from raftlib.errors import (
     StorageError,
     UnavailableError,
 )
+from raftlib.rawnode import Peer, RawNode, Ready
+from raftlib.status import ProgressState, ProgressStatus, Status
 from raftlib.storage import MemoryStorage, Storage
 from raftlib.types import (
     ConfChange,

@@ -80,9 +80,14 @@ class MemoryStorage:
     for the snapshot index too. Not thread-safe.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, conf_state: ConfState | None = None) -> None:
+        """Create an empty log.
+
+        ``conf_state`` sets the starting configuration, as if restored from an empty snapshot
+        (the alternative to ``RawNode.bootstrap``).
+        """
         self._hard_state = HardState()
-        self._snapshot = Snapshot()
+        self._snapshot = Snapshot(metadata=SnapshotMetadata(conf_state=conf_state or ConfState()))
         self._ents: list[Entry] = [Entry()]
 
     # -- read side (the Storage protocol) --

@@ -1,0 +1,260 @@
+"""The Raft log: storage's durable prefix plus the unstable tail, with commit and apply cursors.
+
+Internal. Invariant: ``applied <= committed <= last_index()``; ``committed`` never decreases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from raftlib._util import limit_size
+from raftlib.errors import (
+    CompactedError,
+    RaftInvariantError,
+    StorageError,
+    UnavailableError,
+)
+from raftlib.log_unstable import Unstable
+from raftlib.storage import Storage
+from raftlib.types import Entry, Snapshot
+
+
+class RaftLog:
+    """Log entries by index across stable storage and the unstable tail."""
+
+    __slots__ = ("applied", "committed", "max_applying_size", "storage", "unstable")
+
+    def __init__(self, storage: Storage, max_applying_size: int | None) -> None:
+        self.storage = storage
+        first = storage.first_index()
+        last = storage.last_index()
+        self.unstable = Unstable(last + 1)
+        self.committed = first - 1
+        self.applied = first - 1
+        self.max_applying_size = max_applying_size
+
+    def __repr__(self) -> str:
+        return (
+            f"committed={self.committed} applied={self.applied} "
+            f"unstable.offset={self.unstable.offset} unstable.len={len(self.unstable.entries)}"
+        )
+
+    # -- index bounds --
+
+    def first_index(self) -> int:
+        """The first index available (from a pending snapshot, else storage)."""
+        i = self.unstable.maybe_first_index()
+        return i if i is not None else self.storage.first_index()
+
+    def last_index(self) -> int:
+        """The last index of the log."""
+        i = self.unstable.maybe_last_index()
+        return i if i is not None else self.storage.last_index()
+
+    def last_term(self) -> int:
+        """The term of the last entry."""
+        return self.term(self.last_index())
+
+    def persisted_index(self) -> int:
+        """The last index the application has confirmed durable (0 while a snapshot is pending)."""
+        if self.unstable.snapshot is not None:
+            return 0
+        return self.unstable.offset - 1
+
+    # -- terms --
+
+    def term(self, index: int) -> int:
+        """The term of entry ``index``.
+
+        Raises:
+            CompactedError: ``index`` is before the first available entry's predecessor.
+            UnavailableError: ``index`` is after the last entry.
+        """
+        t = self.unstable.maybe_term(index)
+        if t is not None:
+            return t
+        dummy = self.first_index() - 1
+        if index < dummy:
+            raise CompactedError(f"index {index} is compacted (first index {dummy + 1})")
+        if index > self.last_index():
+            raise UnavailableError(f"index {index} is after last index {self.last_index()}")
+        return self.storage.term(index)
+
+    def zero_term(self, index: int) -> int:
+        """The term of ``index``, or 0 when it is out of bounds."""
+        try:
+            return self.term(index)
+        except (CompactedError, UnavailableError):
+            return 0
+
+    def match_term(self, index: int, term: int) -> bool:
+        """Whether the log has an entry at ``index`` with ``term``."""
+        try:
+            return self.term(index) == term
+        except (CompactedError, UnavailableError):
+            return False
+
+    def is_up_to_date(self, last_index: int, term: int) -> bool:
+        """Whether a log ending at ``(last_index, term)`` is at least as up-to-date as ours.
+
+        Paper §5.4.1: compare the last terms, then the lengths.
+        """
+        our_term = self.last_term()
+        return term > our_term or (term == our_term and last_index >= self.last_index())
+
+    def find_conflict(self, ents: Sequence[Entry]) -> int:
+        """The index of the first entry of ``ents`` that conflicts with or extends the log, or 0."""
+        for e in ents:
+            if not self.match_term(e.index, e.term):
+                return e.index
+        return 0
+
+    def find_conflict_by_term(self, index: int, term: int) -> tuple[int, int]:
+        """The largest ``(i, t)`` with ``i <= index`` and ``t <= term`` in our log.
+
+        Used for fast back-off: every entry after the result may be skipped when probing. An index
+        whose term is unknown (compacted) is returned with term 0.
+        """
+        while index > 0:
+            try:
+                our = self.term(index)
+            except StorageError:
+                return index, 0
+            if our <= term:
+                return index, our
+            index -= 1
+        return 0, 0
+
+    # -- mutation --
+
+    def maybe_append(
+        self, index: int, log_term: int, committed: int, ents: Sequence[Entry]
+    ) -> int | None:
+        """Append ``ents`` after ``(index, log_term)`` if the log matches there (paper §5.3).
+
+        Returns the index of the last new entry, or None on mismatch. Conflicting entries are
+        truncated; entries already present are not rewritten.
+        """
+        if not self.match_term(index, log_term):
+            return None
+        last_new = index + len(ents)
+        ci = self.find_conflict(ents)
+        if ci:
+            if ci <= self.committed:
+                raise RaftInvariantError(
+                    f"entry {ci} conflicts with committed entry (committed {self.committed})"
+                )
+            self.append(ents[ci - index - 1 :])
+        self.commit_to(min(committed, last_new))
+        return last_new
+
+    def append(self, ents: Sequence[Entry]) -> int:
+        """Append ``ents`` (truncating any conflicting suffix); returns the new last index."""
+        if not ents:
+            return self.last_index()
+        after = ents[0].index - 1
+        if after < self.committed:
+            raise RaftInvariantError(
+                f"append after {after} is out of range (committed {self.committed})"
+            )
+        self.unstable.truncate_and_append(ents)
+        return self.last_index()
+
+    def commit_to(self, index: int) -> None:
+        """Advance the commit index to ``index`` (never backwards)."""
+        if index > self.committed:
+            if self.last_index() < index:
+                raise RaftInvariantError(
+                    f"commit {index} is out of range [last index {self.last_index()}]: "
+                    "was the log corrupted, truncated or lost?"
+                )
+            self.committed = index
+
+    def maybe_commit(self, index: int, term: int) -> bool:
+        """Commit ``index`` if it holds an entry of ``term`` (paper §5.4.2, Figure 8)."""
+        if index > self.committed and self.zero_term(index) == term:
+            self.commit_to(index)
+            return True
+        return False
+
+    def applied_to(self, index: int) -> None:
+        """Record that entries up to ``index`` were applied."""
+        if index == 0:
+            return
+        if self.committed < index or index < self.applied:
+            raise RaftInvariantError(
+                f"applied {index} is out of range [prev applied {self.applied}, "
+                f"committed {self.committed}]"
+            )
+        self.applied = index
+
+    def stable_to(self, index: int, term: int) -> None:
+        """Entries up to ``(index, term)`` are durable."""
+        self.unstable.stable_to(index, term)
+
+    def stable_snap_to(self, index: int) -> None:
+        """The snapshot at ``index`` is durable."""
+        self.unstable.stable_snap_to(index)
+
+    def restore(self, snap: Snapshot) -> None:
+        """Replace the log with ``snap`` (which is committed by definition)."""
+        self.committed = snap.metadata.index
+        self.unstable.restore(snap)
+
+    # -- reads --
+
+    def unstable_entries(self) -> list[Entry]:
+        """Entries not yet handed out for persistence."""
+        return list(self.unstable.entries)
+
+    def has_next_committed_entries(self) -> bool:
+        """Whether committed entries await application."""
+        if self.unstable.snapshot is not None:
+            return False
+        return self.committed > max(self.applied, self.first_index() - 1)
+
+    def next_committed_entries(self) -> list[Entry]:
+        """Committed entries not yet applied, up to ``max_applying_size`` bytes."""
+        if self.unstable.snapshot is not None:
+            return []
+        lo = max(self.applied + 1, self.first_index())
+        hi = self.committed + 1
+        if hi <= lo:
+            return []
+        return self.slice(lo, hi, self.max_applying_size)
+
+    def snapshot(self) -> Snapshot:
+        """The pending snapshot, else storage's."""
+        if self.unstable.snapshot is not None:
+            return self.unstable.snapshot
+        return self.storage.snapshot()
+
+    def entries(self, index: int, max_size: int | None) -> list[Entry]:
+        """Entries from ``index`` to the end, cut to ``max_size`` bytes (at least one)."""
+        if index > self.last_index():
+            return []
+        return self.slice(index, self.last_index() + 1, max_size)
+
+    def slice(self, lo: int, hi: int, max_size: int | None) -> list[Entry]:
+        """Entries ``[lo, hi)`` across storage and the unstable tail.
+
+        Raises:
+            CompactedError: ``lo`` is before the first available entry.
+        """
+        if lo > hi:
+            raise RaftInvariantError(f"invalid slice {lo} > {hi}")
+        first = self.first_index()
+        if lo < first:
+            raise CompactedError(f"slice from {lo} is compacted (first index {first})")
+        if hi > self.last_index() + 1:
+            raise RaftInvariantError(f"slice[{lo},{hi}) out of bound last {self.last_index()}")
+        if lo == hi:
+            return []
+        off = self.unstable.offset
+        if lo >= off:
+            return limit_size(self.unstable.slice(lo, hi), max_size)
+        ents = self.storage.entries(lo, min(hi, off), max_size)
+        if hi <= off or len(ents) < min(hi, off) - lo:
+            return ents
+        ents.extend(self.unstable.slice(off, hi))
+        return limit_size(ents, max_size)

@@ -1,0 +1,376 @@
+"""The public driving surface: :class:`RawNode` and the :class:`Ready` batches it hands out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from raftlib.codec import encode_conf_change
+from raftlib.config import Config
+from raftlib.errors import (
+    DecodeError,
+    RaftError,
+    StepLocalMessageError,
+    StepPeerNotFoundError,
+)
+from raftlib.raft import _Raft
+from raftlib.status import ProgressStatus, Status
+from raftlib.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfChangeV2,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    ReadState,
+    Snapshot,
+    SoftState,
+    StateType,
+    is_local_message,
+    is_response_message,
+)
+
+__all__ = ["Peer", "RawNode", "Ready"]
+
+MT = MessageType
+
+
+@attrs.frozen(slots=True)
+class Ready:
+    """One batch of work for the application, from :meth:`RawNode.ready`.
+
+    Handle a Ready in this order, then pass it back to :meth:`RawNode.advance`:
+
+    1. Send ``messages`` at any time, even before persisting anything: they depend on nothing
+       this Ready makes durable. (Appends a leader sends to followers are among them: the leader
+       writes its own log in parallel with replicating it, thesis §10.2.1, because raftlib only
+       counts the leader's own copy toward a commit after ``advance``.)
+    2. Persist, durably (fsync when ``must_sync``): ``snapshot`` if set (install it first),
+       then ``entries`` (appending them may overwrite a conflicting suffix of the stored log),
+       then ``hard_state`` if set.
+    3. Only then send ``persisted_messages``: votes, vote requests and append acknowledgements,
+       which promise that the persisted state exists.
+    4. Apply ``committed_entries`` in order, each exactly once, and only after step 2. Entries
+       here may include some from this same Ready's ``entries``; raftlib never reports an entry
+       as committed before it was handed out for persistence.
+    5. Serve ``read_states`` once applied up to each one's index.
+    6. Call :meth:`RawNode.advance` with this Ready.
+
+    Attributes:
+        soft_state: leader and role, if changed since the last Ready.
+        hard_state: term, vote and commit to persist, if changed since the last Ready.
+        entries: log entries to persist.
+        snapshot: a snapshot received from the leader, to install and persist.
+        committed_entries: entries to apply to the state machine.
+        messages: messages to send now.
+        persisted_messages: messages to send once this Ready's state is durable.
+        read_states: answered ReadIndex requests.
+        must_sync: whether step 2 must be synchronous (term, vote, entries or snapshot changed).
+    """
+
+    soft_state: SoftState | None
+    hard_state: HardState | None
+    entries: tuple[Entry, ...]
+    snapshot: Snapshot | None
+    committed_entries: tuple[Entry, ...]
+    messages: tuple[Message, ...]
+    persisted_messages: tuple[Message, ...]
+    read_states: tuple[ReadState, ...]
+    must_sync: bool
+
+    def all_messages(self) -> tuple[Message, ...]:
+        """Both message lists, for callers that send only after persisting anyway."""
+        return self.messages + self.persisted_messages
+
+
+@attrs.frozen(slots=True)
+class Peer:
+    """A node to bootstrap a cluster with, and optional context for its configuration entry."""
+
+    id: int
+    context: bytes = b""
+
+
+class RawNode:
+    """One Raft node, driven by the application. Not thread-safe: call it from one thread.
+
+    The application owns time (:meth:`tick`), the network (:meth:`step` for every message
+    received; send what :meth:`ready` returns) and storage (persist what :meth:`ready` returns,
+    then :meth:`advance`). A restart is simply a new ``RawNode`` over storage holding the
+    persisted state.
+    """
+
+    def __init__(self, config: Config) -> None:
+        """Create a node from ``config``; its storage's state is the node's starting point.
+
+        Raises:
+            ConfigError: the configuration is invalid.
+        """
+        self._raft = _Raft(config)
+        self._prev_soft = self._raft.soft_state()
+        self._prev_hard = self._raft.hard_state()
+        self._pending: Ready | None = None
+
+    @property
+    def id(self) -> int:
+        """This node's id."""
+        return self._raft.id
+
+    # -- inputs --
+
+    def tick(self) -> None:
+        """Advance logical time by one tick (elections and heartbeats are counted in ticks)."""
+        self._raft.tick()
+
+    def campaign(self) -> None:
+        """Start an election now (with PreVote if configured), as if the election timer fired."""
+        self._raft.step(Message(MT.HUP, from_=self._raft.id))
+
+    def propose(self, data: bytes) -> None:
+        """Propose ``data`` to be appended to the log.
+
+        On a follower the proposal is forwarded to the leader; there is no confirmation that it
+        was appended: watch ``committed_entries`` for it.
+
+        Raises:
+            ProposalDropped: it was not taken (no leader, transfer in progress, size limit,
+                forwarding disabled, or this node was removed).
+        """
+        self._raft.step(Message(MT.PROP, from_=self._raft.id, entries=(Entry(data=data),)))
+
+    def propose_conf_change(self, cc: ConfChange | ConfChangeV2) -> None:
+        """Propose a membership change; apply it with :meth:`apply_conf_change` once committed.
+
+        A leader refuses (turns into an empty entry) a change proposed while an earlier one is
+        not yet applied, or one that does not fit the current joint/non-joint state.
+
+        Raises:
+            ProposalDropped: as for :meth:`propose`.
+        """
+        t = EntryType.CONF_CHANGE if isinstance(cc, ConfChange) else EntryType.CONF_CHANGE_V2
+        entry = Entry(type=t, data=encode_conf_change(cc))
+        self._raft.step(Message(MT.PROP, from_=self._raft.id, entries=(entry,)))
+
+    def step(self, m: Message) -> None:
+        """Process a message received from a peer.
+
+        Raises:
+            StepLocalMessageError: ``m`` is of a type only raftlib itself creates.
+            StepPeerNotFoundError: ``m`` answers something, but its sender is not a member.
+            DecodeError: ``m`` is malformed (its entries are not a contiguous run after
+                ``index``, or it lacks fields its type requires).
+            ProposalDropped: ``m`` is a forwarded proposal this leader cannot take.
+        """
+        if is_local_message(m.type):
+            raise StepLocalMessageError(f"cannot step raft local message {m.type.name}")
+        _validate_remote(m)
+        if is_response_message(m.type) and m.from_ not in self._raft.trk.progress:
+            raise StepPeerNotFoundError(f"{m.type.name} from unknown peer {m.from_}")
+        self._raft.step(m)
+
+    def read_index(self, ctx: bytes) -> None:
+        """Request a linearizable read point; the answer arrives in ``Ready.read_states``.
+
+        ``ctx`` identifies the request and must be unique among pending reads and non-empty.
+        A request made when no leader is known is silently dropped (retry on a timeout).
+        """
+        if not ctx:
+            raise ValueError("read_index context must be non-empty")
+        self._raft.step(Message(MT.READ_INDEX, context=ctx))
+
+    def transfer_leader(self, transferee: int) -> None:
+        """Ask the leader to hand leadership to ``transferee`` (ignored if not possible)."""
+        self._raft.step(Message(MT.TRANSFER_LEADER, from_=transferee))
+
+    def apply_conf_change(self, cc: ConfChange | ConfChangeV2) -> ConfState:
+        """Apply a committed membership change; returns the new configuration to persist.
+
+        Raises:
+            ConfigError: the change is invalid for the current configuration (nothing changes).
+        """
+        return self._raft.apply_conf_change(cc.as_v2())
+
+    def report_unreachable(self, node: int) -> None:
+        """Tell the leader that the last message to ``node`` could not be delivered."""
+        self._raft.step(Message(MT.UNREACHABLE, from_=node))
+
+    def report_snapshot(self, node: int, *, success: bool) -> None:
+        """Tell the leader whether the snapshot it sent to ``node`` was delivered and applied."""
+        self._raft.step(Message(MT.SNAP_STATUS, from_=node, reject=not success))
+
+    def bootstrap(self, peers: Sequence[Peer | int]) -> None:
+        """Initialise a brand-new cluster member with the starting configuration ``peers``.
+
+        Appends one committed ``ADD_NODE`` configuration entry per peer (at term 1) for the
+        application to persist and apply through the usual Ready cycle.
+
+        Raises:
+            ValueError: ``peers`` is empty or storage is not empty.
+        """
+        if not peers:
+            raise ValueError("must provide at least one peer to bootstrap")
+        r = self._raft
+        if r.log.storage.last_index() != 0:
+            raise ValueError("can't bootstrap a nonempty Storage")
+        self._prev_hard = HardState()
+        r._become_follower(1, 0)
+        ps = [p if isinstance(p, Peer) else Peer(p) for p in peers]
+        ents = [
+            Entry(
+                term=1,
+                index=i + 1,
+                type=EntryType.CONF_CHANGE,
+                data=encode_conf_change(ConfChange(ConfChangeType.ADD_NODE, p.id, p.context)),
+            )
+            for i, p in enumerate(ps)
+        ]
+        r.log.append(ents)
+        # Apply them now so the node can campaign at once; the application will apply them again
+        # from committed_entries, which is harmless (adding a present voter changes nothing).
+        r.log.committed = len(ents)
+        for p in ps:
+            r.apply_conf_change(ConfChange(ConfChangeType.ADD_NODE, p.id).as_v2())
+
+    # -- outputs --
+
+    def has_ready(self) -> bool:
+        """Whether :meth:`ready` has something to hand out (False while a Ready is pending)."""
+        if self._pending is not None:
+            return False
+        r = self._raft
+        ps = self._prev_soft
+        if r.lead != ps.lead or r.state != ps.raft_state:
+            return True
+        ph = self._prev_hard
+        if r.term != ph.term or r.vote != ph.vote or r.log.committed != ph.commit:
+            return True
+        log = r.log
+        return bool(
+            r.msgs
+            or r.msgs_after_append
+            or log.unstable.entries
+            or log.unstable.snapshot is not None
+            or r.read_states
+            or log.has_next_committed_entries()
+        )
+
+    def ready(self) -> Ready:
+        """Hand out the next batch of work. See :class:`Ready` for what to do with it.
+
+        Raises:
+            RaftError: the previous Ready has not been passed to :meth:`advance` yet.
+        """
+        if self._pending is not None:
+            raise RaftError("ready() called again before advance() of the previous Ready")
+        r = self._raft
+        log = r.log
+        soft: SoftState | None = None
+        ps = self._prev_soft
+        if r.lead != ps.lead or r.state != ps.raft_state:
+            soft = r.soft_state()
+            self._prev_soft = soft
+        hard: HardState | None = None
+        ph = self._prev_hard
+        must_sync = False
+        if r.term != ph.term or r.vote != ph.vote or r.log.committed != ph.commit:
+            hard = r.hard_state()
+            must_sync = r.term != ph.term or r.vote != ph.vote
+            self._prev_hard = hard
+        entries = tuple(log.unstable.entries)
+        snapshot = log.unstable.snapshot
+        if entries or snapshot is not None:
+            must_sync = True
+        committed = tuple(log.next_committed_entries())
+        msgs, r.msgs = r.msgs, []
+        after, r.msgs_after_append = r.msgs_after_append, []
+        reads, r.read_states = r.read_states, []
+        rd = Ready(
+            soft_state=soft,
+            hard_state=hard,
+            entries=entries,
+            snapshot=snapshot,
+            committed_entries=committed,
+            messages=tuple(msgs),
+            persisted_messages=tuple(after),
+            read_states=tuple(reads),
+            must_sync=must_sync,
+        )
+        self._pending = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """Report that ``rd`` was handled: persisted, sent and applied.
+
+        Raises:
+            RaftError: ``rd`` is not the Ready last returned by :meth:`ready`.
+        """
+        if rd is not self._pending:
+            raise RaftError("advance() must be given the Ready last returned by ready()")
+        self._pending = None
+        r = self._raft
+        if rd.entries:
+            last = rd.entries[-1]
+            r.log.stable_to(last.index, last.term)
+        if rd.snapshot is not None:
+            r.log.stable_snap_to(rd.snapshot.metadata.index)
+        if rd.committed_entries:
+            r.reduce_uncommitted_size(rd.committed_entries)
+            r.applied_to(rd.committed_entries[-1].index)
+        elif rd.snapshot is not None:
+            r.applied_to(rd.snapshot.metadata.index)
+        r.on_persisted()
+
+    def status(self) -> Status:
+        """The node's current state, with per-peer progress when it is the leader."""
+        r = self._raft
+        progress: dict[int, ProgressStatus] = {}
+        if r.state == StateType.LEADER:
+            for node, pr in r.trk.progress.items():
+                progress[node] = ProgressStatus(
+                    match=pr.match,
+                    next=pr.next,
+                    state=pr.state,
+                    paused=pr.is_paused(),
+                    pending_snapshot=pr.pending_snapshot,
+                    recent_active=pr.recent_active,
+                    is_learner=pr.is_learner,
+                    inflight=pr.inflights.count(),
+                    inflight_bytes=pr.inflights.bytes,
+                )
+        return Status(
+            id=r.id,
+            hard_state=r.hard_state(),
+            soft_state=r.soft_state(),
+            applied=r.log.applied,
+            lead_transferee=r.lead_transferee,
+            config=r.trk.config.conf_state(),
+            progress=progress,
+        )
+
+
+def _validate_remote(m: Message) -> None:
+    """Reject messages from peers whose shape would corrupt the log if trusted."""
+    if m.from_ == 0:
+        raise DecodeError(f"{m.type.name} without a sender")
+    if m.term == 0 and m.type not in (MT.PROP, MT.READ_INDEX):
+        raise DecodeError(f"{m.type.name} from {m.from_} without a term")
+    if m.type == MT.APP:
+        expect = m.index + 1
+        prev_term = m.log_term
+        for e in m.entries:
+            if e.index != expect or e.term < prev_term or e.term > m.term:
+                raise DecodeError(
+                    f"APP from {m.from_}: entry (index {e.index}, term {e.term}) does not follow "
+                    f"(index {expect - 1}, term {prev_term}) at term {m.term}"
+                )
+            expect += 1
+            prev_term = e.term
+    elif m.type == MT.SNAP:
+        if m.snapshot is None or m.snapshot.is_empty():
+            raise DecodeError(f"SNAP from {m.from_} without a snapshot")
+    elif m.type == MT.PROP and not m.entries:
+        raise DecodeError(f"PROP from {m.from_} without entries")

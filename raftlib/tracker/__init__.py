@@ -1,0 +1,1 @@
+"""Per-peer replication progress and the configuration that decides quorums. Internal."""
