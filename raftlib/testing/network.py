@@ -114,7 +114,7 @@ class Network:
 
     def add_node(self, node_id: int, storage: MemoryStorage, **overrides: Any) -> SimNode:
         """Start (or restart) ``node_id`` over ``storage``."""
-        fields = {
+        fields: dict[str, Any] = {
             "election_tick": 10,
             "heartbeat_tick": 1,
             "max_size_per_msg": 1 << 20,
