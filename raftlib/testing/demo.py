@@ -37,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         net.tick()
         ticks += 1
     first = net.leader()
-    assert first is not None
+    if first is None:
+        raise RuntimeError("no leader elected")
     _show(net, f"after {ticks} ticks node {first} won an election")
 
     for word in ("alpha", "beta", "gamma"):
@@ -50,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         net.tick()
         ticks += 1
     second = net.leader()
-    assert second is not None and second != first
+    if second is None or second == first:
+        raise RuntimeError("no new leader after partitioning the old one")
     net.propose(second, b"delta")
     _show(
         net,

@@ -87,7 +87,8 @@ def test_election_timeout_starts_an_election(start_as_candidate: bool) -> None:
     assert sorted(m.to for m in votes) == [2, 3]
     assert all(m.term == before + 1 for m in votes)
     # the vote for ourselves must be durable before the requests go out
-    assert rd.hard_state is not None and rd.hard_state.vote == 1
+    assert rd.hard_state is not None
+    assert rd.hard_state.vote == 1
     assert not any(m.type == MT.VOTE for m in rd.messages)
 
 

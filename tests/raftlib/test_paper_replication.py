@@ -79,7 +79,8 @@ def test_follower_applies_entries_the_leader_reports_committed() -> None:
     rd = node.ready()
     assert [e.index for e in rd.entries] == [1, 2, 3]
     assert [e.index for e in rd.committed_entries] == [1, 2]
-    assert rd.hard_state is not None and rd.hard_state.commit == 2
+    assert rd.hard_state is not None
+    assert rd.hard_state.commit == 2
 
 
 @pytest.mark.parametrize(
@@ -183,7 +184,7 @@ def test_leader_brings_any_figure7_follower_into_agreement(follower: str) -> Non
         pending = drain(leader, leader_s)
     n = leader_s.last_index()
     assert follower_s.last_index() == n
-    assert [follower_s.term(i) for i in range(1, n + 1)] == FIGURE7_LEADER + [term]
+    assert [follower_s.term(i) for i in range(1, n + 1)] == [*FIGURE7_LEADER, term]
     # Fast back-off: a handful of probes, not one per divergent entry.
     assert probes <= 4, f"{probes} appends to reconcile follower {follower}"
 
@@ -234,7 +235,8 @@ def test_figure8_scenario_previous_term_entry_is_overwritten_safely() -> None:
     for i, applied in logs.items():
         assert applied == ref[: len(applied)], f"node {i} applied {applied}, not {ref}"
     assert b"from-5" in ref
-    assert b"orphan" not in ref and b"orphan-2" not in ref
+    assert b"orphan" not in ref
+    assert b"orphan-2" not in ref
 
 
 def test_elected_leader_holds_every_committed_entry() -> None:
