@@ -126,6 +126,7 @@ class _Raft:
         self.randomized_election_timeout = c.election_tick
         self.msgs: list[Message] = []
         self.msgs_after_append: list[Message] = []
+        self.bcast_pending = False
         self.read_states: list[ReadState] = []
         self.pending_read_index_messages: list[Message] = []
         self._step: Callable[[Message], None] = self._step_follower
@@ -256,9 +257,27 @@ class _Raft:
         pr.sent_commit = commit
 
     def _bcast_append(self) -> None:
+        """Schedule an append (or commit notice) to every peer, sent at the next flush.
+
+        Deferring coalesces the appends of many proposals, and the commit notices of many
+        acknowledgements, into one message per peer; nothing is observable in between, since
+        messages only leave through ``RawNode.ready``.
+        """
+        self.bcast_pending = True
+
+    def flush(self) -> None:
+        """Send the broadcast scheduled by ``_bcast_append``, if we still lead."""
+        if not self.bcast_pending:
+            return
+        self.bcast_pending = False
+        if self.state != StateType.LEADER:
+            return
+        commit = self.log.committed
+        progress = self.trk.progress
         for node in self.trk.ids():
             if node != self.id:
-                self._send_append(node)
+                # An empty append is only worth sending if it tells the peer a new commit index.
+                self._maybe_send_append(node, send_if_empty=progress[node].can_bump_commit(commit))
 
     def _bcast_heartbeat(self, ctx: bytes | None = None) -> None:
         if ctx is None:

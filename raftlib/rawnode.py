@@ -242,6 +242,7 @@ class RawNode:
         if self._pending is not None:
             return False
         r = self._raft
+        r.flush()
         ps = self._prev_soft
         if r.lead != ps.lead or r.state != ps.raft_state:
             return True
@@ -267,6 +268,7 @@ class RawNode:
         if self._pending is not None:
             raise RaftError("ready() called again before advance() of the previous Ready")
         r = self._raft
+        r.flush()
         log = r.log
         soft: SoftState | None = None
         ps = self._prev_soft
@@ -327,6 +329,7 @@ class RawNode:
     def status(self) -> Status:
         """The node's current state, with per-peer progress when it is the leader."""
         r = self._raft
+        r.flush()
         progress: dict[int, ProgressStatus] = {}
         if r.state == StateType.LEADER:
             for node, pr in r.trk.progress.items():

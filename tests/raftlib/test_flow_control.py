@@ -48,20 +48,33 @@ def test_acknowledged_probe_moves_to_replicate_and_pipelines() -> None:
     node.step(Message(MT.APP_RESP, to=1, from_=2, term=1, index=1))
     drain(node, s)
     assert node.status().progress[2].state == ProgressState.REPLICATE
+    apps = []
     for d in (b"a", b"b", b"c"):
         node.propose(d)
-    apps = [m for m in msgs_of(drain(node, s), MT.APP) if m.to == 2]
-    assert len(apps) == 3  # one per proposal, without waiting
+        apps += [m for m in msgs_of(drain(node, s), MT.APP) if m.to == 2]
+    assert len(apps) == 3  # one per Ready cycle, without waiting for acknowledgements
     assert node.status().progress[2].inflight == 3
+
+
+def test_proposals_between_readys_coalesce_into_one_append_per_peer() -> None:
+    node, s = _leader()
+    node.step(Message(MT.APP_RESP, to=1, from_=2, term=1, index=1))
+    node.step(Message(MT.APP_RESP, to=1, from_=3, term=1, index=1))
+    drain(node, s)
+    for d in (b"a", b"b", b"c"):
+        node.propose(d)
+    apps = msgs_of(drain(node, s), MT.APP)
+    assert sorted((m.to, len(m.entries)) for m in apps) == [(2, 3), (3, 3)]
 
 
 def test_inflight_window_limits_pipelining_and_acks_free_it() -> None:
     node, s = _leader(max_inflight_msgs=2)
     node.step(Message(MT.APP_RESP, to=1, from_=2, term=1, index=1))
     drain(node, s)
+    apps = []
     for d in (b"a", b"b", b"c", b"d"):
         node.propose(d)
-    apps = [m for m in msgs_of(drain(node, s), MT.APP) if m.to == 2]
+        apps += [m for m in msgs_of(drain(node, s), MT.APP) if m.to == 2]
     assert [[e.index for e in m.entries] for m in apps] == [[2], [3]]
     assert node.status().progress[2].paused
     node.step(Message(MT.APP_RESP, to=1, from_=2, term=1, index=3))
@@ -73,9 +86,10 @@ def test_inflight_bytes_limit() -> None:
     node, s = _leader(max_inflight_bytes=2000, max_size_per_msg=1000)
     node.step(Message(MT.APP_RESP, to=1, from_=2, term=1, index=1))
     drain(node, s)
+    apps = []
     for _ in range(4):
         node.propose(b"x" * 1000)
-    apps = [m for m in msgs_of(drain(node, s), MT.APP) if m.to == 2]
+        apps += [m for m in msgs_of(drain(node, s), MT.APP) if m.to == 2]
     assert len(apps) == 2
     assert node.status().progress[2].inflight_bytes == 2000
 
