@@ -1,0 +1,218 @@
+"""State-machine snapshot files: written atomically, checksummed, named by term and index.
+
+A snapshot file is ``<term:016x>-<index:016x>.snap`` in the snapshot directory::
+
+    8 bytes  magic          b"KVSNAP" + u16 format version (1)
+    u64      length         payload length
+    ...      payload        CBOR: raftlib's snapshot array ``[data, [conf_state, index, term]]``
+    u32      crc            crc32 of everything before it
+
+It is written to ``<name>.tmp``, fdatasynced, renamed into place and the directory fsynced, so a
+file with a final name is always complete unless the disk damaged it afterwards. Loading checks
+the size, the crc, the encoding and that the metadata matches the name; any mismatch is a
+:class:`~kvapp.storage.errors.SnapshotCorruptError`.
+
+A snapshot file only counts once the WAL holds its marker record (written after the file): the
+:class:`~kvapp.storage.raftstore.RaftStore` decides which files are current, falls back to older
+ones and prunes. The :class:`Snapshotter` only stores, lists, loads and deletes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import zlib
+from pathlib import Path
+
+import attrs
+import cbor2
+
+from kvapp.storage.errors import SnapshotCorruptError
+from kvapp.storage.fileutil import ensure_dir, fsync_dir, remove_tmp_files, write_file_atomic
+from raftlib.codec import snapshot_from_array, snapshot_to_array
+from raftlib.types import Snapshot
+
+__all__ = [
+    "SNAP_FORMAT_VERSION",
+    "SNAP_SUFFIX",
+    "SnapshotFile",
+    "Snapshotter",
+    "decode_snapshot_file",
+    "encode_snapshot_file",
+    "snapshot_file_name",
+]
+
+logger = logging.getLogger(__name__)
+
+SNAP_FORMAT_VERSION = 1
+SNAP_SUFFIX = ".snap"
+BROKEN_SUFFIX = ".broken"
+
+_MAGIC = b"KVSNAP" + struct.pack("<H", SNAP_FORMAT_VERSION)
+_LEN = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
+_OVERHEAD = len(_MAGIC) + _LEN.size + _CRC.size
+
+
+def snapshot_file_name(term: int, index: int) -> str:
+    """The file name of the snapshot at ``index`` of ``term``."""
+    return f"{term:016x}-{index:016x}{SNAP_SUFFIX}"
+
+
+@attrs.frozen(order=True)
+class SnapshotFile:
+    """A snapshot file found on disk, ordered by (index, term): newest compares greatest."""
+
+    index: int
+    term: int
+    path: Path = attrs.field(order=False)
+
+
+def _parse_name(path: Path) -> SnapshotFile | None:
+    if not path.name.endswith(SNAP_SUFFIX):
+        return None
+    term, sep, index = path.name.removesuffix(SNAP_SUFFIX).partition("-")
+    if not sep or len(term) != 16 or len(index) != 16:
+        return None
+    try:
+        return SnapshotFile(int(index, 16), int(term, 16), path)
+    except ValueError:
+        return None
+
+
+def encode_snapshot_file(snapshot: Snapshot) -> bytes:
+    """The file content for ``snapshot`` (see the module docstring)."""
+    payload = cbor2.dumps(snapshot_to_array(snapshot))
+    head = _MAGIC + _LEN.pack(len(payload))
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return b"".join((head, payload, _CRC.pack(crc)))
+
+
+def decode_snapshot_file(data: bytes, path: Path, *, term: int, index: int) -> Snapshot:
+    """Check and decode the content of snapshot file ``path``, expected at ``term``/``index``.
+
+    Raises:
+        SnapshotCorruptError: wrong magic or version, wrong size, crc mismatch, undecodable
+            payload, or metadata that does not match the file name.
+    """
+    if len(data) < _OVERHEAD or data[: len(_MAGIC)] != _MAGIC:
+        raise SnapshotCorruptError(path, "not a snapshot file of a supported version")
+    length: int
+    (length,) = _LEN.unpack_from(data, len(_MAGIC))
+    if len(data) != _OVERHEAD + length:
+        raise SnapshotCorruptError(
+            path, f"size {len(data)} does not match the {length}-byte payload it declares"
+        )
+    stored: int
+    (stored,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+    if zlib.crc32(data[: len(data) - _CRC.size]) != stored:
+        raise SnapshotCorruptError(path, "checksum mismatch")
+    payload = data[len(_MAGIC) + _LEN.size : len(data) - _CRC.size]
+    try:
+        snap = snapshot_from_array(cbor2.loads(payload))
+    except Exception as exc:  # DecodeError, and the many exception types cbor2 raises
+        raise SnapshotCorruptError(path, f"payload does not decode: {exc}") from exc
+    if (snap.metadata.term, snap.metadata.index) != (term, index):
+        raise SnapshotCorruptError(
+            path,
+            f"holds the snapshot at term {snap.metadata.term} index {snap.metadata.index}, "
+            "not the one its name says",
+        )
+    return snap
+
+
+class Snapshotter:
+    """Stores, lists, loads and deletes snapshot files in one directory. Not thread-safe.
+
+    Args:
+        directory: where the files live; created (durably) if missing. Leftover ``.tmp`` files
+            of interrupted writes are deleted.
+        fsync: ``False`` skips fsyncs (tests and benchmarks only).
+    """
+
+    def __init__(self, directory: Path, *, fsync: bool = True) -> None:
+        self.directory = directory
+        self._fsync = fsync
+        ensure_dir(directory, fsync=fsync)
+        remove_tmp_files(directory, fsync=fsync)
+
+    def path_for(self, term: int, index: int) -> Path:
+        """Where the snapshot at ``term``/``index`` is (or would be) stored."""
+        return self.directory / snapshot_file_name(term, index)
+
+    def save(self, snapshot: Snapshot) -> Path:
+        """Write ``snapshot`` durably (temp file, fdatasync, rename, directory fsync).
+
+        Returns:
+            The file written.
+        """
+        md = snapshot.metadata
+        path = self.path_for(md.term, md.index)
+        write_file_atomic(path, encode_snapshot_file(snapshot), fsync=self._fsync)
+        logger.info(
+            "saved snapshot at index %d term %d (%d bytes) to %s",
+            md.index,
+            md.term,
+            len(snapshot.data),
+            path.name,
+        )
+        return path
+
+    def files(self) -> list[SnapshotFile]:
+        """The snapshot files present, newest (highest index) first; other files are ignored."""
+        found = [f for p in self.directory.iterdir() if (f := _parse_name(p)) is not None]
+        found.sort(reverse=True)
+        return found
+
+    def load(self, term: int, index: int) -> Snapshot:
+        """Load and verify the snapshot at ``term``/``index``.
+
+        Raises:
+            SnapshotCorruptError: the file is missing or fails verification.
+        """
+        path = self.path_for(term, index)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise SnapshotCorruptError(path, "snapshot file is missing") from None
+        return decode_snapshot_file(data, path, term=term, index=index)
+
+    def set_aside(self, term: int, index: int) -> Path | None:
+        """Rename a bad snapshot file to ``<name>.broken`` (kept for inspection, never loaded).
+
+        Returns:
+            The new name, or ``None`` if the file did not exist.
+        """
+        path = self.path_for(term, index)
+        target = path.with_name(path.name + BROKEN_SUFFIX)
+        try:
+            path.rename(target)
+        except FileNotFoundError:
+            return None
+        if self._fsync:
+            fsync_dir(self.directory)
+        logger.warning("set aside unusable snapshot file %s as %s", path.name, target.name)
+        return target
+
+    def remove(self, files: list[SnapshotFile]) -> None:
+        """Delete ``files`` (durably)."""
+        for f in files:
+            f.path.unlink(missing_ok=True)
+        if files and self._fsync:
+            fsync_dir(self.directory)
+
+    def prune(self, keep: int, *, newest_index: int) -> list[SnapshotFile]:
+        """Keep the ``keep`` newest files at or before ``newest_index``; delete the older ones.
+
+        Files after ``newest_index`` are not touched: they may belong to a snapshot whose WAL
+        marker is being written.
+
+        Returns:
+            The deleted files.
+        """
+        candidates = [f for f in self.files() if f.index <= newest_index]
+        doomed = candidates[keep:]
+        self.remove(doomed)
+        if doomed:
+            logger.info("pruned %d old snapshot file(s)", len(doomed))
+        return doomed

@@ -1,0 +1,920 @@
+"""kvapp's write-ahead log: a segmented, checksummed, append-only log of raft state changes.
+
+The WAL is what makes an acknowledged write survive a crash: :meth:`Wal.append` writes a batch
+of records with one ``write`` and one ``fdatasync`` (the group-commit point of a Ready), and
+:func:`read_wal` gives every record back in order after a restart.
+
+On-disk format (all integers little-endian)
+-------------------------------------------
+
+The log is a directory of *segment* files named ``<seq:016x>-<index:016x>.wal``: ``seq`` numbers
+the segments consecutively, ``index`` is the raft index the segment was started at (the last
+index then, plus one), which is what :meth:`Wal.release` uses to drop old segments. A segment
+grows to about :data:`DEFAULT_SEGMENT_SIZE` before the next one is cut.
+
+A segment is a sequence of 8-byte aligned *records*::
+
+    u32  length         payload length, 1 .. MAX_RECORD_SIZE
+    u32  header crc     crc32 of the 4 length bytes
+    ...  payload        CBOR: [WAL_FORMAT_VERSION, record type, fields...]
+    u32  crc            crc32 of the payload, seeded with the previous record's crc
+    ...  zero padding   to the next multiple of 8
+
+The payload crc is chained across records (as etcd's WAL does), so a record that is missing,
+repeated or out of place breaks the chain. The first record of a segment (:class:`MetadataRecord`:
+cluster id, member id, ``seq`` and the previous segment's last crc) starts a new chain at 0; its
+``prev_crc`` links it to the previous segment. The second is a :class:`StateRecord`: the raft
+state when the segment was cut, so replay can start at any retained segment.
+
+Torn writes and corruption
+--------------------------
+
+A crash during a batch's write can leave its record truncated or with zero-filled sectors (pages
+of the write that never reached the disk), only at the end of the last segment. Reading tells
+that apart from damage:
+
+* The 8-byte header is aligned, so it lies within one disk sector: after a crash it is either
+  intact or all zeros. A header that is neither fails its own crc and is corruption.
+* A record that runs past the end of the last segment is a torn tail.
+* A payload crc mismatch in the last segment is a torn tail only if a whole sector inside the
+  record reads as zeros *and* only zeros follow the record; anything else is corruption. (A torn
+  write rewrites the sectors it shares with the record before it with the same bytes, so it can
+  only zero sectors of its own record, and nothing is written after it.)
+* An all-zero header in the last segment ends the log (preallocated space) unless a valid record
+  header follows, which makes it corruption.
+
+A torn tail is dropped (and truncated away by :meth:`Wal.open`, with a warning). Everything else
+raises :class:`~kvapp.storage.errors.WalCorruptError` naming the file and offset: a node must not
+serve from a log with a hole in it. Limits of the heuristic, shared with etcd: a damaged last
+record that also holds a sector of zeros of its own (say, an entry of 512 zero bytes) is taken
+for torn; a torn record whose unwritten part reads as garbage rather than zeros is reported as
+corruption.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import itertools
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeAlias, assert_never
+
+import attrs
+import cbor2
+
+from kvapp.storage.errors import WalCorruptError, WalIdentityError
+from kvapp.storage.fileutil import (
+    ensure_dir,
+    fdatasync,
+    fsync_dir,
+    is_zero,
+    last_nonzero,
+    preallocate,
+    remove_tmp_files,
+    write_all,
+    write_file_atomic,
+)
+from raftlib.codec import (
+    conf_state_from_array,
+    conf_state_to_array,
+    entry_from_array,
+    entry_to_array,
+    hard_state_from_array,
+    hard_state_to_array,
+)
+from raftlib.types import Entry, HardState, SnapshotMetadata
+
+__all__ = [
+    "DEFAULT_SEGMENT_SIZE",
+    "MAX_RECORD_SIZE",
+    "SECTOR_SIZE",
+    "WAL_FORMAT_VERSION",
+    "BatchRecord",
+    "CompactRecord",
+    "LocatedRecord",
+    "MetadataRecord",
+    "Record",
+    "RecordType",
+    "Segment",
+    "SnapshotKind",
+    "SnapshotRecord",
+    "StateRecord",
+    "TornTail",
+    "Wal",
+    "WalContents",
+    "WalMetadata",
+    "cut_wal",
+    "decode_record",
+    "encode_record",
+    "frame_record",
+    "list_segments",
+    "read_wal",
+    "segment_name",
+]
+
+logger = logging.getLogger(__name__)
+
+WAL_FORMAT_VERSION = 1
+"""First item of every record payload; readers reject other versions."""
+
+DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
+"""Size at which a segment is sealed and the next one cut (etcd's default too)."""
+
+MAX_RECORD_SIZE = 1 << 30
+"""Largest payload a record may declare; larger lengths are corruption, not allocations."""
+
+SECTOR_SIZE = 512
+"""The unit a torn write loses: the smallest atomic disk write."""
+
+SEGMENT_SUFFIX = ".wal"
+
+_HEADER = struct.Struct("<II")
+_U32 = struct.Struct("<I")
+_HEADER_SIZE = 8
+_U32_MAX = 1 << 32
+_U64_MAX = 1 << 64
+
+
+class RecordType(enum.IntEnum):
+    """The kinds of WAL record (second item of a payload)."""
+
+    METADATA = 0
+    STATE = 1
+    BATCH = 2
+    SNAPSHOT = 3
+    COMPACT = 4
+
+
+class SnapshotKind(enum.IntEnum):
+    """What a :class:`SnapshotRecord` says happened to the snapshot."""
+
+    CREATED = 0
+    """The application made a snapshot of its own state; the log is kept (compact separately)."""
+    INSTALLED = 1
+    """A snapshot from the leader replaced the whole log."""
+    RESTORED = 2
+    """On recovery the newest snapshot file was unusable and this older one was used instead."""
+
+
+@attrs.frozen
+class WalMetadata:
+    """Whose log this is. Opening a WAL with other ids is refused."""
+
+    cluster_id: int
+    member_id: int
+
+
+@attrs.frozen
+class MetadataRecord:
+    """First record of every segment: identity, position, and the link to the previous segment."""
+
+    cluster_id: int
+    member_id: int
+    seq: int
+    prev_crc: int
+
+
+@attrs.frozen
+class StateRecord:
+    """Second record of every segment: the storage state when the segment was cut.
+
+    Replay starts from the first retained segment's state record, so segments before it can be
+    deleted. Entries ``compact_index + 1 .. last_index`` are *not* in it; they are in released
+    segments, and :meth:`Wal.release` only releases a segment once they are compacted.
+    """
+
+    hard_state: HardState
+    snapshot: SnapshotMetadata
+    compact_index: int
+    compact_term: int
+    last_index: int
+    last_term: int
+
+
+@attrs.frozen
+class BatchRecord:
+    """One ``save``: an optional new hard state and entries to append (overwriting conflicts)."""
+
+    hard_state: HardState | None
+    entries: tuple[Entry, ...]
+
+
+@attrs.frozen
+class SnapshotRecord:
+    """A snapshot marker: a snapshot file with this metadata was written and is now current."""
+
+    kind: SnapshotKind
+    metadata: SnapshotMetadata
+
+
+@attrs.frozen
+class CompactRecord:
+    """Entries up to and including ``index`` (of term ``term``) were compacted."""
+
+    index: int
+    term: int
+
+
+Record: TypeAlias = MetadataRecord | StateRecord | BatchRecord | SnapshotRecord | CompactRecord
+
+
+@attrs.frozen
+class LocatedRecord:
+    """A decoded record and where it was read from, for error messages."""
+
+    record: Record
+    path: Path
+    offset: int
+
+
+@attrs.frozen(order=True)
+class Segment:
+    """One segment file: its sequence number, start index and path."""
+
+    seq: int
+    index: int
+    path: Path = attrs.field(order=False)
+
+
+@attrs.frozen
+class TornTail:
+    """A torn write dropped from the end of the last segment."""
+
+    path: Path
+    offset: int
+    size: int
+    reason: str
+
+
+@attrs.frozen
+class WalContents:
+    """Everything :func:`read_wal` found: identity, records in order, segments, any torn tail."""
+
+    metadata: WalMetadata
+    records: list[LocatedRecord]
+    segments: list[Segment]
+    end_offset: int
+    """Where the valid data of the last segment ends; the next record goes here."""
+    last_crc: int
+    torn: TornTail | None
+
+
+# -- record payloads --
+
+
+def _meta_to_array(md: SnapshotMetadata) -> list[object]:
+    return [conf_state_to_array(md.conf_state), md.index, md.term]
+
+
+def _uint(obj: object, what: str, limit: int = _U64_MAX) -> int:
+    if type(obj) is not int or not 0 <= obj < limit:
+        raise ValueError(f"{what}: expected an unsigned integer, got {obj!r:.40}")
+    return obj
+
+
+def _list(obj: object, what: str, length: int | None = None) -> list[object]:
+    if type(obj) is not list or (length is not None and len(obj) != length):
+        raise ValueError(f"{what}: expected an array of {length} items, got {obj!r:.60}")
+    return obj
+
+
+def _meta_from_array(obj: object) -> SnapshotMetadata:
+    a = _list(obj, "snapshot metadata", 3)
+    return SnapshotMetadata(
+        conf_state=conf_state_from_array(a[0]),
+        index=_uint(a[1], "snapshot index"),
+        term=_uint(a[2], "snapshot term"),
+    )
+
+
+def encode_record(record: Record) -> bytes:
+    """The CBOR payload of ``record``."""
+    v = WAL_FORMAT_VERSION
+    arr: list[object]
+    if isinstance(record, BatchRecord):
+        hs = record.hard_state
+        arr = [
+            v,
+            2,
+            None if hs is None else hard_state_to_array(hs),
+            [entry_to_array(e) for e in record.entries],
+        ]
+    elif isinstance(record, SnapshotRecord):
+        arr = [v, 3, int(record.kind), _meta_to_array(record.metadata)]
+    elif isinstance(record, CompactRecord):
+        arr = [v, 4, record.index, record.term]
+    elif isinstance(record, StateRecord):
+        arr = [
+            v,
+            1,
+            hard_state_to_array(record.hard_state),
+            _meta_to_array(record.snapshot),
+            record.compact_index,
+            record.compact_term,
+            record.last_index,
+            record.last_term,
+        ]
+    elif isinstance(record, MetadataRecord):
+        arr = [v, 0, record.cluster_id, record.member_id, record.seq, record.prev_crc]
+    else:
+        assert_never(record)
+    return cbor2.dumps(arr)
+
+
+def decode_record(payload: bytes) -> Record:
+    """The inverse of :func:`encode_record`.
+
+    Raises:
+        ValueError: ``payload`` is not a record of a known type and version (raftlib's
+            ``DecodeError`` is one).
+    """
+    buf = io.BytesIO(payload)
+    try:
+        obj = cbor2.CBORDecoder(buf).decode()
+    except Exception as exc:  # cbor2 raises many exception types on malformed input
+        raise ValueError(f"malformed CBOR: {exc}") from exc
+    if buf.tell() != len(payload):
+        raise ValueError(f"{len(payload) - buf.tell()} trailing bytes")
+    a = _list(obj, "record")
+    if len(a) < 2 or a[0] != WAL_FORMAT_VERSION or type(a[0]) is not int:
+        raise ValueError(f"unsupported record version or shape: {a[:2]!r:.40}")
+    t = a[1]
+    if t == RecordType.BATCH and len(a) == 4:
+        return BatchRecord(
+            hard_state=None if a[2] is None else hard_state_from_array(a[2]),
+            entries=tuple(entry_from_array(e) for e in _list(a[3], "entries")),
+        )
+    if t == RecordType.SNAPSHOT and len(a) == 4:
+        kind = _uint(a[2], "snapshot kind")
+        if kind > max(SnapshotKind):
+            raise ValueError(f"unknown snapshot kind {kind}")
+        return SnapshotRecord(SnapshotKind(kind), _meta_from_array(a[3]))
+    if t == RecordType.COMPACT and len(a) == 4:
+        return CompactRecord(_uint(a[2], "compact index"), _uint(a[3], "compact term"))
+    if t == RecordType.STATE and len(a) == 8:
+        return StateRecord(
+            hard_state=hard_state_from_array(a[2]),
+            snapshot=_meta_from_array(a[3]),
+            compact_index=_uint(a[4], "compact index"),
+            compact_term=_uint(a[5], "compact term"),
+            last_index=_uint(a[6], "last index"),
+            last_term=_uint(a[7], "last term"),
+        )
+    if t == RecordType.METADATA and len(a) == 6:
+        return MetadataRecord(
+            cluster_id=_uint(a[2], "cluster id"),
+            member_id=_uint(a[3], "member id"),
+            seq=_uint(a[4], "seq"),
+            prev_crc=_uint(a[5], "prev crc", _U32_MAX),
+        )
+    raise ValueError(f"unknown record type {t!r:.20} with {len(a)} items")
+
+
+# -- framing --
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def frame_record(payload: bytes, prev_crc: int) -> tuple[bytes, int]:
+    """``payload`` framed for disk (see the module docstring), and the crc to chain from next."""
+    n = len(payload)
+    if not 0 < n <= MAX_RECORD_SIZE:
+        raise ValueError(f"record payload of {n} bytes is out of range")
+    crc = zlib.crc32(payload, prev_crc)
+    length = _U32.pack(n)
+    pad = -(n + 4) % 8
+    return b"".join(
+        (length, _U32.pack(zlib.crc32(length)), payload, _U32.pack(crc), bytes(pad))
+    ), crc
+
+
+def _valid_header_at(data: bytes, pos: int) -> bool:
+    length: int
+    hcrc: int
+    length, hcrc = _HEADER.unpack_from(data, pos)
+    return 0 < length <= MAX_RECORD_SIZE and zlib.crc32(data[pos : pos + 4]) == hcrc
+
+
+def _record_after(data: bytes, start: int) -> int | None:
+    """The offset of the first 8-aligned valid record header at or after ``start``, if any."""
+    stop = min(last_nonzero(data, start), len(data) - _HEADER_SIZE)
+    for pos in range(_align8(start), stop + 1, 8):
+        if _valid_header_at(data, pos):
+            return pos
+    return None
+
+
+def _has_zero_sector(data: bytes, start: int, end: int) -> bool:
+    """Whether a whole sector after the one holding ``start`` and starting before ``end`` is 0."""
+    s = (start // SECTOR_SIZE + 1) * SECTOR_SIZE
+    while s < end:
+        if is_zero(data, s, min(s + SECTOR_SIZE, len(data))):
+            return True
+        s += SECTOR_SIZE
+    return False
+
+
+@attrs.frozen
+class _Scan:
+    frames: list[tuple[int, bytes]]
+    end: int
+    last_crc: int
+    torn: str | None
+
+
+def _scan_segment(data: bytes, path: Path, *, last: bool) -> _Scan:
+    """Split a segment into verified record payloads; see the module docstring for the rules.
+
+    Raises:
+        WalCorruptError: damage that is not a torn tail of the last segment.
+    """
+    n = len(data)
+    pos = 0
+    crc = 0
+    frames: list[tuple[int, bytes]] = []
+
+    def done(torn: str | None) -> _Scan:
+        return _Scan(frames, pos, crc, torn)
+
+    while pos < n:
+        if n - pos < _HEADER_SIZE:
+            if not last:
+                raise WalCorruptError(path, pos, "truncated record header in a sealed segment")
+            return done(None if is_zero(data, pos, n) else "truncated record header")
+        length, hcrc = _HEADER.unpack_from(data, pos)
+        if length == 0 and hcrc == 0:
+            if not last:
+                raise WalCorruptError(path, pos, "zero-filled record header in a sealed segment")
+            after = _record_after(data, pos + _HEADER_SIZE)
+            if after is not None:
+                raise WalCorruptError(
+                    path, pos, f"zero-filled record header before a record at offset {after}"
+                )
+            if last_nonzero(data, pos) >= pos:
+                return done("zero-filled record header followed by a partial write")
+            return done(None)
+        if not 0 < length <= MAX_RECORD_SIZE or zlib.crc32(data[pos : pos + 4]) != hcrc:
+            raise WalCorruptError(path, pos, "record header checksum mismatch")
+        body = pos + _HEADER_SIZE
+        crc_at = body + length
+        end = _align8(crc_at + 4)
+        if end > n:
+            if not last:
+                raise WalCorruptError(path, pos, "record runs past the end of a sealed segment")
+            return done(f"record of {length} bytes truncated at end of file")
+        payload = data[body:crc_at]
+        (stored,) = _U32.unpack_from(data, crc_at)
+        new_crc = zlib.crc32(payload, crc)
+        if new_crc != stored:
+            if last and _has_zero_sector(data, pos, end) and last_nonzero(data, end) < end:
+                return done("record with zero-filled sectors (torn write)")
+            raise WalCorruptError(path, pos, "record checksum mismatch")
+        if not is_zero(data, crc_at + 4, end):
+            raise WalCorruptError(path, pos, "non-zero record padding")
+        frames.append((pos, payload))
+        crc = new_crc
+        pos = end
+    return done(None)
+
+
+# -- segments --
+
+
+def segment_name(seq: int, index: int) -> str:
+    """The file name of segment ``seq`` starting at raft index ``index``."""
+    return f"{seq:016x}-{index:016x}{SEGMENT_SUFFIX}"
+
+
+def _parse_segment_name(path: Path) -> Segment | None:
+    stem = path.name.removesuffix(SEGMENT_SUFFIX)
+    seq, sep, index = stem.partition("-")
+    if not sep or len(seq) != 16 or len(index) != 16:
+        return None
+    try:
+        return Segment(int(seq, 16), int(index, 16), path)
+    except ValueError:
+        return None
+
+
+def list_segments(directory: Path) -> list[Segment]:
+    """The segment files in ``directory``, in sequence order.
+
+    Raises:
+        WalCorruptError: a ``*.wal`` file has a malformed name.
+    """
+    if not directory.is_dir():
+        return []
+    segments = []
+    for p in directory.iterdir():
+        if p.name.endswith(SEGMENT_SUFFIX):
+            seg = _parse_segment_name(p)
+            if seg is None:
+                raise WalCorruptError(p, 0, "malformed segment file name")
+            segments.append(seg)
+    segments.sort()
+    return segments
+
+
+def _decode_at(payload: bytes, path: Path, offset: int) -> Record:
+    try:
+        return decode_record(payload)
+    except ValueError as exc:
+        raise WalCorruptError(path, offset, f"record does not decode: {exc}") from exc
+
+
+def read_wal(directory: Path, *, metadata: WalMetadata | None = None) -> WalContents:
+    """Read and verify every record of the WAL in ``directory``, without changing anything.
+
+    Args:
+        directory: the WAL directory.
+        metadata: the identity the caller expects; ``None`` accepts whatever the WAL holds.
+
+    Returns:
+        The records of all segments in order. A torn tail of the last segment is left out and
+        described in :attr:`WalContents.torn`.
+
+    Raises:
+        WalIdentityError: the WAL belongs to another cluster or member.
+        WalCorruptError: no segments, a missing segment, a broken checksum chain, a bad record
+            anywhere but a torn tail, or a record that does not decode.
+    """
+    segments = list_segments(directory)
+    if not segments:
+        raise WalCorruptError(directory, 0, "no WAL segments")
+    for prev, seg in itertools.pairwise(segments):
+        if seg.seq != prev.seq + 1:
+            raise WalCorruptError(
+                seg.path, 0, f"missing segment(s) between seq {prev.seq} and {seg.seq}"
+            )
+    records: list[LocatedRecord] = []
+    found: WalMetadata | None = None
+    prev_crc: int | None = None
+    scan = _Scan([], 0, 0, None)
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        scan = _scan_segment(seg.path.read_bytes(), seg.path, last=last)
+        located = [
+            LocatedRecord(_decode_at(p, seg.path, off), seg.path, off) for off, p in scan.frames
+        ]
+        if len(located) < 2:
+            raise WalCorruptError(seg.path, scan.end, "segment lacks its metadata or state record")
+        head, state = located[0].record, located[1].record
+        if not isinstance(head, MetadataRecord) or head.seq != seg.seq:
+            raise WalCorruptError(seg.path, 0, f"bad segment metadata record {head!r:.100}")
+        ident = WalMetadata(head.cluster_id, head.member_id)
+        if found is None:
+            found = ident
+            if metadata is not None and ident != metadata:
+                raise WalIdentityError(
+                    seg.path,
+                    0,
+                    f"WAL belongs to cluster {ident.cluster_id:#x} member {ident.member_id:#x}, "
+                    f"not cluster {metadata.cluster_id:#x} member {metadata.member_id:#x}",
+                )
+        elif ident != found:
+            raise WalCorruptError(seg.path, 0, f"segment identity {ident} differs from {found}")
+        if prev_crc is not None and head.prev_crc != prev_crc:
+            raise WalCorruptError(
+                seg.path, 0, "checksum chain broken: the previous segment lost records at its end"
+            )
+        if not isinstance(state, StateRecord) or state.last_index + 1 != seg.index:
+            raise WalCorruptError(
+                seg.path, located[1].offset, f"bad segment state record {state!r:.100}"
+            )
+        for lr in located[2:]:
+            if isinstance(lr.record, MetadataRecord | StateRecord):
+                raise WalCorruptError(seg.path, lr.offset, "segment header record mid-segment")
+        records.extend(located)
+        prev_crc = scan.last_crc
+    if found is None:
+        raise WalCorruptError(directory, 0, "no WAL segments")
+    last_seg = segments[-1]
+    torn = None
+    if scan.torn is not None:
+        size = last_seg.path.stat().st_size
+        torn = TornTail(last_seg.path, scan.end, size, scan.torn)
+    return WalContents(found, records, segments, scan.end, scan.last_crc, torn)
+
+
+def cut_wal(directory: Path, path: Path, offset: int) -> list[Path]:
+    """Drop everything from ``offset`` in segment ``path`` on: an operator's explicit repair.
+
+    The dropped bytes are kept: the cut segment is first copied to ``<name>.broken`` (or, if the
+    cut would leave it without its header records, renamed to that), and every later segment is
+    renamed to ``<name>.broken``.
+
+    Returns:
+        The ``.broken`` files written.
+
+    Raises:
+        ValueError: the cut would remove the first segment's header, leaving no WAL at all.
+    """
+    segments = list_segments(directory)
+    idx = next((i for i, s in enumerate(segments) if s.path == path), None)
+    if idx is None:
+        raise ValueError(f"{path} is not a segment of {directory}")
+    seg = segments[idx]
+    data = seg.path.read_bytes()
+    scan = _scan_segment(data[:offset], seg.path, last=True)
+    broken: list[Path] = []
+    if len(scan.frames) < 2:
+        if idx == 0:
+            raise ValueError(f"cutting {path} at {offset} would leave no WAL; restore a backup")
+        later = segments[idx:]
+    else:
+        copy = seg.path.with_name(seg.path.name + ".broken")
+        write_file_atomic(copy, data)
+        broken.append(copy)
+        with seg.path.open("r+b") as f:
+            f.truncate(scan.end)
+            f.flush()
+            fdatasync(f.fileno())
+        later = segments[idx + 1 :]
+    for s in later:
+        target = s.path.with_name(s.path.name + ".broken")
+        s.path.rename(target)
+        broken.append(target)
+    fsync_dir(directory)
+    return broken
+
+
+# -- the writer --
+
+
+class Wal:
+    """An open WAL, appending to its last segment. Not thread-safe.
+
+    Create one with :meth:`create` (empty directory) or :meth:`open` (existing log). Every
+    :meth:`append` is durable when it returns (unless ``fsync=False``). After a failed write the
+    object refuses further writes: reopen to recover from what is on disk.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        metadata: WalMetadata,
+        segments: list[Segment],
+        *,
+        fd: int | None,
+        offset: int,
+        crc: int,
+        segment_size: int,
+        preallocate: bool,
+        fsync: bool,
+    ) -> None:
+        """Use :meth:`create` or :meth:`open`."""
+        self.directory = directory
+        self.metadata = metadata
+        self._segments = segments
+        self._fd: int | None = fd
+        self._offset = offset
+        self._crc = crc
+        self._segment_size = segment_size
+        self._preallocate = preallocate
+        self._fsync = fsync
+        self._failed = False
+
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        """Whether ``directory`` holds any WAL segment."""
+        return bool(list_segments(directory))
+
+    @classmethod
+    def create(
+        cls,
+        directory: Path,
+        metadata: WalMetadata,
+        state: StateRecord,
+        *,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        preallocate: bool = True,
+        fsync: bool = True,
+    ) -> Wal:
+        """Start a new WAL in ``directory`` (created if missing) with ``state`` as its base.
+
+        Raises:
+            FileExistsError: ``directory`` already holds a WAL.
+        """
+        ensure_dir(directory, fsync=fsync)
+        if Wal.exists(directory):
+            raise FileExistsError(f"{directory} already holds a WAL")
+        remove_tmp_files(directory, fsync=fsync)
+        wal = cls(
+            directory,
+            metadata,
+            [],
+            fd=None,
+            offset=0,
+            crc=0,
+            segment_size=segment_size,
+            preallocate=preallocate,
+            fsync=fsync,
+        )
+        wal._new_segment(0, state)
+        logger.info(
+            "created WAL %s for cluster %#x member %#x",
+            directory,
+            metadata.cluster_id,
+            metadata.member_id,
+        )
+        return wal
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        *,
+        metadata: WalMetadata | None = None,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        preallocate: bool = True,
+        fsync: bool = True,
+    ) -> tuple[Wal, WalContents]:
+        """Open the WAL in ``directory`` for appending, after reading it all back.
+
+        A torn tail of the last segment is truncated away (and logged) so appends continue
+        after the last good record. Nothing is modified if any other problem is found.
+
+        Returns:
+            The open WAL and what :func:`read_wal` returned.
+
+        Raises:
+            WalIdentityError: ``metadata`` is given and differs from the WAL's.
+            WalCorruptError: see :func:`read_wal`.
+        """
+        contents = read_wal(directory, metadata=metadata)
+        remove_tmp_files(directory, fsync=fsync)
+        last = contents.segments[-1]
+        fd = os.open(last.path, os.O_RDWR)
+        try:
+            if contents.torn is not None:
+                t = contents.torn
+                logger.warning(
+                    "WAL %s: dropping torn tail at offset %d (%d bytes in file): %s",
+                    t.path,
+                    t.offset,
+                    t.size - t.offset,
+                    t.reason,
+                )
+                os.ftruncate(fd, contents.end_offset)
+                if fsync:
+                    fdatasync(fd)
+            if preallocate and os.fstat(fd).st_size < segment_size:
+                _preallocate_durably(fd, segment_size, fsync=fsync)
+        except BaseException:
+            os.close(fd)
+            raise
+        wal = cls(
+            directory,
+            contents.metadata,
+            list(contents.segments),
+            fd=fd,
+            offset=contents.end_offset,
+            crc=contents.last_crc,
+            segment_size=segment_size,
+            preallocate=preallocate,
+            fsync=fsync,
+        )
+        return wal, contents
+
+    @property
+    def segments(self) -> list[Segment]:
+        """The segment files currently part of the log, oldest first."""
+        return list(self._segments)
+
+    @property
+    def end_offset(self) -> int:
+        """Where the next record goes in the current (last) segment: the end of the valid data."""
+        return self._offset
+
+    @property
+    def segment_full(self) -> bool:
+        """Whether the current segment has reached the segment size and should be cut."""
+        return self._offset >= self._segment_size
+
+    def _check(self) -> int:
+        if self._fd is None:
+            raise ValueError("WAL is closed")
+        if self._failed:
+            raise OSError("an earlier WAL write failed; reopen the WAL")
+        return self._fd
+
+    def append(self, records: Sequence[Record]) -> None:
+        """Write ``records`` with one ``write`` and one ``fdatasync``: the group-commit point.
+
+        Raises:
+            OSError: the write or sync failed; the WAL then refuses further writes.
+            ValueError: the WAL is closed, or a record is larger than :data:`MAX_RECORD_SIZE`.
+        """
+        fd = self._check()
+        crc = self._crc
+        parts = []
+        for r in records:
+            frame, crc = frame_record(encode_record(r), crc)
+            parts.append(frame)
+        buf = parts[0] if len(parts) == 1 else b"".join(parts)
+        try:
+            write_all(fd, buf, self._offset)
+            if self._fsync:
+                fdatasync(fd)
+        except OSError:
+            self._failed = True
+            logger.exception("WAL write to %s failed", self._segments[-1].path)
+            raise
+        self._offset += len(buf)
+        self._crc = crc
+
+    def cut(self, state: StateRecord) -> None:
+        """Seal the current segment and continue in a new one starting with ``state``.
+
+        ``state`` must describe the storage after every record appended so far.
+
+        Raises:
+            OSError: a file operation failed; the WAL then refuses further writes.
+        """
+        fd = self._check()
+        try:
+            if os.fstat(fd).st_size != self._offset:
+                os.ftruncate(fd, self._offset)
+                if self._fsync:
+                    fdatasync(fd)
+            os.close(fd)
+            self._fd = None
+            self._new_segment(self._segments[-1].seq + 1, state)
+        except OSError:
+            self._failed = True
+            logger.exception("cutting a new WAL segment in %s failed", self.directory)
+            raise
+
+    def _new_segment(self, seq: int, state: StateRecord) -> None:
+        index = state.last_index + 1
+        seg = Segment(seq, index, self.directory / segment_name(seq, index))
+        md = self.metadata
+        head, crc = frame_record(
+            encode_record(MetadataRecord(md.cluster_id, md.member_id, seq, self._crc)), 0
+        )
+        body, crc = frame_record(encode_record(state), crc)
+        tmp = seg.path.with_name(seg.path.name + ".tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if self._preallocate:
+                preallocate(fd, self._segment_size)
+            write_all(fd, head + body, 0)
+            if self._fsync:
+                os.fsync(fd)
+            os.replace(tmp, seg.path)
+            if self._fsync:
+                fsync_dir(self.directory)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._offset = len(head) + len(body)
+        self._crc = crc
+        self._segments.append(seg)
+        logger.debug("WAL %s: started segment %s", self.directory, seg.path.name)
+
+    def release(self, index: int) -> list[Path]:
+        """Delete the segments not needed once every entry up to ``index`` is compacted.
+
+        Keeps the newest segment started at or before ``index + 1`` and all later ones: entries
+        after ``index`` were all written after that segment was cut (it was started at the last
+        index then, plus one). Never deletes the current segment.
+
+        Returns:
+            The deleted files.
+        """
+        self._check()
+        keep_from = 0
+        for i, seg in enumerate(self._segments):
+            if seg.index <= index + 1:
+                keep_from = i
+        doomed = self._segments[:keep_from]
+        for seg in doomed:
+            seg.path.unlink()
+        self._segments = self._segments[keep_from:]
+        if doomed:
+            if self._fsync:
+                fsync_dir(self.directory)
+            logger.info(
+                "WAL %s: released %d segment(s) up to index %d", self.directory, len(doomed), index
+            )
+        return [s.path for s in doomed]
+
+    def close(self) -> None:
+        """Close the current segment file (idempotent). Everything appended is already synced."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _preallocate_durably(fd: int, size: int, *, fsync: bool) -> None:
+    """Preallocate ``fd`` to ``size`` and make the new extent durable."""
+    if preallocate(fd, size) and fsync:
+        os.fsync(fd)
