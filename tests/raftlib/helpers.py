@@ -144,3 +144,14 @@ def elect(
             last = m.entries[-1].index if m.entries else m.index
             node.step(Message(MT.APP_RESP, to=node.id, from_=m.to, term=m.term, index=last))
         drain(node, storage)
+
+
+def drain_reads(node: RawNode, storage: MemoryStorage) -> list[tuple[int, bytes]]:
+    """Process every pending Ready; returns the answered reads as ``(index, ctx)``."""
+    out: list[tuple[int, bytes]] = []
+    while node.has_ready():
+        rd = node.ready()
+        persist(node, storage, rd)
+        out.extend((r.index, r.request_ctx) for r in rd.read_states)
+        node.advance(rd)
+    return out

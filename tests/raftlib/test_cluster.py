@@ -14,6 +14,9 @@ import cbor2
 import pytest
 
 from raftlib import (
+    ConfChange,
+    ConfChangeType,
+    ConfChangeV2,
     Config,
     ConfState,
     EntryType,
@@ -24,12 +27,14 @@ from raftlib import (
     StateType,
     StepPeerNotFoundError,
 )
+from raftlib.codec import decode_conf_change
 
 
 class _Member:
     def __init__(self, node_id: int, voters: tuple[int, ...], seed: int) -> None:
         self.id = node_id
         self.storage = MemoryStorage(ConfState(voters=voters))
+        self.payload_index: dict[bytes, int] = {}  # log index of each payload applied
         self.raw = RawNode(
             Config(
                 id=node_id,
@@ -45,6 +50,7 @@ class _Member:
         self.state: list[bytes] = []  # the application state: payloads in apply order
         self.applied_index = 0
         self.snapshots_installed = 0
+        self.reads: dict[bytes, int] = {}  # answered read_index requests: ctx -> read index
 
     def handle_ready(self) -> list[Message]:
         rd = self.raw.ready()
@@ -63,6 +69,12 @@ class _Member:
             self.applied_index = e.index
             if e.type == EntryType.NORMAL and e.data:
                 self.state.append(e.data)
+                self.payload_index[e.data] = e.index
+            elif e.type != EntryType.NORMAL:
+                cc = decode_conf_change(e.type, e.data) if e.data else ConfChangeV2()
+                self.raw.apply_conf_change(cc)
+        for rs in rd.read_states:
+            self.reads[rs.request_ctx] = rs.index
         self.raw.advance(rd)
         return out
 
@@ -227,3 +239,41 @@ def test_leader_partitioned_into_minority_is_replaced_and_its_uncommitted_tail_d
     c.cut = set()
     c.run(ticks=1, rounds=20)
     _assert_consistent(c, [b"a", b"b"])
+
+
+def test_reads_and_membership_changes_mixed_with_writes_stay_linearizable() -> None:
+    """Every read_index answer, served once applied up to its index, reflects every write that
+    completed before the read was issued, while voters are added and removed."""
+    c = _Cluster(3, seed=41)
+    c.wait_leader()
+    c.members[4] = _Member(4, (1, 2, 3), seed=41)
+    done: list[bytes] = []  # writes known applied (acknowledged) before each read
+    changes = [ConfChange(ConfChangeType.ADD_NODE, 4), ConfChange(ConfChangeType.REMOVE_NODE, 2)]
+    answered = 0
+    for i in range(120):
+        data = b"w%03d" % i
+        c.propose(data)
+        c.run()
+        leader = c.wait_leader()
+        assert data in c.members[leader].state
+        done.append(data)
+        if i in (30, 80):
+            c.members[leader].raw.propose_conf_change(changes.pop(0))
+            c.run(ticks=1, rounds=3)
+        reader_id = [m for m in sorted(c.members) if m != 2 or i < 80][i % 3]
+        reader = c.members[reader_id]
+        ctx = b"r%03d" % i
+        reader.raw.read_index(ctx)
+        c.run()
+        if ctx not in reader.reads:
+            continue  # no leader known at that moment: the read is simply not answered
+        answered += 1
+        idx = reader.reads[ctx]
+        assert reader.applied_index >= idx
+        # Serving at idx must reflect every write acknowledged before the read was issued.
+        missed = [d for d in done if reader.payload_index.get(d, idx + 1) > idx]
+        assert missed == [], f"read {ctx!r} at index {idx} misses writes {missed[:3]}"
+    assert len(changes) == 0
+    assert answered >= 100, f"only {answered} of 120 reads were answered"
+    leader = c.wait_leader()
+    assert c.members[leader].raw.status().config.voters == (1, 3, 4)
