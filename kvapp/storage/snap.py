@@ -128,13 +128,16 @@ class Snapshotter:
         directory: where the files live; created (durably) if missing. Leftover ``.tmp`` files
             of interrupted writes are deleted.
         fsync: ``False`` skips fsyncs (tests and benchmarks only).
+        read_only: only list and load; neither create the directory nor clean it up (for
+            inspection tools).
     """
 
-    def __init__(self, directory: Path, *, fsync: bool = True) -> None:
+    def __init__(self, directory: Path, *, fsync: bool = True, read_only: bool = False) -> None:
         self.directory = directory
         self._fsync = fsync
-        ensure_dir(directory, fsync=fsync)
-        remove_tmp_files(directory, fsync=fsync)
+        if not read_only:
+            ensure_dir(directory, fsync=fsync)
+            remove_tmp_files(directory, fsync=fsync)
 
     def path_for(self, term: int, index: int) -> Path:
         """Where the snapshot at ``term``/``index`` is (or would be) stored."""
@@ -160,6 +163,8 @@ class Snapshotter:
 
     def files(self) -> list[SnapshotFile]:
         """The snapshot files present, newest (highest index) first; other files are ignored."""
+        if not self.directory.is_dir():
+            return []
         found = [f for p in self.directory.iterdir() if (f := _parse_name(p)) is not None]
         found.sort(reverse=True)
         return found
