@@ -39,6 +39,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
+import attrs
+
 from kvapp.storage.errors import (
     SnapshotCorruptError,
     StoreFailedError,
@@ -313,10 +315,11 @@ class RaftStore:
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         preallocate: bool = True,
         fsync: bool = True,
+        conf_state: ConfState | None = None,
     ) -> RaftStore:
         """Open (or create) the store in ``directory`` and recover its state.
 
-        A missing or empty directory gives an empty store, as a new ``MemoryStorage``.
+        A missing or empty directory gives an empty store, as ``MemoryStorage(conf_state)``.
 
         Args:
             directory: the data directory; created if missing.
@@ -327,6 +330,9 @@ class RaftStore:
             preallocate: reserve each WAL segment's space up front (faster fsyncs on ext4).
             fsync: ``False`` skips every fsync. For tests and benchmarks only: a power loss can
                 then lose acknowledged writes.
+            conf_state: the starting configuration of a *new* store, as if restored from an
+                empty snapshot (the alternative to ``RawNode.bootstrap``). Recorded when the
+                store is created; ignored when it already exists, like etcd's initial cluster.
 
         Raises:
             StoreLockedError: another open store holds ``directory``.
@@ -352,10 +358,11 @@ class RaftStore:
                     raise WalCorruptError(
                         wal_dir, 0, "no WAL segments but snapshot files exist: the WAL was lost"
                     )
+                initial = Snapshot(metadata=SnapshotMetadata(conf_state=conf_state or ConfState()))
                 wal = Wal.create(
                     wal_dir,
                     metadata,
-                    _EMPTY_STATE,
+                    attrs.evolve(_EMPTY_STATE, snapshot=initial.metadata),
                     segment_size=segment_size,
                     preallocate=preallocate,
                     fsync=fsync,
@@ -366,7 +373,7 @@ class RaftStore:
                     wal=wal,
                     snapshotter=snapshotter,
                     hard_state=HardState(),
-                    snapshot=Snapshot(),
+                    snapshot=initial,
                     entries=[Entry()],
                     keep_snapshots=keep_snapshots,
                 )

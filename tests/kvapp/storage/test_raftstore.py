@@ -345,3 +345,16 @@ def test_conf_state_defaults_to_the_current_snapshots(tmp_path):
         store.create_snapshot(2, ConfState(voters=(1,)), b"")
         snap = store.create_snapshot(4, None, b"")
         assert snap.metadata.conf_state == ConfState(voters=(1,))
+
+
+def test_initial_conf_state_like_memory_storage(tmp_path):
+    model = MemoryStorage(VOTERS)
+    store = RaftStore.open(tmp_path, cluster_id=CLUSTER, member_id=MEMBER, conf_state=VOTERS)
+    with store:
+        assert store.initial_state() == model.initial_state()
+        assert store.snapshot() == model.snapshot()
+        store.save(HardState(1, 1, 0), ents(1, 3))
+        store.compact(2)  # no snapshot yet: the initial configuration must still be there
+    other = ConfState(voters=(9,))
+    with RaftStore.open(tmp_path, cluster_id=CLUSTER, member_id=MEMBER, conf_state=other) as store:
+        assert store.initial_state() == (HardState(1, 1, 0), VOTERS)  # only used at creation

@@ -16,6 +16,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -52,11 +53,14 @@ class StoreMatchesMemoryStorage(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(dir=self.base))
-        self.model = MemoryStorage()
-        self.store = self._open()
         self.reopens = 0
 
-    def _open(self) -> RaftStore:
+    @initialize(conf=st.none() | conf_states)
+    def start(self, conf):
+        self.model = MemoryStorage(conf)
+        self.store = self._open(conf)
+
+    def _open(self, conf: ConfState | None = None) -> RaftStore:
         return RaftStore.open(
             self.dir,
             cluster_id=CLUSTER,
@@ -65,6 +69,7 @@ class StoreMatchesMemoryStorage(RuleBasedStateMachine):
             keep_snapshots=2,
             preallocate=False,
             fsync=False,
+            conf_state=conf,
         )
 
     def teardown(self) -> None:
