@@ -847,6 +847,16 @@ class _Raft:
 
     def _handle_append_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
+        if not m.reject and m.index > self.log.last_index():
+            # We never sent that index in this term: a confused or hostile peer.
+            self.logger.warning(
+                "%d ignored MsgAppResp from %d acknowledging index %d beyond last index %d",
+                self.id,
+                m.from_,
+                m.index,
+                self.log.last_index(),
+            )
+            return
         if m.reject:
             self.logger.debug(
                 "%d received MsgAppResp(rejected, hint: (index %d, term %d)) from %d for index %d",

@@ -161,12 +161,21 @@ class RawNode:
         Raises:
             StepLocalMessageError: ``m`` is of a type only raftlib itself creates.
             StepPeerNotFoundError: ``m`` answers something, but its sender is not a member.
-            DecodeError: ``m`` is malformed (its entries are not a contiguous run after
-                ``index``, or it lacks fields its type requires).
+            DecodeError: ``m`` is malformed (not addressed to us, claims to be from us, its
+                entries are not a contiguous run after ``index``, or it lacks fields its type
+                requires). Nothing changed.
             ProposalDropped: ``m`` is a forwarded proposal this leader cannot take.
+            RaftInvariantError: ``m`` contradicts this node's durable state (a leader reports
+                a commit index beyond our log: our storage lost acknowledged entries). Treat
+                the node's storage as damaged.
         """
         if is_local_message(m.type):
             raise StepLocalMessageError(f"cannot step raft local message {m.type.name}")
+        if m.to != self._raft.id:
+            raise DecodeError(f"{m.type.name} addressed to {m.to}, not to this node")
+        # A forwarded transfer request names its target as sender, which may be us.
+        if m.from_ == self._raft.id and m.type != MT.TRANSFER_LEADER:
+            raise DecodeError(f"{m.type.name} claims to come from this node itself")
         _validate_remote(m)
         if is_response_message(m.type) and m.from_ not in self._raft.trk.progress:
             raise StepPeerNotFoundError(f"{m.type.name} from unknown peer {m.from_}")

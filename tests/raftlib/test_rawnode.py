@@ -229,6 +229,8 @@ def test_step_rejects_local_messages_and_unknown_responders() -> None:
         ),
         Message(MT.SNAP, to=1, from_=2, term=1),
         Message(MT.PROP, to=1, from_=2),
+        Message(MT.HEARTBEAT, to=7, from_=2, term=1),
+        Message(MT.APP_RESP, to=1, from_=1, term=1, index=1),
     ],
 )
 def test_malformed_messages_raise_decode_error_and_change_nothing(msg: Message) -> None:
@@ -305,3 +307,14 @@ def test_apply_conf_change_returns_the_new_conf_state() -> None:
     cs = node.apply_conf_change(ConfChange(ConfChangeType.ADD_LEARNER_NODE, 4))
     assert cs == ConfState(voters=(1, 2, 3), learners=(4,))
     assert msgs_of([], MT.APP) == []
+
+
+def test_leader_ignores_an_acknowledgement_beyond_its_log() -> None:
+    s = storage_with()
+    node = new_node(1, s)
+    elect(node, s)
+    node.step(Message(MT.APP_RESP, to=1, from_=2, term=1, index=50))
+    drain(node, s)
+    st = node.status()
+    assert st.progress[2].match == 1
+    assert st.hard_state.commit == 1
