@@ -324,3 +324,17 @@ def test_leader_refuses_a_second_change_until_the_first_is_applied() -> None:
     net.nodes[1].raw.propose_conf_change(ConfChange(ADD, 5))
     net.stabilize()
     assert _config(net, 1).voters == (1, 2, 3, 4)
+
+
+def test_candidates_never_ask_learners_for_votes_nor_count_their_answers() -> None:
+    from raftlib import Message, MessageType
+
+    from .helpers import drain, msgs_of, new_node, storage_with
+
+    s = storage_with((1, 2, 3), learners=(4, 5))
+    node = new_node(1, s)
+    node.campaign()
+    assert sorted(m.to for m in msgs_of(drain(node, s), MessageType.VOTE)) == [2, 3]
+    for learner in (4, 5):
+        node.step(Message(MessageType.VOTE_RESP, to=1, from_=learner, term=1))
+    assert node.status().soft_state.raft_state == StateType.CANDIDATE

@@ -318,3 +318,24 @@ def test_leader_ignores_an_acknowledgement_beyond_its_log() -> None:
     st = node.status()
     assert st.progress[2].match == 1
     assert st.hard_state.commit == 1
+
+
+def test_inputs_between_ready_and_advance_arrive_in_the_next_ready() -> None:
+    """etcd allows step, tick and propose while a Ready is being handled."""
+    s = storage_with()
+    node = new_node(1, s)
+    elect(node, s)
+    node.propose(b"first")
+    rd = node.ready()
+    node.propose(b"second")
+    node.step(Message(MT.APP_RESP, to=1, from_=2, term=1, index=2))
+    node.tick()
+    persist(node, s, rd)
+    node.advance(rd)
+    rd2 = node.ready()
+    assert [e.data for e in rd2.entries] == [b"second"]
+    assert [e.data for e in rd2.committed_entries] == [b"first"]
+    assert any(m.type == MT.HEARTBEAT for m in rd2.messages)
+    persist(node, s, rd2)
+    node.advance(rd2)
+    assert [s.entries(2, 4)[i].data for i in (0, 1)] == [b"first", b"second"]
