@@ -209,9 +209,9 @@ class RaftLog:
 
     def has_next_committed_entries(self) -> bool:
         """Whether committed entries await application."""
-        if self.unstable.snapshot is not None:
+        if self.committed <= self.applied or self.unstable.snapshot is not None:
             return False
-        return self.committed > max(self.applied, self.first_index() - 1)
+        return self.committed >= self.first_index()
 
     def next_committed_entries(self) -> list[Entry]:
         """Committed entries not yet applied, up to ``max_applying_size`` bytes."""
