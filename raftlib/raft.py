@@ -543,20 +543,10 @@ class _Raft:
                 if not force and in_lease:
                     # Thesis §4.2.3: within the lease of a current leader, a vote request does
                     # not update our term or get our vote.
-                    self.logger.info(
-                        "%d [logterm: %d, index: %d, vote: %d] ignored %s from %d "
-                        "[logterm: %d, index: %d] at term %d: lease is not expired "
-                        "(remaining ticks: %d)",
-                        self.id,
-                        self.log.last_term(),
-                        self.log.last_index(),
-                        self.vote,
-                        m.type.name,
-                        m.from_,
-                        m.log_term,
-                        m.index,
-                        self.term,
-                        self.election_timeout - self.election_elapsed,
+                    self._log_vote(
+                        "ignored (lease not expired)",
+                        m,
+                        remaining_ticks=self.election_timeout - self.election_elapsed,
                     )
                     return
             if m.type == MT.PRE_VOTE:
@@ -587,19 +577,7 @@ class _Raft:
             elif m.type == MT.PRE_VOTE:
                 # Reject so a pre-candidate with an older term can catch up, instead of the
                 # cluster deadlocking on dropped messages.
-                self.logger.info(
-                    "%d [logterm: %d, index: %d, vote: %d] rejected %s from %d "
-                    "[logterm: %d, index: %d] at term %d",
-                    self.id,
-                    self.log.last_term(),
-                    self.log.last_index(),
-                    self.vote,
-                    m.type.name,
-                    m.from_,
-                    m.log_term,
-                    m.index,
-                    self.term,
-                )
+                self._log_vote("rejected", m)
                 self._send(MT.PRE_VOTE_RESP, m.from_, term=self.term, reject=True)
             else:
                 self.logger.debug(
@@ -619,6 +597,29 @@ class _Raft:
         else:
             self._step(m)
 
+    def _log_vote(self, action: str, m: Message, **extra: int) -> None:
+        """Log a decision about a (pre-)vote request, in etcd's wording."""
+        msg = (
+            "%d [logterm: %d, index: %d, vote: %d] %s %s from %d [logterm: %d, index: %d] "
+            "at term %d"
+        )
+        args: list[object] = [
+            self.id,
+            self.log.last_term(),
+            self.log.last_index(),
+            self.vote,
+            action,
+            m.type.name,
+            m.from_,
+            m.log_term,
+            m.index,
+            self.term,
+        ]
+        for k, v in extra.items():
+            msg += f" ({k.replace('_', ' ')}: %d)"
+            args.append(v)
+        self.logger.info(msg, *args)
+
     def _handle_vote_request(self, m: Message) -> None:
         can_vote = (
             # a repeat of a vote we already cast,
@@ -630,19 +631,7 @@ class _Raft:
         )
         # and the candidate's log is at least as up-to-date as ours (paper §5.4.1).
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
-            self.logger.info(
-                "%d [logterm: %d, index: %d, vote: %d] cast %s for %d [logterm: %d, index: %d] "
-                "at term %d",
-                self.id,
-                self.log.last_term(),
-                self.log.last_index(),
-                self.vote,
-                m.type.name,
-                m.from_,
-                m.log_term,
-                m.index,
-                self.term,
-            )
+            self._log_vote("cast", m)
             # Answer with the message's term: for a pre-vote ours may be older, and the
             # pre-candidate would ignore an answer from its past.
             self._send(vote_response_type(m.type), m.from_, term=m.term)
@@ -650,19 +639,7 @@ class _Raft:
                 self.election_elapsed = 0
                 self.vote = m.from_
         else:
-            self.logger.info(
-                "%d [logterm: %d, index: %d, vote: %d] rejected %s from %d "
-                "[logterm: %d, index: %d] at term %d",
-                self.id,
-                self.log.last_term(),
-                self.log.last_index(),
-                self.vote,
-                m.type.name,
-                m.from_,
-                m.log_term,
-                m.index,
-                self.term,
-            )
+            self._log_vote("rejected", m)
             self._send(vote_response_type(m.type), m.from_, term=self.term, reject=True)
 
     # -- leader --

@@ -186,7 +186,8 @@ def test_follower_needing_compacted_entries_gets_a_snapshot() -> None:
     assert node.status().progress[2].next == 5
 
 
-def test_failed_snapshot_report_probes_again_from_match() -> None:
+def _leader_snapshotting_to_2() -> RawNode:
+    """A leader whose log is compacted past what node 2 (which has nothing) needs."""
     node, s = _leader()
     node.propose(b"a")
     drain(node, s)
@@ -196,6 +197,12 @@ def test_failed_snapshot_report_probes_again_from_match() -> None:
     s.compact(2)
     node.step(Message(MT.APP_RESP, to=1, from_=2, term=1, index=0, reject=True, reject_hint=0))
     drain(node, s)
+    assert node.status().progress[2].state == ProgressState.SNAPSHOT
+    return node
+
+
+def test_failed_snapshot_report_probes_again_from_match() -> None:
+    node = _leader_snapshotting_to_2()
     node.report_snapshot(2, success=False)
     pr = node.status().progress[2]
     assert pr.state == ProgressState.PROBE
@@ -204,15 +211,7 @@ def test_failed_snapshot_report_probes_again_from_match() -> None:
 
 
 def test_snapshot_state_ends_when_follower_catches_up_from_the_log() -> None:
-    node, s = _leader()
-    node.propose(b"a")
-    drain(node, s)
-    node.step(Message(MT.APP_RESP, to=1, from_=3, term=1, index=2))
-    drain(node, s)
-    s.create_snapshot(2, None, b"state")
-    s.compact(2)
-    node.step(Message(MT.APP_RESP, to=1, from_=2, term=1, index=0, reject=True, reject_hint=0))
-    drain(node, s)
+    node = _leader_snapshotting_to_2()
     # The follower reports having index 2 (e.g. it applied the snapshot): resume replication.
     node.step(Message(MT.APP_RESP, to=1, from_=2, term=1, index=2))
     assert node.status().progress[2].state == ProgressState.REPLICATE
