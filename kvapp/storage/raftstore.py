@@ -480,9 +480,10 @@ class RaftStore:
             StoreFailedError: the disk write failed (now or earlier).
         """
         ents = list(entries)
-        for i in range(1, len(ents)):
-            if ents[i].index != ents[0].index + i:
-                raise ValueError(f"entries are not consecutive at {ents[i].index}")
+        if ents and [e.index for e in ents] != list(
+            range(ents[0].index, ents[0].index + len(ents))
+        ):
+            raise ValueError(f"entries are not consecutive: {[e.index for e in ents]}")
         if ents:
             first = self.first_index()
             if ents[-1].index < first:

@@ -20,6 +20,21 @@ A segment is a sequence of 8-byte aligned *records*::
     u32  crc            crc32 of the payload, seeded with the previous record's crc
     ...  zero padding   to the next multiple of 8
 
+Record payloads (``V`` is :data:`WAL_FORMAT_VERSION`; hard states, configurations and snapshot
+metadata use :mod:`raftlib.codec`'s arrays)::
+
+    [V, 0, cluster_id, member_id, seq, prev_crc]                     MetadataRecord
+    [V, 1, hard_state, snapshot_meta, compact_index, compact_term,
+           last_index, last_term]                                    StateRecord
+    [V, 2, hard_state | null, first_index, [term...], types, [data...]]
+                                                                     BatchRecord
+    [V, 3, kind, snapshot_meta]                                      SnapshotRecord
+    [V, 4, index, term]                                              CompactRecord
+
+A batch's entries have consecutive indexes, so they are stored as columns: the first index once,
+then the terms, the entry types as one byte string (a byte each) and the payloads. That is about
+three times faster to encode with cbor2 than an array per entry, for the same size.
+
 The payload crc is chained across records (as etcd's WAL does), so a record that is missing,
 repeated or out of place breaks the chain. The first record of a segment (:class:`MetadataRecord`:
 cluster id, member id, ``seq`` and the previous segment's last crc) starts a new chain at 0; its
@@ -62,7 +77,7 @@ import struct
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeAlias, assert_never
+from typing import TypeAlias, assert_never, cast
 
 import attrs
 import cbor2
@@ -82,12 +97,10 @@ from kvapp.storage.fileutil import (
 from raftlib.codec import (
     conf_state_from_array,
     conf_state_to_array,
-    entry_from_array,
-    entry_to_array,
     hard_state_from_array,
     hard_state_to_array,
 )
-from raftlib.types import Entry, HardState, SnapshotMetadata
+from raftlib.types import Entry, EntryType, HardState, SnapshotMetadata
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
@@ -292,17 +305,49 @@ def _meta_from_array(obj: object) -> SnapshotMetadata:
     )
 
 
+_ENTRY_TYPES = tuple(EntryType)
+
+
+def _entries_from(first: object, terms: object, types: object, datas: object) -> tuple[Entry, ...]:
+    start = _uint(first, "first index")
+    ts = _list(terms, "entry terms")
+    if type(types) is not bytes or len(types) != len(ts):
+        raise ValueError("entry types: expected one byte per entry")
+    ds = _list(datas, "entry data", len(ts))
+    if not all(type(t) is int and 0 <= t < _U64_MAX for t in ts):
+        raise ValueError("entry terms: expected unsigned integers")
+    if not all(type(d) is bytes for d in ds):
+        raise ValueError("entry data: expected byte strings")
+    if types and max(types) >= len(_ENTRY_TYPES):
+        raise ValueError(f"entry types: unknown type {max(types)}")
+    if ts and start + len(ts) > _U64_MAX:
+        raise ValueError("entry indexes overflow")
+    checked_terms = cast("list[int]", ts)
+    checked_data = cast("list[bytes]", ds)
+    return tuple(
+        Entry(term, start + i, _ENTRY_TYPES[ty], data)
+        for i, (term, ty, data) in enumerate(zip(checked_terms, types, checked_data, strict=True))
+    )
+
+
 def encode_record(record: Record) -> bytes:
     """The CBOR payload of ``record``."""
     v = WAL_FORMAT_VERSION
     arr: list[object]
     if isinstance(record, BatchRecord):
         hs = record.hard_state
+        ents = record.entries
+        first = ents[0].index if ents else 0
+        if [e.index for e in ents] != list(range(first, first + len(ents))):
+            raise ValueError("batch entries must have consecutive indexes")
         arr = [
             v,
             2,
             None if hs is None else hard_state_to_array(hs),
-            [entry_to_array(e) for e in record.entries],
+            first,
+            [e.term for e in ents],
+            bytes([e.type for e in ents]),
+            [e.data for e in ents],
         ]
     elif isinstance(record, SnapshotRecord):
         arr = [v, 3, int(record.kind), _meta_to_array(record.metadata)]
@@ -344,10 +389,10 @@ def decode_record(payload: bytes) -> Record:
     if len(a) < 2 or a[0] != WAL_FORMAT_VERSION or type(a[0]) is not int:
         raise ValueError(f"unsupported record version or shape: {a[:2]!r:.40}")
     t = a[1]
-    if t == RecordType.BATCH and len(a) == 4:
+    if t == RecordType.BATCH and len(a) == 7:
         return BatchRecord(
             hard_state=None if a[2] is None else hard_state_from_array(a[2]),
-            entries=tuple(entry_from_array(e) for e in _list(a[3], "entries")),
+            entries=_entries_from(a[3], a[4], a[5], a[6]),
         )
     if t == RecordType.SNAPSHOT and len(a) == 4:
         kind = _uint(a[2], "snapshot kind")
@@ -813,6 +858,8 @@ class Wal:
             ValueError: the WAL is closed, or a record is larger than :data:`MAX_RECORD_SIZE`.
         """
         fd = self._check()
+        if not records:
+            return
         crc = self._crc
         parts = []
         for r in records:

@@ -79,8 +79,17 @@ metas = st.builds(
     index=st.integers(0, 2**64 - 1),
     term=st.integers(0, 2**64 - 1),
 )
+
+
+@st.composite
+def consecutive_entries(draw: st.DrawFn) -> tuple[Entry, ...]:
+    ents = draw(st.lists(entries, max_size=5))
+    first = draw(st.integers(0, 2**64 - 1 - len(ents)))
+    return tuple(Entry(e.term, first + i, e.type, e.data) for i, e in enumerate(ents))
+
+
 records = st.one_of(
-    st.builds(BatchRecord, st.none() | hard_states, st.lists(entries, max_size=5).map(tuple)),
+    st.builds(BatchRecord, st.none() | hard_states, consecutive_entries()),
     st.builds(SnapshotRecord, st.sampled_from(SnapshotKind), metas),
     st.builds(CompactRecord, st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)),
     st.builds(
@@ -111,6 +120,11 @@ def test_record_encoding_round_trips(record):
 def test_decode_record_raises_only_value_error(payload):
     with contextlib.suppress(ValueError):
         decode_record(payload)
+
+
+def test_batch_entries_must_be_consecutive():
+    with pytest.raises(ValueError, match="consecutive"):
+        encode_record(BatchRecord(None, (Entry(1, 5), Entry(1, 7))))
 
 
 def test_decode_record_rejects_other_versions_and_trailing_bytes():
