@@ -506,7 +506,7 @@ def _scan_segment(data: bytes, path: Path, *, last: bool) -> _Scan:
                 return done("zero-filled record header followed by a partial write")
             return done(None)
         if not 0 < length <= MAX_RECORD_SIZE or zlib.crc32(data[pos : pos + 4]) != hcrc:
-            raise WalCorruptError(path, pos, "record header checksum mismatch")
+            raise WalCorruptError(path, pos, "bad record header (checksum or length)")
         body = pos + _HEADER_SIZE
         crc_at = body + length
         end = _align8(crc_at + 4)
