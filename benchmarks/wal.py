@@ -175,6 +175,7 @@ def main() -> None:
     parser.add_argument("--dir", type=pathlib.Path, default=ROOT / "tmp", help="disk to test")
     parser.add_argument("--no-write", action="store_true", help="do not append to the docs")
     args = parser.parse_args()
+    created = not args.dir.exists()
     args.dir.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix="walbench-", dir=args.dir))
     sizes = {b: record_size(b) for b in BATCH_SIZES}
@@ -188,6 +189,8 @@ def main() -> None:
         ab = {b: preallocation_ab(work, sizes[b], args.seconds, args.slices) for b in (1, 256)}
     finally:
         shutil.rmtree(work)
+        if created:
+            args.dir.rmdir()
 
     fs = _filesystem(args.dir)
     lines = [
