@@ -1,0 +1,759 @@
+"""The MVCC store: etcd's key-value semantics over a revisioned, in-memory history.
+
+A :class:`Store` is a deterministic state machine. Given the same sequence of calls, every
+replica ends with the same revisions, the same history and the same :meth:`Store.hash_kv`; it
+reads no clock and does no I/O. It is meant to be driven by committed Raft entries, one write
+transaction per entry, and read by the API layer between applies.
+
+Data layout:
+
+- the :class:`~kvapp.mvcc.index.KeyIndex`: sorted keys, each with its versions (tombstones
+  included), for reads at any revision since the last compaction;
+- the *change log*: every version written, in (main, sub) revision order, from the compacted
+  revision on. Watchers catch up from it and snapshots carry it. It holds references to the
+  same :class:`~kvapp.mvcc.types.KeyValue` objects as the index, so it costs one pointer per
+  change;
+- a lease index, lease ID -> keys attached to it now, so revoking a lease need not scan.
+
+Semantics follow etcd's ``mvcc`` package and its apply layer (``apply/txn.go``):
+
+- the store starts at revision 1; each write transaction that changes anything gets the next
+  revision, and a transaction that changes nothing (a delete of absent keys, a read-only txn)
+  gets none;
+- reads at revision 0 read the current revision; above it is :class:`FutureRevisionError`,
+  below the compacted revision is :class:`CompactedError`; responses carry the *current*
+  revision as their header revision, even for historical reads;
+- all compares of a txn, nested ones included, are evaluated against the state before the
+  txn; then every precondition of the chosen path is checked (read revisions, ``ignore_*``
+  puts need the key, leases must exist), and only then does anything change, so a txn is
+  all-or-nothing. Operations inside the txn see the txn's earlier writes.
+
+Listeners (:class:`StoreListener`) hear about every committed revision and every restore; the
+watch hub is one.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol, cast
+
+import attrs
+
+from kvapp.errors import (
+    CompactedError,
+    FutureRevisionError,
+    KeyNotFoundError,
+    LeaseNotFoundError,
+)
+from kvapp.mvcc.index import KeyIndex
+from kvapp.mvcc.types import (
+    CompactRequest,
+    CompactResponse,
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteRangeRequest,
+    DeleteRangeResponse,
+    Event,
+    EventType,
+    HashKVResponse,
+    KeyValue,
+    PutRequest,
+    PutResponse,
+    RangeRequest,
+    RangeResponse,
+    RequestOp,
+    ResponseOp,
+    SortOrder,
+    SortTarget,
+    TxnRequest,
+    TxnResponse,
+)
+from kvapp.mvcc.validate import (
+    DEFAULT_MAX_TXN_OPS,
+    check_key,
+    check_put,
+    check_txn,
+)
+
+__all__ = ["Store", "StoreListener"]
+
+_HASH_HEADER = struct.Struct(">qqqqQQ")
+
+
+class StoreListener(Protocol):
+    """Something that follows the store's changes (the watch hub)."""
+
+    def on_commit(self, revision: int, events: Sequence[Event]) -> None:
+        """Called once per committed revision, after the store is updated.
+
+        ``events`` are the revision's changes in sub-revision order, each with its previous
+        version. Must not write to the store.
+        """
+
+    def on_restore(self) -> None:
+        """Called after the store's whole state was replaced by a snapshot."""
+
+
+def _mod(kv: KeyValue) -> int:
+    return kv.mod_revision
+
+
+class _Write:
+    """One write transaction in progress: its revision and its changes so far."""
+
+    __slots__ = ("kvs", "prevs", "rev")
+
+    def __init__(self, rev: int) -> None:
+        self.rev = rev
+        self.kvs: list[KeyValue] = []
+        self.prevs: list[KeyValue | None] = []
+
+
+@attrs.frozen
+class _Decision:
+    """The branch a txn takes and, in order, the decisions of the nested txns in it."""
+
+    succeeded: bool
+    ops: tuple[RequestOp, ...]
+    nested: tuple[_Decision, ...]
+
+
+_SORT_KEYS: dict[SortTarget, Callable[[KeyValue], bytes | int]] = {
+    SortTarget.KEY: lambda kv: kv.key,
+    SortTarget.VERSION: lambda kv: kv.version,
+    SortTarget.CREATE: lambda kv: kv.create_revision,
+    SortTarget.MOD: lambda kv: kv.mod_revision,
+    SortTarget.VALUE: lambda kv: kv.value,
+}
+
+
+class Store:
+    """etcd's MVCC key-value store: range, put, delete-range, txn, compact, hash.
+
+    Not thread-safe: one caller (the apply loop) at a time.
+
+    Args:
+        max_txn_ops: the most compares or operations a txn list may hold (etcd's
+            ``--max-txn-ops``); None disables the limit. A store that applies replicated
+            commands should use None and leave the limit to the proposer; see
+            :mod:`kvapp.mvcc.validate`.
+
+    Attributes:
+        lease_exists: called to check that a put's lease exists; None accepts every lease.
+            :class:`~kvapp.lease.Lessor` installs its own check.
+    """
+
+    def __init__(self, *, max_txn_ops: int | None = DEFAULT_MAX_TXN_OPS) -> None:
+        self.max_txn_ops = max_txn_ops
+        self.lease_exists: Callable[[int], bool] | None = None
+        self._index = KeyIndex()
+        self._log: list[KeyValue] = []
+        self._rev = 1
+        self._compact_rev = 0
+        self._lease_keys: dict[int, set[bytes]] = {}
+        self._listeners: list[StoreListener] = []
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """The current revision: that of the last write transaction (1 for a new store)."""
+        return self._rev
+
+    @property
+    def compact_revision(self) -> int:
+        """The revision of the last compaction, 0 if never compacted.
+
+        Reads at revisions below it fail with :class:`CompactedError`.
+        """
+        return self._compact_rev
+
+    def add_listener(self, listener: StoreListener) -> None:
+        """Follow every committed revision and restore from now on."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: StoreListener) -> None:
+        """Stop notifying ``listener``."""
+        self._listeners.remove(listener)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def range(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        revision: int = 0,
+        limit: int = 0,
+        sort_order: SortOrder = SortOrder.NONE,
+        sort_target: SortTarget = SortTarget.KEY,
+        serializable: bool = False,
+        keys_only: bool = False,
+        count_only: bool = False,
+        min_mod_revision: int = 0,
+        max_mod_revision: int = 0,
+        min_create_revision: int = 0,
+        max_create_revision: int = 0,
+    ) -> RangeResponse:
+        """Read the keys in ``[key, range_end)`` at ``revision`` (etcd's Range).
+
+        Arguments are those of :class:`~kvapp.mvcc.types.RangeRequest`. etcd's rules apply:
+        ``count`` counts every key in the range at the read revision, before the revision
+        filters and the limit; with a sort order or a revision filter the whole range is read,
+        filtered, sorted and then cut to ``limit``; without one, the first ``limit`` keys in
+        key order are taken and a non-key ``sort_target`` sorts only those (ascending unless
+        DESCEND). Sorting is stable, so ties stay in key order.
+
+        Raises:
+            EmptyKeyError: ``key`` is empty.
+            FutureRevisionError: ``revision`` is above the current revision.
+            CompactedError: ``revision`` is below the compacted revision.
+        """
+        check_key(key)
+        if revision > self._rev:
+            raise FutureRevisionError
+        if 0 < revision < self._compact_rev:
+            raise CompactedError
+        return self._range(
+            self._rev,
+            RangeRequest(
+                key,
+                range_end,
+                limit,
+                revision,
+                sort_order,
+                sort_target,
+                serializable,
+                keys_only,
+                count_only,
+                min_mod_revision,
+                max_mod_revision,
+                min_create_revision,
+                max_create_revision,
+            ),
+        )
+
+    def get(self, key: bytes, revision: int = 0) -> KeyValue | None:
+        """The version of one key at ``revision`` (0: now), or None if it did not exist.
+
+        Raises:
+            FutureRevisionError: ``revision`` is above the current revision.
+            CompactedError: ``revision`` is below the compacted revision.
+        """
+        if revision > self._rev:
+            raise FutureRevisionError
+        if 0 < revision < self._compact_rev:
+            raise CompactedError
+        return self._index.get(key, revision or self._rev)
+
+    def lease_keys(self, lease: int) -> frozenset[bytes]:
+        """The keys attached to ``lease`` now."""
+        return frozenset(self._lease_keys.get(lease, ()))
+
+    def changes(self, start_revision: int, end_revision: int) -> Sequence[KeyValue]:
+        """Every change with ``start_revision <= mod_revision <= end_revision``, in order.
+
+        Puts appear as their new version, deletes as tombstones (``version == 0``). This is the
+        history watchers catch up from.
+
+        Raises:
+            CompactedError: ``start_revision`` is below the compacted revision.
+        """
+        if start_revision < self._compact_rev:
+            raise CompactedError
+        lo = bisect_left(self._log, start_revision, key=_mod)
+        hi = bisect_right(self._log, end_revision, lo=lo, key=_mod)
+        return self._log[lo:hi]
+
+    def prev_version(self, kv: KeyValue) -> KeyValue | None:
+        """The version of ``kv.key`` that the change ``kv`` (from :meth:`changes`) replaced.
+
+        None when the key did not exist before it, or when that version was compacted away
+        (etcd likewise leaves out a history event's ``prev_kv`` it can no longer read). This is
+        the ``prev_kv`` a live event for ``kv`` carried.
+        """
+        return self._index.previous(kv)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: bytes,
+        value: bytes = b"",
+        *,
+        lease: int = 0,
+        prev_kv: bool = False,
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
+    ) -> PutResponse:
+        """Write one key in a new revision (etcd's Put).
+
+        A new key gets ``create_revision`` = this revision and version 1; an existing one keeps
+        its create revision and counts up its version. The key is attached to ``lease`` (and
+        detached from its previous lease) unless ``ignore_lease`` keeps the current one.
+
+        Raises:
+            EmptyKeyError, ValueProvidedError, LeaseProvidedError: invalid request.
+            KeyNotFoundError: ``ignore_value``/``ignore_lease`` on a key that does not exist.
+            LeaseNotFoundError: ``lease`` does not exist.
+        """
+        check_put(key, value, lease, ignore_value=ignore_value, ignore_lease=ignore_lease)
+        self._check_put(key, lease, ignore_value=ignore_value, ignore_lease=ignore_lease)
+        w = _Write(self._rev + 1)
+        prev = self._put(w, key, value, lease, ignore_value=ignore_value, ignore_lease=ignore_lease)
+        self._commit(w)
+        return PutResponse(w.rev, prev if prev_kv else None)
+
+    def delete_range(
+        self, key: bytes, range_end: bytes = b"", *, prev_kv: bool = False
+    ) -> DeleteRangeResponse:
+        """Delete the keys in the range in one new revision (etcd's DeleteRange).
+
+        Deleting nothing creates no revision.
+
+        Raises:
+            EmptyKeyError: ``key`` is empty.
+        """
+        check_key(key)
+        w = _Write(self._rev + 1)
+        prevs = self._delete(w, key, range_end)
+        self._commit(w)
+        return DeleteRangeResponse(self._rev, len(prevs), tuple(prevs) if prev_kv else ())
+
+    def delete_keys(self, keys: Iterable[bytes]) -> int:
+        """Delete the given keys that exist, in the given order, in one revision.
+
+        For lease revocation (etcd deletes a lease's keys in sorted order in one txn); not
+        subject to the txn size limit. Returns the store's revision afterwards.
+        """
+        w = _Write(self._rev + 1)
+        for key in keys:
+            self._delete(w, key, b"")
+        self._commit(w)
+        return self._rev
+
+    def txn(
+        self,
+        compare: Iterable[Compare] = (),
+        success: Iterable[RequestOp] = (),
+        failure: Iterable[RequestOp] = (),
+    ) -> TxnResponse:
+        """Run ``success`` if every compare holds, else ``failure``, in one revision (etcd's Txn).
+
+        Raises:
+            TooManyOpsError: a list is longer than ``max_txn_ops``.
+            DuplicateKeyError: a branch writes a key twice or puts a key it deletes.
+            EmptyKeyError, ValueProvidedError, LeaseProvidedError: an invalid compare or op.
+            FutureRevisionError, CompactedError: a range in the chosen branch reads a revision
+                outside the retained history.
+            KeyNotFoundError, LeaseNotFoundError: a put in the chosen branch cannot be applied.
+
+            Nothing has changed when any of these is raised.
+        """
+        compares = tuple(compare)
+        ok_ops = tuple(success)
+        else_ops = tuple(failure)
+        check_txn(compares, ok_ops, else_ops, self.max_txn_ops)
+        decision = self._decide(compares, ok_ops, else_ops)
+        self._check_decision(decision)
+        w = _Write(self._rev + 1)
+        resp = self._execute(w, decision)
+        self._commit(w)
+        return resp
+
+    def compact(self, revision: int) -> CompactResponse:
+        """Forget the history before ``revision`` (etcd's Compact).
+
+        The state at ``revision`` and after stays readable; each key keeps its version visible
+        at ``revision`` (unless deleted by then) and everything newer. The change log keeps
+        the changes at ``revision`` itself, so a watch may still start there. Compaction does
+        not create a revision.
+
+        Raises:
+            CompactedError: ``revision`` is not above the current compacted revision.
+            FutureRevisionError: ``revision`` is above the current revision.
+        """
+        if revision <= self._compact_rev:
+            raise CompactedError
+        if revision > self._rev:
+            raise FutureRevisionError
+        self._index.compact(revision)
+        del self._log[: bisect_left(self._log, revision, key=_mod)]
+        self._compact_rev = revision
+        return CompactResponse(self._rev)
+
+    def apply(self, request: RequestOp | CompactRequest) -> ResponseOp | CompactResponse:
+        """Run one request object; the result is what the matching method returns.
+
+        Raises:
+            EtcdError: whatever the matching method raises.
+        """
+        match request:
+            case RangeRequest():
+                check_key(request.key)
+                if request.revision > self._rev:
+                    raise FutureRevisionError
+                if 0 < request.revision < self._compact_rev:
+                    raise CompactedError
+                return self._range(self._rev, request)
+            case PutRequest():
+                return self.put(
+                    request.key,
+                    request.value,
+                    lease=request.lease,
+                    prev_kv=request.prev_kv,
+                    ignore_value=request.ignore_value,
+                    ignore_lease=request.ignore_lease,
+                )
+            case DeleteRangeRequest():
+                return self.delete_range(request.key, request.range_end, prev_kv=request.prev_kv)
+            case TxnRequest():
+                return self.txn(request.compare, request.success, request.failure)
+            case CompactRequest():
+                return self.compact(request.revision)
+
+    # -- hashing and snapshots --------------------------------------------------------------
+
+    def hash_kv(self, revision: int = 0) -> HashKVResponse:
+        """A CRC-32 over the retained history up to ``revision`` (0: now), like etcd's HashKV.
+
+        Covered: the versions kept from at or below the compacted revision (in key order), then
+        every change above it up to ``revision`` (in revision order), tombstones included;
+        each as its revisions, version, lease, key and value. zlib's CRC-32 (IEEE polynomial)
+        is used rather than etcd's Castagnoli CRC, so the value is only comparable between
+        kvapp members, which is its purpose.
+
+        Raises:
+            FutureRevisionError: ``revision`` is above the current revision.
+            CompactedError: ``revision`` is below the compacted revision.
+        """
+        rev = revision or self._rev
+        if rev > self._rev:
+            raise FutureRevisionError
+        if rev < self._compact_rev:
+            raise CompactedError
+        crc = 0
+        for kv in self._index.at_or_below(self._compact_rev):
+            crc = _crc_kv(kv, crc)
+        start = bisect_right(self._log, self._compact_rev, key=_mod)
+        end = bisect_right(self._log, rev, lo=start, key=_mod)
+        for i in range(start, end):
+            crc = _crc_kv(self._log[i], crc)
+        return HashKVResponse(crc, self._compact_rev, rev)
+
+    def snapshot_base(self) -> Iterator[KeyValue]:
+        """The versions kept from at or below the compacted revision, in key order.
+
+        With :meth:`snapshot_log`, the revision and the compacted revision, this is the whole
+        store; see :meth:`from_snapshot`.
+        """
+        return self._index.at_or_below(self._compact_rev)
+
+    def snapshot_log(self) -> Iterator[KeyValue]:
+        """The change log: every change from the compacted revision on, in revision order."""
+        return iter(self._log)
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        revision: int,
+        compact_revision: int,
+        base: Iterable[KeyValue],
+        log: Iterable[KeyValue],
+        *,
+        max_txn_ops: int | None = DEFAULT_MAX_TXN_OPS,
+    ) -> Store:
+        """Rebuild a detached store from what :meth:`snapshot_base` and friends produced.
+
+        Raises:
+            ValueError: the parts are inconsistent (revisions out of order or out of bounds,
+                a key twice in ``base``, a tombstone in ``base``, an empty key).
+        """
+        if revision < 1 or not 0 <= compact_revision <= revision:
+            raise ValueError(f"bad revisions: current {revision}, compacted {compact_revision}")
+        histories: dict[bytes, list[KeyValue]] = {}
+        for kv in base:
+            if not kv.key or kv.version <= 0 or kv.mod_revision > compact_revision:
+                raise ValueError(f"bad base entry {kv!r}")
+            if kv.key in histories:
+                raise ValueError(f"key {kv.key!r} twice in the base")
+            histories[kv.key] = [kv]
+        entries = list(log)
+        last = compact_revision
+        for kv in entries:
+            if not kv.key or kv.version < 0 or not last <= kv.mod_revision <= revision:
+                raise ValueError(f"change log entry out of order or bounds: {kv!r}")
+            last = kv.mod_revision
+            if kv.mod_revision > compact_revision:
+                hist = histories.get(kv.key)
+                if hist is None:
+                    histories[kv.key] = [kv]
+                else:
+                    hist.append(kv)
+        store = cls(max_txn_ops=max_txn_ops)
+        store._index = KeyIndex.from_histories(histories)
+        store._log = entries
+        store._rev = revision
+        store._compact_rev = compact_revision
+        for hist in histories.values():
+            kv = hist[-1]
+            if kv.version and kv.lease:
+                store._lease_keys.setdefault(kv.lease, set()).add(kv.key)
+        return store
+
+    def replace_state(self, other: Store) -> None:
+        """Take over ``other``'s whole state (a snapshot restore), then tell the listeners.
+
+        Listeners, ``lease_exists`` and ``max_txn_ops`` of this store are kept; ``other`` must
+        not be used afterwards.
+        """
+        self._index = other._index
+        self._log = other._log
+        self._rev = other._rev
+        self._compact_rev = other._compact_rev
+        self._lease_keys = other._lease_keys
+        for listener in tuple(self._listeners):
+            listener.on_restore()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _check_put(self, key: bytes, lease: int, *, ignore_value: bool, ignore_lease: bool) -> None:
+        if (ignore_value or ignore_lease) and self._index.latest(key) is None:
+            raise KeyNotFoundError
+        exists = self.lease_exists
+        if lease and not ignore_lease and exists is not None and not exists(lease):
+            raise LeaseNotFoundError
+
+    def _put(
+        self,
+        w: _Write,
+        key: bytes,
+        value: bytes,
+        lease: int,
+        *,
+        ignore_value: bool,
+        ignore_lease: bool,
+    ) -> KeyValue | None:
+        prev = self._index.latest(key)
+        rev = w.rev
+        if prev is None:
+            kv = KeyValue(key, rev, rev, 1, value, lease)
+        else:
+            if ignore_value:
+                value = prev.value
+            if ignore_lease:
+                lease = prev.lease
+            kv = KeyValue(key, prev.create_revision, rev, prev.version + 1, value, lease)
+            if prev.lease and prev.lease != lease:
+                self._detach(prev.lease, key)
+        if lease:
+            self._lease_keys.setdefault(lease, set()).add(key)
+        self._index.append(kv)
+        self._log.append(kv)
+        w.kvs.append(kv)
+        w.prevs.append(prev)
+        return prev
+
+    def _delete(self, w: _Write, key: bytes, range_end: bytes) -> list[KeyValue]:
+        live = list(self._index.range(key, range_end, w.rev))
+        rev = w.rev
+        for prev in live:
+            tomb = KeyValue(prev.key, 0, rev, 0)
+            if prev.lease:
+                self._detach(prev.lease, prev.key)
+            self._index.append(tomb)
+            self._log.append(tomb)
+            w.kvs.append(tomb)
+            w.prevs.append(prev)
+        return live
+
+    def _detach(self, lease: int, key: bytes) -> None:
+        keys = self._lease_keys.get(lease)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._lease_keys[lease]
+
+    def _commit(self, w: _Write) -> None:
+        if not w.kvs:
+            return
+        self._rev = w.rev
+        if self._listeners:
+            events = [
+                Event(EventType.PUT if kv.version else EventType.DELETE, kv, prev)
+                for kv, prev in zip(w.kvs, w.prevs, strict=True)
+            ]
+            for listener in tuple(self._listeners):
+                listener.on_commit(w.rev, events)
+
+    def _range(self, read_rev: int, r: RangeRequest) -> RangeResponse:
+        rev = r.revision if r.revision > 0 else read_rev
+        kvs_iter = self._index.range(r.key, r.range_end, rev)
+        if r.count_only:
+            return RangeResponse(read_rev, (), False, sum(1 for _ in kvs_iter))
+        filtered = bool(
+            r.min_mod_revision
+            or r.max_mod_revision
+            or r.min_create_revision
+            or r.max_create_revision
+        )
+        fetch = 0 if (r.sort_order is not SortOrder.NONE or filtered) else max(r.limit, 0)
+        kvs: list[KeyValue] = []
+        count = 0
+        if fetch:
+            fetch += 1
+            for kv in kvs_iter:
+                count += 1
+                if count <= fetch:
+                    kvs.append(kv)
+        else:
+            kvs = list(kvs_iter)
+            count = len(kvs)
+        if filtered:
+            kvs = [kv for kv in kvs if _passes_filters(r, kv)]
+        order = r.sort_order
+        if r.sort_target is not SortTarget.KEY and order is SortOrder.NONE:
+            order = SortOrder.ASCEND
+        elif r.sort_target is SortTarget.KEY and order is SortOrder.ASCEND:
+            order = SortOrder.NONE
+        if order is not SortOrder.NONE:
+            kvs.sort(key=_SORT_KEYS[r.sort_target], reverse=order is SortOrder.DESCEND)
+        more = False
+        if r.limit > 0 and len(kvs) > r.limit:
+            del kvs[r.limit :]
+            more = True
+        if r.keys_only:
+            kvs = [attrs.evolve(kv, value=b"") for kv in kvs]
+        return RangeResponse(read_rev, tuple(kvs), more, count)
+
+    def _compare(self, c: Compare) -> bool:
+        kvs = list(self._index.range(c.key, c.range_end, self._rev))
+        if not kvs:
+            if c.target is CompareTarget.VALUE:
+                return False
+            return _compare_kv(c, None)
+        return all(_compare_kv(c, kv) for kv in kvs)
+
+    def _decide(
+        self,
+        compare: tuple[Compare, ...],
+        success: tuple[RequestOp, ...],
+        failure: tuple[RequestOp, ...],
+    ) -> _Decision:
+        ok = all(self._compare(c) for c in compare)
+        ops = success if ok else failure
+        nested = tuple(
+            self._decide(op.compare, op.success, op.failure)
+            for op in ops
+            if isinstance(op, TxnRequest)
+        )
+        return _Decision(ok, ops, nested)
+
+    def _check_decision(self, d: _Decision) -> None:
+        nested = iter(d.nested)
+        for op in d.ops:
+            match op:
+                case RangeRequest():
+                    if op.revision > self._rev:
+                        raise FutureRevisionError
+                    if 0 < op.revision < self._compact_rev:
+                        raise CompactedError
+                case PutRequest():
+                    self._check_put(
+                        op.key,
+                        op.lease,
+                        ignore_value=op.ignore_value,
+                        ignore_lease=op.ignore_lease,
+                    )
+                case TxnRequest():
+                    self._check_decision(next(nested))
+                case DeleteRangeRequest():
+                    pass
+
+    def _execute(self, w: _Write, d: _Decision) -> TxnResponse:
+        responses: list[ResponseOp] = []
+        nested = iter(d.nested)
+        for op in d.ops:
+            match op:
+                case RangeRequest():
+                    responses.append(self._range(w.rev if w.kvs else self._rev, op))
+                case PutRequest():
+                    prev = self._put(
+                        w,
+                        op.key,
+                        op.value,
+                        op.lease,
+                        ignore_value=op.ignore_value,
+                        ignore_lease=op.ignore_lease,
+                    )
+                    responses.append(PutResponse(w.rev, prev if op.prev_kv else None))
+                case DeleteRangeRequest():
+                    prevs = self._delete(w, op.key, op.range_end)
+                    responses.append(
+                        DeleteRangeResponse(
+                            w.rev if w.kvs else self._rev,
+                            len(prevs),
+                            tuple(prevs) if op.prev_kv else (),
+                        )
+                    )
+                case TxnRequest():
+                    responses.append(self._execute(w, next(nested)))
+        return TxnResponse(w.rev if w.kvs else self._rev, d.succeeded, tuple(responses))
+
+
+def _passes_filters(r: RangeRequest, kv: KeyValue) -> bool:
+    return not (
+        (r.max_mod_revision and kv.mod_revision > r.max_mod_revision)
+        or (r.min_mod_revision and kv.mod_revision < r.min_mod_revision)
+        or (r.max_create_revision and kv.create_revision > r.max_create_revision)
+        or (r.min_create_revision and kv.create_revision < r.min_create_revision)
+    )
+
+
+def _compare_kv(c: Compare, kv: KeyValue | None) -> bool:
+    # Compare's validator guarantees bytes for VALUE and an int otherwise.
+    if c.target is CompareTarget.VALUE:
+        have = kv.value if kv is not None else b""
+        want = cast("bytes", c.operand)
+        diff = (have > want) - (have < want)
+    else:
+        number = 0 if kv is None else _INT_FIELDS[c.target](kv)
+        operand = cast("int", c.operand)
+        diff = (number > operand) - (number < operand)
+    match c.result:
+        case CompareResult.EQUAL:
+            return diff == 0
+        case CompareResult.NOT_EQUAL:
+            return diff != 0
+        case CompareResult.GREATER:
+            return diff > 0
+        case CompareResult.LESS:
+            return diff < 0
+
+
+_INT_FIELDS: dict[CompareTarget, Callable[[KeyValue], int]] = {
+    CompareTarget.VERSION: lambda kv: kv.version,
+    CompareTarget.CREATE: lambda kv: kv.create_revision,
+    CompareTarget.MOD: lambda kv: kv.mod_revision,
+    CompareTarget.LEASE: lambda kv: kv.lease,
+}
+
+
+def _crc_kv(kv: KeyValue, crc: int) -> int:
+    crc = zlib.crc32(
+        _HASH_HEADER.pack(
+            kv.mod_revision,
+            kv.create_revision,
+            kv.version,
+            kv.lease,
+            len(kv.key),
+            len(kv.value),
+        ),
+        crc,
+    )
+    crc = zlib.crc32(kv.key, crc)
+    return zlib.crc32(kv.value, crc)
