@@ -160,6 +160,7 @@ class MemoryStorage:
 
         Raises:
             SnapshotOutOfDateError: ``index`` is not after the current snapshot.
+            CompactedError: the entry at ``index`` was already compacted away.
             ValueError: ``index`` is after the last entry.
         """
         if index <= self._snapshot.metadata.index:
@@ -169,6 +170,8 @@ class MemoryStorage:
         if index > self.last_index():
             raise ValueError(f"snapshot index {index} is after last index {self.last_index()}")
         offset = self._ents[0].index
+        if index < offset:
+            raise CompactedError(f"snapshot index {index} is compacted (log starts at {offset})")
         cs = conf_state if conf_state is not None else self._snapshot.metadata.conf_state
         self._snapshot = Snapshot(
             data=data,
@@ -181,7 +184,8 @@ class MemoryStorage:
     def compact(self, compact_index: int) -> None:
         """Discard entries up to and including ``compact_index``.
 
-        The application must not compact past its applied index.
+        The application must not compact past its applied index, nor past its latest snapshot:
+        a follower that needs the discarded entries can only be sent that snapshot.
 
         Raises:
             CompactedError: ``compact_index`` is at or before the current first placeholder.
@@ -204,10 +208,15 @@ class MemoryStorage:
         Entries already compacted are skipped. The first new entry must follow an existing one.
 
         Raises:
-            RaftInvariantError: the entries would leave a gap in the log.
+            RaftInvariantError: the entries would leave a gap in the log, or their indexes are
+                not consecutive.
         """
         if not entries:
             return
+        if entries[-1].index - entries[0].index != len(entries) - 1:
+            raise RaftInvariantError(
+                f"entries {entries[0].index}..{entries[-1].index} are not consecutive"
+            )
         first = self.first_index()
         last = entries[0].index + len(entries) - 1
         if last < first:

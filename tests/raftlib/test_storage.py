@@ -113,3 +113,16 @@ def test_append_with_a_gap_is_an_invariant_error() -> None:
     s = _storage([(3, 3), (4, 4)])
     with pytest.raises(RaftInvariantError):
         s.append([Entry(term=4, index=6)])
+
+
+def test_create_snapshot_of_a_compacted_index_is_refused() -> None:
+    s = _storage([(3, 3), (4, 4), (5, 5), (6, 6)])
+    s.compact(5)  # past the snapshot at 3
+    with pytest.raises(CompactedError):
+        s.create_snapshot(4, None, b"")
+
+
+def test_append_refuses_non_consecutive_entries() -> None:
+    s = _storage([(3, 3), (4, 4)])
+    with pytest.raises(RaftInvariantError):
+        s.append([Entry(term=4, index=5), Entry(term=4, index=7)])
