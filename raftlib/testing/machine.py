@@ -1,0 +1,318 @@
+"""``ClusterMachine``: a hypothesis rule-based state machine over a simulated Raft cluster.
+
+Hypothesis chooses the steps: tick a node, deliver / drop / duplicate any in-flight message (so
+any reordering and delay), finish a node's disk write, crash a node (tearing its pending write)
+and restart it from its disk, partition or cut links one way, heal, campaign, client writes and
+``read_index`` reads, leader transfers, membership changes (simple and joint, voters and
+learners), log compaction, and big steps that run the cluster for a while. After every step the
+:class:`~raftlib.testing.invariants.SafetyChecker` has checked every delivered message and Ready,
+and the ``@invariant`` cross-checks all logs from scratch. When the steps run out, the machine
+heals everything and requires progress (liveness), then checks the client history for
+linearizability.
+
+A failure shrinks to a short program, which hypothesis prints as ``state.rule(...)`` calls; the
+machine also prints (as a hypothesis note) the equivalent schedule, which
+``python -m raftlib.testing.replay`` replays step by step.
+
+Use it as is::
+
+    TestRaft = ClusterMachine.TestCase
+
+or subclass it to test your own state machine::
+
+    class CounterMachine(ClusterMachine):
+        state_machine = Counter  # implements raftlib.testing.StateMachine
+        model = counter_model()  # a linearizability Model, or None to skip that check
+
+        def make_write(self, key: int, n: int) -> bytes:
+            return b"incr"
+
+        def make_read(self, key: int) -> bytes:
+            return b"value"
+
+This module imports ``hypothesis`` (install ``raftlib[testing]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import attrs
+from hypothesis import note
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from raftlib.testing.cluster import Cluster, ClusterConfig
+from raftlib.testing.events import (
+    Campaign,
+    Compact,
+    Conf,
+    Crash,
+    Cut,
+    Deliver,
+    Drop,
+    Duplicate,
+    Event,
+    Heal,
+    Liveness,
+    Partition,
+    Read,
+    Restart,
+    Run,
+    Stabilize,
+    Sync,
+    Tick,
+    Transfer,
+    Write,
+)
+from raftlib.testing.invariants import NotLinearizable, check_nodes
+from raftlib.testing.linearizability import Model
+from raftlib.testing.statemachine import KVStateMachine, StateMachine, kv_get, kv_model, kv_put
+from raftlib.types import StateType
+
+__all__ = ["ClusterMachine"]
+
+_index = st.integers(min_value=0, max_value=63)
+_FLAGS = [(True, True), (True, False), (False, True), (False, False)]
+
+
+class ClusterMachine(RuleBasedStateMachine):
+    """Property-test Raft (and your state machine on it) under arbitrary fault schedules.
+
+    Class attributes to override:
+
+    Attributes:
+        config: the cluster's shape and node configuration (the seed, and unless
+            ``fixed_flags`` the ``pre_vote``/``check_quorum`` flags, are drawn by hypothesis).
+        fixed_flags: keep ``config``'s ``pre_vote`` and ``check_quorum`` instead of drawing them.
+        state_machine: makes each node's application state machine.
+        model: the linearizability model of ``state_machine``'s client operations; ``None``
+            skips the linearizability check. The default fits :class:`KVStateMachine`.
+        min_voters: membership changes never leave fewer voters (see
+            :class:`~raftlib.testing.sim.FaultProfile`).
+        liveness_ticks: after the last step, a healed cluster must elect a leader and apply a
+            fresh write everywhere within this many rounds; 0 skips the check.
+    """
+
+    config: ClassVar[ClusterConfig] = ClusterConfig(voters=(1, 2, 3), spares=(4,))
+    fixed_flags: ClassVar[bool] = False
+    state_machine: ClassVar[Callable[[], StateMachine]] = KVStateMachine
+    model: ClassVar[Model | None] = kv_model()
+    min_voters: ClassVar[int] = 3
+    liveness_ticks: ClassVar[int] = 400
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cluster: Cluster | None = None
+        self._failed = False
+        self._writes = 0
+
+    # -- hooks for subclasses --
+
+    def make_write(self, key: int, n: int) -> bytes:
+        """The command of a client write (``n`` counts writes, for unique values)."""
+        return kv_put(f"k{key}", f"v{n}")
+
+    def make_read(self, key: int) -> bytes:
+        """The query of a client read."""
+        return kv_get(f"k{key}")
+
+    # -- plumbing --
+
+    @property
+    def cluster(self) -> Cluster:
+        """The simulated cluster (after the ``start`` step)."""
+        if self._cluster is None:
+            raise RuntimeError("the machine has not started")
+        return self._cluster
+
+    def _do(self, event: Event) -> None:
+        try:
+            self.cluster.execute(event)
+        except BaseException:
+            self._fail()
+            raise
+
+    def _fail(self) -> None:
+        if not self._failed:
+            self._failed = True
+            note("Replay with `python -m raftlib.testing.replay FILE`, FILE holding:\n")
+            note(self.cluster.script())
+
+    def _node(self, i: int) -> int:
+        ids = self.cluster.config.node_ids
+        return ids[i % len(ids)]
+
+    # -- rules --
+
+    @initialize(
+        seed=st.integers(0, 2**16),
+        flags=st.sampled_from(_FLAGS),
+        elect=st.booleans(),
+    )
+    def start(self, seed: int, flags: tuple[bool, bool], elect: bool) -> None:
+        """Create the cluster; optionally elect node 1 at once (saves steps)."""
+        cfg = attrs.evolve(self.config, seed=seed)
+        if not self.fixed_flags:
+            cfg = attrs.evolve(cfg, pre_vote=flags[0], check_quorum=flags[1])
+        model = self.model
+        self._cluster = Cluster(cfg, state_machine=type(self).state_machine, model=model)
+        if elect:
+            self._do(Campaign(cfg.voters[0]))
+            self._do(Stabilize())
+
+    @rule(node=_index, n=st.integers(1, 25))
+    def tick(self, node: int, n: int) -> None:
+        """Tick one node ``n`` times (clocks run at different speeds)."""
+        self._do(Tick(self._node(node), n))
+
+    @rule(n=st.integers(1, 15))
+    def run(self, n: int) -> None:
+        """Tick every node and deliver everything, ``n`` times."""
+        self._do(Run(n))
+
+    @precondition(lambda self: bool(self.cluster.in_flight))
+    @rule(i=_index)
+    def deliver(self, i: int) -> None:
+        """Deliver any in-flight message (reordering and delaying the others)."""
+        c = self.cluster
+        self._do(Deliver(c.select(i % len(c.in_flight))))
+
+    @precondition(lambda self: bool(self.cluster.in_flight))
+    @rule(i=_index)
+    def drop(self, i: int) -> None:
+        """Lose an in-flight message."""
+        c = self.cluster
+        self._do(Drop(c.select(i % len(c.in_flight))))
+
+    @precondition(lambda self: bool(self.cluster.in_flight))
+    @rule(i=_index)
+    def duplicate(self, i: int) -> None:
+        """Duplicate an in-flight message."""
+        c = self.cluster
+        self._do(Duplicate(c.select(i % len(c.in_flight))))
+
+    @precondition(lambda self: any(n.pending is not None for n in self.cluster.nodes.values()))
+    @rule(i=_index)
+    def sync(self, i: int) -> None:
+        """Finish one node's pending disk write."""
+        pending = [k for k, n in self.cluster.nodes.items() if n.pending is not None]
+        self._do(Sync(pending[i % len(pending)]))
+
+    @rule(node=_index, torn=st.none() | st.integers(0, 4))
+    def crash(self, node: int, torn: int | None) -> None:
+        """Crash a node; ``torn`` items of its pending write reach the disk anyway."""
+        self._do(Crash(self._node(node), torn))
+
+    @precondition(lambda self: any(not n.up for n in self.cluster.nodes.values()))
+    @rule(i=_index)
+    def restart(self, i: int) -> None:
+        """Restart a crashed node from its disk."""
+        down = [k for k, n in self.cluster.nodes.items() if not n.up]
+        self._do(Restart(down[i % len(down)]))
+
+    @rule(sides=st.lists(st.booleans(), min_size=1, max_size=8))
+    def partition(self, sides: list[bool]) -> None:
+        """Split the nodes in two groups."""
+        ids = self.cluster.config.node_ids
+        side = [sides[k % len(sides)] for k in range(len(ids))]
+        a = tuple(n for n, s in zip(ids, side, strict=True) if s)
+        b = tuple(n for n, s in zip(ids, side, strict=True) if not s)
+        self._do(Partition((a, b)))
+
+    @rule(frm=_index, to=_index)
+    def cut(self, frm: int, to: int) -> None:
+        """Cut one link in one direction."""
+        self._do(Cut(self._node(frm), self._node(to)))
+
+    @rule()
+    def heal(self) -> None:
+        """Restore every link."""
+        self._do(Heal())
+
+    @rule(node=_index)
+    def campaign(self, node: int) -> None:
+        """Make a node campaign now."""
+        self._do(Campaign(self._node(node)))
+
+    @rule(node=_index, key=st.integers(0, 2))
+    def write(self, node: int, key: int) -> None:
+        """A client writes through a node."""
+        self._writes += 1
+        self._do(Write(self._node(node), self.make_write(key, self._writes)))
+
+    @rule(node=_index, key=st.integers(0, 2))
+    def read(self, node: int, key: int) -> None:
+        """A client reads through a node with ``read_index``."""
+        self._do(Read(self._node(node), self.make_read(key)))
+
+    @rule(node=_index, to=_index)
+    def transfer(self, node: int, to: int) -> None:
+        """Ask a node to hand leadership to another."""
+        self._do(Transfer(self._node(node), self._node(to)))
+
+    @rule(
+        changes=st.lists(st.tuples(st.sampled_from("vlr"), _index), min_size=0, max_size=2),
+        transition=st.sampled_from(["auto", "implicit", "explicit"]),
+    )
+    def conf_change(self, changes: list[tuple[str, int]], transition: str) -> None:
+        """Propose a membership change at the leader (no changes: leave joint)."""
+        c = self.cluster
+        lead = c.leader()
+        if lead is None:
+            return
+        cs = c.nodes[lead].running_config()
+        words = tuple(f"{k}{self._node(i)}" for k, i in changes)
+        voters = set(cs.voters)
+        for w in words:
+            (voters.add if w[0] == "v" else voters.discard)(int(w[1:]))
+        if words and (len(voters) < self.min_voters or len(cs.voters) < self.min_voters):
+            return
+        self._do(Conf(lead, words, transition))
+
+    @rule(node=_index)
+    def compact(self, node: int) -> None:
+        """A node snapshots its state machine and compacts its log."""
+        self._do(Compact(self._node(node)))
+
+    @rule()
+    def stabilize(self) -> None:
+        """Deliver every message and finish every write until nothing is left."""
+        self._do(Stabilize())
+
+    # -- checks --
+
+    @invariant()
+    def logs_agree(self) -> None:
+        """Every pair of logs satisfies log matching and agrees on committed entries."""
+        if self._cluster is None:
+            return
+        try:
+            check_nodes(self.cluster.observations())
+        except BaseException:
+            self._fail()
+            raise
+
+    def teardown(self) -> None:
+        """Heal, require progress, and check the client history (unless a step failed)."""
+        if self._cluster is None or self._failed:
+            return
+        try:
+            if self.liveness_ticks:
+                self.cluster.execute(Liveness(self.liveness_ticks))
+            if self.model is not None:
+                result = self.cluster.check_linearizability()
+                if result.ok is False:
+                    raise NotLinearizable(result.explain())
+        except BaseException:
+            self._fail()
+            raise
+
+    def leaders(self) -> dict[int, int]:
+        """The running nodes that believe they lead, with their terms (for subclasses' checks)."""
+        out: dict[int, int] = {}
+        for i, n in self.cluster.nodes.items():
+            if n.up and n.role == StateType.LEADER:
+                out[i] = n.term
+        return out
