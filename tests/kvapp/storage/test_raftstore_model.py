@@ -173,7 +173,7 @@ class StoreMatchesMemoryStorage(RuleBasedStateMachine):
 
 def test_raftstore_matches_memory_storage(tmp_path: Path) -> None:
     StoreMatchesMemoryStorage.base = tmp_path
-    run_state_machine_as_test(  # type: ignore[no-untyped-call]  # unannotated in hypothesis
+    run_state_machine_as_test(
         StoreMatchesMemoryStorage,
         settings=settings(max_examples=200, stateful_step_count=50, deadline=None),
     )
