@@ -6,7 +6,9 @@ with every source of nondeterminism turned into an explicit :class:`~raftlib.tes
 * **Network.** Messages a node sends go *in flight*; an event delivers, drops or duplicates a
   chosen one, so any loss, duplication, reordering or delay is expressible. Links can be cut one
   way (:class:`~raftlib.testing.events.Cut`) or between groups
-  (:class:`~raftlib.testing.events.Partition`).
+  (:class:`~raftlib.testing.events.Partition`). Like etcd's transport, the cluster reports to the
+  sender a message sent into a cut link (``report_unreachable``) and the fate of every snapshot
+  (``report_snapshot``); a message dropped in flight is lost silently.
 * **Disk.** Taking a Ready sends its ``messages`` at once and starts a *pending write*; a
   :class:`~raftlib.testing.events.Sync` finishes it: persist snapshot, entries and hard state into
   the node's ``MemoryStorage`` (which is its disk), send ``persisted_messages``, apply the
@@ -491,6 +493,14 @@ class Cluster:
         """Deliver the ``nth`` in-flight message from ``frm`` to ``to`` (of ``type``)."""
         self.execute(Deliver(MessageSelector(frm, to, type, nth)))
 
+    def drop(self, frm: int, to: int, type: MessageType | None = None, nth: int = 1) -> None:
+        """Lose the ``nth`` in-flight message from ``frm`` to ``to`` (of ``type``)."""
+        self.execute(Drop(MessageSelector(frm, to, type, nth)))
+
+    def duplicate(self, frm: int, to: int, type: MessageType | None = None, nth: int = 1) -> None:
+        """Duplicate the ``nth`` in-flight message from ``frm`` to ``to`` (of ``type``)."""
+        self.execute(Duplicate(MessageSelector(frm, to, type, nth)))
+
     def sync(self, node: int) -> None:
         """Finish ``node``'s pending write."""
         self.execute(Sync(node))
@@ -841,6 +851,9 @@ class Cluster:
                 self.checker.on_send(nd.id, m, nd.storage)
             if (m.from_, m.to) in self.cuts:
                 self._lost(m)
+                # The link is down: a transport knows it could not send, and tells the node.
+                if nd.raw is not None:
+                    nd.raw.report_unreachable(m.to)
                 continue
             self._seq += 1
             self.in_flight.append(InFlight(self._seq, m))
