@@ -129,6 +129,8 @@ class _Raft:
         self.bcast_pending = False
         self.read_states: list[ReadState] = []
         self.pending_read_index_messages: list[Message] = []
+        self.applying = 0
+        """The last index handed out to the application for applying (set by ``RawNode``)."""
         self._step: Callable[[Message], None] = self._step_follower
         self._tick: Callable[[], None] = self._tick_election
 
@@ -165,12 +167,15 @@ class _Raft:
         return HardState(term=self.term, vote=self.vote, commit=self.log.committed)
 
     def _load_state(self, hs: HardState) -> None:
-        if hs.commit < self.log.committed or hs.commit > self.log.last_index():
+        # A crash between persisting a Ready's snapshot and its hard state leaves the durable
+        # commit index behind the durable snapshot, which only holds committed entries.
+        commit = max(hs.commit, self.log.committed)
+        if commit > self.log.last_index():
             raise RaftInvariantError(
                 f"{self.id} state.commit {hs.commit} is out of range "
                 f"[{self.log.committed}, {self.log.last_index()}]"
             )
-        self.log.committed = hs.commit
+        self.log.committed = commit
         self.term = hs.term
         self.vote = hs.vote
 
@@ -1151,6 +1156,18 @@ class _Raft:
                 "%d attempted to restore snapshot as leader; should never happen", self.id
             )
             self._become_follower(self.term + 1, NONE)
+            return False
+        if self.applying > self.log.applied:
+            # The application still holds committed entries of the last Ready, maybe
+            # configuration changes it is about to pass to apply_conf_change: restoring now
+            # would switch the configuration under them. The leader sends the snapshot again.
+            self.logger.info(
+                "%d [applied: %d, applying: %d] ignored snapshot [index: %d] until applied",
+                self.id,
+                self.log.applied,
+                self.applying,
+                md.index,
+            )
             return False
         cs = md.conf_state
         if (

@@ -296,6 +296,8 @@ class RawNode:
         if entries or snapshot is not None:
             must_sync = True
         committed = tuple(log.next_committed_entries())
+        if committed:
+            r.applying = committed[-1].index
         msgs, r.msgs = r.msgs, []
         after, r.msgs_after_append = r.msgs_after_append, []
         reads, r.read_states = r.read_states, []

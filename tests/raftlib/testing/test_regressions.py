@@ -1,0 +1,172 @@
+"""Core bugs the simulator found, each pinned as the deterministic schedule that exposes it.
+
+Each schedule replays through :class:`~raftlib.testing.Cluster` (with every safety check on), and
+can be replayed step by step with ``python -m raftlib.testing.replay``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from raftlib import ConfState, StateType
+from raftlib.testing import Cluster
+
+
+def replay(script: str) -> Cluster:
+    return Cluster.replay("\n".join(line.strip() for line in script.strip().splitlines()))
+
+
+SNAPSHOT_DURING_APPLY = """
+    cluster voters=1,2,3 spares=4 seed=1
+    campaign 1
+    stabilize
+    conf 1 explicit v4
+    stabilize
+    # Entry 3 leaves the joint configuration. Node 3 stores it; the leader never hears so.
+    conf 1 leave
+    deliver 1->3 APP
+    sync 3
+    drop 3->1 APP_RESP
+    sync 1
+    deliver 1->2 APP
+    sync 2
+    deliver 1->4 APP
+    sync 4
+    deliver 2->1 APP_RESP
+    deliver 4->1 APP_RESP
+    # Entry 3 commits; the commit notices to 2 and 4 arrive, the one to 3 is delayed.
+    sync 1
+    deliver 1->2 APP
+    sync 2
+    deliver 1->4 APP
+    sync 4
+    deliver 2->1 APP_RESP
+    deliver 4->1 APP_RESP
+    # Entry 4 (sent into a cut link, so node 3 is reported unreachable), then a snapshot at 4.
+    cut 1->3
+    put 1 x a
+    sync 1
+    deliver 1->2 APP
+    sync 2
+    deliver 1->4 APP
+    sync 4
+    deliver 2->1 APP_RESP
+    deliver 4->1 APP_RESP
+    sync 1
+    compact 1
+    heal
+    tick 1
+    sync 1
+    deliver 1->3 HEARTBEAT
+    sync 3
+    deliver 3->1 HEARTBEAT_RESP
+    sync 1
+    # Node 3 takes a Ready that hands out entry 3 (a conf change) for applying; before it has
+    # applied it, the snapshot at 4 arrives.
+    deliver 1->3 APP #1
+    deliver 1->3 SNAP
+    sync 3
+"""
+
+
+def test_snapshot_arriving_while_committed_conf_change_is_being_applied() -> None:
+    """Found by the simulator (learners profile, seed 128).
+
+    A follower handed out a Ready whose committed entries include a configuration change, then
+    (between ``ready()`` and ``advance()``, which the Ready contract allows) stepped a snapshot
+    newer than that entry. raftlib installed the snapshot, switching the configuration to the
+    snapshot's; the application then applied the handed-out change as the contract says, and
+    ``apply_conf_change`` raised ``ConfigError`` ("can't leave a non-joint config"). etcd would
+    panic there. Fix: a node ignores a snapshot while committed entries it handed out are not
+    yet applied (the leader sends it again).
+    """
+    c = replay(SNAPSHOT_DURING_APPLY)
+    assert c.nodes[3].conf_state == ConfState(voters=(1, 2, 3, 4))
+    c.check_liveness(100)
+    assert {n.applied for n in c.nodes.values()} == {c.nodes[1].commit}
+
+
+TORN_SNAPSHOT = """
+    cluster voters=1,2,3 seed=1
+    campaign 1
+    stabilize
+    partition 1 2 | 3
+    put 1 k v0
+    put 1 k v1
+    put 1 k v2
+    stabilize
+    compact 1
+    heal
+    tick 1
+    sync 1
+    deliver 1->2 HEARTBEAT
+    deliver 1->3 HEARTBEAT
+    sync 3
+    deliver 2->1 HEARTBEAT_RESP
+    deliver 3->1 HEARTBEAT_RESP
+    sync 1
+    deliver 1->3 APP
+    sync 3
+    deliver 3->1 APP_RESP
+    sync 1
+    # Node 3's next Ready installs the snapshot at 4 and sets commit 4; the crash tears the
+    # write after the snapshot, before the hard state.
+    deliver 1->3 SNAP
+    crash 3 torn=1
+    restart 3
+"""
+
+
+def test_restart_after_crash_between_persisting_snapshot_and_hard_state() -> None:
+    """Found by the simulator (learners profile, seed 68).
+
+    The Ready contract says to persist the snapshot, then the entries, then the hard state. A
+    crash after the snapshot but before the hard state leaves a durable commit index below the
+    durable snapshot's index, and restarting raised ``RaftInvariantError`` ("state.commit 1 is
+    out of range [4, 4]"), so the node could never start again. A snapshot only holds committed
+    entries, so the fix takes the commit index to be at least the snapshot's.
+    """
+    c = replay(TORN_SNAPSHOT)
+    node = c.nodes[3]
+    assert node.up
+    assert node.storage.hard_state.commit == 1
+    assert node.commit == 4
+    c.check_liveness(100)
+    assert node.applied == c.nodes[1].applied
+
+
+LEADER_REMOVES_ITSELF_FROM_TWO = """
+    cluster voters=1,2 seed=1
+    campaign 1
+    stabilize
+    # Entry 2 removes the leader; entry 3 is appended before entry 2 is applied.
+    conf 1 r1
+    put 1 x a
+    sync 1
+    deliver 1->2 APP
+    sync 2
+    deliver 2->1 APP_RESP
+    sync 1
+    # Entry 3 never reaches node 2, nor does the news that entry 2 committed.
+    drop 1->2 APP
+    drop 1->2 APP
+    # The leader applies its removal and steps down.
+    sync 1
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core liveness bug inherited from etcd's raft: a leader that removes (or demotes) "
+    "itself from a two-voter configuration can step down before the other voter learns the "
+    "change committed; that voter still needs the old leader's vote, which it refuses because "
+    "its own log is longer. etcd expects applications never to remove or demote the leader "
+    "(transfer leadership first). A fix needs the stepping-down leader to hand over "
+    "(TimeoutNow to an up-to-date voter) or to stop appending after its own removal.",
+)
+def test_leader_removing_itself_from_two_voters_leaves_the_cluster_leaderless() -> None:
+    c = replay(LEADER_REMOVES_ITSELF_FROM_TWO)
+    assert c.nodes[1].role == StateType.FOLLOWER
+    assert c.nodes[1].conf_state == ConfState(voters=(2,))
+    assert c.nodes[2].conf_state == ConfState(voters=(1, 2))
+    c.check_liveness(300)
