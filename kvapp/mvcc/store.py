@@ -422,10 +422,11 @@ class Store:
         """A CRC-32 over the retained history up to ``revision`` (0: now), like etcd's HashKV.
 
         Covered: the versions kept from at or below the compacted revision (in key order), then
-        every change above it up to ``revision`` (in revision order), tombstones included;
-        each as its revisions, version, lease, key and value. zlib's CRC-32 (IEEE polynomial)
-        is used rather than etcd's Castagnoli CRC, so the value is only comparable between
-        kvapp members, which is its purpose.
+        the change log from the compacted revision up to ``revision`` (in revision order,
+        tombstones included; the changes at the compacted revision itself are kept for
+        watchers, so they are covered too); each as its revisions, version, lease, key and
+        value. zlib's CRC-32 (IEEE polynomial) is used rather than etcd's Castagnoli CRC, so
+        the value is only comparable between kvapp members, which is its purpose.
 
         Raises:
             FutureRevisionError: ``revision`` is above the current revision.
@@ -439,7 +440,7 @@ class Store:
         crc = 0
         for kv in self._index.at_or_below(self._compact_rev):
             crc = _crc_kv(kv, crc)
-        start = bisect_right(self._log, self._compact_rev, key=_mod)
+        start = bisect_left(self._log, self._compact_rev, key=_mod)
         end = bisect_right(self._log, rev, lo=start, key=_mod)
         for i in range(start, end):
             crc = _crc_kv(self._log[i], crc)

@@ -558,7 +558,7 @@ def test_cluster_expires_a_lease_through_the_log() -> None:
 
 
 @pytest.mark.parametrize("gap", [0.0, 0.5, 1.0])
-def test_unrenewed_lease_expires_within_ttl_plus_bounded_grace_under_LeaderChanges(
+def test_unrenewed_lease_expires_within_ttl_plus_bounded_grace_under_leader_changes(
     gap: float,
 ) -> None:
     """etcd issue 9395: with a full-TTL refresh on every new leader, a leader change every TTL/2
@@ -573,7 +573,7 @@ def test_unrenewed_lease_expires_within_ttl_plus_bounded_grace_under_LeaderChang
     c.replicas_agree()
 
 
-def test_kept_alive_lease_never_expires_across_LeaderChanges() -> None:
+def test_kept_alive_lease_never_expires_across_leader_changes() -> None:
     ttl = 6
     c = Cluster(grace=1.0)
     c.elect(0)
@@ -622,7 +622,7 @@ class Client:
             self.next = now + self.interval
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     ttl=st.integers(3, 12),
     every=st.floats(0.05, 1.0),
@@ -630,7 +630,7 @@ class Client:
     renew_every=st.floats(0.1, 1 / 3),
     stop_renewing=st.floats(0, 30),
 )
-def test_lease_bounds_under_random_LeaderChanges(
+def test_lease_bounds_under_random_leader_changes(
     ttl: int, every: float, gap: float, renew_every: float, stop_renewing: float
 ) -> None:
     """Renewed every <= TTL/3 it lives; once renewals stop it is revoked no earlier than TTL

@@ -603,5 +603,5 @@ class WatchMachine(RuleBasedStateMachine):
                 assert w.canceled.cancel_reason
 
 
-WatchMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)
+WatchMachine.TestCase.settings = settings(max_examples=250, stateful_step_count=50, deadline=None)
 TestWatchMachine = WatchMachine.TestCase

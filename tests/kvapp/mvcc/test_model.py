@@ -152,5 +152,5 @@ def _bad(op: Any) -> bool:
     return isinstance(op, PutRequest) and op.ignore_value and op.value != b""
 
 
-StoreVsModel.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+StoreVsModel.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
 TestStoreVsModel = StoreVsModel.TestCase

@@ -1,0 +1,330 @@
+"""The whole replicated key-value state: MVCC store plus leases, with snapshots and a hash.
+
+:class:`KvState` bundles what every member must hold identically (the
+:class:`~kvapp.mvcc.store.Store` and the :class:`~kvapp.lease.Lessor`) with the member's local
+:class:`~kvapp.watch.WatchHub`. The state machine applies each committed command with
+:meth:`KvState.apply`; the Raft layer takes :meth:`KvState.snapshot` for log compaction and
+installs one with :meth:`KvState.restore`; replicas compare :meth:`KvState.hash` at the same
+applied index to detect divergence.
+
+Snapshot format (version 1): a stream of CBOR data items, written and read one at a time so
+neither side needs the whole snapshot in memory twice:
+
+1. a header map: ``format`` (``"kvapp.kvstate"``), ``version`` (1), ``revision``,
+   ``compact_revision``, ``next_lease_id``;
+2. ``["base", [record, ...]]`` chunks: the versions kept from at or below the compacted
+   revision, in key order; a record is ``[key, create_revision, mod_revision, version, value,
+   lease]``;
+3. ``["log", [record, ...]]`` chunks: the change log from the compacted revision on, in
+   revision order, tombstones included (``version`` 0);
+4. ``["leases", [[id, ttl, remaining_ms], ...]]`` chunks, in ID order;
+5. a trailer map: ``end`` (true), the record counts ``base``, ``log`` and ``leases``, and
+   ``hash``, the :meth:`KvState.hash` of the state. :meth:`KvState.restore` rebuilds the state
+   aside, checks counts and hash, and only then replaces the live state, so a truncated or
+   damaged stream changes nothing.
+
+Keys and values are CBOR byte strings, so the format is independent of Python. Watch state is
+local and not part of a snapshot; watchers survive a restore (see :mod:`kvapp.watch`).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, TypeAlias
+
+import cbor2
+
+from kvapp.errors import StateSnapshotError
+from kvapp.lease import (
+    LeaseCheckpointRequest,
+    LeaseGrantRequest,
+    LeaseGrantResponse,
+    LeaseRecord,
+    LeaseRevokeRequest,
+    LeaseRevokeResponse,
+    LeaseSnapshot,
+    Lessor,
+)
+from kvapp.mvcc.store import Store
+from kvapp.mvcc.types import (
+    CompactRequest,
+    CompactResponse,
+    DeleteRangeRequest,
+    KeyValue,
+    PutRequest,
+    RangeRequest,
+    ResponseOp,
+    TxnRequest,
+)
+from kvapp.watch import DEFAULT_MAX_BUFFERED_EVENTS, SlowWatcherPolicy, WatchHub
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "Command", "CommandResult", "KvState", "state_hash"]
+
+FORMAT = "kvapp.kvstate"
+FORMAT_VERSION = 1
+_CHUNK = 1024
+_HEADER_KEYS = frozenset({"format", "version", "revision", "compact_revision", "next_lease_id"})
+_TRAILER_KEYS = frozenset({"end", "base", "log", "leases", "hash"})
+_STATE = struct.Struct(">IqqQ")
+_LEASE = struct.Struct(">qqq")
+
+Command: TypeAlias = (
+    RangeRequest
+    | PutRequest
+    | DeleteRangeRequest
+    | TxnRequest
+    | CompactRequest
+    | LeaseGrantRequest
+    | LeaseRevokeRequest
+    | LeaseCheckpointRequest
+)
+"""A command the state machine applies (a range only when served through the log)."""
+
+CommandResult: TypeAlias = (
+    ResponseOp | CompactResponse | LeaseGrantResponse | LeaseRevokeResponse | None
+)
+"""What :meth:`KvState.apply` returns (None for a lease checkpoint)."""
+
+
+def state_hash(store: Store, leases: LeaseSnapshot) -> int:
+    """CRC-32 of a whole state: the store's HashKV, its revisions, and every lease.
+
+    Equal on members that applied the same commands, whatever their snapshot and compaction
+    history; what the lessor's local clocks say is deliberately left out.
+    """
+    crc = zlib.crc32(
+        _STATE.pack(store.hash_kv().hash, store.revision, store.compact_revision, leases.next_id)
+    )
+    for lease in leases.leases:
+        crc = zlib.crc32(_LEASE.pack(lease.id, lease.ttl, lease.remaining_ms), crc)
+    return crc
+
+
+class KvState:
+    """Store + lessor + watch hub: everything the state machine applies commands to.
+
+    Not thread-safe: use it from the apply loop.
+
+    Args:
+        clock: monotonic seconds, for the lessor.
+        grace: the lessor's grace on promotion; one election timeout, in seconds.
+        min_ttl: the smallest lease TTL; members must agree on it.
+        checkpoint_interval: seconds between the leader's lease checkpoints.
+        max_buffered_events: the watch hub's per-watcher bound.
+        slow_watcher: the watch hub's policy for slow watchers.
+
+    The store is built with ``max_txn_ops=None``: the txn size limit is the proposer's check
+    (see :mod:`kvapp.mvcc.validate`), so members configured differently cannot diverge.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        grace: float,
+        min_ttl: int = 2,
+        checkpoint_interval: float = 5.0,
+        max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS,
+        slow_watcher: SlowWatcherPolicy = SlowWatcherPolicy.CANCEL,
+    ) -> None:
+        self.store = Store(max_txn_ops=None)
+        self.lessor = Lessor(
+            self.store,
+            clock,
+            grace=grace,
+            min_ttl=min_ttl,
+            checkpoint_interval=checkpoint_interval,
+        )
+        self.watches = WatchHub(
+            self.store, max_buffered_events=max_buffered_events, slow_watcher=slow_watcher
+        )
+
+    def apply(self, command: Command) -> CommandResult:
+        """Apply one committed command and return its result.
+
+        Raises:
+            EtcdError: the command fails as etcd would fail it (identically on every member);
+                the state is unchanged. The state machine reports it to the waiting client.
+        """
+        match command:
+            case LeaseGrantRequest() | LeaseRevokeRequest() | LeaseCheckpointRequest():
+                return self.lessor.apply(command)
+            case RangeRequest() | PutRequest() | DeleteRangeRequest() | TxnRequest():
+                return self.store.apply(command)
+            case CompactRequest():
+                return self.store.apply(command)
+
+    def hash(self) -> int:
+        """The :func:`state_hash` of the current state."""
+        return state_hash(self.store, self.lessor.snapshot())
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def snapshot(self, out: IO[bytes]) -> None:
+        """Write the whole replicated state to ``out`` as a CBOR stream (see the module doc)."""
+        store = self.store
+        leases = self.lessor.snapshot()
+        enc = cbor2.CBOREncoder(out)
+        enc.encode(
+            {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "revision": store.revision,
+                "compact_revision": store.compact_revision,
+                "next_lease_id": leases.next_id,
+            }
+        )
+        counts = {
+            "base": _write_chunks(enc, "base", (_record(kv) for kv in store.snapshot_base())),
+            "log": _write_chunks(enc, "log", (_record(kv) for kv in store.snapshot_log())),
+            "leases": _write_chunks(
+                enc, "leases", ([r.id, r.ttl, r.remaining_ms] for r in leases.leases)
+            ),
+        }
+        enc.encode({"end": True, **counts, "hash": state_hash(store, leases)})
+
+    def snapshot_bytes(self) -> bytes:
+        """The snapshot as one bytes object."""
+        buf = io.BytesIO()
+        self.snapshot(buf)
+        return buf.getvalue()
+
+    def restore(self, src: IO[bytes]) -> None:
+        """Replace the whole replicated state with a snapshot read from ``src``.
+
+        The new state is built aside and verified (record counts and hash) before it replaces
+        the current one; watchers then catch up from the restored change log, and the lessor
+        counts checkpointed TTLs from now.
+
+        Raises:
+            StateSnapshotError: the stream is truncated, damaged, or of another format or
+                version; the state is unchanged.
+        """
+        try:
+            fresh, leases = _read(cbor2.CBORDecoder(src), self.store.max_txn_ops)
+        except (cbor2.CBORDecodeError, ValueError, TypeError) as e:
+            if isinstance(e, StateSnapshotError):
+                raise
+            raise StateSnapshotError(f"bad state snapshot: {e}") from e
+        if src.read(1):
+            raise StateSnapshotError("bad state snapshot: data after the trailer")
+        self.store.replace_state(fresh)
+        self.lessor.restore(leases)
+
+    def restore_bytes(self, data: bytes) -> None:
+        """Restore from a snapshot held in memory.
+
+        Raises:
+            StateSnapshotError: as :meth:`restore`.
+        """
+        self.restore(io.BytesIO(data))
+
+
+def _record(kv: KeyValue) -> list[object]:
+    return [kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease]
+
+
+def _write_chunks(enc: cbor2.CBOREncoder, tag: str, records: Iterable[list[object]]) -> int:
+    count = 0
+    chunk: list[list[object]] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == _CHUNK:
+            enc.encode([tag, chunk])
+            count += len(chunk)
+            chunk = []
+    if chunk:
+        enc.encode([tag, chunk])
+        count += len(chunk)
+    return count
+
+
+def _fail(why: str) -> StateSnapshotError:
+    return StateSnapshotError(f"bad state snapshot: {why}")
+
+
+def _int(value: object, what: str) -> int:
+    if type(value) is not int or not -(2**63) <= value < 2**63:
+        raise _fail(f"{what} is not a 64-bit integer")
+    return value
+
+
+def _bytes(value: object, what: str) -> bytes:
+    if type(value) is not bytes:
+        raise _fail(f"{what} is not a byte string")
+    return value
+
+
+def _kv(record: object) -> KeyValue:
+    if type(record) is not list or len(record) != 6:
+        raise _fail("malformed key-value record")
+    key, create, mod, version, value, lease = record
+    return KeyValue(
+        _bytes(key, "key"),
+        _int(create, "create_revision"),
+        _int(mod, "mod_revision"),
+        _int(version, "version"),
+        _bytes(value, "value"),
+        _int(lease, "lease"),
+    )
+
+
+def _lease(record: object) -> LeaseRecord:
+    if type(record) is not list or len(record) != 3:
+        raise _fail("malformed lease record")
+    lease_id, ttl, remaining = record
+    return LeaseRecord(_int(lease_id, "lease id"), _int(ttl, "ttl"), _int(remaining, "remaining"))
+
+
+def _read(dec: cbor2.CBORDecoder, max_txn_ops: int | None) -> tuple[Store, LeaseSnapshot]:
+    header = dec.decode()
+    if type(header) is not dict or set(header) != _HEADER_KEYS:
+        raise _fail("missing or malformed header")
+    if header["format"] != FORMAT:
+        raise _fail(f"format {header['format']!r} is not {FORMAT!r}")
+    if header["version"] != FORMAT_VERSION:
+        raise _fail(f"unsupported version {header['version']!r}")
+    revision = _int(header["revision"], "revision")
+    compact = _int(header["compact_revision"], "compact_revision")
+    next_id = _int(header["next_lease_id"], "next_lease_id")
+
+    sections: dict[str, list[object]] = {"base": [], "log": [], "leases": []}
+    order = list(sections)
+    at = 0
+    item = dec.decode()
+    while type(item) is list:
+        if len(item) != 2 or item[0] not in sections or type(item[1]) is not list:
+            raise _fail("malformed chunk")
+        position = order.index(item[0])
+        if position < at:
+            raise _fail(f"{item[0]!r} chunk out of order")
+        at = position
+        sections[item[0]].extend(item[1])
+        item = dec.decode()
+    trailer = item
+    if type(trailer) is not dict or set(trailer) != _TRAILER_KEYS or trailer["end"] is not True:
+        raise _fail("missing or malformed trailer")
+    for name, records in sections.items():
+        if trailer[name] != len(records):
+            raise _fail(f"{name}: {len(records)} records, trailer says {trailer[name]!r}")
+
+    store = Store.from_snapshot(
+        revision,
+        compact,
+        _kvs(sections["base"]),
+        _kvs(sections["log"]),
+        max_txn_ops=max_txn_ops,
+    )
+    leases = LeaseSnapshot(next_id, tuple(_lease(r) for r in sections["leases"]))
+    if [r.id for r in leases.leases] != sorted({r.id for r in leases.leases}):
+        raise _fail("lease records out of order or repeated")
+    if state_hash(store, leases) != trailer["hash"]:
+        raise _fail("hash mismatch")
+    return store, leases
+
+
+def _kvs(records: list[object]) -> Iterator[KeyValue]:
+    return (_kv(r) for r in records)
