@@ -22,7 +22,9 @@ died can live forever under repeated leader changes (etcd issues 9395, 9888, 171
   ``checkpoint_interval`` seconds, of renewed leases at the next tick, and of all leases on
   demand before a leadership transfer (:meth:`Lessor.checkpoint_all`);
 - every member notes, on its own clock, when it applied a lease's grant or last checkpoint, so
-  the time since then counts against the lease even before it leads;
+  the time since then counts against the lease even before it leads. A checkpoint moves that
+  deadline later only for a lease renewed since the previous one: applying a checkpoint lags
+  its measurement by the commit latency, and that lag must not add up over leader changes;
 - a new leader resumes each lease at its checkpointed deadline plus a grace of one election
   timeout (``grace``), the time a client may have had no leader to renew with. A deadline that
   already passed stays in the past (checkpoints may carry negative remaining times), and the
@@ -105,12 +107,18 @@ class LeaseRevokeRequest:
 class LeaseCheckpoint:
     """One lease's remaining TTL in milliseconds, as the leader measured it.
 
-    Negative once the lease is past its deadline (e.g. while its revoke is pending), so that a
-    new leader does not restart a lease that already ran out.
+    ``remaining_ms`` is negative once the lease is past its deadline (e.g. while its revoke is
+    pending), so that a new leader does not restart a lease that already ran out.
+
+    ``renewed`` says the lease was renewed since the leader last checkpointed it. Only then may
+    a member move the lease's deadline later: a member applies a checkpoint some commit latency
+    after the leader measured it, so "now + remaining" is that much late, and letting every
+    checkpoint move the deadline would add one latency per leader change.
     """
 
     id: int
     remaining_ms: int
+    renewed: bool = False
 
 
 def _checkpoints(items: Iterable[LeaseCheckpoint]) -> tuple[LeaseCheckpoint, ...]:
@@ -197,24 +205,25 @@ class LeaseSnapshot:
 
 class _Lease:
     __slots__ = (
-        "base",
         "confirmed",
         "deadline",
         "expiry",
         "id",
         "remaining_ms",
         "renewed",
+        "resume_at",
         "revoke_at",
         "ttl",
     )
 
-    def __init__(self, lease_id: int, ttl: int, remaining_ms: int, base: float) -> None:
+    def __init__(self, lease_id: int, ttl: int, remaining_ms: int, now: float) -> None:
         self.id = lease_id
         self.ttl = ttl
         # Replicated: the remaining TTL as of the last grant or checkpoint applied.
         self.remaining_ms = remaining_ms
-        # Local: this member's clock when that grant or checkpoint was applied.
-        self.base = base
+        # Local: when the lease runs out by the replicated state, on this member's clock
+        # (counted from when it applied the grant or the checkpoint); a new leader resumes here.
+        self.resume_at = now + remaining_ms / 1000
         # Leader only (None elsewhere): the honest expiry, which checkpoints report; when the
         # leader revokes it (expiry, plus the grace after a promotion until the next renewal);
         # and its key in the schedule (revoke_at, or the time to retry a pending revoke).
@@ -224,10 +233,6 @@ class _Lease:
         # Leader only: ticket of the last renewal, and of the last one known to be durable.
         self.renewed = 0
         self.confirmed = 0
-
-    def resume_at(self) -> float:
-        """When the lease expires according to the replicated state and this member's clock."""
-        return self.base + self.remaining_ms / 1000
 
 
 class Lessor:
@@ -375,7 +380,8 @@ class Lessor:
             lease = self._leases.get(cp.id)
             if lease is not None:
                 lease.remaining_ms = cp.remaining_ms
-                lease.base = now
+                resume = now + cp.remaining_ms / 1000
+                lease.resume_at = resume if cp.renewed else min(lease.resume_at, resume)
         if self._primary and self._inflight:
             self._confirm(items)
 
@@ -399,7 +405,7 @@ class Lessor:
         self._last_tick = now
         self._tokens = self.revoke_rate
         for lease in self._leases.values():
-            lease.expiry = lease.resume_at()
+            lease.expiry = lease.resume_at
             lease.revoke_at = lease.expiry + self.grace
             lease.renewed = lease.confirmed = 0
             self._schedule_at(lease, lease.revoke_at)
@@ -423,7 +429,8 @@ class Lessor:
         Raises:
             NotLeaderError: this member is not the leader (forward the request).
             LeaseNotFoundError: no such lease, or it already expired and awaits its revoke (an
-                expired lease cannot be revived, as in etcd).
+                expired lease cannot be revived, as in etcd). etcd's API answers this with a
+                keep-alive response of TTL 0 rather than an error.
         """
         if not self._primary:
             raise NotLeaderError
@@ -492,7 +499,6 @@ class Lessor:
             proposals.extend(self.checkpoint_all())
         elif self._dirty:
             proposals.extend(self._checkpoint_of(list(self._dirty), now))
-            self._dirty.clear()
         return proposals
 
     def checkpoint_all(self) -> list[LeaseCheckpointRequest]:
@@ -504,7 +510,6 @@ class Lessor:
             return []
         now = self._clock()
         self._last_checkpoint = now
-        self._dirty.clear()
         return self._checkpoint_of(sorted(self._leases), now)
 
     # -- snapshots ----------------------------------------------------------------------------
@@ -557,7 +562,9 @@ class Lessor:
             lease = self._leases.get(lease_id)
             if lease is None or lease.expiry is None:
                 continue
-            items.append(LeaseCheckpoint(lease_id, round((lease.expiry - now) * 1000)))
+            remaining = round((lease.expiry - now) * 1000)
+            items.append(LeaseCheckpoint(lease_id, remaining, lease_id in self._dirty))
+        self._dirty.clear()
         size = self.max_checkpoint_batch
         requests = [LeaseCheckpointRequest(items[i : i + size]) for i in range(0, len(items), size)]
         for request in requests:

@@ -361,6 +361,35 @@ def test_a_new_leader_resumes_from_the_checkpoint_plus_grace() -> None:
     assert revokes(follower.tick()) == [lease]
 
 
+def test_only_renewals_move_a_followers_deadline_later() -> None:
+    clock, _, follower = lessor(grace=1.0)
+    plain = follower.grant(10).id
+    renewed = follower.grant(10).id
+    clock.now = 5.0
+    # Both measured 0.5 s before this member applied them (the commit latency).
+    follower.checkpoint([LeaseCheckpoint(plain, 5500), LeaseCheckpoint(renewed, 9500, True)])
+    clock.now = 6.0
+    follower.promote()
+    assert follower.time_to_live(plain).ttl == 5  # still 10 + 1 - 6: the lag is not added
+    assert follower.time_to_live(renewed).ttl == 9  # 5 + 9.5 + 1 - 6 = 9.5
+
+
+def test_checkpoints_mark_renewed_leases() -> None:
+    clock, _, le = lessor(checkpoint_interval=5.0)
+    le.promote()
+    a, b = le.grant(10).id, le.grant(10).id
+    le.keep_alive(a)
+    clock.now = 0.1
+    (dirty,) = le.tick()
+    assert isinstance(dirty, LeaseCheckpointRequest)
+    assert [(c.id, c.renewed) for c in dirty.checkpoints] == [(a, True)]
+    le.keep_alive(b)
+    clock.now = 5.0
+    (full,) = le.tick()
+    assert isinstance(full, LeaseCheckpointRequest)
+    assert [(c.id, c.renewed) for c in full.checkpoints] == [(a, False), (b, True)]
+
+
 def test_time_since_the_last_checkpoint_counts_before_promotion() -> None:
     clock, _, follower = lessor(grace=1.0)
     lease = follower.grant(10).id
