@@ -127,6 +127,7 @@ class _Raft:
         self.msgs: list[Message] = []
         self.msgs_after_append: list[Message] = []
         self.bcast_pending = False
+        self.self_removal_index = 0
         self.read_states: list[ReadState] = []
         self.pending_read_index_messages: list[Message] = []
         self.applying = 0
@@ -368,6 +369,7 @@ class _Raft:
             )
             self.trk.progress[node] = fresh
         self.pending_conf_index = 0
+        self.self_removal_index = 0
         self.uncommitted_size = 0
         self.read_only = ReadOnly(self.read_only.option)
 
@@ -751,6 +753,10 @@ class _Raft:
                 self.lead_transferee,
             )
             raise ProposalDropped(f"leadership transfer to {self.lead_transferee} in progress")
+        if self.self_removal_index:
+            raise ProposalDropped(
+                f"this leader is leaving the configuration (change at {self.self_removal_index})"
+            )
         ents = list(m.entries)
         for i, e in enumerate(ents):
             if e.type == EntryType.NORMAL:
@@ -781,6 +787,18 @@ class _Raft:
                 ents[i] = Entry()
             else:
                 self.pending_conf_index = self.log.last_index() + i + 1
+                if cc is not None and self._removes_self(cc):
+                    # Append nothing after our own removal: a voter that must elect our successor
+                    # needs our vote, which we could not give if our log ran past its own.
+                    self.self_removal_index = self.pending_conf_index
+                    if i + 1 < len(ents):
+                        self.logger.warning(
+                            "%d dropping %d entries proposed after its own removal",
+                            self.id,
+                            len(ents) - i - 1,
+                        )
+                        del ents[i + 1 :]
+                    break
         if not self._append_entry(ents):
             raise ProposalDropped("uncommitted log size limit reached")
         self._bcast_append()
@@ -1217,18 +1235,28 @@ class _Raft:
 
     # -- configuration --
 
-    def apply_conf_change(self, cc: ConfChangeV2) -> ConfState:
-        """Switch to the configuration ``cc`` produces. Raises ``ConfigError`` if invalid."""
+    def _compute_conf_change(self, cc: ConfChangeV2) -> tuple[TrackerConfig, dict[int, Progress]]:
+        """The configuration ``cc`` produces from the current one. Raises ``ConfigError``."""
         changer = Changer(self.trk, self.log.last_index())
         if cc.leave_joint():
-            cfg, progress = changer.leave_joint()
-        else:
-            use_joint, auto_leave = cc.enter_joint()
-            if use_joint:
-                cfg, progress = changer.enter_joint(auto_leave, cc.changes)
-            else:
-                cfg, progress = changer.simple(cc.changes)
-        return self._switch_to_config(cfg, progress)
+            return changer.leave_joint()
+        use_joint, auto_leave = cc.enter_joint()
+        if use_joint:
+            return changer.enter_joint(auto_leave, cc.changes)
+        return changer.simple(cc.changes)
+
+    def _removes_self(self, cc: ConfChangeV2) -> bool:
+        """Whether applying ``cc`` now would make this node a non-voter."""
+        try:
+            _, progress = self._compute_conf_change(cc)
+        except ConfigError:
+            return False
+        pr = progress.get(self.id)
+        return pr is None or pr.is_learner
+
+    def apply_conf_change(self, cc: ConfChangeV2) -> ConfState:
+        """Switch to the configuration ``cc`` produces. Raises ``ConfigError`` if invalid."""
+        return self._switch_to_config(*self._compute_conf_change(cc))
 
     def _switch_to_config(self, cfg: TrackerConfig, progress: dict[int, Progress]) -> ConfState:
         self.trk.switch(cfg, progress)

@@ -338,3 +338,20 @@ def test_candidates_never_ask_learners_for_votes_nor_count_their_answers() -> No
     for learner in (4, 5):
         node.step(Message(MessageType.VOTE_RESP, to=1, from_=learner, term=1))
     assert node.status().soft_state.raft_state == StateType.CANDIDATE
+
+
+def test_leader_takes_no_proposals_after_proposing_its_own_removal() -> None:
+    """Appending after its own removal could leave the remaining voters unable to elect a
+    successor (they may need this node's vote, refused if its log is longer)."""
+    from raftlib import ProposalDropped
+
+    net = Network([1, 2], seed=12)
+    net.campaign(1)
+    net.nodes[1].raw.propose_conf_change(ConfChange(REMOVE, 1))
+    with pytest.raises(ProposalDropped, match="leaving the configuration"):
+        net.nodes[1].raw.propose(b"after")
+    net.stabilize()
+    net.tick(n=40)
+    assert net.leader() == 2
+    net.propose(2, b"new-leader")
+    assert net.nodes[2].data_applied() == [b"new-leader"]
