@@ -568,7 +568,12 @@ class Lessor:
         size = self.max_checkpoint_batch
         requests = [LeaseCheckpointRequest(items[i : i + size]) for i in range(0, len(items), size)]
         for request in requests:
-            tickets = {cp.id: self._leases[cp.id].renewed for cp in request.checkpoints}
+            # Only a checkpoint marked renewed moves the followers' deadlines later, so only
+            # such a checkpoint makes a renewal durable (an unmarked one may follow a dropped
+            # marked one).
+            tickets = {
+                cp.id: self._leases[cp.id].renewed for cp in request.checkpoints if cp.renewed
+            }
             self._inflight.append((request.checkpoints, tickets))
         return requests
 

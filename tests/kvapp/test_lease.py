@@ -314,6 +314,39 @@ def test_a_dropped_checkpoint_is_redone_and_its_renewal_never_confirmed_by_other
     assert le.renewal_durable(a, ta)
 
 
+def test_an_unmarked_checkpoint_after_a_dropped_one_does_not_confirm_the_renewal() -> None:
+    # Review finding: the periodic checkpoint after a dropped renewal checkpoint carries the
+    # lease with renewed=False, which followers apply without moving their deadline later.
+    # It must not make the renewal durable, or a new leader could revoke the lease less than
+    # TTL after an acknowledged renewal.
+    clock, _, leader = lessor(checkpoint_interval=5.0)
+    follower = Lessor(Store(), clock, grace=0.5)
+    leader.promote()
+    a = leader.grant(10).id
+    follower.grant(10)  # applied at t=0 on both
+    clock.now = 4.0
+    ticket = leader.keep_alive(a).ticket  # acknowledged, it must live until t=14
+    clock.now = 4.1
+    assert leader.tick()  # the renewal's checkpoint: dropped by Raft
+    clock.now = 5.0
+    (periodic,) = leader.tick()
+    assert isinstance(periodic, LeaseCheckpointRequest)
+    leader.apply(periodic)
+    follower.checkpoint(periodic.checkpoints)
+    assert not leader.renewal_durable(a, ticket)
+    clock.now = 5.1
+    (redo,) = leader.tick()
+    assert isinstance(redo, LeaseCheckpointRequest)
+    assert [(c.id, c.renewed) for c in redo.checkpoints] == [(a, True)]
+    leader.apply(redo)
+    follower.checkpoint(redo.checkpoints)
+    assert leader.renewal_durable(a, ticket)
+    follower.promote()  # the old leader dies once the client has its acknowledgement
+    clock.now = 13.9
+    assert not revokes(follower.tick())
+    assert follower.time_to_live(a).ttl >= 0
+
+
 def test_renewals_are_not_durable_on_a_deposed_leader() -> None:
     clock, _, le = lessor()
     le.promote()
