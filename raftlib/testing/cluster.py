@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -99,6 +99,7 @@ __all__ = [
     "ClusterNode",
     "InFlight",
     "format_script",
+    "membership_changes",
     "parse_script",
 ]
 
@@ -350,7 +351,17 @@ class Cluster:
         self.now = 0
         self.trace: Callable[[Event], None] | None = None
         self.stats: dict[str, int] = dict.fromkeys(
-            ("delivered", "dropped", "duplicated", "crashes", "restarts", "syncs", "readys"), 0
+            (
+                "delivered",
+                "dropped",
+                "duplicated",
+                "crashes",
+                "restarts",
+                "syncs",
+                "readys",
+                "snapshots",
+            ),
+            0,
         )
         self._seq = 0
         self._probe = 0
@@ -766,6 +777,7 @@ class Cluster:
         self._persist(nd, rd)
         self._send(nd, rd.persisted_messages)
         if rd.snapshot is not None:
+            self.stats["snapshots"] += 1
             self._restore_sm(nd, rd.snapshot)
             nd.applied = rd.snapshot.metadata.index
             nd.conf_state = rd.snapshot.metadata.conf_state
@@ -951,7 +963,7 @@ class Cluster:
                 self._observe(nd)
         self._settle()
 
-    def _stabilize(self, max_rounds: int = 10_000) -> None:
+    def _stabilize(self, max_rounds: int = 1_000) -> None:
         for _ in range(max_rounds):
             progressed = False
             for nd in self.nodes.values():
@@ -1009,6 +1021,30 @@ class Cluster:
         cs = _peek(self.nodes[lead].running()).trk.config.conf_state()
         members = {*cs.voters, *cs.voters_outgoing, *cs.learners, *cs.learners_next}
         return all(self.nodes[m].applied >= index for m in members if m in self.nodes)
+
+
+def membership_changes(
+    cs: ConfState, node_ids: Sequence[int], min_voters: int
+) -> list[tuple[str, ...]]:
+    """Sensible membership changes to ``cs``, as ``Conf`` change words.
+
+    Add a node as learner or voter, promote a learner, demote or remove a voter or learner, or
+    swap a voter for a new one (two changes: joint consensus). Changes that would leave fewer
+    than ``min_voters`` voters are left out.
+    """
+    voters, learners = set(cs.voters), set(cs.learners)
+    others = [n for n in node_ids if n not in voters and n not in learners]
+    options: list[tuple[str, ...]] = []
+    for n in others:
+        options += [(f"l{n}",), (f"v{n}",)]
+    for n in sorted(learners):
+        options += [(f"v{n}",), (f"r{n}",)]
+    if len(voters) > min_voters:
+        for n in sorted(voters):
+            options += [(f"r{n}",), (f"l{n}",)]
+    if len(voters) >= min_voters:
+        options += [(f"v{n}", f"r{v}") for n in others for v in sorted(voters)]
+    return options
 
 
 def format_script(config: ClusterConfig, events: Iterable[Event]) -> str:

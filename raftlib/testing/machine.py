@@ -39,11 +39,11 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import attrs
-from hypothesis import note
+from hypothesis import event, note, target
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from raftlib.testing.cluster import Cluster, ClusterConfig
+from raftlib.testing.cluster import Cluster, ClusterConfig, membership_changes
 from raftlib.testing.events import (
     Campaign,
     Compact,
@@ -101,6 +101,8 @@ class ClusterMachine(RuleBasedStateMachine):
     model: ClassVar[Model | None] = kv_model()
     min_voters: ClassVar[int] = 3
     liveness_ticks: ClassVar[int] = 400
+    last_failure: ClassVar[str | None] = None
+    """The schedule of the most recent failing run (after shrinking: the minimal one)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -137,8 +139,10 @@ class ClusterMachine(RuleBasedStateMachine):
     def _fail(self) -> None:
         if not self._failed:
             self._failed = True
+            script = self.cluster.script()
+            type(self).last_failure = script
             note("Replay with `python -m raftlib.testing.replay FILE`, FILE holding:\n")
-            note(self.cluster.script())
+            note(script)
 
     def _node(self, i: int) -> int:
         ids = self.cluster.config.node_ids
@@ -252,24 +256,20 @@ class ClusterMachine(RuleBasedStateMachine):
         """Ask a node to hand leadership to another."""
         self._do(Transfer(self._node(node), self._node(to)))
 
-    @rule(
-        changes=st.lists(st.tuples(st.sampled_from("vlr"), _index), min_size=0, max_size=2),
-        transition=st.sampled_from(["auto", "implicit", "explicit"]),
-    )
-    def conf_change(self, changes: list[tuple[str, int]], transition: str) -> None:
-        """Propose a membership change at the leader (no changes: leave joint)."""
+    @rule(choice=_index, transition=st.sampled_from(["auto", "implicit", "explicit"]))
+    def conf_change(self, choice: int, transition: str) -> None:
+        """Propose a membership change at the leader (leave a joint configuration first)."""
         c = self.cluster
         lead = c.leader()
         if lead is None:
             return
         cs = c.nodes[lead].running_config()
-        words = tuple(f"{k}{self._node(i)}" for k, i in changes)
-        voters = set(cs.voters)
-        for w in words:
-            (voters.add if w[0] == "v" else voters.discard)(int(w[1:]))
-        if words and (len(voters) < self.min_voters or len(cs.voters) < self.min_voters):
+        if cs.voters_outgoing:
+            self._do(Conf(lead, (), "auto"))
             return
-        self._do(Conf(lead, words, transition))
+        options = membership_changes(cs, c.config.node_ids, self.min_voters)
+        if options:
+            self._do(Conf(lead, options[choice % len(options)], transition))
 
     @rule(node=_index)
     def compact(self, node: int) -> None:
@@ -295,9 +295,15 @@ class ClusterMachine(RuleBasedStateMachine):
             raise
 
     def teardown(self) -> None:
-        """Heal, require progress, and check the client history (unless a step failed)."""
+        """Heal, require progress, and check the client history (unless a step failed).
+
+        Also steers hypothesis (``target``) towards runs that commit more, reach higher terms,
+        crash and restart more, complete more client operations and change membership more,
+        and labels each run's coverage (``event``, see ``--hypothesis-show-statistics``).
+        """
         if self._cluster is None or self._failed:
             return
+        self._steer()
         try:
             if self.liveness_ticks:
                 self.cluster.execute(Liveness(self.liveness_ticks))
@@ -308,6 +314,23 @@ class ClusterMachine(RuleBasedStateMachine):
         except BaseException:
             self._fail()
             raise
+
+    def _steer(self) -> None:
+        c = self.cluster
+        commit = max(n.commit for n in c.nodes.values())
+        term = max(c.checker.leaders, default=0)
+        faults = c.stats["crashes"] + c.stats["restarts"]
+        done = sum(1 for op in c.history.operations() if op.ret is not None)
+        changes = sum(1 for e in c.events if isinstance(e, Conf))
+        target(float(commit), label="highest commit index")
+        target(float(term), label="highest term with a leader")
+        target(float(faults), label="crashes and restarts")
+        target(float(done), label="completed client operations")
+        target(float(changes), label="membership changes proposed")
+        event("elected a leader" if term else "never elected a leader")
+        event("committed > 3 entries" if commit > 3 else "committed <= 3 entries")
+        event("restarted a node" if c.stats["restarts"] else "no restart")
+        event("installed a snapshot" if c.stats["snapshots"] else "no snapshot installed")
 
     def leaders(self) -> dict[int, int]:
         """The running nodes that believe they lead, with their terms (for subclasses' checks)."""

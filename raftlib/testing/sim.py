@@ -23,7 +23,13 @@ from typing import Any
 
 import attrs
 
-from raftlib.testing.cluster import Cluster, ClusterConfig, format_script, parse_script
+from raftlib.testing.cluster import (
+    Cluster,
+    ClusterConfig,
+    format_script,
+    membership_changes,
+    parse_script,
+)
 from raftlib.testing.events import (
     Conf,
     Crash,
@@ -326,33 +332,18 @@ class Simulation:
 
     def _conf(self) -> None:
         c = self.cluster
-        rng = self.rng
         lead = c.leader()
         if lead is None:
             return
         cs = c.nodes[lead].running_config()
-        voters = set(cs.voters)
-        learners = set(cs.learners)
-        others = [i for i in c.config.node_ids if i not in voters and i not in learners]
-        choices: list[tuple[str, ...]] = []
-        for o in others:
-            choices.extend([(f"l{o}",), (f"v{o}",)])
-        for lr in learners:
-            choices.extend([(f"v{lr}",), (f"r{lr}",)])
-        if len(voters) > 1:
-            for v in voters:
-                choices.extend([(f"r{v}",), (f"l{v}",)])
-        if others and voters:
-            choices.append((f"v{rng.choice(others)}", f"r{rng.choice(sorted(voters))}"))
         if cs.voters_outgoing:
             self._exec(Conf(lead, (), "auto"))  # leave the joint configuration first
             return
-        choices = [ch for ch in choices if _voters_after(voters, ch) >= self.faults.min_voters]
-        if not choices:
-            return
-        changes = rng.choice(choices)
-        transition = rng.choice(["auto", "auto", "implicit", "explicit"])
-        self._exec(Conf(lead, changes, transition))
+        options = membership_changes(cs, c.config.node_ids, self.faults.min_voters)
+        if options:
+            changes = self.rng.choice(options)
+            transition = self.rng.choice(["auto", "auto", "implicit", "explicit"])
+            self._exec(Conf(lead, changes, transition))
 
     def _scan(self) -> None:
         """Schedule new in-flight messages and pending writes."""
@@ -380,17 +371,6 @@ class Simulation:
                 gen = self._sync_gen.get(i, 0)
                 self._sync_at[i] = gen
                 self._at(rng.randint(0, f.max_fsync), ("sync", i, gen))
-
-
-def _voters_after(voters: set[int], changes: Sequence[str]) -> int:
-    after = set(voters)
-    for c in changes:
-        node = int(c[1:])
-        if c[0] == "v":
-            after.add(node)
-        else:
-            after.discard(node)
-    return len(after)
 
 
 def run_simulation(
@@ -514,12 +494,21 @@ def shrink(
             i -= chunk
         if not removed_any:
             chunk //= 2
-    # Shorten repeated ticks.
+    # Merge runs of ticks of one node ("tick 2 x13"), then try fewer ticks.
+    merged: list[Event] = []
+    for e in cur:
+        last = merged[-1] if merged else None
+        if isinstance(e, Tick) and isinstance(last, Tick) and last.node == e.node:
+            merged[-1] = Tick(e.node, last.n + e.n)
+        else:
+            merged.append(e)
+    if len(merged) < len(cur) and fails(merged):
+        cur = merged
     for i, e in enumerate(cur):
         if isinstance(e, Tick) and e.n > 1:
-            for n in (1, e.n // 2):
+            for n in (1, e.n // 2, e.n - 1):
                 cand = [*cur[:i], Tick(e.node, n), *cur[i + 1 :]]
-                if fails(cand):
+                if n < e.n and fails(cand):
                     cur = cand
                     break
     return format_script(config, cur), failure

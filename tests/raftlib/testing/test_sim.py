@@ -1,0 +1,116 @@
+"""Seeded fault schedules in virtual time: determinism, coverage of faults, and a seed sweep."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from raftlib.testing import (
+    ClusterConfig,
+    FaultProfile,
+    Simulation,
+    format_event,
+    parse_script,
+    run_simulation,
+    shrink,
+)
+from raftlib.testing.events import (
+    Crash,
+    Cut,
+    Drop,
+    Duplicate,
+    Partition,
+    Read,
+    Restart,
+    Tick,
+    Write,
+)
+from tests.raftlib.testing import long_run
+
+
+def test_same_seed_same_run_and_different_seeds_differ() -> None:
+    a = run_simulation(7, 8_000)
+    b = run_simulation(7, 8_000)
+    c = run_simulation(8, 8_000)
+    assert a.ok
+    assert a.script() == b.script()
+    assert a.script() != c.script()
+    assert a.cluster.describe() == b.cluster.describe()
+
+
+def test_a_run_exercises_every_kind_of_fault() -> None:
+    result = run_simulation(3, 30_000, faults=FaultProfile(crash_every=2000, partition_every=2000))
+    assert result.ok, result.failure
+    kinds = collections.Counter(type(e) for e in result.cluster.events)
+    for kind in (Tick, Drop, Duplicate, Crash, Restart, Write, Read):
+        assert kinds[kind] > 0, kind.__name__
+    assert kinds[Partition] + kinds[Cut] > 0
+    assert any(isinstance(e, Crash) and e.torn is not None for e in result.cluster.events)
+    ops = result.cluster.history.operations()
+    assert sum(1 for o in ops if o.ret is not None) > 20
+    assert result.linearizability is not None
+    assert result.linearizability.ok is True
+
+
+def test_nodes_tick_at_different_speeds() -> None:
+    sim = Simulation(5, faults=FaultProfile(tick_skew=0.3))
+    sim.run(20_000)
+    ticks = collections.Counter(e.node for e in sim.cluster.events if isinstance(e, Tick))
+    assert len(set(ticks.values())) > 1
+    assert max(ticks.values()) - min(ticks.values()) > 5
+
+
+def test_calm_profile_commits_every_write() -> None:
+    result = run_simulation(1, 10_000, faults=FaultProfile.calm())
+    assert result.ok
+    ops = result.cluster.history.operations()
+    writes = [o for o in ops if o.input[0] == "write"]
+    assert writes
+    assert all(o.ret is not None for o in writes)
+
+
+def test_shrink_refuses_a_passing_schedule() -> None:
+    with pytest.raises(ValueError, match="does not fail"):
+        shrink(run_simulation(1, 2_000).script())
+
+
+def test_simulation_records_a_replayable_schedule() -> None:
+    result = run_simulation(2, 5_000)
+    config, events = parse_script(result.script())
+    assert config.seed == 2
+    assert [format_event(e) for e in events] == [format_event(e) for e in result.cluster.events]
+
+
+SWEEP = {
+    "three voters": (ClusterConfig(), FaultProfile()),
+    "five voters, no PreVote/CheckQuorum": (
+        ClusterConfig(voters=(1, 2, 3, 4, 5), pre_vote=False, check_quorum=False),
+        FaultProfile(),
+    ),
+    "membership changes and compaction": (
+        ClusterConfig(spares=(4, 5), snapshot_every=8, max_inflight_msgs=2, max_size_per_msg=64),
+        FaultProfile(conf_every=1500, transfer_every=2000, crash_every=2500),
+    ),
+    "learners, lossy network": (
+        ClusterConfig(learners=(4,), spares=(5,), snapshot_every=6, auto_sync=True),
+        FaultProfile(conf_every=1000, drop=0.1, duplicate=0.1),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SWEEP))
+def test_seed_sweep(name: str) -> None:
+    config, faults = SWEEP[name]
+    for seed in range(12):
+        result = run_simulation(seed, 20_000, config, faults)
+        assert result.ok, f"seed {seed}: {result.failure}\n{result.script()}"
+
+
+@long_run
+@pytest.mark.parametrize("name", sorted(SWEEP))
+def test_long_seed_sweep(name: str) -> None:
+    config, faults = SWEEP[name]
+    for seed in range(100, 400):
+        result = run_simulation(seed, 40_000, config, faults)
+        assert result.ok, f"seed {seed}: {result.failure}\n{result.script()}"
