@@ -50,7 +50,14 @@ from raftlib.testing.linearizability import (
     register_model,
 )
 from raftlib.testing.network import Network, SimNode
-from raftlib.testing.sim import FaultProfile, Simulation, SimulationResult, run_simulation, shrink
+from raftlib.testing.sim import (
+    FaultProfile,
+    LinkFaults,
+    Simulation,
+    SimulationResult,
+    run_simulation,
+    shrink,
+)
 from raftlib.testing.statemachine import KVStateMachine, StateMachine, kv_get, kv_model, kv_put
 
 __all__ = [
@@ -65,6 +72,7 @@ __all__ = [
     "InvariantViolation",
     "KVStateMachine",
     "LinearizabilityResult",
+    "LinkFaults",
     "LivenessViolation",
     "MessageSelector",
     "Model",

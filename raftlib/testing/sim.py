@@ -54,12 +54,46 @@ from raftlib.testing.statemachine import KVStateMachine, StateMachine, kv_get, k
 
 __all__ = [
     "FaultProfile",
+    "LinkFaults",
     "NotLinearizable",
     "Simulation",
     "SimulationResult",
     "run_simulation",
     "shrink",
 ]
+
+
+@attrs.frozen
+class LinkFaults:
+    """How one direction of one link misbehaves (see :attr:`FaultProfile.links`).
+
+    Attributes:
+        drop: probability that a message is lost.
+        duplicate: probability that a message is delivered twice.
+        min_delay: shortest delivery delay.
+        max_delay: longest delivery delay.
+    """
+
+    drop: float = 0.0
+    duplicate: float = 0.0
+    min_delay: int = 5
+    max_delay: int = 60
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 <= self.min_delay <= self.max_delay:
+            raise ValueError(
+                f"need 0 <= min_delay <= max_delay, got {self.min_delay}, {self.max_delay}"
+            )
+        if not (0.0 <= self.drop <= 1.0 and 0.0 <= self.duplicate <= 1.0):
+            raise ValueError("drop and duplicate are probabilities")
+
+
+def _links(value: object) -> tuple[tuple[int, int, LinkFaults], ...]:
+    if isinstance(value, dict):
+        return tuple(sorted((a, b, lf) for (a, b), lf in value.items()))
+    if isinstance(value, tuple):
+        return value
+    raise TypeError(f"expected a mapping (from, to) -> LinkFaults, got {value!r}")
 
 
 @attrs.frozen
@@ -87,6 +121,8 @@ class FaultProfile:
         client_timeout: a client gives up on an operation after this long (it stays pending).
         reads: fraction of client operations that are reads.
         keys: number of distinct keys clients use.
+        links: per-link overrides, ``{(from, to): LinkFaults(...)}``, of the four message settings
+            above (``drop``, ``duplicate``, ``min_delay``, ``max_delay``) for that direction.
         conf_every: mean time between membership changes (0: never).
         min_voters: the operator never proposes a change leaving fewer voters than this (in
             either half of a joint configuration). With fewer than three, removing or demoting
@@ -115,9 +151,17 @@ class FaultProfile:
     client_timeout: int = 3000
     reads: float = 0.4
     keys: int = 3
+    links: tuple[tuple[int, int, LinkFaults], ...] = attrs.field(default=(), converter=_links)
     conf_every: int = 0
     min_voters: int = 3
     transfer_every: int = 0
+
+    def link(self, frm: int, to: int) -> LinkFaults:
+        """The message settings of the link ``frm -> to``."""
+        for a, b, lf in self.links:
+            if (a, b) == (frm, to):
+                return lf
+        return LinkFaults(self.drop, self.duplicate, self.min_delay, self.max_delay)
 
     @classmethod
     def calm(cls) -> FaultProfile:
@@ -354,18 +398,19 @@ class Simulation:
             if fl.seq <= self._seen_seq:
                 continue
             self._seen_seq = max(self._seen_seq, fl.seq)
+            link = f.link(fl.msg.from_, fl.msg.to)
             r = rng.random()
-            if r < f.drop:
+            if r < link.drop:
                 pos = c.in_flight.index(fl)
                 self._exec(Drop(c.select(pos)))
                 continue
-            if r < f.drop + f.duplicate:
+            if r < link.drop + link.duplicate:
                 pos = c.in_flight.index(fl)
                 self._exec(Duplicate(c.select(pos)))
                 self._seen_seq = max(self._seen_seq, c.in_flight[-1].seq)
                 dup = c.in_flight[-1].seq
-                self._at(rng.randint(f.min_delay, f.max_delay), ("msg", dup))
-            self._at(rng.randint(f.min_delay, f.max_delay), ("msg", fl.seq))
+                self._at(rng.randint(link.min_delay, link.max_delay), ("msg", dup))
+            self._at(rng.randint(link.min_delay, link.max_delay), ("msg", fl.seq))
         for i, nd in c.nodes.items():
             if nd.pending is not None and i not in self._sync_at:
                 gen = self._sync_gen.get(i, 0)

@@ -9,6 +9,7 @@ import pytest
 from raftlib.testing import (
     ClusterConfig,
     FaultProfile,
+    LinkFaults,
     Simulation,
     format_event,
     parse_script,
@@ -18,6 +19,7 @@ from raftlib.testing import (
 from raftlib.testing.events import (
     Crash,
     Cut,
+    Deliver,
     Drop,
     Duplicate,
     Partition,
@@ -59,6 +61,32 @@ def test_nodes_tick_at_different_speeds() -> None:
     ticks = collections.Counter(e.node for e in sim.cluster.events if isinstance(e, Tick))
     assert len(set(ticks.values())) > 1
     assert max(ticks.values()) - min(ticks.values()) > 5
+
+
+def test_per_link_faults() -> None:
+    """Node 3 hears nothing from node 1, and what 2 sends it arrives late and often twice."""
+    faults = FaultProfile(
+        drop=0.0,
+        duplicate=0.0,
+        crash_every=0,
+        partition_every=0,
+        links={
+            (1, 3): LinkFaults(drop=1.0),
+            (2, 3): LinkFaults(duplicate=0.5, min_delay=200, max_delay=400),
+        },
+    )
+    assert faults.link(1, 3).drop == 1.0
+    assert faults.link(3, 1) == LinkFaults(0.0, 0.0, 5, 60)
+    with pytest.raises(ValueError, match="min_delay"):
+        LinkFaults(min_delay=200)
+    result = run_simulation(4, 15_000, faults=faults)
+    assert result.ok, result.failure
+    events = result.cluster.events
+    assert not any(isinstance(e, Deliver) and (e.msg.frm, e.msg.to) == (1, 3) for e in events)
+    dups = [e for e in events if isinstance(e, Duplicate)]
+    assert dups
+    assert all((e.msg.frm, e.msg.to) == (2, 3) for e in dups)
+    assert any(isinstance(e, Drop) and (e.msg.frm, e.msg.to) == (1, 3) for e in events)
 
 
 def test_calm_profile_commits_every_write() -> None:
