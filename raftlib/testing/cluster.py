@@ -325,8 +325,9 @@ class Cluster:
     Args:
         config: the cluster's shape and the nodes' configuration.
         state_machine: makes a node's application state machine.
-        model: the linearizability model of the state machine, for
-            :meth:`check_linearizability`; the default fits :class:`KVStateMachine`.
+        model: the linearizability model of the state machine's client operations, for
+            :meth:`check_linearizability`. By default :func:`kv_model` for the default
+            :class:`KVStateMachine`, and none (no check) for any other state machine.
         check: run the safety checker after every step.
     """
 
@@ -340,7 +341,9 @@ class Cluster:
     ) -> None:
         self.config = config = config if config is not None else ClusterConfig()
         self.state_machine = state_machine
-        self.model = model if model is not None else kv_model()
+        if model is None and state_machine is KVStateMachine:
+            model = kv_model()
+        self.model = model
         self.check = check
         self.checker = SafetyChecker(durable=self._durable)
         self.nodes: dict[int, ClusterNode] = {}
@@ -608,7 +611,13 @@ class Cluster:
         return MessageSelector(m.from_, m.to, m.type, nth)
 
     def check_linearizability(self) -> LinearizabilityResult:
-        """Check the client history so far against the cluster's model."""
+        """Check the client history so far against the cluster's model.
+
+        Raises:
+            ValueError: the cluster has no model (a custom state machine, and none was given).
+        """
+        if self.model is None:
+            raise ValueError("no linearizability model: pass Cluster(model=...)")
         return _check_lin(self.history.operations(), self.model)
 
     def describe(self) -> str:

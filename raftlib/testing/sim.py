@@ -49,7 +49,7 @@ from raftlib.testing.events import (
     Write,
 )
 from raftlib.testing.invariants import InvariantViolation, NotLinearizable
-from raftlib.testing.linearizability import LinearizabilityResult
+from raftlib.testing.linearizability import LinearizabilityResult, Model
 from raftlib.testing.statemachine import KVStateMachine, StateMachine, kv_get, kv_put
 
 __all__ = [
@@ -177,7 +177,8 @@ class SimulationResult:
         seed: the seed of the run.
         cluster: the cluster as the run left it (its ``script()`` replays the run).
         failure: the first violation (or unexpected exception), or ``None`` if the run passed.
-        linearizability: the verdict on the client history (``None`` if the run failed first).
+        linearizability: the verdict on the client history (``None`` if the run failed first,
+            or the cluster has no model).
     """
 
     seed: int
@@ -203,6 +204,7 @@ class Simulation:
         config: the cluster's shape; its ``seed`` is replaced by ``seed``.
         faults: how hostile the run is.
         state_machine: the application state machine.
+        model: its linearizability model (see :class:`~raftlib.testing.cluster.Cluster`).
         write: makes a client write command from ``(rng, key_index, value)``; the default
             writes ``k<key>=<value>`` to the KV state machine.
         read: makes a client read query from ``(rng, key_index)``.
@@ -215,7 +217,7 @@ class Simulation:
         faults: FaultProfile | None = None,
         *,
         state_machine: Callable[[], StateMachine] = KVStateMachine,
-        model: Any = None,
+        model: Model | None = None,
         write: Callable[[random.Random, int, str], bytes] | None = None,
         read: Callable[[random.Random, int], bytes] | None = None,
     ) -> None:
@@ -274,6 +276,8 @@ class Simulation:
             self._act(action)
             self._scan()
         self.cluster.execute(Liveness(liveness_ticks))
+        if self.cluster.model is None:
+            return
         result = self.cluster.check_linearizability()
         if result.ok is False:
             raise NotLinearizable(result.explain())
@@ -443,7 +447,8 @@ def run_simulation(
         sim.run(duration)
     except Exception as exc:  # noqa: BLE001 -- any exception out of raftlib is a finding
         return SimulationResult(seed, sim.cluster, exc)
-    return SimulationResult(seed, sim.cluster, None, sim.cluster.check_linearizability())
+    lin = sim.cluster.check_linearizability() if sim.cluster.model is not None else None
+    return SimulationResult(seed, sim.cluster, None, lin)
 
 
 def _failure_kind(exc: BaseException) -> tuple[type[BaseException], str]:
@@ -456,14 +461,16 @@ def _replay_fails(
     config: ClusterConfig,
     events: Sequence[Event],
     kind: tuple[type[BaseException], str] | None,
+    *,
     state_machine: Callable[[], StateMachine],
+    model: Model | None,
     check_linearizable: bool,
 ) -> BaseException | None:
-    cluster = Cluster(config, state_machine=state_machine)
+    cluster = Cluster(config, state_machine=state_machine, model=model)
     try:
         for e in events:
             cluster.execute(e)
-        if check_linearizable:
+        if check_linearizable and cluster.model is not None:
             res = cluster.check_linearizability()
             if res.ok is False:
                 raise NotLinearizable(res.explain())
@@ -478,6 +485,7 @@ def shrink(
     script: str,
     *,
     state_machine: Callable[[], StateMachine] = KVStateMachine,
+    model: Model | None = None,
     max_replays: int = 5_000,
 ) -> tuple[str, BaseException]:
     """Delete events from a failing schedule while it keeps failing the same way.
@@ -490,6 +498,7 @@ def shrink(
     Args:
         script: a schedule that fails.
         state_machine: the application state machine it ran with.
+        model: its linearizability model (see :class:`~raftlib.testing.cluster.Cluster`).
         max_replays: give up shrinking further after this many replays.
 
     Returns:
@@ -499,7 +508,9 @@ def shrink(
         ValueError: ``script`` does not fail.
     """
     config, events = parse_script(script)
-    original = _replay_fails(config, events, None, state_machine, True)
+    original = _replay_fails(
+        config, events, None, state_machine=state_machine, model=model, check_linearizable=True
+    )
     if original is None:
         raise ValueError("the schedule does not fail")
     kind = _failure_kind(original)
@@ -512,7 +523,14 @@ def shrink(
         if budget[0] <= 0:
             return False
         budget[0] -= 1
-        exc = _replay_fails(config, evs, kind, state_machine, check_lin)
+        exc = _replay_fails(
+            config,
+            evs,
+            kind,
+            state_machine=state_machine,
+            model=model,
+            check_linearizable=check_lin,
+        )
         if exc is not None:
             failure = exc
             return True
@@ -520,7 +538,7 @@ def shrink(
 
     cur = list(events)
     # Everything after the failing event is irrelevant.
-    probe = Cluster(config, state_machine=state_machine)
+    probe = Cluster(config, state_machine=state_machine, model=model)
     for n, e in enumerate(cur):
         try:
             probe.execute(e)

@@ -289,6 +289,30 @@ def test_liveness_violation_when_nobody_can_campaign(monkeypatch: pytest.MonkeyP
         c.check_liveness(50)
 
 
+def test_only_the_default_state_machine_gets_a_default_model() -> None:
+    class Echo:
+        def apply(self, command: bytes) -> bytes:
+            return command
+
+        def query(self, query: bytes) -> bytes:
+            return query
+
+        def snapshot(self) -> bytes:
+            return b""
+
+        def restore(self, data: bytes) -> None:
+            pass
+
+    c = Cluster(ClusterConfig(seed=1), state_machine=Echo)
+    c.campaign(1)
+    c.write(1, b"hello")
+    c.stabilize()
+    assert c.model is None
+    with pytest.raises(ValueError, match="no linearizability model"):
+        c.check_linearizability()
+    assert Cluster(ClusterConfig(seed=1)).model is not None
+
+
 def test_a_users_state_machine_and_model() -> None:
     class Counter:
         def __init__(self) -> None:
