@@ -6,6 +6,8 @@ can be replayed step by step with ``python -m raftlib.testing.replay``.
 
 from __future__ import annotations
 
+import pytest
+
 from raftlib import ConfState, StateType
 from raftlib.testing import Cluster
 
@@ -167,4 +169,58 @@ def test_leader_removing_itself_from_two_voters_leaves_a_leader_behind() -> None
     assert c.nodes[1].role == StateType.FOLLOWER
     assert c.nodes[1].conf_state == ConfState(voters=(2,))
     assert c.nodes[2].conf_state == ConfState(voters=(1, 2))
+    c.check_liveness(300)
+
+
+REELECTED_WITH_OWN_REMOVAL_PENDING = """
+    cluster voters=1,2 seed=1 pre_vote=0 check_quorum=0
+    campaign 1
+    stabilize
+    # Entry 2 removes the leader; node 2 stores it, the leader never hears so.
+    conf 1 r1
+    deliver 1->2 APP
+    sync 2
+    drop 2->1 APP_RESP
+    sync 1
+    # Node 2 campaigns (node 1 steps down and votes, the answer is lost); node 1 wins term 3
+    # with its own removal still unapplied in its log.
+    campaign 2
+    sync 2
+    deliver 2->1 VOTE
+    sync 1
+    drop 1->2 VOTE_RESP
+    campaign 1
+    sync 1
+    deliver 1->2 VOTE
+    sync 2
+    deliver 2->1 VOTE_RESP
+    # Entry 3 is the new leader's empty entry; entry 4, a client write, is appended past its own
+    # removal. Node 2 gets entry 3 (which commits entry 2) but not entry 4, nor the commit news.
+    put 1 x a
+    deliver 1->2 APP
+    sync 2
+    deliver 2->1 APP_RESP
+    sync 1
+    drop 1->2 APP
+    # Node 1 applies its removal and steps down.
+    sync 1
+    drop 1->2 APP
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core liveness bug, a variant of the one above that its fix does not cover: a leader "
+    "elected while a change removing it is still unapplied in its log (proposed in an earlier "
+    "term, by it or another leader) keeps appending past that change; after applying it and "
+    "stepping down, its log is longer than the remaining voter's, which still needs its vote "
+    "under the old configuration. Found by the simulator with min_voters=1 (1-voter profile, "
+    "seed 14, an auto-leave from a joint configuration). Fix: on becoming leader, set "
+    "self_removal_index when an unapplied conf change in the log removes or demotes this node.",
+)
+def test_leader_reelected_with_its_own_removal_pending_leaves_no_leader() -> None:
+    c = replay(REELECTED_WITH_OWN_REMOVAL_PENDING)
+    assert c.nodes[1].role == StateType.FOLLOWER
+    assert c.nodes[1].conf_state == ConfState(voters=(2,))
+    assert [e.index for e in c.nodes[1].log()][-1] == 4
     c.check_liveness(300)
