@@ -417,6 +417,9 @@ class _Raft:
         # committed; the empty entry has no payload, so it never hits the uncommitted limit.
         if not self._append_entry([Entry()]):
             raise RaftInvariantError("empty entry was dropped")
+        # Our own removal may already be in the log, proposed in an earlier term: then, as in
+        # _leader_propose, append nothing more (the empty entry is needed to commit it).
+        self.self_removal_index = self._unapplied_self_removal()
         self.logger.info("%d became leader at term %d", self.id, self.term)
 
     # -- elections --
@@ -1235,9 +1238,15 @@ class _Raft:
 
     # -- configuration --
 
-    def _compute_conf_change(self, cc: ConfChangeV2) -> tuple[TrackerConfig, dict[int, Progress]]:
-        """The configuration ``cc`` produces from the current one. Raises ``ConfigError``."""
-        changer = Changer(self.trk, self.log.last_index())
+    def _compute_conf_change(
+        self, cc: ConfChangeV2, tracker: ProgressTracker | None = None
+    ) -> tuple[TrackerConfig, dict[int, Progress]]:
+        """The configuration ``cc`` produces from ``tracker``'s (default: the current one).
+
+        Raises:
+            ConfigError: ``cc`` is invalid for that configuration.
+        """
+        changer = Changer(tracker or self.trk, self.log.last_index())
         if cc.leave_joint():
             return changer.leave_joint()
         use_joint, auto_leave = cc.enter_joint()
@@ -1253,6 +1262,34 @@ class _Raft:
             return False
         pr = progress.get(self.id)
         return pr is None or pr.is_learner
+
+    def _unapplied_self_removal(self) -> int:
+        """The index of an unapplied change in our log that removes or demotes us, else 0.
+
+        Replays the unapplied configuration changes on a scratch copy of the configuration.
+        """
+        lo = max(self.log.applied + 1, self.log.first_index())
+        hi = self.log.last_index()
+        if lo > hi:
+            return 0
+        scratch: ProgressTracker | None = None
+        for e in self.log.slice(lo, hi + 1, None):
+            if e.type == EntryType.NORMAL:
+                continue
+            cc = self._decode_conf_change(e)
+            if cc is None:
+                continue
+            if scratch is None:
+                scratch = ProgressTracker(self.trk.max_inflight, self.trk.max_inflight_bytes)
+                scratch.switch(self.trk.config, self.trk.progress)
+            try:
+                scratch.switch(*self._compute_conf_change(cc, scratch))
+            except ConfigError:
+                continue
+            pr = scratch.progress.get(self.id)
+            if pr is None or pr.is_learner:
+                return e.index
+        return 0
 
     def apply_conf_change(self, cc: ConfChangeV2) -> ConfState:
         """Switch to the configuration ``cc`` produces. Raises ``ConfigError`` if invalid."""
