@@ -124,9 +124,8 @@ class FaultProfile:
         links: per-link overrides, ``{(from, to): LinkFaults(...)}``, of the four message settings
             above (``drop``, ``duplicate``, ``min_delay``, ``max_delay``) for that direction.
         conf_every: mean time between membership changes (0: never).
-        min_voters: the operator never proposes a change leaving fewer voters than this. With
-            fewer than three, a leader removing or demoting itself can leave the cluster unable
-            to elect a leader (as in etcd); see ``docs/testing.md``.
+        min_voters: the operator never proposes a change leaving fewer voters than this (see
+            ``docs/testing.md`` on small configurations).
         transfer_every: mean time between leader transfers (0: never).
     """
 

@@ -62,6 +62,17 @@ TestSmallWindows = SmallWindows.TestCase
 TestSmallWindows.settings = budget(0.5)
 
 
+class ShrinkingToOneVoter(ClusterMachine):
+    """Membership changes down to a single voter, leaders removing and demoting themselves."""
+
+    config = ClusterConfig(voters=(1, 2), spares=(3,), snapshot_every=6)
+    min_voters = 1
+
+
+TestShrinkingToOneVoter = ShrinkingToOneVoter.TestCase
+TestShrinkingToOneVoter.settings = budget(0.3)
+
+
 class Counter:
     """A user's own state machine: a counter that commands add to."""
 
