@@ -338,9 +338,12 @@ class RawNode:
         r.on_persisted()
 
     def status(self) -> Status:
-        """The node's current state, with per-peer progress when it is the leader."""
+        """The node's current state, with per-peer progress when it is the leader.
+
+        Side-effect free: appends a leader has scheduled but not yet built (they are built when
+        the next Ready is taken) are not yet reflected in the peers' progress.
+        """
         r = self._raft
-        r.flush()
         progress: dict[int, ProgressStatus] = {}
         if r.state == StateType.LEADER:
             for node, pr in r.trk.progress.items():
