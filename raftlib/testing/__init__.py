@@ -12,6 +12,7 @@
 * ``raftlib.testing.strategies`` and ``raftlib.testing.machine.ClusterMachine``: hypothesis
   strategies and a rule-based state machine (these two modules need ``hypothesis``).
 * ``python -m raftlib.testing.replay``: replays a schedule step by step.
+* :func:`check_storage`: a conformance check for your own ``Storage`` implementation.
 
 Importable without pytest or hypothesis. See ``docs/testing.md``.
 """
@@ -59,6 +60,7 @@ from raftlib.testing.sim import (
     shrink,
 )
 from raftlib.testing.statemachine import KVStateMachine, StateMachine, kv_get, kv_model, kv_put
+from raftlib.testing.storage_check import StorageMismatch, WritableStorage, check_storage
 
 __all__ = [
     "PROPERTIES",
@@ -87,8 +89,11 @@ __all__ = [
     "Simulation",
     "SimulationResult",
     "StateMachine",
+    "StorageMismatch",
+    "WritableStorage",
     "check_linearizability",
     "check_nodes",
+    "check_storage",
     "format_event",
     "format_script",
     "kv_get",
