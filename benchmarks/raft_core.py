@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import pathlib
 import platform
 import random
@@ -132,7 +133,8 @@ def main() -> None:
         f"\n## raftlib core ({stamp})\n",
         f"\n`python -m benchmarks.raft_core`: 3 nodes in one process, MemoryStorage, no I/O; "
         f"median of {args.runs} runs; Python {platform.python_version()} on "
-        f"{platform.machine()}, 2 cores (shared with other work at the time).\n\n",
+        f"{platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f} at the end of the run.\n\n",
         "| measure | median | target |\n|---|---:|---:|\n",
     ]
     for name, value, target in rows:
