@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from raftlib._util import limit_size
 from raftlib.errors import (
     CompactedError,
     RaftInvariantError,
@@ -15,7 +14,7 @@ from raftlib.errors import (
     UnavailableError,
 )
 from raftlib.log_unstable import Unstable
-from raftlib.storage import Storage
+from raftlib.storage import Storage, limit_size
 from raftlib.types import Entry, Snapshot
 
 

@@ -61,13 +61,13 @@ from kvapp.storage.wal import (
     Wal,
     WalMetadata,
 )
-from raftlib._util import limit_size
 from raftlib.errors import (
     CompactedError,
     RaftInvariantError,
     SnapshotOutOfDateError,
     UnavailableError,
 )
+from raftlib.storage import limit_size
 from raftlib.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
 
 __all__ = ["DEFAULT_KEEP_SNAPSHOTS", "RaftStore", "RecoveredLog", "replay_records"]
