@@ -475,15 +475,15 @@ class RaftStore:
         if there is nothing new.
 
         Raises:
-            ValueError: ``entries`` are not consecutive indexes.
-            RaftInvariantError: the entries would leave a gap after the last index.
+            RaftInvariantError: ``entries`` are not consecutive indexes, or would leave a gap
+                after the last index (as ``MemoryStorage.append``).
             StoreFailedError: the disk write failed (now or earlier).
         """
         ents = list(entries)
         if ents and [e.index for e in ents] != list(
             range(ents[0].index, ents[0].index + len(ents))
         ):
-            raise ValueError(f"entries are not consecutive: {[e.index for e in ents]}")
+            raise RaftInvariantError(f"entries are not consecutive: {[e.index for e in ents]}")
         if ents:
             first = self.first_index()
             if ents[-1].index < first:
@@ -550,7 +550,7 @@ class RaftStore:
         Raises:
             SnapshotOutOfDateError: ``index`` is not after the current snapshot.
             CompactedError: ``index`` is before the first entry's predecessor, so its term is
-                gone (``MemoryStorage`` answers with a wrong term here).
+                gone.
             ValueError: ``index`` is after the last entry.
             StoreFailedError: a disk write failed (now or earlier).
         """

@@ -91,7 +91,7 @@ def test_invalid_saves_write_nothing(tmp_path):
     with open_store(tmp_path) as store:
         store.save(HardState(1, 1, 0), ents(1, 3))
         end = store.wal.end_offset
-        with pytest.raises(ValueError, match="not consecutive"):
+        with pytest.raises(RaftInvariantError, match="not consecutive"):
             store.save(HardState(5, 5, 5), [ents(4, 4)[0], ents(6, 6)[0]])
         with pytest.raises(RaftInvariantError, match="missing log entry"):
             store.save(HardState(5, 5, 5), ents(5, 6))
