@@ -26,7 +26,14 @@ from raftlib.types import (
     SnapshotMetadata,
 )
 
-__all__ = ["MemoryStorage", "Storage", "limit_size"]
+__all__ = [
+    "EntryWindow",
+    "MemoryStorage",
+    "Storage",
+    "check_snapshot_newer",
+    "limit_size",
+    "plan_snapshot",
+]
 
 
 def limit_size(entries: Sequence[Entry], max_size: int | None) -> list[Entry]:
@@ -97,11 +104,130 @@ class Storage(Protocol):
         ...
 
 
+class EntryWindow:
+    """The in-memory run of log entries after a compaction point.
+
+    ``MemoryStorage`` keeps its whole log in one; a durable ``Storage`` (kvapp's ``RaftStore``)
+    keeps one as the index it answers raftlib's reads from, so both give the same answers.
+    The first element is a placeholder carrying the compaction point's index and term (a
+    snapshot's, or a later compaction's), so ``term()`` answers for that index too. Writes come
+    in two steps, check then apply, so a durable store can validate, write its disk, and only
+    then change memory.
+    """
+
+    __slots__ = ("_ents",)
+
+    def __init__(self, entries: Sequence[Entry] | None = None) -> None:
+        """A window holding ``entries``, whose first element is the placeholder (default: none)."""
+        self._ents: list[Entry] = list(entries) if entries else [Entry()]
+
+    @property
+    def placeholder(self) -> Entry:
+        """The compaction point: index and term of the entry before the first one held."""
+        return self._ents[0]
+
+    @property
+    def last(self) -> Entry:
+        """The last entry (the placeholder when the window is empty)."""
+        return self._ents[-1]
+
+    def first_index(self) -> int:
+        """See :meth:`Storage.first_index`."""
+        return self._ents[0].index + 1
+
+    def last_index(self) -> int:
+        """See :meth:`Storage.last_index`."""
+        return self._ents[0].index + len(self._ents) - 1
+
+    def term(self, index: int) -> int:
+        """See :meth:`Storage.term`."""
+        offset = self._ents[0].index
+        if index < offset:
+            raise CompactedError(f"term of compacted index {index} (compacted at {offset})")
+        if index - offset >= len(self._ents):
+            raise UnavailableError(f"term of index {index} beyond last {self.last_index()}")
+        return self._ents[index - offset].term
+
+    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
+        """See :meth:`Storage.entries`."""
+        offset = self._ents[0].index
+        if lo <= offset:
+            raise CompactedError(f"requested index {lo} is compacted (first is {offset + 1})")
+        if hi > self.last_index() + 1:
+            raise UnavailableError(f"entries [{lo}, {hi}) beyond last index {self.last_index()}")
+        if len(self._ents) == 1:
+            raise UnavailableError("no entries after the compaction point")
+        return limit_size(self._ents[lo - offset : hi - offset], max_size)
+
+    def check_append(self, entries: Sequence[Entry]) -> list[Entry]:
+        """The part of ``entries`` an append would write (compacted ones skipped); may be empty.
+
+        Raises:
+            RaftInvariantError: the entries are not consecutive, or would leave a gap.
+        """
+        if not entries:
+            return []
+        if entries[-1].index - entries[0].index != len(entries) - 1:
+            raise RaftInvariantError(
+                f"entries {entries[0].index}..{entries[-1].index} are not consecutive"
+            )
+        first = self.first_index()
+        if entries[-1].index < first:
+            return []
+        ents = (
+            list(entries[first - entries[0].index :]) if first > entries[0].index else list(entries)
+        )
+        if ents[0].index > self.last_index() + 1:
+            raise RaftInvariantError(
+                f"missing log entry: last index {self.last_index()}, appending at {ents[0].index}"
+            )
+        return ents
+
+    def apply_append(self, checked: Sequence[Entry]) -> None:
+        """Append entries returned by :meth:`check_append`, replacing any conflicting suffix."""
+        if checked:
+            del self._ents[checked[0].index - self._ents[0].index :]
+            self._ents.extend(checked)
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Check and apply an append in one step."""
+        self.apply_append(self.check_append(entries))
+
+    def check_compact(self, compact_index: int) -> Entry:
+        """The entry that becomes the new placeholder if compacted at ``compact_index``.
+
+        Raises:
+            CompactedError: ``compact_index`` is at or before the current placeholder.
+            ValueError: ``compact_index`` is after the last entry.
+        """
+        offset = self._ents[0].index
+        if compact_index <= offset:
+            raise CompactedError(f"index {compact_index} is already compacted (at {offset})")
+        if compact_index > self.last_index():
+            raise ValueError(
+                f"compact index {compact_index} is after last index {self.last_index()}"
+            )
+        return self._ents[compact_index - offset]
+
+    def apply_compact(self, kept: Entry) -> None:
+        """Drop entries up to ``kept`` (from :meth:`check_compact`); it becomes the placeholder."""
+        i = kept.index - self._ents[0].index
+        self._ents = [Entry(term=kept.term, index=kept.index), *self._ents[i + 1 :]]
+
+    def compact(self, compact_index: int) -> None:
+        """Check and apply a compaction in one step."""
+        self.apply_compact(self.check_compact(compact_index))
+
+    def reset(self, index: int, term: int) -> None:
+        """Discard everything: the window restarts after ``(index, term)`` (a snapshot)."""
+        self._ents = [Entry(term=term, index=index)]
+
+
 class MemoryStorage:
     """A :class:`Storage` kept entirely in memory, with the write side the application uses.
 
-    ``_ents[0]`` is a placeholder carrying the snapshot's index and term, so ``term()`` answers
-    for the snapshot index too. Not thread-safe.
+    The log is an :class:`EntryWindow` whose placeholder is the snapshot (or a later compaction
+    point). Not thread-safe.
     """
 
     def __init__(self, conf_state: ConfState | None = None) -> None:
@@ -112,7 +238,7 @@ class MemoryStorage:
         """
         self._hard_state = HardState()
         self._snapshot = Snapshot(metadata=SnapshotMetadata(conf_state=conf_state or ConfState()))
-        self._ents: list[Entry] = [Entry()]
+        self._log = EntryWindow()
 
     # -- read side (the Storage protocol) --
 
@@ -122,31 +248,19 @@ class MemoryStorage:
 
     def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
         """See :meth:`Storage.entries`."""
-        offset = self._ents[0].index
-        if lo <= offset:
-            raise CompactedError(f"requested index {lo} is compacted (first is {offset + 1})")
-        if hi > self.last_index() + 1:
-            raise UnavailableError(f"entries [{lo}, {hi}) beyond last index {self.last_index()}")
-        if len(self._ents) == 1:
-            raise UnavailableError("no entries after the snapshot")
-        return limit_size(self._ents[lo - offset : hi - offset], max_size)
+        return self._log.entries(lo, hi, max_size)
 
     def term(self, index: int) -> int:
         """See :meth:`Storage.term`."""
-        offset = self._ents[0].index
-        if index < offset:
-            raise CompactedError(f"term of compacted index {index} (snapshot at {offset})")
-        if index - offset >= len(self._ents):
-            raise UnavailableError(f"term of index {index} beyond last {self.last_index()}")
-        return self._ents[index - offset].term
+        return self._log.term(index)
 
     def first_index(self) -> int:
         """See :meth:`Storage.first_index`."""
-        return self._ents[0].index + 1
+        return self._log.first_index()
 
     def last_index(self) -> int:
         """See :meth:`Storage.last_index`."""
-        return self._ents[0].index + len(self._ents) - 1
+        return self._log.last_index()
 
     def snapshot(self) -> Snapshot:
         """See :meth:`Storage.snapshot`."""
@@ -169,13 +283,9 @@ class MemoryStorage:
         Raises:
             SnapshotOutOfDateError: ``snapshot`` is not newer than the current one.
         """
-        if self._snapshot.metadata.index >= snapshot.metadata.index:
-            raise SnapshotOutOfDateError(
-                f"snapshot at {snapshot.metadata.index} is not newer than "
-                f"{self._snapshot.metadata.index}"
-            )
+        check_snapshot_newer(self._snapshot, snapshot.metadata.index)
         self._snapshot = snapshot
-        self._ents = [Entry(term=snapshot.metadata.term, index=snapshot.metadata.index)]
+        self._log.reset(snapshot.metadata.index, snapshot.metadata.term)
 
     def create_snapshot(self, index: int, conf_state: ConfState | None, data: bytes) -> Snapshot:
         """Make a snapshot at ``index`` (applied state ``data``), keeping the entries.
@@ -187,22 +297,7 @@ class MemoryStorage:
             CompactedError: the entry at ``index`` was already compacted away.
             ValueError: ``index`` is after the last entry.
         """
-        if index <= self._snapshot.metadata.index:
-            raise SnapshotOutOfDateError(
-                f"snapshot at {index} is not newer than {self._snapshot.metadata.index}"
-            )
-        if index > self.last_index():
-            raise ValueError(f"snapshot index {index} is after last index {self.last_index()}")
-        offset = self._ents[0].index
-        if index < offset:
-            raise CompactedError(f"snapshot index {index} is compacted (log starts at {offset})")
-        cs = conf_state if conf_state is not None else self._snapshot.metadata.conf_state
-        self._snapshot = Snapshot(
-            data=data,
-            metadata=SnapshotMetadata(
-                conf_state=cs, index=index, term=self._ents[index - offset].term
-            ),
-        )
+        self._snapshot = plan_snapshot(self._snapshot, self._log, index, conf_state, data)
         return self._snapshot
 
     def compact(self, compact_index: int) -> None:
@@ -215,16 +310,7 @@ class MemoryStorage:
             CompactedError: ``compact_index`` is at or before the current first placeholder.
             ValueError: ``compact_index`` is after the last entry.
         """
-        offset = self._ents[0].index
-        if compact_index <= offset:
-            raise CompactedError(f"index {compact_index} is already compacted (at {offset})")
-        if compact_index > self.last_index():
-            raise ValueError(
-                f"compact index {compact_index} is after last index {self.last_index()}"
-            )
-        i = compact_index - offset
-        kept = self._ents[i]
-        self._ents = [Entry(term=kept.term, index=kept.index), *self._ents[i + 1 :]]
+        self._log.compact(compact_index)
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Append ``entries``, truncating any existing entries they conflict with.
@@ -235,26 +321,34 @@ class MemoryStorage:
             RaftInvariantError: the entries would leave a gap in the log, or their indexes are
                 not consecutive.
         """
-        if not entries:
-            return
-        if entries[-1].index - entries[0].index != len(entries) - 1:
-            raise RaftInvariantError(
-                f"entries {entries[0].index}..{entries[-1].index} are not consecutive"
-            )
-        first = self.first_index()
-        last = entries[0].index + len(entries) - 1
-        if last < first:
-            return
-        if first > entries[0].index:
-            entries = entries[first - entries[0].index :]
-        offset = entries[0].index - self._ents[0].index
-        if len(self._ents) > offset:
-            del self._ents[offset:]
-            self._ents.extend(entries)
-        elif len(self._ents) == offset:
-            self._ents.extend(entries)
-        else:
-            raise RaftInvariantError(
-                f"missing log entry: last index {self.last_index()}, "
-                f"appending at {entries[0].index}"
-            )
+        self._log.append(entries)
+
+
+def check_snapshot_newer(current: Snapshot, index: int) -> None:
+    """Raise ``SnapshotOutOfDateError`` unless a snapshot at ``index`` is newer than ``current``."""
+    if current.metadata.index >= index:
+        raise SnapshotOutOfDateError(
+            f"snapshot at {index} is not newer than {current.metadata.index}"
+        )
+
+
+def plan_snapshot(
+    current: Snapshot, log: EntryWindow, index: int, conf_state: ConfState | None, data: bytes
+) -> Snapshot:
+    """The snapshot ``create_snapshot(index, conf_state, data)`` makes, validated, unapplied.
+
+    ``conf_state`` ``None`` keeps ``current``'s configuration.
+
+    Raises:
+        SnapshotOutOfDateError: ``index`` is not after ``current``.
+        ValueError: ``index`` is after the last entry.
+        CompactedError: the entry at ``index`` was already compacted away.
+    """
+    check_snapshot_newer(current, index)
+    if index > log.last_index():
+        raise ValueError(f"snapshot index {index} is after last index {log.last_index()}")
+    cs = conf_state if conf_state is not None else current.metadata.conf_state
+    return Snapshot(
+        data=data,
+        metadata=SnapshotMetadata(conf_state=cs, index=index, term=log.term(index)),
+    )

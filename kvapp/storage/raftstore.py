@@ -61,13 +61,7 @@ from kvapp.storage.wal import (
     Wal,
     WalMetadata,
 )
-from raftlib.errors import (
-    CompactedError,
-    RaftInvariantError,
-    SnapshotOutOfDateError,
-    UnavailableError,
-)
-from raftlib.storage import limit_size
+from raftlib.storage import EntryWindow, check_snapshot_newer, plan_snapshot
 from raftlib.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
 
 __all__ = ["DEFAULT_KEEP_SNAPSHOTS", "RaftStore", "RecoveredLog", "replay_records"]
@@ -299,7 +293,7 @@ class RaftStore:
         self._snapshotter = snapshotter
         self._hard_state = hard_state
         self._snapshot = snapshot
-        self._ents = entries
+        self._log = EntryWindow(entries)
         self._keep_snapshots = keep_snapshots
         self._failure: BaseException | None = None
         self._closed = False
@@ -429,31 +423,19 @@ class RaftStore:
 
     def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
         """See :meth:`raftlib.storage.Storage.entries`."""
-        offset = self._ents[0].index
-        if lo <= offset:
-            raise CompactedError(f"requested index {lo} is compacted (first is {offset + 1})")
-        if hi > self.last_index() + 1:
-            raise UnavailableError(f"entries [{lo}, {hi}) beyond last index {self.last_index()}")
-        if len(self._ents) == 1:
-            raise UnavailableError("no entries after the snapshot")
-        return limit_size(self._ents[lo - offset : hi - offset], max_size)
+        return self._log.entries(lo, hi, max_size)
 
     def term(self, index: int) -> int:
         """See :meth:`raftlib.storage.Storage.term`."""
-        offset = self._ents[0].index
-        if index < offset:
-            raise CompactedError(f"term of compacted index {index} (snapshot at {offset})")
-        if index - offset >= len(self._ents):
-            raise UnavailableError(f"term of index {index} beyond last {self.last_index()}")
-        return self._ents[index - offset].term
+        return self._log.term(index)
 
     def first_index(self) -> int:
         """See :meth:`raftlib.storage.Storage.first_index`."""
-        return self._ents[0].index + 1
+        return self._log.first_index()
 
     def last_index(self) -> int:
         """See :meth:`raftlib.storage.Storage.last_index`."""
-        return self._ents[0].index + len(self._ents) - 1
+        return self._log.last_index()
 
     def snapshot(self) -> Snapshot:
         """See :meth:`raftlib.storage.Storage.snapshot`. Held in memory; never reads the disk."""
@@ -479,29 +461,13 @@ class RaftStore:
                 after the last index (as ``MemoryStorage.append``).
             StoreFailedError: the disk write failed (now or earlier).
         """
-        ents = list(entries)
-        if ents and [e.index for e in ents] != list(
-            range(ents[0].index, ents[0].index + len(ents))
-        ):
-            raise RaftInvariantError(f"entries are not consecutive: {[e.index for e in ents]}")
-        if ents:
-            first = self.first_index()
-            if ents[-1].index < first:
-                ents = []
-            elif ents[0].index < first:
-                ents = ents[first - ents[0].index :]
-        if ents and ents[0].index > self.last_index() + 1:
-            raise RaftInvariantError(
-                f"missing log entry: last index {self.last_index()}, appending at {ents[0].index}"
-            )
+        ents = self._log.check_append(entries)
         if not ents and (hard_state is None or hard_state == self._hard_state):
             return
         self._write(BatchRecord(hard_state, tuple(ents)))
         if hard_state is not None:
             self._hard_state = hard_state
-        if ents:
-            del self._ents[ents[0].index - self._ents[0].index :]
-            self._ents.extend(ents)
+        self._log.apply_append(ents)
         self._maybe_cut()
 
     def set_hard_state(self, hard_state: HardState) -> None:
@@ -523,14 +489,11 @@ class RaftStore:
             StoreFailedError: a disk write failed (now or earlier).
         """
         md = snapshot.metadata
-        if self._snapshot.metadata.index >= md.index:
-            raise SnapshotOutOfDateError(
-                f"snapshot at {md.index} is not newer than {self._snapshot.metadata.index}"
-            )
+        check_snapshot_newer(self._snapshot, md.index)
         self._guard(lambda: self._snapshotter.save(snapshot))
         self._write(SnapshotRecord(SnapshotKind.INSTALLED, md))
         self._snapshot = snapshot
-        self._ents = [Entry(term=md.term, index=md.index)]
+        self._log.reset(md.index, md.term)
         self._after_snapshot()
 
     def create_snapshot(self, index: int, conf_state: ConfState | None, data: bytes) -> Snapshot:
@@ -554,22 +517,7 @@ class RaftStore:
             ValueError: ``index`` is after the last entry.
             StoreFailedError: a disk write failed (now or earlier).
         """
-        if index <= self._snapshot.metadata.index:
-            raise SnapshotOutOfDateError(
-                f"snapshot at {index} is not newer than {self._snapshot.metadata.index}"
-            )
-        if index > self.last_index():
-            raise ValueError(f"snapshot index {index} is after last index {self.last_index()}")
-        offset = self._ents[0].index
-        if index < offset:
-            raise CompactedError(f"snapshot index {index} is compacted (first is {offset + 1})")
-        cs = conf_state if conf_state is not None else self._snapshot.metadata.conf_state
-        snap = Snapshot(
-            data=data,
-            metadata=SnapshotMetadata(
-                conf_state=cs, index=index, term=self._ents[index - offset].term
-            ),
-        )
+        snap = plan_snapshot(self._snapshot, self._log, index, conf_state, data)
         self._guard(lambda: self._snapshotter.save(snap))
         self._write(SnapshotRecord(SnapshotKind.CREATED, snap.metadata))
         self._snapshot = snap
@@ -586,19 +534,9 @@ class RaftStore:
             ValueError: ``compact_index`` is after the last entry.
             StoreFailedError: a disk write failed (now or earlier).
         """
-        offset = self._ents[0].index
-        if compact_index <= offset:
-            raise CompactedError(f"index {compact_index} is already compacted (at {offset})")
-        if compact_index > self.last_index():
-            raise ValueError(
-                f"compact index {compact_index} is after last index {self.last_index()}"
-            )
-        kept = self._ents[compact_index - offset]
+        kept = self._log.check_compact(compact_index)
         self._write(CompactRecord(kept.index, kept.term))
-        self._ents = [
-            Entry(term=kept.term, index=kept.index),
-            *self._ents[kept.index - offset + 1 :],
-        ]
+        self._log.apply_compact(kept)
         self._guard(self._release)
 
     def close(self) -> None:
@@ -652,10 +590,10 @@ class RaftStore:
         return StateRecord(
             hard_state=self._hard_state,
             snapshot=self._snapshot.metadata,
-            compact_index=self._ents[0].index,
-            compact_term=self._ents[0].term,
-            last_index=self._ents[-1].index,
-            last_term=self._ents[-1].term,
+            compact_index=self._log.placeholder.index,
+            compact_term=self._log.placeholder.term,
+            last_index=self._log.last.index,
+            last_term=self._log.last.term,
         )
 
     def _maybe_cut(self) -> None:
@@ -674,7 +612,7 @@ class RaftStore:
 
     def _release(self) -> None:
         """Release the WAL up to the compaction point, but not past the oldest kept snapshot."""
-        upto = self._ents[0].index
+        upto = self._log.placeholder.index
         newest = self._snapshot.metadata.index
         kept = [f.index for f in self._snapshotter.files() if f.index <= newest]
         if kept:

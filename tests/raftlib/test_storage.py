@@ -126,3 +126,18 @@ def test_append_refuses_non_consecutive_entries() -> None:
     s = _storage([(3, 3), (4, 4)])
     with pytest.raises(RaftInvariantError):
         s.append([Entry(term=4, index=5), Entry(term=4, index=7)])
+
+
+def test_entry_window_checks_change_nothing_until_applied() -> None:
+    from raftlib.storage import EntryWindow
+
+    w = EntryWindow([Entry(term=2, index=3), Entry(term=2, index=4), Entry(term=3, index=5)])
+    checked = w.check_append([Entry(term=4, index=5), Entry(term=4, index=6)])
+    kept = w.check_compact(4)
+    assert (w.last_index(), w.term(5), w.first_index()) == (5, 3, 4)
+    w.apply_append(checked)
+    assert (w.last_index(), w.term(5)) == (6, 4)
+    w.apply_compact(kept)
+    assert (w.first_index(), w.placeholder, w.last) == (5, Entry(term=2, index=4), checked[-1])
+    with pytest.raises(RaftInvariantError):
+        w.check_append([Entry(term=4, index=9)])
