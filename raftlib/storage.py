@@ -9,7 +9,7 @@ format (kvapp's ``RaftStore`` is one) and can check itself with ``raftlib.testin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from raftlib.errors import (
     CompactedError,
@@ -25,6 +25,9 @@ from raftlib.types import (
     Snapshot,
     SnapshotMetadata,
 )
+
+if TYPE_CHECKING:
+    from raftlib.rawnode import Ready  # rawnode imports config, which imports this module
 
 __all__ = [
     "EntryWindow",
@@ -322,6 +325,24 @@ class MemoryStorage:
                 not consecutive.
         """
         self._log.append(entries)
+
+    def save_ready(self, rd: Ready) -> None:
+        """Persist what ``rd`` asks to persist (step 2 of ``docs/ready.md``), in order.
+
+        Installs ``rd.snapshot`` if set, appends ``rd.entries``, then records ``rd.hard_state``
+        if set. This is the write :class:`raftlib.node.Node` calls for every Ready (off the event
+        loop); a durable storage offers the same method and fsyncs when ``rd.must_sync``.
+
+        Raises:
+            SnapshotOutOfDateError: ``rd.snapshot`` is not newer than the current snapshot.
+            RaftInvariantError: ``rd.entries`` would leave a gap in the log.
+        """
+        if rd.snapshot is not None:
+            self.apply_snapshot(rd.snapshot)
+        if rd.entries:
+            self.append(rd.entries)
+        if rd.hard_state is not None:
+            self.set_hard_state(rd.hard_state)
 
 
 def check_snapshot_newer(current: Snapshot, index: int) -> None:
