@@ -15,6 +15,21 @@ from raftlib.errors import (
     StorageError,
     UnavailableError,
 )
+from raftlib.node import (
+    Committed,
+    ConfChangeRefused,
+    Leadership,
+    Node,
+    NodeError,
+    NodeStopped,
+    NodeStorage,
+    NodeTimeout,
+    NotLeader,
+    OutcomeUnknown,
+    ProposalId,
+    ProposalLost,
+    ProposalTimeout,
+)
 from raftlib.rawnode import Peer, RawNode, Ready
 from raftlib.status import ProgressState, ProgressStatus, Status
 from raftlib.storage import MemoryStorage, Storage
@@ -40,8 +55,10 @@ from raftlib.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Committed",
     "CompactedError",
     "ConfChange",
+    "ConfChangeRefused",
     "ConfChangeSingle",
     "ConfChangeTransition",
     "ConfChangeType",
@@ -53,13 +70,24 @@ __all__ = [
     "Entry",
     "EntryType",
     "HardState",
+    "Leadership",
     "MemoryStorage",
     "Message",
     "MessageType",
+    "Node",
+    "NodeError",
+    "NodeStopped",
+    "NodeStorage",
+    "NodeTimeout",
+    "NotLeader",
+    "OutcomeUnknown",
     "Peer",
     "ProgressState",
     "ProgressStatus",
     "ProposalDropped",
+    "ProposalId",
+    "ProposalLost",
+    "ProposalTimeout",
     "RaftError",
     "RaftInvariantError",
     "RawNode",
