@@ -142,6 +142,16 @@ class _Raft:
             raise RaftInvariantError(f"restored config {restored} differs from storage's {cs}")
         if not hs.is_empty():
             self._load_state(hs)
+        if c.applied > self.log.committed:
+            # The application applied entries whose commit index never became durable (a
+            # commit-only Ready need not be fsynced). An applied entry was committed, so the
+            # applied index is a commit index we may adopt, provided the log holds it.
+            if c.applied > self.log.last_index():
+                raise RaftInvariantError(
+                    f"{self.id} applied index {c.applied} is beyond the last log index "
+                    f"{self.log.last_index()}: the log lost entries the application applied"
+                )
+            self.log.committed = c.applied
         if c.applied > 0:
             self.log.applied_to(c.applied)
         self._become_follower(self.term, NONE)
@@ -371,7 +381,7 @@ class _Raft:
         self.pending_conf_index = 0
         self.self_removal_index = 0
         self.uncommitted_size = 0
-        self.read_only = ReadOnly(self.read_only.option)
+        self.read_only = ReadOnly(self.read_only.option, self.read_only.next_round)
 
     def _become_follower(self, term: int, lead: int) -> None:
         self._check_transition(StateType.FOLLOWER)
@@ -461,18 +471,19 @@ class _Raft:
             vote_msg = MT.PRE_VOTE
             # Pre-votes are requested for the next term without moving to it.
             term = self.term + 1
+            # A pre-vote promises nothing durable, so our own counts at once.
+            _, _, res = self._poll(self.id, MT.PRE_VOTE_RESP, True)
+            if res == VoteResult.WON:
+                # Only possible in a single-voter configuration.
+                self._campaign(CampaignType.ELECTION)
+                return
         else:
             self._become_candidate()
             vote_msg = MT.VOTE
             term = self.term
-        _, _, res = self._poll(self.id, vote_response_type(vote_msg), True)
-        if res == VoteResult.WON:
-            # Only possible in a single-voter configuration.
-            if t == CampaignType.PRE_ELECTION:
-                self._campaign(CampaignType.ELECTION)
-            else:
-                self._become_leader()
-            return
+            # Our own vote counts only once the new term and the vote are durable (in
+            # on_persisted), as every other vote does: a lone voter that led a term it could
+            # forget in a crash might win that term again and append different entries.
         ctx = t.value if t == CampaignType.TRANSFER else b""
         last_index = self.log.last_index()
         last_term = self.log.last_term()
@@ -815,21 +826,22 @@ class _Raft:
             return None
 
     def _leader_read_index(self, m: Message) -> None:
-        if self.trk.is_singleton():
-            # Only one voter: our commit index is trivially confirmed.
-            self._respond_to_read_index(m, self.log.committed)
-            return
         if not self._committed_entry_in_current_term():
             # Thesis §6.4: until an entry of our term commits we do not know the commit index.
+            # This holds for a lone voter too: after a restart its durable commit index may lag
+            # (commit-only Readys need not be fsynced) until it commits its own empty entry.
             self.pending_read_index_messages.append(m)
             return
         self._send_read_index_response(m)
 
     def _send_read_index_response(self, m: Message) -> None:
-        if self.read_only.option == ReadOnlyOption.SAFE:
-            self.read_only.add_request(self.log.committed, m)
-            self.read_only.recv_ack(self.id, m.context)
-            self._bcast_heartbeat(m.context)
+        if self.trk.is_singleton():
+            # Only one voter: no other node can have been elected, so no round trip is needed.
+            self._respond_to_read_index(m, self.log.committed)
+        elif self.read_only.option == ReadOnlyOption.SAFE:
+            token = self.read_only.add_request(self.log.committed, m)
+            self.read_only.recv_ack(self.id, token)
+            self._bcast_heartbeat(token)
         else:
             self._respond_to_read_index(m, self.log.committed)
 
@@ -991,23 +1003,7 @@ class _Raft:
             case MT.VOTE_RESP | MT.PRE_VOTE_RESP:
                 if t != my_resp:
                     return
-                granted, rejected, res = self._poll(m.from_, t, not m.reject)
-                self.logger.info(
-                    "%d has received %d %s votes and %d vote rejections",
-                    self.id,
-                    granted,
-                    t.name,
-                    rejected,
-                )
-                if res == VoteResult.WON:
-                    if self.state == StateType.PRE_CANDIDATE:
-                        self._campaign(CampaignType.ELECTION)
-                    else:
-                        self._become_leader()
-                        self._bcast_append()
-                elif res == VoteResult.LOST:
-                    # A pre-vote answer carries our future term; stay at our own.
-                    self._become_follower(self.term, NONE)
+                self._count_vote(m.from_, t, granted=not m.reject)
             case MT.TIMEOUT_NOW:
                 self.logger.debug(
                     "%d [term %d state %s] ignored MsgTimeoutNow from %d",
@@ -1033,6 +1029,26 @@ class _Raft:
                 pass  # nothing to do without a leader
             case _:
                 assert_never(t)
+
+    def _count_vote(self, node: int, t: MessageType, *, granted: bool) -> None:
+        """Record ``node``'s (pre-)vote answer and act on the election's result."""
+        granted_n, rejected_n, res = self._poll(node, t, granted)
+        self.logger.info(
+            "%d has received %d %s votes and %d vote rejections",
+            self.id,
+            granted_n,
+            t.name,
+            rejected_n,
+        )
+        if res == VoteResult.WON:
+            if self.state == StateType.PRE_CANDIDATE:
+                self._campaign(CampaignType.ELECTION)
+            else:
+                self._become_leader()
+                self._bcast_append()
+        elif res == VoteResult.LOST:
+            # A pre-vote answer carries our future term; stay at our own.
+            self._become_follower(self.term, NONE)
 
     # -- follower --
 
@@ -1089,7 +1105,10 @@ class _Raft:
                         "%d no leader at term %d; dropping index reading msg", self.id, self.term
                     )
                     return
-                self._send(MT.READ_INDEX, self.lead, context=m.context)
+                # Keep the origin as sender, so the answer goes to the node that asked even if
+                # the read is forwarded again (we may follow a stale leader).
+                origin = m.from_ if m.from_ != NONE else self.id
+                self._send(MT.READ_INDEX, self.lead, from_=origin, context=m.context)
             case MT.READ_INDEX_RESP:
                 self.read_states.append(ReadState(index=m.index, request_ctx=m.context))
             case (
@@ -1355,8 +1374,20 @@ class _Raft:
                     self.trk.config,
                 )
 
-    def on_persisted(self) -> None:
-        """The application made the last Ready durable: a leader may now count itself."""
+    def on_persisted(self, hard_state: HardState | None) -> None:
+        """The application made the last Ready durable: count our own vote or log.
+
+        ``hard_state`` is the hard state that Ready carried (now durable), if any.
+        """
+        if (
+            self.state == StateType.CANDIDATE
+            and hard_state is not None
+            and hard_state.term == self.term
+            and hard_state.vote == self.id
+            and self.id not in self.trk.votes
+        ):
+            self._count_vote(self.id, MT.VOTE_RESP, granted=True)
+            return
         if self.state != StateType.LEADER:
             return
         pr = self.trk.progress.get(self.id)

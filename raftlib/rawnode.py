@@ -173,8 +173,9 @@ class RawNode:
             raise StepLocalMessageError(f"cannot step raft local message {m.type.name}")
         if m.to != self._raft.id:
             raise DecodeError(f"{m.type.name} addressed to {m.to}, not to this node")
-        # A forwarded transfer request names its target as sender, which may be us.
-        if m.from_ == self._raft.id and m.type != MT.TRANSFER_LEADER:
+        # A forwarded transfer request names its target as sender, and a forwarded read its
+        # origin: either may be us.
+        if m.from_ == self._raft.id and m.type not in (MT.TRANSFER_LEADER, MT.READ_INDEX):
             raise DecodeError(f"{m.type.name} claims to come from this node itself")
         _validate_remote(m)
         if is_response_message(m.type) and m.from_ not in self._raft.trk.progress:
@@ -335,7 +336,7 @@ class RawNode:
             r.applied_to(rd.committed_entries[-1].index)
         elif rd.snapshot is not None:
             r.applied_to(rd.snapshot.metadata.index)
-        r.on_persisted()
+        r.on_persisted(rd.hard_state)
 
     def status(self) -> Status:
         """The node's current state, with per-peer progress when it is the leader.

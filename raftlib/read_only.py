@@ -36,39 +36,48 @@ class ReadIndexStatus:
 
 
 class ReadOnly:
-    """The queue of reads awaiting confirmation, in arrival order, keyed by request context."""
+    """The queue of reads awaiting confirmation, in arrival order, keyed by round token.
 
-    __slots__ = ("option", "pending", "queue")
+    Each request gets its own heartbeat round, named by a token the leader makes up (a sequence
+    number) rather than by the request's context: a client that retries a read reuses its
+    context, and an acknowledgement of an earlier round with that context proves nothing about
+    leadership when the retry arrived (etcd-io/raft#397, etcd#20418). Followers echo the token
+    back in their heartbeat responses; only the leader interprets it.
+    """
 
-    def __init__(self, option: ReadOnlyOption) -> None:
+    __slots__ = ("next_round", "option", "pending", "queue")
+
+    def __init__(self, option: ReadOnlyOption, next_round: int = 1) -> None:
         self.option = option
+        self.next_round = next_round
+        """The number of the next round; never reused while this node runs."""
         self.pending: dict[bytes, ReadIndexStatus] = {}
         self.queue: list[bytes] = []
 
-    def add_request(self, index: int, m: Message) -> None:
-        """Queue read ``m`` at commit ``index``; a repeated context is ignored."""
-        ctx = m.context
-        if ctx in self.pending:
-            return
-        self.pending[ctx] = ReadIndexStatus(req=m, index=index)
-        self.queue.append(ctx)
+    def add_request(self, index: int, m: Message) -> bytes:
+        """Queue read ``m`` at commit ``index``; returns the token of its heartbeat round."""
+        token = self.next_round.to_bytes(8, "big")
+        self.next_round += 1
+        self.pending[token] = ReadIndexStatus(req=m, index=index)
+        self.queue.append(token)
+        return token
 
-    def recv_ack(self, node: int, ctx: bytes) -> set[int] | None:
-        """Record ``node``'s heartbeat ack for ``ctx``; returns the acks so far, if pending."""
-        rs = self.pending.get(ctx)
+    def recv_ack(self, node: int, token: bytes) -> set[int] | None:
+        """Record ``node``'s heartbeat ack for round ``token``; returns its acks, if pending."""
+        rs = self.pending.get(token)
         if rs is None:
             return None
         rs.acks.add(node)
         return rs.acks
 
-    def advance(self, ctx: bytes) -> list[ReadIndexStatus]:
-        """Dequeue and return every request up to and including ``ctx`` (now confirmed)."""
-        if ctx not in self.pending:
+    def advance(self, token: bytes) -> list[ReadIndexStatus]:
+        """Dequeue and return every request up to and including round ``token`` (confirmed)."""
+        if token not in self.pending:
             return []
-        i = self.queue.index(ctx) + 1
+        i = self.queue.index(token) + 1
         done, self.queue = self.queue[:i], self.queue[i:]
         return [self.pending.pop(c) for c in done]
 
     def last_pending_request_ctx(self) -> bytes:
-        """The context of the newest pending request, or ``b""``."""
+        """The token of the newest pending round, or ``b""``."""
         return self.queue[-1] if self.queue else b""

@@ -51,6 +51,14 @@ def test_single_node_commits_only_after_its_own_entries_are_persisted() -> None:
     node = new_node(1, s)
     node.campaign()
     rd = node.ready()
+    # Its own vote counts only once the term and vote are durable.
+    assert rd.soft_state is not None
+    assert rd.soft_state.raft_state == StateType.CANDIDATE
+    assert rd.hard_state is not None
+    assert (rd.hard_state.term, rd.hard_state.vote) == (1, 1)
+    persist(node, s, rd)
+    node.advance(rd)
+    rd = node.ready()
     assert rd.soft_state is not None
     assert rd.soft_state.raft_state == StateType.LEADER
     assert [e.index for e in rd.entries] == [1]
