@@ -2,7 +2,8 @@
 
 They all derive from :class:`DiskStorageError`. Corruption errors name the file and, for the WAL,
 the byte offset of the first bad record, so an operator can inspect it and, if they accept losing
-what follows, cut the log there with ``python -m kvapp.storage.repair --cut``.
+what follows, cut the log there with ``python -m kvapp.storage.repair DIR --cut``. docs/storage.md
+says, for each error, what the operator should do.
 
 The Storage *protocol* conditions (``CompactedError``, ``UnavailableError``, ...) stay raftlib's:
 a :class:`~kvapp.storage.raftstore.RaftStore` raises exactly what ``MemoryStorage`` would.
@@ -14,8 +15,11 @@ from pathlib import Path
 
 __all__ = [
     "DiskStorageError",
+    "InvalidWriteError",
     "SnapshotCorruptError",
+    "StorageLayoutError",
     "StoreFailedError",
+    "StoreFsyncFailedError",
     "StoreLockedError",
     "WalCorruptError",
     "WalIdentityError",
@@ -33,13 +37,18 @@ class WalCorruptError(DiskStorageError):
         path: the segment file holding the first bad byte (or the WAL directory).
         offset: byte offset of the first bad record in ``path``: everything before it is intact.
         reason: what was found there.
+        hint: what the operator can do about it (appended to the message), or ``""``.
+            :meth:`~kvapp.storage.raftstore.RaftStore.open` adds the repair command with the real
+            data directory, which the WAL layer does not know.
     """
 
-    def __init__(self, path: Path, offset: int, reason: str) -> None:
-        super().__init__(f"{path}: offset {offset}: {reason}")
+    def __init__(self, path: Path, offset: int, reason: str, *, hint: str = "") -> None:
+        message = f"{path}: offset {offset}: {reason}"
+        super().__init__(f"{message}; {hint}" if hint else message)
         self.path = path
         self.offset = offset
         self.reason = reason
+        self.hint = hint
 
 
 class WalIdentityError(WalCorruptError):
@@ -65,8 +74,48 @@ class StoreLockedError(DiskStorageError):
 
 
 class StoreFailedError(DiskStorageError):
-    """An earlier write or fsync failed, so what is on disk is unknown; reopen the store.
+    """A write failed, so this store object refuses every later write.
 
-    After a failed fsync the page cache may hold data the disk does not (or vice versa), so the
-    only safe continuation is recovery from disk, as etcd does by exiting.
+    A failed ``write`` (a full disk, say) leaves the page cache in step with the file: the WAL
+    removes its partial record, and closing and reopening the store recovers from what is on
+    disk. A failed *fsync* is worse: see :class:`StoreFsyncFailedError`, raised instead.
     """
+
+
+class StoreFsyncFailedError(StoreFailedError):
+    """An fsync failed: the process must exit, and must not reopen this store.
+
+    After a failed ``fsync`` Linux marks the dirty pages clean (or drops them) and reports the
+    error once, so the page cache can hold data the disk never got; reading the files back in
+    the same process can return exactly that data (PostgreSQL's "fsyncgate"). The only safe
+    continuation is a new process recovering from what is really on disk, as etcd does by
+    exiting. Raised by the write whose fsync failed, by every later write, and by
+    :meth:`~kvapp.storage.raftstore.RaftStore.open` of the same directory in the same process.
+    """
+
+
+class InvalidWriteError(DiskStorageError, ValueError):
+    """A write's arguments cannot be stored and read back faithfully; nothing was written.
+
+    The caller's mistake, not the disk's: an entry whose ``data`` is a ``str``, a negative term,
+    an unknown entry type, a hard state field that is not an unsigned 64-bit integer. Checked
+    before anything is written, because a record the WAL cannot decode would stop the member
+    from restarting. A ``ValueError``, like raftlib's own argument errors. The store stays usable.
+    """
+
+
+class StorageLayoutError(DiskStorageError):
+    """The data directory is not laid out as a store: something is the wrong kind of file.
+
+    For example ``<dir>/wal`` or ``<dir>/snap`` is a regular file, or ``<dir>/LOCK`` is a
+    directory. Nothing was changed; the operator has to move the offending file away.
+
+    Attributes:
+        path: the offending path.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

@@ -24,8 +24,10 @@ from kvapp.storage.errors import StoreLockedError
 __all__ = [
     "TMP_SUFFIX",
     "DirLock",
+    "FsyncError",
     "ensure_dir",
     "fdatasync",
+    "fsync",
     "fsync_dir",
     "is_zero",
     "last_nonzero",
@@ -43,20 +45,52 @@ TMP_SUFFIX = ".tmp"
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
+class FsyncError(OSError):
+    """An ``fsync`` or ``fdatasync`` call failed (``errno`` is the call's).
+
+    Told apart from other ``OSError`` s because it is worse: the kernel may already have marked
+    the unwritten pages clean, so the page cache no longer tells what is on disk, and only a new
+    process can find out (see :class:`~kvapp.storage.errors.StoreFsyncFailedError`).
+    """
+
+
 def fdatasync(fd: int) -> None:
     """Make the data written to ``fd`` (and the size needed to read it back) durable.
 
     Uses ``fdatasync`` where the platform has it, else ``fsync``. On macOS neither reaches the
     platter (``F_FULLFSYNC`` would); kvapp targets Linux.
+
+    Raises:
+        FsyncError: the call failed.
     """
-    _fdatasync(fd)
+    try:
+        _fdatasync(fd)
+    except OSError as exc:
+        raise FsyncError(exc.errno, f"fdatasync failed: {exc.strerror}") from exc
+
+
+def fsync(fd: int) -> None:
+    """Make the data and all metadata of ``fd`` durable (``fsync``).
+
+    Raises:
+        FsyncError: the call failed.
+    """
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise FsyncError(exc.errno, f"fsync failed: {exc.strerror}") from exc
 
 
 def fsync_dir(path: Path) -> None:
-    """Make the creations, renames and deletions of entries in directory ``path`` durable."""
+    """Make the creations, renames and deletions of entries in directory ``path`` durable.
+
+    Raises:
+        FsyncError: the fsync failed.
+        OSError: ``path`` could not be opened.
+    """
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 

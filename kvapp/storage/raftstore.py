@@ -8,9 +8,8 @@ that.
 
 Driving it from a Ready, in the order etcd's raftexample uses::
 
-    if not rd.snapshot.is_empty():
-        store.apply_snapshot(rd.snapshot)          # snapshot file, then WAL marker
-    store.save(rd.hard_state, rd.entries)          # one WAL batch, one fsync
+    store.save_ready(rd)       # snapshot file + WAL marker if any, then one WAL batch, one fsync
+                               # (none if not rd.must_sync: a commit-only Ready is deferred)
     ... send messages, apply committed entries ...
     node.advance(rd)
     # now and then, after applying up to `applied`:
@@ -28,12 +27,16 @@ sets the bad file aside; if there is none, it refuses to start.
 
 What is kept: the newest ``keep_snapshots`` snapshot files, and the WAL segments holding entries
 after ``min(compacted index, oldest kept snapshot)``, so that fallback stays possible.
+
+The operator's view (layout, guarantees, errors and what to do about them) is docs/storage.md.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -42,11 +45,15 @@ from typing import TypeVar
 import attrs
 
 from kvapp.storage.errors import (
+    InvalidWriteError,
     SnapshotCorruptError,
+    StorageLayoutError,
     StoreFailedError,
+    StoreFsyncFailedError,
     WalCorruptError,
+    WalIdentityError,
 )
-from kvapp.storage.fileutil import DirLock, ensure_dir
+from kvapp.storage.fileutil import DirLock, FsyncError, ensure_dir
 from kvapp.storage.snap import Snapshotter
 from kvapp.storage.wal import (
     DEFAULT_SEGMENT_SIZE,
@@ -61,10 +68,18 @@ from kvapp.storage.wal import (
     Wal,
     WalMetadata,
 )
+from raftlib.rawnode import Ready
 from raftlib.storage import EntryWindow, check_snapshot_newer, plan_snapshot
-from raftlib.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
+from raftlib.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata
 
-__all__ = ["DEFAULT_KEEP_SNAPSHOTS", "RaftStore", "RecoveredLog", "replay_records"]
+__all__ = [
+    "DEFAULT_KEEP_SNAPSHOTS",
+    "RaftStore",
+    "RecoveredLog",
+    "check_layout",
+    "repair_hint",
+    "replay_records",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +87,15 @@ DEFAULT_KEEP_SNAPSHOTS = 5
 """Snapshot files kept; the WAL is kept back to the oldest of them so any can be fallen back to."""
 
 _T = TypeVar("_T")
+
+_U64 = 1 << 64
+
+_FSYNC_FAILED: dict[str, str] = {}
+"""Data directories (real paths) whose store saw an fsync fail in this process, with the error.
+
+Process-wide on purpose: after a failed fsync the page cache of those files cannot be trusted for
+the rest of the process, whichever ``RaftStore`` object reads them (see
+:class:`~kvapp.storage.errors.StoreFsyncFailedError`)."""
 
 _EMPTY_STATE = StateRecord(
     hard_state=HardState(),
@@ -237,6 +261,8 @@ class RecoveredLog:
                 0,
                 f"entries {self.compact_index + 1}..{self.base - 1} are needed but not in the "
                 "WAL (segments released too early or lost)",
+                hint="cutting the WAL cannot help; replace the member (remove it, wipe its data "
+                "directory, add it back) or restore a backup",
             )
 
     def live_entries(self) -> list[Entry]:
@@ -266,10 +292,14 @@ class RaftStore:
 
     Open with :meth:`open`; close with :meth:`close` or use as a context manager. Reads never
     touch the disk. Each write method is durable when it returns (one ``fdatasync``; a snapshot
-    adds the file's own). A write validates its arguments before writing anything, so one that
-    raises a raftlib or ``ValueError`` exception changed nothing. If the disk fails, the write
-    raises :class:`~kvapp.storage.errors.StoreFailedError` and so does every later write: what
-    reached the disk is unknown, so the process should reopen the store (etcd exits).
+    adds the file's own), except :meth:`save_ready` of a Ready that need not be synced. A write
+    validates its arguments before writing anything, so one that raises a raftlib or
+    ``ValueError`` exception (:class:`~kvapp.storage.errors.InvalidWriteError` is one) changed
+    nothing. If the disk fails, the write raises
+    :class:`~kvapp.storage.errors.StoreFailedError` and so does every later write. After a
+    failed write, close and reopen the store; after a failed *fsync*
+    (:class:`~kvapp.storage.errors.StoreFsyncFailedError`) the process must exit, as etcd does,
+    and this directory cannot be reopened in it.
 
     Not thread-safe: call it from the one thread (or event loop) that drives the raft node.
     """
@@ -292,10 +322,11 @@ class RaftStore:
         self._wal = wal
         self._snapshotter = snapshotter
         self._hard_state = hard_state
+        self._wal_hard_state = hard_state
         self._snapshot = snapshot
         self._log = EntryWindow(entries)
         self._keep_snapshots = keep_snapshots
-        self._failure: BaseException | None = None
+        self._failure: OSError | None = None
         self._closed = False
 
     @classmethod
@@ -329,10 +360,15 @@ class RaftStore:
                 store is created; ignored when it already exists, like etcd's initial cluster.
 
         Raises:
+            StoreFsyncFailedError: an fsync on this directory failed earlier in this process
+                (the process must exit first), or fails now.
+            StorageLayoutError: ``directory``, its ``wal`` or ``snap`` is not a directory, or its
+                ``LOCK`` is not a regular file.
             StoreLockedError: another open store holds ``directory``.
             WalIdentityError: the WAL belongs to another cluster or member.
             WalCorruptError: the WAL is damaged (other than a torn tail, which is dropped), or
-                snapshot files exist without a WAL.
+                snapshot files exist without a WAL. The message ends with what the operator can
+                do, usually ``python -m kvapp.storage.repair DIR --cut`` (:func:`repair_hint`).
             SnapshotCorruptError: the newest snapshot is unusable and no older one can replace
                 it with the entries the WAL holds.
             ValueError: ``keep_snapshots`` is less than 1.
@@ -340,17 +376,60 @@ class RaftStore:
         if keep_snapshots < 1:
             raise ValueError(f"keep_snapshots must be at least 1, got {keep_snapshots}")
         root = Path(directory)
+        failed = _FSYNC_FAILED.get(os.path.realpath(root))
+        if failed is not None:
+            raise StoreFsyncFailedError(
+                f"{root}: refusing to open: an fsync on this store failed earlier in this "
+                f"process ({failed}), so the page cache may hold data the disk never got; the "
+                "process must exit; do not reopen this store in this process (a new process "
+                "recovers from what is really on disk)"
+            )
+        check_layout(root)
+        try:
+            return cls._open(
+                root,
+                WalMetadata(cluster_id, member_id),
+                segment_size=segment_size,
+                keep_snapshots=keep_snapshots,
+                preallocate=preallocate,
+                fsync=fsync,
+                conf_state=conf_state,
+            )
+        except FsyncError as exc:
+            raise _fsync_failed(root, exc) from exc
+        except WalIdentityError:
+            raise
+        except WalCorruptError as exc:
+            if exc.hint:
+                raise
+            raise type(exc)(exc.path, exc.offset, exc.reason, hint=repair_hint(root)) from exc
+
+    @classmethod
+    def _open(
+        cls,
+        root: Path,
+        metadata: WalMetadata,
+        *,
+        segment_size: int,
+        keep_snapshots: int,
+        preallocate: bool,
+        fsync: bool,
+        conf_state: ConfState | None,
+    ) -> RaftStore:
+        """:meth:`open` after its checks: lock, then create or recover."""
         ensure_dir(root, fsync=fsync)
         lock = DirLock(root / "LOCK")
         lock.acquire()
         try:
             snapshotter = Snapshotter(root / "snap", fsync=fsync)
             wal_dir = root / "wal"
-            metadata = WalMetadata(cluster_id, member_id)
             if not Wal.exists(wal_dir):
                 if snapshotter.files():
                     raise WalCorruptError(
-                        wal_dir, 0, "no WAL segments but snapshot files exist: the WAL was lost"
+                        wal_dir,
+                        0,
+                        "no WAL segments but snapshot files exist: the WAL was lost",
+                        hint="restore the WAL from a backup, or replace the member",
                     )
                 initial = Snapshot(metadata=SnapshotMetadata(conf_state=conf_state or ConfState()))
                 wal = Wal.create(
@@ -445,30 +524,87 @@ class RaftStore:
 
     @property
     def hard_state(self) -> HardState:
-        """The hard state last saved."""
+        """The hard state last saved (possibly a commit-only one :meth:`save_ready` deferred)."""
         return self._hard_state
+
+    @property
+    def durable_hard_state(self) -> HardState:
+        """The hard state the WAL holds: what a restart after a crash now would recover.
+
+        Differs from :attr:`hard_state` only in ``commit``, after :meth:`save_ready` deferred a
+        commit-only Ready.
+        """
+        return self._wal_hard_state
 
     def save(self, hard_state: HardState | None = None, entries: Sequence[Entry] = ()) -> None:
         """Persist a Ready's hard state and entries as one WAL record with one fsync.
 
         Entries follow ``MemoryStorage.append``: those already compacted are skipped, the rest
         replace any existing entries from their first index on. Either all of it is recovered
-        after a crash, or (if the crash came before this returned) none of it. Nothing is written
-        if there is nothing new.
+        after a crash, or (if the crash came before this returned) none of it. A hard state
+        :meth:`save_ready` deferred is written too. Nothing is written if there is nothing new.
+
+        ``bytearray`` and ``memoryview`` entry data are stored as ``bytes``; anything else the
+        WAL could not read back is refused before anything is written.
 
         Raises:
+            InvalidWriteError: an entry or the hard state has a field of the wrong type or out of
+                range (a ``str`` payload, a negative term, an unknown entry type, ...).
             RaftInvariantError: ``entries`` are not consecutive indexes, or would leave a gap
                 after the last index (as ``MemoryStorage.append``).
             StoreFailedError: the disk write failed (now or earlier).
         """
-        ents = self._log.check_append(entries)
-        if not ents and (hard_state is None or hard_state == self._hard_state):
-            return
-        self._write(BatchRecord(hard_state, tuple(ents)))
         if hard_state is not None:
-            self._hard_state = hard_state
+            _check_hard_state(hard_state)
+        ents = self._log.check_append(_checked_entries(entries))
+        hs = self._hard_state if hard_state is None else hard_state
+        if not ents and hs == self._wal_hard_state:
+            self._hard_state = hs
+            return
+        self._write(
+            BatchRecord(None if hs == self._wal_hard_state else hs, tuple(ents)), hard_state=hs
+        )
         self._log.apply_append(ents)
         self._maybe_cut()
+
+    def save_ready(self, rd: Ready) -> None:
+        """Persist everything a Ready asks to (its step 2): snapshot, entries, hard state.
+
+        Installs ``rd.snapshot`` if set (as :meth:`apply_snapshot`), then saves ``rd.entries``
+        and ``rd.hard_state`` as one WAL record with one fsync (as :meth:`save`). When
+        ``rd.must_sync`` is false the Ready only moved the commit index (no entries, no snapshot,
+        same term and vote), and nothing is written or synced at all: the new hard state is
+        kept in memory (:attr:`hard_state`) and written with the next record of any kind, or by
+        :meth:`close`. A crash before then recovers the older commit index, which Raft allows:
+        commit is re-learned from the leader, and ``Config(applied=...)`` may be ahead of it.
+
+        Why defer rather than write without an fsync (as etcd does): the WAL's torn-tail rules
+        rely on at most one record being in flight at a power loss. An unsynced record followed
+        by a synced one puts two in flight, and a lost sector in the first would then read as
+        corruption that stops the member. A deferred commit costs nothing on a clean shutdown and
+        a little progress after a crash. Every record written carries the deferred commit along,
+        so the commit index on disk is never behind a snapshot marker that needs it.
+
+        Raises:
+            InvalidWriteError: see :meth:`save`, and :meth:`apply_snapshot`.
+            RaftInvariantError: see :meth:`save`.
+            SnapshotOutOfDateError: ``rd.snapshot`` is not newer than the current snapshot.
+            StoreFailedError: a disk write failed (now or earlier).
+        """
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            self.apply_snapshot(rd.snapshot)
+        hs = rd.hard_state
+        if (
+            not rd.must_sync
+            and not rd.entries
+            and hs is not None
+            and (hs.term, hs.vote) == (self._hard_state.term, self._hard_state.vote)
+        ):
+            _check_hard_state(hs)
+            self._guard(lambda: None)
+            self._hard_state = hs
+            return
+        self.save(hs, rd.entries)
 
     def set_hard_state(self, hard_state: HardState) -> None:
         """``save(hard_state)``: for code written against ``MemoryStorage``."""
@@ -485,11 +621,14 @@ class RaftStore:
         leaves the old state, and the file is removed on the next open.
 
         Raises:
+            InvalidWriteError: ``snapshot`` has data that is not bytes-like or metadata that is
+                not unsigned 64-bit integers; nothing is written.
             SnapshotOutOfDateError: ``snapshot`` is not newer than the current one.
             StoreFailedError: a disk write failed (now or earlier).
         """
+        check_snapshot_newer(self._snapshot, snapshot.metadata.index)
+        snapshot = _checked_snapshot(snapshot)
         md = snapshot.metadata
-        check_snapshot_newer(self._snapshot, md.index)
         self._guard(lambda: self._snapshotter.save(snapshot))
         self._write(SnapshotRecord(SnapshotKind.INSTALLED, md))
         self._snapshot = snapshot
@@ -511,13 +650,15 @@ class RaftStore:
             The snapshot saved.
 
         Raises:
+            InvalidWriteError: ``data`` is not bytes-like or ``conf_state`` holds ids that are
+                not unsigned 64-bit integers; nothing is written.
             SnapshotOutOfDateError: ``index`` is not after the current snapshot.
             CompactedError: ``index`` is before the first entry's predecessor, so its term is
                 gone.
             ValueError: ``index`` is after the last entry.
             StoreFailedError: a disk write failed (now or earlier).
         """
-        snap = plan_snapshot(self._snapshot, self._log, index, conf_state, data)
+        snap = _checked_snapshot(plan_snapshot(self._snapshot, self._log, index, conf_state, data))
         self._guard(lambda: self._snapshotter.save(snap))
         self._write(SnapshotRecord(SnapshotKind.CREATED, snap.metadata))
         self._snapshot = snap
@@ -540,8 +681,18 @@ class RaftStore:
         self._guard(self._release)
 
     def close(self) -> None:
-        """Close the WAL and release the directory lock (idempotent)."""
-        if not self._closed:
+        """Write a hard state :meth:`save_ready` deferred, close the WAL, release the lock.
+
+        Idempotent. The WAL and the lock are released even if that last write fails (then
+        raising :class:`~kvapp.storage.errors.StoreFailedError`); a failed store is closed
+        without writing.
+        """
+        if self._closed:
+            return
+        try:
+            if self._failure is None and self._hard_state != self._wal_hard_state:
+                self._write()
+        finally:
             self._closed = True
             self._wal.close()
             self._lock.release()
@@ -570,25 +721,55 @@ class RaftStore:
         return self._snapshotter
 
     def _guard(self, op: Callable[[], _T]) -> _T:
+        """Run the disk operation ``op`` unless the store is closed or failed; map its errors."""
         if self._closed:
             raise ValueError("store is closed")
-        if self._failure is not None:
+        failure = self._failure
+        if failure is not None:
+            if isinstance(failure, FsyncError):
+                raise StoreFsyncFailedError(
+                    f"{self.directory}: an earlier fsync failed ({failure}); {_FSYNC_ADVICE}"
+                ) from failure
             raise StoreFailedError(
-                f"{self.directory}: an earlier write failed ({self._failure}); reopen the store"
-            ) from self._failure
+                f"{self.directory}: an earlier write failed ({failure}); close and reopen the "
+                "store to continue from what is on disk"
+            ) from failure
         try:
             return op()
         except OSError as exc:
             self._failure = exc
+            if isinstance(exc, FsyncError):
+                logger.critical("%s: fsync failed; the process must exit: %s", self, exc)
+                raise _fsync_failed(self.directory, exc) from exc
             logger.exception("%s: disk write failed; the store refuses further writes", self)
-            raise StoreFailedError(f"{self.directory}: disk write failed: {exc}") from exc
+            raise StoreFailedError(
+                f"{self.directory}: disk write failed: {exc}; close and reopen the store to "
+                "continue from what is on disk"
+            ) from exc
 
-    def _write(self, record: Record) -> None:
-        self._guard(lambda: self._wal.append((record,)))
+    def _write(self, *records: Record, hard_state: HardState | None = None) -> None:
+        """Append ``records`` as one WAL write, with the hard state if it is not in the WAL yet.
+
+        The hard state written is ``hard_state``, else :attr:`hard_state` (which a deferred
+        commit-only Ready may have moved). A leading :class:`~kvapp.storage.wal.BatchRecord`
+        carries it itself; any other write gets a hard-state-only batch in front, so the WAL
+        never holds a snapshot marker (or compaction) with a commit index older than the one the
+        application acted on. Both hard state attributes are updated only once the write is
+        durable.
+        """
+        hs = self._hard_state if hard_state is None else hard_state
+        if hs != self._wal_hard_state:
+            first = records[0] if records else None
+            if not isinstance(first, BatchRecord):
+                records = (BatchRecord(hs, ()), *records)
+            elif first.hard_state is None:
+                records = (BatchRecord(hs, first.entries), *records[1:])
+        self._guard(lambda: self._wal.append(records))
+        self._hard_state = self._wal_hard_state = hs
 
     def _state_record(self) -> StateRecord:
         return StateRecord(
-            hard_state=self._hard_state,
+            hard_state=self._wal_hard_state,
             snapshot=self._snapshot.metadata,
             compact_index=self._log.placeholder.index,
             compact_term=self._log.placeholder.term,
@@ -648,10 +829,13 @@ def _recover_snapshot(log: RecoveredLog, snapshotter: Snapshotter, wal: Wal) -> 
         except SnapshotCorruptError as exc:
             logger.error("older snapshot unusable too: %s", exc)
             continue
+        # Set the bad file aside before recording the fallback: a crash in between then finds the
+        # newest snapshot missing and falls back again, where the other order would delete the
+        # bad file as an orphan (its index is after the RESTORED marker) instead of keeping it.
+        snapshotter.set_aside(md.term, md.index)
         record = SnapshotRecord(SnapshotKind.RESTORED, snap.metadata)
         wal.append((record,))
         log.apply(LocatedRecord(record, wal.segments[-1].path, 0))
-        snapshotter.set_aside(md.term, md.index)
         logger.warning(
             "fell back to the snapshot at index %d term %d; the WAL holds the entries after it",
             f.index,
@@ -663,3 +847,165 @@ def _recover_snapshot(log: RecoveredLog, snapshotter: Snapshotter, wal: Wal) -> 
         f"{failure.reason}, and no older snapshot file can replace it with the entries the WAL "
         "still holds",
     )
+
+
+# -- checks and messages --
+
+_FSYNC_ADVICE = (
+    "the page cache may hold data the disk never got, so the process must exit; do not reopen "
+    "this store in this process (a new process recovers from what is really on disk)"
+)
+
+
+def _fsync_failed(root: Path, exc: OSError) -> StoreFsyncFailedError:
+    """Remember that an fsync under ``root`` failed in this process; the error to raise."""
+    _FSYNC_FAILED.setdefault(os.path.realpath(root), str(exc))
+    return StoreFsyncFailedError(f"{root}: fsync failed ({exc}); {_FSYNC_ADVICE}")
+
+
+def repair_hint(root: Path) -> str:
+    """What an operator can do about a damaged WAL in data directory ``root``: the exact command.
+
+    Added to the :class:`~kvapp.storage.errors.WalCorruptError` raised by
+    :meth:`RaftStore.open`.
+    """
+    command = f"python -m kvapp.storage.repair {shlex.quote(os.path.abspath(root))} --cut"
+    return (
+        f"to keep this member's data, stop it and run `{command}`, which cuts the WAL before "
+        "this record and loses what follows (see docs/storage.md); else replace the member"
+    )
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "regular file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISLNK(mode):
+        return "dangling symbolic link"
+    return "special file"
+
+
+def check_layout(root: Path) -> None:
+    """Check that what exists of data directory ``root`` has the right kinds of file.
+
+    ``root``, ``root/wal`` and ``root/snap`` must be directories (or symbolic links to them)
+    and ``root/LOCK`` a regular file, where they exist; missing ones are created by
+    :meth:`RaftStore.open`. Without this check a misplaced file surfaces as a bare
+    ``NotADirectoryError`` from deep inside the store.
+
+    Raises:
+        StorageLayoutError: one of them is the wrong kind of file.
+    """
+    expected = ((root, True), (root / "wal", True), (root / "snap", True), (root / "LOCK", False))
+    for path, is_dir in expected:
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                continue
+        if is_dir and not stat.S_ISDIR(mode):
+            raise StorageLayoutError(
+                path,
+                f"is a {_kind(mode)}, not a directory (a data directory holds the directories "
+                "wal/ and snap/ and the file LOCK); move it away",
+            )
+        if not is_dir and not stat.S_ISREG(mode):
+            raise StorageLayoutError(
+                path, f"is a {_kind(mode)}, not the regular file the store locks; move it away"
+            )
+
+
+def _check_uint(value: object, what: str) -> None:
+    if type(value) is not int or not 0 <= value < _U64:
+        raise InvalidWriteError(f"{what} must be an int in 0..2**64-1, got {value!r:.40}")
+
+
+def _check_hard_state(hs: HardState) -> None:
+    """Refuse a hard state the WAL could not read back (fields must be unsigned 64-bit ints)."""
+    if not isinstance(hs, HardState):
+        raise InvalidWriteError(f"hard state must be a HardState, got {type(hs).__name__}")
+    _check_uint(hs.term, "hard state term")
+    _check_uint(hs.vote, "hard state vote")
+    _check_uint(hs.commit, "hard state commit")
+
+
+def _checked_data(data: object, what: str) -> bytes:
+    """``data`` as ``bytes``: copied from a ``bytearray`` or ``memoryview``, else refused."""
+    if type(data) is bytes:
+        return data
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise InvalidWriteError(f"{what} must be bytes, got {type(data).__name__}")
+
+
+def _checked_entry(e: object, i: int) -> Entry:
+    """Entry ``e`` (``i``-th of a save) with bytes-like data as bytes and an int type as an enum.
+
+    Raises:
+        InvalidWriteError: ``e`` is not an entry, or a field cannot be stored.
+    """
+    if not isinstance(e, Entry):
+        raise InvalidWriteError(f"entries[{i}] must be an Entry, got {type(e).__name__}")
+    _check_uint(e.index, f"entries[{i}].index")
+    _check_uint(e.term, f"entries[{i}] (index {e.index}).term")
+    entry_type: object = e.type
+    if type(entry_type) is not EntryType:
+        if type(entry_type) is not int or entry_type not in _ENTRY_TYPE_VALUES:
+            raise InvalidWriteError(
+                f"entries[{i}] (index {e.index}).type must be an EntryType, got {entry_type!r:.40}"
+            )
+        entry_type = EntryType(entry_type)
+    data = _checked_data(e.data, f"entries[{i}] (index {e.index}).data")
+    if entry_type is e.type and data is e.data:
+        return e
+    return Entry(term=e.term, index=e.index, type=EntryType(entry_type), data=data)
+
+
+_ENTRY_TYPE_VALUES = frozenset(int(t) for t in EntryType)
+
+
+def _checked_entries(entries: Sequence[Entry]) -> Sequence[Entry]:
+    """``entries`` if every field can be stored and read back as is, else a fixed copy.
+
+    The common case costs one pass of type checks and no copy.
+
+    Raises:
+        InvalidWriteError: an entry cannot be stored (see :func:`_checked_entry`).
+    """
+    for i, e in enumerate(entries):
+        if not (
+            type(e) is Entry
+            and type(e.term) is int
+            and type(e.index) is int
+            and 0 <= e.term < _U64
+            and 0 <= e.index < _U64
+            and type(e.type) is EntryType
+            and type(e.data) is bytes
+        ):
+            return [*entries[:i], *(_checked_entry(x, i + k) for k, x in enumerate(entries[i:]))]
+    return entries
+
+
+def _checked_snapshot(snapshot: Snapshot) -> Snapshot:
+    """``snapshot`` (its data as bytes) if its file and WAL marker can be read back, else refuse.
+
+    Raises:
+        InvalidWriteError: the data is not bytes-like, or an index, term or node id is not an
+            unsigned 64-bit integer, or ``auto_leave`` is not a bool.
+    """
+    if not isinstance(snapshot, Snapshot):
+        raise InvalidWriteError(f"snapshot must be a Snapshot, got {type(snapshot).__name__}")
+    md = snapshot.metadata
+    _check_uint(md.index, "snapshot index")
+    _check_uint(md.term, "snapshot term")
+    cs = md.conf_state
+    for field in ("voters", "learners", "voters_outgoing", "learners_next"):
+        for node_id in getattr(cs, field):
+            _check_uint(node_id, f"snapshot conf_state.{field} id")
+    if type(cs.auto_leave) is not bool:
+        raise InvalidWriteError(f"snapshot conf_state.auto_leave must be a bool: {cs.auto_leave!r}")
+    data = _checked_data(snapshot.data, "snapshot data")
+    return snapshot if data is snapshot.data else attrs.evolve(snapshot, data=data)

@@ -3,7 +3,7 @@
 Usage::
 
     python -m kvapp.storage.repair DIR          # check only; changes nothing
-    python -m kvapp.storage.repair --cut DIR    # cut the WAL after the last good record
+    python -m kvapp.storage.repair DIR --cut    # cut the WAL after the last good record
 
 A node refuses to start on a damaged WAL (anything but a torn tail, which a normal start drops).
 ``--cut`` truncates the log just before the first bad record and moves every later segment aside
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from kvapp.storage.errors import DiskStorageError, SnapshotCorruptError, WalCorruptError
 from kvapp.storage.fileutil import DirLock
-from kvapp.storage.raftstore import RecoveredLog, replay_records
+from kvapp.storage.raftstore import RecoveredLog, check_layout, replay_records
 from kvapp.storage.snap import Snapshotter
 from kvapp.storage.wal import WalContents, cut_wal, read_wal
 
@@ -86,6 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     root: Path = args.directory
+    try:
+        check_layout(root)
+    except DiskStorageError as exc:
+        _out(f"error: {exc}")
+        return 1
     if not (root / "wal").is_dir():
         _out(f"error: {root / 'wal'} does not exist")
         return 1
@@ -135,6 +140,11 @@ def _run(root: Path, *, cut: bool) -> int:
     if contents.torn is not None:
         t = contents.torn
         _out(f"wal: torn tail at {t.path.name}:{t.offset} ({t.reason}); a start drops it")
+    for seg in contents.stale:
+        _out(
+            f"wal: stale segment {seg.path.name} before a gap (a release was cut short); "
+            "a start deletes it: it holds nothing after the snapshot"
+        )
     return 0 if _check_snapshots(root, log) else 1
 
 

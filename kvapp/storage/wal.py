@@ -84,6 +84,7 @@ import cbor2
 
 from kvapp.storage.errors import WalCorruptError, WalIdentityError
 from kvapp.storage.fileutil import (
+    FsyncError,
     ensure_dir,
     fdatasync,
     fsync_dir,
@@ -94,6 +95,7 @@ from kvapp.storage.fileutil import (
     write_all,
     write_file_atomic,
 )
+from kvapp.storage.fileutil import fsync as fsync_file
 from raftlib.codec import (
     conf_state_from_array,
     conf_state_to_array,
@@ -275,6 +277,9 @@ class WalContents:
     """Where the valid data of the last segment ends; the next record goes here."""
     last_crc: int
     torn: TornTail | None
+    stale: list[Segment] = attrs.field(factory=list)
+    """Segments before a gap in the sequence, wholly before the snapshot's segment: left over by
+    an interrupted :meth:`Wal.release`, not read, and deleted by :meth:`Wal.open`."""
 
 
 # -- record payloads --
@@ -581,23 +586,32 @@ def read_wal(directory: Path, *, metadata: WalMetadata | None = None) -> WalCont
         directory: the WAL directory.
         metadata: the identity the caller expects; ``None`` accepts whatever the WAL holds.
 
+    Segments before a gap in the sequence numbers are not read, and do not stop the read, when
+    the gap is wholly before the snapshot's segment (the newest segment started at or before the
+    index after the snapshot the WAL's last marker names): :meth:`Wal.release` deletes old
+    segments oldest first with one directory fsync at the end, so a power loss can keep an old
+    segment and lose a newer one, and replay never needs either. etcd likewise checks the
+    sequence only from the snapshot's segment on. A gap at or after that segment is corruption.
+
     Returns:
-        The records of all segments in order. A torn tail of the last segment is left out and
-        described in :attr:`WalContents.torn`.
+        The records of the segments read, in order. A torn tail of the last segment is left out
+        and described in :attr:`WalContents.torn`; the segments skipped are in
+        :attr:`WalContents.stale`.
 
     Raises:
         WalIdentityError: the WAL belongs to another cluster or member.
-        WalCorruptError: no segments, a missing segment, a broken checksum chain, a bad record
-            anywhere but a torn tail, or a record that does not decode.
+        WalCorruptError: no segments, a missing segment at or after the snapshot's segment, a
+            broken checksum chain, a bad record anywhere but a torn tail, or a record that does
+            not decode.
     """
     segments = list_segments(directory)
     if not segments:
         raise WalCorruptError(directory, 0, "no WAL segments")
-    for prev, seg in itertools.pairwise(segments):
+    start = 0
+    for i, (prev, seg) in enumerate(itertools.pairwise(segments), start=1):
         if seg.seq != prev.seq + 1:
-            raise WalCorruptError(
-                seg.path, 0, f"missing segment(s) between seq {prev.seq} and {seg.seq}"
-            )
+            start = i
+    stale, segments = segments[:start], segments[start:]
     records: list[LocatedRecord] = []
     found: WalMetadata | None = None
     prev_crc: int | None = None
@@ -640,12 +654,40 @@ def read_wal(directory: Path, *, metadata: WalMetadata | None = None) -> WalCont
         prev_crc = scan.last_crc
     if found is None:
         raise WalCorruptError(directory, 0, "no WAL segments")
+    if stale:
+        _check_gap_before_snapshot(stale[-1], segments[0], records)
     last_seg = segments[-1]
     torn = None
     if scan.torn is not None:
         size = last_seg.path.stat().st_size
         torn = TornTail(last_seg.path, scan.end, size, scan.torn)
-    return WalContents(found, records, segments, scan.end, scan.last_crc, torn)
+    return WalContents(found, records, segments, scan.end, scan.last_crc, torn, stale)
+
+
+def _check_gap_before_snapshot(
+    before: Segment, after: Segment, records: Sequence[LocatedRecord]
+) -> None:
+    """Refuse a gap between ``before`` and ``after`` unless it is before the snapshot's segment.
+
+    That is, ``after`` must start at or before the index following the newest snapshot marker,
+    so every entry after the snapshot is in ``after`` or later segments.
+
+    Raises:
+        WalCorruptError: the gap may hold entries after the snapshot.
+    """
+    snapshot = SnapshotMetadata()
+    for lr in records:
+        if isinstance(lr.record, StateRecord):
+            snapshot = lr.record.snapshot
+        elif isinstance(lr.record, SnapshotRecord):
+            snapshot = lr.record.metadata
+    if after.index > snapshot.index + 1:
+        raise WalCorruptError(
+            after.path,
+            0,
+            f"missing segment(s) between seq {before.seq} and {after.seq}, at or after the "
+            f"segment holding the entries after the snapshot at index {snapshot.index}",
+        )
 
 
 def cut_wal(directory: Path, path: Path, offset: int) -> list[Path]:
@@ -784,7 +826,9 @@ class Wal:
         """Open the WAL in ``directory`` for appending, after reading it all back.
 
         A torn tail of the last segment is truncated away (and logged) so appends continue
-        after the last good record. Nothing is modified if any other problem is found.
+        after the last good record, and stale segments before a gap (see :func:`read_wal`) are
+        deleted, oldest first, finishing the release a crash interrupted. Nothing is modified if
+        any other problem is found.
 
         Returns:
             The open WAL and what :func:`read_wal` returned.
@@ -795,6 +839,17 @@ class Wal:
         """
         contents = read_wal(directory, metadata=metadata)
         remove_tmp_files(directory, fsync=fsync)
+        if contents.stale:
+            for seg in contents.stale:
+                logger.warning(
+                    "WAL %s: deleting %s, left before a gap in the segment sequence by an "
+                    "interrupted release (it holds nothing after the snapshot)",
+                    directory,
+                    seg.path.name,
+                )
+                seg.path.unlink(missing_ok=True)
+            if fsync:
+                fsync_dir(directory)
         last = contents.segments[-1]
         fd = os.open(last.path, os.O_RDWR)
         try:
@@ -853,8 +908,15 @@ class Wal:
     def append(self, records: Sequence[Record]) -> None:
         """Write ``records`` with one ``write`` and one ``fdatasync``: the group-commit point.
 
+        If the write or the sync fails (a full disk, an I/O error), the file is cut back to the
+        end of the last complete record before the error is raised, so the partial,
+        unacknowledged record does not read back as corruption on the next open: a restart
+        after the disk is freed just works.
+
         Raises:
-            OSError: the write or sync failed; the WAL then refuses further writes.
+            FsyncError: the sync failed (including the sync of the cut-back); the WAL then refuses
+                further writes, and the process must not trust the page cache for this file.
+            OSError: the write failed; the WAL then refuses further writes.
             ValueError: the WAL is closed, or a record is larger than :data:`MAX_RECORD_SIZE`.
         """
         fd = self._check()
@@ -870,12 +932,37 @@ class Wal:
             write_all(fd, buf, self._offset)
             if self._fsync:
                 fdatasync(fd)
-        except OSError:
+        except OSError as exc:
             self._failed = True
-            logger.exception("WAL write to %s failed", self._segments[-1].path)
+            logger.error("WAL write to %s failed: %s", self._segments[-1].path, exc)
+            self._discard_partial(fd, exc)
             raise
         self._offset += len(buf)
         self._crc = crc
+
+    def _discard_partial(self, fd: int, cause: OSError) -> None:
+        """Cut the current segment back to the end of its last complete record after ``cause``.
+
+        Truncating only frees space, so it works on a full disk. If it fails the partial record
+        stays, and the next open reports it (as a torn tail or as corruption, by its shape).
+
+        Raises:
+            FsyncError: syncing the cut failed; raised from ``cause``.
+        """
+        path = self._segments[-1].path
+        try:
+            os.ftruncate(fd, self._offset)
+            if self._fsync:
+                fdatasync(fd)
+        except FsyncError as exc:
+            logger.error("WAL %s: syncing the removal of a partial record failed: %s", path, exc)
+            raise exc from cause
+        except OSError as exc:
+            logger.error("WAL %s: could not remove the partial record: %s", path, exc)
+            return
+        logger.warning(
+            "WAL %s: removed the partial record of a failed write at offset %d", path, self._offset
+        )
 
     def cut(self, state: StateRecord) -> None:
         """Seal the current segment and continue in a new one starting with ``state``.
@@ -914,7 +1001,7 @@ class Wal:
                 preallocate(fd, self._segment_size)
             write_all(fd, head + body, 0)
             if self._fsync:
-                os.fsync(fd)
+                fsync_file(fd)
             os.replace(tmp, seg.path)
             if self._fsync:
                 fsync_dir(self.directory)
@@ -934,8 +1021,16 @@ class Wal:
         after ``index`` were all written after that segment was cut (it was started at the last
         index then, plus one). Never deletes the current segment.
 
+        Segments are deleted oldest first and the directory is fsynced once at the end, so a
+        crash part-way usually leaves the newer doomed segments in a contiguous run; if the file
+        system reorders the deletions, the gap left is wholly before the snapshot's segment,
+        which :func:`read_wal` tolerates.
+
         Returns:
             The deleted files.
+
+        Raises:
+            OSError: a deletion failed; the segments deleted so far are no longer listed.
         """
         self._check()
         keep_from = 0
@@ -943,9 +1038,13 @@ class Wal:
             if seg.index <= index + 1:
                 keep_from = i
         doomed = self._segments[:keep_from]
-        for seg in doomed:
-            seg.path.unlink()
-        self._segments = self._segments[keep_from:]
+        deleted = 0
+        try:
+            for seg in doomed:
+                seg.path.unlink()
+                deleted += 1
+        finally:
+            del self._segments[:deleted]
         if doomed:
             if self._fsync:
                 fsync_dir(self.directory)
@@ -964,4 +1063,4 @@ class Wal:
 def _preallocate_durably(fd: int, size: int, *, fsync: bool) -> None:
     """Preallocate ``fd`` to ``size`` and make the new extent durable."""
     if preallocate(fd, size) and fsync:
-        os.fsync(fd)
+        fsync_file(fd)
