@@ -1,0 +1,221 @@
+"""The member's client-facing API, independent of any wire protocol.
+
+Every client protocol (the native cbor2 protocol, later etcd's gRPC services and JSON gateway) is
+a thin translation onto one :class:`KvService`: it decodes a request, calls the service, and
+encodes what comes back. Keeping this surface small and typed is what lets two protocols share
+one member core and behave identically.
+
+Errors: methods raise the :class:`~kvapp.errors.EtcdError` subclass etcd would answer with
+(its code and text are what the protocols send), or :class:`OutcomeUnknown` when a write may or
+may not have been applied (the connection or the member failed after it was proposed; only a
+retry with the same ``(client_id, request_id)`` is safe, because the member deduplicates it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, TypeAlias
+
+import attrs
+
+from kvapp.errors import KvappError
+from kvapp.lease import (
+    LeaseGrantRequest,
+    LeaseGrantResponse,
+    LeaseKeepAliveResponse,
+    LeaseRevokeRequest,
+    LeaseRevokeResponse,
+    LeaseTimeToLiveResponse,
+)
+from kvapp.mvcc.types import (
+    CompactRequest,
+    CompactResponse,
+    DeleteRangeRequest,
+    DeleteRangeResponse,
+    PutRequest,
+    PutResponse,
+    RangeRequest,
+    RangeResponse,
+    TxnRequest,
+    TxnResponse,
+)
+from kvapp.watch import WatchStream
+
+__all__ = [
+    "KvService",
+    "MemberInfo",
+    "OutcomeUnknown",
+    "ResponseHeader",
+    "StatusInfo",
+    "WriteRequest",
+    "WriteResponse",
+]
+
+WriteRequest: TypeAlias = (
+    PutRequest
+    | DeleteRangeRequest
+    | TxnRequest
+    | CompactRequest
+    | LeaseGrantRequest
+    | LeaseRevokeRequest
+)
+"""A request that goes through the Raft log."""
+
+WriteResponse: TypeAlias = (
+    PutResponse
+    | DeleteRangeResponse
+    | TxnResponse
+    | CompactResponse
+    | LeaseGrantResponse
+    | LeaseRevokeResponse
+)
+"""What a :data:`WriteRequest` returns (the type matches the request's)."""
+
+
+class OutcomeUnknown(KvappError):
+    """A write may or may not have been applied; retry only with the same request id."""
+
+
+@attrs.frozen
+class MemberInfo:
+    """One cluster member, as etcd's ``Member`` message describes it.
+
+    Attributes:
+        id: the member id (non-zero, 64-bit).
+        name: its human-readable name (empty for a member added but not yet started).
+        peer_urls: where its peers reach it (``http://host:port``).
+        client_urls: where clients reach it.
+        is_learner: a non-voting member catching up before promotion.
+    """
+
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...] = ()
+    is_learner: bool = False
+
+
+@attrs.frozen
+class ResponseHeader:
+    """etcd's ``ResponseHeader``: which cluster and member answered, at which revision/term."""
+
+    cluster_id: int
+    member_id: int
+    revision: int
+    raft_term: int
+
+
+@attrs.frozen
+class StatusInfo:
+    """etcd's ``StatusResponse``, minus the database-size fields that do not apply here.
+
+    Attributes:
+        header: the response header.
+        version: the server version string.
+        leader: the leader's member id, or 0 if none is known.
+        raft_index: the last index in this member's Raft log.
+        raft_term: this member's term.
+        raft_applied_index: the last index applied to the state machine.
+        is_learner: whether this member is a learner.
+        errors: active alarm descriptions (e.g. ``"NOSPACE"``), empty when healthy.
+    """
+
+    header: ResponseHeader
+    version: str
+    leader: int
+    raft_index: int
+    raft_term: int
+    raft_applied_index: int
+    is_learner: bool
+    errors: tuple[str, ...] = ()
+
+
+class KvService(Protocol):
+    """What a client protocol needs from a member. All methods run on the member's loop."""
+
+    def header(self) -> ResponseHeader:
+        """The header for a response produced now."""
+        ...
+
+    async def write(
+        self, request: WriteRequest, *, client_id: int = 0, request_id: int = 0
+    ) -> WriteResponse:
+        """Propose ``request`` through Raft; return its result once applied on this member.
+
+        A non-zero ``(client_id, request_id)`` makes a retry of the same write apply once and
+        return the first result.
+
+        Raises:
+            EtcdError: etcd's answer (too large, no leader, timeout, key errors, NOSPACE, ...).
+            OutcomeUnknown: it may or may not have been applied.
+        """
+        ...
+
+    async def range(self, request: RangeRequest) -> RangeResponse:
+        """Read: linearizable (a ReadIndex barrier first) unless ``request.serializable``.
+
+        Raises:
+            EtcdError: e.g. compacted/future revision, no leader, timeout.
+        """
+        ...
+
+    async def lease_keep_alive(self, lease_id: int) -> LeaseKeepAliveResponse:
+        """Renew a lease on the leader; returns once the renewal is durable.
+
+        Raises:
+            EtcdError: ``LeaseNotFoundError``; ``NotLeaderError`` on a follower (the client
+                sends keep-alives to the leader).
+        """
+        ...
+
+    async def lease_time_to_live(
+        self, lease_id: int, *, keys: bool = False
+    ) -> LeaseTimeToLiveResponse:
+        """A lease's remaining time, from the leader.
+
+        Raises:
+            EtcdError: ``LeaseNotFoundError``; ``NotLeaderError`` on a follower.
+        """
+        ...
+
+    def leases(self) -> list[int]:
+        """The ids of every lease, sorted."""
+        ...
+
+    def open_watch_stream(self, on_pending: Callable[[], None]) -> WatchStream:
+        """A new watch stream for one client connection; close it when the client goes."""
+        ...
+
+    def member_list(self) -> list[MemberInfo]:
+        """Every member of the cluster as this member knows it, sorted by id."""
+        ...
+
+    async def member_add(
+        self, peer_urls: tuple[str, ...], *, is_learner: bool = False
+    ) -> MemberInfo:
+        """Add a member (etcd's MemberAdd); returns it once the change is applied here.
+
+        Raises:
+            EtcdError: invalid or duplicate peer URLs, too many learners, no leader, timeout.
+        """
+        ...
+
+    async def member_remove(self, member_id: int) -> None:
+        """Remove a member once the change is applied here.
+
+        Raises:
+            EtcdError: unknown member, no leader, timeout.
+        """
+        ...
+
+    async def member_promote(self, member_id: int) -> None:
+        """Promote a learner to voter.
+
+        Raises:
+            EtcdError: not a learner, learner not caught up, no leader, timeout.
+        """
+        ...
+
+    def status(self) -> StatusInfo:
+        """This member's status (etcd's Maintenance.Status)."""
+        ...
