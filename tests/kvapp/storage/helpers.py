@@ -1,12 +1,19 @@
-"""Shared builders for the storage tests: deterministic stores and WALs with known boundaries."""
+"""Shared builders for the storage tests: deterministic stores and WALs with known boundaries,
+and a file layer with injected faults and counters."""
 
 from __future__ import annotations
 
+import errno
+import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
+import pytest
 
+from kvapp.storage import fileutil
+from kvapp.storage import wal as walmod
 from kvapp.storage.raftstore import RaftStore
 from kvapp.storage.wal import DEFAULT_SEGMENT_SIZE
 from raftlib.types import ConfState, Entry, HardState
@@ -81,3 +88,53 @@ def all_entries(store: RaftStore) -> list[Entry]:
 
 
 VOTERS = ConfState(voters=(1, 2, 3))
+
+
+@attrs.define
+class FaultyDisk:
+    """The storage's file layer, with faults to inject and syncs to count.
+
+    Patches the WAL's ``write_all`` and the ``fdatasync``/``fsync`` system calls under
+    :mod:`kvapp.storage.fileutil`, so the real wrappers (and their error conversion) still run.
+
+    Attributes:
+        syncs: fdatasync and fsync calls made (files and directories).
+        writes: WAL record writes made.
+        write_keeps: when set, the next WAL writes put only this many bytes of their data in the
+            file and then fail with ``write_errno`` (a full disk part-way through a record).
+        write_errno: the errno of failed writes.
+        fail_syncs: whether syncs fail with EIO (after counting).
+    """
+
+    syncs: int = 0
+    writes: int = 0
+    write_keeps: int | None = None
+    write_errno: int = errno.ENOSPC
+    fail_syncs: bool = False
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FaultyDisk:
+        real_write = fileutil.write_all
+        real_fdatasync = fileutil._fdatasync
+        real_fsync = os.fsync
+
+        def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+            self.writes += 1
+            if self.write_keeps is None:
+                real_write(fd, data, offset)
+                return
+            os.pwrite(fd, bytes(data)[: self.write_keeps], offset)
+            raise OSError(self.write_errno, os.strerror(self.write_errno))
+
+        def sync(real: Callable[[int], None]) -> Callable[[int], None]:
+            def call(fd: int) -> None:
+                self.syncs += 1
+                if self.fail_syncs:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                real(fd)
+
+            return call
+
+        monkeypatch.setattr(walmod, "write_all", write_all)
+        monkeypatch.setattr(fileutil, "_fdatasync", sync(real_fdatasync))
+        monkeypatch.setattr(os, "fsync", sync(real_fsync))
+        return self
