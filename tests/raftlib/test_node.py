@@ -11,7 +11,9 @@ import asyncio
 import copy
 import functools
 import os
+import pathlib
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -47,7 +49,7 @@ from raftlib import (
     Snapshot,
     SnapshotMetadata,
 )
-from raftlib.node import ENVELOPE_MAGIC, ProposalId, unwrap_proposal, wrap_proposal
+from raftlib.node import ENVELOPE_MAGIC, NodeStorage, ProposalId, unwrap_proposal, wrap_proposal
 
 MT = MessageType
 TICK = 0.005
@@ -127,6 +129,7 @@ class Cluster:
         duplicate: float = 0.0,
         max_delay: float = 0.0,
         bootstrap: bool = False,
+        disk: pathlib.Path | None = None,
         **node_options: Any,
     ) -> None:
         self.ids = list(ids)
@@ -135,19 +138,45 @@ class Cluster:
         self.duplicate = duplicate
         self.max_delay = max_delay
         self.bootstrap = bootstrap
+        self.disk = disk
         self.node_options = node_options
         self.nodes: dict[int, Node] = {}
-        self.storages: dict[int, MemoryStorage] = {}
+        self.storages: dict[int, NodeStorage] = {}
         self.sms: dict[int, StateMachine] = {}
         self.isolated: set[int] = set()
         self.sent: list[Message] = []
 
-    def storage_for(self, i: int) -> MemoryStorage:
-        if self.bootstrap:
-            return MemoryStorage()
-        return MemoryStorage(ConfState(voters=tuple(self.ids)))
+    def storage_for(self, i: int) -> NodeStorage:
+        conf = None if self.bootstrap else ConfState(voters=tuple(self.ids))
+        if self.disk is not None:
+            from kvapp.storage import RaftStore
 
-    def start(self, i: int, storage: MemoryStorage | None = None, **extra: Any) -> Node:
+            store = RaftStore.open(
+                self.disk / f"m{i}",
+                cluster_id=1,
+                member_id=i,
+                conf_state=conf,
+                fsync=False,  # a stopped Node is a crashed process, not a power loss
+                preallocate=False,
+            )
+            assert isinstance(store, NodeStorage)
+            return store
+        return MemoryStorage(conf)
+
+    def reopen(self, i: int) -> NodeStorage:
+        """The storage a restarted node ``i`` finds: only what its stopped Node persisted."""
+        old = self.storages[i]
+        if self.disk is not None:
+            old.close()  # type: ignore[attr-defined]
+            return self.storage_for(i)
+        return copy.deepcopy(old)
+
+    def close_storages(self) -> None:
+        for s in self.storages.values():
+            if self.disk is not None:
+                s.close()  # type: ignore[attr-defined]
+
+    def start(self, i: int, storage: NodeStorage | None = None, **extra: Any) -> Node:
         sm = self.sms[i] = StateMachine()
         st_ = self.storages[i] = storage if storage is not None else self.storage_for(i)
         options = {
@@ -691,8 +720,15 @@ async def test_restart_from_storage_rebuilds_the_state_machine_and_catches_up() 
 # -- random faults --
 
 
-async def _chaos(schedule: list[tuple[str, int, int]], seed: int, drop: float, dup: float) -> None:
+async def _chaos(
+    schedule: list[tuple[str, int, int]],
+    seed: int,
+    drop: float,
+    dup: float,
+    disk: pathlib.Path | None,
+) -> None:
     c = Cluster(
+        disk=disk,
         seed=seed,
         drop=drop,
         duplicate=dup,
@@ -724,19 +760,20 @@ async def _chaos(schedule: list[tuple[str, int, int]], seed: int, drop: float, d
             elif op == "crash" and node is not None and node.running:
                 await node.stop()
             elif op == "restart" and node is not None and not node.running:
-                c.start(who, copy.deepcopy(c.storages[who]))
+                c.start(who, c.reopen(who))
             await asyncio.sleep(arg / 1000)
         await asyncio.gather(*tasks)
         # Heal: a clean network and every node up, then everything must converge.
         c.drop = c.duplicate = 0.0
         for i in c.ids:
             if not c.nodes[i].running:
-                c.start(i, copy.deepcopy(c.storages[i]))
+                c.start(i, c.reopen(i))
         lead = await c.wait_leader(within=20)
         last = await lead.propose(b"final", timeout=10)
         await c.all_applied(last, within=20)
     finally:
         await c.stop_all()
+        c.close_storages()
 
     assert [n.failure for n in c.nodes.values()] == [None] * len(c.nodes)
     logs = {i: c.sms[i].entries for i in c.ids}
@@ -779,16 +816,22 @@ _ops = st.tuples(
     seed=st.integers(0, 2**32),
     drop=st.sampled_from([0.0, 0.05, 0.2]),
     dup=st.sampled_from([0.0, 0.1, 0.3]),
+    disk=st.booleans(),
 )
 def test_random_faults_never_break_proposal_outcomes(
-    schedule: list[tuple[str, int, int]], seed: int, drop: float, dup: float
+    schedule: list[tuple[str, int, int]], seed: int, drop: float, dup: float, disk: bool
 ) -> None:
     """Drops, delays, duplicates (of all but forwarded proposals, see the module docstring of
-    raftlib.node) and crash/restart from what was persisted: every answered proposal tells the
-    truth, and nothing hangs past its timeout."""
+    raftlib.node) and crash/restart from what was persisted (a MemoryStorage copy, or kvapp's
+    RaftStore reopened from its directory): every answered proposal tells the truth, and
+    nothing hangs past its timeout."""
 
-    async def main() -> None:
+    async def main(path: pathlib.Path | None) -> None:
         async with asyncio.timeout(90):
-            await _chaos(schedule, seed, drop, dup)
+            await _chaos(schedule, seed, drop, dup, path)
 
-    asyncio.run(main())
+    if disk:
+        with tempfile.TemporaryDirectory() as d:
+            asyncio.run(main(pathlib.Path(d)))
+    else:
+        asyncio.run(main(None))
