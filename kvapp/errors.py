@@ -32,12 +32,17 @@ __all__ = [
     "LeaseNotFoundError",
     "LeaseProvidedError",
     "LeaseTTLTooLargeError",
+    "MemberBadUrlsError",
+    "MemberNotFoundError",
+    "MemberNotLearnerError",
     "NoLeaderError",
     "NoSpaceError",
     "NotLeaderError",
+    "PeerUrlExistsError",
     "RequestTimeoutError",
     "RequestTooLargeError",
     "StateSnapshotError",
+    "StoppedError",
     "TooManyLearnersError",
     "TooManyOpsError",
     "TooManyRequestsError",
@@ -242,6 +247,41 @@ class ClusterIdMismatchError(EtcdError):
 
     message = "etcdserver: cluster ID mismatch"
     code = GrpcCode.FAILED_PRECONDITION
+
+
+class MemberNotFoundError(EtcdError):
+    """A membership request names a member the cluster does not have."""
+
+    message = "etcdserver: member not found"
+    code = GrpcCode.NOT_FOUND
+
+
+class PeerUrlExistsError(EtcdError):
+    """A member to add reuses the peer URLs of an existing member."""
+
+    message = "etcdserver: Peer URLs already exists"
+    code = GrpcCode.FAILED_PRECONDITION
+
+
+class MemberBadUrlsError(EtcdError):
+    """A member to add or update has peer URLs that are not ``scheme://host:port``."""
+
+    message = "etcdserver: given member URLs are invalid"
+    code = GrpcCode.INVALID_ARGUMENT
+
+
+class MemberNotLearnerError(EtcdError):
+    """Only a learner can be promoted."""
+
+    message = "etcdserver: can only promote a learner member"
+    code = GrpcCode.FAILED_PRECONDITION
+
+
+class StoppedError(EtcdError):
+    """The member is stopping (or was removed) and serves no more requests."""
+
+    message = "etcdserver: server stopped"
+    code = GrpcCode.UNAVAILABLE
 
 
 class StateSnapshotError(KvappError, ValueError):
