@@ -39,6 +39,7 @@ __all__ = [
     "NoSpaceError",
     "NotLeaderError",
     "PeerUrlExistsError",
+    "RequestDecodeError",
     "RequestTimeoutError",
     "RequestTooLargeError",
     "StateSnapshotError",
@@ -288,4 +289,13 @@ class StateSnapshotError(KvappError, ValueError):
     """A state-machine snapshot stream is truncated, damaged or of an unknown format.
 
     Raised by :meth:`kvapp.kvstate.KvState.restore`; the state is left as it was before the call.
+    """
+
+
+class RequestDecodeError(KvappError, ValueError):
+    """Bytes that should hold an encoded request or response are malformed.
+
+    Raised by :func:`kvapp.requests.decode_request` and :func:`kvapp.requests.decode_response`
+    for any bad input (truncated, damaged, wrongly shaped, of an unknown format version), and
+    by nothing else there, so a member or client can reject a bad frame and carry on.
     """
