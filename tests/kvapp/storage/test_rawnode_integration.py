@@ -56,11 +56,10 @@ class Member:
 
     def handle_ready(self) -> list[Message]:
         rd = self.node.ready()
+        self.store.save_ready(rd)  # snapshot, entries, hard state; commit-only Readys deferred
         if rd.snapshot is not None and not rd.snapshot.is_empty():
-            self.store.apply_snapshot(rd.snapshot)
             self.state = cbor2.loads(rd.snapshot.data)
             self.applied = rd.snapshot.metadata.index
-        self.store.save(rd.hard_state, rd.entries)
         for e in rd.committed_entries:
             assert e.index == self.applied + 1, (self.id, e.index, self.applied)
             if e.type == EntryType.NORMAL and e.data:
