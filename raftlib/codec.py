@@ -18,6 +18,11 @@ ConfChangeV2       ``[transition, [[type, node_id]...], context]``
 Decoding validates every field's type and range. Malformed, truncated, oversized-integer or
 trailing-garbage input raises :class:`~raftlib.errors.DecodeError` and nothing else, so a node can
 drop a bad frame from a peer and carry on.
+
+Encoding a message checks it first (:func:`raftlib.validate.check_message`) and raises
+:class:`~raftlib.errors.InvalidMessageError` for anything decoding would reject, so a message
+that encodes always decodes back to an equal one: a bad message fails at its sender, not at
+every receiver.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from raftlib.types import (
     Snapshot,
     SnapshotMetadata,
 )
+from raftlib.validate import check_message
 
 __all__ = [
     "FORMAT_VERSION",
@@ -298,8 +304,13 @@ def message_from_array(obj: object) -> Message:
 
 
 def encode_message(m: Message) -> bytes:
-    """``m`` as a versioned CBOR frame."""
-    return _dumps(message_to_array(m))
+    """``m`` as a versioned CBOR frame, which :func:`decode_message` turns back into ``m``.
+
+    Raises:
+        InvalidMessageError: ``m`` is not a message :func:`decode_message` could return (a field
+            of the wrong type or out of range); nothing is encoded.
+    """
+    return _dumps(message_to_array(check_message(m)))
 
 
 def decode_message(data: bytes) -> Message:
@@ -311,8 +322,12 @@ def decode_message(data: bytes) -> Message:
 
 
 def encode_messages(messages: Sequence[Message]) -> bytes:
-    """A batch of messages as one versioned CBOR frame (one frame per transport write)."""
-    return _dumps([message_to_array(m) for m in messages])
+    """A batch of messages as one versioned CBOR frame (one frame per transport write).
+
+    Raises:
+        InvalidMessageError: one of ``messages`` is malformed, as for :func:`encode_message`.
+    """
+    return _dumps([message_to_array(check_message(m)) for m in messages])
 
 
 def decode_messages(data: bytes) -> list[Message]:

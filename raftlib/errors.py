@@ -1,8 +1,17 @@
 """Exceptions raised by raftlib, all under :class:`RaftError`.
 
 Two kinds: a caller's mistake or a condition the caller should handle (``ProposalDropped``,
-``ConfigError``, storage lookups), and bad input from a peer (``DecodeError``, unknown senders).
-``RaftInvariantError`` means raftlib itself is broken: where etcd's raft would panic.
+``ConfigError``, storage lookups), and bad input from a peer: ``DecodeError`` for bytes that do not
+decode, ``InvalidMessageError`` for a :class:`~raftlib.Message` object that is malformed,
+``MisroutedMessageError`` for a well-formed message that is not for this node, and the two
+``Step*`` errors. All of these leave the node unchanged, so a transport can drop the input and
+carry on. ``RaftInvariantError`` means raftlib itself, or its storage, is broken: where etcd's raft
+would panic.
+
+``DecodeError`` and ``InvalidMessageError`` are siblings, not parent and child: one is about bytes
+(a frame, a file), the other about objects that already exist in the process. A transport that
+decodes and then steps catches both; code that builds messages itself only ever sees the second.
+Both are ``ValueError`` s, as ``DecodeError`` always was, so ``except ValueError`` keeps working.
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ __all__ = [
     "CompactedError",
     "ConfigError",
     "DecodeError",
+    "InvalidMessageError",
+    "MisroutedMessageError",
     "ProposalDropped",
     "RaftError",
     "RaftInvariantError",
@@ -42,6 +53,25 @@ class ConfigError(RaftError, ValueError):
 
 class DecodeError(RaftError, ValueError):
     """Bytes from a peer or from disk could not be decoded into a raftlib value."""
+
+
+class InvalidMessageError(RaftError, ValueError):
+    """A :class:`~raftlib.Message` object is malformed; nothing was changed.
+
+    Raised by :meth:`~raftlib.RawNode.step` and by :func:`~raftlib.codec.encode_message` for what
+    :func:`~raftlib.codec.decode_message` could never have produced (not a ``Message``, a field of
+    the wrong type, an integer outside 0..2**64-1), and by ``step`` also for a message whose shape
+    is wrong for its type (an append whose entries do not follow on, a snapshot message without a
+    usable snapshot, a proposal without entries, ...). The message names the first bad field.
+    """
+
+
+class MisroutedMessageError(RaftError, ValueError):
+    """A well-formed message was stepped into the wrong node; nothing was changed.
+
+    It is addressed to another node, or claims to come from this node itself. Usually a
+    transport's routing bug, or a peer configured with the wrong member id.
+    """
 
 
 class StepLocalMessageError(RaftError, ValueError):

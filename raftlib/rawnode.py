@@ -9,7 +9,7 @@ import attrs
 from raftlib.codec import encode_conf_change
 from raftlib.config import Config
 from raftlib.errors import (
-    DecodeError,
+    MisroutedMessageError,
     RaftError,
     StepLocalMessageError,
     StepPeerNotFoundError,
@@ -32,6 +32,12 @@ from raftlib.types import (
     StateType,
     is_local_message,
     is_response_message,
+)
+from raftlib.validate import (
+    check_conf_change,
+    check_message,
+    check_peer_message,
+    proposal_data,
 )
 
 __all__ = ["Peer", "RawNode", "Ready"]
@@ -130,17 +136,20 @@ class RawNode:
         """Start an election now (with PreVote if configured), as if the election timer fired."""
         self._raft.step(Message(MT.HUP, from_=self._raft.id))
 
-    def propose(self, data: bytes) -> None:
+    def propose(self, data: bytes | bytearray | memoryview) -> None:
         """Propose ``data`` to be appended to the log.
 
-        On a follower the proposal is forwarded to the leader; there is no confirmation that it
-        was appended: watch ``committed_entries`` for it.
+        ``data`` is bytes-like; a ``bytearray`` or ``memoryview`` is copied into ``bytes``. On a
+        follower the proposal is forwarded to the leader; there is no confirmation that it was
+        appended: watch ``committed_entries`` for it.
 
         Raises:
+            TypeError: ``data`` is not bytes-like (a ``str``, say); nothing changed.
             ProposalDropped: it was not taken (no leader, transfer in progress, size limit,
                 forwarding disabled, or this node was removed).
         """
-        self._raft.step(Message(MT.PROP, from_=self._raft.id, entries=(Entry(data=data),)))
+        entry = Entry(data=proposal_data(data))
+        self._raft.step(Message(MT.PROP, from_=self._raft.id, entries=(entry,)))
 
     def propose_conf_change(self, cc: ConfChange | ConfChangeV2) -> None:
         """Propose a membership change; apply it with :meth:`apply_conf_change` once committed.
@@ -149,8 +158,12 @@ class RawNode:
         not yet applied, or one that does not fit the current joint/non-joint state.
 
         Raises:
+            TypeError: ``cc`` is not a ``ConfChange``/``ConfChangeV2``, or a field of it has the
+                wrong type (see :func:`raftlib.validate.check_conf_change`); nothing changed.
+            ValueError: a node id or ``id`` is outside 0..2**64-1; nothing changed.
             ProposalDropped: as for :meth:`propose`.
         """
+        cc = check_conf_change(cc)
         t = EntryType.CONF_CHANGE if isinstance(cc, ConfChange) else EntryType.CONF_CHANGE_V2
         entry = Entry(type=t, data=encode_conf_change(cc))
         self._raft.step(Message(MT.PROP, from_=self._raft.id, entries=(entry,)))
@@ -158,26 +171,35 @@ class RawNode:
     def step(self, m: Message) -> None:
         """Process a message received from a peer.
 
+        ``m`` is checked before anything is done with it: a refused message (any of the errors
+        below except ``RaftInvariantError``) has changed nothing, and the caller may drop it and
+        carry on.
+
         Raises:
+            InvalidMessageError: ``m`` is malformed: not a ``Message``, a field of the wrong type
+                or out of range (as :func:`raftlib.codec.decode_message` would refuse), or the
+                wrong shape for its type (no sender; a term where none belongs or none where one
+                does; entries that are not a contiguous run after ``index``; a snapshot message
+                without a restorable snapshot; a proposal without entries).
             StepLocalMessageError: ``m`` is of a type only raftlib itself creates.
+            MisroutedMessageError: ``m`` is addressed to another node, or claims to come from
+                this node itself.
             StepPeerNotFoundError: ``m`` answers something, but its sender is not a member.
-            DecodeError: ``m`` is malformed (not addressed to us, claims to be from us, its
-                entries are not a contiguous run after ``index``, or it lacks fields its type
-                requires). Nothing changed.
             ProposalDropped: ``m`` is a forwarded proposal this leader cannot take.
             RaftInvariantError: ``m`` contradicts this node's durable state (a leader reports
                 a commit index beyond our log: our storage lost acknowledged entries). Treat
                 the node's storage as damaged.
         """
+        check_message(m)
         if is_local_message(m.type):
             raise StepLocalMessageError(f"cannot step raft local message {m.type.name}")
         if m.to != self._raft.id:
-            raise DecodeError(f"{m.type.name} addressed to {m.to}, not to this node")
+            raise MisroutedMessageError(f"{m.type.name} addressed to {m.to}, not to this node")
         # A forwarded transfer request names its target as sender, and a forwarded read its
         # origin: either may be us.
         if m.from_ == self._raft.id and m.type not in (MT.TRANSFER_LEADER, MT.READ_INDEX):
-            raise DecodeError(f"{m.type.name} claims to come from this node itself")
-        _validate_remote(m)
+            raise MisroutedMessageError(f"{m.type.name} claims to come from this node itself")
+        check_peer_message(m)
         if is_response_message(m.type) and m.from_ not in self._raft.trk.progress:
             raise StepPeerNotFoundError(f"{m.type.name} from unknown peer {m.from_}")
         self._raft.step(m)
@@ -368,27 +390,3 @@ class RawNode:
             config=r.trk.config.conf_state(),
             progress=progress,
         )
-
-
-def _validate_remote(m: Message) -> None:
-    """Reject messages from peers whose shape would corrupt the log if trusted."""
-    if m.from_ == 0:
-        raise DecodeError(f"{m.type.name} without a sender")
-    if m.term == 0 and m.type not in (MT.PROP, MT.READ_INDEX):
-        raise DecodeError(f"{m.type.name} from {m.from_} without a term")
-    if m.type == MT.APP:
-        expect = m.index + 1
-        prev_term = m.log_term
-        for e in m.entries:
-            if e.index != expect or e.term < prev_term or e.term > m.term:
-                raise DecodeError(
-                    f"APP from {m.from_}: entry (index {e.index}, term {e.term}) does not follow "
-                    f"(index {expect - 1}, term {prev_term}) at term {m.term}"
-                )
-            expect += 1
-            prev_term = e.term
-    elif m.type == MT.SNAP:
-        if m.snapshot is None or m.snapshot.is_empty():
-            raise DecodeError(f"SNAP from {m.from_} without a snapshot")
-    elif m.type == MT.PROP and not m.entries:
-        raise DecodeError(f"PROP from {m.from_} without entries")

@@ -1,4 +1,5 @@
-"""raftlib.codec: round trips for every value, and DecodeError (only) for any bad input."""
+"""raftlib.codec: round trips for every value, DecodeError (only) for any bad input, and
+InvalidMessageError from encode_message for exactly what decoding would not give back."""
 
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ from raftlib import (
     Entry,
     EntryType,
     HardState,
+    InvalidMessageError,
     Message,
     MessageType,
     Snapshot,
     SnapshotMetadata,
     codec,
 )
+
+from .test_validation import maybe_malformed, round_trips_raw, typed
 
 u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
 small = st.integers(min_value=0, max_value=1000)
@@ -200,3 +204,38 @@ def test_encoding_is_a_compact_versioned_array() -> None:
     frame = codec.encode_message(Message(MessageType.HEARTBEAT, to=2, from_=1, term=3, commit=7))
     assert cbor2.loads(frame) == [1, 8, 2, 1, 3, 0, 0, [], 7, None, False, 0, b""]
     assert len(frame) < 20
+
+
+@given(maybe_malformed(messages))
+def test_encode_succeeds_exactly_when_decode_gives_the_message_back(m: object) -> None:
+    # The oracle encodes without any check: whatever it cannot carry, encode_message refuses,
+    # and whatever encode_message accepts decodes to an equal message of the same types.
+    try:
+        frame = codec.encode_message(m)  # type: ignore[arg-type]
+    except InvalidMessageError:
+        assert not round_trips_raw(m)
+        return
+    assert typed(codec.decode_message(frame)) == typed(m)
+    assert codec.decode_messages(codec.encode_messages([m, m])) == [m, m]  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("m", "match"),
+    [
+        (Message(MessageType.APP, term=-1), r"Message\.term"),
+        (Message(MessageType.APP, context="ctx"), r"Message\.context"),  # type: ignore[arg-type]
+        (Message(MessageType.APP, entries=(Entry(data="x"),)), r"entries\[0\]\.data"),  # type: ignore[arg-type]
+        (Message(MessageType.APP, entries=[Entry()]), r"Message\.entries"),  # type: ignore[arg-type]
+        (Message(3), r"Message\.type"),  # type: ignore[arg-type]
+        (Message(MessageType.APP, commit=1 << 64), r"Message\.commit"),
+        (Message(MessageType.SNAP, snapshot=b"snap"), r"Message\.snapshot"),  # type: ignore[arg-type]
+        (None, "expected a Message"),
+    ],
+)
+def test_encode_refuses_malformed_messages(m: Message, match: str) -> None:
+    # These used to encode (or fail with cbor2's or Python's own errors) into frames that
+    # every receiver would reject.
+    with pytest.raises(InvalidMessageError, match=match):
+        codec.encode_message(m)
+    with pytest.raises(InvalidMessageError, match=match):
+        codec.encode_messages([Message(MessageType.HEARTBEAT), m])

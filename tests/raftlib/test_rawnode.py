@@ -9,13 +9,14 @@ from raftlib import (
     ConfChange,
     ConfChangeType,
     ConfState,
-    DecodeError,
     Entry,
     EntryType,
     HardState,
+    InvalidMessageError,
     MemoryStorage,
     Message,
     MessageType,
+    MisroutedMessageError,
     Peer,
     RaftError,
     StateType,
@@ -221,32 +222,43 @@ def test_step_rejects_local_messages_and_unknown_responders() -> None:
 
 
 @pytest.mark.parametrize(
-    "msg",
+    ("msg", "error"),
     [
-        Message(MT.APP, to=1, from_=0, term=1),
-        Message(MT.APP, to=1, from_=2, term=0),
-        Message(MT.APP, to=1, from_=2, term=1, index=0, entries=(Entry(term=1, index=5),)),
-        Message(MT.APP, to=1, from_=2, term=1, index=0, entries=(Entry(term=2, index=1),)),
-        Message(
-            MT.APP,
-            to=1,
-            from_=2,
-            term=3,
-            index=0,
-            entries=(Entry(term=3, index=1), Entry(term=2, index=2)),
+        (Message(MT.APP, to=1, from_=0, term=1), InvalidMessageError),
+        (Message(MT.APP, to=1, from_=2, term=0), InvalidMessageError),
+        (
+            Message(MT.APP, to=1, from_=2, term=1, index=0, entries=(Entry(term=1, index=5),)),
+            InvalidMessageError,
         ),
-        Message(MT.SNAP, to=1, from_=2, term=1),
-        Message(MT.PROP, to=1, from_=2),
-        Message(MT.HEARTBEAT, to=7, from_=2, term=1),
-        Message(MT.APP_RESP, to=1, from_=1, term=1, index=1),
+        (
+            Message(MT.APP, to=1, from_=2, term=1, index=0, entries=(Entry(term=2, index=1),)),
+            InvalidMessageError,
+        ),
+        (
+            Message(
+                MT.APP,
+                to=1,
+                from_=2,
+                term=3,
+                index=0,
+                entries=(Entry(term=3, index=1), Entry(term=2, index=2)),
+            ),
+            InvalidMessageError,
+        ),
+        (Message(MT.SNAP, to=1, from_=2, term=1), InvalidMessageError),
+        (Message(MT.PROP, to=1, from_=2), InvalidMessageError),
+        (Message(MT.HEARTBEAT, to=7, from_=2, term=1), MisroutedMessageError),
+        (Message(MT.APP_RESP, to=1, from_=1, term=1, index=1), MisroutedMessageError),
     ],
 )
-def test_malformed_messages_raise_decode_error_and_change_nothing(msg: Message) -> None:
+def test_malformed_or_misrouted_messages_are_refused_and_change_nothing(
+    msg: Message, error: type[Exception]
+) -> None:
     s = storage_with(entries=[(1, 1)], term=1, commit=1)
     node = new_node(1, s)
     drain(node, s)
     before = node.status()
-    with pytest.raises(DecodeError):
+    with pytest.raises(error):
         node.step(msg)
     assert node.status() == before
     assert not node.has_ready()
