@@ -901,6 +901,10 @@ def check_layout(root: Path) -> None:
     for path, is_dir in expected:
         try:
             mode = os.stat(path).st_mode
+        except NotADirectoryError:
+            raise StorageLayoutError(
+                path, "a path component above it is not a directory; fix the data directory path"
+            ) from None
         except FileNotFoundError:
             try:
                 mode = os.lstat(path).st_mode

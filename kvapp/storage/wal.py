@@ -60,10 +60,17 @@ that apart from damage:
 
 A torn tail is dropped (and truncated away by :meth:`Wal.open`, with a warning). Everything else
 raises :class:`~kvapp.storage.errors.WalCorruptError` naming the file and offset: a node must not
-serve from a log with a hole in it. Limits of the heuristic, shared with etcd: a damaged last
-record that also holds a sector of zeros of its own (say, an entry of 512 zero bytes) is taken
-for torn; a torn record whose unwritten part reads as garbage rather than zeros is reported as
-corruption.
+serve from a log with a hole in it. A write that *fails* (a full disk, an I/O error) is different
+from a crash: the writer is still running, so :meth:`Wal.append` truncates its partial record
+away itself before raising, and nothing is left for the next open to judge.
+
+These rules assume at most one record in flight at a crash, which holds because every append is
+synced before the next one is written; :class:`~kvapp.storage.raftstore.RaftStore` keeps it so
+by deferring, rather than writing unsynced, the hard states it need not sync.
+
+Limits of the heuristic, shared with etcd: a damaged last record that also holds a sector of
+zeros of its own (say, an entry of 512 zero bytes) is taken for torn; a torn record whose
+unwritten part reads as garbage rather than zeros is reported as corruption.
 """
 
 from __future__ import annotations

@@ -377,6 +377,9 @@ def test_data_directory_that_is_a_file(tmp_path, capsys):
         open_store(path)
     assert repair.main([str(path)]) == 1
     assert "is a regular file, not a directory" in capsys.readouterr().out
+    with pytest.raises(StorageLayoutError, match="a path component above it") as info:
+        open_store(path / "member-1")
+    assert info.value.path == path / "member-1"
 
 
 # -- 7. a damaged WAL names the repair command --
