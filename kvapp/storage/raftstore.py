@@ -597,12 +597,12 @@ class RaftStore:
         if (
             not rd.must_sync
             and not rd.entries
-            and hs is not None
-            and (hs.term, hs.vote) == (self._hard_state.term, self._hard_state.vote)
+            and (hs is None or (hs.term, hs.vote) == (self._hard_state.term, self._hard_state.vote))
         ):
-            _check_hard_state(hs)
-            self._guard(lambda: None)
-            self._hard_state = hs
+            if hs is not None:  # else nothing to persist (and a deferred commit stays deferred)
+                _check_hard_state(hs)
+                self._guard(lambda: None)
+                self._hard_state = hs
             return
         self.save(hs, rd.entries)
 

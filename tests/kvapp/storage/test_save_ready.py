@@ -61,6 +61,7 @@ def test_only_a_commit_only_ready_skips_the_fsync(tmp_path, disk):
             ("entries", ready(hard_state=HardState(1, 1, 0), entries=ents(1, 3), must_sync=True)),
             ("commit only", ready(hard_state=HardState(1, 1, 2))),
             ("commit only again", ready(hard_state=HardState(1, 1, 3))),
+            ("nothing to persist", ready(committed_entries=ents(1, 3))),
             ("vote", ready(hard_state=HardState(2, 3, 3), must_sync=True)),
             ("commit only", ready(hard_state=HardState(2, 3, 3))),  # unchanged: nothing to do
             ("term", ready(hard_state=HardState(3, 0, 3), must_sync=True)),
