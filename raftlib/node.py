@@ -59,7 +59,13 @@ import attrs
 
 from raftlib.codec import decode_conf_change
 from raftlib.config import Config
-from raftlib.errors import ConfigError, ProposalDropped, RaftError, StepPeerNotFoundError
+from raftlib.errors import (
+    ConfigError,
+    ProposalDropped,
+    RaftError,
+    RaftInvariantError,
+    StepPeerNotFoundError,
+)
 from raftlib.raft import _Raft
 from raftlib.rawnode import RawNode, Ready
 from raftlib.read_only import ReadOnlyOption
@@ -347,7 +353,10 @@ class Node:
             call :meth:`report_snapshot` once it knows whether it arrived.
         apply: called with each :class:`Committed` entry in order, on the loop; it may be a
             coroutine function (awaited before the next entry). Without it, consume
-            :meth:`committed` instead. An exception here stops the node (see :attr:`failure`).
+            :meth:`committed` instead. The Ready loop waits for it, so a slow ``apply`` delays
+            this member's heartbeats and acknowledgements (keep it short, or hand work off);
+            it must not await this node's own ``propose``/``read_index`` (that would wait for
+            itself). An exception here stops the node (see :attr:`failure`).
         peers: bootstrap a brand-new cluster with these voters if ``storage`` is empty (the
             alternative is a storage created with the starting ``ConfState``).
         tick_interval: seconds per Raft tick. Election timeout is ``election_tick`` ticks,
@@ -803,7 +812,14 @@ class Node:
         """Hand everything that arrived since the last Ready to the RawNode, in order."""
         inbox = self._inbox
         while inbox:
-            inbox.popleft()()
+            try:
+                inbox.popleft()()
+            except RaftInvariantError:
+                raise
+            except RaftError as exc:
+                # An input RawNode refused changed nothing (e.g. a report about an unknown
+                # peer); the caller's own waiters time out if it mattered.
+                logger.warning("node %d: input refused: %s", self._id, exc)
         n, self._ticks_due = self._ticks_due, 0
         for _ in range(n):
             self._raw.tick()

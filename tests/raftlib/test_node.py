@@ -462,6 +462,67 @@ async def test_acknowledgements_are_sent_only_after_the_write_returns() -> None:
         await c.stop_all()
 
 
+@run()
+async def test_the_leader_replicates_while_its_own_write_is_still_running() -> None:
+    gate = threading.Event()
+    entered = threading.Event()
+
+    class GatedStorage(MemoryStorage):
+        gated = False
+
+        def save_ready(self, rd: Ready) -> None:
+            if self.gated and any(e.data for e in rd.entries):
+                entered.set()
+                gate.wait(timeout=10)
+            super().save_ready(rd)
+
+    c = Cluster()
+    for i in c.ids:
+        c.start(i, GatedStorage(ConfState(voters=(1, 2, 3))))
+    try:
+        lead = await c.wait_leader()
+        leader_storage = c.storages[lead.id]
+        assert isinstance(leader_storage, GatedStorage)
+        leader_storage.gated = True
+        pending = asyncio.ensure_future(lead.propose(b"x", timeout=10))
+        await eventually(entered.is_set, "the leader's write started")
+        followers = [c.storages[n.id] for n in c.running() if n is not lead]
+        # rd.messages (the appends) went out before the leader's own write finished.
+        await eventually(
+            lambda: all(s.last_index() == leader_storage.last_index() + 1 for s in followers),
+            "followers hold the entry while the leader's write is blocked",
+        )
+        assert not pending.done()
+        gate.set()
+        index = await pending
+        assert c.sms[lead.id].entries[index] == b"x"
+    finally:
+        gate.set()
+        await c.stop_all()
+
+
+@run()
+async def test_apply_may_be_a_coroutine_function_and_is_awaited_in_order() -> None:
+    seen: list[bytes] = []
+
+    async def apply(c: Committed) -> None:
+        await asyncio.sleep(0.01)
+        seen.append(c.data)
+
+    n = Node(
+        1,
+        MemoryStorage(ConfState(voters=(1,))),
+        send=lambda m: None,
+        apply=apply,
+        tick_interval=TICK,
+    )
+    async with n:
+        await n.wait_leader(timeout=5)
+        results = await asyncio.gather(*(n.propose(b"%d" % k, timeout=5) for k in range(5)))
+        assert results == sorted(results)
+        assert seen == [b"%d" % k for k in range(5)]
+
+
 # -- failures and timeouts --
 
 
