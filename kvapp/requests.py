@@ -1064,7 +1064,7 @@ def encode_request(request: Request) -> bytes:
         raise ValueError(f"cannot encode request: {e}") from None
 
 
-def decode_request(data: bytes) -> Request:
+def decode_request(data: bytes | bytearray | memoryview) -> Request:
     """Decode what :func:`encode_request` produced.
 
     Raises:
@@ -1114,7 +1114,7 @@ def encode_response(response: Response) -> bytes:
     return cbor2.dumps([FORMAT_VERSION, response_to_array(response)])
 
 
-def decode_response(data: bytes) -> Response:
+def decode_response(data: bytes | bytearray | memoryview) -> Response:
     """Decode what :func:`encode_response` produced.
 
     Raises:
