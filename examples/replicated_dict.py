@@ -15,7 +15,17 @@ import copy
 import json
 from collections.abc import Callable, Sequence
 
-from raftlib import Committed, ConfState, MemoryStorage, Message, MessageType, Node
+from raftlib import (
+    Committed,
+    ConfState,
+    MemoryStorage,
+    Message,
+    MessageType,
+    Node,
+    NodeError,
+    NodeStopped,
+    ProposalDropped,
+)
 
 
 class ReplicatedDict:
@@ -54,11 +64,26 @@ class ReplicatedDict:
 
     async def set(self, key: str, value: str) -> None:
         """Set ``key``; returns once the write is committed and applied on this member."""
-        await self.node.propose(json.dumps(["set", key, value]).encode(), timeout=5)
+        await self._write(["set", key, value])
 
     async def delete(self, key: str) -> None:
         """Delete ``key`` (no error if absent)."""
-        await self.node.propose(json.dumps(["del", key, None]).encode(), timeout=5)
+        await self._write(["del", key, None])
+
+    async def _write(self, command: list[str | None]) -> None:
+        # A proposal forwarded to a leader that just died is lost, and its proposer only learns
+        # "outcome unknown" at its timeout. Retrying is safe here because set and delete are
+        # idempotent (a late first attempt could still reorder with a later write of the same
+        # key: give commands request ids if that matters to you).
+        for attempt in range(1, 6):
+            try:
+                await self.node.propose(json.dumps(command).encode(), timeout=1)
+                return
+            except NodeStopped:
+                raise
+            except (ProposalDropped, NodeError):  # no leader, timed out, replaced by a new leader
+                if attempt == 5:
+                    raise
 
     async def get(self, key: str) -> str | None:
         """A linearizable read: sees every write acknowledged before the call, on any member."""
