@@ -919,6 +919,9 @@ class Node:
             else:
                 w.future.set_exception(exc)
             return
+        except (TypeError, ValueError) as exc:  # an invalid conf change: RawNode changed nothing
+            w.future.set_exception(exc)
+            return
         if r.state == StateType.LEADER:
             # Appended locally at a known index: if another entry commits there, it is lost.
             self._by_index[r.log.last_index()] = w

@@ -743,6 +743,10 @@ async def test_conf_change_adds_a_member_that_catches_up_from_a_snapshot() -> No
         assert new.conf_state.voters == (1, 2, 3, 4)
         assert c.sms[4].values() == c.sms[lead.id].values()
         assert c.storages[4].snapshot().metadata.index >= conf_index  # it got a snapshot
+        # A malformed change fails its caller only; the node keeps running.
+        with pytest.raises((TypeError, ValueError)):
+            await lead.propose_conf_change(ConfChange(ConfChangeType.ADD_NODE, 2**64), timeout=5)
+        assert lead.running
         # Leaving a joint configuration that was never entered: the leader refuses it.
         err = await raises(lead.propose_conf_change(ConfChangeV2(), timeout=5), ConfChangeRefused)
         assert isinstance(err, ConfChangeRefused)
