@@ -1,0 +1,1114 @@
+"""``TcpTransport``: a member's peer links over asyncio TCP (optionally TLS).
+
+**Connections.** Each member dials each peer for its *outgoing* raft messages and only reads on
+the connections peers dial to it ("one connection per direction", like etcd's stream
+transport). A newer incoming stream from the same peer replaces the older one (the peer
+restarted). A snapshot travels on a connection of its own, opened per transfer, like etcd's
+separate snapshot stream: a multi-MiB transfer, with its flow control (await drain between
+chunks), runs in its own task and never holds up the small, latency-critical messages
+(heartbeats, votes, appends) on the stream. A consequence, as in etcd: a SNAP message is not
+ordered with the stream's messages, which Raft tolerates. See :mod:`kvapp.transport.wire` for
+the bytes.
+
+**Sending.** :meth:`TcpTransport.send` never blocks: it appends to the peer's bounded queue and
+schedules one flush (``loop.call_soon``) for the loop turn, so everything sent to a peer in one
+turn goes out as one frame in one write. It drops (and calls ``on_unreachable``) rather than
+wait: when the peer is not connected, its queue is full, or its link is paused above the write
+buffer's high-water mark. Raft then backs off that peer, and its own retransmission recovers.
+
+**Reconnecting.** A dialer task per peer connects, handshakes, and on failure sleeps a jittered
+exponential back-off (:func:`~kvapp.transport.api.backoff_delay` with the injected ``rng``),
+reset by a successful connect.
+
+**Bad input.** A refused handshake, an oversized or malformed frame or a message that does not
+decode closes that one connection with a log line naming the reason; the member and its other
+links carry on. Nothing here uses wall-clock time: timers are the running loop's
+(``call_later``, ``asyncio.timeout``), so a simulated loop can drive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import inspect
+import io
+import logging
+import random
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import BinaryIO, cast
+
+import attrs
+import cbor2
+
+from kvapp.transport.api import (
+    MessageHandler,
+    PeerStats,
+    SnapshotReader,
+    SnapshotStatusHandler,
+    TransportConfig,
+    UnreachableHandler,
+    backoff_delay,
+)
+from kvapp.transport.wire import (
+    HELLO_PREFIX,
+    HELLO_REST,
+    KIND_SNAPSHOT,
+    KIND_STREAM,
+    MAGIC,
+    PROTOCOL_VERSION,
+    SNAP_END,
+    FramedProtocol,
+    FrameKind,
+    ProtocolViolation,
+    encode_hello,
+)
+from raftlib.codec import decode_message, decode_messages, encode_message, encode_messages
+from raftlib.errors import DecodeError
+from raftlib.types import Message, MessageType
+
+__all__ = ["PeerRefused", "TcpTransport", "message_size_bound"]
+
+logger = logging.getLogger("kvapp.transport")
+
+_U64 = 1 << 64
+_INT = 9  # the largest CBOR encoding of an unsigned integer
+_BATCH_OVERHEAD = 2 * _INT  # the batch's array header and format version
+_ENCODE_ERRORS = (ValueError, TypeError, AttributeError, cbor2.CBOREncodeError)
+
+
+def _as_bytes(view: memoryview) -> bytes:
+    """``view`` for the codec, uncopied.
+
+    The codec's decoders accept any bytes-like object (they read through ``io.BytesIO``) though
+    annotated ``bytes``.
+    """
+    return cast("bytes", view)
+
+
+class PeerRefused(ConnectionError):
+    """The peer closed our connection during the handshake, giving ``reason``."""
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def message_size_bound(m: Message) -> int:
+    """An upper bound of ``m``'s CBOR encoding inside a batch, in bytes (no encoding done).
+
+    Every integer is charged its largest encoding, so batches cut by this bound never exceed the
+    frame limit, and queue limits in bytes cost no encoding at :meth:`TcpTransport.send` time.
+    """
+    n = 1 + 8 * _INT + 1 + _INT + _INT + len(m.context)
+    for e in m.entries:
+        n += 1 + 3 * _INT + _INT + len(e.data)
+    snap = m.snapshot
+    if snap is None:
+        return n + 1
+    cs = snap.metadata.conf_state
+    ids = len(cs.voters) + len(cs.learners) + len(cs.voters_outgoing) + len(cs.learners_next)
+    return n + 1 + _INT + len(snap.data) + 1 + 2 * _INT + 1 + 4 * _INT + ids * _INT + 1
+
+
+class _BytesReader:
+    """A :class:`SnapshotReader` over in-memory snapshot data."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def read(self, size: int, /) -> bytes:
+        chunk = self._data[self._pos : self._pos + size]
+        self._pos += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self._data = b""
+
+
+class _Peer:
+    """Everything the transport keeps for one peer."""
+
+    def __init__(self, member_id: int, address: tuple[str, int]) -> None:
+        self.id = member_id
+        self.address = address
+        self.stats = PeerStats()
+        self.queue: deque[tuple[Message, int]] = deque()
+        self.queued_bytes = 0
+        self.link: _Outbound | None = None
+        self.inbound: _Inbound | None = None
+        self.dialer: asyncio.Task[None] | None = None
+        self.snapshot: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.failures = 0
+        self.last_error = ""
+
+
+class _Outbound(FramedProtocol):
+    """The dialer's end: sends the handshake and frames; reads only handshake/snapshot replies."""
+
+    def __init__(self, owner: TcpTransport, peer_id: int, kind: int) -> None:
+        super().__init__(owner.config.max_frame_size, 4096)
+        loop = asyncio.get_running_loop()
+        self._owner = owner
+        self.peer_id = peer_id
+        self.kind = kind
+        self.accepted: asyncio.Future[tuple[bool, str]] = loop.create_future()
+        self.result: asyncio.Future[tuple[bool, str]] = loop.create_future()
+        self.paused = False
+        self._drain: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._owner._conns.add(self)
+        cfg = self._owner.config
+        if self.kind == KIND_STREAM:
+            transport.set_write_buffer_limits(cfg.write_buffer_high, cfg.write_buffer_low)
+        else:
+            chunk = cfg.snapshot_chunk_size
+            transport.set_write_buffer_limits(2 * chunk, chunk)
+        transport.write(
+            encode_hello(self.kind, self._owner.cluster_id, self._owner.member_id, self.peer_id)
+        )
+
+    def on_raw(self, data: bytes) -> None:
+        raise ProtocolViolation("unexpected raw bytes")  # raw_need is never set on this side
+
+    def on_frame(self, kind: int, payload: memoryview, size: int) -> None:
+        if not self.accepted.done():
+            if kind == FrameKind.ACCEPT:
+                self.accepted.set_result((True, ""))
+            elif kind == FrameKind.REFUSE:
+                self.accepted.set_result((False, bytes(payload).decode("utf-8", "replace")))
+            else:
+                raise ProtocolViolation(f"expected a handshake reply, got frame kind {kind:#x}")
+        elif self.kind == KIND_SNAPSHOT and kind == FrameKind.SNAP_RESULT and payload:
+            if not self.result.done():
+                reason = bytes(payload[1:]).decode("utf-8", "replace")
+                self.result.set_result((payload[0] == 1, reason))
+        else:
+            raise ProtocolViolation(f"unexpected frame kind {kind:#x} from the listener")
+
+    def fail(self, reason: str) -> None:
+        logger.warning(
+            "member %d: closing link to peer %d: %s", self._owner.member_id, self.peer_id, reason
+        )
+        self.abort()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._owner._on_resume(self)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._owner._conns.discard(self)
+        why = f": {exc}" if exc else ""
+        if not self.accepted.done():
+            self.accepted.set_result((False, f"connection closed during the handshake{why}"))
+        if not self.result.done():
+            self.result.set_result((False, f"connection closed before the receiver's result{why}"))
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait until the write buffer is below its low-water mark.
+
+        Raises:
+            ConnectionResetError: the connection closed.
+        """
+        if not self.closing and self.paused:
+            self._drain = asyncio.get_running_loop().create_future()
+            await self._drain
+        if self.closing:
+            raise ConnectionResetError("connection closed")
+
+
+class _Spool:
+    """An incoming snapshot: its SNAP message (without data) and the sink its chunks go to."""
+
+    def __init__(self, msg: Message, sink: BinaryIO) -> None:
+        self.msg = msg
+        self.sink = sink
+        self.bytes = 0
+        self.chunks = 0
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self.sink.close()
+
+
+def _materialize(sink: BinaryIO) -> bytes:
+    """The spooled data as bytes, read once (a BytesIO hands over its buffer without a copy)."""
+    try:
+        if isinstance(sink, io.BytesIO):
+            return sink.getvalue()
+        sink.seek(0)
+        return sink.read()
+    finally:
+        sink.close()
+
+
+class _Inbound(FramedProtocol):
+    """The listener's end: checks the handshake, then reads message batches or one snapshot."""
+
+    def __init__(self, owner: TcpTransport) -> None:
+        super().__init__(owner.config.max_frame_size, 256 * 1024)
+        self._owner = owner
+        self.raw_need = HELLO_PREFIX.size
+        self._prefix_seen = False
+        self.accepted = False
+        self.peer_id = 0
+        self.kind = 0
+        self.remote = "?"
+        self._timer: asyncio.TimerHandle | None = None
+        self._spool: _Spool | None = None
+        self._snap_done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._owner._conns.add(self)
+        if self._owner._state is not _State.RUNNING:
+            self.abort()
+            return
+        t = self._owner.config.handshake_timeout
+        self._timer = asyncio.get_running_loop().call_later(t, self._handshake_timed_out, t)
+
+    def _handshake_timed_out(self, t: float) -> None:
+        self._timer = None
+        if not self.accepted and not self.closing:
+            self.fail(f"handshake not completed within {t}s")
+
+    def _who(self) -> str:
+        return f"peer {self.peer_id} at {self.remote}" if self.accepted else self.remote
+
+    def on_raw(self, data: bytes) -> None:
+        me = self._owner.member_id
+        if not self._prefix_seen:
+            magic, version = HELLO_PREFIX.unpack(data)
+            if magic != MAGIC:
+                self._refuse(f"bad magic {magic!r}: not a kvapp peer")
+            elif version != PROTOCOL_VERSION:
+                self._refuse(
+                    f"protocol version {version} is not supported "
+                    f"(member {me} speaks version {PROTOCOL_VERSION})"
+                )
+            else:
+                self._prefix_seen = True
+                self.raw_need = HELLO_REST.size
+            return
+        kind, cluster, sender, receiver = HELLO_REST.unpack(data)
+        reason = self._owner._check_hello(kind, cluster, sender, receiver)
+        if reason is not None:
+            self._refuse(reason)
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.accepted = True
+        self.peer_id = sender
+        self.kind = kind
+        self.write_frame(FrameKind.ACCEPT, b"")
+        self._owner._register_inbound(self)
+
+    def _refuse(self, reason: str) -> None:
+        logger.warning(
+            "member %d: refused connection from %s: %s", self._owner.member_id, self.remote, reason
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.write_frame(FrameKind.REFUSE, reason.encode())
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def fail(self, reason: str) -> None:
+        logger.warning(
+            "member %d: closing connection from %s: %s", self._owner.member_id, self._who(), reason
+        )
+        self._discard_spool()
+        self.abort()
+
+    def on_frame(self, kind: int, payload: memoryview, size: int) -> None:
+        if self.kind == KIND_STREAM:
+            self._messages(kind, payload, size)
+        else:
+            self._snapshot_frame(kind, payload, size)
+
+    def _messages(self, kind: int, payload: memoryview, size: int) -> None:
+        if kind != FrameKind.MESSAGES:
+            raise ProtocolViolation(f"unexpected frame kind {kind:#x} on a message stream")
+        try:
+            msgs = decode_messages(_as_bytes(payload))
+        except DecodeError as exc:
+            raise ProtocolViolation(f"undecodable message batch: {exc}") from None
+        me = self._owner.member_id
+        for m in msgs:
+            if m.to != me or m.from_ != self.peer_id:
+                raise ProtocolViolation(
+                    f"{m.type.name} message from {m.from_} to {m.to} on the link from "
+                    f"peer {self.peer_id} to member {me}"
+                )
+        stats = self._owner._stats_of(self.peer_id)
+        if stats is not None:
+            stats.frames_received += 1
+            stats.bytes_received += size
+            stats.messages_received += len(msgs)
+        for m in msgs:
+            self._owner._deliver(m)
+
+    def _snapshot_frame(self, kind: int, payload: memoryview, size: int) -> None:
+        if self._snap_done:
+            raise ProtocolViolation(f"frame kind {kind:#x} after the snapshot's end")
+        stats = self._owner._stats_of(self.peer_id)
+        if stats is not None:
+            stats.frames_received += 1
+            stats.bytes_received += size
+        spool = self._spool
+        if kind == FrameKind.SNAP_HEADER:
+            if spool is not None:
+                raise ProtocolViolation("a second snapshot header")
+            self._snapshot_header(payload)
+        elif spool is None:
+            raise ProtocolViolation(f"frame kind {kind:#x} before the snapshot header")
+        elif kind == FrameKind.SNAP_CHUNK:
+            spool.bytes += len(payload)
+            spool.chunks += 1
+            if stats is not None:
+                stats.snapshot_chunks_received += 1
+            limit = self._owner.config.max_snapshot_size
+            if limit is not None and spool.bytes > limit:
+                self._snapshot_result(False, f"snapshot exceeds the limit of {limit} bytes")
+                return
+            try:
+                spool.sink.write(payload)
+            except Exception as exc:  # noqa: BLE001 - any sink failure fails this transfer only
+                self._snapshot_result(False, f"snapshot sink write failed: {exc!r}")
+        elif kind == FrameKind.SNAP_END:
+            self._snapshot_end(spool, payload, stats)
+        else:
+            raise ProtocolViolation(f"unexpected frame kind {kind:#x} on a snapshot connection")
+
+    def _snapshot_header(self, payload: memoryview) -> None:
+        try:
+            msg = decode_message(_as_bytes(payload))
+        except DecodeError as exc:
+            raise ProtocolViolation(f"undecodable snapshot header: {exc}") from None
+        me = self._owner.member_id
+        if msg.type != MessageType.SNAP or msg.snapshot is None:
+            raise ProtocolViolation(f"snapshot header is a {msg.type.name} message, not a SNAP")
+        if msg.to != me or msg.from_ != self.peer_id:
+            raise ProtocolViolation(
+                f"snapshot from {msg.from_} to {msg.to} on the link from peer {self.peer_id} "
+                f"to member {me}"
+            )
+        try:
+            sink = self._owner._snapshot_sink(msg)
+        except Exception as exc:  # noqa: BLE001 - the member's factory failed: refuse this one
+            self._snapshot_result(False, f"cannot open a snapshot sink: {exc!r}")
+            return
+        self._spool = _Spool(msg, sink)
+
+    def _snapshot_end(self, spool: _Spool, payload: memoryview, stats: PeerStats | None) -> None:
+        if len(payload) != SNAP_END.size:
+            raise ProtocolViolation(f"snapshot end of {len(payload)} bytes")
+        total, chunks = SNAP_END.unpack(payload)
+        if (total, chunks) != (spool.bytes, spool.chunks):
+            self._snapshot_result(
+                False,
+                f"snapshot incomplete: received {spool.bytes} bytes in {spool.chunks} chunks, "
+                f"the sender sent {total} in {chunks}",
+            )
+            return
+        self._spool = None
+        try:
+            data = _materialize(spool.sink)
+        except Exception as exc:  # noqa: BLE001 - a sink that cannot be read back
+            self._snapshot_result(False, f"cannot read the spooled snapshot back: {exc!r}")
+            return
+        assert spool.msg.snapshot is not None
+        msg = attrs.evolve(spool.msg, snapshot=attrs.evolve(spool.msg.snapshot, data=data))
+        if stats is not None:
+            stats.snapshots_received += 1
+            stats.messages_received += 1
+        logger.info(
+            "member %d: received snapshot at index %d (%d bytes in %d chunks) from peer %d",
+            self._owner.member_id,
+            msg.snapshot.metadata.index if msg.snapshot else 0,
+            total,
+            chunks,
+            self.peer_id,
+        )
+        self._owner._deliver(msg)
+        self._snapshot_result(True, "")
+
+    def _snapshot_result(self, ok: bool, reason: str) -> None:
+        if not ok:
+            logger.warning(
+                "member %d: snapshot from %s failed: %s", self._owner.member_id, self._who(), reason
+            )
+        self._discard_spool()
+        self._snap_done = True
+        self.write_frame(FrameKind.SNAP_RESULT, (b"\x01" if ok else b"\x00") + reason.encode())
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _discard_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.discard()
+            self._spool = None
+
+    def eof_received(self) -> bool | None:
+        if self.closing:
+            return None
+        me = self._owner.member_id
+        pending = self.pending_bytes()
+        if not self.accepted:
+            logger.info("member %d: %s closed during the handshake", me, self.remote)
+        elif pending:
+            logger.warning(
+                "member %d: truncated frame from %s: connection closed inside a frame "
+                "(%d bytes of it received)",
+                me,
+                self._who(),
+                pending,
+            )
+        elif self._spool is not None:
+            logger.warning(
+                "member %d: snapshot from %s ended early: connection closed after %d bytes "
+                "in %d chunks",
+                me,
+                self._who(),
+                self._spool.bytes,
+                self._spool.chunks,
+            )
+        self._discard_spool()
+        self.closing = True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._spool is not None:
+            logger.warning(
+                "member %d: snapshot from %s aborted: %s",
+                self._owner.member_id,
+                self._who(),
+                exc or "connection closed",
+            )
+            self._discard_spool()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().connection_lost(exc)
+        self._owner._conns.discard(self)
+        self._owner._unregister_inbound(self)
+
+
+class TcpTransport:
+    """The peer links of member ``member_id`` of cluster ``cluster_id``, over TCP.
+
+    Implements :class:`~kvapp.transport.api.PeerNetwork`. Use it from one event loop: construct
+    anywhere, then ``await start()`` on the loop, and ``await stop()`` when done (it cannot be
+    restarted). All callbacks run on the loop and must not block; an exception from one is
+    logged and otherwise ignored.
+
+    Args:
+        member_id: this member's id (non-zero, as in Raft).
+        cluster_id: the cluster's id; peers from another cluster are refused.
+        listen: ``(host, port)`` to listen on (port 0 picks one; see :attr:`address`), or an
+            already bound socket (then ``start`` calls ``listen`` on it).
+        on_message: called with each message received (``Node.receive``).
+        on_unreachable: called with a peer id when messages to it were dropped
+            (``Node.report_unreachable``).
+        on_snapshot_status: called with ``(peer_id, ok)`` exactly once for every snapshot
+            transfer started by :meth:`send`, when it finished or failed
+            (``Node.report_snapshot``); not called for transfers cut short by :meth:`stop`.
+        peers: initial peers, ``{member_id: (host, port)}``.
+        config: limits and timings; defaults to :class:`TransportConfig()`.
+        rng: source of reconnect jitter (seed it for reproducible tests).
+        server_ssl: TLS context for the listening side (passed through to asyncio).
+        client_ssl: TLS context for the dialing side (passed through to asyncio).
+        snapshot_source: given a SNAP message, a :class:`SnapshotReader` of its data (to stream
+            a snapshot file), or None to send ``msg.snapshot.data``.
+        snapshot_sink: given an incoming SNAP message (data empty), a writable, seekable binary
+            stream to spool its chunks to; default ``io.BytesIO``. The transport reads it back
+            once complete, delivers the message with the data, and closes the stream (also on
+            failure; removing a spool file is the factory owner's job).
+    """
+
+    def __init__(
+        self,
+        member_id: int,
+        cluster_id: int,
+        *,
+        listen: tuple[str, int] | socket.socket,
+        on_message: MessageHandler,
+        on_unreachable: UnreachableHandler,
+        on_snapshot_status: SnapshotStatusHandler,
+        peers: Mapping[int, tuple[str, int]] | None = None,
+        config: TransportConfig | None = None,
+        rng: random.Random | None = None,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        snapshot_source: Callable[[Message], SnapshotReader | None] | None = None,
+        snapshot_sink: Callable[[Message], BinaryIO] | None = None,
+    ) -> None:
+        if not 0 < member_id < _U64:
+            raise ValueError(f"member_id must be in 1..2**64-1, got {member_id}")
+        if not 0 <= cluster_id < _U64:
+            raise ValueError(f"cluster_id must be in 0..2**64-1, got {cluster_id}")
+        self.member_id = member_id
+        self.cluster_id = cluster_id
+        self.config = config if config is not None else TransportConfig()
+        self.dropped_unknown = 0  # messages addressed to no known peer
+        self._listen = listen
+        self._on_message = on_message
+        self._on_unreachable = on_unreachable
+        self._on_snapshot_status = on_snapshot_status
+        self._rng = rng if rng is not None else random.Random()
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
+        self._snapshot_source = snapshot_source
+        self._snapshot_sink: Callable[[Message], BinaryIO] = (
+            snapshot_sink if snapshot_sink is not None else lambda _m: io.BytesIO()
+        )
+        self._state = _State.NEW
+        self._server: asyncio.Server | None = None
+        self._address: tuple[str, int] | None = None
+        self._peers: dict[int, _Peer] = {}
+        self._conns: set[FramedProtocol] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dirty: dict[int, _Peer] = {}
+        self._flush_handle: asyncio.Handle | None = None
+        for pid, addr in (peers or {}).items():
+            self.add_peer(pid, addr)
+
+    # -- observation --
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The ``(host, port)`` this transport listens on.
+
+        Raises:
+            RuntimeError: before :meth:`start`.
+        """
+        if self._address is None:
+            raise RuntimeError("not listening: call start() first")
+        return self._address
+
+    def stats(self, peer_id: int) -> PeerStats:
+        """The counters of ``peer_id`` (live object). Raises KeyError for an unknown peer."""
+        return self._peers[peer_id].stats
+
+    def is_connected(self, peer_id: int) -> bool:
+        """Whether the outgoing link to ``peer_id`` is up (handshake accepted)."""
+        peer = self._peers.get(peer_id)
+        return peer is not None and peer.link is not None
+
+    async def wait_connected(self, peer_id: int) -> None:
+        """Wait until the outgoing link to ``peer_id`` is up; wrap in a timeout.
+
+        Raises:
+            KeyError: ``peer_id`` is not a peer.
+        """
+        await self._peers[peer_id].connected.wait()
+
+    # -- PeerNetwork --
+
+    def add_peer(self, member_id: int, address: tuple[str, int]) -> None:
+        """Link to ``member_id`` at ``address``; a changed address closes and re-dials the link.
+
+        Raises:
+            ValueError: ``member_id`` is this member's own id or not a valid id.
+        """
+        if member_id == self.member_id or not 0 < member_id < _U64:
+            raise ValueError(f"member {self.member_id} cannot have {member_id} as a peer")
+        address = (address[0], int(address[1]))
+        peer = self._peers.get(member_id)
+        if peer is not None:
+            if peer.address != address:
+                logger.info(
+                    "member %d: peer %d moved to %s:%d", self.member_id, member_id, *address
+                )
+                peer.address = address
+                if peer.link is not None:
+                    peer.link.abort()
+            return
+        peer = _Peer(member_id, address)
+        self._peers[member_id] = peer
+        if self._state is _State.RUNNING:
+            self._start_dialer(peer)
+
+    def remove_peer(self, member_id: int) -> None:
+        """Forget ``member_id``: close its links and drop its queue without callbacks.
+
+        A snapshot transfer in flight to it is cancelled and reported as failed.
+        """
+        peer = self._peers.pop(member_id, None)
+        if peer is None:
+            return
+        self._dirty.pop(member_id, None)
+        peer.queue.clear()
+        peer.queued_bytes = 0
+        for task in (peer.dialer, peer.snapshot):
+            if task is not None:
+                task.cancel()
+        for conn in (peer.link, peer.inbound):
+            if conn is not None:
+                conn.abort()
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Queue ``messages`` for their peers; flush once at the end of this loop turn.
+
+        Never blocks and never raises. Drops (counting ``messages_dropped`` and calling
+        ``on_unreachable`` once per peer per call) what cannot be queued: peer unknown, not
+        connected, link paused, queue full. SNAP messages start a chunked transfer on their
+        own connection instead (one at a time per peer; a second one while the first is in
+        flight is dropped without a status, the first one's status answers for it).
+        """
+        unreachable: dict[int, None] = {}
+        for m in messages:
+            peer = self._peers.get(m.to)
+            if peer is None:
+                self.dropped_unknown += 1
+                logger.debug("member %d: no peer %d; dropped %s", self.member_id, m.to, m.type)
+                unreachable[m.to] = None
+            elif m.type == MessageType.SNAP and m.snapshot is not None:
+                self._start_snapshot(peer, m)
+            elif not self._enqueue(peer, m):
+                peer.stats.messages_dropped += 1
+                unreachable[peer.id] = None
+        for pid in unreachable:
+            self._report_unreachable(pid)
+
+    async def start(self) -> None:
+        """Listen, and start dialing every known peer.
+
+        Raises:
+            RuntimeError: called twice.
+            OSError: the listening address cannot be bound.
+        """
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"start() called on a {self._state.value} transport")
+        loop = asyncio.get_running_loop()
+        if isinstance(self._listen, socket.socket):
+            server = await loop.create_server(
+                lambda: _Inbound(self), sock=self._listen, ssl=self._server_ssl
+            )
+        else:
+            host, port = self._listen
+            server = await loop.create_server(
+                lambda: _Inbound(self), host, port, ssl=self._server_ssl
+            )
+        self._server = server
+        name = server.sockets[0].getsockname()
+        self._address = (str(name[0]), int(name[1]))
+        self._state = _State.RUNNING
+        logger.info("member %d: peer transport listening on %s:%d", self.member_id, *self._address)
+        for peer in self._peers.values():
+            self._start_dialer(peer)
+
+    async def stop(self) -> None:
+        """Stop listening, cancel dialers and snapshot transfers, close every connection.
+
+        Messages still queued are dropped without callbacks; no callback runs after this
+        returns. Idempotent.
+        """
+        if self._state in (_State.STOPPING, _State.STOPPED):
+            return
+        self._state = _State.STOPPING
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        conns = list(self._conns)
+        for conn in conns:
+            conn.abort()
+        if conns:
+            await asyncio.wait([c.closed for c in conns], timeout=self.config.handshake_timeout)
+        if self._server is not None:
+            await self._server.wait_closed()
+        for peer in self._peers.values():
+            peer.queue.clear()
+            peer.queued_bytes = 0
+            peer.link = None
+            peer.inbound = None
+            peer.connected.clear()
+        self._dirty.clear()
+        self._state = _State.STOPPED
+        logger.info("member %d: peer transport stopped", self.member_id)
+
+    # -- sending --
+
+    def _enqueue(self, peer: _Peer, m: Message) -> bool:
+        link = peer.link
+        if self._state is not _State.RUNNING or link is None or link.paused or link.closing:
+            return False
+        try:
+            size = message_size_bound(m)
+        except _ENCODE_ERRORS as exc:
+            logger.error("member %d: dropping malformed %r: %s", self.member_id, m, exc)
+            return False
+        cfg = self.config
+        if (
+            len(peer.queue) >= cfg.max_queue_messages
+            or peer.queued_bytes + size > cfg.max_queue_bytes
+        ):
+            return False
+        peer.queue.append((m, size))
+        peer.queued_bytes += size
+        self._mark_dirty(peer)
+        return True
+
+    def _mark_dirty(self, peer: _Peer) -> None:
+        self._dirty[peer.id] = peer
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, {}
+        for peer in dirty.values():
+            if self._peers.get(peer.id) is peer:
+                self._flush_peer(peer)
+
+    def _flush_peer(self, peer: _Peer) -> None:
+        link = peer.link
+        if link is None or link.closing:
+            self._drop_queue(peer)
+            return
+        limit = self.config.max_frame_size
+        queue = peer.queue
+        while queue and not link.paused and not link.closing:
+            batch: list[Message] = []
+            bound = _BATCH_OVERHEAD
+            while queue and (not batch or bound + queue[0][1] <= limit):
+                m, size = queue.popleft()
+                peer.queued_bytes -= size
+                batch.append(m)
+                bound += size
+            payload = self._encode_batch(peer, batch)
+            if payload is not None:
+                peer.stats.bytes_sent += link.write_frame(FrameKind.MESSAGES, payload)
+                peer.stats.frames_sent += 1
+                peer.stats.messages_sent += len(batch)
+
+    def _encode_batch(self, peer: _Peer, batch: list[Message]) -> bytes | None:
+        try:
+            payload = encode_messages(batch)
+        except _ENCODE_ERRORS:
+            good = []
+            for m in batch:
+                try:
+                    encode_message(m)
+                except _ENCODE_ERRORS as exc:
+                    peer.stats.messages_dropped += 1
+                    logger.error(
+                        "member %d: dropping unencodable %s to %d: %s",
+                        self.member_id,
+                        getattr(m, "type", "?"),
+                        peer.id,
+                        exc,
+                    )
+                else:
+                    good.append(m)
+            if not good:
+                return None
+            batch[:] = good
+            payload = encode_messages(good)
+        if len(payload) > self.config.max_frame_size:  # one message alone above the limit
+            peer.stats.messages_dropped += len(batch)
+            logger.error(
+                "member %d: dropping a %d-byte %s to %d: above the frame limit of %d",
+                self.member_id,
+                len(payload),
+                batch[0].type.name,
+                peer.id,
+                self.config.max_frame_size,
+            )
+            self._report_unreachable(peer.id)
+            return None
+        return payload
+
+    def _drop_queue(self, peer: _Peer) -> None:
+        dropped = len(peer.queue)
+        peer.queue.clear()
+        peer.queued_bytes = 0
+        if dropped:
+            peer.stats.messages_dropped += dropped
+            if self._peers.get(peer.id) is peer:
+                self._report_unreachable(peer.id)
+
+    def _on_resume(self, link: _Outbound) -> None:
+        peer = self._peers.get(link.peer_id)
+        if peer is not None and peer.link is link and peer.queue:
+            self._mark_dirty(peer)
+
+    # -- dialing --
+
+    def _start_dialer(self, peer: _Peer) -> None:
+        peer.dialer = self._spawn(self._dial_loop(peer), f"dial peer {peer.id}")
+
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            coro, name=f"kvapp.transport member {self.member_id}: {name}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _connect(self, peer: _Peer, kind: int) -> _Outbound:
+        loop = asyncio.get_running_loop()
+        host, port = peer.address
+        async with asyncio.timeout(self.config.connect_timeout):
+            _, link = await loop.create_connection(
+                lambda: _Outbound(self, peer.id, kind), host, port, ssl=self._client_ssl
+            )
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                ok, reason = await link.accepted
+        except BaseException:
+            link.abort()
+            raise
+        if not ok:
+            link.abort()
+            raise PeerRefused(reason)
+        return link
+
+    async def _dial_loop(self, peer: _Peer) -> None:
+        """Keep one outgoing stream to ``peer`` up, re-dialing with back-off."""
+        first = True
+        cfg = self.config
+        while True:
+            if not first:
+                delay = backoff_delay(peer.failures, cfg.backoff_base, cfg.backoff_max, self._rng)
+                await asyncio.sleep(delay)
+            first = False
+            try:
+                link = await self._connect(peer, KIND_STREAM)
+            except OSError as exc:  # refusals, timeouts and TLS errors are OSErrors too
+                peer.failures += 1
+                peer.stats.dial_failures += 1
+                self._log_dial_failure(peer, exc)
+                continue
+            except Exception:
+                peer.failures += 1
+                peer.stats.dial_failures += 1
+                logger.exception("member %d: dialing peer %d failed", self.member_id, peer.id)
+                continue
+            peer.failures = 0
+            peer.last_error = ""
+            peer.link = link
+            peer.stats.connects += 1
+            peer.connected.set()
+            logger.info(
+                "member %d: connected to peer %d at %s:%d", self.member_id, peer.id, *peer.address
+            )
+            try:
+                await link.closed
+            finally:
+                if peer.link is link:
+                    peer.link = None
+                    peer.connected.clear()
+                    peer.stats.disconnects += 1
+                link.abort()
+                if self._state is _State.RUNNING:
+                    self._drop_queue(peer)
+            logger.info("member %d: link to peer %d lost", self.member_id, peer.id)
+
+    def _log_dial_failure(self, peer: _Peer, exc: BaseException) -> None:
+        if isinstance(exc, PeerRefused):
+            error = f"refused our connection: {exc}"
+        elif isinstance(exc, TimeoutError):
+            error = "timed out"
+        else:
+            error = f"unreachable: {exc}"
+        level = logging.WARNING if error != peer.last_error else logging.DEBUG
+        peer.last_error = error
+        logger.log(
+            level,
+            "member %d: peer %d at %s:%d %s; retrying with back-off",
+            self.member_id,
+            peer.id,
+            *peer.address,
+            error,
+        )
+
+    # -- snapshots --
+
+    def _start_snapshot(self, peer: _Peer, m: Message) -> None:
+        if self._state is not _State.RUNNING:
+            peer.stats.messages_dropped += 1
+            if self._state is _State.NEW:
+                self._report_snapshot(peer.id, ok=False)
+            return
+        if peer.snapshot is not None and not peer.snapshot.done():
+            peer.stats.messages_dropped += 1
+            logger.warning(
+                "member %d: a snapshot to peer %d is in flight; dropped another",
+                self.member_id,
+                peer.id,
+            )
+            return
+        peer.snapshot = self._spawn(self._send_snapshot(peer, m), f"snapshot to {peer.id}")
+
+    async def _send_snapshot(self, peer: _Peer, m: Message) -> None:
+        """Send ``m``'s snapshot on its own connection in chunks, then report the outcome."""
+        ok = False
+        reader: SnapshotReader | None = None
+        link: _Outbound | None = None
+        cfg = self.config
+        total = chunks = 0
+        try:
+            assert m.snapshot is not None
+            source = self._snapshot_source(m) if self._snapshot_source is not None else None
+            reader = source if source is not None else _BytesReader(m.snapshot.data)
+            header = encode_message(attrs.evolve(m, snapshot=attrs.evolve(m.snapshot, data=b"")))
+            link = await self._connect(peer, KIND_SNAPSHOT)
+            peer.stats.bytes_sent += link.write_frame(FrameKind.SNAP_HEADER, header)
+            peer.stats.frames_sent += 1
+            while True:
+                got = reader.read(cfg.snapshot_chunk_size)
+                data = await got if inspect.isawaitable(got) else got
+                if not isinstance(data, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"snapshot reader returned {type(data).__name__}, not bytes")
+                if not data:
+                    break
+                if len(data) > cfg.snapshot_chunk_size:
+                    raise ValueError(f"snapshot reader returned {len(data)} bytes, over the chunk")
+                peer.stats.bytes_sent += link.write_frame(FrameKind.SNAP_CHUNK, data)
+                peer.stats.frames_sent += 1
+                peer.stats.snapshot_chunks_sent += 1
+                total += len(data)
+                chunks += 1
+                async with asyncio.timeout(cfg.snapshot_timeout):
+                    await link.drain()
+                await asyncio.sleep(0)  # let the loop serve other work between chunks
+            peer.stats.bytes_sent += link.write_frame(
+                FrameKind.SNAP_END, SNAP_END.pack(total, chunks)
+            )
+            peer.stats.frames_sent += 1
+            async with asyncio.timeout(cfg.snapshot_timeout):
+                ok, reason = await link.result
+            if not ok:
+                raise PeerRefused(f"the receiver failed it: {reason}")
+            logger.info(
+                "member %d: sent snapshot at index %d (%d bytes in %d chunks) to peer %d",
+                self.member_id,
+                m.snapshot.metadata.index,
+                total,
+                chunks,
+                peer.id,
+            )
+        except OSError as exc:  # including timeouts, refusals and the receiver's failure
+            why = f"stalled for {cfg.snapshot_timeout}s" if isinstance(exc, TimeoutError) else exc
+            logger.warning(
+                "member %d: snapshot to peer %d failed after %d bytes in %d chunks: %s",
+                self.member_id,
+                peer.id,
+                total,
+                chunks,
+                why,
+            )
+        except Exception:
+            logger.exception(
+                "member %d: snapshot to peer %d failed after %d bytes in %d chunks",
+                self.member_id,
+                peer.id,
+                total,
+                chunks,
+            )
+        finally:
+            if reader is not None:
+                try:
+                    reader.close()
+                except Exception:
+                    logger.exception("member %d: closing a snapshot reader failed", self.member_id)
+            if link is not None:
+                link.abort()
+            if self._state is _State.RUNNING:
+                if ok:
+                    peer.stats.snapshots_sent += 1
+                else:
+                    peer.stats.snapshots_failed += 1
+                self._report_snapshot(peer.id, ok=ok)
+
+    # -- receiving --
+
+    def _check_hello(self, kind: int, cluster: int, sender: int, receiver: int) -> str | None:
+        """Why a handshake is refused, or None to accept it."""
+        if cluster != self.cluster_id:
+            return f"peer {sender} belongs to cluster {cluster:#x} (we are {self.cluster_id:#x})"
+        if receiver != self.member_id:
+            return f"addressed to member {receiver} but this is member {self.member_id}"
+        if sender not in self._peers:
+            return f"unknown member id {sender} (not a peer of member {self.member_id})"
+        if kind not in (KIND_STREAM, KIND_SNAPSHOT):
+            return f"unknown connection kind {kind}"
+        return None
+
+    def _register_inbound(self, conn: _Inbound) -> None:
+        peer = self._peers.get(conn.peer_id)
+        if peer is None or conn.kind != KIND_STREAM:
+            return
+        old, peer.inbound = peer.inbound, conn
+        if old is not None and old is not conn:
+            logger.info(
+                "member %d: a new stream from peer %d replaces the old one", self.member_id, peer.id
+            )
+            old.abort()
+
+    def _unregister_inbound(self, conn: _Inbound) -> None:
+        peer = self._peers.get(conn.peer_id)
+        if peer is not None and peer.inbound is conn:
+            peer.inbound = None
+
+    def _stats_of(self, peer_id: int) -> PeerStats | None:
+        peer = self._peers.get(peer_id)
+        return peer.stats if peer is not None else None
+
+    # -- callbacks --
+
+    def _deliver(self, m: Message) -> None:
+        try:
+            self._on_message(m)
+        except Exception:
+            logger.exception("member %d: on_message failed for %s", self.member_id, m.type.name)
+
+    def _report_unreachable(self, peer_id: int) -> None:
+        if self._state in (_State.STOPPING, _State.STOPPED):
+            return
+        try:
+            self._on_unreachable(peer_id)
+        except Exception:
+            logger.exception("member %d: on_unreachable(%d) failed", self.member_id, peer_id)
+
+    def _report_snapshot(self, peer_id: int, *, ok: bool) -> None:
+        try:
+            self._on_snapshot_status(peer_id, ok)
+        except Exception:
+            logger.exception("member %d: on_snapshot_status(%d) failed", self.member_id, peer_id)
