@@ -29,7 +29,6 @@ links carry on. Nothing here uses wall-clock time: timers are the running loop's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import inspect
 import io
@@ -39,7 +38,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 import attrs
 import cbor2
@@ -53,21 +52,15 @@ from kvapp.transport.api import (
     UnreachableHandler,
     backoff_delay,
 )
+from kvapp.transport.links import InboundLink, OutboundLink
 from kvapp.transport.wire import (
-    HELLO_PREFIX,
-    HELLO_REST,
     KIND_SNAPSHOT,
     KIND_STREAM,
-    MAGIC,
-    PROTOCOL_VERSION,
     SNAP_END,
     FramedProtocol,
     FrameKind,
-    ProtocolViolation,
-    encode_hello,
 )
-from raftlib.codec import decode_message, decode_messages, encode_message, encode_messages
-from raftlib.errors import DecodeError
+from raftlib.codec import encode_message, encode_messages
 from raftlib.types import Message, MessageType
 
 __all__ = ["PeerRefused", "TcpTransport", "message_size_bound"]
@@ -78,15 +71,6 @@ _U64 = 1 << 64
 _INT = 9  # the largest CBOR encoding of an unsigned integer
 _BATCH_OVERHEAD = 2 * _INT  # the batch's array header and format version
 _ENCODE_ERRORS = (ValueError, TypeError, AttributeError, cbor2.CBOREncodeError)
-
-
-def _as_bytes(view: memoryview) -> bytes:
-    """``view`` for the codec, uncopied.
-
-    The codec's decoders accept any bytes-like object (they read through ``io.BytesIO``) though
-    annotated ``bytes``.
-    """
-    return cast("bytes", view)
 
 
 class PeerRefused(ConnectionError):
@@ -142,385 +126,13 @@ class _Peer:
         self.stats = PeerStats()
         self.queue: deque[tuple[Message, int]] = deque()
         self.queued_bytes = 0
-        self.link: _Outbound | None = None
-        self.inbound: _Inbound | None = None
+        self.link: OutboundLink | None = None
+        self.inbound: InboundLink | None = None
         self.dialer: asyncio.Task[None] | None = None
         self.snapshot: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.failures = 0
         self.last_error = ""
-
-
-class _Outbound(FramedProtocol):
-    """The dialer's end: sends the handshake and frames; reads only handshake/snapshot replies."""
-
-    def __init__(self, owner: TcpTransport, peer_id: int, kind: int) -> None:
-        super().__init__(owner.config.max_frame_size, 4096)
-        loop = asyncio.get_running_loop()
-        self._owner = owner
-        self.peer_id = peer_id
-        self.kind = kind
-        self.accepted: asyncio.Future[tuple[bool, str]] = loop.create_future()
-        self.result: asyncio.Future[tuple[bool, str]] = loop.create_future()
-        self.paused = False
-        self._drain: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self._owner._conns.add(self)
-        cfg = self._owner.config
-        if self.kind == KIND_STREAM:
-            transport.set_write_buffer_limits(cfg.write_buffer_high, cfg.write_buffer_low)
-        else:
-            chunk = cfg.snapshot_chunk_size
-            transport.set_write_buffer_limits(2 * chunk, chunk)
-        transport.write(
-            encode_hello(self.kind, self._owner.cluster_id, self._owner.member_id, self.peer_id)
-        )
-
-    def on_raw(self, data: bytes) -> None:
-        raise ProtocolViolation("unexpected raw bytes")  # raw_need is never set on this side
-
-    def on_frame(self, kind: int, payload: memoryview, size: int) -> None:
-        if not self.accepted.done():
-            if kind == FrameKind.ACCEPT:
-                self.accepted.set_result((True, ""))
-            elif kind == FrameKind.REFUSE:
-                self.accepted.set_result((False, bytes(payload).decode("utf-8", "replace")))
-            else:
-                raise ProtocolViolation(f"expected a handshake reply, got frame kind {kind:#x}")
-        elif self.kind == KIND_SNAPSHOT and kind == FrameKind.SNAP_RESULT and payload:
-            if not self.result.done():
-                reason = bytes(payload[1:]).decode("utf-8", "replace")
-                self.result.set_result((payload[0] == 1, reason))
-        else:
-            raise ProtocolViolation(f"unexpected frame kind {kind:#x} from the listener")
-
-    def fail(self, reason: str) -> None:
-        logger.warning(
-            "member %d: closing link to peer %d: %s", self._owner.member_id, self.peer_id, reason
-        )
-        self.abort()
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-        self._owner._on_resume(self)
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._owner._conns.discard(self)
-        why = f": {exc}" if exc else ""
-        if not self.accepted.done():
-            self.accepted.set_result((False, f"connection closed during the handshake{why}"))
-        if not self.result.done():
-            self.result.set_result((False, f"connection closed before the receiver's result{why}"))
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-
-    async def drain(self) -> None:
-        """Wait until the write buffer is below its low-water mark.
-
-        Raises:
-            ConnectionResetError: the connection closed.
-        """
-        if not self.closing and self.paused:
-            self._drain = asyncio.get_running_loop().create_future()
-            await self._drain
-        if self.closing:
-            raise ConnectionResetError("connection closed")
-
-
-class _Spool:
-    """An incoming snapshot: its SNAP message (without data) and the sink its chunks go to."""
-
-    def __init__(self, msg: Message, sink: BinaryIO) -> None:
-        self.msg = msg
-        self.sink = sink
-        self.bytes = 0
-        self.chunks = 0
-
-    def discard(self) -> None:
-        with contextlib.suppress(Exception):
-            self.sink.close()
-
-
-def _materialize(sink: BinaryIO) -> bytes:
-    """The spooled data as bytes, read once (a BytesIO hands over its buffer without a copy)."""
-    try:
-        if isinstance(sink, io.BytesIO):
-            return sink.getvalue()
-        sink.seek(0)
-        return sink.read()
-    finally:
-        sink.close()
-
-
-class _Inbound(FramedProtocol):
-    """The listener's end: checks the handshake, then reads message batches or one snapshot."""
-
-    def __init__(self, owner: TcpTransport) -> None:
-        super().__init__(owner.config.max_frame_size, 256 * 1024)
-        self._owner = owner
-        self.raw_need = HELLO_PREFIX.size
-        self._prefix_seen = False
-        self.accepted = False
-        self.peer_id = 0
-        self.kind = 0
-        self.remote = "?"
-        self._timer: asyncio.TimerHandle | None = None
-        self._spool: _Spool | None = None
-        self._snap_done = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._owner._conns.add(self)
-        if self._owner._state is not _State.RUNNING:
-            self.abort()
-            return
-        t = self._owner.config.handshake_timeout
-        self._timer = asyncio.get_running_loop().call_later(t, self._handshake_timed_out, t)
-
-    def _handshake_timed_out(self, t: float) -> None:
-        self._timer = None
-        if not self.accepted and not self.closing:
-            self.fail(f"handshake not completed within {t}s")
-
-    def _who(self) -> str:
-        return f"peer {self.peer_id} at {self.remote}" if self.accepted else self.remote
-
-    def on_raw(self, data: bytes) -> None:
-        me = self._owner.member_id
-        if not self._prefix_seen:
-            magic, version = HELLO_PREFIX.unpack(data)
-            if magic != MAGIC:
-                self._refuse(f"bad magic {magic!r}: not a kvapp peer")
-            elif version != PROTOCOL_VERSION:
-                self._refuse(
-                    f"protocol version {version} is not supported "
-                    f"(member {me} speaks version {PROTOCOL_VERSION})"
-                )
-            else:
-                self._prefix_seen = True
-                self.raw_need = HELLO_REST.size
-            return
-        kind, cluster, sender, receiver = HELLO_REST.unpack(data)
-        reason = self._owner._check_hello(kind, cluster, sender, receiver)
-        if reason is not None:
-            self._refuse(reason)
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.accepted = True
-        self.peer_id = sender
-        self.kind = kind
-        self.write_frame(FrameKind.ACCEPT, b"")
-        self._owner._register_inbound(self)
-
-    def _refuse(self, reason: str) -> None:
-        logger.warning(
-            "member %d: refused connection from %s: %s", self._owner.member_id, self.remote, reason
-        )
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.write_frame(FrameKind.REFUSE, reason.encode())
-        self.closing = True
-        if self.transport is not None:
-            self.transport.close()
-
-    def fail(self, reason: str) -> None:
-        logger.warning(
-            "member %d: closing connection from %s: %s", self._owner.member_id, self._who(), reason
-        )
-        self._discard_spool()
-        self.abort()
-
-    def on_frame(self, kind: int, payload: memoryview, size: int) -> None:
-        if self.kind == KIND_STREAM:
-            self._messages(kind, payload, size)
-        else:
-            self._snapshot_frame(kind, payload, size)
-
-    def _messages(self, kind: int, payload: memoryview, size: int) -> None:
-        if kind != FrameKind.MESSAGES:
-            raise ProtocolViolation(f"unexpected frame kind {kind:#x} on a message stream")
-        try:
-            msgs = decode_messages(_as_bytes(payload))
-        except DecodeError as exc:
-            raise ProtocolViolation(f"undecodable message batch: {exc}") from None
-        me = self._owner.member_id
-        for m in msgs:
-            if m.to != me or m.from_ != self.peer_id:
-                raise ProtocolViolation(
-                    f"{m.type.name} message from {m.from_} to {m.to} on the link from "
-                    f"peer {self.peer_id} to member {me}"
-                )
-        stats = self._owner._stats_of(self.peer_id)
-        if stats is not None:
-            stats.frames_received += 1
-            stats.bytes_received += size
-            stats.messages_received += len(msgs)
-        for m in msgs:
-            self._owner._deliver(m)
-
-    def _snapshot_frame(self, kind: int, payload: memoryview, size: int) -> None:
-        if self._snap_done:
-            raise ProtocolViolation(f"frame kind {kind:#x} after the snapshot's end")
-        stats = self._owner._stats_of(self.peer_id)
-        if stats is not None:
-            stats.frames_received += 1
-            stats.bytes_received += size
-        spool = self._spool
-        if kind == FrameKind.SNAP_HEADER:
-            if spool is not None:
-                raise ProtocolViolation("a second snapshot header")
-            self._snapshot_header(payload)
-        elif spool is None:
-            raise ProtocolViolation(f"frame kind {kind:#x} before the snapshot header")
-        elif kind == FrameKind.SNAP_CHUNK:
-            spool.bytes += len(payload)
-            spool.chunks += 1
-            if stats is not None:
-                stats.snapshot_chunks_received += 1
-            limit = self._owner.config.max_snapshot_size
-            if limit is not None and spool.bytes > limit:
-                self._snapshot_result(False, f"snapshot exceeds the limit of {limit} bytes")
-                return
-            try:
-                spool.sink.write(payload)
-            except Exception as exc:  # noqa: BLE001 - any sink failure fails this transfer only
-                self._snapshot_result(False, f"snapshot sink write failed: {exc!r}")
-        elif kind == FrameKind.SNAP_END:
-            self._snapshot_end(spool, payload, stats)
-        else:
-            raise ProtocolViolation(f"unexpected frame kind {kind:#x} on a snapshot connection")
-
-    def _snapshot_header(self, payload: memoryview) -> None:
-        try:
-            msg = decode_message(_as_bytes(payload))
-        except DecodeError as exc:
-            raise ProtocolViolation(f"undecodable snapshot header: {exc}") from None
-        me = self._owner.member_id
-        if msg.type != MessageType.SNAP or msg.snapshot is None:
-            raise ProtocolViolation(f"snapshot header is a {msg.type.name} message, not a SNAP")
-        if msg.to != me or msg.from_ != self.peer_id:
-            raise ProtocolViolation(
-                f"snapshot from {msg.from_} to {msg.to} on the link from peer {self.peer_id} "
-                f"to member {me}"
-            )
-        try:
-            sink = self._owner._snapshot_sink(msg)
-        except Exception as exc:  # noqa: BLE001 - the member's factory failed: refuse this one
-            self._snapshot_result(False, f"cannot open a snapshot sink: {exc!r}")
-            return
-        self._spool = _Spool(msg, sink)
-
-    def _snapshot_end(self, spool: _Spool, payload: memoryview, stats: PeerStats | None) -> None:
-        if len(payload) != SNAP_END.size:
-            raise ProtocolViolation(f"snapshot end of {len(payload)} bytes")
-        total, chunks = SNAP_END.unpack(payload)
-        if (total, chunks) != (spool.bytes, spool.chunks):
-            self._snapshot_result(
-                False,
-                f"snapshot incomplete: received {spool.bytes} bytes in {spool.chunks} chunks, "
-                f"the sender sent {total} in {chunks}",
-            )
-            return
-        self._spool = None
-        try:
-            data = _materialize(spool.sink)
-        except Exception as exc:  # noqa: BLE001 - a sink that cannot be read back
-            self._snapshot_result(False, f"cannot read the spooled snapshot back: {exc!r}")
-            return
-        assert spool.msg.snapshot is not None
-        msg = attrs.evolve(spool.msg, snapshot=attrs.evolve(spool.msg.snapshot, data=data))
-        if stats is not None:
-            stats.snapshots_received += 1
-            stats.messages_received += 1
-        logger.info(
-            "member %d: received snapshot at index %d (%d bytes in %d chunks) from peer %d",
-            self._owner.member_id,
-            msg.snapshot.metadata.index if msg.snapshot else 0,
-            total,
-            chunks,
-            self.peer_id,
-        )
-        self._owner._deliver(msg)
-        self._snapshot_result(True, "")
-
-    def _snapshot_result(self, ok: bool, reason: str) -> None:
-        if not ok:
-            logger.warning(
-                "member %d: snapshot from %s failed: %s", self._owner.member_id, self._who(), reason
-            )
-        self._discard_spool()
-        self._snap_done = True
-        self.write_frame(FrameKind.SNAP_RESULT, (b"\x01" if ok else b"\x00") + reason.encode())
-        self.closing = True
-        if self.transport is not None:
-            self.transport.close()
-
-    def _discard_spool(self) -> None:
-        if self._spool is not None:
-            self._spool.discard()
-            self._spool = None
-
-    def eof_received(self) -> bool | None:
-        if self.closing:
-            return None
-        me = self._owner.member_id
-        pending = self.pending_bytes()
-        if not self.accepted:
-            logger.info("member %d: %s closed during the handshake", me, self.remote)
-        elif pending:
-            logger.warning(
-                "member %d: truncated frame from %s: connection closed inside a frame "
-                "(%d bytes of it received)",
-                me,
-                self._who(),
-                pending,
-            )
-        elif self._spool is not None:
-            logger.warning(
-                "member %d: snapshot from %s ended early: connection closed after %d bytes "
-                "in %d chunks",
-                me,
-                self._who(),
-                self._spool.bytes,
-                self._spool.chunks,
-            )
-        self._discard_spool()
-        self.closing = True
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._spool is not None:
-            logger.warning(
-                "member %d: snapshot from %s aborted: %s",
-                self._owner.member_id,
-                self._who(),
-                exc or "connection closed",
-            )
-            self._discard_spool()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        super().connection_lost(exc)
-        self._owner._conns.discard(self)
-        self._owner._unregister_inbound(self)
 
 
 class TcpTransport:
@@ -712,12 +324,12 @@ class TcpTransport:
         loop = asyncio.get_running_loop()
         if isinstance(self._listen, socket.socket):
             server = await loop.create_server(
-                lambda: _Inbound(self), sock=self._listen, ssl=self._server_ssl
+                lambda: InboundLink(self), sock=self._listen, ssl=self._server_ssl
             )
         else:
             host, port = self._listen
             server = await loop.create_server(
-                lambda: _Inbound(self), host, port, ssl=self._server_ssl
+                lambda: InboundLink(self), host, port, ssl=self._server_ssl
             )
         self._server = server
         name = server.sockets[0].getsockname()
@@ -863,7 +475,7 @@ class TcpTransport:
             if self._peers.get(peer.id) is peer:
                 self._report_unreachable(peer.id)
 
-    def _on_resume(self, link: _Outbound) -> None:
+    def _on_resume(self, link: OutboundLink) -> None:
         peer = self._peers.get(link.peer_id)
         if peer is not None and peer.link is link and peer.queue:
             self._mark_dirty(peer)
@@ -881,12 +493,12 @@ class TcpTransport:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _connect(self, peer: _Peer, kind: int) -> _Outbound:
+    async def _connect(self, peer: _Peer, kind: int) -> OutboundLink:
         loop = asyncio.get_running_loop()
         host, port = peer.address
         async with asyncio.timeout(self.config.connect_timeout):
             _, link = await loop.create_connection(
-                lambda: _Outbound(self, peer.id, kind), host, port, ssl=self._client_ssl
+                lambda: OutboundLink(self, peer.id, kind), host, port, ssl=self._client_ssl
             )
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
@@ -980,7 +592,7 @@ class TcpTransport:
         """Send ``m``'s snapshot on its own connection in chunks, then report the outcome."""
         ok = False
         reader: SnapshotReader | None = None
-        link: _Outbound | None = None
+        link: OutboundLink | None = None
         cfg = self.config
         total = chunks = 0
         try:
@@ -1071,7 +683,19 @@ class TcpTransport:
             return f"unknown connection kind {kind}"
         return None
 
-    def _register_inbound(self, conn: _Inbound) -> None:
+    def _accepting(self) -> bool:
+        return self._state is _State.RUNNING
+
+    def _conn_opened(self, conn: FramedProtocol) -> None:
+        self._conns.add(conn)
+
+    def _conn_closed(self, conn: FramedProtocol) -> None:
+        self._conns.discard(conn)
+
+    def _open_sink(self, m: Message) -> BinaryIO:
+        return self._snapshot_sink(m)
+
+    def _register_inbound(self, conn: InboundLink) -> None:
         peer = self._peers.get(conn.peer_id)
         if peer is None or conn.kind != KIND_STREAM:
             return
@@ -1082,7 +706,7 @@ class TcpTransport:
             )
             old.abort()
 
-    def _unregister_inbound(self, conn: _Inbound) -> None:
+    def _unregister_inbound(self, conn: InboundLink) -> None:
         peer = self._peers.get(conn.peer_id)
         if peer is not None and peer.inbound is conn:
             peer.inbound = None

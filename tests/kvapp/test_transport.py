@@ -97,8 +97,9 @@ def snap_msg(frm: int, to: int, data: bytes, index: int = 100) -> Message:
 class Member:
     """One TcpTransport and what its callbacks saw."""
 
-    def __init__(self, member_id: int, **kwargs: Any) -> None:
+    def __init__(self, member_id: int, *, raise_on: int | None = None, **kwargs: Any) -> None:
         self.id = member_id
+        self.raise_on = raise_on
         self.received: list[Message] = []
         self.unreachable: list[int] = []
         self.snap_status: list[tuple[int, bool]] = []
@@ -119,6 +120,8 @@ class Member:
     def _on_message(self, m: Message) -> None:
         self.received.append(m)
         self.got_message.set()
+        if m.index == self.raise_on:
+            raise RuntimeError("the member's handler failed")
 
     def _on_status(self, peer: int, ok: bool) -> None:
         self.snap_status.append((peer, ok))
@@ -790,6 +793,101 @@ def test_bad_snapshot_transfer_is_refused_and_nothing_delivered(
     finally:
         nine.close()
     assert reason in caplog.text
+
+
+class ZeroReader:
+    """An endless SnapshotReader of zeros."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def read(self, size: int, /) -> bytes:
+        self.reads += 1
+        return bytes(size)
+
+    def close(self) -> None:
+        pass
+
+
+class AcceptThenStall(asyncio.Protocol):
+    """A fake peer: accepts any handshake, then stops reading."""
+
+    def __init__(self, transports: list[asyncio.Transport]) -> None:
+        self.transports = transports
+        self.seen = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.transports.append(transport)
+
+    def data_received(self, data: bytes) -> None:
+        before, self.seen = self.seen, self.seen + len(data)
+        if before < wire.HELLO.size <= self.seen:
+            self.transport.write(frame(FrameKind.ACCEPT, b""))
+            self.transport.pause_reading()
+
+
+def test_snapshot_flow_control_stalls_on_a_receiver_that_does_not_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    reader = ZeroReader()
+
+    @run()
+    async def main() -> None:
+        transports: list[asyncio.Transport] = []
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: AcceptThenStall(transports), "127.0.0.1", 0)
+        cfg = attrs.evolve(FAST, snapshot_chunk_size=64 * 1024, snapshot_timeout=0.3)
+        a = Member(1, config=cfg, snapshot_source=lambda m: reader)
+        try:
+            await a.t.start()
+            a.t.add_peer(2, server.sockets[0].getsockname())
+            a.t.send([snap_msg(1, 2, b"")])
+            await wait_for(a.got_status.wait(), "the stalled snapshot fails")
+            assert a.snap_status == [(2, False)]
+        finally:
+            await a.t.stop()
+            server.close()
+            for t in transports:
+                t.abort()
+            await server.wait_closed()
+
+    main()
+    # bounded by the kernel's socket buffers plus the two-chunk high-water mark, not endless
+    assert 2 < reader.reads < 1000
+    assert "stalled for 0.3s" in caplog.text
+
+
+@run()
+async def test_a_failing_on_message_is_logged_and_the_link_stays_up() -> None:
+    async with cluster(1, 2, raise_on=0) as ms:
+        a, b = ms[1], ms[2]
+        a.t.send([app(1, 2, 0), app(1, 2, 1)])
+        await eventually(lambda: len(b.received) == 2, "both delivered despite the error")
+        a.t.send([app(1, 2, 2)])
+        await eventually(lambda: len(b.received) == 3, "and later ones")
+        assert b.t.stats(1).frames_received == 2
+
+
+def test_add_peer_with_a_new_address_redials_there(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+
+    @run()
+    async def main() -> None:
+        async with cluster(1, 2, 3) as ms:
+            a, c = ms[1], ms[3]
+            with pytest.raises(ValueError, match="cannot have 1 as a peer"):
+                a.t.add_peer(1, c.t.address)
+            a.t.add_peer(2, c.t.address)  # "2 moved": the link is closed and re-dialed there
+            await eventually(lambda: a.t.stats(2).dial_failures > 0, "refused at the new address")
+            assert a.t.stats(2).disconnects == 1
+            assert not a.t.is_connected(2)
+
+    main()
+    assert "member 1: peer 2 moved to" in caplog.text
+    assert "addressed to member 2 but this is member 3" in caplog.text
 
 
 # -- stop --
