@@ -190,16 +190,17 @@ class RawNode:
                 a commit index beyond our log: our storage lost acknowledged entries). Treat
                 the node's storage as damaged.
         """
-        check_message(m)
+        # Malformed before misrouted: an append's entries are checked with its shape.
+        check_message(m, app_entries=False)
         if is_local_message(m.type):
             raise StepLocalMessageError(f"cannot step raft local message {m.type.name}")
+        check_peer_message(m)
         if m.to != self._raft.id:
             raise MisroutedMessageError(f"{m.type.name} addressed to {m.to}, not to this node")
         # A forwarded transfer request names its target as sender, and a forwarded read its
         # origin: either may be us.
         if m.from_ == self._raft.id and m.type not in (MT.TRANSFER_LEADER, MT.READ_INDEX):
             raise MisroutedMessageError(f"{m.type.name} claims to come from this node itself")
-        check_peer_message(m)
         if is_response_message(m.type) and m.from_ not in self._raft.trk.progress:
             raise StepPeerNotFoundError(f"{m.type.name} from unknown peer {m.from_}")
         self._raft.step(m)

@@ -86,7 +86,7 @@ def _type_problem(x: object, expected: type, what: str) -> str:
 # -- Message --
 
 
-def check_message(m: object) -> Message:
+def check_message(m: object, *, app_entries: bool = True) -> Message:
     """Check that ``m`` is a :class:`~raftlib.Message` the codec could have decoded.
 
     That is: a ``Message`` whose ``type`` is a :class:`~raftlib.MessageType`; whose integer fields
@@ -95,6 +95,12 @@ def check_message(m: object) -> Message:
     :class:`~raftlib.EntryType`, ``data`` ``bytes``); ``snapshot`` ``None`` or a
     :class:`~raftlib.Snapshot` of the same strictness (node ids as tuples of such integers).
     Exact types are required, as the decoder produces them: ``bytearray`` is not ``bytes`` here.
+
+    Args:
+        m: the value to check.
+        app_entries: False leaves the entries of an ``APP`` message unchecked, for a caller
+            that passes ``m`` to :func:`check_peer_message` next, which checks them in the one
+            loop that also checks that they follow on (``step``'s hot path).
 
     Returns:
         ``m``, typed as a ``Message``.
@@ -126,7 +132,18 @@ def check_message(m: object) -> Message:
         and type(m.entries) is tuple
     ):
         raise InvalidMessageError(_message_problem(m))
-    for e in m.entries:
+    if app_entries or m.type is not MT.APP:
+        _check_entries(m.entries)
+    snap = m.snapshot
+    if snap is not None:
+        problem = _snapshot_problem(snap, "Message.snapshot")
+        if problem:
+            raise InvalidMessageError(problem)
+    return m
+
+
+def _check_entries(entries: tuple[Entry, ...]) -> None:
+    for e in entries:
         if not (
             type(e) is Entry
             and type(e.term) is int
@@ -136,13 +153,7 @@ def check_message(m: object) -> Message:
             and type(e.type) is EntryType
             and type(e.data) is bytes
         ):
-            raise InvalidMessageError(_entries_problem(m.entries))
-    snap = m.snapshot
-    if snap is not None:
-        problem = _snapshot_problem(snap, "Message.snapshot")
-        if problem:
-            raise InvalidMessageError(problem)
-    return m
+            raise InvalidMessageError(_entries_problem(entries))
 
 
 def _message_problem(m: Message) -> str:
@@ -211,7 +222,10 @@ def _snapshot_problem(s: object, what: str) -> str:
 
 
 def check_peer_message(m: Message) -> None:
-    """Check that ``m``, already through :func:`check_message`, has the shape its type requires.
+    """Check that ``m`` has the shape its type requires of a message from a peer.
+
+    ``m`` must have passed :func:`check_message`, with or without ``app_entries``: the entries
+    of an append are checked here in any case, types and order in one loop.
 
     A message from a peer must name its sender, and carry a term unless it is a forwarded
     proposal or read request (which never carry one: a term there would make this node adopt it
@@ -235,17 +249,27 @@ def check_peer_message(m: Message) -> None:
             )
     elif m.term == 0:
         raise InvalidMessageError(f"{t.name} from {m.from_} without a term")
-    if t == MT.APP:
+    if t is MT.APP:
+        term = m.term
         expect = m.index + 1
         prev_term = m.log_term
         for e in m.entries:
-            if e.index != expect or e.term < prev_term or e.term > m.term:
-                raise InvalidMessageError(
-                    f"APP from {m.from_}: entry (index {e.index}, term {e.term}) does not follow "
-                    f"(index {expect - 1}, term {prev_term}) at term {m.term}"
-                )
+            # Types first; then the ranges follow from the order: log_term <= e.term <= term,
+            # and e.index == expect, which only the last entry of a log could push past 2**64-1.
+            if not (
+                type(e) is Entry
+                and type(e.term) is int
+                and type(e.index) is int
+                and type(e.type) is EntryType
+                and type(e.data) is bytes
+                and e.index == expect
+                and prev_term <= e.term <= term
+            ):
+                raise InvalidMessageError(_append_problem(m, e, expect, prev_term))
             expect += 1
             prev_term = e.term
+        if expect > _U64:
+            raise InvalidMessageError(f"APP from {m.from_}: entry index {expect - 1} >= 2**64")
     elif t == MT.SNAP:
         snap = m.snapshot
         if snap is None or snap.is_empty():
@@ -260,6 +284,16 @@ def check_peer_message(m: Message) -> None:
             raise InvalidMessageError(f"SNAP from {m.from_}: {problem}")
     elif t == MT.PROP and not m.entries:
         raise InvalidMessageError(f"PROP from {m.from_} without entries")
+
+
+def _append_problem(m: Message, e: Entry, expect: int, prev_term: int) -> str:
+    problem = _entry_problem(e, f"Message.entries[{expect - m.index - 1}]")
+    if problem:
+        return problem
+    return (
+        f"APP from {m.from_}: entry (index {e.index}, term {e.term}) does not follow "
+        f"(index {expect - 1}, term {prev_term}) at term {m.term}"
+    )
 
 
 def conf_state_problem(cs: ConfState) -> str:

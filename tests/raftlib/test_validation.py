@@ -487,6 +487,30 @@ def test_misrouted_messages_raise_misrouted_message_error(m: Message) -> None:
     assert _durable(node) == before
 
 
+def test_append_past_the_last_representable_index_is_refused() -> None:
+    # step checks an append's entries in the loop that checks their order, where the index
+    # range follows from m.index except for the very last one.
+    node, _ = _follower()
+    top = (1 << 64) - 1
+    m = Message(MT.APP, to=1, from_=2, term=2, index=top, log_term=2, entries=(Entry(2, top + 1),))
+    with pytest.raises(InvalidMessageError, match="2\\*\\*64"):
+        node.step(m)
+    with pytest.raises(InvalidMessageError, match=r"entries\[0\]\.index"):
+        codec.encode_message(m)
+
+
+def test_malformed_takes_precedence_over_misrouted() -> None:
+    node, _ = _follower()
+    bad_entry = _set(Entry(2, 4), "data", "x")
+    for m in (
+        _set(_set(_APP, "to", 9), "entries", (bad_entry,)),
+        _set(_set(_HB, "to", 9), "context", "x"),
+        Message(MT.APP, to=9, from_=0, term=2),
+    ):
+        with pytest.raises(InvalidMessageError):
+            node.step(m)  # type: ignore[arg-type]
+
+
 def test_well_formed_messages_still_work() -> None:
     node, s = _follower()
     node.step(_APP)
