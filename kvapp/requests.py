@@ -113,7 +113,6 @@ __all__ = [
     "MAX_ERROR_MESSAGE",
     "MAX_REQUEST_BYTES",
     "MAX_TXN_DEPTH",
-    "READ_TYPES",
     "WRITE_TYPES",
     "AlarmAction",
     "AlarmMember",
@@ -356,7 +355,10 @@ class ErrorResult:
         code and message.
         """
         cls = _error_class(self.code, self.message)
-        return cls()
+        try:
+            return cls()
+        except TypeError:  # a subclass whose constructor needs arguments
+            return _unknown_error_class(self.code, self.message)()
 
 
 Body: TypeAlias = (
@@ -375,9 +377,6 @@ Body: TypeAlias = (
     | AlarmRequest
 )
 """What a replicated request asks for (a range only when a read is served through the log)."""
-
-READ_TYPES: Final[tuple[type, ...]] = (RangeRequest,)
-"""Bodies that change nothing: never deduplicated (an alarm GET also reads, see kvapp.dedup)."""
 
 WRITE_TYPES: Final[tuple[type, ...]] = (
     PutRequest,

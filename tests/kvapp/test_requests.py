@@ -620,3 +620,17 @@ def test_request_size_limit_is_etcds() -> None:
     with pytest.raises(RequestTooLargeError):
         check_request_size(big)
     check_request_size(big, limit=len(big))
+
+
+def test_an_error_class_that_needs_arguments_comes_back_as_unknown() -> None:
+    class NeedyError(EtcdError):
+        message = "etcdserver: needs an argument"
+        code = GrpcCode.ABORTED
+
+        def __init__(self, what: str) -> None:
+            super().__init__(what)
+
+    exc = ErrorResult.from_exception(NeedyError("x")).to_exception()
+    assert isinstance(exc, UnknownEtcdError)
+    assert str(exc) == NeedyError.message
+    assert exc.code == GrpcCode.ABORTED
