@@ -383,7 +383,13 @@ class TcpTransport:
         try:
             size = message_size_bound(m)
         except _ENCODE_ERRORS as exc:
-            logger.error("member %d: dropping malformed %r: %s", self.member_id, m, exc)
+            logger.error(
+                "member %d: dropping a malformed %s to %d: %r",
+                self.member_id,
+                getattr(m, "type", "?"),
+                peer.id,
+                exc,
+            )
             return False
         cfg = self.config
         if (
