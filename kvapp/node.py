@@ -1,0 +1,779 @@
+"""A kvapp member: one :class:`raftlib.Node` over a Raft storage, applying requests to a KvState.
+
+The member is where the client protocols, Raft and the state machine meet (DESIGN.md): a protocol
+calls a :class:`~kvapp.service.KvService` method; writes are encoded as one
+:class:`~kvapp.requests.Request` and proposed; every member applies committed requests to its
+:class:`~kvapp.kvstate.KvState` in log order (deduplicating retried writes); the proposer's waiter
+gets the result its own member computed. Reads are served locally after a ReadIndex barrier that
+many reads share (one heartbeat round per batch, as etcd's linearizable read loop does).
+
+Seams, so whole clusters can run under simulation later: the member takes its storage (raftlib's
+``NodeStorage``: kvapp's ``RaftStore`` or ``MemoryStorage``), its peer network (anything with
+``send``, ``add_peer`` and ``remove_peer``; :class:`PeerLinks`) and its clock as arguments, and
+touches no sockets, files or wall clocks itself.
+
+Membership: the table of members (name, peer and client URLs, learner flag) is replicated: it
+starts from the initial members and changes only by applying configuration-change entries, whose
+context carries the member's description. It is part of every snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import attrs
+import cbor2
+
+from kvapp import requests as kvreq
+from kvapp.dedup import Applier
+from kvapp.errors import (
+    EtcdError,
+    KvappError,
+    LeaderChangedError,
+    LearnerNotReadyError,
+    LeaseNotFoundError,
+    MemberBadUrlsError,
+    MemberNotFoundError,
+    MemberNotLearnerError,
+    NoLeaderError,
+    PeerUrlExistsError,
+    RequestDecodeError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    StoppedError,
+    TooManyLearnersError,
+)
+from kvapp.kvstate import KvState
+from kvapp.lease import (
+    LeaseCheckpointRequest,
+    LeaseGrantRequest,
+    LeaseKeepAliveResponse,
+    LeaseRevokeRequest,
+    LeaseTimeToLiveResponse,
+)
+from kvapp.mvcc.types import (
+    CompactRequest,
+    DeleteRangeRequest,
+    PutRequest,
+    RangeRequest,
+    RangeResponse,
+    TxnRequest,
+)
+from kvapp.mvcc.validate import check_request
+from kvapp.service import (
+    MemberInfo,
+    OutcomeUnknown,
+    ResponseHeader,
+    StatusInfo,
+    WriteRequest,
+    WriteResponse,
+)
+from kvapp.watch import WatchStream
+from raftlib import (
+    Committed,
+    ConfChange,
+    ConfChangeType,
+    Message,
+    Node,
+    NodeStopped,
+    NodeStorage,
+    NodeTimeout,
+    NotLeader,
+    ProposalDropped,
+    ProposalLost,
+    ProposalTimeout,
+    StateType,
+)
+from raftlib import OutcomeUnknown as RaftOutcomeUnknown
+
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "Member",
+    "MemberConfig",
+    "PeerLinks",
+    "cluster_id_for",
+    "member_id_for",
+    "parse_peer_url",
+]
+
+logger = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+MAX_REQUEST_BYTES = 1_572_864
+"""etcd's default ``--max-request-bytes`` (1.5 MiB)."""
+
+_SNAPSHOT_FORMAT = "kvapp.member"
+_SNAPSHOT_VERSION = 1
+_RESULT_CAP = 65_536
+_WRITE_TYPES = (
+    PutRequest,
+    DeleteRangeRequest,
+    TxnRequest,
+    CompactRequest,
+    LeaseGrantRequest,
+    LeaseRevokeRequest,
+)
+
+
+class PeerLinks(Protocol):
+    """What the member needs of its peer network (kvapp.transport implements it)."""
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Queue messages for their peers; never blocks."""
+        ...
+
+    def add_peer(self, member_id: int, address: tuple[str, int]) -> None:
+        """Start linking to a member."""
+        ...
+
+    def remove_peer(self, member_id: int) -> None:
+        """Stop linking to a member."""
+        ...
+
+
+def member_id_for(peer_urls: Iterable[str], cluster_id: int) -> int:
+    """A member id derived from its peer URLs and the cluster id (non-zero, 63-bit).
+
+    Deterministic, so every member computes the same ids from ``--initial-cluster``, and a
+    member added at run time gets the id its own ``kvapp serve`` will compute.
+    """
+    text = "\n".join(sorted(peer_urls)) + f"\0{cluster_id:x}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1 or 1
+
+
+def cluster_id_for(cluster_token: str) -> int:
+    """The cluster id: a hash of the cluster token (``--initial-cluster-token``), 63-bit.
+
+    Every member of a cluster, including ones that join later, is started with the same token,
+    so each computes the id on its own; clusters must use distinct tokens, as with etcd.
+    """
+    return int.from_bytes(hashlib.sha256(cluster_token.encode()).digest()[:8], "big") >> 1 or 1
+
+
+def parse_peer_url(url: str) -> tuple[str, int]:
+    """``http://host:port`` as ``(host, port)``.
+
+    Raises:
+        ValueError: not a URL with a host and a port.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+        raise ValueError(f"bad URL {url!r}: want http://host:port")
+    return parts.hostname, parts.port
+
+
+@attrs.frozen
+class MemberConfig:
+    """A member's settings.
+
+    Attributes:
+        name: this member's name.
+        member_id: this member's id.
+        cluster_id: the cluster's id (peers with another id are refused by the transport).
+        initial_members: the members the cluster started with (every member must be given the
+            same list); later changes come from the log.
+        tick_interval: seconds per Raft tick.
+        election_tick: ticks without a leader before an election.
+        heartbeat_tick: ticks between heartbeats.
+        snapshot_count: take a snapshot and compact the log every this many applied entries.
+        keep_entries: log entries kept behind a snapshot for slow followers.
+        request_timeout: seconds a request may wait for its commit or read barrier.
+        lease_tick: seconds between the leader's lease expiry and checkpoint checks.
+        max_request_bytes: the largest encoded request accepted.
+        max_learners: how many learners the cluster may have at once.
+        auto_promote: promote a learner to voter once it has caught up.
+        client_urls: where clients reach this member; published to the cluster (etcd's
+            member attributes) once a leader is known, so clients can find the leader.
+        new_cluster: bootstrap a new cluster from ``initial_members`` if the storage is empty
+            (etcd's ``--initial-cluster-state new``); False joins an existing cluster, whose
+            leader sends this member the log (``existing``).
+    """
+
+    name: str
+    member_id: int
+    cluster_id: int
+    initial_members: tuple[MemberInfo, ...]
+    tick_interval: float = 0.1
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    snapshot_count: int = 10_000
+    keep_entries: int = 5_000
+    request_timeout: float = 5.0
+    lease_tick: float = 0.5
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_learners: int = 1
+    auto_promote: bool = True
+    new_cluster: bool = True
+    client_urls: tuple[str, ...] = ()
+
+
+class Member:
+    """One cluster member: implements :class:`~kvapp.service.KvService`.
+
+    Create it, wire the peer network's incoming messages to :meth:`receive` (and its failure
+    reports to :meth:`report_unreachable` / :meth:`report_snapshot`), then ``await start()``
+    inside the running loop; ``await stop()`` hands leadership over first when it can.
+
+    Args:
+        config: the member's settings.
+        storage: the Raft log, hard state and snapshots.
+        network: the peer links.
+        clock: monotonic seconds (for lease clocks).
+    """
+
+    def __init__(
+        self,
+        config: MemberConfig,
+        storage: NodeStorage,
+        network: PeerLinks,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.id = config.member_id
+        self._storage = storage
+        self._network = network
+        self._clock = clock
+        election_s = config.tick_interval * config.election_tick
+        self.kv = KvState(clock, grace=election_s)
+        self.applier = Applier(self.kv)
+        self._members: dict[int, MemberInfo] = {m.id: m for m in config.initial_members}
+        self._results: collections.OrderedDict[int, object] = collections.OrderedDict()
+        self._renewals: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._barrier_next: asyncio.Future[None] | None = None
+        self._barrier_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._side_tasks: set[asyncio.Task[object]] = set()
+        self._promoting = False
+        self.removed = False
+        self._stopping = False
+        hard, conf = storage.initial_state()
+        self._start_commit = hard.commit
+        self._caught_up = asyncio.Event()
+        new = storage.last_index() == 0 and hard.is_empty() and not conf.voters
+        voters = [m.id for m in config.initial_members if not m.is_learner]
+        if self.id not in self._members:
+            raise ValueError(f"member {self.id:x} is not among the initial members")
+        self.node = Node(
+            self.id,
+            storage,
+            send=network.send,
+            apply=self._apply,
+            peers=voters if new and config.new_cluster else None,
+            tick_interval=config.tick_interval,
+            election_tick=config.election_tick,
+            heartbeat_tick=config.heartbeat_tick,
+            snapshot=self._snapshot,
+            restore=self._restore,
+            snapshot_every=config.snapshot_count,
+            keep_entries=config.keep_entries,
+            deliver_empty=True,
+            request_timeout=config.request_timeout,
+            logger=logging.LoggerAdapter(logging.getLogger("raftlib"), {"member": config.name}),
+        )
+        for m in self._members.values():
+            self._link(m)
+
+    # -- lifecycle --
+
+    async def start(self) -> None:
+        """Start Raft, the lease clock and the leadership watcher on the running loop."""
+        self.node.start()
+        self._tasks = [
+            asyncio.create_task(self._watch_leadership(), name=f"{self.config.name}-leadership"),
+            asyncio.create_task(self._lease_loop(), name=f"{self.config.name}-leases"),
+            asyncio.create_task(self._publish(), name=f"{self.config.name}-publish"),
+        ]
+
+    async def stop(self, *, transfer: bool = True) -> None:
+        """Stop; a leader first hands leadership to the most up-to-date voter if it can."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if transfer and self.node.running and self.node.is_leader:
+            await self._transfer_away()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for side in list(self._side_tasks):
+            side.cancel()
+        await self.node.stop()
+        self.kv.lessor.demote()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What stopped the member on its own (e.g. a storage error), if anything."""
+        return self.node.failure
+
+    # -- peer input --
+
+    def receive(self, message: Message) -> None:
+        """A message from a peer."""
+        self.node.receive(message)
+
+    def report_unreachable(self, member_id: int) -> None:
+        """A message to ``member_id`` could not be sent."""
+        self.node.report_unreachable(member_id)
+
+    def report_snapshot(self, member_id: int, *, success: bool) -> None:
+        """Whether a snapshot sent to ``member_id`` arrived."""
+        self.node.report_snapshot(member_id, success=success)
+
+    # -- KvService --
+
+    def header(self) -> ResponseHeader:
+        """The header for a response produced now."""
+        return ResponseHeader(
+            cluster_id=self.config.cluster_id,
+            member_id=self.id,
+            revision=self.kv.store.revision,
+            raft_term=self.node.leadership_state.term,
+        )
+
+    async def write(
+        self, request: WriteRequest, *, client_id: int = 0, request_id: int = 0
+    ) -> WriteResponse:
+        """Propose ``request``; return its result once applied here. See KvService."""
+        self._check_serving()
+        if not isinstance(request, _WRITE_TYPES):
+            raise TypeError(f"not a write request: {type(request).__name__}")
+        if isinstance(request, (PutRequest, DeleteRangeRequest, TxnRequest)):
+            check_request(request, 128)
+        data = kvreq.encode_request(kvreq.Request(client_id, request_id, request))
+        if len(data) > self.config.max_request_bytes:
+            raise RequestTooLargeError
+        result = await self._propose(data)
+        return result  # type: ignore[return-value]
+
+    async def range(self, request: RangeRequest) -> RangeResponse:
+        """Serve a read. See KvService."""
+        self._check_serving()
+        if request.serializable:
+            await self._wait_caught_up()
+        else:
+            await self._read_barrier()
+        resp = self.kv.store.apply(request)
+        if not isinstance(resp, RangeResponse):
+            raise TypeError(f"range answered with {type(resp).__name__}")
+        return resp
+
+    async def lease_keep_alive(self, lease_id: int) -> LeaseKeepAliveResponse:
+        """Renew a lease on the leader, once durable. See KvService."""
+        self._check_serving()
+        resp = self.kv.lessor.keep_alive(lease_id)
+        if self.kv.lessor.renewal_durable(lease_id, resp.ticket):
+            return resp
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._renewals.append((lease_id, resp.ticket, fut))
+        try:
+            async with asyncio.timeout(self.config.request_timeout):
+                await fut
+        except TimeoutError:
+            raise RequestTimeoutError from None
+        return resp
+
+    async def lease_time_to_live(
+        self, lease_id: int, *, keys: bool = False
+    ) -> LeaseTimeToLiveResponse:
+        """A lease's remaining time, from the leader. See KvService."""
+        self._check_serving()
+        return self.kv.lessor.time_to_live(lease_id, keys=keys)
+
+    def leases(self) -> list[int]:
+        """Every lease id, sorted."""
+        return sorted(self.kv.lessor.leases())
+
+    def open_watch_stream(self, on_pending: Callable[[], None]) -> WatchStream:
+        """A new watch stream for one client connection."""
+        return self.kv.watches.open_stream(on_pending)
+
+    def member_list(self) -> list[MemberInfo]:
+        """Every member, sorted by id."""
+        return [self._members[i] for i in sorted(self._members)]
+
+    async def member_add(
+        self, peer_urls: tuple[str, ...], *, is_learner: bool = False
+    ) -> MemberInfo:
+        """Add a member through Raft. See KvService."""
+        self._check_serving()
+        for url in peer_urls:
+            try:
+                parse_peer_url(url)
+            except ValueError as e:
+                raise MemberBadUrlsError(str(e)) from None
+        taken = {u for m in self._members.values() for u in m.peer_urls}
+        if not peer_urls or taken & set(peer_urls):
+            raise PeerUrlExistsError
+        if is_learner:
+            learners = sum(1 for m in self._members.values() if m.is_learner)
+            if learners >= self.config.max_learners:
+                raise TooManyLearnersError
+        new_id = member_id_for(peer_urls, self.config.cluster_id)
+        info = MemberInfo(id=new_id, name="", peer_urls=tuple(peer_urls), is_learner=is_learner)
+        kind = ConfChangeType.ADD_LEARNER_NODE if is_learner else ConfChangeType.ADD_NODE
+        await self._conf_change(ConfChange(kind, new_id, _encode_member(info)))
+        return self._members.get(new_id, info)
+
+    async def member_remove(self, member_id: int) -> None:
+        """Remove a member through Raft. See KvService."""
+        self._check_serving()
+        if member_id not in self._members:
+            raise MemberNotFoundError
+        await self._conf_change(ConfChange(ConfChangeType.REMOVE_NODE, member_id))
+
+    async def member_promote(self, member_id: int) -> None:
+        """Promote a caught-up learner. See KvService."""
+        self._check_serving()
+        m = self._members.get(member_id)
+        if m is None:
+            raise MemberNotFoundError
+        if not m.is_learner:
+            raise MemberNotLearnerError
+        if not self._learner_caught_up(member_id):
+            raise LearnerNotReadyError
+        info = attrs.evolve(m, is_learner=False)
+        await self._conf_change(
+            ConfChange(ConfChangeType.ADD_NODE, member_id, _encode_member(info))
+        )
+
+    def status(self) -> StatusInfo:
+        """This member's status."""
+        st = self.node.status()
+        me = self._members.get(self.id)
+        return StatusInfo(
+            header=self.header(),
+            version=VERSION,
+            leader=self.node.leader_id,
+            raft_index=self._storage.last_index(),
+            raft_term=st.hard_state.term,
+            raft_applied_index=self.node.applied,
+            is_learner=bool(me and me.is_learner),
+        )
+
+    # -- writes --
+
+    async def _propose(self, data: bytes) -> object:
+        try:
+            index = await self.node.propose(data)
+        except NotLeader:
+            raise NoLeaderError from None
+        except ProposalLost:
+            raise LeaderChangedError from None
+        except ProposalDropped as e:
+            raise NoLeaderError(str(e)) from None
+        except ProposalTimeout as e:
+            if e.outcome_known:
+                raise NoLeaderError from None
+            raise RequestTimeoutError from None
+        except (RaftOutcomeUnknown, NodeStopped) as e:
+            raise OutcomeUnknown(f"member {self.config.name}: {e}") from None
+        result = self._results.pop(index, None)
+        if isinstance(result, EtcdError):
+            raise result
+        if result is None:
+            raise OutcomeUnknown(f"member {self.config.name}: result of index {index} was lost")
+        return result
+
+    async def _conf_change(self, cc: ConfChange) -> None:
+        try:
+            await self.node.propose_conf_change(cc)
+        except NotLeader:
+            raise NoLeaderError from None
+        except ProposalLost:
+            raise LeaderChangedError from None
+        except ProposalDropped as e:
+            raise NoLeaderError(str(e)) from None
+        except (ProposalTimeout, NodeTimeout):
+            raise RequestTimeoutError from None
+        except (RaftOutcomeUnknown, NodeStopped) as e:
+            raise OutcomeUnknown(f"member {self.config.name}: {e}") from None
+
+    # -- reads --
+
+    async def _read_barrier(self) -> None:
+        """Wait for a ReadIndex round issued after this call, shared with concurrent reads."""
+        loop = asyncio.get_running_loop()
+        if self._barrier_next is None:
+            self._barrier_next = loop.create_future()
+        fut = self._barrier_next
+        if self._barrier_task is None or self._barrier_task.done():
+            self._barrier_task = asyncio.create_task(self._run_barriers())
+        await asyncio.shield(fut)
+
+    async def _run_barriers(self) -> None:
+        while self._barrier_next is not None:
+            fut, self._barrier_next = self._barrier_next, None
+            try:
+                await self.node.read_index()
+            except NodeTimeout:
+                exc: BaseException = (
+                    RequestTimeoutError() if self.node.leader_id else NoLeaderError()
+                )
+                _settle(fut, exc)
+            except NodeStopped as e:
+                _settle(fut, OutcomeUnknown(str(e)))
+            else:
+                _settle(fut, None)
+
+    async def _wait_caught_up(self) -> None:
+        """A restarted member serves local reads only once it applied its durable commit index."""
+        if self.node.applied >= self._start_commit:
+            return
+        try:
+            async with asyncio.timeout(self.config.request_timeout):
+                await self._caught_up.wait()
+        except TimeoutError:
+            raise RequestTimeoutError from None
+
+    # -- the state machine --
+
+    def _apply(self, c: Committed) -> None:
+        if c.index >= self._start_commit:
+            self._caught_up.set()
+        if c.conf_change is not None:
+            self._apply_conf_change(c)
+            return
+        if c.is_empty:
+            self._maybe_promote_lessor(c)
+            return
+        try:
+            req = kvreq.decode_request(c.data)
+        except RequestDecodeError:
+            logger.exception("%s: undecodable entry %d skipped", self.config.name, c.index)
+            return
+        try:
+            result: object = self.applier.apply(req, c.index)
+        except EtcdError as e:
+            result = e
+        if c.proposal is not None and c.proposal.origin == self.id:
+            self._results[c.index] = result
+            if len(self._results) > _RESULT_CAP:
+                self._results.popitem(last=False)
+        if isinstance(req.body, LeaseCheckpointRequest) and self._renewals:
+            self._check_renewals()
+
+    def _check_renewals(self) -> None:
+        still: list[tuple[int, int, asyncio.Future[None]]] = []
+        lessor = self.kv.lessor
+        for lease_id, ticket, fut in self._renewals:
+            if fut.done():
+                continue
+            if not lessor.exists(lease_id):
+                fut.set_exception(LeaseNotFoundError())
+            elif lessor.renewal_durable(lease_id, ticket):
+                fut.set_result(None)
+            else:
+                still.append((lease_id, ticket, fut))
+        self._renewals = still
+
+    def _apply_conf_change(self, c: Committed) -> None:
+        cc = c.conf_change
+        if c.conf_state is None or not isinstance(cc, ConfChange):
+            return
+        if cc.type in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE):
+            learner = cc.type == ConfChangeType.ADD_LEARNER_NODE
+            info = _decode_member(cc.context) if cc.context else None
+            old = self._members.get(cc.node_id)
+            if info is None:
+                info = old or MemberInfo(id=cc.node_id, name="", peer_urls=())
+            if old is not None and old.name and not info.name:
+                info = attrs.evolve(info, name=old.name, client_urls=old.client_urls)
+            info = attrs.evolve(info, id=cc.node_id, is_learner=learner)
+            self._members[cc.node_id] = info
+            self._link(info)
+        elif cc.type == ConfChangeType.REMOVE_NODE:
+            self._members.pop(cc.node_id, None)
+            if cc.node_id == self.id:
+                logger.warning("%s: this member was removed from the cluster", self.config.name)
+                self.removed = True
+            else:
+                self._network.remove_peer(cc.node_id)
+        elif cc.context:  # UPDATE_NODE: new attributes
+            info = _decode_member(cc.context)
+            old = self._members.get(cc.node_id)
+            if info is not None and old is not None:
+                info = attrs.evolve(info, id=cc.node_id, is_learner=old.is_learner)
+                self._members[cc.node_id] = info
+                self._link(info)
+
+    def _link(self, m: MemberInfo) -> None:
+        if m.id == self.id or not m.peer_urls:
+            return
+        try:
+            addr = parse_peer_url(m.peer_urls[0])
+        except ValueError:
+            logger.warning(
+                "%s: member %x has a bad peer URL %r", self.config.name, m.id, m.peer_urls
+            )
+            return
+        self._network.add_peer(m.id, addr)
+
+    def _snapshot(self) -> bytes:
+        members = [_member_to_list(m) for m in self.member_list()]
+        return cbor2.dumps(
+            [_SNAPSHOT_FORMAT, _SNAPSHOT_VERSION, members, self.applier.snapshot_bytes()]
+        )
+
+    def _restore(self, data: bytes) -> None:
+        try:
+            fmt, version, members, state = cbor2.loads(data)
+            parsed = [_member_from_list(x) for x in members]
+        except (cbor2.CBORDecodeError, ValueError, TypeError, KvappError) as e:
+            raise KvappError(f"bad member snapshot: {e}") from e
+        if fmt != _SNAPSHOT_FORMAT or version != _SNAPSHOT_VERSION:
+            raise KvappError(f"bad member snapshot: format {fmt!r} version {version!r}")
+        self.applier.restore_bytes(state)
+        table = {m.id: m for m in parsed}
+        for gone in set(self._members) - set(table):
+            if gone != self.id:
+                self._network.remove_peer(gone)
+        self._members = table
+        for m in table.values():
+            self._link(m)
+
+    # -- leadership, leases, learners --
+
+    def _maybe_promote_lessor(self, c: Committed) -> None:
+        lead = self.node.leadership_state
+        if lead.is_leader and c.term == lead.term and not self.kv.lessor.is_primary:
+            self.kv.lessor.promote()
+
+    async def _watch_leadership(self) -> None:
+        async for view in self.node.leadership():
+            if not view.is_leader and self.kv.lessor.is_primary:
+                self.kv.lessor.demote()
+            logger.info("%s: leader is %x at term %d", self.config.name, view.leader_id, view.term)
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease_tick)
+            if not self.node.running:
+                return
+            if self.kv.lessor.is_primary:
+                for proposal in self.kv.lessor.tick():
+                    self._spawn(self._propose_quietly(proposal))
+            self.kv.watches.progress_tick()
+            if self.config.auto_promote and self.node.is_leader and not self._promoting:
+                for m in self._members.values():
+                    if m.is_learner and self._learner_caught_up(m.id):
+                        self._promoting = True
+                        self._spawn(self._auto_promote(m.id))
+                        break
+
+    async def _propose_quietly(self, body: kvreq.Body) -> None:
+        data = kvreq.encode_request(kvreq.Request(0, 0, body))
+        with contextlib.suppress(EtcdError, OutcomeUnknown):
+            await self._propose(data)
+
+    async def _auto_promote(self, member_id: int) -> None:
+        try:
+            await self.member_promote(member_id)
+            logger.info("%s: promoted learner %x to voter", self.config.name, member_id)
+        except (EtcdError, OutcomeUnknown, KvappError) as e:
+            logger.info("%s: promoting learner %x failed: %s", self.config.name, member_id, e)
+        finally:
+            self._promoting = False
+
+    def _learner_caught_up(self, member_id: int) -> bool:
+        st = self.node.status()
+        if st.soft_state.raft_state != StateType.LEADER:
+            return False
+        pr = st.progress.get(member_id)
+        return pr is not None and pr.match >= st.hard_state.commit
+
+    async def _publish(self) -> None:
+        """Record this member's name and client URLs in the replicated member table."""
+        while not self.removed:
+            me = self._members.get(self.id)
+            if me is not None and (me.name, me.client_urls) == (
+                self.config.name,
+                self.config.client_urls,
+            ):
+                return
+            if me is not None:
+                info = attrs.evolve(me, name=self.config.name, client_urls=self.config.client_urls)
+                try:
+                    await self._conf_change(
+                        ConfChange(ConfChangeType.UPDATE_NODE, self.id, _encode_member(info))
+                    )
+                    continue
+                except (EtcdError, OutcomeUnknown) as e:
+                    logger.debug("%s: publishing attributes failed: %s", self.config.name, e)
+            await asyncio.sleep(self.config.tick_interval * self.config.election_tick)
+
+    async def _transfer_away(self) -> None:
+        st = self.node.status()
+        voters = [
+            (pr.match, node)
+            for node, pr in st.progress.items()
+            if node != self.id and not pr.is_learner
+        ]
+        if not voters:
+            return
+        _, target = max(voters)
+        with contextlib.suppress(NodeTimeout, NodeStopped):
+            await self.node.transfer_leader(
+                target, timeout=self.config.tick_interval * self.config.election_tick * 2
+            )
+
+    def _spawn(self, coro: Coroutine[object, object, object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    def _check_serving(self) -> None:
+        if self.removed:
+            raise StoppedError(f"member {self.config.name} was removed from the cluster")
+        if self._stopping:
+            raise StoppedError(f"member {self.config.name} is stopping")
+
+
+def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)
+
+
+def _member_to_list(m: MemberInfo) -> list[object]:
+    return [m.id, m.name, list(m.peer_urls), list(m.client_urls), m.is_learner]
+
+
+def _member_from_list(x: object) -> MemberInfo:
+    if not isinstance(x, list) or len(x) != 5:
+        raise KvappError(f"bad member record {x!r}")
+    mid, name, peers, clients, learner = x
+    if not (
+        isinstance(mid, int)
+        and isinstance(name, str)
+        and isinstance(peers, list)
+        and isinstance(clients, list)
+        and isinstance(learner, bool)
+        and all(isinstance(u, str) for u in [*peers, *clients])
+    ):
+        raise KvappError(f"bad member record {x!r}")
+    return MemberInfo(mid, name, tuple(peers), tuple(clients), learner)
+
+
+def _encode_member(m: MemberInfo) -> bytes:
+    return cbor2.dumps(_member_to_list(m))
+
+
+def _decode_member(data: bytes) -> MemberInfo | None:
+    try:
+        return _member_from_list(cbor2.loads(data))
+    except (cbor2.CBORDecodeError, ValueError, TypeError, KvappError):
+        logger.warning("undecodable member description in a configuration change")
+        return None

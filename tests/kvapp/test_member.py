@@ -1,0 +1,254 @@
+"""kvapp.node.Member: a 3-member cluster on one real event loop over an in-memory network.
+
+The network delivers on the next loop turn, so messages interleave as they would over TCP; a
+member can be cut off. Everything is awaited with explicit timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import pytest
+
+from kvapp.errors import LeaseNotFoundError, NoLeaderError, RequestTooLargeError
+from kvapp.lease import LeaseGrantRequest, LeaseGrantResponse
+from kvapp.mvcc.types import PutRequest, RangeRequest
+from kvapp.node import Member, MemberConfig, cluster_id_for, member_id_for
+from kvapp.service import MemberInfo
+from raftlib import MemoryStorage, Message
+
+TICK = 0.01
+
+
+def aio(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """Run an async test on a fresh loop, bounded by an overall timeout."""
+
+    @functools.wraps(fn)
+    def run() -> None:
+        async def bounded() -> None:
+            async with asyncio.timeout(60):
+                await fn()
+
+        asyncio.run(bounded())
+
+    return run
+
+
+class Hub:
+    """An in-memory peer network: member id -> member; a cut member neither sends nor hears."""
+
+    def __init__(self) -> None:
+        self.members: dict[int, Member] = {}
+        self.cut: set[int] = set()
+
+    def links(self, me: int) -> Links:
+        return Links(self, me)
+
+
+class Links:
+    def __init__(self, hub: Hub, me: int) -> None:
+        self.hub = hub
+        self.me = me
+        self.peers: set[int] = set()
+
+    def send(self, messages: Sequence[Message]) -> None:
+        loop = asyncio.get_running_loop()
+        for m in messages:
+            if self.me in self.hub.cut or m.to in self.hub.cut:
+                continue
+            dest = self.hub.members.get(m.to)
+            if dest is not None:
+                loop.call_soon(dest.receive, m)
+
+    def add_peer(self, member_id: int, address: tuple[str, int]) -> None:
+        self.peers.add(member_id)
+
+    def remove_peer(self, member_id: int) -> None:
+        self.peers.discard(member_id)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLUSTER = cluster_id_for("t")
+
+
+def infos(n: int) -> list[MemberInfo]:
+    out = []
+    for i in range(1, n + 1):
+        urls = (f"http://127.0.0.1:{20000 + i}",)
+        out.append(MemberInfo(member_id_for(urls, CLUSTER), f"m{i}", urls))
+    return out
+
+
+def make_member(
+    hub: Hub, info: MemberInfo, initial: list[MemberInfo], clock: Clock, **cfg: object
+) -> Member:
+    config = MemberConfig(
+        name=info.name,
+        member_id=info.id,
+        cluster_id=CLUSTER,
+        initial_members=tuple(initial),
+        tick_interval=TICK,
+        lease_tick=TICK * 2,
+        request_timeout=2.0,
+        **cfg,  # type: ignore[arg-type]
+    )
+    m = Member(config, MemoryStorage(), hub.links(info.id), clock=clock)
+    hub.members[info.id] = m
+    return m
+
+
+async def start_cluster(n: int = 3) -> tuple[Hub, list[Member], Clock]:
+    hub, clock = Hub(), Clock()
+    initial = infos(n)
+    members = [make_member(hub, i, initial, clock) for i in initial]
+    for m in members:
+        await m.start()
+    await asyncio.wait_for(members[0].node.wait_leader(timeout=5), 6)
+    return hub, members, clock
+
+
+async def stop_all(members: list[Member]) -> None:
+    for m in members:
+        await m.stop(transfer=False)
+
+
+def leader_of(members: list[Member]) -> Member:
+    lead = members[0].node.leader_id
+    return next(m for m in members if m.id == lead)
+
+
+@aio
+async def test_a_write_to_any_member_is_read_linearizably_everywhere() -> None:
+    _, members, _ = await start_cluster()
+    try:
+        for i, m in enumerate(members):
+            resp = await m.write(PutRequest(b"k%d" % i, b"v%d" % i))
+            assert resp.revision == i + 2
+        for m in members:
+            got = await m.range(RangeRequest(b"k", b"l"))
+            assert [kv.value for kv in got.kvs] == [b"v0", b"v1", b"v2"]
+            assert m.header().revision == 4
+    finally:
+        await stop_all(members)
+
+
+@aio
+async def test_a_retried_write_is_applied_once() -> None:
+    _, members, _ = await start_cluster()
+    try:
+        first = await members[1].write(PutRequest(b"k", b"a"), client_id=7, request_id=1)
+        again = await members[2].write(PutRequest(b"k", b"a"), client_id=7, request_id=1)
+        assert again == first
+        got = await members[0].range(RangeRequest(b"k"))
+        assert got.kvs[0].version == 1
+    finally:
+        await stop_all(members)
+
+
+@aio
+async def test_oversized_write_is_refused_before_proposing() -> None:
+    _, members, _ = await start_cluster()
+    try:
+        with pytest.raises(RequestTooLargeError):
+            await members[0].write(PutRequest(b"k", b"x" * 1_600_000))
+        assert (await members[0].range(RangeRequest(b"k"))).kvs == ()
+    finally:
+        await stop_all(members)
+
+
+@aio
+async def test_a_lease_expires_on_the_leader_clock_and_deletes_its_keys() -> None:
+    _, members, clock = await start_cluster()
+    try:
+        granted = await members[1].write(LeaseGrantRequest(ttl=5))
+        assert isinstance(granted, LeaseGrantResponse)
+        await members[2].write(PutRequest(b"leased", b"v", lease=granted.id))
+        lead = leader_of(members)
+        ka = await lead.lease_keep_alive(granted.id)
+        assert ka.ttl == 5
+        clock.now += 30
+        for _ in range(400):
+            got = await members[0].range(RangeRequest(b"leased"))
+            if not got.kvs:
+                break
+            await asyncio.sleep(TICK)
+        else:
+            raise AssertionError("the expired lease's key was never deleted")
+        with pytest.raises(LeaseNotFoundError):
+            await lead.lease_time_to_live(granted.id)
+    finally:
+        await stop_all(members)
+
+
+@aio
+async def test_a_partitioned_member_cannot_serve_linearizable_reads() -> None:
+    hub, members, _ = await start_cluster()
+    try:
+        await members[0].write(PutRequest(b"k", b"v"))
+        lone = next(m for m in members if not m.node.is_leader)
+        hub.cut.add(lone.id)
+        with pytest.raises((NoLeaderError, Exception)) as info:
+            await lone.range(RangeRequest(b"k"))
+        assert "etcdserver" in str(info.value)
+        got = await lone.range(RangeRequest(b"k", serializable=True))
+        assert got.kvs[0].value == b"v"
+    finally:
+        await stop_all(members)
+
+
+@aio
+async def test_a_learner_joins_catches_up_and_is_promoted() -> None:
+    hub, members, clock = await start_cluster()
+    try:
+        for i in range(5):
+            await members[0].write(PutRequest(b"k%d" % i, b"v"))
+        urls = ("http://127.0.0.1:29999",)
+        added = await members[1].member_add(urls, is_learner=True)
+        assert added.is_learner
+        table = [*members[0].member_list()]
+        newcomer_info = MemberInfo(added.id, "m4", urls, is_learner=True)
+        newcomer = make_member(
+            hub,
+            newcomer_info,
+            [m for m in table if m.id != added.id] + [newcomer_info],
+            clock,
+            new_cluster=False,
+        )
+        await newcomer.start()
+        for _ in range(500):
+            table = members[0].member_list()
+            if not next(m for m in table if m.id == added.id).is_learner:
+                break
+            await asyncio.sleep(TICK)
+        else:
+            raise AssertionError(f"learner never promoted: {table}")
+        got = await newcomer.range(RangeRequest(b"k", b"l"))
+        assert len(got.kvs) == 5
+        members.append(newcomer)
+    finally:
+        await stop_all(members)
+
+
+@aio
+async def test_removing_a_member_under_writes() -> None:
+    _, members, _ = await start_cluster()
+    try:
+        victim = next(m for m in members if not m.node.is_leader)
+        await leader_of(members).member_remove(victim.id)
+        survivors = [m for m in members if m is not victim]
+        for i in range(5):
+            await survivors[i % 2].write(PutRequest(b"after%d" % i, b"v"))
+        assert all(victim.id not in {i.id for i in m.member_list()} for m in survivors)
+        assert victim.removed or victim.id not in {i.id for i in victim.member_list()}
+    finally:
+        await stop_all(members)
