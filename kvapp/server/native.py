@@ -215,6 +215,7 @@ _U64_MAX: Final = (1 << 64) - 1
 _WATCH_BATCH: Final = 256
 _FATAL_LINGER: Final = 2.0
 _FATAL_DISCARD_MAX: Final = 64 * 1024 * 1024
+_STOP_GRACE: Final = 5.0
 
 
 class Op(enum.StrEnum):
@@ -940,14 +941,21 @@ class NativeServer:
         log.info("native: serving on %s:%d", self.host, self._port)
 
     async def stop(self) -> None:
-        """Stop accepting, close every connection and wait until their handlers are done."""
+        """Stop accepting, close every connection and wait until their handlers are done.
+
+        Requests still being served are abandoned (their tasks cancelled); a write among them
+        may still be applied by the member.
+        """
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        self.drop_connections()
         tasks = list(self._conns)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=_STOP_GRACE)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if server is not None:
             await server.wait_closed()
 
@@ -975,6 +983,10 @@ class NativeServer:
         self.stats.connections += 1
         try:
             await conn.run()
+        except asyncio.CancelledError:
+            # Only stop() cancels a handler, after its grace. Ending normally keeps asyncio's
+            # stream machinery from logging the cancellation as an error.
+            log.info("native: %s: connection handler cancelled", conn.peer)
         finally:
             del self._conns[task]
 
@@ -1004,6 +1016,7 @@ class _Connection:
     def abort(self) -> None:
         """Drop the connection now (the reader sees the loss and cleans up)."""
         self.writer.transport.abort()
+        self._room.set()  # a reader held back by backpressure goes on to see the loss
 
     # -- counters ----------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ Like the real member, writes with a non-zero ``(client_id, request_id)`` apply o
 returns (or raises) what the first attempt did. Leader-only lease calls raise
 :class:`~kvapp.errors.NotLeaderError` on any member but the cluster's leader.
 
-Hooks for fault injection: :attr:`FakeCluster.after_apply` runs after a write applied and before
-its result is returned (e.g. to drop the client's connection, losing the answer), and
+Hooks for fault injection: :attr:`FakeCluster.after_apply` runs after a write applied (or was
+found applied already, for a retry) and before its result is returned (e.g. to drop the
+client's connection, losing the answer), and
 :attr:`FakeService.unavailable` makes a member answer every call with an error.
 """
 
@@ -142,6 +143,8 @@ class FakeService:
             earlier = c.applied[key]
             if isinstance(earlier, EtcdError):
                 raise type(earlier)(earlier.detail)
+            if c.after_apply is not None:
+                await c.after_apply(self, request, client_id, request_id)
             return earlier
         if isinstance(request, PutRequest | DeleteRangeRequest | TxnRequest):
             check_request(request, DEFAULT_MAX_TXN_OPS)

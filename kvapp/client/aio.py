@@ -1,0 +1,884 @@
+"""The asyncio client: etcd's KV, Lease, Watch, Cluster and Status calls over a list of endpoints.
+
+One :class:`AsyncClient` talks to a cluster through one connection per member it uses
+(:mod:`kvapp.client.transport`; the native protocol by default). What it adds to a connection:
+
+Endpoints and failover
+    Requests go to the current endpoint; when its connection fails the client moves to the
+    next endpoint in the list (round robin), and so on. Lease keep-alives and time-to-live go
+    to the leader, found by asking any member for its status (leader id), then connecting to
+    the endpoint known to be that member, or to the leader's client URLs from the member list,
+    or probing the remaining endpoints.
+
+Retries
+    - reads (range, status, lists, time-to-live, keep-alive) are retried on connection
+      failures, timeouts and etcd's "unavailable" errors (no leader, leader changed, timed
+      out), on the next endpoint, up to ``max_attempts`` times with exponential back-off;
+    - writes (put, delete, txn, compact, lease grant/revoke) are retried the same way, but
+      always under the same request id, so the member applies a retried write once. If some
+      attempt may have reached a member (the connection was lost after sending, the answer
+      timed out, the member said the outcome was unknown) and no later attempt got an
+      answer, the call raises :class:`~kvapp.service.OutcomeUnknown`; never does it retry a
+      write under a new id;
+    - membership changes carry no request id, so they are retried only when no attempt can
+      have reached a member; otherwise :class:`~kvapp.service.OutcomeUnknown`.
+
+Every other failure raises at once: the member's :class:`~kvapp.errors.EtcdError` (the same
+class and text it raised), or :class:`~kvapp.client.errors.Unavailable` when no endpoint could
+serve the request.
+
+Watches resume after a failover from the revision after the last one delivered, so their
+consumers see every event once, in order (or :class:`~kvapp.errors.CompactedError` if that
+history was compacted meanwhile). Keep-alives renew every TTL/3 and report the loss of the
+lease (revoked or expired, or renewals failing for a whole TTL) through their state, an event
+and callbacks, never silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Final, TypeVar
+
+import attrs
+
+from kvapp.client.errors import ClientError, LinkClosed, Unavailable
+from kvapp.client.native import NativeConnector
+from kvapp.client.transport import Connector, Link, WatchSpec
+from kvapp.errors import (
+    CompactedError,
+    EtcdError,
+    GrpcCode,
+    KvappError,
+    LeaderChangedError,
+    LeaseNotFoundError,
+    NoLeaderError,
+    NotLeaderError,
+    RequestTimeoutError,
+)
+from kvapp.lease import (
+    LeaseGrantRequest,
+    LeaseGrantResponse,
+    LeaseKeepAliveResponse,
+    LeaseRevokeRequest,
+    LeaseRevokeResponse,
+    LeaseTimeToLiveResponse,
+)
+from kvapp.mvcc.keyrange import ALL_KEYS_END, prefix_range_end
+from kvapp.mvcc.types import (
+    CompactRequest,
+    CompactResponse,
+    Compare,
+    DeleteRangeRequest,
+    DeleteRangeResponse,
+    Event,
+    PutRequest,
+    PutResponse,
+    RangeRequest,
+    RangeResponse,
+    RequestOp,
+    SortOrder,
+    SortTarget,
+    TxnRequest,
+    TxnResponse,
+)
+from kvapp.requests import RequestIdExpiredError
+from kvapp.service import MemberInfo, OutcomeUnknown, StatusInfo, WriteRequest, WriteResponse
+from kvapp.watch import WatchFilter, WatchResponse
+
+__all__ = ["AsyncClient", "KeepAlive", "LeaseLoss", "Watch", "key_range"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_W = TypeVar("_W", bound=WriteResponse)
+
+_MAX_BACKOFF: Final = 1.0
+_WATCH_RESUME_PAUSE: Final = 0.5
+
+ConnectorFactory = Callable[[Callable[[], int]], Connector]
+"""Makes a transport's connector from the client's request-id source."""
+
+Bytes = bytes | str
+"""Keys and values: bytes, or text (encoded as UTF-8)."""
+
+
+def _why(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+def _b(value: Bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def key_range(key: Bytes, range_end: Bytes = b"", *, prefix: bool = False) -> tuple[bytes, bytes]:
+    r"""The ``(key, range_end)`` pair of a request, as etcd's clients build it.
+
+    ``prefix`` selects every key starting with ``key`` (every key at all when ``key`` is
+    empty); otherwise ``range_end`` is used as given (empty: the single key).
+    """
+    k, end = _b(key), _b(range_end)
+    if prefix:
+        if not k:
+            return ALL_KEYS_END, ALL_KEYS_END
+        return k, prefix_range_end(k)
+    return k, end
+
+
+class _Mode(enum.Enum):
+    READ = "read"  # idempotent: retry anything retryable
+    WRITE = "write"  # deduplicated by request id: retry, but track ambiguity
+    ONCE = "once"  # not deduplicated: retry only what certainly did not reach a member
+
+
+def _random_client_id() -> int:
+    return secrets.randbits(63) or 1
+
+
+class AsyncClient:
+    """An asyncio client for a kvapp (or, later, etcd) cluster. See the module docstring.
+
+    Use it as ``async with AsyncClient([...]) as client:``, or call :meth:`close`.
+
+    Args:
+        endpoints: ``host:port`` (or ``scheme://host:port``) of one or more members.
+        connect_timeout: seconds to connect and handshake with one endpoint.
+        request_timeout: seconds one attempt of a request may take.
+        max_attempts: attempts per request before giving up (at least 1).
+        retry_backoff: the first pause between attempts, doubled each time (capped at 1 s).
+        client_id: the id deduplicating this client's writes; random (63 bits) by default.
+        connector: the transport (default: the native protocol).
+
+    Attributes:
+        client_id: the id under which writes are deduplicated; it changes only if a member
+            says this client's retry window expired (then the write raised OutcomeUnknown).
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str,
+        *,
+        connect_timeout: float = 5.0,
+        request_timeout: float = 10.0,
+        max_attempts: int = 5,
+        retry_backoff: float = 0.05,
+        client_id: int | None = None,
+        connector: ConnectorFactory | None = None,
+    ) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
+        if not endpoints:
+            raise ValueError("at least one endpoint is needed")
+        if max_attempts < 1 or connect_timeout <= 0 or request_timeout <= 0:
+            raise ValueError("invalid client configuration")
+        if client_id is not None and not 0 < client_id < 1 << 63:
+            raise ValueError("client_id must be 1..2**63-1")
+        self.endpoints = tuple(endpoints)
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff
+        self.client_id = client_id if client_id is not None else _random_client_id()
+        self._request_ids = itertools.count(1)
+        self._connector = (connector or NativeConnector)(self._next_request_id)
+        self._links: dict[str, Link] = {}
+        self._member_of: dict[str, int] = {}
+        self._current = 0
+        self._leader: str | None = None
+        self._connect_lock = asyncio.Lock()
+        self._closed = False
+        self._watches: set[Watch] = set()
+        self._keep_alives: set[KeepAlive] = set()
+
+    def _next_request_id(self) -> int:
+        return next(self._request_ids)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop every watch and keep-alive and close every connection."""
+        self._closed = True
+        for ka in list(self._keep_alives):
+            await ka.stop()
+        for w in list(self._watches):
+            await w.cancel()
+        links = list(self._links.values())
+        self._links.clear()
+        for link in links:
+            await link.close()
+
+    # -- KV ----------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: Bytes,
+        value: Bytes,
+        *,
+        lease: int = 0,
+        prev_kv: bool = False,
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
+    ) -> PutResponse:
+        """Write one key (etcd's Put); ``lease`` attaches it to a lease."""
+        request = PutRequest(_b(key), _b(value), lease, prev_kv, ignore_value, ignore_lease)
+        return await self._write(request, PutResponse)
+
+    async def get(
+        self,
+        key: Bytes,
+        range_end: Bytes = b"",
+        *,
+        prefix: bool = False,
+        serializable: bool = False,
+        revision: int = 0,
+        limit: int = 0,
+        keys_only: bool = False,
+        count_only: bool = False,
+        sort_order: SortOrder = SortOrder.NONE,
+        sort_target: SortTarget = SortTarget.KEY,
+        min_mod_revision: int = 0,
+        max_mod_revision: int = 0,
+        min_create_revision: int = 0,
+        max_create_revision: int = 0,
+    ) -> RangeResponse:
+        """Read a key or a range (etcd's Range); linearizable unless ``serializable``."""
+        k, end = key_range(key, range_end, prefix=prefix)
+        request = RangeRequest(
+            k,
+            end,
+            limit,
+            revision,
+            sort_order,
+            sort_target,
+            serializable,
+            keys_only,
+            count_only,
+            min_mod_revision,
+            max_mod_revision,
+            min_create_revision,
+            max_create_revision,
+        )
+        return await self._retry(lambda link: link.range(request), _Mode.READ, "get")
+
+    async def delete(
+        self, key: Bytes, range_end: Bytes = b"", *, prefix: bool = False, prev_kv: bool = False
+    ) -> DeleteRangeResponse:
+        """Delete a key or a range (etcd's DeleteRange)."""
+        k, end = key_range(key, range_end, prefix=prefix)
+        return await self._write(DeleteRangeRequest(k, end, prev_kv), DeleteRangeResponse)
+
+    async def txn(
+        self,
+        compare: Iterable[Compare] = (),
+        success: Iterable[RequestOp] = (),
+        failure: Iterable[RequestOp] = (),
+    ) -> TxnResponse:
+        """If every compare holds run ``success``, else ``failure``, in one revision (etcd's Txn).
+
+        :mod:`kvapp.client.txn` has helpers to build compares and operations.
+        """
+        return await self._write(TxnRequest(compare, success, failure), TxnResponse)
+
+    async def compact(self, revision: int, *, physical: bool = False) -> CompactResponse:
+        """Drop the history before ``revision``."""
+        return await self._write(CompactRequest(revision, physical), CompactResponse)
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def lease_grant(self, ttl: int, *, lease_id: int = 0) -> LeaseGrantResponse:
+        """Create a lease of ``ttl`` seconds (``lease_id`` 0: the cluster picks the id)."""
+        return await self._write(LeaseGrantRequest(ttl, lease_id), LeaseGrantResponse)
+
+    async def lease_revoke(self, lease_id: int) -> LeaseRevokeResponse:
+        """Delete a lease and every key attached to it."""
+        return await self._write(LeaseRevokeRequest(lease_id), LeaseRevokeResponse)
+
+    async def lease_time_to_live(
+        self, lease_id: int, *, keys: bool = False
+    ) -> LeaseTimeToLiveResponse:
+        """A lease's remaining and granted TTL (and its keys), from the leader."""
+        return await self._retry(
+            lambda link: link.lease_time_to_live(lease_id, keys=keys),
+            _Mode.READ,
+            "lease time-to-live",
+            leader=True,
+        )
+
+    async def leases(self) -> list[int]:
+        """Every lease id."""
+        return await self._retry(lambda link: link.leases(), _Mode.READ, "leases")
+
+    async def keep_alive_once(self, lease_id: int) -> LeaseKeepAliveResponse:
+        """Renew a lease once, on the leader (with the read retries)."""
+        return await self._retry(
+            lambda link: link.lease_keep_alive(lease_id), _Mode.READ, "keep-alive", leader=True
+        )
+
+    async def keep_alive(
+        self, lease_id: int, *, on_lost: Callable[[KeepAlive], object] | None = None
+    ) -> KeepAlive:
+        """Renew a lease now, then keep renewing it every TTL/3 in the background.
+
+        The returned :class:`KeepAlive` reports the lease's loss; stop it with
+        :meth:`KeepAlive.stop` (or ``async with``).
+
+        Raises:
+            LeaseNotFoundError: the lease does not exist (any more).
+            EtcdError, Unavailable: the first renewal failed.
+        """
+        sent_at = time.monotonic()
+        first = await self.keep_alive_once(lease_id)
+        if first.ttl <= 0:
+            raise LeaseNotFoundError(f"lease {lease_id:x} has expired")
+        ka = KeepAlive(self, lease_id, first.ttl, sent_at)
+        if on_lost is not None:
+            ka.add_callback(on_lost)
+        self._keep_alives.add(ka)
+        ka._start()
+        return ka
+
+    # -- watch -------------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        key: Bytes,
+        range_end: Bytes = b"",
+        *,
+        prefix: bool = False,
+        start_revision: int = 0,
+        filters: Iterable[WatchFilter] = (),
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+    ) -> Watch:
+        """Watch a key or range; returns once the watcher exists on a member.
+
+        ``start_revision`` 0 reports the revisions after the current one; a lower revision
+        replays history from there. Iterate the returned :class:`Watch` for the events.
+
+        Raises:
+            EtcdError: the member refused the watch (e.g. an empty range).
+            Unavailable: no endpoint could create it.
+        """
+        k, end = key_range(key, range_end, prefix=prefix)
+        spec = WatchSpec(k, end, start_revision, filters, prev_kv, progress_notify)
+        w = Watch(self, spec)
+        await self._retry(w._establish, _Mode.READ, "watch")
+        self._watches.add(w)
+        w._start()
+        return w
+
+    # -- cluster and maintenance -------------------------------------------------------------
+
+    async def member_list(self) -> list[MemberInfo]:
+        """The cluster's members."""
+        return await self._retry(lambda link: link.member_list(), _Mode.READ, "member list")
+
+    async def member_add(self, peer_urls: Sequence[str], *, is_learner: bool = False) -> MemberInfo:
+        """Add a member (retried only while it certainly reached no member)."""
+        urls = (peer_urls,) if isinstance(peer_urls, str) else tuple(peer_urls)
+        return await self._retry(
+            lambda link: link.member_add(urls, is_learner=is_learner), _Mode.ONCE, "member add"
+        )
+
+    async def member_remove(self, member_id: int) -> None:
+        """Remove a member (retried only while it certainly reached no member)."""
+        await self._retry(lambda link: link.member_remove(member_id), _Mode.ONCE, "member remove")
+
+    async def member_promote(self, member_id: int) -> None:
+        """Promote a learner (retried only while it certainly reached no member)."""
+        await self._retry(lambda link: link.member_promote(member_id), _Mode.ONCE, "member promote")
+
+    async def status(self, endpoint: str | None = None) -> StatusInfo:
+        """The status of ``endpoint``'s member (no failover), or of any member if None.
+
+        Raises:
+            Unavailable: ``endpoint`` cannot be reached or did not answer in time.
+        """
+        if endpoint is None:
+            return await self._retry(lambda link: link.status(), _Mode.READ, "status")
+        try:
+            link = await self._open(endpoint)
+            async with asyncio.timeout(self.request_timeout):
+                return await link.status()
+        except (OSError, TimeoutError, ClientError, ValueError) as e:
+            raise Unavailable(f"status of {endpoint}: {_why(e)}") from e
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def _open(self, endpoint: str) -> Link:
+        """The live link to ``endpoint``, connecting if there is none."""
+        if self._closed:
+            raise ClientError("the client is closed")
+        link = self._links.get(endpoint)
+        if link is not None and not link.closed:
+            return link
+        async with self._connect_lock:
+            link = self._links.get(endpoint)
+            if link is not None and not link.closed:
+                return link
+            async with asyncio.timeout(self.connect_timeout):
+                link = await self._connector.connect(endpoint, client_id=self.client_id)
+            self._links[endpoint] = link
+            self._member_of[endpoint] = link.member_id
+            return link
+
+    async def _link(self) -> Link:
+        """A live link: the current endpoint's, else the next reachable one's."""
+        n = len(self.endpoints)
+        errors = []
+        for i in range(n):
+            idx = (self._current + i) % n
+            endpoint = self.endpoints[idx]
+            try:
+                link = await self._open(endpoint)
+            except (OSError, TimeoutError, ClientError, ValueError) as e:
+                errors.append(f"{endpoint}: {_why(e)}")
+                continue
+            self._current = idx
+            return link
+        raise Unavailable("no endpoint reachable: " + "; ".join(errors))
+
+    def _rotate(self, link: Link) -> None:
+        """Prefer the endpoint after ``link``'s from now on (it failed a request)."""
+        if self.endpoints[self._current] == link.endpoint:
+            self._current = (self._current + 1) % len(self.endpoints)
+
+    async def _forget(self, link: Link) -> None:
+        """Drop a failed link (closing it) and move on to the next endpoint."""
+        if self._links.get(link.endpoint) is link:
+            del self._links[link.endpoint]
+        if self._leader == link.endpoint:
+            self._leader = None
+        self._rotate(link)
+        await link.close()
+
+    async def _leader_link(self) -> Link:
+        """A live link to the leader, discovering it if needed.
+
+        Raises:
+            NoLeaderError: no leader is known, or it cannot be reached.
+            Unavailable: no member could be asked.
+        """
+        if self._leader is not None:
+            try:
+                return await self._open(self._leader)
+            except (OSError, TimeoutError, ClientError, ValueError):
+                self._leader = None
+        link = await self._link()
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                status = await link.status()
+                leader = status.leader
+                if not leader:
+                    raise NoLeaderError(f"{link.endpoint} knows no leader")
+                if link.member_id == leader:
+                    self._leader = link.endpoint
+                    return link
+                members = await link.member_list()
+        except (LinkClosed, TimeoutError) as e:
+            await self._forget(link)
+            raise Unavailable(f"cannot find the leader through {link.endpoint}: {e}") from e
+        candidates = [ep for ep, member in self._member_of.items() if member == leader]
+        for m in members:
+            if m.id == leader:
+                candidates.extend(m.client_urls)
+        candidates.extend(ep for ep in self.endpoints if ep not in self._member_of)
+        for endpoint in dict.fromkeys(candidates):
+            try:
+                candidate = await self._open(endpoint)
+            except (OSError, TimeoutError, ClientError, ValueError):
+                continue
+            if candidate.member_id == leader:
+                self._leader = endpoint
+                return candidate
+        raise NoLeaderError(f"the leader {leader:x} is not reachable")
+
+    # -- retries -----------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        pause = min(self.retry_backoff * 2.0 ** (attempt - 1), _MAX_BACKOFF)
+        return pause * random.uniform(0.5, 1.0)
+
+    async def _write(self, request: WriteRequest, cls: type[_W]) -> _W:
+        request_id = self._next_request_id()
+        result = await self._retry(
+            lambda link: link.write(request, request_id=request_id),
+            _Mode.WRITE,
+            type(request).__name__,
+        )
+        if not isinstance(result, cls):
+            raise ClientError(f"a {type(request).__name__} was answered with a {result!r:.60}")
+        return result
+
+    async def _retry(
+        self,
+        call: Callable[[Link], Awaitable[_T]],
+        mode: _Mode,
+        what: str,
+        *,
+        leader: bool = False,
+    ) -> _T:
+        """Run ``call`` on a link, retrying per ``mode`` (see the module docstring)."""
+        ambiguous = False
+        last: BaseException | None = None
+        for attempt in range(self.max_attempts):
+            if attempt:
+                await asyncio.sleep(self._backoff(attempt))
+            try:
+                link = await (self._leader_link() if leader else self._link())
+            except Unavailable as e:
+                last = e
+                continue
+            except EtcdError as e:  # leader discovery: no leader known or reachable
+                last = e
+                continue
+            maybe_sent = True
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    return await call(link)
+            except LinkClosed as e:
+                last, maybe_sent = e, e.sent
+                await self._forget(link)
+            except TimeoutError:
+                last = RequestTimeoutError(f"no answer from {link.endpoint} in time")
+                await self._forget(link)
+            except OutcomeUnknown as e:
+                last = e
+            except NotLeaderError as e:
+                if not leader:
+                    raise
+                last, maybe_sent = e, False
+                self._leader = None
+            except RequestIdExpiredError as e:
+                await self._new_client_id()
+                raise OutcomeUnknown(f"{what}: {e}") from e
+            except EtcdError as e:
+                if e.code != GrpcCode.UNAVAILABLE:
+                    raise
+                last = e
+                maybe_sent = isinstance(e, LeaderChangedError | RequestTimeoutError)
+                self._rotate(link)
+            log.debug("kvapp client: %s attempt %d failed: %s", what, attempt + 1, last)
+            if maybe_sent:
+                if mode is _Mode.ONCE:
+                    raise OutcomeUnknown(f"{what}: {last}") from last
+                ambiguous = True
+        if mode is _Mode.WRITE and ambiguous:
+            raise OutcomeUnknown(
+                f"{what}: outcome unknown after {self.max_attempts} attempts: {last}"
+            ) from last
+        if isinstance(last, EtcdError):
+            raise last
+        raise Unavailable(f"{what} failed after {self.max_attempts} attempts: {last}") from last
+
+    async def _renew(self, lease_id: int) -> LeaseKeepAliveResponse:
+        """One renewal attempt on the leader (a keep-alive's loop does the retrying)."""
+        link = await self._leader_link()
+        try:
+            return await link.lease_keep_alive(lease_id)
+        except NotLeaderError:
+            self._leader = None
+            raise
+        except LinkClosed:
+            await self._forget(link)
+            raise
+
+    async def _new_client_id(self) -> None:
+        """Continue under a new client id (the member forgot this one's retry window)."""
+        self.client_id = _random_client_id()
+        links = list(self._links.values())
+        self._links.clear()
+        for link in links:
+            await link.close()
+
+
+_END: Final = object()
+
+
+class Watch:
+    """An async iterator of one watch's :class:`~kvapp.mvcc.types.Event` values, in order.
+
+    Made by :meth:`AsyncClient.watch`. If its connection fails, the watch is created again on
+    another endpoint from :attr:`next_revision`, so no event is lost or repeated; resuming is
+    retried until it succeeds or the watch is cancelled. Iteration ends after :meth:`cancel`;
+    it raises :class:`~kvapp.errors.CompactedError` if the history to resume from was
+    compacted (:attr:`compact_revision` says up to where).
+
+    Events are buffered without bound until consumed.
+
+    Attributes:
+        next_revision: the revision of the next event to deliver (every earlier one was).
+        compact_revision: set when the watch ended because its history was compacted.
+        resumes: how many times the watch was created again (failovers, slow-watcher cancels).
+        error: the last error met while resuming, if any.
+    """
+
+    def __init__(self, client: AsyncClient, spec: WatchSpec) -> None:
+        self._client = client
+        self._spec = spec
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self.next_revision = spec.start_revision
+        self.compact_revision = 0
+        self.resumes = 0
+        self.error: BaseException | None = None
+        self._link: Link | None = None
+        self._watch_id = 0
+        self._resume = asyncio.Event()
+        self._ended = False
+        self._task: asyncio.Task[None] | None = None
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> Event:
+        item = await self._queue.get()
+        if item is _END:
+            self._queue.put_nowait(_END)
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        assert isinstance(item, Event)
+        return item
+
+    async def __aenter__(self) -> Watch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.cancel()
+
+    async def cancel(self) -> None:
+        """Stop watching; iteration ends once the events already received are consumed."""
+        link, watch_id = self._link, self._watch_id
+        self._finish(None)
+        if link is not None and not link.closed and watch_id:
+            try:
+                async with asyncio.timeout(self._client.request_timeout):
+                    await link.watch_cancel(watch_id)
+            except (KvappError, TimeoutError) as e:
+                log.debug("kvapp client: cancelling watch %d: %s", watch_id, e)
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._client._watches.discard(self)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _establish(self, link: Link) -> None:
+        """Create the watcher on ``link`` from :attr:`next_revision` (an attempt of _retry)."""
+        spec = self._spec
+        if self.next_revision:
+            spec = attrs.evolve(spec, start_revision=self.next_revision)
+        self._resume.clear()
+        started = await link.watch(spec, self)
+        self._link, self._watch_id = link, started.watch_id
+        if not self.next_revision:
+            self.next_revision = started.revision + 1
+
+    async def _run(self) -> None:
+        client = self._client
+        while True:
+            await self._resume.wait()
+            if self._ended:
+                return
+            link = self._link
+            if link is not None and link.closed:
+                await client._forget(link)
+            self._link, self._watch_id = None, 0
+            while not self._ended:
+                self.resumes += 1
+                try:
+                    await client._retry(self._establish, _Mode.READ, "watch resume")
+                    break
+                except EtcdError as e:
+                    if e.code == GrpcCode.UNAVAILABLE:
+                        self.error = e
+                    else:
+                        self._finish(e)
+                        return
+                except ClientError as e:
+                    self.error = e
+                log.warning(
+                    "kvapp client: cannot resume a watch from revision %d yet: %s",
+                    self.next_revision,
+                    self.error,
+                )
+                await asyncio.sleep(_WATCH_RESUME_PAUSE)
+
+    def _finish(self, error: BaseException | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if error is not None:
+            self._queue.put_nowait(error)
+        self._queue.put_nowait(_END)
+        self._resume.set()
+
+    # -- WatchSink ---------------------------------------------------------------------------
+
+    def on_watch_response(self, response: WatchResponse) -> None:
+        """Deliver events not seen yet; handle cancellation and progress."""
+        if self._ended:
+            return
+        if response.canceled:
+            if response.compact_revision:
+                self.compact_revision = response.compact_revision
+                self._finish(
+                    CompactedError(
+                        f"watch from revision {self.next_revision}: "
+                        f"compacted at {response.compact_revision}"
+                    )
+                )
+            elif response.cancel_reason:
+                log.info("kvapp client: watch cancelled (%s); resuming", response.cancel_reason)
+                self._resume.set()
+            else:
+                self._finish(None)
+            return
+        if response.events:
+            for event in response.events:
+                if event.kv.mod_revision >= self.next_revision:
+                    self._queue.put_nowait(event)
+            self.next_revision = max(self.next_revision, response.events[-1].kv.mod_revision + 1)
+        elif not response.created:  # a progress notification: everything up to it was sent
+            self.next_revision = max(self.next_revision, response.revision + 1)
+
+    def on_link_lost(self, error: BaseException) -> None:
+        """Resume elsewhere."""
+        if not self._ended:
+            self._resume.set()
+
+
+class LeaseLoss(enum.Enum):
+    """Why a :class:`KeepAlive` stopped holding its lease."""
+
+    GONE = "the lease expired or was revoked"
+    RENEWALS_FAILED = "renewals failed for longer than the lease's TTL"
+
+
+class KeepAlive:
+    """Keeps one lease alive from the background; made by :meth:`AsyncClient.keep_alive`.
+
+    Renews every TTL/3 on the leader. A failed renewal is retried every
+    ``min(TTL/3, 0.5 s)`` (finding the leader again if needed) until one succeeds or a whole
+    TTL has passed since the last successful renewal was sent, counting from when it was sent
+    (so the lease is certainly gone by the member's clock only after that). The lease is then
+    reported lost; so it is at once when the member says it no longer exists.
+
+    Loss is reported by :attr:`reason` (None while held), the :attr:`lost` event,
+    :meth:`wait_lost` and the callbacks of :meth:`add_callback`. :meth:`stop` stops renewing
+    without reporting a loss.
+
+    Attributes:
+        lease_id: the lease.
+        ttl: its TTL in seconds, from the last renewal.
+        renewals: successful renewals so far (the first included).
+        last_renewal: ``time.monotonic()`` when the last successful renewal was sent.
+        error: the last renewal failure, if any.
+        lost: set once the lease is lost.
+    """
+
+    def __init__(self, client: AsyncClient, lease_id: int, ttl: int, renewed_at: float) -> None:
+        self._client = client
+        self.lease_id = lease_id
+        self.ttl = ttl
+        self.renewals = 1
+        self.last_renewal = renewed_at
+        self.error: BaseException | None = None
+        self.reason: LeaseLoss | None = None
+        self.lost = asyncio.Event()
+        self._callbacks: list[Callable[[KeepAlive], object]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def alive(self) -> bool:
+        """Whether the lease is held and being renewed."""
+        return self.reason is None and not self._stopped
+
+    def add_callback(self, callback: Callable[[KeepAlive], object]) -> None:
+        """Call ``callback(self)`` when the lease is lost (at once if it already is)."""
+        if self.reason is not None:
+            self._call(callback)
+        else:
+            self._callbacks.append(callback)
+
+    async def wait_lost(self) -> LeaseLoss:
+        """Wait until the lease is lost; returns why."""
+        await self.lost.wait()
+        assert self.reason is not None
+        return self.reason
+
+    async def stop(self) -> None:
+        """Stop renewing (the lease then expires after its TTL unless revoked)."""
+        self._stopped = True
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._client._keep_alives.discard(self)
+
+    async def __aenter__(self) -> KeepAlive:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def _call(self, callback: Callable[[KeepAlive], object]) -> None:
+        try:
+            callback(self)
+        except Exception:
+            log.exception("kvapp client: a keep-alive callback failed")
+
+    def _lose(self, reason: LeaseLoss) -> None:
+        self.reason = reason
+        log.warning("kvapp client: lease %x lost: %s (%s)", self.lease_id, reason.value, self.error)
+        self.lost.set()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            self._call(callback)
+        self._client._keep_alives.discard(self)
+
+    async def _run(self) -> None:
+        client = self._client
+        next_at = self.last_renewal + self.ttl / 3
+        while True:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            sent_at = time.monotonic()
+            deadline = self.last_renewal + self.ttl
+            if sent_at >= deadline:
+                self._lose(LeaseLoss.RENEWALS_FAILED)
+                return
+            try:
+                async with asyncio.timeout(min(client.request_timeout, deadline - sent_at)):
+                    resp = await client._renew(self.lease_id)
+            except LeaseNotFoundError as e:
+                self.error = e
+                self._lose(LeaseLoss.GONE)
+                return
+            except (KvappError, OSError, TimeoutError) as e:
+                self.error = e
+                next_at = time.monotonic() + min(self.ttl / 3, 0.5)
+                continue
+            if resp.ttl <= 0:
+                self._lose(LeaseLoss.GONE)
+                return
+            self.ttl = resp.ttl
+            self.renewals += 1
+            self.last_renewal = sent_at
+            next_at = sent_at + self.ttl / 3

@@ -1,0 +1,158 @@
+"""The client's internal transport interface: one :class:`Link` per connection to one member.
+
+:class:`~kvapp.client.AsyncClient` does endpoint selection, leader discovery, retries and watch
+resumption; a transport only carries one request to one member and its answer back. Its
+methods mirror :class:`~kvapp.service.KvService`, so a transport is a thin translation: the
+native protocol (:mod:`kvapp.client.native`) is one; an etcd v3 gRPC transport can be another
+behind the same client methods.
+
+Contract of every :class:`Link` method:
+
+- it returns the member's result, or raises the member's :class:`~kvapp.errors.EtcdError`
+  (same class, code and text), or :class:`~kvapp.service.OutcomeUnknown` when the member
+  itself could not tell whether a write applied;
+- it raises :class:`~kvapp.client.errors.LinkClosed` when the connection is (or gets) lost
+  before the answer; ``sent`` says whether the request may have reached the member;
+- a malformed answer closes the link (so every request on it fails with ``LinkClosed``);
+- cancelling the calling task abandons the request (a write may still be applied).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+import attrs
+
+from kvapp.lease import LeaseKeepAliveResponse, LeaseTimeToLiveResponse
+from kvapp.mvcc.types import RangeRequest, RangeResponse
+from kvapp.service import MemberInfo, StatusInfo, WriteRequest, WriteResponse
+from kvapp.watch import WatchFilter, WatchResponse
+
+__all__ = ["Connector", "Link", "WatchSink", "WatchSpec", "WatchStarted"]
+
+
+def _filters(items: Iterable[WatchFilter]) -> tuple[WatchFilter, ...]:
+    return tuple(items)
+
+
+@attrs.frozen
+class WatchSpec:
+    """What to watch (the fields of etcd's ``WatchCreateRequest`` a client chooses)."""
+
+    key: bytes
+    range_end: bytes = b""
+    start_revision: int = 0
+    filters: tuple[WatchFilter, ...] = attrs.field(default=(), converter=_filters)
+    prev_kv: bool = False
+    progress_notify: bool = False
+
+
+@attrs.frozen
+class WatchStarted:
+    """A created watcher: its id on the link, and the revision it was created at.
+
+    With ``start_revision`` 0 the watcher reports revisions after ``revision``.
+    """
+
+    watch_id: int
+    revision: int
+
+
+class WatchSink(Protocol):
+    """Where a link delivers one watcher's responses; called on the link's reader task."""
+
+    def on_watch_response(self, response: WatchResponse) -> None:
+        """One response of this watcher (events, progress, or its cancellation), in order."""
+        ...
+
+    def on_link_lost(self, error: BaseException) -> None:
+        """The link is gone: no more responses will come from it."""
+        ...
+
+
+class Link(Protocol):
+    """One connection to one member. See the module docstring for the error contract."""
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint this link is connected to."""
+        ...
+
+    @property
+    def member_id(self) -> int:
+        """The id of the member at the other end."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether the link is lost or closed (every call on it fails with ``LinkClosed``)."""
+        ...
+
+    async def write(self, request: WriteRequest, *, request_id: int) -> WriteResponse:
+        """A write; ``request_id`` (with the client id) deduplicates retries."""
+        ...
+
+    async def range(self, request: RangeRequest) -> RangeResponse:
+        """A read (linearizable unless ``request.serializable``)."""
+        ...
+
+    async def lease_keep_alive(self, lease_id: int) -> LeaseKeepAliveResponse:
+        """Renew a lease (on the leader; a follower raises ``NotLeaderError``)."""
+        ...
+
+    async def lease_time_to_live(self, lease_id: int, *, keys: bool) -> LeaseTimeToLiveResponse:
+        """A lease's remaining time (on the leader)."""
+        ...
+
+    async def leases(self) -> list[int]:
+        """Every lease id."""
+        ...
+
+    async def member_list(self) -> list[MemberInfo]:
+        """The cluster's members."""
+        ...
+
+    async def member_add(self, peer_urls: tuple[str, ...], *, is_learner: bool) -> MemberInfo:
+        """Add a member."""
+        ...
+
+    async def member_remove(self, member_id: int) -> None:
+        """Remove a member."""
+        ...
+
+    async def member_promote(self, member_id: int) -> None:
+        """Promote a learner."""
+        ...
+
+    async def status(self) -> StatusInfo:
+        """The member's status."""
+        ...
+
+    async def watch(self, spec: WatchSpec, sink: WatchSink) -> WatchStarted:
+        """Create a watcher whose responses go to ``sink`` until it is cancelled or lost.
+
+        Responses may reach ``sink`` before this returns.
+        """
+        ...
+
+    async def watch_cancel(self, watch_id: int) -> None:
+        """Cancel a watcher; its sink gets nothing more."""
+        ...
+
+    async def close(self) -> None:
+        """Close the connection; pending calls fail with ``LinkClosed``."""
+        ...
+
+
+class Connector(Protocol):
+    """Opens links; a transport provides one."""
+
+    async def connect(self, endpoint: str, *, client_id: int) -> Link:
+        """Connect and handshake (the caller bounds the time).
+
+        Raises:
+            OSError: the endpoint cannot be reached.
+            ProtocolError: it does not speak the protocol, or refused the handshake.
+        """
+        ...

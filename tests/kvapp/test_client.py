@@ -1,0 +1,526 @@
+"""kvapp.client against native servers over 127.0.0.1, backed by in-memory fake members.
+
+Several servers may serve one :class:`FakeCluster` (one shared state), modelling replicas, so
+failover can be tested without Raft. Every async test runs its own loop under an overall
+timeout; waiting is bounded (``asyncio.timeout``, or polling with a bound and a message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+from kvapp.client import (
+    AsyncClient,
+    Client,
+    KeepAlive,
+    LeaseLoss,
+    OutcomeUnknown,
+    Unavailable,
+)
+from kvapp.client import txn as tx
+from kvapp.client.native import NativeLink
+from kvapp.errors import (
+    CompactedError,
+    DuplicateKeyError,
+    EmptyKeyError,
+    EtcdError,
+    FutureRevisionError,
+    GrpcCode,
+    LeaseNotFoundError,
+    MemberNotFoundError,
+    MemberNotLearnerError,
+    NoLeaderError,
+    RequestTooLargeError,
+    TooManyOpsError,
+)
+from kvapp.mvcc.types import Event, EventType, PutRequest, SortOrder, SortTarget
+from kvapp.requests import UnknownEtcdError
+from kvapp.server.native import NativeServer
+from kvapp.service import WriteRequest
+from tests.kvapp.fake_service import FakeCluster, FakeService
+
+
+def run(timeout: float = 30.0) -> Callable[[Callable[..., Coroutine[Any, Any, None]]], Any]:
+    """Run an async test on a fresh loop, failing (not hanging) after ``timeout`` seconds."""
+
+    def wrap(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def runner(*args: Any, **kwargs: Any) -> None:
+            async def main() -> None:
+                async with asyncio.timeout(timeout):
+                    await fn(*args, **kwargs)
+
+            asyncio.run(main())
+
+        return runner
+
+    return wrap
+
+
+async def eventually(cond: Callable[[], bool], what: str, within: float = 5.0) -> None:
+    """Poll ``cond`` every 10 ms; fail with ``what`` if it is not true ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within}s: {what}")
+        await asyncio.sleep(0.01)
+
+
+class Members:
+    """A fake cluster served by one native server per member."""
+
+    def __init__(self, cluster: FakeCluster, services: list[FakeService]) -> None:
+        self.cluster = cluster
+        self.services = services
+        self.servers: list[NativeServer] = []
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [s.endpoint for s in self.servers]
+
+
+@contextlib.asynccontextmanager
+async def members(n: int = 1, *, leader: int = 0, **options: Any) -> AsyncIterator[Members]:
+    cluster = FakeCluster()
+    services = [cluster.service(0x100 + i) for i in range(n)]
+    cluster.leader_id = services[leader].member_id
+    m = Members(cluster, services)
+    try:
+        for service in services:
+            server = NativeServer(service, host="127.0.0.1", port=0, **options)
+            await server.start()
+            m.servers.append(server)
+        yield m
+    finally:
+        for server in m.servers:
+            await server.stop()
+
+
+def client_for(m: Members, **options: Any) -> AsyncClient:
+    options.setdefault("request_timeout", 5.0)
+    options.setdefault("connect_timeout", 2.0)
+    return AsyncClient(m.endpoints, **options)
+
+
+async def collect(watch: AsyncIterator[Event], n: int, within: float = 5.0) -> list[Event]:
+    out: list[Event] = []
+    async with asyncio.timeout(within):
+        while len(out) < n:
+            out.append(await anext(watch))
+    return out
+
+
+# -- operations -------------------------------------------------------------------------------
+
+
+@run()
+async def test_kv_operations() -> None:
+    async with members() as m, client_for(m) as client:
+        put = await client.put(b"a/1", b"x")
+        assert put.revision == 2
+        assert (await client.put("a/2", "y", prev_kv=True)).prev_kv is None
+        again = await client.put(b"a/1", b"z", prev_kv=True)
+        assert again.prev_kv is not None
+        assert again.prev_kv.value == b"x"
+        await client.put(b"b", b"w")
+
+        got = await client.get(b"a/1")
+        assert [(kv.key, kv.value, kv.version) for kv in got.kvs] == [(b"a/1", b"z", 2)]
+        assert got.revision == 5
+        prefix = await client.get(b"a/", prefix=True, sort_order=SortOrder.DESCEND)
+        assert [kv.key for kv in prefix.kvs] == [b"a/2", b"a/1"]
+        assert prefix.count == 2
+        everything = await client.get(b"", prefix=True, keys_only=True, serializable=True)
+        assert [kv.key for kv in everything.kvs] == [b"a/1", b"a/2", b"b"]
+        assert all(kv.value == b"" for kv in everything.kvs)
+        assert (await client.get(b"a", b"c", count_only=True)).count == 3
+        limited = await client.get(b"a", b"c", limit=1, sort_target=SortTarget.MOD)
+        assert (len(limited.kvs), limited.more) == (1, True)
+        old = await client.get(b"a/1", revision=2)
+        assert old.kvs[0].value == b"x"
+
+        deleted = await client.delete(b"a/", prefix=True, prev_kv=True)
+        assert deleted.deleted == 2
+        assert sorted(kv.key for kv in deleted.prev_kvs) == [b"a/1", b"a/2"]
+        assert (await client.get(b"a/", prefix=True)).kvs == ()
+
+        won = await client.txn(
+            [tx.version(b"lock", "==", 0)],
+            [tx.put(b"lock", b"me"), tx.get(b"lock")],
+            [tx.get(b"lock")],
+        )
+        assert won.succeeded
+        lost = await client.txn(
+            [tx.version(b"lock", "==", 0)], [tx.put(b"lock", b"you")], [tx.get(b"lock")]
+        )
+        assert not lost.succeeded
+        assert lost.responses[0].kvs[0].value == b"me"  # type: ignore[union-attr]
+        compacted = await client.compact(won.revision)
+        assert compacted.revision == won.revision
+        with pytest.raises(CompactedError):
+            await client.get(b"b", revision=2)
+
+
+@run()
+async def test_lease_operations() -> None:
+    async with members() as m, client_for(m) as client:
+        grant = await client.lease_grant(30)
+        await client.put(b"owned", b"v", lease=grant.id)
+        assert await client.leases() == [grant.id]
+        ttl = await client.lease_time_to_live(grant.id, keys=True)
+        assert (ttl.granted_ttl, ttl.keys) == (30, (b"owned",))
+        assert 28 <= ttl.ttl <= 30
+        renewed = await client.keep_alive_once(grant.id)
+        assert (renewed.id, renewed.ttl) == (grant.id, 30)
+        revoked = await client.lease_revoke(grant.id)
+        assert revoked.revision == grant.revision + 2
+        assert (await client.get(b"owned")).kvs == ()
+        assert await client.leases() == []
+        with pytest.raises(LeaseNotFoundError):
+            await client.lease_revoke(grant.id)
+
+
+@run()
+async def test_cluster_and_status_operations() -> None:
+    async with members(2) as m, client_for(m) as client:
+        listed = await client.member_list()
+        assert [x.id for x in listed] == [0x100, 0x101]
+        added = await client.member_add(["http://127.0.0.1:7001"], is_learner=True)
+        assert added.is_learner
+        assert added.name == ""
+        await client.member_promote(added.id)
+        assert not m.cluster.members[added.id].is_learner
+        await client.member_remove(added.id)
+        assert added.id not in {x.id for x in await client.member_list()}
+
+        second = await client.status(m.endpoints[1])
+        assert second.header.member_id == 0x101
+        assert second.leader == 0x100
+        assert second.version
+        any_status = await client.status()
+        assert any_status.header.cluster_id == m.cluster.cluster_id
+
+
+@run()
+async def test_errors_are_the_members_classes_with_etcds_texts() -> None:
+    async with members() as m, client_for(m) as client:
+        await client.put(b"k", b"v")
+        await client.put(b"k", b"w")
+        await client.compact(3)
+        cases: list[tuple[Coroutine[Any, Any, object], type[EtcdError]]] = [
+            (client.get(b"k", revision=99), FutureRevisionError),
+            (client.get(b"k", revision=2), CompactedError),
+            (client.put(b"", b"v"), EmptyKeyError),
+            (client.txn([tx.version(b"k", ">", 0)] * 129), TooManyOpsError),
+            (client.txn([], [tx.put(b"d", b"1"), tx.put(b"d", b"2")]), DuplicateKeyError),
+            (client.lease_revoke(12345), LeaseNotFoundError),
+            (client.lease_time_to_live(12345), LeaseNotFoundError),
+            (client.member_remove(999), MemberNotFoundError),
+            (client.member_promote(0x100), MemberNotLearnerError),
+        ]
+        for call, cls in cases:
+            with pytest.raises(EtcdError) as info:
+                await call
+            assert type(info.value) is cls
+            assert str(info.value) == cls.message
+            assert info.value.code == cls.code
+        # A text kvapp.errors does not define still arrives with its code and text.
+        with pytest.raises(UnknownEtcdError) as unknown:
+            await client.watch(b"b", b"a")
+        assert str(unknown.value) == "mvcc: watcher range is empty"
+        assert unknown.value.code == GrpcCode.INVALID_ARGUMENT
+
+
+@run()
+async def test_too_large_requests() -> None:
+    async with members(max_request_bytes=1000) as m, client_for(m) as client:
+        await client.put(b"k", b"v")
+        link = client._links[m.endpoints[0]]
+        assert isinstance(link, NativeLink)
+        with pytest.raises(RequestTooLargeError) as server_said:
+            await client.put(b"k", b"x" * 2000)  # fits in a frame: the server refuses it
+        assert str(server_said.value) == "etcdserver: request is too large"
+        sent = link.requests_sent
+        with pytest.raises(RequestTooLargeError):
+            await client.put(b"k", b"x" * (m.servers[0].max_frame_bytes + 1))  # refused here
+        assert link.requests_sent == sent
+        # The connection is still the same, and usable.
+        assert (await client.get(b"k")).kvs[0].value == b"v"
+        assert client._links[m.endpoints[0]] is link
+        assert m.servers[0].stats.connections == 1
+        assert m.cluster.writes_applied == 1
+
+
+# -- pipelining -------------------------------------------------------------------------------
+
+
+@run()
+async def test_concurrent_requests_are_pipelined_in_shared_frames() -> None:
+    async with members() as m, client_for(m) as client:
+        await client.put(b"warm", b"up")
+        n = 300
+        puts = await asyncio.gather(*(client.put(b"k%03d" % i, b"v") for i in range(n)))
+        assert sorted(p.revision for p in puts) == list(range(3, n + 3))
+        gets = await asyncio.gather(*(client.get(b"k%03d" % i) for i in range(n)))
+        assert all(g.kvs[0].key == b"k%03d" % i for i, g in enumerate(gets))
+        stats = m.servers[0].stats
+        assert stats.requests == 2 * n + 1
+        assert stats.frames_received < stats.requests / 10, stats
+        assert stats.frames_sent < stats.requests / 10, stats
+        assert stats.errors == 0
+
+
+# -- watch ------------------------------------------------------------------------------------
+
+
+@run()
+async def test_watch_delivers_in_order_and_cancel_ends_it() -> None:
+    async with members() as m, client_for(m) as client:
+        watch = await client.watch(b"w/", prefix=True, prev_kv=True)
+        other = await client.watch(b"w/5")
+        await asyncio.gather(*(client.put(b"w/%d" % i, b"v") for i in range(10)))
+        await client.put(b"w/5", b"again")
+        await client.delete(b"w/5")
+        events = await collect(watch, 12)
+        revisions = [e.kv.mod_revision for e in events]
+        assert revisions == list(range(2, 14))
+        assert [e.type for e in events[-2:]] == [EventType.PUT, EventType.DELETE]
+        assert events[-1].prev_kv is not None
+        assert events[-1].prev_kv.value == b"again"
+        assert [(e.type, e.kv.key) for e in await collect(other, 3)] == [
+            (EventType.PUT, b"w/5"),
+            (EventType.PUT, b"w/5"),
+            (EventType.DELETE, b"w/5"),
+        ]
+
+        await watch.cancel()
+        await client.put(b"w/after", b"v")
+        rest = [e async for e in watch]
+        assert rest == [], "nothing after cancel"
+        assert (await collect(other, 0)) == []
+        await other.cancel()
+
+
+@run()
+async def test_watch_from_a_past_revision_replays_history_and_compaction_ends_it() -> None:
+    async with members() as m, client_for(m) as client:
+        for i in range(5):
+            await client.put(b"h", b"%d" % i)
+        replay = await client.watch(b"h", start_revision=3)
+        assert [e.kv.value for e in await collect(replay, 4)] == [b"1", b"2", b"3", b"4"]
+        await replay.cancel()
+        await client.compact(5)
+        gone = await client.watch(b"h", start_revision=2)
+        with pytest.raises(CompactedError):
+            await collect(gone, 1)
+        assert gone.compact_revision == 5
+
+
+# -- failover and retries ---------------------------------------------------------------------
+
+
+@run()
+async def test_failover_continues_on_the_next_endpoint_and_watch_loses_and_repeats_nothing() -> (
+    None
+):
+    async with members(2) as m, client_for(m) as client:
+        watch = await client.watch(b"f/", prefix=True)
+        for i in range(5):
+            await client.put(b"f/%d" % i, b"before")
+        first = await collect(watch, 5)
+        assert client._current == 0
+
+        await m.servers[0].stop()
+        # Written while the watch has no connection: it must fetch these from history.
+        for i in range(5, 8):
+            await m.services[1].write(PutRequest(b"f/%d" % i, b"gap"))
+        for i in range(8, 12):
+            await client.put(b"f/%d" % i, b"after")
+        assert client._current == 1
+        rest = await collect(watch, 7)
+
+        events = first + rest
+        assert [e.kv.key for e in events] == [b"f/%d" % i for i in range(12)]
+        revisions = [e.kv.mod_revision for e in events]
+        assert revisions == sorted(set(revisions)), "no event repeated or out of order"
+        assert watch.resumes >= 1
+        await client.put(b"f/12", b"last")
+        assert [e.kv.key for e in await collect(watch, 1)] == [b"f/12"]
+        assert m.servers[1].stats.requests > 0
+
+
+@run()
+async def test_a_write_whose_answer_is_lost_is_retried_under_its_id_and_applied_once() -> None:
+    async with members() as m, client_for(m) as client:
+        dropped: list[tuple[int, int]] = []
+
+        async def lose_answer(
+            service: FakeService, request: WriteRequest, client_id: int, request_id: int
+        ) -> None:
+            if not dropped:
+                dropped.append((client_id, request_id))
+                m.servers[0].drop_connections()
+
+        m.cluster.after_apply = lose_answer
+        put = await client.put(b"once", b"v")
+        assert dropped == [(client.client_id, dropped[0][1])]
+        assert m.cluster.write_calls == 2, "the write was retried"
+        assert m.cluster.writes_applied == 1, "and applied once"
+        kv = (await client.get(b"once")).kvs[0]
+        assert (kv.version, kv.mod_revision) == (1, put.revision)
+        assert (await client.get(b"once")).revision == put.revision
+        assert m.servers[0].stats.connections == 2
+
+
+@run()
+async def test_a_write_that_stays_ambiguous_raises_outcome_unknown() -> None:
+    async with members() as m, client_for(m, max_attempts=3, retry_backoff=0.01) as client:
+
+        async def always_lose(service: FakeService, *_: object) -> None:
+            m.servers[0].drop_connections()
+
+        m.cluster.after_apply = always_lose
+        with pytest.raises(OutcomeUnknown):
+            await client.put(b"maybe", b"v")
+        assert m.cluster.write_calls == 3
+        assert m.cluster.writes_applied == 1
+        assert len({rid for (_, rid) in m.cluster.applied}) == 1, "one request id throughout"
+
+
+@run()
+async def test_unreachable_endpoints_raise_unavailable_even_for_writes() -> None:
+    async with members() as m:
+        endpoint = m.endpoints[0]
+    async with AsyncClient([endpoint], max_attempts=2, retry_backoff=0.01) as client:
+        with pytest.raises(Unavailable):
+            await client.get(b"k")
+        with pytest.raises(Unavailable):  # never sent, so certainly not applied
+            await client.put(b"k", b"v")
+
+
+@run()
+async def test_unavailable_members_are_skipped_for_reads_and_writes() -> None:
+    async with members(2) as m, client_for(m, retry_backoff=0.01) as client:
+        m.services[0].unavailable = NoLeaderError()
+        assert (await client.get(b"k")).kvs == ()
+        await client.put(b"k", b"v")
+        assert m.cluster.writes_applied == 1
+        assert "range" in m.services[1].calls
+        m.services[1].unavailable = NoLeaderError()
+        with pytest.raises(NoLeaderError):
+            await client.get(b"k")
+
+
+# -- leases -----------------------------------------------------------------------------------
+
+
+@run()
+async def test_keep_alives_and_time_to_live_go_to_the_leader() -> None:
+    async with members(2, leader=1) as m, client_for(m) as client:
+        grant = await client.lease_grant(1)
+        ka = await client.keep_alive(grant.id)
+        await eventually(lambda: ka.renewals >= 4, "four renewals of a 1 s lease")
+        ttl = await client.lease_time_to_live(grant.id)
+        assert ttl.granted_ttl == 1
+        assert ka.alive
+        follower, leader = m.services
+        assert "lease_keep_alive" not in follower.calls
+        assert "lease_time_to_live" not in follower.calls
+        assert follower.calls.count("status") == 1, "the leader was found once"
+        assert leader.calls.count("lease_keep_alive") >= 4
+        await ka.stop()
+        still_alive: bool = ka.alive  # (a fresh name: mypy kept the narrowing from above)
+        assert not still_alive
+        assert ka.reason is None
+
+
+@run()
+async def test_keep_alive_reports_a_revoked_lease() -> None:
+    async with members() as m, client_for(m) as client:
+        grant = await client.lease_grant(1)
+        lost: list[KeepAlive] = []
+        ka = await client.keep_alive(grant.id, on_lost=lost.append)
+        await client.lease_revoke(grant.id)
+        async with asyncio.timeout(3):
+            assert await ka.wait_lost() is LeaseLoss.GONE
+        assert lost == [ka]
+        assert isinstance(ka.error, LeaseNotFoundError)
+        assert not ka.alive
+        with pytest.raises(LeaseNotFoundError):
+            await client.keep_alive(grant.id)
+
+
+@run()
+async def test_keep_alive_reports_loss_once_renewals_fail_for_a_whole_ttl() -> None:
+    async with members() as m, client_for(m, request_timeout=0.5) as client:
+        grant = await client.lease_grant(2)
+        ka = await client.keep_alive(grant.id)
+        await eventually(lambda: ka.renewals >= 2, "a background renewal")
+        for server in m.servers:
+            await server.stop()
+        async with asyncio.timeout(5):
+            assert await ka.wait_lost() is LeaseLoss.RENEWALS_FAILED
+        lost_after = time.monotonic() - ka.last_renewal
+        assert lost_after >= 2.0, "not reported before the TTL ran out"
+        assert lost_after < 3.5, "reported soon after"
+        assert ka.error is not None
+
+
+# -- sync client ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def served_in_thread(n: int = 1) -> Iterator[tuple[FakeCluster, list[str]]]:
+    """Serve a fake cluster from a loop in a background thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    cluster = FakeCluster()
+    servers = [NativeServer(cluster.service(0x200 + i), port=0) for i in range(n)]
+    try:
+        for server in servers:
+            asyncio.run_coroutine_threadsafe(server.start(), loop).result(5)
+        yield cluster, [s.endpoint for s in servers]
+    finally:
+        for server in servers:
+            asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_the_sync_client() -> None:
+    with served_in_thread() as (cluster, endpoints), Client(endpoints) as client:
+        watch = client.watch(b"s/", prefix=True)
+        assert client.put(b"s/1", b"one").revision == 2
+        assert client.get(b"s/1").kvs[0].value == b"one"
+        assert client.txn([tx.value(b"s/1", "==", b"one")], [tx.delete(b"s/1")]).succeeded
+        event = watch.get(timeout=5)
+        assert event is not None
+        assert (event.type, event.kv.key) == (EventType.PUT, b"s/1")
+        assert next(watch).type is EventType.DELETE
+        assert watch.get(timeout=0.05) is None
+        watch.cancel()
+        with pytest.raises(StopIteration):
+            next(watch)
+
+        grant = client.lease_grant(1)
+        ka = client.keep_alive(grant.id)
+        assert ka.alive
+        assert client.lease_time_to_live(grant.id).granted_ttl == 1
+        client.lease_revoke(grant.id)
+        assert ka.wait_lost(timeout=5) is LeaseLoss.GONE
+        with pytest.raises(LeaseNotFoundError):
+            client.lease_revoke(grant.id)
+        assert client.status(endpoints[0]).header.member_id == 0x200
+        assert cluster.writes_applied == 4
+    with pytest.raises(RuntimeError, match="closed"):
+        client.get(b"k")
