@@ -13,13 +13,20 @@ with every source of nondeterminism turned into an explicit :class:`~raftlib.tes
   :class:`~raftlib.testing.events.Sync` finishes it: persist snapshot, entries and hard state into
   the node's ``MemoryStorage`` (which is its disk), send ``persisted_messages``, apply the
   committed entries, ``advance``. A :class:`~raftlib.testing.events.Crash` in between loses the
-  pending write, or tears it (a prefix reaches the disk). A restart builds a new ``RawNode`` from
-  the storage alone and rebuilds the state machine from the latest snapshot.
+  pending write, or tears it (a prefix reaches the disk). With
+  :attr:`ClusterConfig.unsynced_commits`, a Ready that need not be fsynced (``must_sync`` false:
+  only the commit index changed) is written without fsync: its hard state stays in a volatile
+  layer (the page cache) until a later synced write flushes it, and a crash loses it. A restart
+  builds a new ``RawNode`` from the storage alone and rebuilds the state machine from the latest
+  snapshot, or, with :attr:`ClusterConfig.durable_apply`, keeps the state machine (durable up to
+  what it applied) and passes its applied index as ``Config.applied``.
 * **Time.** Each node is ticked individually, so clocks can run at different speeds.
 * **Clients.** :class:`~raftlib.testing.events.Write` proposes a command and waits for the node
   it was sent to to apply it; :class:`~raftlib.testing.events.Read` uses ``read_index`` and
-  answers from the local state machine once applied far enough. Both are recorded in
-  :attr:`Cluster.history` for the linearizability checker.
+  answers from the local state machine once applied far enough (read states are taken when the
+  Ready is, before its committed entries are applied, as etcd does);
+  :class:`~raftlib.testing.events.Retry` reads again with the context of the node's latest
+  read. All are recorded in :attr:`Cluster.history` for the linearizability checker.
 
 After every delivered message, tick and Ready the :class:`~raftlib.testing.invariants.
 SafetyChecker` inspects the nodes involved and raises
@@ -61,6 +68,7 @@ from raftlib.testing.events import (
     Partition,
     Read,
     Restart,
+    Retry,
     Run,
     ScriptError,
     Stabilize,
@@ -87,6 +95,7 @@ from raftlib.types import (
     ConfState,
     Entry,
     EntryType,
+    HardState,
     Message,
     MessageType,
     Snapshot,
@@ -136,6 +145,13 @@ class ClusterConfig:
         snapshot_every: a node snapshots and compacts its log whenever this many applied
             entries follow its last snapshot; 0 means only on :class:`~raftlib.testing.events.
             Compact`.
+        unsynced_commits: a Ready with ``must_sync`` false (only the commit index changed) is
+            written without fsync, as the Ready contract allows: a crash loses its hard state
+            unless a later synced write flushed it, so a node may restart with a durable commit
+            index behind what it applied and acknowledged.
+        durable_apply: the state machine is durable up to what it applied (as etcd's backend):
+            a restarted node keeps it and passes its applied index as ``Config.applied``, instead
+            of rebuilding it from the latest snapshot.
     """
 
     voters: tuple[int, ...] = attrs.field(default=(1, 2, 3), converter=_ids)
@@ -152,6 +168,8 @@ class ClusterConfig:
     lease_reads: bool = False
     auto_sync: bool = False
     snapshot_every: int = 0
+    unsynced_commits: bool = False
+    durable_apply: bool = False
 
     @property
     def node_ids(self) -> tuple[int, ...]:
@@ -225,6 +243,9 @@ class ClusterNode:
         conf_state: the configuration as of ``applied``.
         incarnation: how many times the node has (re)started.
         pending: the Ready taken but not yet durable, if any.
+        unsynced: a hard state written without fsync (``ClusterConfig.unsynced_commits``) and
+            not yet flushed by a synced write; a crash loses it.
+        read_ctxs: the request contexts of this incarnation's reads, latest last.
     """
 
     def __init__(self, node_id: int, storage: MemoryStorage) -> None:
@@ -236,11 +257,18 @@ class ClusterNode:
         self.conf_state = storage.snapshot().metadata.conf_state
         self.incarnation = 0
         self.pending: Ready | None = None
+        self.unsynced: HardState | None = None
         self.seen_ops: set[int] = set()
         self.own_ops: set[int] = set()
-        self.pending_reads: dict[bytes, int] = {}
+        self.pending_reads: dict[bytes, list[int]] = {}
+        """The reads waiting for a ReadState, per request context, first come first served."""
+        self.read_ctxs: list[bytes] = []
+        self.read_query: dict[bytes, bytes] = {}
+        self.leader_only: set[bytes] = set()
+        """Contexts every request of which was made while this node led (see ``Retry``)."""
         self.waiting_reads: list[tuple[int, int]] = []
-        self.results: dict[int, bytes] = {}
+        self.kept_sm: StateMachine | None = None
+        """With ``durable_apply``, the state machine as the crash left it on disk."""
 
     @property
     def up(self) -> bool:
@@ -368,6 +396,8 @@ class Cluster:
         )
         self._seq = 0
         self._probe = 0
+        self._read_owner: dict[bytes, int] = {}
+        self._probe_reads: dict[bytes, bool] = {}
         initial = ConfState(voters=config.voters, learners=config.learners)
         for i in config.node_ids:
             node = ClusterNode(i, MemoryStorage(initial))
@@ -479,6 +509,8 @@ class Cluster:
                 self._write(self.nodes[node], command)
             case Read(node, query):
                 self._read(self.nodes[node], query)
+            case Retry(node):
+                self._retry(self.nodes[node])
             case Transfer(node, target):
                 raw = self.nodes[node].raw
                 if raw is not None:
@@ -558,6 +590,10 @@ class Cluster:
     def get(self, node: int, key: str) -> None:
         """A client reads ``key`` (default KV state machine) at ``node``."""
         self.read(node, cbor2.dumps(["get", key]))
+
+    def retry(self, node: int) -> None:
+        """A client reads at ``node`` again with the context of ``node``'s latest read."""
+        self.execute(Retry(node))
 
     def transfer_leader(self, node: int, target: int) -> None:
         """Ask ``node`` to hand leadership to ``target``."""
@@ -646,6 +682,8 @@ class Cluster:
         first = r.log.first_index()
         role = r.state.name.lower()
         pend = " (write pending)" if nd.pending is not None else ""
+        if nd.unsynced is not None:
+            pend += f" (durable commit={nd.storage.hard_state.commit})"
         return (
             f"{role:<13} term={r.term} vote={r.vote} "
             f"commit={r.log.committed} applied={nd.applied} "
@@ -666,12 +704,17 @@ class Cluster:
         c = self.config
         nd.incarnation += 1
         snap = nd.storage.snapshot()
+        kept = nd.kept_sm
+        nd.kept_sm = None
+        if kept is not None and nd.applied < snap.metadata.index:
+            kept = None  # a snapshot newer than the state machine reached the disk: restore it
         cfg = Config(
             id=nd.id,
             storage=nd.storage,
             # The state machine restarts from the snapshot, which may be ahead of the log's
-            # compaction point: entries up to it must not be handed out again.
-            applied=snap.metadata.index,
+            # compaction point: entries up to it must not be handed out again. A durable state
+            # machine restarts where it was, possibly beyond the durable commit index.
+            applied=nd.applied if kept is not None else snap.metadata.index,
             election_tick=c.election_tick,
             heartbeat_tick=c.heartbeat_tick,
             rng=random.Random(f"{c.seed}/{nd.id}/{nd.incarnation}"),
@@ -683,12 +726,15 @@ class Cluster:
             read_only_option=ReadOnlyOption.LEASE_BASED if c.lease_reads else ReadOnlyOption.SAFE,
         )
         nd.raw = RawNode(cfg)
-        nd.sm = self.state_machine()
-        nd.seen_ops = set()
-        if snap.data:
-            self._restore_sm(nd, snap)
-        nd.applied = snap.metadata.index
-        nd.conf_state = snap.metadata.conf_state
+        if kept is not None:
+            nd.sm = kept  # with its applied index, configuration and client sessions
+        else:
+            nd.sm = self.state_machine()
+            nd.seen_ops = set()
+            if snap.data:
+                self._restore_sm(nd, snap)
+            nd.applied = snap.metadata.index
+            nd.conf_state = snap.metadata.conf_state
         if self.check:
             self.checker.on_restart(nd.id)
             self.checker.on_applied_base(nd.id, nd.applied)
@@ -707,10 +753,15 @@ class Cluster:
         if rd is not None and torn:
             self._persist(nd, rd, limit=torn)
         nd.raw = None
+        nd.kept_sm = nd.sm if self.config.durable_apply else None
         nd.sm = None
         nd.pending = None
+        nd.unsynced = None  # never fsynced: lost
         nd.own_ops.clear()
         nd.pending_reads.clear()
+        nd.read_ctxs.clear()
+        nd.read_query.clear()
+        nd.leader_only.clear()
         nd.waiting_reads.clear()
         self.stats["crashes"] += 1
         if self.check:
@@ -754,6 +805,7 @@ class Cluster:
                 self.stats["readys"] += 1
                 self._send(nd, rd.messages)
                 nd.pending = rd
+                self._take_read_states(nd, rd)
                 if self.config.auto_sync:
                     self._sync(nd)
                     again = True
@@ -762,6 +814,20 @@ class Cluster:
         """Write ``rd`` to ``nd``'s disk, or only its first ``limit`` items (a torn write)."""
         budget = limit if limit is not None else 1 << 62
         st = nd.storage
+        if limit is None and self.config.unsynced_commits:
+            if not rd.must_sync:
+                # Only the commit index changed: written, not fsynced (the Ready contract allows
+                # it). It sits in the page cache until the next fsync; a crash loses it.
+                if rd.hard_state is not None:
+                    nd.unsynced = rd.hard_state
+                return
+            if nd.unsynced is not None:
+                # This write's fsync flushes the earlier unsynced one too.
+                if rd.hard_state is None:
+                    st.set_hard_state(nd.unsynced)
+                    if self.check:
+                        self.checker.on_persist(nd.id, nd.unsynced)
+                nd.unsynced = None
         if rd.snapshot is not None:
             if budget <= 0:
                 return
@@ -797,10 +863,6 @@ class Cluster:
             if self.check:
                 self.checker.on_apply(nd.id, e, commit)
             self._apply(nd, raw, e)
-        for rs in rd.read_states:
-            op = nd.pending_reads.pop(rs.request_ctx, None)
-            if op is not None:
-                nd.waiting_reads.append((rs.index, op))
         raw.advance(rd)
         self._serve_reads(nd)
         self._observe(nd)
@@ -835,6 +897,20 @@ class Cluster:
             self._snapshot(nd)
         if self.check:
             self.checker.on_conf_applied(nd.id, e.index, outcome)
+
+    def _take_read_states(self, nd: ClusterNode, rd: Ready) -> None:
+        """Hand ``rd``'s read states to the reads waiting for them (at once, as etcd does)."""
+        for rs in rd.read_states:
+            ctx = rs.request_ctx
+            if self.check:
+                self.checker.on_read_state(nd.id, ctx, self._read_owner.get(ctx))
+            if ctx in self._probe_reads:
+                self._probe_reads[ctx] = True
+                continue
+            ops = nd.pending_reads.get(ctx)
+            if ops:
+                nd.waiting_reads.append((rs.index, ops.pop(0)))
+        self._serve_reads(nd)
 
     def _serve_reads(self, nd: ClusterNode) -> None:
         if not nd.waiting_reads or nd.sm is None:
@@ -944,7 +1020,35 @@ class Cluster:
             self.history.fail(op)
             return
         ctx = f"read-{op}".encode()
-        nd.pending_reads[ctx] = op
+        self._read_owner[ctx] = nd.id
+        nd.read_ctxs.append(ctx)
+        nd.read_query[ctx] = query
+        nd.pending_reads[ctx] = [op]
+        if _peek(nd.raw).state == StateType.LEADER:
+            nd.leader_only.add(ctx)
+        nd.raw.read_index(ctx)
+
+    def _retry(self, nd: ClusterNode) -> None:
+        """Read again at ``nd`` with the context of its latest read.
+
+        A leader handles each ``read_index`` call itself, at most one ReadState each, in call
+        order: while every call with the context was made leading, read states can be matched
+        to calls first come first served, and the retry is a read of its own, invoked now. A
+        call made otherwise is forwarded, and forwarded requests and answers can be duplicated:
+        from then on a read state could come from any earlier call, so only the earliest waiting
+        read (invoked before every call) may take it; later ones are dropped from the history.
+        """
+        if nd.raw is None or not nd.read_ctxs:
+            return
+        ctx = nd.read_ctxs[-1]
+        ops = nd.pending_reads.setdefault(ctx, [])
+        if _peek(nd.raw).state == StateType.LEADER and ctx in nd.leader_only:
+            ops.append(self.history.invoke(nd.id, ("read", nd.read_query[ctx]), self.now))
+        else:
+            nd.leader_only.discard(ctx)
+            for op in ops[1:]:
+                self.history.fail(op)  # a read has no effect: leaving it out hides nothing
+            del ops[1:]
         nd.raw.read_index(ctx)
 
     def _propose_conf(self, nd: ClusterNode, changes: tuple[str, ...], transition: str) -> None:
@@ -997,6 +1101,7 @@ class Cluster:
         self._settle()
         self._stabilize()
         probe: tuple[int, int] | None = None  # (node it was proposed at, its index)
+        reads: dict[bytes, int] = {}  # the probe reads of this probe, by context: their node
         for _ in range(ticks):
             self._tick_all()
             self._stabilize()
@@ -1005,15 +1110,40 @@ class Cluster:
                 continue
             if probe is None or probe[0] != lead:
                 probe = self._propose_probe(lead)
+                reads = {}
                 self._stabilize()
                 if probe is None:
                     continue
-            if self._probe_applied_everywhere(lead, probe[1]):
+            if not self._probe_applied_everywhere(lead, probe[1]):
+                continue
+            if not reads:
+                # Every member reads once; each must be answered, to the member that asked.
+                reads = self._probe_read_everywhere(lead)
+                self._stabilize()
+            if all(self._probe_reads[ctx] for ctx in reads):
                 return
+        unanswered = sorted(n for ctx, n in reads.items() if not self._probe_reads[ctx])
         raise LivenessViolation(
-            f"no progress within {ticks} reliable rounds after healing "
-            f"(leader: {self.leader()}):\n{self.describe()}"
+            f"no progress within {ticks} reliable rounds after healing (leader: "
+            f"{self.leader()}; reads not answered at: {unanswered or 'none'}):\n{self.describe()}"
         )
+
+    def _probe_read_everywhere(self, lead: int) -> dict[bytes, int]:
+        cs = _peek(self.nodes[lead].running()).trk.config.conf_state()
+        members = {*cs.voters, *cs.voters_outgoing, *cs.learners, *cs.learners_next}
+        out: dict[bytes, int] = {}
+        for m in sorted(members):
+            nd = self.nodes.get(m)
+            if nd is None or nd.raw is None:
+                continue
+            self._probe += 1
+            ctx = f"probe-read-{self._probe}".encode()
+            self._read_owner[ctx] = m
+            self._probe_reads[ctx] = False
+            out[ctx] = m
+            nd.raw.read_index(ctx)
+        self._settle()
+        return out
 
     def _propose_probe(self, lead: int) -> tuple[int, int] | None:
         raw = self.nodes[lead].running()

@@ -12,6 +12,8 @@ short text program and back, one event per line::
     crash 2 torn=1
     partition 1 | 2 3
     put 1 k1 v5
+    get 2 k1
+    retry 2
     stabilize
 
 Messages are named by sender, receiver and type (and ``#n`` for the n-th such message in
@@ -45,6 +47,7 @@ __all__ = [
     "Partition",
     "Read",
     "Restart",
+    "Retry",
     "Run",
     "ScriptError",
     "Stabilize",
@@ -203,6 +206,20 @@ class Read:
 
 
 @attrs.frozen
+class Retry:
+    """A client reads at ``node`` again, reusing the request context of ``node``'s latest read.
+
+    Applications retry a ``read_index`` with the same context after a timeout, or reuse one
+    context for many reads. When every earlier request with that context was made while
+    ``node`` led (so each produced at most one ``ReadState``, in order), the retry is recorded as
+    a new read invoked now, and the read states for the context answer the reads first come,
+    first served; otherwise it only re-sends the request of the reads already waiting.
+    """
+
+    node: int
+
+
+@attrs.frozen
 class Transfer:
     """Ask ``node`` to transfer leadership to ``target``."""
 
@@ -279,6 +296,7 @@ Event = (
     | Campaign
     | Write
     | Read
+    | Retry
     | Transfer
     | Conf
     | Compact
@@ -339,6 +357,8 @@ def format_event(e: Event) -> str:
             if kv is not None:
                 return f"get {node} {kv[1]}"
             return f"read {node} {query.hex()}"
+        case Retry(node):
+            return f"retry {node}"
         case Transfer(node, target):
             return f"transfer {node} {target}"
         case Conf(node, changes, transition):
@@ -417,6 +437,8 @@ def _parse(verb: str, args: list[str]) -> Event:
             return Read(int(args[0]), cbor2.dumps(["get", args[1]]))
         case "read":
             return Read(int(args[0]), bytes.fromhex(args[1]))
+        case "retry":
+            return Retry(int(args[0]))
         case "transfer":
             return Transfer(int(args[0]), int(args[1]))
         case "conf":

@@ -31,14 +31,20 @@
 ``applied-le-committed``
     A node never applies beyond its commit index.
 ``durable-before-send``
-    A vote (and a vote request) is durable before it is sent, and a node acknowledges an append
-    only once the acknowledged entries are durable (thesis §10.2.1).
+    A vote (and a vote request) is durable before it is sent, a node acknowledges an append
+    only once the acknowledged entries are durable (thesis §10.2.1), and a leader speaks for a
+    term (appends, heartbeats, snapshots, timeout-now) only once that term is durable: a leader
+    that could forget its term in a crash might win it again and append different entries.
 ``durable-monotonic``
     The durable term never decreases and the durable vote never changes within a term.
 ``config-change-safety``
     A leader appends a configuration change only once every earlier one in its log is
     committed (thesis §4.1: never two configurations in flight), and every node that applies the
     change at an index arrives at the same configuration.
+``read-origin``
+    A ``ReadState`` is handed only to the node that asked for it (its request context is one
+    that node passed to ``read_index``): a read forwarded through other nodes is answered to its
+    origin.
 
 Each violation names its property, so tests can assert that a deliberately broken Raft trips
 the right one.
@@ -66,6 +72,9 @@ __all__ = [
 
 MT = MessageType
 
+_LEADER_TYPES = frozenset({MT.APP, MT.HEARTBEAT, MT.SNAP, MT.TIMEOUT_NOW})
+"""Messages only a leader sends, stamped with its term."""
+
 PROPERTIES = (
     "election-safety",
     "leader-append-only",
@@ -80,6 +89,7 @@ PROPERTIES = (
     "durable-before-send",
     "durable-monotonic",
     "config-change-safety",
+    "read-origin",
 )
 """The names of every property :class:`SafetyChecker` checks."""
 
@@ -553,6 +563,14 @@ class SafetyChecker:
                     f"node {node} requests votes for term {m.term} but its durable state is "
                     f"term {hs.term} vote {hs.vote}",
                 )
+        elif t in _LEADER_TYPES:
+            hs, _ = storage.initial_state()
+            if hs.term < m.term:
+                raise InvariantViolation(
+                    "durable-before-send",
+                    f"node {node} sends {t.name} of term {m.term} to {m.to} as leader but its "
+                    f"durable term is {hs.term}",
+                )
         elif t == MT.APP_RESP and not m.reject and storage.last_index() < m.index:
             # Only the index can be checked: the acknowledged entries may since have been
             # overwritten by a newer leader's (that stale ack cannot be counted toward a quorum,
@@ -561,6 +579,21 @@ class SafetyChecker:
                 "durable-before-send",
                 f"node {node} acknowledges entries up to {m.index} to {m.to} but has made "
                 f"durable only up to {storage.last_index()}",
+            )
+
+    def on_read_state(self, node: int, ctx: bytes, requester: int | None) -> None:
+        """``node`` received a ``ReadState`` for ``ctx``, which ``requester`` asked for.
+
+        ``requester`` is the node that passed ``ctx`` to ``read_index`` (``None``: nobody did).
+
+        Raises:
+            InvariantViolation: ``read-origin`` failed.
+        """
+        if requester != node:
+            who = "no node" if requester is None else f"node {requester}"
+            raise InvariantViolation(
+                "read-origin",
+                f"node {node} received a read state for context {ctx!r}, which {who} requested",
             )
 
 

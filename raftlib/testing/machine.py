@@ -1,10 +1,14 @@
 """``ClusterMachine``: a hypothesis rule-based state machine over a simulated Raft cluster.
 
-Hypothesis chooses the steps: tick a node, deliver / drop / duplicate any in-flight message (so
-any reordering and delay), finish a node's disk write, crash a node (tearing its pending write)
-and restart it from its disk, partition or cut links one way, heal, campaign, client writes and
-``read_index`` reads, leader transfers, membership changes (simple and joint, voters and
-learners), log compaction, and big steps that run the cluster for a while. After every step the
+Hypothesis chooses the cluster's shape (the configured one, or its first voter alone with the
+other voters as learners), its disk (commit-only Readys fsynced or not; the state machine rebuilt
+from the snapshot on restart, or durable up to what it applied), and the steps: tick a node,
+deliver / drop / duplicate any in-flight message (so any reordering and delay), finish a node's
+disk write, crash a node (tearing its pending write, losing what was not fsynced) and restart it
+from its disk, partition or cut links one way, heal, campaign, client writes, ``read_index``
+reads and reads retried with the same request context, leader transfers, membership changes
+(simple and joint, voters and learners), log compaction, and big steps that run the cluster for a
+while. After every step the
 :class:`~raftlib.testing.invariants.SafetyChecker` has checked every delivered message and Ready,
 and the ``@invariant`` cross-checks all logs from scratch. When the steps run out, the machine
 heals everything and requires progress (liveness), then checks the client history for
@@ -59,6 +63,7 @@ from raftlib.testing.events import (
     Partition,
     Read,
     Restart,
+    Retry,
     Run,
     Stabilize,
     Sync,
@@ -75,6 +80,8 @@ __all__ = ["ClusterMachine"]
 
 _index = st.integers(min_value=0, max_value=63)
 _FLAGS = [(True, True), (True, False), (False, True), (False, False)]
+_DISKS = [(False, False), (True, False), (True, True), (False, True)]
+"""``(unsynced_commits, durable_apply)``."""
 
 
 class ClusterMachine(RuleBasedStateMachine):
@@ -86,6 +93,10 @@ class ClusterMachine(RuleBasedStateMachine):
         config: the cluster's shape and node configuration (the seed, and unless
             ``fixed_flags`` the ``pre_vote``/``check_quorum`` flags, are drawn by hypothesis).
         fixed_flags: keep ``config``'s ``pre_vote`` and ``check_quorum`` instead of drawing them.
+        vary_shape: sometimes run ``config``'s first voter as the only voter, its other voters
+            as learners (a lone voter wins elections on its own vote).
+        vary_disk: draw ``unsynced_commits`` and ``durable_apply`` instead of keeping
+            ``config``'s.
         state_machine: makes each node's application state machine.
         model: the linearizability model of ``state_machine``'s client operations; ``None``
             skips the linearizability check. The default fits :class:`KVStateMachine`.
@@ -97,6 +108,8 @@ class ClusterMachine(RuleBasedStateMachine):
 
     config: ClassVar[ClusterConfig] = ClusterConfig(voters=(1, 2, 3), spares=(4,))
     fixed_flags: ClassVar[bool] = False
+    vary_shape: ClassVar[bool] = True
+    vary_disk: ClassVar[bool] = True
     state_machine: ClassVar[Callable[[], StateMachine]] = KVStateMachine
     model: ClassVar[Model | None] = kv_model()
     min_voters: ClassVar[int] = 3
@@ -141,8 +154,25 @@ class ClusterMachine(RuleBasedStateMachine):
             self._failed = True
             script = self.cluster.script()
             type(self).last_failure = script
-            note("Replay with `python -m raftlib.testing.replay FILE`, FILE holding:\n")
+            note(f"Replay with `{self.replay_command()}`, FILE holding:\n")
             note(script)
+
+    @classmethod
+    def replay_command(cls) -> str:
+        """The command line that replays this machine's schedules (``FILE`` for the file).
+
+        A custom state machine and model are named as ``module:attribute`` for the tool's
+        ``--state-machine`` and ``--model`` (they must be importable from where it runs).
+        """
+        words = ["python -m raftlib.testing.replay"]
+        sm = cls.state_machine
+        if sm is not KVStateMachine:
+            words.append(f"--state-machine {sm.__module__}:{sm.__qualname__}")
+            if cls.model is not None:
+                owner = next(k for k in cls.__mro__ if "model" in vars(k))
+                words.append(f"--model {owner.__module__}:{owner.__qualname__}.model")
+        words.append("FILE")
+        return " ".join(words)
 
     def _node(self, i: int) -> int:
         ids = self.cluster.config.node_ids
@@ -154,12 +184,27 @@ class ClusterMachine(RuleBasedStateMachine):
         seed=st.integers(0, 2**16),
         flags=st.sampled_from(_FLAGS),
         elect=st.booleans(),
+        lone_voter=st.booleans(),
+        disk=st.sampled_from(_DISKS),
     )
-    def start(self, seed: int, flags: tuple[bool, bool], elect: bool) -> None:
-        """Create the cluster; optionally elect node 1 at once (saves steps)."""
+    def start(
+        self,
+        seed: int,
+        flags: tuple[bool, bool],
+        elect: bool,
+        lone_voter: bool,
+        disk: tuple[bool, bool],
+    ) -> None:
+        """Create the cluster; optionally elect its first voter at once (saves steps)."""
         cfg = attrs.evolve(self.config, seed=seed)
         if not self.fixed_flags:
             cfg = attrs.evolve(cfg, pre_vote=flags[0], check_quorum=flags[1])
+        if self.vary_shape and lone_voter and len(cfg.voters) > 1:
+            cfg = attrs.evolve(
+                cfg, voters=cfg.voters[:1], learners=(*cfg.voters[1:], *cfg.learners)
+            )
+        if self.vary_disk:
+            cfg = attrs.evolve(cfg, unsynced_commits=disk[0], durable_apply=disk[1])
         model = self.model
         self._cluster = Cluster(cfg, state_machine=type(self).state_machine, model=model)
         if elect:
@@ -250,6 +295,13 @@ class ClusterMachine(RuleBasedStateMachine):
     def read(self, node: int, key: int) -> None:
         """A client reads through a node with ``read_index``."""
         self._do(Read(self._node(node), self.make_read(key)))
+
+    @precondition(lambda self: any(n.read_ctxs for n in self.cluster.nodes.values()))
+    @rule(i=_index)
+    def retry(self, i: int) -> None:
+        """A client reads again at a node, reusing the request context of its latest read."""
+        nodes = [k for k, n in self.cluster.nodes.items() if n.read_ctxs]
+        self._do(Retry(nodes[i % len(nodes)]))
 
     @rule(node=_index, to=_index)
     def transfer(self, node: int, to: int) -> None:
