@@ -50,6 +50,7 @@ from kvapp.errors import (
     RequestTooLargeError,
     StoppedError,
     TooManyLearnersError,
+    TooManyRequestsError,
 )
 from kvapp.kvstate import KvState
 from kvapp.lease import (
@@ -80,6 +81,7 @@ from kvapp.watch import WatchStream
 from raftlib import (
     Committed,
     ConfChange,
+    ConfChangeRefused,
     ConfChangeType,
     Message,
     Node,
@@ -310,6 +312,11 @@ class Member:
         await self.node.stop()
         self.kv.lessor.demote()
 
+    async def transfer_leadership_away(self) -> None:
+        """If leading, hand leadership to the most up-to-date voter (bounded wait)."""
+        if self.node.running and self.node.is_leader:
+            await self._transfer_away()
+
     @property
     def failure(self) -> BaseException | None:
         """What stopped the member on its own (e.g. a storage error), if anything."""
@@ -322,12 +329,14 @@ class Member:
         self.node.receive(message)
 
     def report_unreachable(self, member_id: int) -> None:
-        """A message to ``member_id`` could not be sent."""
-        self.node.report_unreachable(member_id)
+        """A message to ``member_id`` could not be sent (ignored once stopped)."""
+        if self.node.running:
+            self.node.report_unreachable(member_id)
 
     def report_snapshot(self, member_id: int, *, success: bool) -> None:
-        """Whether a snapshot sent to ``member_id`` arrived."""
-        self.node.report_snapshot(member_id, success=success)
+        """Whether a snapshot sent to ``member_id`` arrived (ignored once stopped)."""
+        if self.node.running:
+            self.node.report_snapshot(member_id, success=success)
 
     # -- KvService --
 
@@ -487,6 +496,9 @@ class Member:
     async def _conf_change(self, cc: ConfChange) -> None:
         try:
             await self.node.propose_conf_change(cc)
+        except ConfChangeRefused as e:
+            # Raft takes one change at a time: the client may retry once the last one applied.
+            raise TooManyRequestsError(str(e)) from None
         except NotLeader:
             raise NoLeaderError from None
         except ProposalLost:

@@ -1,0 +1,459 @@
+"""Command line: ``kvapp serve`` (one member), ``kvapp cluster`` (a local cluster) and ``kvctl``.
+
+Flags take etcd's names where they mean the same (``--name --data-dir --listen-peer-urls
+--listen-client-urls --initial-cluster --initial-cluster-state --initial-cluster-token
+--snapshot-count --heartbeat-interval --election-timeout --max-request-bytes``), so an etcd
+operator's muscle memory works. Every flag is checked before anything is created on disk: a
+typo gets a clear message and exit status 2, never a half-made data directory.
+
+The data directory holds ``member.json`` (this member's name, id, cluster id and the initial
+member list, written once when the member is created) beside the Raft store. On restart the
+file is authoritative: ``--initial-cluster`` is then ignored, as etcd ignores it, and a data
+directory of another member or cluster is refused with a message saying whose it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+from kvapp.node import (
+    MAX_REQUEST_BYTES,
+    Member,
+    MemberConfig,
+    cluster_id_for,
+    member_id_for,
+    parse_peer_url,
+)
+from kvapp.service import MemberInfo
+
+__all__ = ["ServeOptions", "main", "parse_serve_args"]
+
+logger = logging.getLogger("kvapp")
+
+_META = "member.json"
+_META_FORMAT = "kvapp.member"
+_META_VERSION = 1
+
+
+class UsageError(Exception):
+    """A command-line value is invalid; the message says which and why."""
+
+
+@attrs.frozen
+class ServeOptions:
+    """Validated ``kvapp serve`` options."""
+
+    name: str
+    data_dir: Path
+    listen_peer: tuple[str, int]
+    listen_client: tuple[str, int]
+    advertise_client_urls: tuple[str, ...]
+    initial_members: tuple[MemberInfo, ...]
+    new_cluster: bool
+    cluster_token: str
+    snapshot_count: int
+    tick_interval: float
+    election_tick: int
+    max_request_bytes: int
+    fsync: bool
+
+
+def _url_list(value: str, flag: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in value.split(",") if u.strip())
+    if not urls:
+        raise UsageError(f"{flag}: no URL given")
+    for u in urls:
+        try:
+            parse_peer_url(u)
+        except ValueError as e:
+            raise UsageError(f"{flag}: {e}") from None
+    return urls
+
+
+def _initial_cluster(value: str, cluster_id: int) -> tuple[MemberInfo, ...]:
+    members: dict[str, list[str]] = {}
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        name, sep, url = item.partition("=")
+        if not sep or not name or not url:
+            raise UsageError(
+                f"--initial-cluster: {item!r} is not name=http://host:port "
+                "(example: m1=http://127.0.0.1:2380,m2=http://127.0.0.1:2382)"
+            )
+        try:
+            parse_peer_url(url)
+        except ValueError as e:
+            raise UsageError(f"--initial-cluster: {e}") from None
+        members.setdefault(name, []).append(url)
+    if not members:
+        raise UsageError("--initial-cluster: no member given")
+    seen: dict[str, str] = {}
+    for name, urls in members.items():
+        for u in urls:
+            if u in seen:
+                raise UsageError(f"--initial-cluster: {u} is given for both {seen[u]} and {name}")
+            seen[u] = name
+    return tuple(
+        MemberInfo(member_id_for(urls, cluster_id), name, tuple(urls))
+        for name, urls in members.items()
+    )
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kvapp serve", description="Run one kvapp member.")
+    p.add_argument("--name", default="default", help="this member's name (default: default)")
+    p.add_argument("--data-dir", help="data directory (default: ./<name>.kvapp)")
+    p.add_argument("--listen-peer-urls", default="http://127.0.0.1:2380")
+    p.add_argument("--listen-client-urls", default="http://127.0.0.1:2379")
+    p.add_argument(
+        "--advertise-client-urls",
+        help="client URLs published to the cluster (default: --listen-client-urls)",
+    )
+    p.add_argument(
+        "--initial-cluster",
+        help="name=peer-url,... of the starting members (default: this member alone)",
+    )
+    p.add_argument("--initial-cluster-state", choices=("new", "existing"), default="new")
+    p.add_argument("--initial-cluster-token", default="kvapp-cluster")
+    p.add_argument("--snapshot-count", type=int, default=10_000)
+    p.add_argument("--heartbeat-interval", type=int, default=100, help="milliseconds")
+    p.add_argument("--election-timeout", type=int, default=1000, help="milliseconds")
+    p.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES)
+    p.add_argument(
+        "--unsafe-no-fsync",
+        action="store_true",
+        help="skip fsync (tests and benchmarks only: a power loss can lose acknowledged writes)",
+    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def parse_serve_args(argv: Sequence[str]) -> tuple[ServeOptions, str]:
+    """Parse and validate ``kvapp serve`` arguments; returns the options and the log level.
+
+    Raises:
+        UsageError: a value is invalid (the message names the flag).
+        SystemExit: argparse's own errors (unknown flag, bad type), with status 2.
+    """
+    a = _serve_parser().parse_args(argv)
+    if not a.name or "," in a.name or "=" in a.name:
+        raise UsageError(f"--name: {a.name!r} must be non-empty without ',' or '='")
+    peer_urls = _url_list(a.listen_peer_urls, "--listen-peer-urls")
+    client_urls = _url_list(a.listen_client_urls, "--listen-client-urls")
+    advertise = (
+        _url_list(a.advertise_client_urls, "--advertise-client-urls")
+        if a.advertise_client_urls
+        else client_urls
+    )
+    if a.heartbeat_interval <= 0:
+        raise UsageError("--heartbeat-interval must be positive (milliseconds)")
+    if a.election_timeout < 5 * a.heartbeat_interval:
+        raise UsageError(
+            "--election-timeout must be at least 5 times --heartbeat-interval "
+            f"(got {a.election_timeout} and {a.heartbeat_interval})"
+        )
+    if a.election_timeout > 50_000:
+        raise UsageError("--election-timeout must be at most 50000 milliseconds")
+    if a.snapshot_count < 1:
+        raise UsageError("--snapshot-count must be positive")
+    if not 1024 <= a.max_request_bytes <= 64 * 1024 * 1024:
+        raise UsageError("--max-request-bytes must be between 1024 and 67108864")
+    if not a.initial_cluster_token:
+        raise UsageError("--initial-cluster-token must not be empty")
+    cluster_id = cluster_id_for(a.initial_cluster_token)
+    initial = _initial_cluster(a.initial_cluster or f"{a.name}={peer_urls[0]}", cluster_id)
+    mine = [m for m in initial if m.name == a.name]
+    if not mine:
+        raise UsageError(
+            f"--initial-cluster does not name this member ({a.name!r}); it names "
+            + ", ".join(repr(m.name) for m in initial)
+        )
+    if set(mine[0].peer_urls) != set(peer_urls):
+        raise UsageError(
+            f"--initial-cluster gives {a.name!r} the peer URLs {', '.join(mine[0].peer_urls)} "
+            f"but --listen-peer-urls is {', '.join(peer_urls)}"
+        )
+    opts = ServeOptions(
+        name=a.name,
+        data_dir=Path(a.data_dir or f"{a.name}.kvapp"),
+        listen_peer=parse_peer_url(peer_urls[0]),
+        listen_client=parse_peer_url(client_urls[0]),
+        advertise_client_urls=advertise,
+        initial_members=initial,
+        new_cluster=a.initial_cluster_state == "new",
+        cluster_token=a.initial_cluster_token,
+        snapshot_count=a.snapshot_count,
+        tick_interval=a.heartbeat_interval / 1000,
+        election_tick=max(1, round(a.election_timeout / a.heartbeat_interval)),
+        max_request_bytes=a.max_request_bytes,
+        fsync=not a.unsafe_no_fsync,
+    )
+    return opts, a.log_level
+
+
+# -- the data directory's identity file --
+
+
+def _member_to_json(m: MemberInfo) -> dict[str, object]:
+    return {"id": f"{m.id:x}", "name": m.name, "peer_urls": list(m.peer_urls)}
+
+
+def _read_meta(path: Path) -> dict[str, object]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: unreadable member file: {e}") from None
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != _META_FORMAT
+        or meta.get("version") != _META_VERSION
+    ):
+        raise UsageError(f"{path}: not a kvapp member file of version {_META_VERSION}")
+    return meta
+
+
+def load_or_create_identity(opts: ServeOptions) -> tuple[int, int, tuple[MemberInfo, ...]]:
+    """This member's (id, cluster id, initial members), from the data directory if it has them.
+
+    Raises:
+        UsageError: the data directory belongs to another member or cluster, or its member file
+            is damaged.
+    """
+    path = opts.data_dir / _META
+    cluster_id = cluster_id_for(opts.cluster_token)
+    if path.exists():
+        meta = _read_meta(path)
+        try:
+            name = str(meta["name"])
+            member_id = int(str(meta["member_id"]), 16)
+            stored_cluster = int(str(meta["cluster_id"]), 16)
+            raw_members = meta["initial_members"]
+            if not isinstance(raw_members, list):
+                raise TypeError("initial_members")
+            members = tuple(
+                MemberInfo(int(m["id"], 16), str(m["name"]), tuple(m["peer_urls"]))
+                for m in raw_members
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"{path}: damaged member file ({e})") from None
+        if name != opts.name:
+            raise UsageError(
+                f"{opts.data_dir} is the data directory of member {name!r}, not {opts.name!r}"
+            )
+        if stored_cluster != cluster_id:
+            raise UsageError(
+                f"{opts.data_dir} belongs to cluster {stored_cluster:x}; "
+                f"--initial-cluster-token gives cluster {cluster_id:x}"
+            )
+        return member_id, stored_cluster, members
+    me = next(m for m in opts.initial_members if m.name == opts.name)
+    if opts.data_dir.exists() and any(opts.data_dir.iterdir()):
+        raise UsageError(
+            f"{opts.data_dir} is not empty and has no {_META}: refusing to use it as a data "
+            "directory"
+        )
+    opts.data_dir.mkdir(parents=True, exist_ok=True)
+    meta_out = {
+        "format": _META_FORMAT,
+        "version": _META_VERSION,
+        "name": opts.name,
+        "member_id": f"{me.id:x}",
+        "cluster_id": f"{cluster_id:x}",
+        "initial_members": [_member_to_json(m) for m in opts.initial_members],
+    }
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        json.dump(meta_out, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    dfd = os.open(opts.data_dir, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return me.id, cluster_id, opts.initial_members
+
+
+# -- running a member --
+
+
+async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> int:
+    """Run one member until SIGINT/SIGTERM; returns the process exit status."""
+    from kvapp.server.native import NativeServer  # noqa: PLC0415 - heavy, only when serving
+    from kvapp.storage import RaftStore  # noqa: PLC0415
+    from kvapp.transport import TcpTransport  # noqa: PLC0415
+
+    member_id, cluster_id, initial = load_or_create_identity(opts)
+    store = RaftStore.open(
+        opts.data_dir / "raft", cluster_id=cluster_id, member_id=member_id, fsync=opts.fsync
+    )
+    member: Member | None = None
+
+    def on_message(m: object) -> None:
+        if member is not None:
+            member.receive(m)  # type: ignore[arg-type]
+
+    def on_unreachable(peer: int) -> None:
+        if member is not None:
+            member.report_unreachable(peer)
+
+    def on_snapshot_status(peer: int, ok: bool) -> None:
+        if member is not None:
+            member.report_snapshot(peer, success=ok)
+
+    transport = TcpTransport(
+        member_id,
+        cluster_id,
+        listen=opts.listen_peer,
+        on_message=on_message,
+        on_unreachable=on_unreachable,
+        on_snapshot_status=on_snapshot_status,
+    )
+    config = MemberConfig(
+        name=opts.name,
+        member_id=member_id,
+        cluster_id=cluster_id,
+        initial_members=initial,
+        tick_interval=opts.tick_interval,
+        election_tick=opts.election_tick,
+        snapshot_count=opts.snapshot_count,
+        keep_entries=min(5000, opts.snapshot_count),
+        max_request_bytes=opts.max_request_bytes,
+        new_cluster=opts.new_cluster,
+        client_urls=opts.advertise_client_urls,
+    )
+    member = Member(config, store, transport)
+    server = NativeServer(
+        member,
+        host=opts.listen_client[0],
+        port=opts.listen_client[1],
+        max_request_bytes=opts.max_request_bytes,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await transport.start()
+    await member.start()
+    await server.start()
+    logger.info(
+        "%s: member %x of cluster %x serving clients on %s:%d, peers on %s:%d",
+        opts.name,
+        member_id,
+        cluster_id,
+        *opts.listen_client,
+        *opts.listen_peer,
+    )
+    if ready is not None:
+        ready.set()
+    status = 0
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await stop.wait()
+            if member.failure is not None:
+                logger.error("%s: stopping: %s", opts.name, member.failure)
+                status = 1
+                break
+            if member.removed:
+                logger.warning("%s: removed from the cluster; exiting", opts.name)
+                break
+    finally:
+        await server.stop()
+        if member.failure is None:
+            await member.transfer_leadership_away()
+        await transport.stop()
+        await member.stop(transfer=False)
+        with contextlib.suppress(Exception):
+            store.close()
+    return status
+
+
+def _setup_logging(level: str, name: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("raftlib").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """``kvapp serve``."""
+    try:
+        opts, level = parse_serve_args(argv)
+        _setup_logging(level, opts.name)
+        return asyncio.run(serve(opts))
+    except UsageError as e:
+        print(f"kvapp serve: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def cluster_main(argv: Sequence[str]) -> int:
+    """``kvapp cluster``: run a local N-member cluster until Ctrl-C."""
+    from kvapp.launcher import run_local_cluster  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(prog="kvapp cluster", description="Run a local kvapp cluster.")
+    p.add_argument("--size", type=int, default=3, help="number of members (1-7, default 3)")
+    p.add_argument("--data-dir", help="parent directory for the members' data (default: temp)")
+    p.add_argument("--base-port", type=int, default=0, help="first port (default: free ports)")
+    p.add_argument("--unsafe-no-fsync", action="store_true")
+    a = p.parse_args(argv)
+    if not 1 <= a.size <= 7:
+        print("kvapp cluster: error: --size must be between 1 and 7", file=sys.stderr)
+        return 2
+    if a.base_port and not 1024 <= a.base_port <= 65535 - 2 * a.size:
+        print("kvapp cluster: error: --base-port out of range", file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as stack:
+        parent = (
+            Path(a.data_dir)
+            if a.data_dir
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kvapp-")))
+        )
+        try:
+            return asyncio.run(
+                run_local_cluster(
+                    a.size, parent, base_port=a.base_port, fsync=not a.unsafe_no_fsync
+                )
+            )
+        except KeyboardInterrupt:
+            return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``kvapp``: dispatch to a subcommand."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = {"serve": serve_main, "cluster": cluster_main}
+    if not args or args[0] not in commands:
+        print(
+            "usage: kvapp {serve,cluster} [options]\n"
+            "  serve    run one member (etcd's flags: --name --data-dir --initial-cluster ...)\n"
+            "  cluster  run a local cluster on 127.0.0.1 (--size 3)",
+            file=sys.stderr,
+        )
+        return 2
+    return commands[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""``kvapp cluster``: start a local N-member cluster on 127.0.0.1 in one command.
+
+Each member is a real ``kvapp serve`` process (the same thing an operator runs), with its data
+in ``<parent>/<name>`` and its log in ``<parent>/<name>.log``. The launcher prints the endpoints
+and how to connect, reports membership and leader changes as they happen, and on Ctrl-C (or
+SIGTERM) stops every member with SIGTERM (a leader hands over first), killing any that do not
+exit within a grace period. Given the same ``--data-dir`` again it restarts the same cluster
+(ports and token are kept in ``<parent>/cluster.json``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import attrs
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LocalMember", "plan_cluster", "run_local_cluster"]
+
+_STOP_GRACE = 10.0
+
+
+@attrs.frozen
+class LocalMember:
+    """One member of a local cluster."""
+
+    name: str
+    peer_port: int
+    client_port: int
+
+    @property
+    def peer_url(self) -> str:
+        """Its peer URL."""
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    @property
+    def client_url(self) -> str:
+        """Its client URL."""
+        return f"http://127.0.0.1:{self.client_port}"
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def plan_cluster(size: int, parent: Path, *, base_port: int = 0) -> tuple[str, list[LocalMember]]:
+    """The cluster token and members: from ``<parent>/cluster.json`` if it exists, else new."""
+    plan = parent / "cluster.json"
+    if plan.exists():
+        data = json.loads(plan.read_text())
+        members = [
+            LocalMember(m["name"], m["peer_port"], m["client_port"]) for m in data["members"]
+        ]
+        return str(data["token"]), members
+    ports = list(range(base_port, base_port + 2 * size)) if base_port else _free_ports(2 * size)
+    members = [LocalMember(f"m{i + 1}", ports[2 * i], ports[2 * i + 1]) for i in range(size)]
+    token = f"kvapp-local-{secrets.token_hex(4)}"
+    parent.mkdir(parents=True, exist_ok=True)
+    plan.write_text(
+        json.dumps({"token": token, "members": [attrs.asdict(m) for m in members]}, indent=2)
+    )
+    return token, members
+
+
+def serve_args(
+    m: LocalMember, members: Sequence[LocalMember], parent: Path, token: str
+) -> list[str]:
+    """The ``kvapp serve`` command line for ``m``."""
+    initial = ",".join(f"{x.name}={x.peer_url}" for x in members)
+    return [
+        sys.executable,
+        "-m",
+        "kvapp",
+        "serve",
+        "--name",
+        m.name,
+        "--data-dir",
+        str(parent / m.name),
+        "--listen-peer-urls",
+        m.peer_url,
+        "--listen-client-urls",
+        m.client_url,
+        "--initial-cluster",
+        initial,
+        "--initial-cluster-token",
+        token,
+    ]
+
+
+async def run_local_cluster(
+    size: int,
+    parent: Path,
+    *,
+    base_port: int = 0,
+    fsync: bool = True,
+    out: Callable[[str], None] = print,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run the cluster until ``stop`` is set (default: SIGINT/SIGTERM); returns exit status."""
+    token, members = plan_cluster(size, parent, base_port=base_port)
+    stop = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    procs: dict[str, asyncio.subprocess.Process] = {}
+    logs = []
+    try:
+        for m in members:
+            args = serve_args(m, members, parent, token)
+            if not fsync:
+                args.append("--unsafe-no-fsync")
+            log = (parent / f"{m.name}.log").open("ab")
+            logs.append(log)
+            procs[m.name] = await asyncio.create_subprocess_exec(
+                *args, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        endpoints = ",".join(f"127.0.0.1:{m.client_port}" for m in members)
+        out(f"kvapp cluster: {size} member(s), data in {parent}")
+        for m in members:
+            out(f"  {m.name}: client {m.client_url}  peer {m.peer_url}  log {parent / m.name}.log")
+        out("connect with:")
+        out(f"  python3 -m kvapp.ctl --endpoints={endpoints} put hello world")
+        out(f"  python3 -m kvapp.ctl --endpoints={endpoints} get hello")
+        out("Ctrl-C stops every member.")
+        return await _monitor(members, procs, stop, out)
+    finally:
+        await _stop_all(procs, out)
+        for log in logs:
+            log.close()
+
+
+async def _monitor(
+    members: Sequence[LocalMember],
+    procs: dict[str, asyncio.subprocess.Process],
+    stop: asyncio.Event,
+    out: Callable[[str], None],
+) -> int:
+    from kvapp.client import AsyncClient, ClientError  # noqa: PLC0415
+    from kvapp.errors import EtcdError  # noqa: PLC0415
+
+    last_view: tuple[str, int] | None = None
+    exited: set[str] = set()
+    ports = {m.name: m.client_port for m in members}
+    client = AsyncClient(
+        [f"127.0.0.1:{p}" for p in ports.values()], connect_timeout=0.5, request_timeout=0.5
+    )
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await stop.wait()
+            for name, p in procs.items():
+                if p.returncode is not None and name not in exited:
+                    exited.add(name)
+                    out(f"member {name} exited with status {p.returncode}")
+            if len(exited) == len(procs):
+                out("every member has exited")
+                return 1
+            by_id: dict[int, str] = {}
+            leader = term = 0
+            for name, port in ports.items():
+                if name in exited:
+                    continue
+                try:
+                    st = await client.status(f"127.0.0.1:{port}")
+                except (ClientError, EtcdError, OSError, TimeoutError) as e:
+                    logger.debug("status of %s: %s", name, e)  # starting or down: try later
+                    continue
+                by_id[st.header.member_id] = name
+                if st.raft_term >= term:
+                    term, leader = st.raft_term, st.leader
+            if leader and leader in by_id and (by_id[leader], term) != last_view:
+                last_view = (by_id[leader], term)
+                out(f"leader is {last_view[0]} (term {term})")
+    finally:
+        await client.close()
+    return 0
+
+
+async def _stop_all(
+    procs: dict[str, asyncio.subprocess.Process], out: Callable[[str], None]
+) -> None:
+    for p in procs.values():
+        if p.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+    for name, p in procs.items():
+        try:
+            async with asyncio.timeout(_STOP_GRACE):
+                await p.wait()
+        except TimeoutError:
+            out(f"member {name} did not stop within {_STOP_GRACE}s; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            await p.wait()
+    if procs:
+        out("all members stopped")
