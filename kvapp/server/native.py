@@ -28,7 +28,8 @@ Requests (client to server)
     write's *request id*: a client that retries a write after an ambiguous failure (on this or
     another connection, to this or another member) sends it with the same number, and the
     member applies it once. Requests are served concurrently, so responses may come back in
-    any order, in any later frame; writes are handed to the member in the order received.
+    any order, in any later frame; writes are handed to the member in the order received
+    (each one's :meth:`~kvapp.service.KvService.write` call starts in arrival order).
 
     Bodies of the replicated operations (``range``, ``put``, ``delete_range``, ``txn``,
     ``compact``, ``lease_grant``, ``lease_revoke``) are :func:`kvapp.requests.encode_request`
@@ -77,7 +78,9 @@ Limits and bad input
     - A request body larger than ``max_request_bytes`` is answered with etcd's ``request is too
       large`` error; the connection stays usable.
     - A frame larger than ``max_frame_bytes`` is answered with a connection error carrying the
-      same error, and the connection is closed (the server does not read what it refuses).
+      same error, and the connection is closed (after reading and dropping what the client
+      still sends, for up to 2 s, so that closing does not reset the connection before the
+      client has read the error).
     - A frame that is not CBOR, or not an array of ``[int, op, body]`` requests, closes the
       connection with a connection error and a log line. A request with an unknown operation
       or a malformed body is answered with an error (UNIMPLEMENTED, INVALID_ARGUMENT); the
@@ -177,6 +180,7 @@ __all__ = [
     "encode_frame",
     "encode_header",
     "encode_result",
+    "encode_watch_response",
     "op_of",
 ]
 
@@ -1210,6 +1214,10 @@ class _Connection:
         except _Refusal as e:
             self._answer_error(req_no, e)
             return
+        except Exception:
+            log.exception("native: %s: request %d (%s) failed", self.peer, req_no, op_name)
+            self._answer_error(req_no, _Refusal(GrpcCode.INTERNAL, "kvapp: internal error"))
+            return
         if result is not None:
             header, value = result
             self._answer(req_no, header, value)
@@ -1357,11 +1365,14 @@ class _Connection:
             writer.transport.abort()
 
     def _take_watch(self, stream: WatchStream, items: list[Item]) -> None:
-        header = self.service.header()
-        for resp in stream.take(_WATCH_BATCH):
-            if resp.watch_id < 0 and resp.created:
-                continue  # a failed create, already answered with an error
-            items.append(encode_watch_response(attrs.evolve(header, revision=resp.revision), resp))
-            self._count("watch_responses")
+        responses = stream.take(_WATCH_BATCH)
+        if responses:
+            header = self.service.header()
+            for resp in responses:
+                if resp.watch_id < 0 and resp.created:
+                    continue  # a failed create, already answered with an error
+                with_rev = attrs.evolve(header, revision=resp.revision)
+                items.append(encode_watch_response(with_rev, resp))
+                self._count("watch_responses")
         if stream.has_pending():
             self._wake.set()

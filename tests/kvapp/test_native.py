@@ -496,3 +496,62 @@ async def test_stop_closes_open_connections() -> None:
     await raw.expect_closed()
     assert server.connections == []
     await raw.close()
+
+
+@run()
+async def test_a_failing_service_call_is_answered_internal_and_the_connection_survives(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serving() as (server, service):
+
+        def broken_status() -> StatusInfo:
+            raise RuntimeError("bug")
+
+        async def broken_range(request: RangeRequest) -> Any:
+            raise RuntimeError("bug")
+
+        monkeypatch.setattr(service, "status", broken_status)
+        monkeypatch.setattr(service, "range", broken_range)
+        raw = await Raw.open(server.port)
+        with caplog.at_level(logging.ERROR, logger="kvapp.server.native"):
+            await raw.send([req(1, wire.StatusRequest()), req(2, RangeRequest(b"k"))])
+            got = await raw.answers(2)
+        for n in (1, 2):
+            assert got[n][2:] == [GrpcCode.INTERNAL, "kvapp: internal error"]
+        assert caplog.text.count("RuntimeError: bug") == 2
+        await raw.send([req(3, PutRequest(b"k", b"v"))])
+        assert (await raw.answers(1))[3][0] == wire.ITEM_OK
+        await raw.close()
+
+
+@run()
+async def test_a_connection_with_too_many_unanswered_requests_is_not_read() -> None:
+    async with serving(max_inflight=2) as (server, service):
+        release = asyncio.Event()
+        real_range = service.range
+        entered: list[RangeRequest] = []
+        two_entered = asyncio.Event()
+
+        async def slow_range(request: RangeRequest) -> Any:
+            entered.append(request)
+            if len(entered) == 2:
+                two_entered.set()
+            await release.wait()
+            return await real_range(request)
+
+        service.range = slow_range  # type: ignore[method-assign]
+        raw = await Raw.open(server.port)
+        for frame in range(3):
+            await raw.send([req(frame * 2 + i + 1, RangeRequest(b"k")) for i in range(2)])
+        # The first frame fills the window; the others wait unread in the socket.
+        await asyncio.wait_for(two_entered.wait(), 5)
+        # All three frames are in the server's socket by now (loopback, drained): give a
+        # reader that ignored the limit ample time to read them before checking it did not.
+        await asyncio.sleep(0.05)
+        assert server.connections[0].frames_received == 1
+        assert len(entered) == 2
+        release.set()
+        got = await raw.answers(6)
+        assert sorted(got) == [1, 2, 3, 4, 5, 6]
+        assert server.connections[0].frames_received == 3
+        await raw.close()
