@@ -1134,7 +1134,8 @@ class _Connection:
                 raise _Fatal(_Refusal(GrpcCode.INVALID_ARGUMENT, str(e)), str(e)) from e
             for item in items:
                 self._dispatch(item)
-            while self._unanswered >= self.server.max_inflight:
+            transport = self.writer.transport
+            while self._unanswered >= self.server.max_inflight and not transport.is_closing():
                 self._room.clear()
                 await self._room.wait()
 
@@ -1362,7 +1363,10 @@ class _Connection:
                     await asyncio.sleep(0)  # a catch-up round produced nothing: let others run
         except ConnectionError as e:
             log.info("native: %s: cannot send: %s", self.peer, e)
-            writer.transport.abort()
+            self.abort()
+        except Exception:
+            log.exception("native: %s: the sender failed; closing the connection", self.peer)
+            self.abort()
 
     def _take_watch(self, stream: WatchStream, items: list[Item]) -> None:
         responses = stream.take(_WATCH_BATCH)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -555,3 +556,27 @@ async def test_a_connection_with_too_many_unanswered_requests_is_not_read() -> N
         assert sorted(got) == [1, 2, 3, 4, 5, 6]
         assert server.connections[0].frames_received == 3
         await raw.close()
+
+
+@run()
+async def test_stop_is_prompt_with_a_connection_held_back_by_backpressure() -> None:
+    cluster = FakeCluster()
+    service = cluster.service(1)
+    entered = asyncio.Event()
+
+    async def stuck_range(request: RangeRequest) -> Any:
+        entered.set()
+        await asyncio.Event().wait()  # never answered
+
+    service.range = stuck_range  # type: ignore[method-assign]
+    server = NativeServer(service, port=0, max_inflight=1)
+    await server.start()
+    raw = await Raw.open(server.port)
+    await raw.send([req(1, RangeRequest(b"k"))])
+    await raw.send([req(2, RangeRequest(b"k"))])
+    await asyncio.wait_for(entered.wait(), 5)
+    started = time.monotonic()
+    await server.stop()
+    assert time.monotonic() - started < 1.0, "stop waited for the grace period"
+    await raw.expect_closed()
+    await raw.close()
