@@ -216,10 +216,13 @@ class Cluster:
 
     def _deliver(self, m: Message) -> None:
         n = self.nodes.get(m.to)
+        delivered = False
         if n is not None and n.running and m.to not in self.isolated:
             n.receive(m)
-            if m.type == MT.SNAP:
-                self._report_snapshot(m, success=True)
+            delivered = True
+        if m.type == MT.SNAP:
+            # Like etcd's transport: report every snapshot's fate, or the leader waits forever.
+            self._report_snapshot(m, success=delivered)
 
     def _report_snapshot(self, m: Message, *, success: bool) -> None:
         sender = self.nodes.get(m.from_)
