@@ -42,7 +42,7 @@ from kvapp.errors import (
     TooManyOpsError,
 )
 from kvapp.mvcc.types import Event, EventType, PutRequest, SortOrder, SortTarget
-from kvapp.requests import UnknownEtcdError
+from kvapp.requests import RequestIdExpiredError, UnknownEtcdError
 from kvapp.server.native import NativeServer
 from kvapp.service import WriteRequest
 from tests.kvapp.fake_service import FakeCluster, FakeService
@@ -524,3 +524,68 @@ def test_the_sync_client() -> None:
         assert cluster.writes_applied == 4
     with pytest.raises(RuntimeError, match="closed"):
         client.get(b"k")
+
+
+@run()
+async def test_a_member_saying_outcome_unknown_gets_the_same_request_id_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with members() as m, client_for(m, retry_backoff=0.01) as client:
+        service = m.services[0]
+        real_write = service.write
+        seen: list[int] = []
+
+        async def unsure_once(request: WriteRequest, *, client_id: int = 0, request_id: int = 0):
+            seen.append(request_id)
+            if len(seen) == 1:
+                await real_write(request, client_id=client_id, request_id=request_id)
+                raise OutcomeUnknown("the leader changed")
+            return await real_write(request, client_id=client_id, request_id=request_id)
+
+        monkeypatch.setattr(service, "write", unsure_once)
+        put = await client.put(b"k", b"v")
+        assert len(seen) == 2
+        assert seen[0] == seen[1]
+        assert m.cluster.writes_applied == 1
+        assert (await client.get(b"k")).kvs[0].mod_revision == put.revision
+
+
+@run()
+async def test_an_expired_retry_window_is_outcome_unknown_under_a_new_client_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with members() as m, client_for(m) as client:
+        await client.put(b"k", b"v")
+        old_id = client.client_id
+
+        async def expired(request: WriteRequest, **_: int) -> Any:
+            raise RequestIdExpiredError
+
+        monkeypatch.setattr(m.services[0], "write", expired)
+        with pytest.raises(OutcomeUnknown):
+            await client.put(b"k", b"w")
+        assert client.client_id != old_id
+        monkeypatch.undo()
+        await client.put(b"k", b"x")
+        clients = {c for (c, _) in m.cluster.applied}
+        assert clients == {old_id, client.client_id}, "later writes go under the new id"
+
+
+@run()
+async def test_a_membership_change_whose_answer_is_lost_is_not_retried() -> None:
+    async with members() as m, client_for(m) as client:
+        real_add = m.services[0].member_add
+        calls = 0
+
+        async def add_then_drop(peer_urls: tuple[str, ...], *, is_learner: bool = False) -> Any:
+            nonlocal calls
+            calls += 1
+            info = await real_add(peer_urls, is_learner=is_learner)
+            m.servers[0].drop_connections()
+            return info
+
+        m.services[0].member_add = add_then_drop  # type: ignore[method-assign]
+        with pytest.raises(OutcomeUnknown):
+            await client.member_add(["http://127.0.0.1:7002"])
+        assert calls == 1, "no blind retry of a non-idempotent request"
+        assert len(m.cluster.members) == 2
