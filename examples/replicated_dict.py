@@ -99,10 +99,12 @@ async def main() -> dict[int, dict[str, str]]:
     def send(messages: Sequence[Message]) -> None:
         for m in messages:
             member = members.get(m.to)
+            delivered = False
             if member is not None and member.node.running:
                 asyncio.get_running_loop().call_soon(member.node.receive, m)
-                if m.type == MessageType.SNAP:  # delivered: tell the sender (etcd does the same)
-                    members[m.from_].node.report_snapshot(m.to, success=True)
+                delivered = True
+            if m.type == MessageType.SNAP:  # tell the leader every snapshot's fate, as etcd does
+                members[m.from_].node.report_snapshot(m.to, success=delivered)
 
     for i in (1, 2, 3):
         members[i] = ReplicatedDict(i, storages[i], send)

@@ -67,7 +67,7 @@ class TcpTransport:
             try:
                 self.queues[m.to].put_nowait(m)
             except asyncio.QueueFull:  # the peer is slow or down: drop, Raft retransmits
-                self._unreachable(m)
+                self._lost([m])
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Read frames from one peer connection and hand their messages to the Node."""
@@ -92,18 +92,17 @@ class TcpTransport:
         queue = self.queues[peer]
         backoff = 0.05
         while True:
-            first = await queue.get()
+            batch = [await queue.get()]
             try:
                 _, writer = await asyncio.open_connection(*address)
             except OSError:
-                self._unreachable(first)
+                self._lost(batch)
                 await asyncio.sleep(backoff)  # reconnect back-off, not a wait for a condition
                 backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.05
             try:
                 while True:
-                    batch = [first]
                     while not queue.empty() and len(batch) < 256:
                         batch.append(queue.get_nowait())
                     frame = encode_messages(batch)
@@ -112,15 +111,18 @@ class TcpTransport:
                     for m in batch:
                         if m.type == MessageType.SNAP and self.node is not None:
                             self.node.report_snapshot(m.to, success=True)
-                    first = await queue.get()
+                    batch = [await queue.get()]
             except OSError:
-                self._unreachable(first)
+                self._lost(batch)
             finally:
                 writer.close()
 
-    def _unreachable(self, m: Message) -> None:
-        if self.node is not None and self.node.running:
-            self.node.report_unreachable(m.to)
+    def _lost(self, batch: Sequence[Message]) -> None:
+        """Tell the Node these messages did not go out (every snapshot's fate must be told)."""
+        if self.node is None or not self.node.running:
+            return
+        self.node.report_unreachable(batch[0].to)
+        for m in batch:
             if m.type == MessageType.SNAP:
                 self.node.report_snapshot(m.to, success=False)
 
