@@ -602,9 +602,6 @@ class AsyncClient:
             await link.close()
 
 
-_END: Final = object()
-
-
 class Watch:
     """An async iterator of one watch's :class:`~kvapp.mvcc.types.Event` values, in order.
 
@@ -626,7 +623,7 @@ class Watch:
     def __init__(self, client: AsyncClient, spec: WatchSpec) -> None:
         self._client = client
         self._spec = spec
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
         self.next_revision = spec.start_revision
         self.compact_revision = 0
         self.resumes = 0
@@ -642,12 +639,11 @@ class Watch:
 
     async def __anext__(self) -> Event:
         item = await self._queue.get()
-        if item is _END:
-            self._queue.put_nowait(_END)
+        if item is None:  # the end, kept for later calls
+            self._queue.put_nowait(None)
             raise StopAsyncIteration
         if isinstance(item, BaseException):
             raise item
-        assert isinstance(item, Event)
         return item
 
     async def __aenter__(self) -> Watch:
@@ -723,7 +719,7 @@ class Watch:
         self._ended = True
         if error is not None:
             self._queue.put_nowait(error)
-        self._queue.put_nowait(_END)
+        self._queue.put_nowait(None)
         self._resume.set()
 
     # -- WatchSink ---------------------------------------------------------------------------
@@ -818,7 +814,8 @@ class KeepAlive:
     async def wait_lost(self) -> LeaseLoss:
         """Wait until the lease is lost; returns why."""
         await self.lost.wait()
-        assert self.reason is not None
+        if self.reason is None:  # lost is only ever set with a reason
+            raise RuntimeError("keep-alive lost without a reason")
         return self.reason
 
     async def stop(self) -> None:

@@ -981,7 +981,8 @@ class NativeServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        assert task is not None  # a stream server runs each handler in its own task
+        if task is None:  # a stream server runs each handler in its own task
+            raise RuntimeError("native: a connection handler outside a task")
         conn = _Connection(self, reader, writer)
         self._conns[task] = conn
         self.stats.connections += 1
