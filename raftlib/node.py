@@ -47,6 +47,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import enum
+import functools
 import inspect
 import logging
 import random
@@ -78,6 +79,7 @@ from raftlib.types import (
     Entry,
     EntryType,
     Message,
+    MessageType,
     ReadState,
     Snapshot,
     SoftState,
@@ -348,9 +350,10 @@ class Node:
         node_id: this member's id (non-zero).
         storage: the log, hard state and snapshot; see :class:`NodeStorage`.
         send: called with a batch of messages to send; it must not block (queue them in the
-            transport). Exceptions are logged and the messages counted as lost, which Raft
-            tolerates. If a message is a snapshot (``MessageType.SNAP``), the transport should
-            call :meth:`report_snapshot` once it knows whether it arrived.
+            transport). Exceptions are logged and the messages counted as lost (reported as
+            unreachable), which Raft tolerates. For every snapshot message
+            (``MessageType.SNAP``) the transport must call :meth:`report_snapshot` once it
+            knows whether it arrived: until then the leader sends that peer nothing else.
         apply: called with each :class:`Committed` entry in order, on the loop; it may be a
             coroutine function (awaited before the next entry). Without it, consume
             :meth:`committed` instead. The Ready loop waits for it, so a slow ``apply`` delays
@@ -860,6 +863,12 @@ class Node:
             result = self._send_fn(msgs)
         except Exception:
             logger.exception("node %d: send failed; %d messages lost", self._id, len(msgs))
+            raw = self._raw
+            for to in sorted({m.to for m in msgs}):
+                self._inbox.append(functools.partial(raw.report_unreachable, to))
+            for m in msgs:
+                if m.type == MessageType.SNAP:  # else the leader would wait for it forever
+                    self._inbox.append(functools.partial(raw.report_snapshot, m.to, success=False))
             return
         if inspect.isawaitable(result):
             if inspect.iscoroutine(result):

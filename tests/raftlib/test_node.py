@@ -785,6 +785,38 @@ async def test_restart_from_storage_rebuilds_the_state_machine_and_catches_up() 
         await c.stop_all()
 
 
+@run()
+async def test_a_snapshot_whose_send_raised_is_reported_failed_and_sent_again() -> None:
+    c = Cluster(snapshot_every=3, keep_entries=0)
+    real_send = c.send
+    failed: list[int] = []
+
+    def send(msgs: Sequence[Message]) -> None:
+        snaps = [m for m in msgs if m.type == MT.SNAP]
+        if snaps and not failed:
+            failed.append(snaps[0].to)
+            raise ConnectionError("link down")  # the whole batch is lost
+        real_send(msgs)
+
+    c.send = send  # type: ignore[method-assign]
+    await c.start_all()
+    try:
+        lead = await c.wait_leader()
+        f = c.follower()
+        await f.stop()
+        for k in range(10):
+            await lead.propose(b"%d" % k, timeout=5)
+        again = c.start(f.id, copy.deepcopy(c.storages[f.id]))
+        i = await lead.propose(b"last", timeout=5)
+        # Without the failure report the leader would wait for the lost snapshot forever.
+        await c.all_applied(i)
+        assert failed == [f.id]
+        assert c.sms[again.id].values() == c.sms[lead.id].values()
+        assert lead.running
+    finally:
+        await c.stop_all()
+
+
 # -- random faults --
 
 
