@@ -102,9 +102,6 @@ _W = TypeVar("_W", bound=WriteResponse)
 _MAX_BACKOFF: Final = 1.0
 _WATCH_RESUME_PAUSE: Final = 0.5
 
-ConnectorFactory = Callable[[Callable[[], int]], Connector]
-"""Makes a transport's connector from the client's request-id source."""
-
 Bytes = bytes | str
 """Keys and values: bytes, or text (encoded as UTF-8)."""
 
@@ -141,6 +138,14 @@ def _random_client_id() -> int:
     return secrets.randbits(63) or 1
 
 
+@attrs.define
+class _WriteIds:
+    """The ids a write is deduplicated under."""
+
+    client_id: int
+    request_id: int
+
+
 class AsyncClient:
     """An asyncio client for a kvapp (or, later, etcd) cluster. See the module docstring.
 
@@ -153,7 +158,7 @@ class AsyncClient:
         max_attempts: attempts per request before giving up (at least 1).
         retry_backoff: the first pause between attempts, doubled each time (capped at 1 s).
         client_id: the id deduplicating this client's writes; random (63 bits) by default.
-        connector: the transport (default: the native protocol).
+        connector: the transport (default: the native protocol's).
 
     Attributes:
         client_id: the id under which writes are deduplicated; it changes only if a member
@@ -169,7 +174,7 @@ class AsyncClient:
         max_attempts: int = 5,
         retry_backoff: float = 0.05,
         client_id: int | None = None,
-        connector: ConnectorFactory | None = None,
+        connector: Connector | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
@@ -185,8 +190,8 @@ class AsyncClient:
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
         self.client_id = client_id if client_id is not None else _random_client_id()
-        self._request_ids = itertools.count(1)
-        self._connector = (connector or NativeConnector)(self._next_request_id)
+        self._write_ids = itertools.count(1)
+        self._connector: Connector = connector or NativeConnector()
         self._links: dict[str, Link] = {}
         self._member_of: dict[str, int] = {}
         self._current = 0
@@ -195,9 +200,6 @@ class AsyncClient:
         self._closed = False
         self._watches: set[Watch] = set()
         self._keep_alives: set[KeepAlive] = set()
-
-    def _next_request_id(self) -> int:
-        return next(self._request_ids)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -510,11 +512,12 @@ class AsyncClient:
         return pause * random.uniform(0.5, 1.0)
 
     async def _write(self, request: WriteRequest, cls: type[_W]) -> _W:
-        request_id = self._next_request_id()
+        ids = _WriteIds(self.client_id, next(self._write_ids))
         result = await self._retry(
-            lambda link: link.write(request, request_id=request_id),
+            lambda link: link.write(request, request_id=ids.request_id),
             _Mode.WRITE,
             type(request).__name__,
+            write_ids=ids,
         )
         if not isinstance(result, cls):
             raise ClientError(f"a {type(request).__name__} was answered with a {result!r:.60}")
@@ -527,8 +530,14 @@ class AsyncClient:
         what: str,
         *,
         leader: bool = False,
+        write_ids: _WriteIds | None = None,
     ) -> _T:
-        """Run ``call`` on a link, retrying per ``mode`` (see the module docstring)."""
+        """Run ``call`` on a link, retrying per ``mode`` (see the module docstring).
+
+        ``write_ids`` are a write's ids: if the link's client id is no longer the one the
+        write was numbered under (the client took a new one), the write gets a new number
+        under the new id if no attempt can have reached a member, else the outcome is unknown.
+        """
         ambiguous = False
         last: BaseException | None = None
         for attempt in range(self.max_attempts):
@@ -542,6 +551,11 @@ class AsyncClient:
             except EtcdError as e:  # leader discovery: no leader known or reachable
                 last = e
                 continue
+            if write_ids is not None and link.client_id != write_ids.client_id:
+                if ambiguous:
+                    raise OutcomeUnknown(f"{what}: the client id changed during its retries")
+                write_ids.client_id = link.client_id
+                write_ids.request_id = next(self._write_ids)
             maybe_sent = True
             try:
                 async with asyncio.timeout(self.request_timeout):
@@ -596,6 +610,7 @@ class AsyncClient:
     async def _new_client_id(self) -> None:
         """Continue under a new client id (the member forgot this one's retry window)."""
         self.client_id = _random_client_id()
+        self._write_ids = itertools.count(1)  # a new session numbers its writes from 1
         links = list(self._links.values())
         self._links.clear()
         for link in links:

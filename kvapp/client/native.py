@@ -17,7 +17,6 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
@@ -127,15 +126,7 @@ class _Pending:
 
 
 class NativeConnector:
-    """Opens :class:`NativeLink` connections.
-
-    Args:
-        next_request_id: the client's request-number source, shared by all its links so that
-            a number is never reused while a retry may still carry it.
-    """
-
-    def __init__(self, next_request_id: Callable[[], int]) -> None:
-        self._next_request_id = next_request_id
+    """Opens :class:`NativeLink` connections."""
 
     async def connect(self, endpoint: str, *, client_id: int) -> NativeLink:
         """Connect to ``endpoint`` and handshake as ``client_id``.
@@ -170,10 +161,10 @@ class NativeConnector:
             endpoint,
             reader,
             writer,
+            client_id=client_id,
             header=header,
             max_request_bytes=max_request,
             max_frame_bytes=max_frame,
-            next_request_id=self._next_request_id,
         )
 
 
@@ -219,19 +210,20 @@ class NativeLink:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         *,
+        client_id: int,
         header: ResponseHeader,
         max_request_bytes: int,
         max_frame_bytes: int,
-        next_request_id: Callable[[], int],
     ) -> None:
         self._endpoint = endpoint
+        self._client_id = client_id
         self._reader = reader
         self._writer = writer
         self._member_id = header.member_id
         self.cluster_id = header.cluster_id
         self.max_request_bytes = max_request_bytes
         self.max_frame_bytes = max_frame_bytes
-        self._next_request_id = next_request_id
+        self._req_nos = itertools.count(1)
         self._next_watch_id = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._queue: deque[tuple[int, wire.Op, bytes, _Pending]] = deque()
@@ -252,6 +244,11 @@ class NativeLink:
         return self._endpoint
 
     @property
+    def client_id(self) -> int:
+        """The client id this link handshook with (its writes are deduplicated under it)."""
+        return self._client_id
+
+    @property
     def member_id(self) -> int:
         """The member at the other end (from the handshake)."""
         return self._member_id
@@ -269,12 +266,10 @@ class NativeLink:
         if self._lost is not None:
             raise LinkClosed(self._endpoint, str(self._lost), sent=False)
         op = wire.op_of(request)
-        body = wire.encode_body(request)
+        body = wire.encode_body(request, request_id)
         if len(body) + _ITEM_OVERHEAD > self.max_frame_bytes:
             raise RequestTooLargeError(f"{len(body)} bytes cannot fit in a frame")
-        req_no = request_id or self._next_request_id()
-        if req_no in self._pending:
-            raise ClientError(f"request number {req_no} is already in flight on {self}")
+        req_no = next(self._req_nos)
         fut: asyncio.Future[tuple[ResponseHeader, wire.OpResult]] = (
             asyncio.get_running_loop().create_future()
         )

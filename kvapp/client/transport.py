@@ -80,6 +80,11 @@ class Link(Protocol):
         ...
 
     @property
+    def client_id(self) -> int:
+        """The client id the link was opened with; its writes are deduplicated under it."""
+        ...
+
+    @property
     def member_id(self) -> int:
         """The id of the member at the other end."""
         ...
@@ -90,7 +95,7 @@ class Link(Protocol):
         ...
 
     async def write(self, request: WriteRequest, *, request_id: int) -> WriteResponse:
-        """A write; ``request_id`` (with the client id) deduplicates retries."""
+        """A write; ``request_id`` (with :attr:`client_id`) deduplicates retries; 0: none."""
         ...
 
     async def range(self, request: RangeRequest) -> RangeResponse:

@@ -16,25 +16,28 @@ Frames
 Handshake
     The client's first frame is ``["kvapp-native", version, client_id]``: :data:`MAGIC`, the
     protocol version it speaks, and a random non-zero 63-bit id that identifies it for write
-    deduplication (with each write's request number). The server answers
+    deduplication (with each write's request id). The server answers
     ``["kvapp-native", version, header, max_request_bytes, max_frame_bytes]``. A first frame
     that is not a handshake closes the connection with a log line and no answer (the peer does
     not speak this protocol); an unsupported version is answered with a connection error.
 
 Requests (client to server)
     A frame is an array of requests ``[req_no, op, body]``: a request number the client
-    chooses (1 to 2**63-1), an operation name (:class:`Op`) and the operation's CBOR-encoded
-    body as a byte string. The request number matches the response; for a write it is also the
-    write's *request id*: a client that retries a write after an ambiguous failure (on this or
-    another connection, to this or another member) sends it with the same number, and the
-    member applies it once. Requests are served concurrently, so responses may come back in
-    any order, in any later frame; writes are handed to the member in the order received
-    (each one's :meth:`~kvapp.service.KvService.write` call starts in arrival order).
+    chooses (1 to 2**63-1, unique among its unanswered requests on the connection), an
+    operation name (:class:`Op`) and the operation's CBOR-encoded body as a byte string. The
+    request number only matches the answer to the request. Requests are served concurrently,
+    so answers may come back in any order, in any later frame; writes are handed to the
+    member in the order received (each one's :meth:`~kvapp.service.KvService.write` call
+    starts in arrival order).
 
     Bodies of the replicated operations (``range``, ``put``, ``delete_range``, ``txn``,
     ``compact``, ``lease_grant``, ``lease_revoke``) are :func:`kvapp.requests.encode_request`
-    of a :class:`~kvapp.requests.Request` with client id and request id 0 (the connection's
-    client id and the request number stand in for them). The others are arrays:
+    of a :class:`~kvapp.requests.Request` whose client id is 0 (the connection's client id
+    stands in for it) and whose request id is the write's *request id*: numbered from 1 per
+    client id, as :mod:`kvapp.dedup` expects, and kept when the write is retried after an
+    ambiguous failure (on this or another connection, to this or another member), so the
+    member applies it once; 0 asks for no deduplication, and a range must use 0. The other
+    bodies are arrays:
 
     ======================  ================================================================
     ``lease_keep_alive``    ``[id]``
@@ -439,6 +442,7 @@ _OPS: Final[dict[type, Op]] = {
     StatusRequest: Op.STATUS,
 }
 _REPLICATED_OPS: Final = frozenset(_REPLICATED.values())
+_WRITES: Final = frozenset(_REPLICATED) - {RangeRequest}
 
 
 def op_of(request: OpRequest) -> Op:
@@ -508,12 +512,19 @@ def _loads(data: bytes, what: str) -> object:
 # -- bodies ----------------------------------------------------------------------------------------
 
 
-def encode_body(request: OpRequest) -> bytes:
+def encode_body(request: OpRequest, request_id: int = 0) -> bytes:
     """The body bytes of a request item (see the module docstring).
 
+    Args:
+        request: what to ask.
+        request_id: a write's deduplication id (0: none); only writes may carry one.
+
     Raises:
-        ValueError: a field is of the wrong type or out of range.
+        ValueError: a field is of the wrong type or out of range, or a request id was given
+            for anything but a write.
     """
+    if request_id and type(request) not in _WRITES:
+        raise ValueError(f"a {type(request).__name__} carries no request id")
     match request:
         case (
             RangeRequest()
@@ -524,7 +535,7 @@ def encode_body(request: OpRequest) -> bytes:
             | LeaseGrantRequest()
             | LeaseRevokeRequest()
         ):
-            return kvreq.encode_request(kvreq.Request(0, 0, request))
+            return kvreq.encode_request(kvreq.Request(0, request_id, request))
         case LeaseKeepAliveRequest():
             body: list[object] = [request.id]
         case LeaseTimeToLiveRequest():
@@ -552,14 +563,14 @@ def encode_body(request: OpRequest) -> bytes:
     try:
         # Round-trip through the decoder's checks, so nothing undecodable leaves the client.
         data = cbor2.dumps(body)
-        decode_body(op_of(request), data)
+        _decode_other(op_of(request), data)
     except RequestDecodeError as e:
         raise ValueError(f"cannot encode {type(request).__name__}: {e}") from None
     return data
 
 
-def decode_body(op: Op, data: bytes) -> OpRequest:
-    """Decode a request body of operation ``op``.
+def decode_body(op: Op, data: bytes) -> tuple[OpRequest, int]:
+    """Decode a request body of operation ``op``: the request, and a write's request id.
 
     Raises:
         RequestDecodeError: whatever is wrong with ``data`` (and nothing else).
@@ -567,11 +578,17 @@ def decode_body(op: Op, data: bytes) -> OpRequest:
     if op in _REPLICATED_OPS:
         request = kvreq.decode_request(data)
         body = request.body
-        if request.client_id or request.request_id:
-            raise RequestDecodeError(f"{op}: client_id and request_id must be 0 in the body")
+        if request.client_id:
+            raise RequestDecodeError(f"{op}: the body's client_id must be 0")
         if _REPLICATED.get(type(body)) is not op:
             raise RequestDecodeError(f"{op}: the body is a {type(body).__name__}")
-        return body  # type: ignore[return-value]  # checked against _REPLICATED just above
+        if request.request_id and op is Op.RANGE:
+            raise RequestDecodeError("range: a read carries no request id")
+        return body, request.request_id  # type: ignore[return-value]  # checked just above
+    return _decode_other(op, data), 0
+
+
+def _decode_other(op: Op, data: bytes) -> OpRequest:
     a = _array(_loads(data, str(op)), str(op))
     match op:
         case Op.LEASE_KEEP_ALIVE:
@@ -1206,7 +1223,7 @@ class _Connection:
             if len(body) > self.server.max_request_bytes:
                 raise RequestTooLargeError(f"{len(body)} bytes > {self.server.max_request_bytes}")
             try:
-                request = decode_body(op, body)
+                request, request_id = decode_body(op, body)
             except RequestDecodeError as e:
                 raise _Refusal(GrpcCode.INVALID_ARGUMENT, f"kvapp: malformed request: {e}") from e
             result = self._serve_now(request)
@@ -1224,7 +1241,7 @@ class _Connection:
             header, value = result
             self._answer(req_no, header, value)
             return
-        task = asyncio.create_task(self._serve_later(req_no, request))
+        task = asyncio.create_task(self._serve_later(req_no, request, request_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -1275,9 +1292,9 @@ class _Connection:
             raise _Refusal(GrpcCode.INVALID_ARGUMENT, reason)
         return header, WatchCreateResult(watch_id)
 
-    async def _serve_later(self, req_no: int, request: OpRequest) -> None:
+    async def _serve_later(self, req_no: int, request: OpRequest, request_id: int) -> None:
         try:
-            header, result = await self._serve(req_no, request)
+            header, result = await self._serve(request, request_id)
         except EtcdError as e:
             self._answer_error(req_no, _Refusal.of(e))
         except _Refusal as e:
@@ -1290,7 +1307,7 @@ class _Connection:
         else:
             self._answer(req_no, header, result)
 
-    async def _serve(self, req_no: int, request: OpRequest) -> tuple[ResponseHeader, OpResult]:
+    async def _serve(self, request: OpRequest, request_id: int) -> tuple[ResponseHeader, OpResult]:
         service = self.service
         match request:
             case RangeRequest():
@@ -1305,7 +1322,8 @@ class _Connection:
                 | LeaseRevokeRequest()
             ):
                 write: WriteRequest = request
-                done = await service.write(write, client_id=self.client_id, request_id=req_no)
+                client_id = self.client_id if request_id else 0
+                done = await service.write(write, client_id=client_id, request_id=request_id)
                 return attrs.evolve(service.header(), revision=done.revision), done
             case LeaseKeepAliveRequest():
                 resp: OpResult = await service.lease_keep_alive(request.id)

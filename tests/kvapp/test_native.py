@@ -20,8 +20,14 @@ import pytest
 
 from kvapp import requests as kvreq
 from kvapp.errors import FutureRevisionError, GrpcCode
-from kvapp.lease import LeaseGrantRequest, LeaseKeepAliveResponse, LeaseTimeToLiveResponse
+from kvapp.lease import (
+    LeaseGrantRequest,
+    LeaseKeepAliveResponse,
+    LeaseRevokeRequest,
+    LeaseTimeToLiveResponse,
+)
 from kvapp.mvcc.types import (
+    CompactRequest,
     Compare,
     CompareResult,
     CompareTarget,
@@ -39,6 +45,14 @@ from kvapp.watch import WatchFilter
 from tests.kvapp.fake_service import FakeCluster, FakeService
 
 CLIENT_ID = 0x1234
+WRITES = {
+    PutRequest,
+    DeleteRangeRequest,
+    TxnRequest,
+    CompactRequest,
+    LeaseGrantRequest,
+    LeaseRevokeRequest,
+}
 
 
 def run(timeout: float = 30.0) -> Callable[[Callable[..., Coroutine[Any, Any, None]]], Any]:
@@ -125,8 +139,8 @@ class Raw:
             await self.writer.wait_closed()
 
 
-def req(req_no: int, request: wire.OpRequest) -> list[object]:
-    return [req_no, wire.op_of(request).value, wire.encode_body(request)]
+def req(req_no: int, request: wire.OpRequest, request_id: int = 0) -> list[object]:
+    return [req_no, wire.op_of(request).value, wire.encode_body(request, request_id)]
 
 
 def ok_result(item: list[Any], op: Op) -> tuple[ResponseHeader, wire.OpResult]:
@@ -142,6 +156,9 @@ ALL_REQUESTS: list[wire.OpRequest] = [
     RangeRequest(b"a", b"z", limit=3, serializable=True),
     PutRequest(b"k", b"v", lease=5, prev_kv=True),
     DeleteRangeRequest(b"a", b"\0", prev_kv=True),
+    CompactRequest(5, physical=True),
+    LeaseGrantRequest(10, 3),
+    LeaseRevokeRequest(3),
     TxnRequest(
         [Compare(b"k", CompareTarget.VALUE, CompareResult.EQUAL, b"v")],
         [PutRequest(b"k", b"w"), TxnRequest([], [RangeRequest(b"k")], [])],
@@ -166,7 +183,12 @@ ALL_REQUESTS: list[wire.OpRequest] = [
 @pytest.mark.parametrize("request_", ALL_REQUESTS, ids=lambda r: type(r).__name__)
 def test_every_request_body_round_trips(request_: wire.OpRequest) -> None:
     op = wire.op_of(request_)
-    assert wire.decode_body(op, wire.encode_body(request_)) == request_
+    assert wire.decode_body(op, wire.encode_body(request_)) == (request_, 0)
+    if type(request_) in WRITES:
+        assert wire.decode_body(op, wire.encode_body(request_, 77)) == (request_, 77)
+    else:
+        with pytest.raises(ValueError, match="carries no request id"):
+            wire.encode_body(request_, 77)
 
 
 def test_results_round_trip() -> None:
@@ -189,13 +211,16 @@ def test_results_round_trip() -> None:
         assert wire.decode_result(op, header, encoded) == result
 
 
-def test_a_replicated_body_must_match_its_operation_and_carry_no_ids() -> None:
+def test_a_replicated_body_must_match_its_operation_and_carry_no_client_id() -> None:
     put = kvreq.encode_request(kvreq.Request(0, 0, PutRequest(b"k")))
     with pytest.raises(kvreq.RequestDecodeError, match="body is a PutRequest"):
         wire.decode_body(Op.RANGE, put)
     with_ids = kvreq.encode_request(kvreq.Request(5, 6, PutRequest(b"k")))
-    with pytest.raises(kvreq.RequestDecodeError, match="must be 0"):
+    with pytest.raises(kvreq.RequestDecodeError, match="client_id must be 0"):
         wire.decode_body(Op.PUT, with_ids)
+    read_with_id = kvreq.encode_request(kvreq.Request(0, 6, RangeRequest(b"k")))
+    with pytest.raises(kvreq.RequestDecodeError, match="no request id"):
+        wire.decode_body(Op.RANGE, read_with_id)
 
 
 # -- serving ----------------------------------------------------------------------------------
@@ -470,18 +495,22 @@ async def test_lease_member_and_status_operations() -> None:
 
 
 @run()
-async def test_writes_carry_the_connection_client_id_and_request_number_for_dedup() -> None:
+async def test_writes_are_deduplicated_by_connection_client_id_and_body_request_id() -> None:
     async with serving() as (server, service):
         raw = await Raw.open(server.port)
-        await raw.send([req(41, PutRequest(b"k", b"v"))])
-        first = ok_result((await raw.answers(1))[41], Op.PUT)[1]
+        await raw.send([req(1, PutRequest(b"k", b"v"), request_id=41)])
+        first = ok_result((await raw.answers(1))[1], Op.PUT)[1]
         await raw.close()
-        raw = await Raw.open(server.port)  # a retry on a new connection, same id
-        await raw.send([req(41, PutRequest(b"k", b"v"))])
-        again = ok_result((await raw.answers(1))[41], Op.PUT)[1]
+        raw = await Raw.open(server.port)  # a retry on a new connection: same request id
+        await raw.send([req(9, PutRequest(b"k", b"v"), request_id=41)])
+        again = ok_result((await raw.answers(1))[9], Op.PUT)[1]
         assert again == first
         assert service.cluster.writes_applied == 1
         assert (CLIENT_ID, 41) in service.cluster.applied
+        # Request id 0: no deduplication, each copy applies.
+        await raw.send([req(10, PutRequest(b"k", b"v")), req(11, PutRequest(b"k", b"v"))])
+        await raw.answers(2)
+        assert service.cluster.writes_applied == 3
         await raw.close()
 
 
