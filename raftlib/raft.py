@@ -772,6 +772,9 @@ class _Raft:
                 f"this leader is leaving the configuration (change at {self.self_removal_index})"
             )
         ents = list(m.entries)
+        # Recorded only once the batch is appended: a refused proposal changes nothing.
+        pending_conf = self.pending_conf_index
+        removal = 0
         for i, e in enumerate(ents):
             if e.type == EntryType.NORMAL:
                 continue
@@ -780,12 +783,12 @@ class _Raft:
             if cc is None:
                 failed = "undecodable configuration change"
             else:
-                already_pending = self.pending_conf_index > self.log.applied
+                already_pending = pending_conf > self.log.applied
                 already_joint = self.trk.config.is_joint()
                 wants_leave_joint = not cc.as_v2().changes
                 if already_pending:
                     failed = (
-                        f"possible unapplied conf change at index {self.pending_conf_index} "
+                        f"possible unapplied conf change at index {pending_conf} "
                         f"(applied to {self.log.applied})"
                     )
                 elif already_joint and not wants_leave_joint:
@@ -800,11 +803,11 @@ class _Raft:
                 )
                 ents[i] = Entry()
             else:
-                self.pending_conf_index = self.log.last_index() + i + 1
+                pending_conf = self.log.last_index() + i + 1
                 if cc is not None and self._removes_self(cc):
                     # Append nothing after our own removal: a voter that must elect our successor
                     # needs our vote, which we could not give if our log ran past its own.
-                    self.self_removal_index = self.pending_conf_index
+                    removal = pending_conf
                     if i + 1 < len(ents):
                         self.logger.warning(
                             "%d dropping %d entries proposed after its own removal",
@@ -815,6 +818,9 @@ class _Raft:
                     break
         if not self._append_entry(ents):
             raise ProposalDropped("uncommitted log size limit reached")
+        self.pending_conf_index = pending_conf
+        if removal:
+            self.self_removal_index = removal
         self._bcast_append()
 
     def _decode_conf_change(self, e: Entry) -> ConfChangeV2 | None:

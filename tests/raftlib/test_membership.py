@@ -13,10 +13,14 @@ from raftlib import (
     ConfChangeV2,
     ConfigError,
     ConfState,
+    EntryType,
     MemoryStorage,
+    ProposalDropped,
     StateType,
 )
 from raftlib.testing import Network
+
+from .helpers import drain, new_node, storage_with
 
 ADD = ConfChangeType.ADD_NODE
 REMOVE = ConfChangeType.REMOVE_NODE
@@ -355,3 +359,18 @@ def test_leader_takes_no_proposals_after_proposing_its_own_removal() -> None:
     assert net.leader() == 2
     net.propose(2, b"new-leader")
     assert net.nodes[2].data_applied() == [b"new-leader"]
+
+
+def test_a_conf_change_refused_for_size_leaves_no_pending_change_behind() -> None:
+    """A proposal the uncommitted-size limit refuses changes nothing: the next change is taken."""
+    s = storage_with((1,))
+    node = new_node(1, s, max_uncommitted_entries_size=1000)
+    node.campaign()
+    drain(node, s)
+    node.propose(b"x" * 900)
+    with pytest.raises(ProposalDropped):
+        node.propose_conf_change(ConfChange(LEARNER, 2, context=b"c" * 200))
+    drain(node, s)
+    node.propose_conf_change(ConfChange(LEARNER, 2))
+    rd = node.ready()
+    assert [e.type for e in rd.entries] == [EntryType.CONF_CHANGE]
