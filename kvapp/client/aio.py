@@ -51,6 +51,7 @@ import attrs
 from kvapp.client.errors import ClientError, LinkClosed, Unavailable
 from kvapp.client.native import NativeConnector
 from kvapp.client.transport import Connector, Link, WatchSpec
+from kvapp.dedup import DEFAULT_WINDOW
 from kvapp.errors import (
     CompactedError,
     EtcdError,
@@ -158,6 +159,10 @@ class AsyncClient:
         max_attempts: attempts per request before giving up (at least 1).
         retry_backoff: the first pause between attempts, doubled each time (capped at 1 s).
         client_id: the id deduplicating this client's writes; random (63 bits) by default.
+        max_inflight_writes: writes in flight at once; more wait their turn. Keep it at most
+            the members' deduplication window (:data:`kvapp.dedup.DEFAULT_WINDOW`): a member
+            refuses a request id that far behind the client's newest one, since it no longer
+            knows whether it applied it.
         connector: the transport (default: the native protocol's).
 
     Attributes:
@@ -174,13 +179,16 @@ class AsyncClient:
         max_attempts: int = 5,
         retry_backoff: float = 0.05,
         client_id: int | None = None,
+        max_inflight_writes: int = DEFAULT_WINDOW,
         connector: Connector | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         if not endpoints:
             raise ValueError("at least one endpoint is needed")
-        if max_attempts < 1 or connect_timeout <= 0 or request_timeout <= 0:
+        if max_attempts < 1 or max_inflight_writes < 1:
+            raise ValueError("invalid client configuration")
+        if connect_timeout <= 0 or request_timeout <= 0:
             raise ValueError("invalid client configuration")
         if client_id is not None and not 0 < client_id < 1 << 63:
             raise ValueError("client_id must be 1..2**63-1")
@@ -191,6 +199,7 @@ class AsyncClient:
         self.retry_backoff = retry_backoff
         self.client_id = client_id if client_id is not None else _random_client_id()
         self._write_ids = itertools.count(1)
+        self._write_slots = asyncio.Semaphore(max_inflight_writes)
         self._connector: Connector = connector or NativeConnector()
         self._links: dict[str, Link] = {}
         self._member_of: dict[str, int] = {}
@@ -512,13 +521,16 @@ class AsyncClient:
         return pause * random.uniform(0.5, 1.0)
 
     async def _write(self, request: WriteRequest, cls: type[_W]) -> _W:
-        ids = _WriteIds(self.client_id, next(self._write_ids))
-        result = await self._retry(
-            lambda link: link.write(request, request_id=ids.request_id),
-            _Mode.WRITE,
-            type(request).__name__,
-            write_ids=ids,
-        )
+        # The id is taken once a slot is held, so the ids in flight always lie within
+        # max_inflight_writes of the newest one (see the class docstring).
+        async with self._write_slots:
+            ids = _WriteIds(self.client_id, next(self._write_ids))
+            result = await self._retry(
+                lambda link: link.write(request, request_id=ids.request_id),
+                _Mode.WRITE,
+                type(request).__name__,
+                write_ids=ids,
+            )
         if not isinstance(result, cls):
             raise ClientError(f"a {type(request).__name__} was answered with a {result!r:.60}")
         return result

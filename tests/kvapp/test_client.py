@@ -604,3 +604,34 @@ async def test_write_request_ids_count_from_one_whatever_else_was_sent() -> None
         # Dense per client id, as kvapp.dedup's session window expects of a new client.
         assert sorted(m.cluster.applied) == [(client.client_id, i) for i in (1, 2, 3)]
         await w.cancel()
+
+
+@run()
+async def test_writes_in_flight_stay_within_the_dedup_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with members() as m, client_for(m, max_inflight_writes=8) as client:
+        service = m.services[0]
+        real_write = service.write
+        inflight = 0
+        most = 0
+        eight_in = asyncio.Event()
+        gate = asyncio.Event()
+
+        async def gated(request: WriteRequest, *, client_id: int = 0, request_id: int = 0):
+            nonlocal inflight, most
+            inflight += 1
+            most = max(most, inflight)
+            if inflight == 8:
+                eight_in.set()
+            await gate.wait()
+            inflight -= 1
+            return await real_write(request, client_id=client_id, request_id=request_id)
+
+        monkeypatch.setattr(service, "write", gated)
+        puts = [asyncio.create_task(client.put(b"k%d" % i, b"v")) for i in range(20)]
+        await asyncio.wait_for(eight_in.wait(), 5)
+        gate.set()
+        await asyncio.gather(*puts)
+        assert most == 8
+        assert sorted(rid for (_, rid) in m.cluster.applied) == list(range(1, 21))
