@@ -1,0 +1,123 @@
+"""The README's main job: ``kvapp cluster`` starts a local cluster one can talk to, and Ctrl-C
+stops every member. Runs the real command and the README's client snippet against it."""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def _readme_python_snippet() -> str:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    return str(next(b for b in blocks if "kvapp.client" in b))
+
+
+class Lines:
+    """``proc``'s stdout lines, read by a thread so the test can wait with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        assert proc.stdout is not None
+        self.stream = proc.stdout
+        self.thread = threading.Thread(target=self._pump, args=(self.stream,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Wait for the reader to see the end of the output, then close the pipe."""
+        self.thread.join(timeout=10)
+        self.stream.close()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.queue.put(line.rstrip("\n"))
+        self.queue.put(None)
+
+    def until(self, pattern: str, timeout: float) -> list[str]:
+        """Lines up to one matching ``pattern``; fails with the output seen after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+            if re.search(pattern, line):
+                return self.seen
+        raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.seen))
+
+
+def test_kvapp_cluster_serves_the_readme_snippet_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    data = tmp_path / "cluster"
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "kvapp", "cluster", "--size", "3", "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        out = Lines(proc)
+        lines = out.until(r"leader is m\d", 60)
+        endpoints = [m.group(1) for line in lines if (m := re.search(r"client http://(\S+)", line))]
+        assert len(endpoints) == 3, lines
+        snippet = _readme_python_snippet().replace('"127.0.0.1:2379"', repr(endpoints[1]))
+        run = subprocess.run(
+            [sys.executable, "-c", snippet],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "b'world'"
+        proc.send_signal(signal.SIGINT)
+        out.until("all members stopped", 60)
+        assert proc.wait(timeout=60) == 0
+        # Started again on the same data directory, the cluster still holds the key.
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "kvapp", "cluster", "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        out = Lines(proc)
+        out.until(r"leader is m\d", 60)
+        check = (
+            "from kvapp.client import Client\n"
+            f"with Client({endpoints!r}) as c:\n"
+            "    print(c.get(b'hello').kvs[0].value)\n"
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", check], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert run.stdout.strip() == "b'world'", run.stderr
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
