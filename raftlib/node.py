@@ -669,8 +669,8 @@ class Node:
 
         Raises:
             ConfChangeRefused: the leader or the configuration refused it; nothing changed.
-            NotLeader, ProposalDropped, ProposalLost, ProposalTimeout, OutcomeUnknown,
-                NodeStopped: as for :meth:`propose`.
+            NotLeader: as for :meth:`propose` (and likewise ProposalDropped, ProposalLost,
+                ProposalTimeout, OutcomeUnknown and NodeStopped).
         """
         loop = self._check_running()
         w: _Proposal[ConfState] = _Proposal(loop.create_future(), self._next_seq())
