@@ -68,6 +68,7 @@ class ServeOptions:
     election_tick: int
     max_request_bytes: int
     fsync: bool
+    listen_metrics: tuple[str, int] | None = None
 
 
 def _url_list(value: str, flag: str) -> tuple[str, ...]:
@@ -138,6 +139,10 @@ def _serve_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip fsync (tests and benchmarks only: a power loss can lose acknowledged writes)",
     )
+    p.add_argument(
+        "--listen-metrics-urls",
+        help="serve /health and /metrics (Prometheus) on this http://host:port",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -201,6 +206,11 @@ def parse_serve_args(argv: Sequence[str]) -> tuple[ServeOptions, str]:
         election_tick=max(1, round(a.election_timeout / a.heartbeat_interval)),
         max_request_bytes=a.max_request_bytes,
         fsync=not a.unsafe_no_fsync,
+        listen_metrics=(
+            parse_peer_url(_url_list(a.listen_metrics_urls, "--listen-metrics-urls")[0])
+            if a.listen_metrics_urls
+            else None
+        ),
     )
     return opts, a.log_level
 
@@ -294,6 +304,8 @@ def load_or_create_identity(opts: ServeOptions) -> tuple[int, int, tuple[MemberI
 
 async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> int:
     """Run one member until SIGINT/SIGTERM; returns the process exit status."""
+    from kvapp.metrics import MemberMetrics, MeteredService, TimedStorage, health, render  # noqa: PLC0415
+    from kvapp.server.http import HttpServer  # noqa: PLC0415
     from kvapp.server.native import NativeServer  # noqa: PLC0415 - heavy, only when serving
     from kvapp.storage import RaftStore  # noqa: PLC0415
     from kvapp.transport import TcpTransport  # noqa: PLC0415
@@ -337,9 +349,11 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         new_cluster=opts.new_cluster,
         client_urls=opts.advertise_client_urls,
     )
-    member = Member(config, store, transport)
+    hist = MemberMetrics.fsync_histogram()
+    member = Member(config, TimedStorage(store, hist), transport)
+    metrics = MemberMetrics(member, fsync=hist)
     server = NativeServer(
-        member,
+        MeteredService(member, metrics),
         host=opts.listen_client[0],
         port=opts.listen_client[1],
         max_request_bytes=opts.max_request_bytes,
@@ -349,9 +363,22 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    http = (
+        HttpServer(
+            health=lambda: health(member),
+            metrics=lambda: render(metrics),
+            host=opts.listen_metrics[0],
+            port=opts.listen_metrics[1],
+        )
+        if opts.listen_metrics is not None
+        else None
+    )
     await transport.start()
     await member.start()
+    metrics.start()
     await server.start()
+    if http is not None:
+        await http.start()
     logger.info(
         "%s: member %x of cluster %x serving clients on %s:%d, peers on %s:%d",
         opts.name,
@@ -376,6 +403,9 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
                 logger.warning("%s: removed from the cluster; exiting", opts.name)
                 break
     finally:
+        if http is not None:
+            await http.stop()
+        await metrics.stop()
         await server.stop()
         if member.failure is None:
             await member.transfer_leadership_away()

@@ -1,0 +1,102 @@
+"""``/health`` and ``/metrics`` of a member, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from kvapp.metrics import MemberMetrics, MeteredService, TimedStorage, health, render
+from kvapp.mvcc.types import PutRequest
+from kvapp.server.http import HttpServer
+from kvapp.service import KvService
+from raftlib import HardState, MemoryStorage, Ready
+
+from .test_member import Clock, Hub, aio, infos, make_member
+
+
+async def get(port: int, raw: bytes) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def metric(text: bytes, name: str) -> float:
+    m = re.search(rb"^" + name.encode() + rb" (\S+)$", text, re.M)
+    assert m is not None, f"{name} missing from:\n{text.decode()}"
+    return float(m.group(1))
+
+
+@aio
+async def test_health_and_metrics_follow_the_member() -> None:
+    hub, clock = Hub(), Clock()
+    initial = infos(3)
+    members = [make_member(hub, i, initial, clock) for i in initial]
+    m = members[0]
+    metrics = MemberMetrics(m)
+    service: KvService = MeteredService(m, metrics)
+    server = HttpServer(health=lambda: health(m), metrics=lambda: render(metrics))
+    await server.start()
+    try:
+        status, body = await get(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (status, body) == (503, b'{"health": "false", "reason": "member is not running"}')
+        for x in members:
+            await x.start()
+        metrics.start()
+        await m.node.wait_leader(timeout=5)
+        status, body = await get(server.port, b"GET /health HTTP/1.1\r\n\r\n")
+        assert (status, body) == (200, b'{"health": "true"}')
+        _, before = await get(server.port, b"GET /metrics HTTP/1.1\r\n\r\n")
+        assert metric(before, "etcd_server_has_leader") == 1
+        for i in range(3):
+            await service.write(PutRequest(b"k%d" % i, b"v"))
+        _, after = await get(server.port, b"GET /metrics HTTP/1.1\r\n\r\n")
+        applied = "etcd_server_proposals_applied_total"
+        assert metric(after, applied) >= metric(before, applied) + 3
+        assert metric(after, "etcd_debugging_mvcc_current_revision") == 4
+        assert metric(after, "etcd_server_proposals_pending") == 0
+        hub.cut.add(m.id)
+        for _ in range(500):
+            status, body = await get(server.port, b"GET /health HTTP/1.1\r\n\r\n")
+            if status == 503:
+                break
+            await asyncio.sleep(0.01)
+        assert (status, body) == (503, b'{"health": "false", "reason": "no leader"}')
+    finally:
+        await server.stop()
+        await metrics.stop()
+        for x in members:
+            await x.stop(transfer=False)
+
+
+@aio
+async def test_bad_requests_get_clear_statuses() -> None:
+    server = HttpServer(health=lambda: (True, ""), metrics=lambda: b"")
+    await server.start()
+    try:
+        assert (await get(server.port, b"GET /nope HTTP/1.1\r\n\r\n"))[0] == 404
+        assert (await get(server.port, b"POST /health HTTP/1.1\r\n\r\n"))[0] == 405
+        assert (await get(server.port, b"\x00\x01garbage\r\n\r\n"))[0] == 400
+        huge = b"GET /health HTTP/1.1\r\n" + b"X: " + b"y" * 70_000 + b"\r\n\r\n"
+        assert (await get(server.port, huge))[0] == 431
+        assert (await get(server.port, b"GET /health HTTP/1.1\r\n\r\n"))[0] == 200
+    finally:
+        await server.stop()
+
+
+def test_only_durable_readies_are_timed_as_fsyncs() -> None:
+    hist = MemberMetrics.fsync_histogram()
+    storage = TimedStorage(MemoryStorage(), hist)
+    commit_only = Ready(None, HardState(0, 0, 0), (), None, (), (), (), (), must_sync=False)
+    storage.save_ready(commit_only)
+    durable = Ready(None, HardState(1, 1, 0), (), None, (), (), (), (), must_sync=True)
+    storage.save_ready(durable)
+    storage.save_ready(durable)
+    (family,) = list(hist.collect())
+    count = next(s for s in family.samples if s.name.endswith("_count"))
+    assert count.value == 2
+    assert storage.initial_state()[0] == HardState(1, 1, 0)
