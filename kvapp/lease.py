@@ -53,6 +53,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TypeAlias
 
 import attrs
+
+from kvapp._extras import require
+
+require("sortedcontainers")
+
 from sortedcontainers import SortedList
 
 from kvapp.errors import (

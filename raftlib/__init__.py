@@ -1,5 +1,7 @@
 """raftlib: an embeddable, sans-I/O implementation of the Raft consensus protocol."""
 
+import logging as _logging
+
 from raftlib.config import Config, ReadOnlyOption
 from raftlib.errors import (
     CompactedError,
@@ -112,3 +114,7 @@ __all__ = [
     "UnavailableError",
     "__version__",
 ]
+
+# A library does not print by default: its log records go nowhere until the application
+# configures logging (then they propagate to the application's handlers as usual).
+_logging.getLogger("raftlib").addHandler(_logging.NullHandler())

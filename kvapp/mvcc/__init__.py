@@ -4,6 +4,10 @@ The public names are re-exported here; :mod:`kvapp.mvcc.index` and
 :mod:`kvapp.mvcc.validate` are implementation modules of the store.
 """
 
+from kvapp._extras import require
+
+require("sortedcontainers")
+
 from kvapp.mvcc.keyrange import ALL_KEYS_END, prefix_range_end
 from kvapp.mvcc.store import Store, StoreListener
 from kvapp.mvcc.types import (
