@@ -1,0 +1,7 @@
+"""``python -m kvapp.ctl``."""
+
+import sys
+
+from kvapp.ctl.app import main
+
+sys.exit(main())
