@@ -168,8 +168,10 @@ async def cmd_txn(ctl: Ctl) -> int:
         ctl.out.line(title)
         ctl.out.flush()
 
-    compares, success, failure = read_txn(lines, prompt if ctl.ns.interactive else None)
-    lines.detach()
+    try:
+        compares, success, failure = read_txn(lines, prompt if ctl.ns.interactive else None)
+    finally:
+        lines.detach()  # leave standard input open
     async with ctl.deadline():
         resp = await ctl.client.txn(compares, success, failure)
         header = await ctl.json_header(resp.revision)

@@ -11,7 +11,6 @@ may appear before or after the command, as with etcdctl; unset ones fall back to
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, NoReturn
@@ -765,8 +764,3 @@ def read_txn(
     success = [parse_txn_op(line) for line in section("success requests (get, put, del):")]
     failure = [parse_txn_op(line) for line in section("failure requests (get, put, del):")]
     return compares, success, failure
-
-
-def env_of(environ: Mapping[str, str] | None = None) -> Mapping[str, str]:
-    """The environment to read ``ETCDCTL_*`` from."""
-    return os.environ if environ is None else environ
