@@ -73,6 +73,7 @@ ROLE_TRANSITIONS: dict[StateType, frozenset[StateType]] = {
 _AFTER_PERSIST = frozenset({MT.APP_RESP, MT.VOTE_RESP, MT.PRE_VOTE_RESP, MT.VOTE})
 _VOTE_TYPES = frozenset({MT.VOTE, MT.VOTE_RESP, MT.PRE_VOTE, MT.PRE_VOTE_RESP})
 _UNSTAMPED = frozenset({MT.PROP, MT.READ_INDEX})
+_NORMAL = EntryType.NORMAL
 
 
 class CampaignType(enum.Enum):
@@ -318,8 +319,12 @@ class _Raft:
         """Append proposals as the leader, stamping term and index. False if over the limit."""
         li = self.log.last_index()
         term = self.term
-        stamped = [Entry(term, li + 1 + i, e.type, e.data) for i, e in enumerate(ents)]
-        if not self._increase_uncommitted_size(stamped):
+        stamped = [Entry(term, i, e.type, e.data) for i, e in enumerate(ents, li + 1)]
+        return self._append_stamped(stamped, _payload_size(stamped))
+
+    def _append_stamped(self, stamped: list[Entry], size: int) -> bool:
+        """Append the leader's new entries (``size`` payload bytes). False if over the limit."""
+        if not self._increase_uncommitted_size(size):
             self.logger.warning(
                 "%d appending new entries to log would exceed uncommitted entry size limit; "
                 "dropping proposal",
@@ -329,10 +334,9 @@ class _Raft:
         self.log.append(stamped)
         return True
 
-    def _increase_uncommitted_size(self, ents: Sequence[Entry]) -> bool:
+    def _increase_uncommitted_size(self, s: int) -> bool:
         if not self.max_uncommitted_size:
             return True
-        s = _payload_size(ents)
         # An empty tail always accepts, and empty entries always fit (new leader, auto-leave).
         if (
             self.uncommitted_size > 0
@@ -753,9 +757,32 @@ class _Raft:
             case _:
                 assert_never(t)
 
-    def _leader_propose(self, m: Message) -> None:
-        if not m.entries:
+    def propose(self, datas: Sequence[bytes]) -> None:
+        """Propose normal entries carrying ``datas`` (already checked to be ``bytes``).
+
+        Exactly what stepping one local ``PROP`` message with these entries does, except that a
+        leader stamps each payload into its log entry directly (one ``Entry`` per proposal).
+
+        Raises:
+            ProposalDropped: as for a ``PROP`` message; nothing was appended.
+        """
+        if self.state != StateType.LEADER:
+            ents = tuple([Entry(data=d) for d in datas])
+            self.step(Message(MT.PROP, from_=self.id, entries=ents))
+            return
+        if not datas:
             raise RaftInvariantError(f"{self.id} stepped empty MsgProp")
+        self._check_leader_takes_proposals()
+        term = self.term
+        stamped = [
+            Entry(term, i, _NORMAL, d) for i, d in enumerate(datas, self.log.last_index() + 1)
+        ]
+        if not self._append_stamped(stamped, sum(map(len, datas))):
+            raise ProposalDropped("uncommitted log size limit reached")
+        self._bcast_append()
+
+    def _check_leader_takes_proposals(self) -> None:
+        """Raise ``ProposalDropped`` if this leader must refuse every proposal for now."""
         if self.id not in self.trk.progress:
             # Removed from the configuration while leading: take no new proposals.
             raise ProposalDropped("this node is no longer a member of the configuration")
@@ -771,6 +798,11 @@ class _Raft:
             raise ProposalDropped(
                 f"this leader is leaving the configuration (change at {self.self_removal_index})"
             )
+
+    def _leader_propose(self, m: Message) -> None:
+        if not m.entries:
+            raise RaftInvariantError(f"{self.id} stepped empty MsgProp")
+        self._check_leader_takes_proposals()
         ents = list(m.entries)
         # Recorded only once the batch is appended: a refused proposal changes nothing.
         pending_conf = self.pending_conf_index
