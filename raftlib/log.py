@@ -5,6 +5,7 @@ Internal. Invariant: ``applied <= committed <= last_index()``; ``committed`` nev
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 from raftlib.errors import (
@@ -15,7 +16,18 @@ from raftlib.errors import (
 )
 from raftlib.log_unstable import Unstable
 from raftlib.storage import Storage, limit_size
-from raftlib.types import Entry, Snapshot
+from raftlib.types import ENTRY_OVERHEAD, Entry, Snapshot
+
+_DATA = operator.attrgetter("data")
+
+
+def _limit(ents: list[Entry], max_size: int | None) -> list[Entry]:
+    """``limit_size(ents, max_size)`` for a list the caller owns: returned as is when it fits."""
+    if max_size is None or len(ents) <= 1:
+        return ents
+    if sum(map(len, map(_DATA, ents))) + ENTRY_OVERHEAD * len(ents) <= max_size:
+        return ents
+    return limit_size(ents, max_size)
 
 
 class RaftLog:
@@ -40,15 +52,24 @@ class RaftLog:
 
     # -- index bounds --
 
+    # The index lookups below inline Unstable.maybe_first_index/maybe_last_index/maybe_term:
+    # they run several times per message on the hot path.
+
     def first_index(self) -> int:
         """The first index available (from a pending snapshot, else storage)."""
-        i = self.unstable.maybe_first_index()
-        return i if i is not None else self.storage.first_index()
+        snap = self.unstable.snapshot
+        if snap is not None:
+            return snap.metadata.index + 1
+        return self.storage.first_index()
 
     def last_index(self) -> int:
         """The last index of the log."""
-        i = self.unstable.maybe_last_index()
-        return i if i is not None else self.storage.last_index()
+        u = self.unstable
+        if u.entries:
+            return u.offset + len(u.entries) - 1
+        if u.snapshot is not None:
+            return u.snapshot.metadata.index
+        return self.storage.last_index()
 
     def last_term(self) -> int:
         """The term of the last entry."""
@@ -69,13 +90,19 @@ class RaftLog:
             CompactedError: ``index`` is before the first available entry's predecessor.
             UnavailableError: ``index`` is after the last entry.
         """
-        t = self.unstable.maybe_term(index)
-        if t is not None:
-            return t
-        dummy = self.first_index() - 1
+        u = self.unstable
+        i = index - u.offset
+        snap = u.snapshot
+        if i >= 0:
+            if i < len(u.entries):
+                return u.entries[i].term
+        elif snap is not None and snap.metadata.index == index:
+            return snap.metadata.term
+        dummy = snap.metadata.index if snap is not None else self.storage.first_index() - 1
         if index < dummy:
             raise CompactedError(f"index {index} is compacted (first index {dummy + 1})")
-        if index > self.last_index():
+        # Below the offset, unstable entries extend the log past ``index``.
+        if (i >= 0 or not u.entries) and index > self.last_index():
             raise UnavailableError(f"index {index} is after last index {self.last_index()}")
         return self.storage.term(index)
 
@@ -103,8 +130,10 @@ class RaftLog:
 
     def find_conflict(self, ents: Sequence[Entry]) -> int:
         """The index of the first entry of ``ents`` that conflicts with or extends the log, or 0."""
+        last = self.last_index()
         for e in ents:
-            if not self.match_term(e.index, e.term):
+            # An entry past our last index extends the log (no term lookup needed to know).
+            if e.index > last or not self.match_term(e.index, e.term):
                 return e.index
         return 0
 
@@ -156,8 +185,9 @@ class RaftLog:
             raise RaftInvariantError(
                 f"append after {after} is out of range (committed {self.committed})"
             )
-        self.unstable.truncate_and_append(ents)
-        return self.last_index()
+        u = self.unstable
+        u.truncate_and_append(ents)
+        return u.offset + len(u.entries) - 1
 
     def commit_to(self, index: int) -> None:
         """Advance the commit index to ``index`` (never backwards)."""
@@ -210,17 +240,18 @@ class RaftLog:
         """Whether committed entries await application."""
         if self.committed <= self.applied or self.unstable.snapshot is not None:
             return False
-        return self.committed >= self.first_index()
+        return self.committed >= self.storage.first_index()
 
     def next_committed_entries(self) -> list[Entry]:
         """Committed entries not yet applied, up to ``max_applying_size`` bytes."""
         if self.unstable.snapshot is not None:
             return []
-        lo = max(self.applied + 1, self.first_index())
+        first = self.storage.first_index()
+        lo = max(self.applied + 1, first)
         hi = self.committed + 1
         if hi <= lo:
             return []
-        return self.slice(lo, hi, self.max_applying_size)
+        return self._slice(lo, hi, self.max_applying_size, first, self.last_index())
 
     def snapshot(self) -> Snapshot:
         """The pending snapshot, else storage's."""
@@ -230,9 +261,10 @@ class RaftLog:
 
     def entries(self, index: int, max_size: int | None) -> list[Entry]:
         """Entries from ``index`` to the end, cut to ``max_size`` bytes (at least one)."""
-        if index > self.last_index():
+        last = self.last_index()
+        if index > last:
             return []
-        return self.slice(index, self.last_index() + 1, max_size)
+        return self._slice(index, last + 1, max_size, self.first_index(), last)
 
     def slice(self, lo: int, hi: int, max_size: int | None) -> list[Entry]:
         """Entries ``[lo, hi)`` across storage and the unstable tail.
@@ -240,20 +272,23 @@ class RaftLog:
         Raises:
             CompactedError: ``lo`` is before the first available entry.
         """
+        return self._slice(lo, hi, max_size, self.first_index(), self.last_index())
+
+    def _slice(self, lo: int, hi: int, max_size: int | None, first: int, last: int) -> list[Entry]:
+        """:meth:`slice`, given the current first and last index."""
         if lo > hi:
             raise RaftInvariantError(f"invalid slice {lo} > {hi}")
-        first = self.first_index()
         if lo < first:
             raise CompactedError(f"slice from {lo} is compacted (first index {first})")
-        if hi > self.last_index() + 1:
-            raise RaftInvariantError(f"slice[{lo},{hi}) out of bound last {self.last_index()}")
+        if hi > last + 1:
+            raise RaftInvariantError(f"slice[{lo},{hi}) out of bound last {last}")
         if lo == hi:
             return []
         off = self.unstable.offset
         if lo >= off:
-            return limit_size(self.unstable.slice(lo, hi), max_size)
+            return _limit(self.unstable.slice(lo, hi), max_size)
         ents = self.storage.entries(lo, min(hi, off), max_size)
         if hi <= off or len(ents) < min(hi, off) - lo:
             return ents
         ents.extend(self.unstable.slice(off, hi))
-        return limit_size(ents, max_size)
+        return _limit(ents, max_size)
