@@ -2,9 +2,11 @@
 
 :class:`Simulation` drives a :class:`~raftlib.testing.cluster.Cluster` through a random but fully
 seed-determined run: nodes tick on their own (skewed) clocks, every message gets a random delay
-(so messages are reordered), some are dropped or duplicated, disks take a while to sync, nodes
-crash (tearing their pending write) and restart, the network partitions (sometimes one way) and
-heals, clients write and read, and an operator proposes membership changes and leader transfers.
+(so messages are reordered; a few may stall for long), some are dropped or duplicated, disks take
+a while to sync, nodes crash (tearing their pending write) and restart, the network partitions
+(sometimes one way, sometimes around a bridge node that sees both sides) and heals, clients write
+and read (sometimes reusing a read's request context), and an operator proposes membership
+changes and leader transfers.
 At the end the network heals and the cluster must make progress
 (:meth:`~raftlib.testing.cluster.Cluster.check_liveness`), and the client history must be
 linearizable.
@@ -43,6 +45,7 @@ from raftlib.testing.events import (
     Partition,
     Read,
     Restart,
+    Retry,
     Sync,
     Tick,
     Transfer,
@@ -114,13 +117,23 @@ class FaultProfile:
         max_down: longest time a crashed node stays down.
         partition_every: mean time between partitions (0: never).
         one_way: probability that a partition is a single one-way cut.
+        bridge: probability that a partition leaves one node (the bridge) connected to both
+            sides (as Jepsen's bridge nemesis): a majority can elect a leader the other side
+            never hears of, while the bridge still carries old messages between them.
         min_partition: shortest partition.
         max_partition: longest partition.
         clients: number of clients, each with at most one operation outstanding.
         client_think: mean time between a client's operations.
         client_timeout: a client gives up on an operation after this long (it stays pending).
         reads: fraction of client operations that are reads.
+        reuse_read: fraction of a client's reads that reuse the request context of the latest
+            read at the node it last read at (a :class:`~raftlib.testing.events.Retry`), as a
+            client retrying with the same context does.
         keys: number of distinct keys clients use.
+        stall: probability that a message stalls in the network (a retransmission after a
+            timeout, a congested queue): it arrives between ``max_delay`` and ``max_stall``
+            after it was sent, long after messages sent later.
+        max_stall: the longest a stalled message takes.
         links: per-link overrides, ``{(from, to): LinkFaults(...)}``, of the four message settings
             above (``drop``, ``duplicate``, ``min_delay``, ``max_delay``) for that direction.
         conf_every: mean time between membership changes (0: never).
@@ -142,13 +155,17 @@ class FaultProfile:
     max_down: int = 3000
     partition_every: int = 3000
     one_way: float = 0.3
+    bridge: float = 0.0
     min_partition: int = 300
     max_partition: int = 4000
     clients: int = 3
     client_think: int = 150
     client_timeout: int = 3000
     reads: float = 0.4
+    reuse_read: float = 0.0
     keys: int = 3
+    stall: float = 0.0
+    max_stall: int = 3000
     links: tuple[tuple[int, int, LinkFaults], ...] = attrs.field(default=(), converter=_links)
     conf_every: int = 0
     min_voters: int = 3
@@ -235,6 +252,7 @@ class Simulation:
         self._sync_gen: dict[int, int] = {}
         self._sync_at: dict[int, int] = {}
         self._client_op: dict[int, tuple[int, int]] = {}
+        self._client_read_at: dict[int, int] = {}
         self._values = 0
         ids = self.cluster.config.node_ids
         for i in ids:
@@ -349,6 +367,11 @@ class Simulation:
             self._exec(Cut(a, b))
             return
         rng.shuffle(ids)
+        if self.faults.bridge and len(ids) >= 3 and rng.random() < self.faults.bridge:
+            ids.pop()  # the bridge: in neither group, so connected to both
+            k = rng.randint(1, len(ids) - 1)
+            self._exec(Partition((tuple(sorted(ids[:k])), tuple(sorted(ids[k:])))))
+            return
         k = rng.randint(1, len(ids) - 1)
         self._exec(Partition((tuple(sorted(ids[:k])), tuple(sorted(ids[k:])))))
 
@@ -369,11 +392,19 @@ class Simulation:
         key = rng.randrange(f.keys)
         before = len(c.history)
         if rng.random() < f.reads:
-            self._exec(Read(node, self._read(rng, key)))
+            again = self._client_read_at.get(client)
+            if again is not None and f.reuse_read and rng.random() < f.reuse_read:
+                self._exec(Retry(again))
+            else:
+                self._exec(Read(node, self._read(rng, key)))
+                self._client_read_at[client] = node
         else:
             self._values += 1
             self._exec(Write(node, self._write(rng, key, f"v{self._values}")))
-        self._client_op[client] = (before, self.time)
+        if len(c.history) > before:
+            self._client_op[client] = (before, self.time)
+        else:
+            self._client_op.pop(client, None)
         self._at(self._exp(f.client_think), ("client", client))
 
     def _conf(self) -> None:
@@ -401,6 +432,11 @@ class Simulation:
                 continue
             self._seen_seq = max(self._seen_seq, fl.seq)
             link = f.link(fl.msg.from_, fl.msg.to)
+            if f.stall and rng.random() < f.stall:
+                self._at(
+                    rng.randint(link.max_delay, max(link.max_delay, f.max_stall)), ("msg", fl.seq)
+                )
+                continue
             r = rng.random()
             if r < link.drop:
                 pos = c.in_flight.index(fl)

@@ -33,6 +33,7 @@ from raftlib.testing.events import (
     Partition,
     Read,
     Restart,
+    Retry,
     Run,
     Stabilize,
     Sync,
@@ -190,7 +191,11 @@ def cluster_configs(
     voters: st.SearchStrategy[int] = _VOTERS,
     spares: st.SearchStrategy[int] = _SPARES,
 ) -> st.SearchStrategy[ClusterConfig]:
-    """Cluster shapes: how many voters and spare nodes, which protocol options, which limits."""
+    """Cluster shapes: voters, spare nodes, protocol options, limits, and disk use.
+
+    The disk use is how the simulated application persists: ``unsynced_commits`` and
+    ``durable_apply`` of :class:`~raftlib.testing.cluster.ClusterConfig`.
+    """
 
     @st.composite
     def build(draw: st.DrawFn) -> ClusterConfig:
@@ -205,6 +210,8 @@ def cluster_configs(
             max_size_per_msg=draw(st.sampled_from([0, 64, 256, 1 << 20])),
             max_inflight_msgs=draw(st.integers(1, 8)),
             snapshot_every=draw(st.sampled_from([0, 0, 5, 20])),
+            unsynced_commits=draw(st.booleans()),
+            durable_apply=draw(st.booleans()),
         )
 
     return build()
@@ -223,6 +230,9 @@ def fault_profiles() -> st.SearchStrategy[FaultProfile]:
         partition_every=st.sampled_from([0, 1000, 4000]),
         conf_every=st.sampled_from([0, 0, 2000]),
         transfer_every=st.sampled_from([0, 0, 3000]),
+        bridge=st.sampled_from([0.0, 0.0, 0.5]),
+        reuse_read=st.sampled_from([0.0, 0.3]),
+        stall=st.sampled_from([0.0, 0.0, 0.05]),
     )
 
 
@@ -267,6 +277,7 @@ def events(
         st.builds(Campaign, ids),
         st.builds(lambda n, k, v: Write(n, mk_write(k, v)), ids, keys, st.integers(0, 10**6)),
         st.builds(lambda n, k: Read(n, mk_read(k)), ids, keys),
+        st.builds(Retry, ids),
         st.builds(Transfer, ids, ids),
         st.builds(
             Conf,

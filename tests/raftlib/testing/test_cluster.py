@@ -388,3 +388,155 @@ def test_lease_reads_are_stale_when_clocks_drift_and_safe_reads_are_not() -> Non
     safe = Cluster.replay(LEASE_STORY.format(lease=0))
     assert safe.check_linearizability().ok is True
     assert [op.ret for op in safe.history.operations() if op.input[0] == "read"] == [None]
+
+
+def test_unsynced_commit_is_lost_in_a_crash_unless_a_synced_write_flushed_it() -> None:
+    c = elected(ClusterConfig(seed=1, unsynced_commits=True))
+    c.put(1, "x", "a")
+    c.stabilize()
+    # The Readys that only advanced the commit index to 2 were written without fsync.
+    for i in (1, 2, 3):
+        nd = c.nodes[i]
+        assert nd.commit == 2
+        assert nd.storage.hard_state.commit == 1
+        assert nd.unsynced is not None
+        assert nd.unsynced.commit == 2
+    c.put(1, "x", "b")
+    c.sync(1)  # entry 3 is fsynced, and with it the commit index 2 written before
+    assert c.nodes[1].storage.hard_state.commit == 2
+    assert c.nodes[1].unsynced is None
+    c.crash(2)
+    assert c.nodes[2].commit == 1  # lost
+    assert "(durable commit=1)" in c.describe_node(3)
+    c.restart(2)
+    c.stabilize()
+    assert c.nodes[2].commit == 3
+    assert values(c, 2) == {"x": "b"}
+
+
+def test_commits_are_fsynced_by_default() -> None:
+    c = elected()
+    c.put(1, "x", "a")
+    c.stabilize()
+    assert all(c.nodes[i].storage.hard_state.commit == 2 for i in (1, 2, 3))
+
+
+def test_durable_state_machine_restarts_where_it_was() -> None:
+    c = elected(ClusterConfig(seed=1, unsynced_commits=True, durable_apply=True))
+    c.put(1, "x", "a")
+    c.stabilize()
+    c.crash(2)
+    c.restart(2)  # Config(applied=2) beyond the durable commit index 1
+    nd = c.nodes[2]
+    assert nd.storage.hard_state.commit == 1
+    assert nd.applied == nd.commit == 2
+    assert values(c, 2) == {"x": "a"}
+    c.put(1, "x", "b")
+    c.stabilize()
+    assert values(c, 2) == {"x": "b"}  # applied once each (the checker would say otherwise)
+
+
+def test_without_durable_apply_the_state_machine_restarts_from_the_snapshot() -> None:
+    c = elected(ClusterConfig(seed=1, unsynced_commits=True))
+    c.put(1, "x", "a")
+    c.stabilize()
+    c.crash(2)
+    c.restart(2)
+    assert c.nodes[2].applied == 0
+    c.run(2)
+    assert values(c, 2) == {"x": "a"}
+
+
+def test_durable_state_machine_behind_a_torn_snapshot_restores_the_snapshot() -> None:
+    c = elected(ClusterConfig(seed=1, durable_apply=True, snapshot_every=3))
+    c.put(1, "x", "a")
+    c.stabilize()
+    c.crash(3)
+    for v in "bcd":
+        c.put(1, "x", v)
+        c.stabilize()
+    c.restart(3)
+    assert c.nodes[3].applied == 2  # kept
+    for _ in range(50):  # deliver and sync until node 3 takes the leader's snapshot
+        if (rd := c.nodes[3].pending) is not None and rd.snapshot is not None:
+            break
+        c.tick(1)
+        for i in (1, 2, 3):
+            c.sync(i)
+        while c.in_flight:
+            c.execute(Deliver(c.select(0)))
+    else:
+        raise AssertionError("node 3 never took a snapshot")
+    c.crash(3, torn=1)  # the snapshot reached the disk; the state machine never saw it
+    c.restart(3)
+    assert c.nodes[3].applied == 3
+    assert values(c, 3) == {"x": "b"}
+
+
+def reads(c: Cluster) -> list[tuple[int, float, float | None, object]]:
+    return [
+        (o.id, o.call, o.ret, None if o.output is None else cbor2.loads(o.output))
+        for o in c.history.operations()
+        if o.input[0] == "read"
+    ]
+
+
+def test_retry_at_the_leader_is_a_read_of_its_own() -> None:
+    c = elected()
+    c.put(1, "x", "a")
+    c.stabilize()
+    c.get(1, "x")
+    c.stabilize()
+    c.put(2, "x", "b")
+    c.stabilize()
+    c.retry(1)
+    c.stabilize()
+    (_, call1, ret1, out1), (_, call2, ret2, out2) = reads(c)
+    assert ret1 is not None
+    assert ret2 is not None
+    assert call1 < ret1 < call2 < ret2
+    assert (out1, out2) == ("a", "b")
+    assert c.script().splitlines()[-2:] == ["retry 1", "stabilize"]
+    assert c.check_linearizability().ok is True
+
+
+def test_retry_of_a_forwarded_read_answers_the_read_waiting() -> None:
+    c = elected()
+    c.get(2, "x")
+    c.retry(2)  # a follower's retry: no new read, the request goes out again
+    c.retry(3)  # node 3 never read: nothing happens
+    c.stabilize()
+    [(_, _, ret, _)] = reads(c)
+    assert ret is not None
+
+
+def test_retry_after_losing_leadership_keeps_only_the_earliest_read() -> None:
+    c = elected(ClusterConfig(seed=1, pre_vote=False, check_quorum=False))
+    c.get(1, "x")
+    c.retry(1)  # both requests made leading: two reads
+    assert [r[0] for r in reads(c)] == [0, 1]
+    c.sync(1)
+    c.campaign(2)
+    c.sync(2)
+    c.deliver(2, 1, MT.VOTE)
+    assert c.nodes[1].role == StateType.FOLLOWER  # its rounds are gone
+    c.stabilize()
+    assert c.leader() == 2
+    c.retry(1)  # forwarded: a read state could now answer either; the later read is dropped
+    assert [r[0] for r in reads(c)] == [0]
+    c.stabilize()
+    assert reads(c)[0][2] is not None
+    assert c.check_linearizability().ok is True
+
+
+def test_liveness_requires_reads_answered_at_their_origin(monkeypatch: pytest.MonkeyPatch) -> None:
+    respond = raftlib.raft._Raft._respond_to_read_index
+
+    def lose_forwarded(self: raftlib.raft._Raft, req: object, index: int) -> None:
+        if getattr(req, "from_", 0) in (0, self.id):
+            respond(self, req, index)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(raftlib.raft._Raft, "_respond_to_read_index", lose_forwarded)
+    c = elected()
+    with pytest.raises(LivenessViolation, match=r"reads not answered at: \[2, 3\]"):
+        c.check_liveness(30)

@@ -16,6 +16,7 @@ from raftlib.testing.events import (
     MessageSelector,
     Partition,
     Read,
+    Retry,
     Run,
     Tick,
     Write,
@@ -49,6 +50,8 @@ def test_readable_forms() -> None:
     get = parse_event("get 2 k1")
     assert isinstance(get, Read)
     assert format_event(Write(1, b"\x00\x01")) == "write 1 0001"
+    assert format_event(Retry(2)) == "retry 2"
+    assert parse_event("retry 2") == Retry(2)
 
 
 @pytest.mark.parametrize(

@@ -243,6 +243,27 @@ def test_append_acknowledged_before_durable() -> None:
     c.on_send(1, Message(MT.APP_RESP, to=2, from_=1, term=1, index=5, reject=True), disk)
 
 
+@pytest.mark.parametrize("t", [MT.APP, MT.HEARTBEAT, MT.SNAP, MT.TIMEOUT_NOW])
+def test_leader_speaks_for_a_term_before_it_is_durable(t: MessageType) -> None:
+    disk = MemoryStorage(CS)
+    disk.set_hard_state(HardState(term=1, vote=1))
+    c = SafetyChecker()
+    with violated("durable-before-send"):
+        c.on_send(1, Message(t, to=2, from_=1, term=2), disk)
+    c.on_send(1, Message(t, to=2, from_=1, term=1), disk)
+    disk.set_hard_state(HardState(term=2, vote=1))
+    c.on_send(1, Message(t, to=2, from_=1, term=2), disk)
+
+
+def test_read_state_handed_to_a_node_that_did_not_ask() -> None:
+    c = SafetyChecker()
+    c.on_read_state(3, b"r", requester=3)
+    with violated("read-origin"):
+        c.on_read_state(2, b"r", requester=3)
+    with violated("read-origin"):
+        c.on_read_state(2, b"nobody's", requester=None)
+
+
 def test_durable_state_regresses() -> None:
     c = SafetyChecker()
     c.on_persist(1, HardState(term=3, vote=2, commit=5))

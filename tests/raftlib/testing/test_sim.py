@@ -25,6 +25,7 @@ from raftlib.testing.events import (
     Partition,
     Read,
     Restart,
+    Retry,
     Tick,
     Write,
 )
@@ -110,6 +111,45 @@ def test_simulation_records_a_replayable_schedule() -> None:
     assert [format_event(e) for e in events] == [format_event(e) for e in result.cluster.events]
 
 
+def test_bridge_partitions_leave_one_node_talking_to_both_sides() -> None:
+    faults = FaultProfile(partition_every=500, one_way=0.0, bridge=1.0, crash_every=0)
+    result = run_simulation(6, 10_000, ClusterConfig(voters=(1, 2, 3, 4, 5)), faults)
+    assert result.ok, result.failure
+    parts = [e for e in result.cluster.events if isinstance(e, Partition)]
+    assert parts
+    for p in parts:
+        a, b = p.groups
+        assert a
+        assert b
+        assert len(a) + len(b) == 4  # the fifth node is the bridge
+
+
+def test_stalled_messages_arrive_long_after_the_others() -> None:
+    faults = FaultProfile(min_delay=5, max_delay=10, stall=0.5, max_stall=2000)
+    delays = []
+    for seed in range(5):
+        sim = Simulation(seed, faults=faults)
+        sim.cluster.campaign(1)
+        sim._scan()  # schedules the deliveries of the pre-vote requests
+        delays += [t - sim.time for t, _, action in sim._queue if action[0] == "msg"]
+    assert len(delays) == 10
+    assert all(5 <= d <= 2000 for d in delays)
+    assert any(d <= 10 for d in delays)
+    assert any(d > 10 for d in delays)  # stalled
+    result = run_simulation(3, 20_000, faults=faults)
+    assert result.ok, result.failure
+
+
+def test_clients_reuse_read_contexts() -> None:
+    faults = FaultProfile(reads=0.6, reuse_read=0.5, client_timeout=500)
+    result = run_simulation(1, 20_000, faults=faults)
+    assert result.ok, result.failure
+    retries = [e for e in result.cluster.events if isinstance(e, Retry)]
+    assert len(retries) > 10
+    assert result.linearizability is not None
+    assert result.linearizability.ok is True
+
+
 SWEEP = {
     "three voters": (ClusterConfig(), FaultProfile()),
     "five voters, no PreVote/CheckQuorum": (
@@ -123,6 +163,18 @@ SWEEP = {
     "learners, lossy network": (
         ClusterConfig(learners=(4,), spares=(5,), snapshot_every=6, auto_sync=True),
         FaultProfile(conf_every=1000, drop=0.1, duplicate=0.1),
+    ),
+    "one voter, learners, slow disk, commits not fsynced": (
+        ClusterConfig(voters=(1,), learners=(2, 3), unsynced_commits=True),
+        FaultProfile(max_fsync=1500, crash_every=2000, client_timeout=500),
+    ),
+    "durable state machines, stalls, bridges, read retries": (
+        ClusterConfig(
+            voters=(1, 2, 3, 4, 5), unsynced_commits=True, durable_apply=True, snapshot_every=5
+        ),
+        FaultProfile(
+            transfer_every=1500, bridge=0.5, stall=0.05, reuse_read=0.3, client_timeout=800
+        ),
     ),
 }
 
