@@ -10,6 +10,8 @@ import sys
 import pytest
 
 import raftlib.log
+from raftlib.testing import Model
+from raftlib.testing.machine import ClusterMachine
 from raftlib.testing.replay import main
 
 SCRIPT = """# raftlib.testing schedule v1
@@ -110,3 +112,97 @@ def test_runs_as_a_module(tmp_path: pathlib.Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "OK: 9 events" in proc.stdout
+
+
+COUNTER = "tests.raftlib.testing.test_machine"
+COUNTER_SCRIPT = f"""cluster voters=1,2,3 seed=1
+campaign 1
+stabilize
+write 1 {b"2".hex()}
+write 2 {b"3".hex()}
+stabilize
+read 3 {b"total".hex()}
+stabilize
+"""
+
+
+def test_replays_a_custom_state_machine_with_its_model(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "counter.txt"
+    path.write_text(COUNTER_SCRIPT)
+    code, text = run(str(path), "--quiet")
+    assert code == 1
+    assert "not a KV command" in text
+    code, text = run(
+        str(path), "--state-machine", f"{COUNTER}:Counter", "--model", f"{COUNTER}:COUNTER_MODEL"
+    )
+    assert code == 0, text
+    assert "[6] read 3 746f74616c" in text
+    assert text.rstrip().endswith("OK: 7 events, every check passed")
+    code, text = run(str(path), "--quiet", "--state-machine", f"{COUNTER}:Counter")
+    assert (code, text) == (0, "OK: 7 events, every check passed (no model: history not checked)\n")
+
+
+def test_a_custom_model_catches_a_wrong_answer(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "counter.txt"
+    path.write_text(COUNTER_SCRIPT)
+    code, text = run(
+        str(path),
+        "--quiet",
+        "--state-machine",
+        f"{COUNTER}:Counter",
+        "--model",
+        "tests.raftlib.testing.test_replay:WRONG_COUNTER_MODEL",
+    )
+    assert code == 1
+    assert text.startswith("FAILED: NotLinearizable: not linearizable")
+
+
+def _wrong_step(state: int, inp: tuple[str, bytes], out: bytes | None) -> tuple[bool, int]:
+    """A counter model that expects every write to add one more than it does."""
+    kind, payload = inp
+    if kind == "write":
+        return True, state + int(payload) + 1
+    return out == str(state).encode(), state
+
+
+WRONG_COUNTER_MODEL = Model(init=lambda: 0, step=_wrong_step)
+
+
+def test_the_machine_names_the_replay_command_of_its_state_machine(tmp_path: pathlib.Path) -> None:
+    from tests.raftlib.testing.test_machine import CounterMachine
+
+    assert ClusterMachine.replay_command() == "python -m raftlib.testing.replay FILE"
+    command = CounterMachine.replay_command()
+    assert command == (
+        f"python -m raftlib.testing.replay --state-machine {COUNTER}:Counter "
+        f"--model {COUNTER}:CounterMachine.model FILE"
+    )
+    path = tmp_path / "counter.txt"
+    path.write_text(COUNTER_SCRIPT)
+    argv = command.split()[3:-1]
+    assert run(str(path), "--quiet", *argv) == (0, "OK: 7 events, every check passed\n")
+
+
+def test_quiet_prints_only_the_verdict(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "ok.txt"
+    path.write_text(SCRIPT)
+    assert run(str(path), "--quiet") == (0, "OK: 9 events, every check passed\n")
+    code, text = run("--seed", "1", "--duration", "2000", "--quiet")
+    assert code == 0
+    assert text.count("\n") == 1
+    assert text.startswith("OK: ")
+
+
+def test_bad_state_machine_or_model_names(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "ok.txt"
+    path.write_text(SCRIPT)
+    assert run(str(path), "--state-machine", "Counter")[0] == 2
+    code, text = run(str(path), "--state-machine", "no.such.module:Counter")
+    assert code == 2
+    assert "cannot load" in text
+    code, text = run(str(path), "--model", f"{COUNTER}:Counter")
+    assert code == 2
+    assert "is not a raftlib.testing.Model" in text
+    code, text = run("--seed", "1", "--state-machine", f"{COUNTER}:Counter")
+    assert code == 2
+    assert "default KV state machine only" in text
