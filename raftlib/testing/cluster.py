@@ -267,6 +267,7 @@ class ClusterNode:
         self.leader_only: set[bytes] = set()
         """Contexts every request of which was made while this node led (see ``Retry``)."""
         self.waiting_reads: list[tuple[int, int]] = []
+        self.results: dict[int, bytes] = {}
         self.kept_sm: StateMachine | None = None
         """With ``durable_apply``, the state machine as the crash left it on disk."""
 
