@@ -83,8 +83,10 @@ class RaftLog:
 
     # -- terms --
 
-    def term(self, index: int) -> int:
+    def term(self, index: int, last: int | None = None) -> int:
         """The term of entry ``index``.
+
+        ``last`` is :meth:`last_index`, if the caller already has it (saves asking storage).
 
         Raises:
             CompactedError: ``index`` is before the first available entry's predecessor.
@@ -102,8 +104,11 @@ class RaftLog:
         if index < dummy:
             raise CompactedError(f"index {index} is compacted (first index {dummy + 1})")
         # Below the offset, unstable entries extend the log past ``index``.
-        if (i >= 0 or not u.entries) and index > self.last_index():
-            raise UnavailableError(f"index {index} is after last index {self.last_index()}")
+        if i >= 0 or not u.entries:
+            if last is None:
+                last = self.last_index()
+            if index > last:
+                raise UnavailableError(f"index {index} is after last index {last}")
         return self.storage.term(index)
 
     def zero_term(self, index: int) -> int:
@@ -127,15 +132,6 @@ class RaftLog:
         """
         our_term = self.last_term()
         return term > our_term or (term == our_term and last_index >= self.last_index())
-
-    def find_conflict(self, ents: Sequence[Entry]) -> int:
-        """The index of the first entry of ``ents`` that conflicts with or extends the log, or 0."""
-        last = self.last_index()
-        for e in ents:
-            # An entry past our last index extends the log (no term lookup needed to know).
-            if e.index > last or not self.match_term(e.index, e.term):
-                return e.index
-        return 0
 
     def find_conflict_by_term(self, index: int, term: int) -> tuple[int, int]:
         """The largest ``(i, t)`` with ``i <= index`` and ``t <= term`` in our log.
@@ -163,18 +159,41 @@ class RaftLog:
         Returns the index of the last new entry, or None on mismatch. Conflicting entries are
         truncated; entries already present are not rewritten.
         """
-        if not self.match_term(index, log_term):
+        # match_term, find_conflict and commit_to, sharing one last_index() lookup.
+        last = self.last_index()
+        if index > last:
+            return None
+        try:
+            if self.term(index, last) != log_term:
+                return None
+        except (CompactedError, UnavailableError):
             return None
         last_new = index + len(ents)
-        ci = self.find_conflict(ents)
-        if ci:
-            if ci <= self.committed:
+        for e in ents:
+            # An entry past our last index extends the log (no term lookup needed to know).
+            if e.index > last or not self._match_term(e.index, e.term, last):
+                ci = e.index
+                if ci <= self.committed:
+                    raise RaftInvariantError(
+                        f"entry {ci} conflicts with committed entry (committed {self.committed})"
+                    )
+                last = self.append(ents[ci - index - 1 :])
+                break
+        commit = min(committed, last_new)
+        if commit > self.committed:
+            if last < commit:
                 raise RaftInvariantError(
-                    f"entry {ci} conflicts with committed entry (committed {self.committed})"
+                    f"commit {commit} is out of range [last index {last}]: "
+                    "was the log corrupted, truncated or lost?"
                 )
-            self.append(ents[ci - index - 1 :])
-        self.commit_to(min(committed, last_new))
+            self.committed = commit
         return last_new
+
+    def _match_term(self, index: int, term: int, last: int) -> bool:
+        try:
+            return self.term(index, last) == term
+        except (CompactedError, UnavailableError):
+            return False
 
     def append(self, ents: Sequence[Entry]) -> int:
         """Append ``ents`` (truncating any conflicting suffix); returns the new last index."""
@@ -201,10 +220,23 @@ class RaftLog:
 
     def maybe_commit(self, index: int, term: int) -> bool:
         """Commit ``index`` if it holds an entry of ``term`` (paper §5.4.2, Figure 8)."""
-        if index > self.committed and self.zero_term(index) == term:
-            self.commit_to(index)
-            return True
-        return False
+        if index <= self.committed:
+            return False
+        # zero_term and commit_to, sharing one last_index() lookup.
+        last = self.last_index()
+        try:
+            t = self.term(index, last)
+        except (CompactedError, UnavailableError):
+            t = 0
+        if t != term:
+            return False
+        if last < index:
+            raise RaftInvariantError(
+                f"commit {index} is out of range [last index {last}]: "
+                "was the log corrupted, truncated or lost?"
+            )
+        self.committed = index
+        return True
 
     def applied_to(self, index: int) -> None:
         """Record that entries up to ``index`` were applied."""
@@ -244,7 +276,7 @@ class RaftLog:
 
     def next_committed_entries(self) -> list[Entry]:
         """Committed entries not yet applied, up to ``max_applying_size`` bytes."""
-        if self.unstable.snapshot is not None:
+        if self.unstable.snapshot is not None or self.committed <= self.applied:
             return []
         first = self.storage.first_index()
         lo = max(self.applied + 1, first)
@@ -259,9 +291,13 @@ class RaftLog:
             return self.unstable.snapshot
         return self.storage.snapshot()
 
-    def entries(self, index: int, max_size: int | None) -> list[Entry]:
-        """Entries from ``index`` to the end, cut to ``max_size`` bytes (at least one)."""
-        last = self.last_index()
+    def entries(self, index: int, max_size: int | None, last: int | None = None) -> list[Entry]:
+        """Entries from ``index`` to the end, cut to ``max_size`` bytes (at least one).
+
+        ``last`` is :meth:`last_index`, if the caller already has it.
+        """
+        if last is None:
+            last = self.last_index()
         if index > last:
             return []
         return self._slice(index, last + 1, max_size, self.first_index(), last)

@@ -54,10 +54,10 @@ class Unstable:
         A mismatch means the entries were overwritten after being handed out; keep them for the
         next Ready.
         """
-        t = self.maybe_term(index)
-        if t is None or t != term or index < self.offset:
+        i = index - self.offset
+        if i < 0 or i >= len(self.entries) or self.entries[i].term != term:
             return
-        del self.entries[: index + 1 - self.offset]
+        del self.entries[: i + 1]
         self.offset = index + 1
 
     def stable_snap_to(self, index: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import operator
 from collections.abc import Callable, Sequence
 from typing import assert_never
 
@@ -84,8 +85,11 @@ class CampaignType(enum.Enum):
     TRANSFER = b"CampaignTransfer"
 
 
+_DATA = operator.attrgetter("data")
+
+
 def _payload_size(ents: Sequence[Entry]) -> int:
-    return sum(len(e.data) for e in ents)
+    return sum(map(len, map(_DATA, ents)))
 
 
 class _Raft:
@@ -205,8 +209,14 @@ class _Raft:
         elif m_type not in _UNSTAMPED:
             fields["term"] = self.term
         frm = fields.pop("from_", self.id)
-        m = Message(m_type, to, frm, **fields)  # type: ignore[arg-type]
-        if m_type in _AFTER_PERSIST:
+        self._file(Message(m_type, to, frm, **fields))  # type: ignore[arg-type]
+
+    def _file(self, m: Message) -> None:
+        """Queue ``m`` to go out now, or only once this Ready is durable.
+
+        Hot paths build their (well-formed, stamped) messages themselves and come here directly.
+        """
+        if m.type in _AFTER_PERSIST:
             self.msgs_after_append.append(m)
         else:
             self.msgs.append(m)
@@ -217,24 +227,32 @@ class _Raft:
     def _maybe_send_append(self, to: int, *, send_if_empty: bool) -> bool:
         """Send entries (or a snapshot) to ``to`` unless flow control holds it back."""
         pr = self.trk.progress[to]
-        if pr.is_paused():
+        state = pr.state
+        if state == ProgressState.SNAPSHOT or pr.msg_app_flow_paused:  # pr.is_paused()
             return False
-        prev_index = pr.next - 1
+        log = self.log
+        nxt = pr.next
+        last = log.last_index()
+        if nxt == last + 1 and not send_if_empty:
+            return False  # nothing to send (the term of the last index is always known)
+        prev_index = nxt - 1
         try:
-            prev_term = self.log.term(prev_index)
+            prev_term = log.term(prev_index, last)
         except StorageError:
             return self._maybe_send_snapshot(to, pr)
         ents: list[Entry] = []
-        if pr.state != ProgressState.REPLICATE or not pr.inflights.full():
+        if nxt <= last and (state != ProgressState.REPLICATE or not pr.inflights.full()):
             try:
-                ents = self.log.entries(pr.next, self.max_msg_size)
+                ents = log.entries(nxt, self.max_msg_size, last)
             except StorageError:
                 return self._maybe_send_snapshot(to, pr)
         if not ents and not send_if_empty:
             return False
-        commit = self.log.committed
-        self._send(
-            MT.APP, to, index=prev_index, log_term=prev_term, entries=tuple(ents), commit=commit
+        if to == self.id:
+            raise RaftInvariantError(f"{self.id} sending APP to itself")
+        commit = log.committed
+        self._file(
+            Message(MT.APP, to, self.id, self.term, prev_term, prev_index, tuple(ents), commit)
         )
         pr.sent_entries(len(ents), _payload_size(ents) if ents else 0)
         pr.sent_commit = commit
@@ -293,8 +311,11 @@ class _Raft:
         progress = self.trk.progress
         for node in self.trk.ids():
             if node != self.id:
-                # An empty append is only worth sending if it tells the peer a new commit index.
-                self._maybe_send_append(node, send_if_empty=progress[node].can_bump_commit(commit))
+                # An empty append is only worth sending if it tells the peer a new commit index
+                # (pr.can_bump_commit(commit), inlined).
+                pr = progress[node]
+                sent = pr.sent_commit
+                self._maybe_send_append(node, send_if_empty=commit > sent and sent < pr.next - 1)
 
     def _bcast_heartbeat(self, ctx: bytes | None = None) -> None:
         if ctx is None:
@@ -939,8 +960,9 @@ class _Raft:
             elif pr.state == ProgressState.REPLICATE:
                 pr.inflights.free_le(m.index)
             if self._maybe_commit():
-                self._release_pending_read_index_messages()
-                self._bcast_append()
+                if self.pending_read_index_messages:
+                    self._release_pending_read_index_messages()
+                self.bcast_pending = True  # self._bcast_append()
             elif pr.can_bump_commit(self.log.committed):
                 self._send_append(m.from_)
             while self._maybe_send_append(m.from_, send_if_empty=False):
@@ -1173,7 +1195,7 @@ class _Raft:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            self._send(MT.APP_RESP, m.from_, index=last_new)
+            self._file(Message(MT.APP_RESP, m.from_, self.id, self.term, index=last_new))
             return
         # Hint the largest (index, term) that could still match: at most the probed index and
         # our last index, with a term no greater than the leader's term there.

@@ -17,6 +17,8 @@ from raftlib.errors import (
 from raftlib.raft import _Raft
 from raftlib.status import ProgressStatus, Status
 from raftlib.types import (
+    _LOCAL,
+    _RESPONSES,
     ConfChange,
     ConfChangeType,
     ConfChangeV2,
@@ -30,8 +32,6 @@ from raftlib.types import (
     Snapshot,
     SoftState,
     StateType,
-    is_local_message,
-    is_response_message,
 )
 from raftlib.validate import (
     check_conf_change,
@@ -214,18 +214,20 @@ class RawNode:
         """
         # Malformed before misrouted: an append's entries are checked with its shape.
         check_message(m, app_entries=False)
-        if is_local_message(m.type):
-            raise StepLocalMessageError(f"cannot step raft local message {m.type.name}")
+        t = m.type
+        if t in _LOCAL:  # is_local_message(t)
+            raise StepLocalMessageError(f"cannot step raft local message {t.name}")
         check_peer_message(m)
-        if m.to != self._raft.id:
-            raise MisroutedMessageError(f"{m.type.name} addressed to {m.to}, not to this node")
+        r = self._raft
+        if m.to != r.id:
+            raise MisroutedMessageError(f"{t.name} addressed to {m.to}, not to this node")
         # A forwarded transfer request names its target as sender, and a forwarded read its
         # origin: either may be us.
-        if m.from_ == self._raft.id and m.type not in (MT.TRANSFER_LEADER, MT.READ_INDEX):
-            raise MisroutedMessageError(f"{m.type.name} claims to come from this node itself")
-        if is_response_message(m.type) and m.from_ not in self._raft.trk.progress:
-            raise StepPeerNotFoundError(f"{m.type.name} from unknown peer {m.from_}")
-        self._raft.step(m)
+        if m.from_ == r.id and t not in (MT.TRANSFER_LEADER, MT.READ_INDEX):
+            raise MisroutedMessageError(f"{t.name} claims to come from this node itself")
+        if t in _RESPONSES and m.from_ not in r.trk.progress:  # is_response_message(t)
+            raise StepPeerNotFoundError(f"{t.name} from unknown peer {m.from_}")
+        r.step(m)
 
     def read_index(self, ctx: bytes) -> None:
         """Request a linearizable read point; the answer arrives in ``Ready.read_states``.
@@ -297,22 +299,21 @@ class RawNode:
         if self._pending is not None:
             return False
         r = self._raft
-        r.flush()
+        if r.bcast_pending:
+            r.flush()
+        if r.msgs or r.msgs_after_append or r.read_states:
+            return True
+        log = r.log
+        u = log.unstable
+        if u.entries or u.snapshot is not None:
+            return True
         ps = self._prev_soft
         if r.lead != ps.lead or r.state != ps.raft_state:
             return True
         ph = self._prev_hard
-        if r.term != ph.term or r.vote != ph.vote or r.log.committed != ph.commit:
+        if r.term != ph.term or r.vote != ph.vote or log.committed != ph.commit:
             return True
-        log = r.log
-        return bool(
-            r.msgs
-            or r.msgs_after_append
-            or log.unstable.entries
-            or log.unstable.snapshot is not None
-            or r.read_states
-            or log.has_next_committed_entries()
-        )
+        return log.committed > log.applied and log.has_next_committed_entries()
 
     def ready(self) -> Ready:
         """Hand out the next batch of work. See :class:`Ready` for what to do with it.
@@ -323,7 +324,8 @@ class RawNode:
         if self._pending is not None:
             raise RaftError("ready() called again before advance() of the previous Ready")
         r = self._raft
-        r.flush()
+        if r.bcast_pending:
+            r.flush()
         log = r.log
         soft: SoftState | None = None
         ps = self._prev_soft
@@ -333,12 +335,13 @@ class RawNode:
         hard: HardState | None = None
         ph = self._prev_hard
         must_sync = False
-        if r.term != ph.term or r.vote != ph.vote or r.log.committed != ph.commit:
+        if r.term != ph.term or r.vote != ph.vote or log.committed != ph.commit:
             hard = r.hard_state()
             must_sync = r.term != ph.term or r.vote != ph.vote
             self._prev_hard = hard
-        entries = tuple(log.unstable.entries)
-        snapshot = log.unstable.snapshot
+        u = log.unstable
+        entries = tuple(u.entries)
+        snapshot = u.snapshot
         if entries or snapshot is not None:
             must_sync = True
         committed = tuple(log.next_committed_entries())

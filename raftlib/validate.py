@@ -110,29 +110,40 @@ def check_message(m: object, *, app_entries: bool = True) -> Message:
     """
     if type(m) is not Message:
         raise InvalidMessageError(f"expected a Message, got {_describe(m)}")
-    # One boolean chain for the common, well-formed case; explained only when it fails.
+    # One boolean chain for the common, well-formed case; explained only when it fails. The
+    # fields are read once into locals, and their types compared in one chain of ``is``.
+    to, frm, term, log_term, index, commit, hint = (
+        m.to,
+        m.from_,
+        m.term,
+        m.log_term,
+        m.index,
+        m.commit,
+        m.reject_hint,
+    )
     if not (
         type(m.type) is MessageType
-        and type(m.to) is int
-        and 0 <= m.to < _U64
-        and type(m.from_) is int
-        and 0 <= m.from_ < _U64
-        and type(m.term) is int
-        and 0 <= m.term < _U64
-        and type(m.log_term) is int
-        and 0 <= m.log_term < _U64
-        and type(m.index) is int
-        and 0 <= m.index < _U64
-        and type(m.commit) is int
-        and 0 <= m.commit < _U64
-        and type(m.reject_hint) is int
-        and 0 <= m.reject_hint < _U64
+        and type(to)
+        is type(frm)
+        is type(term)
+        is type(log_term)
+        is type(index)
+        is type(commit)
+        is type(hint)
+        is int
+        and 0 <= to < _U64
+        and 0 <= frm < _U64
+        and 0 <= term < _U64
+        and 0 <= log_term < _U64
+        and 0 <= index < _U64
+        and 0 <= commit < _U64
+        and 0 <= hint < _U64
         and type(m.reject) is _BOOL
         and type(m.context) is bytes
         and type(m.entries) is tuple
     ):
         raise InvalidMessageError(_message_problem(m))
-    if app_entries or m.type is not MT.APP:
+    if m.entries and (app_entries or m.type is not MT.APP):
         _check_entries(m.entries)
     snap = m.snapshot
     if snap is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from raftlib.quorum import VoteResult, joint_committed_index, joint_vote_result
+from raftlib.quorum import NO_LIMIT, VoteResult, joint_committed_index, joint_vote_result
 from raftlib.tracker.progress import Progress
 from raftlib.types import ConfState
 
@@ -79,8 +79,18 @@ class ProgressTracker:
 
     def committed(self) -> int:
         """The largest index durably replicated on a quorum (joint-aware)."""
-        acked = {i: pr.match for i, pr in self.progress.items()}
-        return joint_committed_index(self.config.voters, self.config.voters_outgoing, acked)
+        cfg = self.config
+        progress = self.progress
+        if cfg.voters_outgoing:
+            acked = {i: pr.match for i, pr in progress.items()}
+            return joint_committed_index(cfg.voters, cfg.voters_outgoing, acked)
+        # Not joint: quorum.majority_committed_index over the voters' matches, inlined (it runs
+        # for every acknowledgement the leader receives).
+        n = len(cfg.voters)
+        if n == 0:
+            return NO_LIMIT
+        srt = sorted([progress[v].match if v in progress else 0 for v in cfg.voters])
+        return srt[n - (n // 2 + 1)]
 
     def is_singleton(self) -> bool:
         """Whether there is exactly one voter and no joint configuration."""
