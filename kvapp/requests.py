@@ -78,6 +78,13 @@ from kvapp.errors import (
     RequestDecodeError,
     RequestTooLargeError,
 )
+from kvapp.fields import FieldError
+from kvapp.fields import array as _array
+from kvapp.fields import boolean as _bool
+from kvapp.fields import i64 as _i64
+from kvapp.fields import octets as _bytes
+from kvapp.fields import text as _str
+from kvapp.fields import u64 as _u64
 from kvapp.lease import (
     LeaseCheckpoint,
     LeaseCheckpointRequest,
@@ -158,9 +165,6 @@ MAX_TXN_DEPTH: Final = 128
 MAX_ERROR_MESSAGE: Final = 1024
 """The longest error message (in characters) an :class:`ErrorResult` may carry."""
 
-_I64_MIN: Final = -(1 << 63)
-_I64_MAX: Final = (1 << 63) - 1
-_U64_MAX: Final = (1 << 64) - 1
 # Enough CBOR nesting for MAX_TXN_DEPTH txns (two levels each: the op list and the op) plus
 # the envelope and a kv list; deeper input is refused by cbor2 before any of ours runs.
 _MAX_CBOR_DEPTH: Final = 2 * MAX_TXN_DEPTH + 8
@@ -449,38 +453,7 @@ def check_request_size(encoded: bytes, limit: int = MAX_REQUEST_BYTES) -> None:
 # -- field checks, shared by the encoders and the decoders ----------------------------------------
 
 
-class _Invalid(Exception):
-    """A value the format cannot hold; ValueError when encoding, RequestDecodeError decoding."""
-
-
-def _i64(v: object, what: str) -> int:
-    if type(v) is not int or not _I64_MIN <= v <= _I64_MAX:
-        raise _Invalid(f"{what}: expected a signed 64-bit integer, got {v!r:.40}")
-    return v
-
-
-def _u64(v: object, what: str) -> int:
-    if type(v) is not int or not 0 <= v <= _U64_MAX:
-        raise _Invalid(f"{what}: expected an unsigned 64-bit integer, got {v!r:.40}")
-    return v
-
-
-def _bytes(v: object, what: str) -> bytes:
-    if type(v) is not bytes:
-        raise _Invalid(f"{what}: expected bytes, got {type(v).__name__}")
-    return v
-
-
-def _str(v: object, what: str) -> str:
-    if type(v) is not str:
-        raise _Invalid(f"{what}: expected text, got {type(v).__name__}")
-    return v
-
-
-def _bool(v: object, what: str) -> bool:
-    if type(v) is not bool:
-        raise _Invalid(f"{what}: expected a bool, got {v!r:.40}")
-    return v
+_Invalid = FieldError
 
 
 _E = TypeVar("_E", bound=enum.IntEnum)
@@ -493,14 +466,6 @@ def _enum(cls: type[_E], v: object, what: str) -> _E:
         except ValueError:
             pass
     raise _Invalid(f"{what}: expected a {cls.__name__}, got {v!r:.40}")
-
-
-def _array(v: object, what: str, length: int | None = None) -> list[object]:
-    if type(v) is not list:
-        raise _Invalid(f"{what}: expected an array, got {type(v).__name__}")
-    if length is not None and len(v) != length:
-        raise _Invalid(f"{what}: expected {length} items, got {len(v)}")
-    return v
 
 
 def _seq(v: object, what: str) -> tuple[object, ...] | list[object]:

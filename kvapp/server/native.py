@@ -112,6 +112,12 @@ from kvapp.errors import (
     RequestDecodeError,
     RequestTooLargeError,
 )
+from kvapp.fields import array as _array
+from kvapp.fields import boolean as _bool
+from kvapp.fields import i64 as _i64
+from kvapp.fields import octets as _bytes
+from kvapp.fields import text as _str
+from kvapp.fields import u64 as _u64
 from kvapp.lease import (
     LeaseGrantRequest,
     LeaseKeepAliveResponse,
@@ -216,9 +222,6 @@ ITEM_WATCH: Final = 2
 ITEM_FATAL: Final = 3
 
 _U63_MAX: Final = (1 << 63) - 1
-_I64_MIN: Final = -(1 << 63)
-_I64_MAX: Final = (1 << 63) - 1
-_U64_MAX: Final = (1 << 64) - 1
 _WATCH_BATCH: Final = 256
 _FATAL_LINGER: Final = 2.0
 _FATAL_DISCARD_MAX: Final = 64 * 1024 * 1024
@@ -458,44 +461,6 @@ def op_of(request: OpRequest) -> Op:
 
 
 # -- field checks (shared by encoders and decoders) ------------------------------------------------
-
-
-def _i64(v: object, what: str) -> int:
-    if type(v) is not int or not _I64_MIN <= v <= _I64_MAX:
-        raise RequestDecodeError(f"{what}: expected a signed 64-bit integer, got {v!r:.40}")
-    return v
-
-
-def _u64(v: object, what: str) -> int:
-    if type(v) is not int or not 0 <= v <= _U64_MAX:
-        raise RequestDecodeError(f"{what}: expected an unsigned 64-bit integer, got {v!r:.40}")
-    return v
-
-
-def _bool(v: object, what: str) -> bool:
-    if type(v) is not bool:
-        raise RequestDecodeError(f"{what}: expected a boolean, got {v!r:.40}")
-    return v
-
-
-def _bytes(v: object, what: str) -> bytes:
-    if type(v) is not bytes:
-        raise RequestDecodeError(f"{what}: expected a byte string, got {type(v).__name__}")
-    return v
-
-
-def _str(v: object, what: str) -> str:
-    if type(v) is not str:
-        raise RequestDecodeError(f"{what}: expected a text string, got {type(v).__name__}")
-    return v
-
-
-def _array(v: object, what: str, length: int | None = None) -> list[object]:
-    if type(v) is not list:
-        raise RequestDecodeError(f"{what}: expected an array, got {type(v).__name__}")
-    if length is not None and len(v) != length:
-        raise RequestDecodeError(f"{what}: expected {length} items, got {len(v)}")
-    return v
 
 
 def _strs(v: object, what: str) -> tuple[str, ...]:
