@@ -1,0 +1,1 @@
+"""Integration tests: real ``kvapp serve`` processes on 127.0.0.1."""
