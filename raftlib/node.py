@@ -53,7 +53,7 @@ import logging
 import random
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
@@ -479,7 +479,8 @@ class Node:
         self._read_seq = 0
         self._ticks = 0
         self._ticks_due = 0
-        self._inbox: deque[Callable[[], None]] = deque()
+        # Inputs in arrival order: callables, and proposals (batched when consecutive).
+        self._inbox: deque[Callable[[], None] | _Proposal[int] | _Proposal[ConfState]] = deque()
         self._wake = asyncio.Event()
         self._props: dict[int, _Proposal[int]] = {}
         self._conf_props: dict[int, _Proposal[ConfState]] = {}
@@ -815,8 +816,20 @@ class Node:
         """Hand everything that arrived since the last Ready to the RawNode, in order."""
         inbox = self._inbox
         while inbox:
+            item = inbox.popleft()
             try:
-                inbox.popleft()()
+                if isinstance(item, _Proposal):
+                    # Group commit: consecutive proposals go to the RawNode in one call.
+                    run: list[_Proposal[int] | _Proposal[ConfState]] = [item]
+                    while inbox:
+                        nxt = inbox[0]
+                        if not isinstance(nxt, _Proposal):
+                            break
+                        run.append(nxt)
+                        inbox.popleft()
+                    self._propose_all(run)
+                else:
+                    item()
             except RaftInvariantError:
                 raise
             except RaftError as exc:
@@ -829,8 +842,7 @@ class Node:
         self._ticks += n
         if self._parked and _peek(self._raw).lead:
             parked, self._parked = self._parked, deque()
-            for w in parked:
-                self._propose_now(w)
+            self._propose_all(parked)
         if n and self._reads:
             for r in list(self._reads):
                 if r.index is None and self._ticks - r.issued_at >= self._election_tick:
@@ -906,7 +918,51 @@ class Node:
             timer.cancel()
 
         w.future.add_done_callback(forget)
-        self._input(lambda: self._propose_now(w))
+        self._check_running()
+        self._inbox.append(w)
+        self._wake.set()
+
+    def _propose_all(self, ws: Iterable[_Proposal[int] | _Proposal[ConfState]]) -> None:
+        """Propose ``ws`` in order; each run of consecutive data proposals in one batch."""
+        run: list[tuple[_Proposal[int], bytes]] = []
+        for w in ws:
+            if w.future.done():
+                continue  # timed out or cancelled while waiting
+            if isinstance(w.payload, bytes):
+                run.append((w, w.payload))  # type: ignore[arg-type]  # bytes payload: _Proposal[int]
+                continue
+            self._propose_batch(run)
+            run = []
+            self._propose_now(w)
+        self._propose_batch(run)
+
+    def _propose_batch(self, run: list[tuple[_Proposal[int], bytes]]) -> None:
+        """Propose data proposals with one ``propose_many``; same outcomes as one at a time."""
+        if len(run) <= 1:
+            for w, _ in run:
+                self._propose_now(w)
+            return
+        r = _peek(self._raw)
+        if r.lead == 0:
+            for w, _ in run:
+                w.stage = _Stage.PARKED
+                self._parked.append(w)
+            return
+        try:
+            self._raw.propose_many([data for _, data in run])
+        except ProposalDropped:
+            # Nothing was appended (all or nothing). One at a time, each proposal gets the
+            # outcome it would have had alone (some may still fit under the size limit).
+            for w, _ in run:
+                self._propose_now(w)
+            return
+        first = r.log.last_index() - len(run) + 1
+        leader = r.state == StateType.LEADER
+        for i, (w, _) in enumerate(run, first):
+            w.stage = _Stage.PROPOSED
+            if leader:
+                # Appended locally at a known index: if another entry commits there, it is lost.
+                self._by_index[i] = w
 
     def _propose_now(self, w: _Proposal[int] | _Proposal[ConfState]) -> None:
         if w.future.done():

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any
 
 import pytest
 
 from raftlib import (
+    ConfChange,
+    ConfChangeType,
     Config,
     ConfState,
     Entry,
     MemoryStorage,
     Message,
     MessageType,
+    Node,
     ProposalDropped,
     RawNode,
+    Ready,
 )
 
 from .helpers import drain, elect, new_node, persist, storage_with
@@ -260,3 +267,119 @@ def test_leader_entries_are_stamped_once(propose: str, monkeypatch: pytest.Monke
     persist(node, s, rd)
     node.advance(rd)
     assert drain(node, s) == []
+
+
+# -- raftlib.Node: proposals queued while a write runs go in as one propose_many --
+
+
+class _GatedStorage(MemoryStorage):
+    """Holds the first write that carries a proposal until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(ConfState(voters=(1,)))
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.writes: list[int] = []
+
+    def save_ready(self, rd: Ready) -> None:
+        self.writes.append(len(rd.entries))
+        if rd.entries and rd.entries[-1].data and not self.entered.is_set():
+            self.entered.set()
+            self.gate.wait(timeout=10)
+        super().save_ready(rd)
+
+
+async def _wait_for(cond: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {within}s: {what}")
+        await asyncio.sleep(0.005)
+
+
+def _run_node_test(
+    body: Callable[[Node, _GatedStorage, list[int]], Awaitable[None]], **options: Any
+) -> list[int]:
+    """Run ``body`` against a one-member Node over a gated storage; returns propose_many sizes."""
+    batches: list[int] = []
+    many = RawNode.propose_many
+
+    def spy(self: RawNode, datas: Iterable[bytes | bytearray | memoryview]) -> None:
+        datas = list(datas)
+        batches.append(len(datas))
+        many(self, datas)
+
+    async def main() -> None:
+        storage = _GatedStorage()
+        node = Node(
+            1, storage, send=lambda msgs: None, apply=lambda c: None, tick_interval=0.005, **options
+        )
+        node.start()
+        try:
+            async with asyncio.timeout(30):
+                await node.wait_leader(timeout=5)
+                await body(node, storage, batches)
+        finally:
+            storage.gate.set()
+            await node.stop()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RawNode, "propose_many", spy)
+        asyncio.run(main())
+    return batches
+
+
+def test_node_proposes_what_queued_during_a_write_in_one_batch() -> None:
+    async def body(node: Node, storage: _GatedStorage, batches: list[int]) -> None:
+        first = asyncio.ensure_future(node.propose(b"first", timeout=10))
+        await _wait_for(storage.entered.is_set, "the first proposal's write started")
+        rest = [asyncio.ensure_future(node.propose(b"p%d" % k, timeout=10)) for k in range(50)]
+        await asyncio.sleep(0.02)
+        assert batches == []
+        storage.gate.set()
+        indexes = await asyncio.gather(first, *rest)
+        assert indexes == list(range(indexes[0], indexes[0] + 51))
+        assert batches == [50]
+        assert 50 in storage.writes
+
+    _run_node_test(body)
+
+
+def test_node_batches_split_around_a_conf_change_and_keep_arrival_order() -> None:
+    async def body(node: Node, storage: _GatedStorage, batches: list[int]) -> None:
+        first = asyncio.ensure_future(node.propose(b"first", timeout=10))
+        await _wait_for(storage.entered.is_set, "the first proposal's write started")
+        a = [asyncio.ensure_future(node.propose(b"a%d" % k, timeout=10)) for k in range(5)]
+        cc = asyncio.ensure_future(
+            node.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER_NODE, 2), timeout=10)
+        )
+        b = [asyncio.ensure_future(node.propose(b"b%d" % k, timeout=10)) for k in range(5)]
+        await asyncio.sleep(0.02)
+        storage.gate.set()
+        start = await first
+        assert await asyncio.gather(*a) == list(range(start + 1, start + 6))
+        assert (await cc).learners == (2,)
+        assert await asyncio.gather(*b) == list(range(start + 7, start + 12))
+        assert batches == [5, 5]
+
+    _run_node_test(body)
+
+
+def test_node_batch_over_the_size_limit_falls_back_to_one_at_a_time() -> None:
+    """All or nothing in RawNode, but each Node proposal keeps the outcome it has alone."""
+
+    async def body(node: Node, storage: _GatedStorage, batches: list[int]) -> None:
+        first = asyncio.ensure_future(node.propose(b"f" * 100, timeout=10))  # 128 B enveloped
+        await _wait_for(storage.entered.is_set, "the first proposal's write started")
+        rest = [asyncio.ensure_future(node.propose(b"r" * 200, timeout=10)) for _ in range(10)]
+        await asyncio.sleep(0.02)
+        storage.gate.set()
+        start = await first
+        results = await asyncio.gather(*rest, return_exceptions=True)
+        # 128 + 3 * 228 = 812 fits under 1000; a fourth 228-byte proposal does not.
+        assert results[:3] == [start + 1, start + 2, start + 3]
+        assert all(isinstance(r, ProposalDropped) for r in results[3:])
+        assert batches == [10]  # tried as one batch first, refused whole
+
+    _run_node_test(body, max_uncommitted_entries_size=1000)
