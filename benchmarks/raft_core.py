@@ -1,29 +1,47 @@
 """raftlib core throughput: a 3-node cluster in one process, no I/O, driven via the public API.
 
-Measures committed entries per second with one proposal per Ready cycle and with 64 proposals
-per cycle (128-byte payloads), and the cbor2 codec's message encode+decode rate. Each figure is
-the median of several runs. Prints the figures and appends them to docs/benchmarks.md.
+Measures committed entries per second with one proposal per Ready cycle, with 64 proposals per
+cycle made by 64 ``propose`` calls, and with 64 proposals per cycle made by one ``propose_many``
+call (128-byte payloads), and the cbor2 codec's message encode+decode rate. Each figure is the
+median of several runs. The configuration matches the reference Go harness (``bench gocore``):
+CheckQuorum and PreVote on, 256 appends in flight at most, 1 MiB per message.
 
-    python -m benchmarks.raft_core [--runs 5] [--entries 20000] [--no-write]
+With ``--gocore`` each run is paired with etcd/raft's Go core driven the same way
+(``../shared/bench/bench gocore``, same node count and batch), run right after it, and the
+figures are quoted as ratios raftlib / Go: the median of the per-pair ratios and their range.
+Every figure carries the 1-minute load average at the start and end of its runs.
+
+Prints the figures and appends them to docs/benchmarks.md.
+
+    python -m benchmarks.raft_core [--runs 5] [--entries 20000] [--gocore] [--go-entries 200000]
+                                   [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import pathlib
 import platform
 import random
 import statistics
+import subprocess
 import time
+from collections.abc import Callable
 
 from raftlib import Config, ConfState, MemoryStorage, Message, RawNode
 from raftlib.codec import decode_message, encode_message
 from raftlib.types import Entry, MessageType
 
 PAYLOAD = b"x" * 128
-DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "benchmarks.md"
+BENCH = ROOT.parent / "shared" / "bench" / "bench"
+BENCH_BUILD = pathlib.Path(
+    os.environ.get("BENCH_BUILD") or pathlib.Path(os.environ.get("TMPDIR") or "/tmp") / "kvbench"
+)
 
 
 class _Cluster:
@@ -38,7 +56,9 @@ class _Cluster:
                     election_tick=10,
                     heartbeat_tick=1,
                     rng=random.Random(i),
-                    max_inflight_msgs=4096,
+                    check_quorum=True,
+                    pre_vote=True,
+                    max_inflight_msgs=256,
                 )
             )
             for i in ids
@@ -75,14 +95,18 @@ class _Cluster:
                 nodes[m.to].step(m)
 
 
-def _run(batch: int, total: int) -> float:
+def _run(batch: int, total: int, *, many: bool = False) -> float:
     c = _Cluster()
     leader = c.nodes[1]
+    payloads = [PAYLOAD] * batch
     start = time.perf_counter()
     proposed = 0
     while proposed < total:
-        for _ in range(batch):
-            leader.propose(PAYLOAD)
+        if many:
+            leader.propose_many(payloads)
+        else:
+            for _ in range(batch):
+                leader.propose(PAYLOAD)
         proposed += batch
         c.settle()
     elapsed = time.perf_counter() - start
@@ -108,37 +132,164 @@ def _codec_rate(n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def _gocore_missing() -> str:
+    """Why ``bench gocore`` cannot run here ("" if it can)."""
+    if not BENCH.exists():
+        return f"{BENCH} not found"
+    if not (BENCH_BUILD / "bin" / "gocore").exists():
+        return f"{BENCH_BUILD / 'bin' / 'gocore'} not built (run {BENCH.parent / 'setup.sh'})"
+    return ""
+
+
+def _gocore(batch: int, entries: int) -> float:
+    out = subprocess.run(
+        [
+            str(BENCH),
+            "gocore",
+            "--nodes",
+            "3",
+            "--batch",
+            str(batch),
+            "--entries",
+            str(entries),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["entries_per_s"])
+
+
+class _Row:
+    """One measure: its runs, the paired Go runs (if any), and the load around them."""
+
+    def __init__(self, name: str, target: str, fn: Callable[[], float]) -> None:
+        self.name = name
+        self.target = target
+        self.fn = fn
+        self.values: list[float] = []
+        self.go: list[float] = []
+        self.loads: list[float] = []
+
+    def run(self, go: Callable[[], float] | None) -> None:
+        self.loads.append(os.getloadavg()[0])
+        self.values.append(self.fn())
+        if go is not None:
+            self.go.append(go())
+        self.loads.append(os.getloadavg()[0])
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def ratio(self) -> tuple[float, float, float] | None:
+        if not self.go:
+            return None
+        ratios = [v / g for v, g in zip(self.values, self.go, strict=True)]
+        return statistics.median(ratios), min(ratios), max(ratios)
+
+    def load(self) -> str:
+        return f"{min(self.loads):.1f}-{max(self.loads):.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--entries", type=int, default=20_000)
+    parser.add_argument("--gocore", action="store_true", help="pair each run with bench gocore")
+    parser.add_argument("--go-entries", type=int, default=200_000, help="entries per Go run")
     parser.add_argument("--no-write", action="store_true", help="do not append to the docs")
     args = parser.parse_args()
 
-    unbatched = [_run(1, args.entries // 4) for _ in range(args.runs)]
-    batched = [_run(64, args.entries) for _ in range(args.runs)]
-    codec = [_codec_rate(20_000) for _ in range(args.runs)]
+    go_skipped = ""
+    if args.gocore:
+        go_skipped = _gocore_missing()
+        if go_skipped:
+            print(f"--gocore skipped: {go_skipped}")
+
+    def go(batch: int) -> Callable[[], float] | None:
+        if not args.gocore or go_skipped:
+            return None
+        return lambda: _gocore(batch, args.go_entries)
+
     rows = [
-        ("committed entries/s, 1 proposal per Ready cycle", statistics.median(unbatched), 5_000),
-        ("committed entries/s, 64 proposals per Ready cycle", statistics.median(batched), 50_000),
-        ("APP messages (8 x 128 B entries) encoded+decoded/s", statistics.median(codec), None),
+        _Row(
+            "committed entries/s, 1 proposal per Ready cycle",
+            "0.15x Go" if args.gocore else "5,000",
+            lambda: _run(1, args.entries // 4),
+        ),
+        _Row(
+            "committed entries/s, 64 proposals per Ready cycle (64 propose calls)",
+            "2.0x Go" if args.gocore else "50,000",
+            lambda: _run(64, args.entries),
+        ),
+        _Row(
+            "committed entries/s, 64 proposals per Ready cycle (one propose_many call)",
+            "2.0x Go" if args.gocore else "50,000",
+            lambda: _run(64, args.entries, many=True),
+        ),
     ]
-    for name, value, target in rows:
-        goal = f" (target >= {target:,})" if target else ""
-        print(f"{name}: {value:,.0f}{goal}")
+    codec = _Row(
+        "APP messages (8 x 128 B entries) encoded+decoded/s", "-", lambda: _codec_rate(20_000)
+    )
+    for _ in range(args.runs):
+        # Interleaved: every measure, and its Go pair, sees the same stretch of machine load.
+        rows[0].run(go(1))
+        rows[1].run(go(64))
+        rows[2].run(go(64))  # a second Go run at 64/cycle, paired with this one
+        codec.run(None)
+
+    lines_out: list[str] = []
+    for row in [*rows, codec]:
+        r = row.ratio()
+        tail = ""
+        if r is not None:
+            tail = (
+                f"; Go {statistics.median(row.go):,.0f}; raftlib/Go {r[0]:.2f} "
+                f"({r[1]:.2f}-{r[2]:.2f})"
+            )
+        lines_out.append(
+            f"{row.name}: {row.median:,.0f}{tail} (target {row.target}; load {row.load()})"
+        )
+    for line in lines_out:
+        print(line)
     if args.no_write:
         return
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"\n## raftlib core ({stamp})\n",
-        f"\n`python -m benchmarks.raft_core`: 3 nodes in one process, MemoryStorage, no I/O; "
-        f"median of {args.runs} runs; Python {platform.python_version()} on "
-        f"{platform.machine()}, {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.1f} at the end of the run.\n\n",
-        "| measure | median | target |\n|---|---:|---:|\n",
+        f"\n`python -m benchmarks.raft_core{' --gocore' if args.gocore else ''}`: 3 nodes in one "
+        f"process, MemoryStorage, no I/O; median of {args.runs} runs; Python "
+        f"{platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores. "
+        "The load column is the 1-minute load average over each measure's runs.\n",
     ]
-    for name, value, target in rows:
-        lines.append(f"| {name} | {value:,.0f} | {f'{target:,}' if target else '-'} |\n")
+    if args.gocore and not go_skipped:
+        lines.append(
+            "\nEach run was followed by `bench gocore` (etcd/raft v3.4, Go) at the same node count "
+            f"and batch ({args.go_entries:,} entries per Go run); the ratio is the median of the "
+            "per-pair ratios raftlib/Go, with their range.\n"
+        )
+        lines.append(
+            "\n| measure | median | Go median | raftlib/Go (range) | target | load |\n"
+            "|---|---:|---:|---:|---:|---:|\n"
+        )
+        for row in rows:
+            r = row.ratio()
+            assert r is not None
+            lines.append(
+                f"| {row.name} | {row.median:,.0f} | {statistics.median(row.go):,.0f} | "
+                f"{r[0]:.2f} ({r[1]:.2f}-{r[2]:.2f}) | {row.target} | {row.load()} |\n"
+            )
+        lines.append(f"| {codec.name} | {codec.median:,.0f} | - | - | - | {codec.load()} |\n")
+    else:
+        if go_skipped:
+            lines.append(f"\n`--gocore` was skipped: {go_skipped}.\n")
+        lines.append("\n| measure | median | target | load |\n|---|---:|---:|---:|\n")
+        lines.extend(
+            f"| {row.name} | {row.median:,.0f} | {row.target} | {row.load()} |\n"
+            for row in [*rows, codec]
+        )
     if not DOCS.exists():
         DOCS.write_text("# Benchmarks\n\nFigures measured on this project's CI-class machine.\n")
     with DOCS.open("a") as f:
