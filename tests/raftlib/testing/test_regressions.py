@@ -6,6 +6,8 @@ can be replayed step by step with ``python -m raftlib.testing.replay``.
 
 from __future__ import annotations
 
+import pytest
+
 from raftlib import ConfState, StateType
 from raftlib.testing import Cluster
 
@@ -220,3 +222,39 @@ def test_leader_reelected_with_its_own_removal_pending_leaves_a_leader_behind() 
     assert c.nodes[1].conf_state == ConfState(voters=(2,))
     assert [e.index for e in c.nodes[1].log()][-1] == 3
     c.check_liveness(300)
+
+
+LONE_VOTER_READ_IN_A_JOINT_CONFIGURATION = """
+    cluster voters=1 learners=2 seed=0
+    campaign 1
+    stabilize
+    put 1 k a
+    stabilize
+    # Removing the learner through a joint configuration: node 1 is the only voter of both
+    # halves, and no other member is left to acknowledge heartbeats.
+    conf 1 explicit r2
+    stabilize
+    get 1 k
+    run 5
+    conf 1 leave
+    run 5
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "raftlib core bug (raft.py, not fixed here): a leader that is the only voter of both "
+        "halves of a joint configuration, with no learner left to ack heartbeats, never "
+        "answers a ReadIndex. _send_read_index_response takes the singleton shortcut only for a "
+        "non-joint configuration (ProgressTracker.is_singleton), and a heartbeat round is "
+        "checked for a quorum only when an ack arrives, which never happens; the read hangs "
+        "even after the joint configuration is left. Found by the liveness phase's probe reads "
+        "(ShrinkingToOneVoter, dev profile)."
+    ),
+)
+def test_lone_voter_answers_a_read_made_in_a_joint_configuration() -> None:
+    c = replay(LONE_VOTER_READ_IN_A_JOINT_CONFIGURATION)
+    assert c.nodes[1].running_config() == ConfState(voters=(1,))
+    [read] = [op for op in c.history.operations() if op.input[0] == "read"]
+    assert read.ret is not None, "the read was never answered"
