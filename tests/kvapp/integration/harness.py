@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,10 +32,12 @@ from kvapp.service import StatusInfo
 
 __all__ = [
     "REPO_ROOT",
+    "AnswerCatcher",
     "ProcCluster",
     "ProcMember",
     "Writer",
     "free_ports",
+    "keys_present",
     "poll",
     "run_serve",
 ]
@@ -172,6 +174,7 @@ class ProcCluster:
         extra_args: Sequence[str] = (),
     ) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
@@ -325,20 +328,6 @@ class ProcCluster:
             m.proc.kill()
             m.proc.wait(timeout=10)
             raise AssertionError(f"{name} did not exit within {timeout}s of SIGTERM") from None
-
-    def pause(self, name: str) -> None:
-        """SIGSTOP a member (it keeps its sockets but does nothing until :meth:`resume`)."""
-        m = self.members[name]
-        assert m.proc is not None, f"{name} was never started"
-        assert m.running, f"{name} is not running"
-        m.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self, name: str) -> None:
-        """SIGCONT a member paused by :meth:`pause`."""
-        m = self.members[name]
-        assert m.proc is not None, f"{name} was never started"
-        with contextlib.suppress(ProcessLookupError):
-            m.proc.send_signal(signal.SIGCONT)
 
     def wait_exit(self, name: str, *, timeout: float) -> int:
         """Wait for a member to exit on its own; returns its exit status."""
@@ -513,12 +502,94 @@ class Writer:
             self.error = e
 
 
+class AnswerCatcher:
+    """A TCP proxy to one member's client port that can catch the member's next answer.
+
+    It relays bytes both ways. The first frame the member sends (the native handshake's answer)
+    always passes; after :meth:`arm`, the next frame from the member is kept (not relayed) and
+    :attr:`caught` is set, and nothing more goes to the client. Closing the upstream (e.g. the
+    member was killed) closes the client's connection. Only 127.0.0.1; one thread per direction.
+
+    Args:
+        target: the member's client port.
+    """
+
+    def __init__(self, target: int) -> None:
+        self._target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._armed = threading.Event()
+        self.caught = threading.Event()
+        self.kept: bytes = b""
+        self._socks: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self._spawn(self._accept)
+
+    @property
+    def endpoint(self) -> str:
+        """The proxy's endpoint, for a client."""
+        return f"127.0.0.1:{self.port}"
+
+    def arm(self) -> None:
+        """Keep the member's next frame instead of relaying it."""
+        self._armed.set()
+
+    def close(self) -> None:
+        """Close every socket and join the threads."""
+        self._closed = True
+        for sock in [self._listener, *self._socks]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True, name="kvapp-it-proxy")
+        self._threads.append(t)
+        t.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                down, _ = self._listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+            up.settimeout(None)
+            self._socks += [down, up]
+            self._spawn(self._relay, down, up)
+            self._spawn(self._answers, up, down)
+
+    def _relay(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def _answers(self, up: socket.socket, down: socket.socket) -> None:
+        frames = 0
+        buf = b""
+        with contextlib.suppress(OSError):
+            while data := up.recv(65536):
+                buf += data
+                while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+                    size = 4 + int.from_bytes(buf[:4], "big")
+                    frame, buf = buf[:size], buf[size:]
+                    frames += 1
+                    if self.caught.is_set():
+                        continue
+                    if frames > 1 and self._armed.is_set():
+                        self.kept = frame
+                        self.caught.set()
+                        continue
+                    down.sendall(frame)
+        with contextlib.suppress(OSError):
+            down.shutdown(socket.SHUT_RDWR)
+
+
 def keys_present(client: Client, prefix: bytes) -> set[bytes]:
     """Every key under ``prefix`` (one linearizable range read)."""
     return {kv.key for kv in client.get(prefix, prefix=True, keys_only=True).kvs}
-
-
-def iter_chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
-    """``items`` in consecutive slices of ``size``."""
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

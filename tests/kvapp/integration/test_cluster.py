@@ -8,14 +8,38 @@ tests run with ``--unsafe-no-fsync`` to keep the module fast on a loaded machine
 
 from __future__ import annotations
 
+import socket
+import struct
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
+import attrs
+import cbor2
 import pytest
 
-from kvapp.client import ClientError
-from kvapp.errors import EtcdError, LeaseNotFoundError
-from tests.kvapp.integration.harness import ProcCluster, poll
+from kvapp.client import Client, ClientError
+from kvapp.errors import EtcdError, LeaseNotFoundError, RequestTooLargeError
+from kvapp.mvcc.types import PutResponse
+from kvapp.node import MAX_REQUEST_BYTES
+from kvapp.server import native
+from kvapp.transport.wire import (
+    FRAME_HEADER,
+    KIND_STREAM,
+    FrameKind,
+    encode_frame_header,
+    encode_hello,
+)
+from tests.kvapp.integration.harness import (
+    AnswerCatcher,
+    ProcCluster,
+    Writer,
+    free_ports,
+    keys_present,
+    poll,
+    run_serve,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -176,3 +200,351 @@ def test_a_lease_expires_on_time_however_often_the_leader_is_killed(
     assert gone_at <= due, f"due by +{due - sent_at:.2f}s: {when}"
     assert gone_at < last_kill + ttl, f"the kills reset the TTL: {when}"
     cluster.wait_serving(second)
+
+
+def assert_all_present(cluster: ProcCluster, acked: list[bytes], prefix: bytes) -> None:
+    """Every acknowledged key is read (linearizably) on every running member."""
+    assert acked, "no write was acknowledged: nothing was tested"
+    for name in cluster.running():
+        present = keys_present(cluster.client(name), prefix)
+        lost = sorted(set(acked) - present)
+        assert not lost, f"{name} lost {len(lost)} of {len(acked)} acknowledged writes: {lost[:5]}"
+
+
+def test_sigkill_of_the_leader_elects_another_and_loses_no_acknowledged_write(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster(3, fsync=True)
+    leader = cluster.wait_leader()
+    with Writer(cluster.client(), b"ack/") as writer:
+        writer.wait_acked(30, timeout=30)
+        cluster.kill(leader)
+        successor = cluster.wait_leader(among=cluster.followers(leader))
+        assert successor != leader
+        writer.wait_acked(30, timeout=30)  # the cluster writes again under the new leader
+        cluster.start(leader)
+        writer.wait_acked(10, timeout=30)
+    assert_all_present(cluster, writer.acked, b"ack/")
+
+
+def test_sigkill_of_every_member_then_restart_loses_no_acknowledged_write(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster(3, fsync=True)
+    with Writer(cluster.client(), b"ack/") as writer:
+        writer.wait_acked(50, timeout=30)
+        for name in cluster.members:
+            cluster.kill(name)
+    acked = len(writer.acked)
+    cluster.start()
+    cluster.wait_leader()
+    assert_all_present(cluster, writer.acked, b"ack/")
+    assert len(writer.acked) == acked
+
+
+def test_a_member_compacted_past_catches_up_by_snapshot(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(3, snapshot_count=50)
+    leader = cluster.wait_leader()
+    behind = cluster.followers(leader)[0]
+    client = cluster.client(*[n for n in cluster.members if n != behind])
+    client.put(b"snap/before", b"0")
+    cluster.kill(behind)
+    written = {b"snap/%04d" % i: b"v%d" % i for i in range(300)}
+    for key, value in written.items():
+        client.put(key, value)
+    cluster.start(behind)
+    on_behind = cluster.client(behind)
+
+    def converged() -> bool | None:
+        try:
+            resp = on_behind.get(b"snap/", prefix=True, serializable=True)
+        except (ClientError, EtcdError):
+            return None
+        return True if len(resp.kvs) == len(written) + 1 else None
+
+    poll(converged, timeout=30, what=f"{behind} to hold all {len(written) + 1} keys")
+    resp = on_behind.get(b"snap/", prefix=True, serializable=True)
+    assert {kv.key: kv.value for kv in resp.kvs} == {**written, b"snap/before": b"0"}
+    assert resp.revision == client.get(b"snap/before").revision
+    log = cluster[behind].log_text().split(f"start #2 of {behind}")[1]
+    assert "received snapshot at index" in log, f"{behind} caught up without a snapshot"
+
+
+def test_a_learner_joins_is_promoted_and_a_member_is_removed_under_write_load(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster(3)
+    admin = cluster.client()
+    with Writer(cluster.client(), b"load/") as writer:
+        writer.wait_acked(20, timeout=30)
+        m4 = cluster.plan("m4")
+        added = admin.member_add([m4.peer_url], is_learner=True)
+        assert added.is_learner
+        assert added.id == cluster.member_id("m4")
+        cluster.start("m4", initial=["m1", "m2", "m3", "m4"], state="existing")
+
+        def promoted() -> bool | None:
+            me = {m.id: m for m in admin.member_list()}.get(added.id)
+            return True if me is not None and not me.is_learner and me.name == "m4" else None
+
+        poll(promoted, timeout=30, what="m4 to be promoted to voter and publish its name")
+        writer.wait_acked(20, timeout=30)
+
+        leader = cluster.wait_leader()
+        victim = next(n for n in cluster.followers(leader) if n != "m4")
+        admin.member_remove(cluster.member_id(victim))
+        assert cluster.wait_exit(victim, timeout=20) == 0, f"{victim} did not exit cleanly"
+        writer.wait_acked(20, timeout=30)
+    members = admin.member_list()
+    assert sorted(m.name for m in members) == sorted(set(cluster.members) - {victim})
+    assert not any(m.is_learner for m in members)
+    assert_all_present(cluster, writer.acked, b"load/")
+    assert "removed from the cluster" in cluster[victim].log_text()
+
+
+def test_a_write_retried_after_its_member_was_killed_is_applied_once(
+    make_cluster: MakeCluster,
+) -> None:
+    """The member applies a put, then is SIGKILLed before its answer reaches the client.
+
+    A proxy in front of the member keeps the answer, so the write certainly happened; the
+    client sees its connection cut and retries on another member under the same request id.
+    """
+    cluster = make_cluster(3)
+    leader = cluster.wait_leader()
+    victim, other = cluster.followers(leader)
+    catcher = AnswerCatcher(cluster[victim].client_port)
+    try:
+        client = cluster.client()  # only for the checks below
+        writer = Client(
+            [catcher.endpoint, cluster[other].endpoint],
+            connect_timeout=1.0,
+            request_timeout=3.0,
+            max_attempts=8,
+        )
+        try:
+            assert writer.status().header.member_id == cluster.member_id(victim)
+            catcher.arm()
+            answer: dict[str, object] = {}
+
+            def put() -> None:
+                try:
+                    answer["put"] = writer.put(b"once", b"1")
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    answer["error"] = e
+
+            thread = threading.Thread(target=put)
+            thread.start()
+            assert catcher.caught.wait(15), "the member never answered the put"
+            cluster.kill(victim)
+            thread.join(30)
+            assert not thread.is_alive(), "the retried put did not finish"
+        finally:
+            writer.close()
+    finally:
+        catcher.close()
+    assert "error" not in answer, f"the retried put failed: {answer['error']!r}"
+    put_resp = answer["put"]
+    assert isinstance(put_resp, PutResponse)
+    (kv,) = client.get(b"once").kvs
+    assert kv.version == 1, f"the put was applied {kv.version} times"
+    assert kv.mod_revision == put_resp.revision, "the retry got another write's answer"
+
+
+def assert_cluster_serves(cluster: ProcCluster, data: dict[bytes, bytes]) -> None:
+    """Every running member still has ``data`` and takes a write that every member reads."""
+    key = b"after-%d" % time.monotonic_ns()
+    cluster.client().put(key, b"ok")
+    for name in cluster.running():
+        c = cluster.client(name)
+        for k, v in {**data, key: b"ok"}.items():
+            assert [kv.value for kv in c.get(k).kvs] == [v], f"{name}: {k!r}"
+
+
+def read_until_closed(sock: socket.socket, *, timeout: float = 10.0) -> bytes:
+    """Everything ``sock`` receives until the peer closes it (a reset counts as closed)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        raise AssertionError(f"the member kept the connection open for {timeout}s") from None
+    return data
+
+
+def peer_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The ``(kind, payload)`` frames of the peer wire format in ``data``."""
+    frames = []
+    while len(data) >= FRAME_HEADER.size:
+        length, kind = FRAME_HEADER.unpack_from(data)
+        frames.append((kind, data[FRAME_HEADER.size : 4 + length]))
+        data = data[4 + length :]
+    return frames
+
+
+def test_bad_peer_input_is_refused_and_the_member_keeps_serving(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster(3)
+    client = cluster.client()
+    client.put(b"before", b"1")
+    target = cluster["m1"]
+    peer = ("127.0.0.1", target.peer_port)
+    hello = encode_hello(
+        KIND_STREAM, cluster.cluster_id, cluster.member_id("m2"), cluster.member_id("m1")
+    )
+
+    # Not the peer protocol at all.
+    with socket.create_connection(peer, timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        frames = peer_frames(read_until_closed(s))
+    assert frames, "refused without a reason"
+    assert frames[0][0] == FrameKind.REFUSE
+    assert b"not a kvapp peer" in frames[0][1]
+
+    # A well-formed handshake (as m2), then a frame longer than any limit.
+    with socket.create_connection(peer, timeout=5) as s:
+        s.sendall(hello)
+        s.sendall(encode_frame_header(FrameKind.MESSAGES, 0xFFFF_FFF0))
+        frames = peer_frames(read_until_closed(s))
+    assert [k for k, _ in frames] == [FrameKind.ACCEPT]
+
+    # A frame of the right size whose payload is not a message batch.
+    with socket.create_connection(peer, timeout=5) as s:
+        s.sendall(hello)
+        junk = b"\xff\x00 not cbor \x00" * 10
+        s.sendall(encode_frame_header(FrameKind.MESSAGES, len(junk)) + junk)
+        read_until_closed(s)
+
+    # A real member of another cluster (another token) that names m1 as its peer.
+    stranger = ProcCluster(cluster.root / "other", 0, token="another-cluster")
+    stranger.members["m1"] = attrs.evolve(target, proc=None, data_dir=cluster.root / "unused")
+    stranger.plan("x")
+    stranger.initial = ["x", "m1"]
+    try:
+        stranger.start("x")
+        poll(
+            lambda: True if "belongs to cluster" in target.log_text() else None,
+            timeout=15,
+            what="m1 to refuse the other cluster's member",
+        )
+        poll(
+            lambda: True if "refused our connection" in stranger["x"].log_text() else None,
+            timeout=15,
+            what="the other cluster's member to report the refusal",
+        )
+    finally:
+        stranger.close()
+
+    log = target.log_text()
+    assert "exceeds the limit" in log
+    assert "undecodable message batch" in log
+    assert_cluster_serves(cluster, {b"before": b"1"})
+
+
+def native_frame(payload: bytes) -> bytes:
+    """``payload`` as a frame of the native client protocol."""
+    return struct.pack(">I", len(payload)) + payload
+
+
+def native_frames(data: bytes) -> list[Any]:
+    """The decoded frames of the native client protocol in ``data``."""
+    frames = []
+    while len(data) >= 4:
+        (n,) = struct.unpack_from(">I", data)
+        frames.append(cbor2.loads(data[4 : 4 + n]))
+        data = data[4 + n :]
+    return frames
+
+
+def test_bad_client_input_is_refused_and_the_member_keeps_serving(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster(3)
+    target = cluster["m1"]
+    client = cluster.client("m1")
+    client.put(b"before", b"1")
+    address = ("127.0.0.1", target.client_port)
+
+    # Not the native protocol: an HTTP request. Its first bytes read as a huge first frame.
+    with socket.create_connection(address, timeout=5) as s:
+        s.sendall(b"GET /v3/kv/range HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_until_closed(s) == b"", "answered something that does not speak the protocol"
+
+    # A small first frame that is not a handshake: closed without an answer.
+    with socket.create_connection(address, timeout=5) as s:
+        s.sendall(native_frame(b"hello"))
+        assert read_until_closed(s) == b""
+
+    # After a good handshake: a frame over the frame limit, then a frame that is not CBOR.
+    bad_frames = {
+        "etcdserver: request is too large": struct.pack(">I", 0x7FFF_FFFF),
+        "": native_frame(b"\xff\xfe garbage"),
+    }
+    for message, bad in bad_frames.items():
+        with socket.create_connection(address, timeout=5) as s:
+            s.sendall(native_frame(cbor2.dumps([native.MAGIC, native.VERSION, 12345])))
+            s.sendall(bad)
+            s.shutdown(socket.SHUT_WR)
+            frames = native_frames(read_until_closed(s))
+        assert frames[0][0] == native.MAGIC, "no handshake answer"
+        assert len(frames) == 2, f"no connection error before closing: {frames}"
+        ((kind, _code, text),) = frames[1]
+        assert kind == 3, f"not a connection error: {frames[1]!r}"
+        assert message in text
+
+    # A request over --max-request-bytes (1.5 MiB): etcd's error, and the connection stays.
+    with pytest.raises(RequestTooLargeError, match="etcdserver: request is too large"):
+        client.put(b"big", b"x" * (MAX_REQUEST_BYTES + 1))
+    assert client.get(b"big").count == 0
+    client.put(b"small", b"2")
+
+    log = target.log_text()
+    assert "is not a handshake" in log
+    assert "bad handshake" in log
+    assert_cluster_serves(cluster, {b"before": b"1", b"small": b"2"})
+
+
+def test_bad_command_lines_are_refused_with_a_message_and_touch_nothing(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster(3)
+    cluster.client().put(b"before", b"1")
+    m2 = cluster["m2"]
+    spare = cluster.root / "spare"
+    peer, client_port = free_ports(2)
+    me = f"http://127.0.0.1:{peer}"
+    own = ["--listen-peer-urls", me, "--listen-client-urls", f"http://127.0.0.1:{client_port}"]
+    refusals = {
+        "does not name this member": [
+            "--name", "m9", "--data-dir", str(spare), *own,
+            "--initial-cluster", cluster.initial_cluster(),
+        ],
+        "is not name=http://host:port": [
+            "--name", "m9", "--data-dir", str(spare), *own,
+            "--initial-cluster", f"m9={me},m1 127.0.0.1:1",
+        ],
+        "but --listen-peer-urls is": [
+            "--name", "m9", "--data-dir", str(spare), *own,
+            "--initial-cluster", f"m9=http://127.0.0.1:1,{cluster.initial_cluster()}",
+        ],
+        "is the data directory of member 'm2', not 'm9'": [
+            "--name", "m9", "--data-dir", str(m2.data_dir), *own,
+            "--initial-cluster", f"m9={me}",
+        ],
+        "belongs to cluster": [
+            "--name", "m2", "--data-dir", str(m2.data_dir), *own,
+            "--initial-cluster", f"m2={me}", "--initial-cluster-token", "another-cluster",
+        ],
+    }  # fmt: skip
+    for message, args in refusals.items():
+        done = run_serve(args)
+        assert done.returncode == 2, f"{message!r}: exit {done.returncode}\n{done.stderr}"
+        assert message in done.stderr, f"{message!r} not in:\n{done.stderr}"
+        assert "Traceback" not in done.stderr, done.stderr
+        assert not spare.exists(), f"{message!r}: created {spare}"
+    assert m2.running, "m2 stopped"
+    assert_cluster_serves(cluster, {b"before": b"1"})
