@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -49,6 +49,22 @@ _META_VERSION = 1
 
 class UsageError(Exception):
     """A command-line value is invalid; the message says which and why."""
+
+
+class StartupError(Exception):
+    """The member cannot start (e.g. an address is taken); the message says why. Exit status 1."""
+
+
+async def _listen(
+    what: str, address: tuple[str, int], start: Callable[[], Awaitable[None]]
+) -> None:
+    """Run a listener's ``start``, turning a bind failure into a StartupError naming it."""
+    try:
+        await start()
+    except OSError as e:
+        raise StartupError(
+            f"cannot listen for {what} on {address[0]}:{address[1]}: {e.strerror or e}"
+        ) from None
 
 
 @attrs.frozen
@@ -373,24 +389,24 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         if opts.listen_metrics is not None
         else None
     )
-    await transport.start()
-    await member.start()
-    metrics.start()
-    await server.start()
-    if http is not None:
-        await http.start()
-    logger.info(
-        "%s: member %x of cluster %x serving clients on %s:%d, peers on %s:%d",
-        opts.name,
-        member_id,
-        cluster_id,
-        *opts.listen_client,
-        *opts.listen_peer,
-    )
-    if ready is not None:
-        ready.set()
     status = 0
     try:
+        await _listen("peers", opts.listen_peer, transport.start)
+        await member.start()
+        metrics.start()
+        await _listen("clients", opts.listen_client, server.start)
+        if http is not None and opts.listen_metrics is not None:
+            await _listen("metrics", opts.listen_metrics, http.start)
+        logger.info(
+            "%s: member %x of cluster %x serving clients on %s:%d, peers on %s:%d",
+            opts.name,
+            member_id,
+            cluster_id,
+            *opts.listen_client,
+            *opts.listen_peer,
+        )
+        if ready is not None:
+            ready.set()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
@@ -434,6 +450,9 @@ def serve_main(argv: Sequence[str]) -> int:
     except UsageError as e:
         print(f"kvapp serve: error: {e}", file=sys.stderr)
         return 2
+    except StartupError as e:
+        print(f"kvapp serve: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -548,3 +548,22 @@ def test_bad_command_lines_are_refused_with_a_message_and_touch_nothing(
         assert not spare.exists(), f"{message!r}: created {spare}"
     assert m2.running, "m2 stopped"
     assert_cluster_serves(cluster, {b"before": b"1"})
+
+
+def test_a_member_whose_port_is_taken_says_so_and_starts_once_it_is_free(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster(1, start=False)
+    m = cluster["m1"]
+    for what, port in (("peers", m.peer_port), ("clients", m.client_port)):
+        with socket.create_server(("127.0.0.1", port)):
+            done = run_serve(cluster.serve_args(m, initial=None, state="new"))
+        assert done.returncode == 1, done.stderr
+        assert f"kvapp serve: error: cannot listen for {what} on 127.0.0.1:{port}: " in done.stderr
+        assert "in use" in done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+    cluster.start()
+    cluster.wait_leader()
+    c = cluster.client()
+    c.put(b"k", b"v")
+    assert c.get(b"k").kvs[0].value == b"v"
