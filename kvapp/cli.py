@@ -323,13 +323,21 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
     from kvapp.metrics import MemberMetrics, MeteredService, TimedStorage, health, render  # noqa: PLC0415
     from kvapp.server.http import HttpServer  # noqa: PLC0415
     from kvapp.server.native import NativeServer  # noqa: PLC0415 - heavy, only when serving
-    from kvapp.storage import RaftStore  # noqa: PLC0415
+    from kvapp.storage import DiskStorageError, RaftStore, StoreLockedError  # noqa: PLC0415
     from kvapp.transport import TcpTransport  # noqa: PLC0415
 
     member_id, cluster_id, initial = load_or_create_identity(opts)
-    store = RaftStore.open(
-        opts.data_dir / "raft", cluster_id=cluster_id, member_id=member_id, fsync=opts.fsync
-    )
+    try:
+        store = RaftStore.open(
+            opts.data_dir / "raft", cluster_id=cluster_id, member_id=member_id, fsync=opts.fsync
+        )
+    except StoreLockedError:
+        raise UsageError(
+            f"{opts.data_dir} is in use by another process: is member {opts.name!r} already "
+            "running?"
+        ) from None
+    except DiskStorageError as e:
+        raise StartupError(f"cannot open the Raft store in {opts.data_dir}: {e}") from None
     member: Member | None = None
 
     def on_message(m: object) -> None:

@@ -567,3 +567,35 @@ def test_a_member_whose_port_is_taken_says_so_and_starts_once_it_is_free(
     c = cluster.client()
     c.put(b"k", b"v")
     assert c.get(b"k").kvs[0].value == b"v"
+
+
+def test_a_data_dir_in_use_or_corrupt_is_refused_in_one_line(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(3)
+    cluster.client().put(b"before", b"1")
+    m2 = cluster["m2"]
+    peer, client_port = free_ports(2)
+    twin = [
+        "--name", "m2", "--data-dir", str(m2.data_dir), "--initial-cluster-token", cluster.token,
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+        "--listen-client-urls", f"http://127.0.0.1:{client_port}",
+    ]  # fmt: skip
+    done = run_serve(twin)
+    assert done.returncode == 2, done.stderr
+    assert f"{m2.data_dir} is in use by another process" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert_cluster_serves(cluster, {b"before": b"1"})
+
+    # A WAL damaged before its tail: the member refuses to start and names the file.
+    for i in range(20):
+        cluster.client().put(b"k%d" % i, b"v")
+    cluster.terminate("m2")
+    (wal,) = (m2.data_dir / "raft" / "wal").iterdir()
+    data = bytearray(wal.read_bytes())
+    used = len(data.rstrip(b"\0"))  # the file is preallocated with zeros
+    data[used // 3] ^= 0xFF
+    wal.write_bytes(bytes(data))
+    done = run_serve(cluster.serve_args(m2, initial=None, state="new"))
+    assert done.returncode == 1, done.stderr
+    assert f"kvapp serve: error: cannot open the Raft store in {m2.data_dir}: " in done.stderr
+    assert wal.name in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
