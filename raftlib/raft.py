@@ -76,6 +76,34 @@ _VOTE_TYPES = frozenset({MT.VOTE, MT.VOTE_RESP, MT.PRE_VOTE, MT.PRE_VOTE_RESP})
 _UNSTAMPED = frozenset({MT.PROP, MT.READ_INDEX})
 _NORMAL = EntryType.NORMAL
 
+# Enum members as module constants, for the methods below: on Python 3.11 reading ``MT.X`` is a
+# slow class attribute lookup (EnumType defines __getattr__), and they run for every message.
+_CONF_CHANGE_V2 = EntryType.CONF_CHANGE_V2
+_APP = MT.APP
+_APP_RESP = MT.APP_RESP
+_BEAT = MT.BEAT
+_CHECK_QUORUM = MT.CHECK_QUORUM
+_HEARTBEAT = MT.HEARTBEAT
+_HEARTBEAT_RESP = MT.HEARTBEAT_RESP
+_HUP = MT.HUP
+_PRE_VOTE = MT.PRE_VOTE
+_PRE_VOTE_RESP = MT.PRE_VOTE_RESP
+_PROP = MT.PROP
+_READ_INDEX = MT.READ_INDEX
+_READ_INDEX_RESP = MT.READ_INDEX_RESP
+_SNAP = MT.SNAP
+_TIMEOUT_NOW = MT.TIMEOUT_NOW
+_TRANSFER_LEADER = MT.TRANSFER_LEADER
+_VOTE = MT.VOTE
+_VOTE_RESP = MT.VOTE_RESP
+_PROBE = ProgressState.PROBE
+_REPLICATE = ProgressState.REPLICATE
+_SNAPSHOT = ProgressState.SNAPSHOT
+_CANDIDATE = StateType.CANDIDATE
+_FOLLOWER = StateType.FOLLOWER
+_LEADER = StateType.LEADER
+_PRE_CANDIDATE = StateType.PRE_CANDIDATE
+
 
 class CampaignType(enum.Enum):
     """Why a node campaigns."""
@@ -121,7 +149,7 @@ class _Raft:
         self.term = 0
         self.vote = NONE
         self.lead = NONE
-        self.state = StateType.FOLLOWER
+        self.state = _FOLLOWER
         self.is_learner = False
         self.lead_transferee = NONE
         self.pending_conf_index = 0
@@ -228,7 +256,7 @@ class _Raft:
         """Send entries (or a snapshot) to ``to`` unless flow control holds it back."""
         pr = self.trk.progress[to]
         state = pr.state
-        if state == ProgressState.SNAPSHOT or pr.msg_app_flow_paused:  # pr.is_paused()
+        if state == _SNAPSHOT or pr.msg_app_flow_paused:  # pr.is_paused()
             return False
         log = self.log
         nxt = pr.next
@@ -241,7 +269,7 @@ class _Raft:
         except StorageError:
             return self._maybe_send_snapshot(to, pr)
         ents: list[Entry] = []
-        if nxt <= last and (state != ProgressState.REPLICATE or not pr.inflights.full()):
+        if nxt <= last and (state != _REPLICATE or not pr.inflights.full()):
             try:
                 ents = log.entries(nxt, self.max_msg_size, last)
             except StorageError:
@@ -251,9 +279,9 @@ class _Raft:
         if to == self.id:
             raise RaftInvariantError(f"{self.id} sending APP to itself")
         commit = log.committed
-        self._file(
-            Message(MT.APP, to, self.id, self.term, prev_term, prev_index, tuple(ents), commit)
-        )
+        app = Message(_APP, to, self.id, self.term, prev_term, prev_index, tuple(ents), commit)
+        # self._file(app), inlined
+        (self.msgs_after_append if _APP in _AFTER_PERSIST else self.msgs).append(app)
         pr.sent_entries(len(ents), _payload_size(ents) if ents else 0)
         pr.sent_commit = commit
         return True
@@ -281,14 +309,14 @@ class _Raft:
             pr,
         )
         pr.become_snapshot(md.index)
-        self._send(MT.SNAP, to, snapshot=snap)
+        self._send(_SNAP, to, snapshot=snap)
         return True
 
     def _send_heartbeat(self, to: int, ctx: bytes) -> None:
         pr = self.trk.progress[to]
         # The follower may not have every committed entry: never tell it to commit past match.
         commit = min(pr.match, self.log.committed)
-        self._send(MT.HEARTBEAT, to, commit=commit, context=ctx)
+        self._send(_HEARTBEAT, to, commit=commit, context=ctx)
         pr.sent_commit = commit
 
     def _bcast_append(self) -> None:
@@ -305,7 +333,7 @@ class _Raft:
         if not self.bcast_pending:
             return
         self.bcast_pending = False
-        if self.state != StateType.LEADER:
+        if self.state != _LEADER:
             return
         commit = self.log.committed
         progress = self.trk.progress
@@ -325,7 +353,7 @@ class _Raft:
                 self._send_heartbeat(node, ctx)
 
     def _send_timeout_now(self, to: int) -> None:
-        self._send(MT.TIMEOUT_NOW, to)
+        self._send(_TIMEOUT_NOW, to)
 
     # -- commit --
 
@@ -409,40 +437,40 @@ class _Raft:
         self.read_only = ReadOnly(self.read_only.option, self.read_only.next_round)
 
     def _become_follower(self, term: int, lead: int) -> None:
-        self._check_transition(StateType.FOLLOWER)
+        self._check_transition(_FOLLOWER)
         self._step = self._step_follower
         self._reset(term)
         self._tick = self._tick_election
         self.lead = lead
-        self.state = StateType.FOLLOWER
+        self.state = _FOLLOWER
         self.logger.info("%d became follower at term %d", self.id, self.term)
 
     def _become_candidate(self) -> None:
-        self._check_transition(StateType.CANDIDATE)
+        self._check_transition(_CANDIDATE)
         self._step = self._step_candidate
         self._reset(self.term + 1)
         self._tick = self._tick_election
         self.vote = self.id
-        self.state = StateType.CANDIDATE
+        self.state = _CANDIDATE
         self.logger.info("%d became candidate at term %d", self.id, self.term)
 
     def _become_pre_candidate(self) -> None:
-        self._check_transition(StateType.PRE_CANDIDATE)
+        self._check_transition(_PRE_CANDIDATE)
         # A pre-candidate changes neither term nor vote (thesis §9.6).
         self._step = self._step_candidate
         self.trk.reset_votes()
         self._tick = self._tick_election
         self.lead = NONE
-        self.state = StateType.PRE_CANDIDATE
+        self.state = _PRE_CANDIDATE
         self.logger.info("%d became pre-candidate at term %d", self.id, self.term)
 
     def _become_leader(self) -> None:
-        self._check_transition(StateType.LEADER)
+        self._check_transition(_LEADER)
         self._step = self._step_leader
         self._reset(self.term)
         self._tick = self._tick_heartbeat
         self.lead = self.id
-        self.state = StateType.LEADER
+        self.state = _LEADER
         pr = self.trk.progress[self.id]
         pr.become_replicate()
         pr.recent_active = True
@@ -467,13 +495,10 @@ class _Raft:
         if self.log.applied >= self.log.committed:
             return False
         lo = max(self.log.applied + 1, self.log.first_index())
-        for e in self.log.slice(lo, self.log.committed + 1, None):
-            if e.type != EntryType.NORMAL:
-                return True
-        return False
+        return any(e.type != _NORMAL for e in self.log.slice(lo, self.log.committed + 1, None))
 
     def _hup(self, t: CampaignType) -> None:
-        if self.state == StateType.LEADER:
+        if self.state == _LEADER:
             self.logger.debug("%d ignoring MsgHup because already leader", self.id)
             return
         if not self._promotable():
@@ -493,18 +518,18 @@ class _Raft:
     def _campaign(self, t: CampaignType) -> None:
         if t == CampaignType.PRE_ELECTION:
             self._become_pre_candidate()
-            vote_msg = MT.PRE_VOTE
+            vote_msg = _PRE_VOTE
             # Pre-votes are requested for the next term without moving to it.
             term = self.term + 1
             # A pre-vote promises nothing durable, so our own counts at once.
-            _, _, res = self._poll(self.id, MT.PRE_VOTE_RESP, True)
+            _, _, res = self._poll(self.id, _PRE_VOTE_RESP, True)
             if res == VoteResult.WON:
                 # Only possible in a single-voter configuration.
                 self._campaign(CampaignType.ELECTION)
                 return
         else:
             self._become_candidate()
-            vote_msg = MT.VOTE
+            vote_msg = _VOTE
             term = self.term
             # Our own vote counts only once the new term and the vote are durable (in
             # on_persisted), as every other vote does: a lone voter that led a term it could
@@ -554,7 +579,7 @@ class _Raft:
         self.election_elapsed += 1
         if self._promotable() and self._past_election_timeout():
             self.election_elapsed = 0
-            self.step(Message(MT.HUP, from_=self.id))
+            self.step(Message(_HUP, from_=self.id))
 
     def _tick_heartbeat(self) -> None:
         self.heartbeat_elapsed += 1
@@ -562,24 +587,24 @@ class _Raft:
         if self.election_elapsed >= self.election_timeout:
             self.election_elapsed = 0
             if self.check_quorum:
-                self.step(Message(MT.CHECK_QUORUM, from_=self.id))
+                self.step(Message(_CHECK_QUORUM, from_=self.id))
             # A transfer that has not finished within an election timeout is abandoned.
-            if self.state == StateType.LEADER and self.lead_transferee != NONE:
+            if self.state == _LEADER and self.lead_transferee != NONE:
                 self._abort_leader_transfer()
-        if self.state != StateType.LEADER:
+        if self.state != _LEADER:
             return
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
             self.heartbeat_elapsed = 0
-            self.step(Message(MT.BEAT, from_=self.id))
+            self.step(Message(_BEAT, from_=self.id))
 
     # -- the step prelude --
 
     def step(self, m: Message) -> None:
         """Process one message. Raises ``ProposalDropped`` for proposals that cannot be taken."""
-        if m.term == 0:
-            pass  # local message
+        if m.term in (0, self.term):
+            pass  # a local message, or one of our term
         elif m.term > self.term:
-            if m.type in (MT.VOTE, MT.PRE_VOTE):
+            if m.type in (_VOTE, _PRE_VOTE):
                 force = m.context == CampaignType.TRANSFER.value
                 in_lease = (
                     self.check_quorum
@@ -595,9 +620,9 @@ class _Raft:
                         remaining_ticks=self.election_timeout - self.election_elapsed,
                     )
                     return
-            if m.type == MT.PRE_VOTE:
+            if m.type == _PRE_VOTE:
                 pass  # never change our term in response to a pre-vote
-            elif m.type == MT.PRE_VOTE_RESP and not m.reject:
+            elif m.type == _PRE_VOTE_RESP and not m.reject:
                 # Granted pre-votes carry the future term we asked for; we move to it only once
                 # a quorum grants.
                 pass
@@ -610,21 +635,21 @@ class _Raft:
                     m.from_,
                     m.term,
                 )
-                if m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP):
+                if m.type in (_APP, _HEARTBEAT, _SNAP):
                     self._become_follower(m.term, m.from_)
                 else:
                     self._become_follower(m.term, NONE)
         elif m.term < self.term:
-            if (self.check_quorum or self.pre_vote) and m.type in (MT.HEARTBEAT, MT.APP):
+            if (self.check_quorum or self.pre_vote) and m.type in (_HEARTBEAT, _APP):
                 # A leader of an older term is talking to us: perhaps we advanced our term while
                 # partitioned. Answer so it learns our term and steps down (etcd issue #5451);
                 # with CheckQuorum/PreVote a vote would not have told it.
-                self._send(MT.APP_RESP, m.from_)
-            elif m.type == MT.PRE_VOTE:
+                self._send(_APP_RESP, m.from_)
+            elif m.type == _PRE_VOTE:
                 # Reject so a pre-candidate with an older term can catch up, instead of the
                 # cluster deadlocking on dropped messages.
                 self._log_vote("rejected", m)
-                self._send(MT.PRE_VOTE_RESP, m.from_, term=self.term, reject=True)
+                self._send(_PRE_VOTE_RESP, m.from_, term=self.term, reject=True)
             else:
                 self.logger.debug(
                     "%d [term: %d] ignored a %s message with lower term from %d [term: %d]",
@@ -636,9 +661,10 @@ class _Raft:
                 )
             return
 
-        if m.type == MT.HUP:
+        t = m.type
+        if t is _HUP:
             self._hup(CampaignType.PRE_ELECTION if self.pre_vote else CampaignType.ELECTION)
-        elif m.type in (MT.VOTE, MT.PRE_VOTE):
+        elif t is _VOTE or t is _PRE_VOTE:
             self._handle_vote_request(m)
         else:
             self._step(m)
@@ -673,7 +699,7 @@ class _Raft:
             # or we have not voted and know of no leader in this term,
             or (self.vote == NONE and self.lead == NONE)
             # or a pre-vote for a future term;
-            or (m.type == MT.PRE_VOTE and m.term > self.term)
+            or (m.type == _PRE_VOTE and m.term > self.term)
         )
         # and the candidate's log is at least as up-to-date as ours (paper §5.4.1).
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
@@ -681,7 +707,7 @@ class _Raft:
             # Answer with the message's term: for a pre-vote ours may be older, and the
             # pre-candidate would ignore an answer from its past.
             self._send(vote_response_type(m.type), m.from_, term=m.term)
-            if m.type == MT.VOTE:
+            if m.type == _VOTE:
                 self.election_elapsed = 0
                 self.vote = m.from_
         else:
@@ -693,10 +719,10 @@ class _Raft:
     def _step_leader(self, m: Message) -> None:
         t = m.type
         # Messages that need no progress for the sender.
-        if t == MT.BEAT:
+        if t == _BEAT:
             self._bcast_heartbeat()
             return
-        if t == MT.CHECK_QUORUM:
+        if t == _CHECK_QUORUM:
             if not self.trk.quorum_active():
                 self.logger.warning(
                     "%d stepped down to follower since quorum is not active", self.id
@@ -707,10 +733,10 @@ class _Raft:
                 if node != self.id:
                     peer.recent_active = False
             return
-        if t == MT.PROP:
+        if t == _PROP:
             self._leader_propose(m)
             return
-        if t == MT.READ_INDEX:
+        if t == _READ_INDEX:
             self._leader_read_index(m)
             return
 
@@ -718,13 +744,16 @@ class _Raft:
         if pr is None:
             self.logger.debug("%d no progress available for %d", self.id, m.from_)
             return
+        if t is _APP_RESP:  # the common case first, without the match's enum lookups
+            self._handle_append_response(m, pr)
+            return
         match t:
             case MT.APP_RESP:
                 self._handle_append_response(m, pr)
             case MT.HEARTBEAT_RESP:
                 self._handle_heartbeat_response(m, pr)
             case MT.SNAP_STATUS:
-                if pr.state != ProgressState.SNAPSHOT:
+                if pr.state != _SNAPSHOT:
                     return
                 if m.reject:
                     # Forget the pending snapshot first, or we would probe from its index.
@@ -748,7 +777,7 @@ class _Raft:
                 pr.msg_app_flow_paused = True
             case MT.UNREACHABLE:
                 # While pipelining, an unreachable peer has probably lost an append.
-                if pr.state == ProgressState.REPLICATE:
+                if pr.state == _REPLICATE:
                     pr.become_probe()
                 self.logger.debug(
                     "%d failed to send message to %d because it is unreachable [%r]",
@@ -787,9 +816,9 @@ class _Raft:
         Raises:
             ProposalDropped: as for a ``PROP`` message; nothing was appended.
         """
-        if self.state != StateType.LEADER:
+        if self.state != _LEADER:
             ents = tuple([Entry(data=d) for d in datas])
-            self.step(Message(MT.PROP, from_=self.id, entries=ents))
+            self.step(Message(_PROP, from_=self.id, entries=ents))
             return
         if not datas:
             raise RaftInvariantError(f"{self.id} stepped empty MsgProp")
@@ -829,7 +858,7 @@ class _Raft:
         pending_conf = self.pending_conf_index
         removal = 0
         for i, e in enumerate(ents):
-            if e.type == EntryType.NORMAL:
+            if e.type == _NORMAL:
                 continue
             cc = self._decode_conf_change(e)
             failed = ""
@@ -877,7 +906,7 @@ class _Raft:
         self._bcast_append()
 
     def _decode_conf_change(self, e: Entry) -> ConfChangeV2 | None:
-        if e.type == EntryType.CONF_CHANGE_V2 and not e.data:
+        if e.type == _CONF_CHANGE_V2 and not e.data:
             return ConfChangeV2()  # etcd's auto-leave proposal: empty data
         try:
             return decode_conf_change(e.type, e.data).as_v2()
@@ -908,7 +937,7 @@ class _Raft:
         if req.from_ in (NONE, self.id):
             self.read_states.append(ReadState(index=index, request_ctx=req.context))
         else:
-            self._send(MT.READ_INDEX_RESP, req.from_, index=index, context=req.context)
+            self._send(_READ_INDEX_RESP, req.from_, index=index, context=req.context)
 
     def _release_pending_read_index_messages(self) -> None:
         if not self.pending_read_index_messages:
@@ -946,18 +975,18 @@ class _Raft:
             if m.log_term > 0:
                 next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
             if pr.maybe_decr_to(m.index, next_probe):
-                if pr.state == ProgressState.REPLICATE:
+                if pr.state == _REPLICATE:
                     pr.become_probe()
                 self._send_append(m.from_)
             return
-        if pr.maybe_update(m.index) or (pr.match == m.index and pr.state == ProgressState.PROBE):
-            if pr.state == ProgressState.PROBE:
+        if pr.maybe_update(m.index) or (pr.match == m.index and pr.state == _PROBE):
+            if pr.state == _PROBE:
                 pr.become_replicate()
-            elif pr.state == ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index():
+            elif pr.state == _SNAPSHOT and pr.match + 1 >= self.log.first_index():
                 # Caught up from the log, whatever index the snapshot was actually applied at.
                 pr.become_probe()
                 pr.become_replicate()
-            elif pr.state == ProgressState.REPLICATE:
+            elif pr.state == _REPLICATE:
                 pr.inflights.free_le(m.index)
             if self._maybe_commit():
                 if self.pending_read_index_messages:
@@ -977,7 +1006,7 @@ class _Raft:
         pr.recent_active = True
         pr.msg_app_flow_paused = False
         # Also unsticks a follower whose inflight window filled with appends that were lost.
-        if pr.match < self.log.last_index() or pr.state == ProgressState.PROBE:
+        if pr.match < self.log.last_index() or pr.state == _PROBE:
             self._send_append(m.from_)
         if self.read_only.option != ReadOnlyOption.SAFE or not m.context:
             return
@@ -1045,7 +1074,7 @@ class _Raft:
     def _step_candidate(self, m: Message) -> None:
         # Only count answers to our current kind of campaign: a candidate may still receive
         # stale pre-vote answers from its pre-candidate phase.
-        my_resp = MT.PRE_VOTE_RESP if self.state == StateType.PRE_CANDIDATE else MT.VOTE_RESP
+        my_resp = _PRE_VOTE_RESP if self.state == _PRE_CANDIDATE else _VOTE_RESP
         t = m.type
         match t:
             case MT.PROP:
@@ -1101,7 +1130,7 @@ class _Raft:
             rejected_n,
         )
         if res == VoteResult.WON:
-            if self.state == StateType.PRE_CANDIDATE:
+            if self.state == _PRE_CANDIDATE:
                 self._campaign(CampaignType.ELECTION)
             else:
                 self._become_leader()
@@ -1114,6 +1143,11 @@ class _Raft:
 
     def _step_follower(self, m: Message) -> None:
         t = m.type
+        if t is _APP:  # the common case first, without the match's enum lookups
+            self.election_elapsed = 0
+            self.lead = m.from_
+            self._handle_append_entries(m)
+            return
         match t:
             case MT.PROP:
                 if self.lead == NONE:
@@ -1129,7 +1163,7 @@ class _Raft:
                         self.term,
                     )
                     raise ProposalDropped("proposal forwarding is disabled")
-                self._send(MT.PROP, self.lead, entries=m.entries)
+                self._send(_PROP, self.lead, entries=m.entries)
             case MT.APP:
                 self.election_elapsed = 0
                 self.lead = m.from_
@@ -1148,7 +1182,7 @@ class _Raft:
                         "%d no leader at term %d; dropping leader transfer msg", self.id, self.term
                     )
                     return
-                self._send(MT.TRANSFER_LEADER, self.lead, from_=m.from_)
+                self._send(_TRANSFER_LEADER, self.lead, from_=m.from_)
             case MT.TIMEOUT_NOW:
                 self.logger.info(
                     "%d [term %d] received MsgTimeoutNow from %d and starts an election to get "
@@ -1168,7 +1202,7 @@ class _Raft:
                 # Keep the origin as sender, so the answer goes to the node that asked even if
                 # the read is forwarded again (we may follow a stale leader).
                 origin = m.from_ if m.from_ != NONE else self.id
-                self._send(MT.READ_INDEX, self.lead, from_=origin, context=m.context)
+                self._send(_READ_INDEX, self.lead, from_=origin, context=m.context)
             case MT.READ_INDEX_RESP:
                 self.read_states.append(ReadState(index=m.index, request_ctx=m.context))
             case (
@@ -1191,11 +1225,13 @@ class _Raft:
     def _handle_append_entries(self, m: Message) -> None:
         if m.index < self.log.committed:
             # Everything up to our commit index is settled; tell the leader where we are.
-            self._send(MT.APP_RESP, m.from_, index=self.log.committed)
+            self._send(_APP_RESP, m.from_, index=self.log.committed)
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            self._file(Message(MT.APP_RESP, m.from_, self.id, self.term, index=last_new))
+            ack = Message(_APP_RESP, m.from_, self.id, self.term, index=last_new)
+            # self._file(ack), inlined
+            (self.msgs_after_append if _APP_RESP in _AFTER_PERSIST else self.msgs).append(ack)
             return
         # Hint the largest (index, term) that could still match: at most the probed index and
         # our last index, with a term no greater than the leader's term there.
@@ -1211,7 +1247,7 @@ class _Raft:
             m.from_,
         )
         self._send(
-            MT.APP_RESP,
+            _APP_RESP,
             m.from_,
             index=m.index,
             reject=True,
@@ -1221,7 +1257,7 @@ class _Raft:
 
     def _handle_heartbeat(self, m: Message) -> None:
         self.log.commit_to(m.commit)
-        self._send(MT.HEARTBEAT_RESP, m.from_, context=m.context)
+        self._send(_HEARTBEAT_RESP, m.from_, context=m.context)
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot if m.snapshot is not None else Snapshot()
@@ -1234,7 +1270,7 @@ class _Raft:
                 md.index,
                 md.term,
             )
-            self._send(MT.APP_RESP, m.from_, index=self.log.last_index())
+            self._send(_APP_RESP, m.from_, index=self.log.last_index())
         else:
             self.logger.info(
                 "%d [commit: %d] ignored snapshot [index: %d, term: %d]",
@@ -1243,14 +1279,14 @@ class _Raft:
                 md.index,
                 md.term,
             )
-            self._send(MT.APP_RESP, m.from_, index=self.log.committed)
+            self._send(_APP_RESP, m.from_, index=self.log.committed)
 
     def _restore(self, snap: Snapshot) -> bool:
         """Install ``snap`` if it is newer than what we have committed. Returns whether it was."""
         md = snap.metadata
         if md.index <= self.log.committed:
             return False
-        if self.state != StateType.FOLLOWER:
+        if self.state != _FOLLOWER:
             # Defense in depth: only a follower installs snapshots.
             self.logger.warning(
                 "%d attempted to restore snapshot as leader; should never happen", self.id
@@ -1353,7 +1389,7 @@ class _Raft:
             return 0
         scratch: ProgressTracker | None = None
         for e in self.log.slice(lo, hi + 1, None):
-            if e.type == EntryType.NORMAL:
+            if e.type == _NORMAL:
                 continue
             cc = self._decode_conf_change(e)
             if cc is None:
@@ -1380,13 +1416,13 @@ class _Raft:
         cs = cfg.conf_state()
         pr = progress.get(self.id)
         self.is_learner = pr is not None and pr.is_learner
-        if (pr is None or self.is_learner) and self.state == StateType.LEADER:
+        if (pr is None or self.is_learner) and self.state == _LEADER:
             # Removed or demoted while leading: the change is committed, so step down and let
             # the remaining voters elect a leader.
             if self.step_down_on_removal:
                 self._become_follower(self.term, NONE)
             return cs
-        if self.state != StateType.LEADER or not cs.voters:
+        if self.state != _LEADER or not cs.voters:
             return cs
         if self._maybe_commit():
             # The new configuration may commit more (e.g. a slow voter was removed).
@@ -1407,19 +1443,15 @@ class _Raft:
         old = self.log.applied
         new = max(index, old)
         self.log.applied_to(new)
-        if (
-            self.trk.config.auto_leave
-            and new >= self.pending_conf_index
-            and self.state == StateType.LEADER
-        ):
+        if self.trk.config.auto_leave and new >= self.pending_conf_index and self.state == _LEADER:
             # Empty data reads as the empty ConfChangeV2 (leave joint); being empty it can never
             # be refused for size. A transfer in progress may drop it: we try again next time.
             try:
                 self.step(
                     Message(
-                        MT.PROP,
+                        _PROP,
                         from_=self.id,
-                        entries=(Entry(type=EntryType.CONF_CHANGE_V2),),
+                        entries=(Entry(type=_CONF_CHANGE_V2),),
                     )
                 )
             except ProposalDropped as exc:
@@ -1440,18 +1472,20 @@ class _Raft:
         ``hard_state`` is the hard state that Ready carried (now durable), if any.
         """
         if (
-            self.state == StateType.CANDIDATE
+            self.state == _CANDIDATE
             and hard_state is not None
             and hard_state.term == self.term
             and hard_state.vote == self.id
             and self.id not in self.trk.votes
         ):
-            self._count_vote(self.id, MT.VOTE_RESP, granted=True)
+            self._count_vote(self.id, _VOTE_RESP, granted=True)
             return
-        if self.state != StateType.LEADER:
+        if self.state != _LEADER:
             return
         pr = self.trk.progress.get(self.id)
-        if pr is not None and pr.maybe_update(self.log.persisted_index()):
+        u = self.log.unstable
+        persisted = 0 if u.snapshot is not None else u.offset - 1  # self.log.persisted_index()
+        if pr is not None and pr.maybe_update(persisted):
             if self._maybe_commit():
                 self._release_pending_read_index_messages()
                 self._bcast_append()

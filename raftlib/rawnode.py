@@ -350,16 +350,17 @@ class RawNode:
         msgs, r.msgs = r.msgs, []
         after, r.msgs_after_append = r.msgs_after_append, []
         reads, r.read_states = r.read_states, []
-        rd = Ready(
-            soft_state=soft,
-            hard_state=hard,
-            entries=entries,
-            snapshot=snapshot,
-            committed_entries=committed,
-            messages=tuple(msgs),
-            persisted_messages=tuple(after),
-            read_states=tuple(reads),
-            must_sync=must_sync,
+        rd = Ready(  # positional: soft_state, hard_state, entries, snapshot, committed_entries,
+            # messages, persisted_messages, read_states, must_sync
+            soft,
+            hard,
+            entries,
+            snapshot,
+            committed,
+            tuple(msgs),
+            tuple(after),
+            tuple(reads),
+            must_sync,
         )
         self._pending = rd
         return rd
@@ -376,7 +377,7 @@ class RawNode:
         r = self._raft
         if rd.entries:
             last = rd.entries[-1]
-            r.log.stable_to(last.index, last.term)
+            r.log.unstable.stable_to(last.index, last.term)  # r.log.stable_to
         if rd.snapshot is not None:
             r.log.stable_snap_to(rd.snapshot.metadata.index)
         if rd.committed_entries:

@@ -60,6 +60,11 @@ _INT_FIELDS = ("to", "from_", "term", "log_term", "index", "commit", "reject_hin
 # request forwarded to the leader is a local request travelling, not a statement about terms.
 _UNTERMED = frozenset({MT.PROP, MT.READ_INDEX})
 
+# Module constants for the checks below (on Python 3.11 ``MT.X`` is a slow lookup).
+_APP = MT.APP
+_SNAP = MT.SNAP
+_PROP = MT.PROP
+
 
 def _is_u64(x: object) -> bool:
     return type(x) is int and 0 <= x < _U64
@@ -143,7 +148,7 @@ def check_message(m: object, *, app_entries: bool = True) -> Message:
         and type(m.entries) is tuple
     ):
         raise InvalidMessageError(_message_problem(m))
-    if m.entries and (app_entries or m.type is not MT.APP):
+    if m.entries and (app_entries or m.type is not _APP):
         _check_entries(m.entries)
     snap = m.snapshot
     if snap is not None:
@@ -260,7 +265,7 @@ def check_peer_message(m: Message) -> None:
             )
     elif m.term == 0:
         raise InvalidMessageError(f"{t.name} from {m.from_} without a term")
-    if t is MT.APP:
+    if t is _APP:
         term = m.term
         expect = m.index + 1
         prev_term = m.log_term
@@ -281,7 +286,7 @@ def check_peer_message(m: Message) -> None:
             prev_term = e.term
         if expect > _U64:
             raise InvalidMessageError(f"APP from {m.from_}: entry index {expect - 1} >= 2**64")
-    elif t == MT.SNAP:
+    elif t is _SNAP:
         snap = m.snapshot
         if snap is None or snap.is_empty():
             raise InvalidMessageError(f"SNAP from {m.from_} without a snapshot")
@@ -293,7 +298,7 @@ def check_peer_message(m: Message) -> None:
         problem = conf_state_problem(md.conf_state)
         if problem:
             raise InvalidMessageError(f"SNAP from {m.from_}: {problem}")
-    elif t == MT.PROP and not m.entries:
+    elif t is _PROP and not m.entries:
         raise InvalidMessageError(f"PROP from {m.from_} without entries")
 
 

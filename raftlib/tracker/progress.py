@@ -41,6 +41,11 @@ TRANSITIONS: dict[ProgressState, dict[ProgressState, str]] = {
 }
 """Legal transitions, each with what triggers it."""
 
+# Module constants for the methods below (on Python 3.11 ``ProgressState.X`` is a slow lookup).
+_PROBE = ProgressState.PROBE
+_REPLICATE = ProgressState.REPLICATE
+_SNAPSHOT = ProgressState.SNAPSHOT
+
 
 class Progress:
     """Replication progress of one peer, as tracked by the leader.
@@ -72,7 +77,7 @@ class Progress:
     ) -> None:
         self.match = match
         self.next = next
-        self.state = ProgressState.PROBE
+        self.state = _PROBE
         self.pending_snapshot = 0
         self.recent_active = recent_active
         self.msg_app_flow_paused = False
@@ -105,35 +110,35 @@ class Progress:
 
     def become_probe(self) -> None:
         """Fall back to probing from just after ``match`` (or after a snapshot being applied)."""
-        if self.state == ProgressState.SNAPSHOT:
+        if self.state == _SNAPSHOT:
             pending = self.pending_snapshot
-            self._transition(ProgressState.PROBE)
+            self._transition(_PROBE)
             self.next = max(self.match + 1, pending + 1)
         else:
-            self._transition(ProgressState.PROBE)
+            self._transition(_PROBE)
             self.next = self.match + 1
         self.sent_commit = min(self.sent_commit, self.next - 1)
 
     def become_replicate(self) -> None:
         """Start pipelining appends from just after ``match``."""
-        self._transition(ProgressState.REPLICATE)
+        self._transition(_REPLICATE)
         self.next = self.match + 1
 
     def become_snapshot(self, snapshot_index: int) -> None:
         """Pause appends while the follower installs the snapshot at ``snapshot_index``."""
-        self._transition(ProgressState.SNAPSHOT)
+        self._transition(_SNAPSHOT)
         self.pending_snapshot = snapshot_index
         self.next = snapshot_index + 1
         self.sent_commit = snapshot_index
 
     def sent_entries(self, count: int, size: int) -> None:
         """Account for an append of ``count`` entries (``size`` payload bytes) just sent."""
-        if self.state == ProgressState.REPLICATE:
+        if self.state == _REPLICATE:
             if count:
                 self.next += count
                 self.inflights.add(self.next - 1, size)
             self.msg_app_flow_paused = self.inflights.full()
-        elif self.state == ProgressState.PROBE:
+        elif self.state == _PROBE:
             if count:
                 self.msg_app_flow_paused = True
         else:
@@ -158,7 +163,7 @@ class Progress:
         ``match_hint`` is the leader's best guess of the last index both logs agree on. Returns
         False when the rejection is stale (answers an append we already moved past).
         """
-        if self.state == ProgressState.REPLICATE:
+        if self.state == _REPLICATE:
             if rejected <= self.match:
                 return False
             self.next = self.match + 1
@@ -173,7 +178,7 @@ class Progress:
 
     def is_paused(self) -> bool:
         """Whether the leader should hold back appends to this peer for now."""
-        if self.state == ProgressState.SNAPSHOT:
+        if self.state == _SNAPSHOT:
             return True
         return self.msg_app_flow_paused
 
