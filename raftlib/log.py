@@ -83,10 +83,11 @@ class RaftLog:
 
     # -- terms --
 
-    def term(self, index: int, last: int | None = None) -> int:
+    def term(self, index: int, last: int | None = None, first: int | None = None) -> int:
         """The term of entry ``index``.
 
-        ``last`` is :meth:`last_index`, if the caller already has it (saves asking storage).
+        ``last`` and ``first`` are :meth:`last_index` and :meth:`first_index`, if the caller
+        already has them (saves asking storage).
 
         Raises:
             CompactedError: ``index`` is before the first available entry's predecessor.
@@ -100,7 +101,12 @@ class RaftLog:
                 return u.entries[i].term
         elif snap is not None and snap.metadata.index == index:
             return snap.metadata.term
-        dummy = snap.metadata.index if snap is not None else self.storage.first_index() - 1
+        if first is not None:
+            dummy = first - 1
+        elif snap is not None:
+            dummy = snap.metadata.index
+        else:
+            dummy = self.storage.first_index() - 1
         if index < dummy:
             raise CompactedError(f"index {index} is compacted (first index {dummy + 1})")
         # Below the offset, unstable entries extend the log past ``index``.
@@ -291,16 +297,21 @@ class RaftLog:
             return self.unstable.snapshot
         return self.storage.snapshot()
 
-    def entries(self, index: int, max_size: int | None, last: int | None = None) -> list[Entry]:
+    def entries(
+        self, index: int, max_size: int | None, last: int | None = None, first: int | None = None
+    ) -> list[Entry]:
         """Entries from ``index`` to the end, cut to ``max_size`` bytes (at least one).
 
-        ``last`` is :meth:`last_index`, if the caller already has it.
+        ``last`` and ``first`` are :meth:`last_index` and :meth:`first_index`, if the caller
+        already has them.
         """
         if last is None:
             last = self.last_index()
         if index > last:
             return []
-        return self._slice(index, last + 1, max_size, self.first_index(), last)
+        return self._slice(
+            index, last + 1, max_size, self.first_index() if first is None else first, last
+        )
 
     def slice(self, lo: int, hi: int, max_size: int | None) -> list[Entry]:
         """Entries ``[lo, hi)`` across storage and the unstable tail.

@@ -148,7 +148,7 @@ class RawNode:
             ProposalDropped: it was not taken (no leader, transfer in progress, size limit,
                 forwarding disabled, or this node was removed).
         """
-        self._raft.propose((proposal_data(data),))
+        self._raft.propose_one(data if type(data) is bytes else proposal_data(data))
 
     def propose_many(self, datas: Iterable[bytes | bytearray | memoryview]) -> None:
         """Propose several entries at once: one log entry per element of ``datas``, in order.
@@ -381,7 +381,8 @@ class RawNode:
         if rd.snapshot is not None:
             r.log.stable_snap_to(rd.snapshot.metadata.index)
         if rd.committed_entries:
-            r.reduce_uncommitted_size(rd.committed_entries)
+            if r.max_uncommitted_size:
+                r.reduce_uncommitted_size(rd.committed_entries)
             r.applied_to(rd.committed_entries[-1].index)
         elif rd.snapshot is not None:
             r.applied_to(rd.snapshot.metadata.index)

@@ -3,6 +3,8 @@ snapshots on the receiving side, and input validation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from raftlib import (
@@ -359,3 +361,65 @@ def test_inputs_between_ready_and_advance_arrive_in_the_next_ready() -> None:
     persist(node, s, rd2)
     node.advance(rd2)
     assert [s.entries(2, 4)[i].data for i in (0, 1)] == [b"first", b"second"]
+
+
+def _long_append(n: int = 20) -> list[Entry]:
+    """Entries 1..n at terms 1,1,...,2,2 (the term changes half way)."""
+    return [Entry(term=1 if i <= n // 2 else 2, index=i, data=b"d%d" % i) for i in range(1, n + 1)]
+
+
+def _with(e: Entry, field: str, value: object) -> Entry:
+    bad = Entry(e.term, e.index, e.type, e.data)
+    object.__setattr__(bad, field, value)  # what a buggy caller could build
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("fault", "problem"),
+    [
+        (lambda e: _with(e, "term", True), r"entries\[12\]\.term"),
+        (lambda e: _with(e, "index", 13.0), r"entries\[12\]\.index"),
+        (lambda e: _with(e, "type", 0), r"entries\[12\]\.type"),
+        (lambda e: _with(e, "data", bytearray(b"x")), r"entries\[12\]\.data"),
+        (lambda e: (e.term, e.index, e.data), r"entries\[12\]: expected Entry"),
+        (lambda e: Entry(e.term, e.index + 1, e.type, e.data), "does not follow"),
+        (lambda e: Entry(3, e.index, e.type, e.data), "does not follow"),  # past the msg term
+        (lambda e: Entry(1, e.index, e.type, e.data), "does not follow"),  # term goes back
+    ],
+)
+def test_long_appends_are_checked_entry_by_entry_like_short_ones(
+    fault: Callable[[Entry], object], problem: str
+) -> None:
+    """A fault anywhere in a long append is refused, with an explanation naming the entry."""
+    ents: list[object] = list(_long_append())
+    ents[12] = fault(ents[12])  # type: ignore[arg-type]
+    s = storage_with(entries=[], term=2)
+    node = new_node(1, s)
+    drain(node, s)
+    m = Message(MT.APP, to=1, from_=2, term=2, index=0, entries=tuple(ents))  # type: ignore[arg-type]
+    before = node.status()
+    with pytest.raises(InvalidMessageError, match=problem):
+        node.step(m)
+    assert node.status() == before
+    assert not node.has_ready()
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 64])
+def test_long_and_short_appends_are_accepted(n: int) -> None:
+    s = storage_with(entries=[], term=2)
+    node = new_node(1, s)
+    drain(node, s)
+    ents = tuple(_long_append(n)) if n > 1 else (Entry(term=2, index=1, data=b"x"),)
+    node.step(Message(MT.APP, to=1, from_=2, term=2, index=0, entries=ents))
+    rd = node.ready()
+    assert rd.entries == ents
+
+
+def test_long_append_past_the_last_representable_index_is_refused() -> None:
+    top = (1 << 64) - 1
+    ents = tuple(Entry(term=2, index=top - 8 + i) for i in range(1, 10))  # the last is 2**64
+    s = storage_with(entries=[], term=2)
+    node = new_node(1, s)
+    drain(node, s)
+    with pytest.raises(InvalidMessageError, match="2\\*\\*64"):
+        node.step(Message(MT.APP, to=1, from_=2, term=2, index=top - 8, log_term=2, entries=ents))
