@@ -9,18 +9,23 @@ CheckQuorum and PreVote on, 256 appends in flight at most, 1 MiB per message.
 With ``--gocore`` each run is paired with etcd/raft's Go core driven the same way
 (``../shared/bench/bench gocore``, same node count and batch), run right after it, and the
 figures are quoted as ratios raftlib / Go: the median of the per-pair ratios and their range.
-Every figure carries the 1-minute load average at the start and end of its runs.
+With ``--baseline REV`` the same loops also run, interleaved, each in its own process, against
+the raftlib of git revision REV and against this tree's, and the figures are quoted as ratios
+this tree / REV of CPU-time rates (CPU time is less disturbed than wall time by other work on a
+shared machine). Every figure carries the 1-minute load average at the start and end of its
+runs.
 
 Prints the figures and appends them to docs/benchmarks.md.
 
     python -m benchmarks.raft_core [--runs 5] [--entries 20000] [--gocore] [--go-entries 200000]
-                                   [--no-write]
+                                   [--baseline REV] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import json
 import os
 import pathlib
@@ -28,6 +33,9 @@ import platform
 import random
 import statistics
 import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -96,10 +104,16 @@ class _Cluster:
 
 
 def _run(batch: int, total: int, *, many: bool = False) -> float:
+    return _run_timed(batch, total, many=many)[0]
+
+
+def _run_timed(batch: int, total: int, *, many: bool = False) -> tuple[float, float]:
+    """Committed entries per second of wall time and of CPU time."""
     c = _Cluster()
     leader = c.nodes[1]
     payloads = [PAYLOAD] * batch
     start = time.perf_counter()
+    cpu = time.process_time()
     proposed = 0
     while proposed < total:
         if many:
@@ -109,10 +123,39 @@ def _run(batch: int, total: int, *, many: bool = False) -> float:
                 leader.propose(PAYLOAD)
         proposed += batch
         c.settle()
+    cpu = time.process_time() - cpu
     elapsed = time.perf_counter() - start
     if c.applied < total:
         raise RuntimeError(f"only {c.applied} of {total} entries committed")
-    return c.applied / elapsed
+    return c.applied / elapsed, c.applied / cpu
+
+
+def _in_process(tree: pathlib.Path, batch: int, total: int, *, many: bool) -> float | None:
+    """CPU-time rate of :func:`_run_timed` in a fresh process importing ``tree``'s raftlib.
+
+    None when that raftlib lacks what the measure needs (``propose_many``).
+    """
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", f"{batch},{total},{int(many)}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+    ).stdout
+    value = json.loads(out.strip().splitlines()[-1])
+    return None if value is None else float(value)
+
+
+def _checkout(rev: str, into: pathlib.Path) -> None:
+    """Extract ``rev``'s raftlib package into ``into`` (git archive; the work tree is untouched)."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "raftlib"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
 
 
 def _codec_rate(n: int) -> float:
@@ -193,14 +236,61 @@ class _Row:
         return f"{min(self.loads):.1f}-{max(self.loads):.1f}"
 
 
+def _versus_baseline(
+    rev: str, runs: int, entries: int
+) -> list[tuple[str, float, float, list[float], list[float]]]:
+    """(measure, this tree's median, the baseline's median, per-pair ratios, loads) per measure."""
+    measures = [
+        ("1 proposal per Ready cycle", 1, entries // 4, False),
+        ("64 proposals per Ready cycle (64 propose calls)", 64, entries, False),
+        ("64 proposals per Ready cycle (one propose_many call)", 64, entries, True),
+    ]
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = pathlib.Path(tmp)
+        _checkout(rev, base)
+        for name, batch, total, many in measures:
+            mine: list[float] = []
+            theirs: list[float] = []
+            loads: list[float] = []
+            for _ in range(runs):
+                loads.append(os.getloadavg()[0])
+                a = _in_process(ROOT, batch, total, many=many)
+                b = _in_process(base, batch, total, many=many)
+                loads.append(os.getloadavg()[0])
+                if a is None or b is None:
+                    break
+                mine.append(a)
+                theirs.append(b)
+            if mine:
+                ratios = [a / b for a, b in zip(mine, theirs, strict=True)]
+                out.append(
+                    (name, statistics.median(mine), statistics.median(theirs), ratios, loads)
+                )
+            else:
+                print(f"vs {rev}: {name} skipped (that raftlib has no propose_many)")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--entries", type=int, default=20_000)
     parser.add_argument("--gocore", action="store_true", help="pair each run with bench gocore")
     parser.add_argument("--go-entries", type=int, default=200_000, help="entries per Go run")
+    parser.add_argument(
+        "--baseline", metavar="REV", help="also compare with the raftlib of git revision REV"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not append to the docs")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # batch,total,many: one CPU-time rate
     args = parser.parse_args()
+    if args.child:
+        batch, total, many = (int(x) for x in args.child.split(","))
+        try:
+            print(json.dumps(_run_timed(batch, total, many=bool(many))[1]))
+        except AttributeError:  # an older raftlib without propose_many
+            print(json.dumps(None))
+        return
 
     go_skipped = ""
     if args.gocore:
@@ -240,6 +330,8 @@ def main() -> None:
         rows[2].run(go(64))  # a second Go run at 64/cycle, paired with this one
         codec.run(None)
 
+    versus = _versus_baseline(args.baseline, args.runs, args.entries) if args.baseline else []
+
     lines_out: list[str] = []
     for row in [*rows, codec]:
         r = row.ratio()
@@ -251,6 +343,12 @@ def main() -> None:
             )
         lines_out.append(
             f"{row.name}: {row.median:,.0f}{tail} (target {row.target}; load {row.load()})"
+        )
+    for name, mine, base, ratios, loads in versus:
+        lines_out.append(
+            f"vs {args.baseline}, {name}: {mine:,.0f} vs {base:,.0f} CPU-time entries/s, "
+            f"ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
+            f"(load {min(loads):.1f}-{max(loads):.1f})"
         )
     for line in lines_out:
         print(line)
@@ -289,6 +387,18 @@ def main() -> None:
         lines.extend(
             f"| {row.name} | {row.median:,.0f} | {row.target} | {row.load()} |\n"
             for row in [*rows, codec]
+        )
+    if versus:
+        lines.append(
+            f"\nThis tree against the raftlib of `{args.baseline}` (`--baseline`), the same loops, "
+            "each run in its own process, alternating; CPU-time rates, median of the per-pair "
+            "ratios:\n\n| measure | this tree | baseline | ratio (range) | load |\n"
+            "|---|---:|---:|---:|---:|\n"
+        )
+        lines.extend(
+            f"| {name} | {mine:,.0f} | {base:,.0f} | {statistics.median(ratios):.2f} "
+            f"({min(ratios):.2f}-{max(ratios):.2f}) | {min(loads):.1f}-{max(loads):.1f} |\n"
+            for name, mine, base, ratios, loads in versus
         )
     if not DOCS.exists():
         DOCS.write_text("# Benchmarks\n\nFigures measured on this project's CI-class machine.\n")

@@ -1260,7 +1260,7 @@ class _Raft:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            ack = Message(_APP_RESP, m.from_, self.id, self.term, index=last_new)
+            ack = Message(_APP_RESP, m.from_, self.id, self.term, 0, last_new)  # index=last_new
             # self._file(ack), inlined
             (self.msgs_after_append if _APP_RESP in _AFTER_PERSIST else self.msgs).append(ack)
             return

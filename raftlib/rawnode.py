@@ -43,6 +43,8 @@ from raftlib.validate import (
 __all__ = ["Peer", "RawNode", "Ready"]
 
 MT = MessageType
+_LEADER = StateType.LEADER
+_CANDIDATE = StateType.CANDIDATE
 
 
 @attrs.frozen(slots=True)
@@ -386,7 +388,8 @@ class RawNode:
             r.applied_to(rd.committed_entries[-1].index)
         elif rd.snapshot is not None:
             r.applied_to(rd.snapshot.metadata.index)
-        r.on_persisted(rd.hard_state)
+        if r.state is _LEADER or r.state is _CANDIDATE:  # on_persisted ignores other roles
+            r.on_persisted(rd.hard_state)
 
     def status(self) -> Status:
         """The node's current state, with per-peer progress when it is the leader.
