@@ -127,17 +127,19 @@ LEASE_RESTART_REASON = (
 def test_a_lease_expires_on_time_however_often_the_leader_is_killed(
     make_cluster: MakeCluster, next_leader: str
 ) -> None:
-    """Grant a 5 s lease, stop renewing it, SIGKILL (and restart) the leader twice, ~1.5 s apart.
+    """Grant an 8 s lease, stop renewing it, SIGKILL (and restart) the leader twice, ~1.5 s apart.
 
     The member that takes over after the second kill is chosen by leaving the other survivor
     behind in the log (killed while an entry commits, restarted after the leader's kill): the
     member never restarted, or the one restarted after the first kill. Either way the new
     leader must count the lease from its grant (time-to-live at most TTL + grace since the
     grant), and the key must be gone within TTL + one election timeout (the new leader's grace)
-    + slack of the grant, or of the election if the TTL ran out while there was no leader;
-    a TTL after the last kill is too late.
+    + slack of the grant, well before a TTL after the last kill. (Skipped if the machine is so
+    slow that the last election ends after the TTL: the scenario then did not happen.)
     """
-    ttl, election, slack = 5.0, 0.5, 1.0
+    # 8 s rather than 5: two kills, two restarts and three elections must fit in the TTL on a
+    # loaded machine (a restart takes a second or more, and the peers redial with back-off).
+    ttl, election, slack = 8.0, 0.5, 1.5
     cluster = make_cluster(3, heartbeat_ms=50, election_ms=int(election * 1000))
     client = cluster.client()
     sent_at = time.monotonic()
@@ -148,11 +150,13 @@ def test_a_lease_expires_on_time_however_often_the_leader_is_killed(
     wait_until(sent_at + 1.5)
     first = cluster.wait_leader()
     cluster.kill(first)
-    wait_until(sent_at + 2.5)
-    cluster.start(first)  # restarted from its log a second after the kill
-    second = cluster.wait_leader()
-    assert second != first, "the killed leader was elected again: nothing was tested"
-    (untouched,) = set(cluster.members) - {first, second}
+    if next_leader == "restarted":
+        # Restarted a second later, so that a TTL counted from its restart stands out.
+        wait_until(sent_at + 2.5)
+    cluster.start(first)  # restarted from its log
+    survivors = [n for n in cluster.members if n != first]
+    second = cluster.wait_leader(among=survivors)
+    (untouched,) = set(survivors) - {second}
     if next_leader == "never-restarted":
         lagging, successor = first, untouched
     else:
@@ -167,6 +171,11 @@ def test_a_lease_expires_on_time_however_often_the_leader_is_killed(
     cluster.start(lagging)
     assert cluster.wait_leader(among=[first, untouched]) == successor
     elected_at = time.monotonic()
+    if elected_at >= granted_at + ttl:
+        pytest.skip(
+            f"the machine was too slow for this schedule: {successor} was elected "
+            f"{elected_at - granted_at:.1f}s after the grant, after the lease's TTL"
+        )
     on_leader = cluster.client(successor)
     cluster.start(second, wait=False)  # restarted too, while the lease runs out
 
@@ -195,10 +204,9 @@ def test_a_lease_expires_on_time_however_often_the_leader_is_killed(
 
     gone_at = poll(gone, timeout=ttl + 10, interval=0.05, what="the leased key to be deleted")
     when = f"key gone at +{gone_at - sent_at:.2f}s, {timeline()}"
-    due = max(granted_at + ttl, elected_at) + election + slack
+    due = granted_at + ttl + election + slack  # before last_kill + ttl: no reset goes unseen
     assert gone_at >= sent_at + ttl, f"the lease expired before its TTL: {when}"
     assert gone_at <= due, f"due by +{due - sent_at:.2f}s: {when}"
-    assert gone_at < last_kill + ttl, f"the kills reset the TTL: {when}"
     cluster.wait_serving(second)
 
 
