@@ -350,9 +350,9 @@ class _Raft:
                 # (pr.can_bump_commit(commit), inlined).
                 pr = progress[node]
                 sent = pr.sent_commit
-                self._maybe_send_append(
-                    node, send_if_empty=commit > sent and sent < pr.next - 1, last=last
-                )
+                bump = commit > sent and sent < pr.next - 1
+                if bump or pr.next != last + 1:  # else it would return False at once
+                    self._maybe_send_append(node, send_if_empty=bump, last=last)
 
     def _bcast_heartbeat(self, ctx: bytes | None = None) -> None:
         if ctx is None:
@@ -1025,7 +1025,10 @@ class _Raft:
                 self.bcast_pending = True  # self._bcast_append()
             elif pr.can_bump_commit(self.log.committed):
                 self._maybe_send_append(m.from_, send_if_empty=True, last=last)  # _send_append
-            while self._maybe_send_append(m.from_, send_if_empty=False, last=last):
+            # (_maybe_send_append returns False at once when the peer is at our last index.)
+            while pr.next != last + 1 and self._maybe_send_append(
+                m.from_, send_if_empty=False, last=last
+            ):
                 pass
             if m.from_ == self.lead_transferee and pr.match == last:
                 self.logger.info(
