@@ -8,11 +8,17 @@ tests run with ``--unsafe-no-fsync`` to keep the module fast on a loaded machine
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -32,6 +38,7 @@ from kvapp.transport.wire import (
     encode_hello,
 )
 from tests.kvapp.integration.harness import (
+    REPO_ROOT,
     AnswerCatcher,
     ProcCluster,
     Writer,
@@ -68,6 +75,12 @@ def test_a_write_to_any_member_is_read_linearizably_on_every_member(
             assert [kv.value for kv in resp.kvs] == [writer.encode()], (writer, reader)
             assert resp.kvs[0].mod_revision == put.revision, (writer, reader)
             assert resp.revision >= put.revision, (writer, reader)
+    # SIGTERM: the leader hands over and exits cleanly; the others go on with everything.
+    assert cluster.terminate(leader) == 0
+    rest = cluster.followers(leader)
+    assert cluster.wait_leader(among=rest) in rest
+    for name in rest:
+        assert clients[name].get(b"from-", prefix=True).count == 3, name
 
 
 def test_a_watch_sees_every_event_in_order_across_a_member_crash(
@@ -607,3 +620,58 @@ def test_a_data_dir_in_use_or_corrupt_is_refused_in_one_line(make_cluster: MakeC
     assert f"kvapp serve: error: cannot open the Raft store in {m2.data_dir}: " in done.stderr
     assert wal.name in done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_kvapp_cluster_runs_a_local_cluster_stops_it_on_sigterm_and_restarts_it(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "local"
+    out_path = tmp_path / "launcher.out"
+
+    def launch() -> subprocess.Popen[bytes]:
+        with out_path.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "kvapp", "cluster", "--size", "3", "--data-dir", str(data),
+                 "--unsafe-no-fsync"],
+                cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def output() -> str:
+        return out_path.read_text(errors="replace")
+
+    def stop(proc: subprocess.Popen[bytes]) -> int:
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=30)
+
+    def leaders_reported(n: int) -> Callable[[], bool | None]:
+        return lambda: True if output().count("leader is") >= n else None
+
+    for run in (1, 2):
+        proc = launch()
+        try:
+            poll(
+                leaders_reported(run),
+                timeout=30,
+                what=f"the launcher (run {run}) to report a leader",
+                describe=output,
+            )
+            plan = json.loads((data / "cluster.json").read_text())
+            endpoints = [f"127.0.0.1:{m['client_port']}" for m in plan["members"]]
+            with Client(endpoints, connect_timeout=1.0, request_timeout=3.0) as c:
+                if run == 1:
+                    c.put(b"kept", b"across launcher runs")
+                assert [kv.value for kv in c.get(b"kept").kvs] == [b"across launcher runs"]
+            assert stop(proc) == 0, output()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        assert output().count("all members stopped") == run, output()
+        for endpoint in endpoints:
+            host, port = endpoint.split(":")
+            with (
+                pytest.raises(ConnectionRefusedError),
+                socket.create_connection((host, int(port)), timeout=2),
+            ):
+                pass  # every member has exited: nothing listens any more
