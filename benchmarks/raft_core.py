@@ -357,7 +357,8 @@ def main() -> None:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"\n## raftlib core ({stamp})\n",
-        f"\n`python -m benchmarks.raft_core{' --gocore' if args.gocore else ''}`: 3 nodes in one "
+        f"\n`python -m benchmarks.raft_core{' --gocore' if args.gocore else ''}"
+        f"{f' --baseline {args.baseline}' if args.baseline else ''}`: 3 nodes in one "
         f"process, MemoryStorage, no I/O; median of {args.runs} runs; Python "
         f"{platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores. "
         "The load column is the 1-minute load average over each measure's runs.\n",
