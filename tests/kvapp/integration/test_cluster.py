@@ -675,3 +675,33 @@ def test_kvapp_cluster_runs_a_local_cluster_stops_it_on_sigterm_and_restarts_it(
                 socket.create_connection((host, int(port)), timeout=2),
             ):
                 pass  # every member has exited: nothing listens any more
+
+
+def test_a_kept_alive_lease_survives_leader_kills_and_expires_once_abandoned(
+    make_cluster: MakeCluster,
+) -> None:
+    ttl, election = 5, 0.5
+    cluster = make_cluster(3, heartbeat_ms=50, election_ms=int(election * 1000))
+    client = cluster.client()
+    lease = client.lease_grant(ttl).id
+    client.put(b"held", b"x", lease=lease)
+    keep = client.keep_alive(lease)
+    try:
+        started = time.monotonic()
+        for _ in range(2):
+            leader = cluster.wait_leader()
+            cluster.kill(leader)
+            cluster.start(leader)
+        wait_until(started + ttl + 1)  # past the TTL: only acknowledged renewals kept it
+        assert keep.alive, f"the keep-alive lost the lease: {keep.reason} ({keep.error!r})"
+        assert client.get(b"held").count == 1, "a renewed lease expired"
+    finally:
+        keep.stop()
+    stopped = time.monotonic()
+    poll(
+        lambda: True if client.get(b"held").count == 0 else None,
+        timeout=ttl + election + 10,
+        what="the abandoned lease to expire",
+    )
+    gone = time.monotonic() - stopped
+    assert gone <= ttl + election + 2.0, f"the abandoned lease lived {gone:.1f}s"
