@@ -959,7 +959,9 @@ class _Raft:
         elif self.read_only.option == ReadOnlyOption.SAFE:
             token = self.read_only.add_request(self.log.committed, m)
             self.read_only.recv_ack(self.id, token)
-            self._bcast_heartbeat(token)
+            # Our own ack may already be a quorum (a lone voter in a joint configuration).
+            if not self._confirm_reads(token):
+                self._bcast_heartbeat(token)
         else:
             self._respond_to_read_index(m, self.log.committed)
 
@@ -1044,15 +1046,21 @@ class _Raft:
             self._send_append(m.from_)
         if self.read_only.option != ReadOnlyOption.SAFE or not m.context:
             return
-        acks = self.read_only.recv_ack(m.from_, m.context)
-        if acks is None:
-            return
-        votes = dict.fromkeys(acks, True)
+        if self.read_only.recv_ack(m.from_, m.context) is not None:
+            self._confirm_reads(m.context)
+
+    def _confirm_reads(self, token: bytes) -> bool:
+        """Answer round ``token`` and every earlier read if its acks are a quorum now."""
+        rs = self.read_only.pending.get(token)
+        if rs is None:
+            return False
+        votes = dict.fromkeys(rs.acks, True)
         cfg = self.trk.config
         if joint_vote_result(cfg.voters, cfg.voters_outgoing, votes) != VoteResult.WON:
-            return
-        for rs in self.read_only.advance(m.context):
-            self._respond_to_read_index(rs.req, rs.index)
+            return False
+        for done in self.read_only.advance(token):
+            self._respond_to_read_index(done.req, done.index)
+        return True
 
     def _handle_transfer_leader(self, m: Message, pr: Progress) -> None:
         if pr.is_learner:
@@ -1468,6 +1476,11 @@ class _Raft:
                     self._maybe_send_append(node, send_if_empty=False)
         if self.lead_transferee != NONE and self.lead_transferee not in cfg.all_voters():
             self._abort_leader_transfer()
+        # The acks pending reads already have may be a quorum of the new configuration (no
+        # further ack may ever come, e.g. when the other voters were removed).
+        for token in reversed(self.read_only.queue):
+            if self._confirm_reads(token):
+                break
         return cs
 
     # -- persistence feedback (from RawNode.advance) --

@@ -1133,10 +1133,6 @@ class Cluster:
         cs = _peek(self.nodes[lead].running()).trk.config.conf_state()
         members = {*cs.voters, *cs.voters_outgoing, *cs.learners, *cs.learners_next}
         out: dict[bytes, int] = {}
-        if cs.voters_outgoing and members == {lead}:
-            # A known raftlib bug: a leader alone in both halves of a joint configuration never
-            # answers a read (tests/raftlib/testing/test_regressions.py, a strict xfail).
-            return out
         for m in sorted(members):
             nd = self.nodes.get(m)
             if nd is None or nd.raw is None:

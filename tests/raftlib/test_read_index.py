@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from raftlib import Config, ConfigError, MemoryStorage, Message, MessageType, ReadOnlyOption
+from raftlib import (
+    Config,
+    ConfigError,
+    ConfState,
+    MemoryStorage,
+    Message,
+    MessageType,
+    ReadOnlyOption,
+)
 from raftlib.testing import Network
 
 from .helpers import drain, drain_reads, elect, msgs_of, new_node, storage_with
@@ -119,3 +127,12 @@ def test_reads_see_every_write_acknowledged_before_them() -> None:
 def test_read_index_rejects_an_empty_context() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         new_node().read_index(b"")
+
+
+def test_a_leader_alone_in_both_halves_of_a_joint_configuration_answers_reads() -> None:
+    s = MemoryStorage(ConfState(voters=(1,), voters_outgoing=(1,), learners=()))
+    node = new_node(1, s)
+    node.campaign()
+    drain(node, s)
+    node.read_index(b"r")
+    assert drain_reads(node, s) == [(1, b"r")]

@@ -6,8 +6,6 @@ can be replayed step by step with ``python -m raftlib.testing.replay``.
 
 from __future__ import annotations
 
-import pytest
-
 from raftlib import ConfState, StateType
 from raftlib.testing import Cluster
 
@@ -241,18 +239,6 @@ LONE_VOTER_READ_IN_A_JOINT_CONFIGURATION = """
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "raftlib core bug (raft.py, not fixed here): a leader that is the only voter of both "
-        "halves of a joint configuration, with no learner left to ack heartbeats, never "
-        "answers a ReadIndex. _send_read_index_response takes the singleton shortcut only for a "
-        "non-joint configuration (ProgressTracker.is_singleton), and a heartbeat round is "
-        "checked for a quorum only when an ack arrives, which never happens; the read hangs "
-        "even after the joint configuration is left. Found by the liveness phase's probe reads "
-        "(ShrinkingToOneVoter, dev profile)."
-    ),
-)
 def test_lone_voter_answers_a_read_made_in_a_joint_configuration() -> None:
     c = replay(LONE_VOTER_READ_IN_A_JOINT_CONFIGURATION)
     assert c.nodes[1].running_config() == ConfState(voters=(1,))
