@@ -635,6 +635,7 @@ def test_kvapp_cluster_runs_a_local_cluster_stops_it_on_sigterm_and_restarts_it(
                  "--unsafe-no-fsync"],
                 cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: its members can be killed too
             )  # fmt: skip
 
     def output() -> str:
@@ -664,9 +665,12 @@ def test_kvapp_cluster_runs_a_local_cluster_stops_it_on_sigterm_and_restarts_it(
                 assert [kv.value for kv in c.get(b"kept").kvs] == [b"across launcher runs"]
             assert stop(proc) == 0, output()
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
+            if proc.poll() is None:  # the test failed while it ran: stop it and its members
+                try:
+                    stop(proc)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)  # not reaped yet: still its group
+                    proc.wait(timeout=10)
         assert output().count("all members stopped") == run, output()
         for endpoint in endpoints:
             host, port = endpoint.split(":")
