@@ -4,6 +4,11 @@ crashes, snapshots, membership changes, retried writes and bad input.
 Each test starts its own members through the CLI (:mod:`tests.kvapp.integration.harness`)
 and kills them afterwards. Durability is checked with fsync on (the SIGKILL tests); the other
 tests run with ``--unsafe-no-fsync`` to keep the module fast on a loaded machine.
+
+Known failure, kept as a strict xfail: a member restarted from its log counts a lease's TTL
+from its restart, so when it becomes leader an abandoned lease outlives its TTL (see
+``LEASE_RESTART_REASON``). The lease test skips itself, rather than flake, on a machine so
+slow that its schedule of kills and elections does not fit in the lease's TTL.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import pytest
 
 from kvapp.client import Client, ClientError
 from kvapp.errors import EtcdError, LeaseNotFoundError, RequestTooLargeError
-from kvapp.mvcc.types import PutResponse
+from kvapp.mvcc.types import EventType, PutResponse
 from kvapp.node import MAX_REQUEST_BYTES
 from kvapp.server import native
 from kvapp.transport.wire import (
@@ -94,7 +99,7 @@ def test_a_watch_sees_every_event_in_order_across_a_member_crash(
     writer = cluster.client(*others)
     start = writer.put(b"w/start", b"0").revision
     watch = watcher.watch(b"w/", prefix=True, start_revision=start + 1)
-    expected: list[tuple[int, bytes, bytes]] = []  # (revision, key, value); b"" value: delete
+    expected: list[tuple[int, EventType, bytes, bytes]] = []  # revision, type, key, value
     for i in range(120):
         if i == 60:
             cluster.kill(watched)  # the watch must resume on another member, losing nothing
@@ -102,18 +107,18 @@ def test_a_watch_sees_every_event_in_order_across_a_member_crash(
             key = b"w/%03d" % ((i - 1) % 40)
             deleted = writer.delete(key)
             assert deleted.deleted == 1
-            expected.append((deleted.revision, key, b""))
+            expected.append((deleted.revision, EventType.DELETE, key, b""))
         else:
             key = b"w/%03d" % (i % 40)
             value = b"v%d" % i
-            expected.append((writer.put(key, value).revision, key, value))
-    revisions = [r for r, _, _ in expected]
+            expected.append((writer.put(key, value).revision, EventType.PUT, key, value))
+    revisions = [e[0] for e in expected]
     assert revisions == list(range(start + 1, start + 1 + len(expected))), "writes not contiguous"
-    seen: list[tuple[int, bytes, bytes]] = []
+    seen: list[tuple[int, EventType, bytes, bytes]] = []
     while len(seen) < len(expected):
         event = watch.get(timeout=15.0)
         assert event is not None, f"no event after {len(seen)} of {len(expected)}"
-        seen.append((event.kv.mod_revision, event.kv.key, event.kv.value))
+        seen.append((event.kv.mod_revision, event.type, event.kv.key, event.kv.value))
     assert seen == expected
     assert watch._watch.resumes >= 1, "the watch never failed over: the crash tested nothing"
     assert watch.get(timeout=0.3) is None, "an event beyond the writes"
