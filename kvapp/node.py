@@ -189,6 +189,10 @@ class MemberConfig:
         keep_entries: log entries kept behind a snapshot for slow followers.
         request_timeout: seconds a request may wait for its commit or read barrier.
         lease_tick: seconds between the leader's lease expiry and checkpoint checks.
+        lease_checkpoint_interval: seconds between the leader's checkpoints of every lease's
+            remaining time. A member restarted from its log counts each lease from the last
+            checkpoint it applied, so this bounds how long a lease can outlive its TTL when such
+            a member becomes leader.
         max_request_bytes: the largest encoded request accepted.
         max_learners: how many learners the cluster may have at once.
         auto_promote: promote a learner to voter once it has caught up.
@@ -210,6 +214,7 @@ class MemberConfig:
     keep_entries: int = 5_000
     request_timeout: float = 5.0
     lease_tick: float = 0.5
+    lease_checkpoint_interval: float = 1.0
     max_request_bytes: int = MAX_REQUEST_BYTES
     max_learners: int = 1
     auto_promote: bool = True
@@ -245,7 +250,9 @@ class Member:
         self._network = network
         self._clock = clock
         election_s = config.tick_interval * config.election_tick
-        self.kv = KvState(clock, grace=election_s)
+        self.kv = KvState(
+            clock, grace=election_s, checkpoint_interval=config.lease_checkpoint_interval
+        )
         self.applier = Applier(self.kv)
         self._members: dict[int, MemberInfo] = {m.id: m for m in config.initial_members}
         self._results: collections.OrderedDict[int, object] = collections.OrderedDict()
