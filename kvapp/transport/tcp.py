@@ -29,6 +29,7 @@ links carry on. Nothing here uses wall-clock time: timers are the running loop's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import inspect
 import io
@@ -131,6 +132,7 @@ class _Peer:
         self.dialer: asyncio.Task[None] | None = None
         self.snapshot: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self.redial = asyncio.Event()
         self.failures = 0
         self.last_error = ""
 
@@ -524,7 +526,11 @@ class TcpTransport:
         while True:
             if not first:
                 delay = backoff_delay(peer.failures, cfg.backoff_base, cfg.backoff_max, self._rng)
-                await asyncio.sleep(delay)
+                # A peer that just connected to us is up again: dial it now, not after back-off.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await peer.redial.wait()
+            peer.redial.clear()
             first = False
             try:
                 link = await self._connect(peer, KIND_STREAM)
@@ -706,6 +712,9 @@ class TcpTransport:
         if peer is None or conn.kind != KIND_STREAM:
             return
         old, peer.inbound = peer.inbound, conn
+        if peer.link is None:
+            peer.failures = 0
+            peer.redial.set()
         if old is not None and old is not conn:
             logger.info(
                 "member %d: a new stream from peer %d replaces the old one", self.member_id, peer.id

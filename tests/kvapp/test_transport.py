@@ -297,6 +297,25 @@ async def test_peer_down_drops_and_reports_then_reconnect_delivers() -> None:
         sock.close()
 
 
+@run()
+async def test_a_peer_that_connects_to_us_is_redialed_at_once_not_after_back_off() -> None:
+    sock = idle_socket()
+    slow = attrs.evolve(FAST, backoff_base=20.0, backoff_max=20.0)
+    a = Member(1, config=slow)
+    b = Member(2, listen=sock, config=slow)
+    try:
+        await a.t.start()
+        a.t.add_peer(2, sock.getsockname())
+        await eventually(lambda: a.t.stats(2).dial_failures >= 1, "a dial to the down peer fails")
+        b.t.add_peer(1, a.t.address)
+        await b.t.start()  # b dials a; a's next dial would be up to 20 s away
+        await wait_for(a.t.wait_connected(2), "a redials b as soon as b connects to it", 5)
+    finally:
+        await a.t.stop()
+        await b.t.stop()
+        sock.close()
+
+
 class RecordingRandom(random.Random):
     """Records the ceiling behind each back-off draw."""
 
