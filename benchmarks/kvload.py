@@ -46,22 +46,42 @@ def _pct(lat: list[float], p: float) -> float:
     return lat[int(p * (len(lat) - 1))] if lat else 0.0
 
 
+PRELOAD_ATTEMPTS = 5
+
+
 async def _preload(
     clients: list[AsyncClient], keys: int, value: bytes, par: int, per_txn: int
-) -> None:
-    """Write every key once with ``par`` requests in flight, ``per_txn`` puts per request."""
+) -> list[str]:
+    """Write every key once with ``par`` requests in flight, ``per_txn`` puts per request.
+
+    A request that fails (a leader change, an outcome-unknown write) is sent again, at most
+    ``PRELOAD_ATTEMPTS`` times: writing the same value twice is harmless here. Returns the
+    failures, so the caller can report them.
+    """
     it = iter(range(0, keys, per_txn))
+    failures: list[str] = []
 
     async def worker(w: int) -> None:
         c = clients[w % len(clients)]
         for first in it:
-            if per_txn == 1:
-                await c.put(b"key%08d" % first, value)
-            else:
-                last = min(first + per_txn, keys)
-                await c.txn((), [txn.put(b"key%08d" % k, value) for k in range(first, last)])
+            last = min(first + per_txn, keys)
+            for attempt in range(PRELOAD_ATTEMPTS):
+                try:
+                    if per_txn == 1:
+                        await c.put(b"key%08d" % first, value)
+                    else:
+                        ops = [txn.put(b"key%08d" % k, value) for k in range(first, last)]
+                        await c.txn((), ops)
+                    break
+                except Exception as e:  # reported, then retried or raised
+                    failures.append(f"{type(e).__name__}: {e}")
+                    print(f"kvload: preload: {failures[-1]}", file=sys.stderr, flush=True)
+                    if attempt == PRELOAD_ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(0.1)
 
     await asyncio.gather(*(worker(w) for w in range(par)))
+    return failures
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
@@ -83,7 +103,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             await c.status(c.endpoints[0])  # connect now, not inside the measured window
         if args.preload:
             t0 = time.monotonic()
-            await _preload(clients, args.keys, value, max(args.inflight, 64), args.preload_txn)
+            failures = await _preload(
+                clients, args.keys, value, max(args.inflight, 64), args.preload_txn
+            )
             if args.preload_only:
                 secs = time.monotonic() - t0
                 return {
@@ -92,6 +114,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     "seconds": round(secs, 3),
                     "keys_per_s": args.keys / secs,
                     "ops": args.keys,
+                    "preload_failures": len(failures),
+                    "preload_failure_kinds": sorted(set(failures))[:10],
                 }
 
         loop = asyncio.get_running_loop()
