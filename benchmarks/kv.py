@@ -678,7 +678,7 @@ def compare(a: argparse.Namespace, bench: pathlib.Path) -> None:
         )
     elif max(loads) > BUSY_LOAD:
         start = (
-            f"The machine was quiet when the run started (load below {a.wait_load}), but "
+            f"the machine was quiet when the run started (load below {a.wait_load}), but "
             if a.quiet_wait
             else ""
         )
