@@ -74,7 +74,7 @@ from kvapp.errors import (
     RequestDecodeError,
     StateSnapshotError,
 )
-from kvapp.kvstate import KvState
+from kvapp.kvstate import KvState, StateImage
 from kvapp.lease import (
     LeaseCheckpointRequest,
     LeaseGrantRequest,
@@ -117,6 +117,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Applier",
     "MemberHandler",
+    "SnapshotImage",
 ]
 
 FORMAT: Final = "kvapp.applier"
@@ -157,6 +158,12 @@ class _Session:
         self.last_index = last_index
         self.high = high
         self.results: dict[int, Response] = {}
+
+    def copy(self) -> _Session:
+        """An independent copy (responses are immutable and shared)."""
+        twin = _Session(self.last_index, self.high)
+        twin.results = dict(self.results)
+        return twin
 
     def record(self, request_id: int, outcome: Response, window: int) -> None:
         self.results[request_id] = outcome
@@ -365,13 +372,24 @@ class Applier:
 
     def snapshot(self, out: IO[bytes]) -> None:
         """Write the whole replicated state to ``out`` (see the module docstring)."""
-        crc = 0
-        for item in self._section_items():
-            data = cbor2.dumps(item)
-            crc = zlib.crc32(data, crc)
-            out.write(data)
-        out.write(cbor2.dumps(["end", len(self._sessions), crc]))
-        self.state.snapshot(out)
+        self.snapshot_image().write(out)
+
+    def snapshot_image(self) -> SnapshotImage:
+        """A point-in-time image of the whole replicated state, to write out in any thread.
+
+        Taken on the apply loop in time proportional to the number of client sessions (their
+        recent results are copied) plus a list copy of the change log; the encoding happens in
+        :meth:`SnapshotImage.write` and reads nothing live, so a member can encode a large
+        state in a worker thread while it keeps applying.
+        """
+        sessions = OrderedDict((cid, s.copy()) for cid, s in self._sessions.items())
+        return SnapshotImage(
+            (self.window, self.idle_entries, self.max_clients),
+            self._applied,
+            set(self._alarms),
+            sessions,
+            self.state.snapshot_image(),
+        )
 
     def snapshot_bytes(self) -> bytes:
         """The snapshot as one bytes object."""
@@ -478,6 +496,43 @@ class Applier:
         if previous != session.high:
             raise _fail("a session's highest request id has no result")
         return _uint(client_id, "client id"), session
+
+
+class SnapshotImage:
+    """What :meth:`Applier.snapshot_image` captured; :meth:`write` encodes it."""
+
+    __slots__ = ("_alarms", "_applied", "_config", "_sessions", "_state")
+
+    def __init__(
+        self,
+        config: tuple[int, int, int],
+        applied: int,
+        alarms: set[tuple[int, AlarmType]],
+        sessions: OrderedDict[int, _Session],
+        state: StateImage,
+    ) -> None:
+        self._config = config
+        self._applied = applied
+        self._alarms = alarms
+        self._sessions = sessions
+        self._state = state
+
+    def write(self, out: IO[bytes]) -> None:
+        """Write the snapshot stream :meth:`Applier.snapshot` would have written at capture."""
+        crc = 0
+        items = _section_items(self._config, self._applied, self._alarms, self._sessions)
+        for item in items:
+            data = cbor2.dumps(item)
+            crc = zlib.crc32(data, crc)
+            out.write(data)
+        out.write(cbor2.dumps(["end", len(self._sessions), crc]))
+        self._state.write(out)
+
+    def to_bytes(self) -> bytes:
+        """The whole snapshot as one bytes object."""
+        buf = io.BytesIO()
+        self.write(buf)
+        return buf.getvalue()
 
 
 def _section_items(

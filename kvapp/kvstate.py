@@ -35,6 +35,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TypeAlias
 
+import attrs
 import cbor2
 
 from kvapp.errors import StateSnapshotError
@@ -48,7 +49,7 @@ from kvapp.lease import (
     LeaseSnapshot,
     Lessor,
 )
-from kvapp.mvcc.store import Store
+from kvapp.mvcc.store import Store, history_hash
 from kvapp.mvcc.types import (
     CompactRequest,
     CompactResponse,
@@ -61,7 +62,15 @@ from kvapp.mvcc.types import (
 )
 from kvapp.watch import DEFAULT_MAX_BUFFERED_EVENTS, SlowWatcherPolicy, WatchHub
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Command", "CommandResult", "KvState", "state_hash"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Command",
+    "CommandResult",
+    "KvState",
+    "StateImage",
+    "state_hash",
+]
 
 FORMAT = "kvapp.kvstate"
 FORMAT_VERSION = 1
@@ -95,9 +104,11 @@ def state_hash(store: Store, leases: LeaseSnapshot) -> int:
     Equal on members that applied the same commands, whatever their snapshot and compaction
     history; what the lessor's local clocks say is deliberately left out.
     """
-    crc = zlib.crc32(
-        _STATE.pack(store.hash_kv().hash, store.revision, store.compact_revision, leases.next_id)
-    )
+    return _state_crc(store.hash_kv().hash, store.revision, store.compact_revision, leases)
+
+
+def _state_crc(kv_hash: int, revision: int, compact_revision: int, leases: LeaseSnapshot) -> int:
+    crc = zlib.crc32(_STATE.pack(kv_hash, revision, compact_revision, leases.next_id))
     for lease in leases.leases:
         crc = zlib.crc32(_LEASE.pack(lease.id, lease.ttl, lease.remaining_ms), crc)
     return crc
@@ -165,26 +176,25 @@ class KvState:
 
     def snapshot(self, out: IO[bytes]) -> None:
         """Write the whole replicated state to ``out`` as a CBOR stream (see the module doc)."""
+        self.snapshot_image().write(out)
+
+    def snapshot_image(self) -> StateImage:
+        """A point-in-time image of the replicated state, to write out later in any thread.
+
+        Cheap: it copies the change log's list of references (the key-values themselves are
+        immutable) and, only if the store was compacted, the compaction base; the encoding and
+        hashing, which cost time proportional to the whole state, happen in
+        :meth:`StateImage.write`, which never reads the live state.
+        """
         store = self.store
-        leases = self.lessor.snapshot()
-        enc = cbor2.CBOREncoder(out)
-        enc.encode(
-            {
-                "format": FORMAT,
-                "version": FORMAT_VERSION,
-                "revision": store.revision,
-                "compact_revision": store.compact_revision,
-                "next_lease_id": leases.next_id,
-            }
+        compact = store.compact_revision
+        return StateImage(
+            revision=store.revision,
+            compact_revision=compact,
+            base=list(store.snapshot_base()) if compact > 0 else [],
+            log=list(store.snapshot_log()),
+            leases=self.lessor.snapshot(),
         )
-        counts = {
-            "base": _write_chunks(enc, "base", (_record(kv) for kv in store.snapshot_base())),
-            "log": _write_chunks(enc, "log", (_record(kv) for kv in store.snapshot_log())),
-            "leases": _write_chunks(
-                enc, "leases", ([r.id, r.ttl, r.remaining_ms] for r in leases.leases)
-            ),
-        }
-        enc.encode({"end": True, **counts, "hash": state_hash(store, leases)})
 
     def snapshot_bytes(self) -> bytes:
         """The snapshot as one bytes object."""
@@ -221,6 +231,44 @@ class KvState:
             StateSnapshotError: as :meth:`restore`.
         """
         self.restore(io.BytesIO(data))
+
+
+@attrs.frozen
+class StateImage:
+    """What :meth:`KvState.snapshot_image` captured; :meth:`write` encodes it."""
+
+    revision: int
+    compact_revision: int
+    base: list[KeyValue]
+    log: list[KeyValue]
+    leases: LeaseSnapshot
+
+    def hash(self) -> int:
+        """:func:`state_hash` of the captured state."""
+        crc = history_hash(self.base, self.log, self.compact_revision, self.revision)
+        return _state_crc(crc, self.revision, self.compact_revision, self.leases)
+
+    def write(self, out: IO[bytes]) -> None:
+        """Write the snapshot stream (see the module doc) of the captured state to ``out``."""
+        leases = self.leases
+        enc = cbor2.CBOREncoder(out)
+        enc.encode(
+            {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "revision": self.revision,
+                "compact_revision": self.compact_revision,
+                "next_lease_id": leases.next_id,
+            }
+        )
+        counts = {
+            "base": _write_chunks(enc, "base", map(_record, self.base)),
+            "log": _write_chunks(enc, "log", map(_record, self.log)),
+            "leases": _write_chunks(
+                enc, "leases", ([r.id, r.ttl, r.remaining_ms] for r in leases.leases)
+            ),
+        }
+        enc.encode({"end": True, **counts, "hash": self.hash()})
 
 
 def _record(kv: KeyValue) -> list[object]:

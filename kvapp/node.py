@@ -637,11 +637,15 @@ class Member:
             return
         self._network.add_peer(m.id, addr)
 
-    def _snapshot(self) -> bytes:
+    def _snapshot(self) -> Callable[[], bytes]:
+        """Capture the state on the loop; raftlib's Node encodes it in its snapshot thread."""
         members = [_member_to_list(m) for m in self.member_list()]
-        return cbor2.dumps(
-            [_SNAPSHOT_FORMAT, _SNAPSHOT_VERSION, members, self.applier.snapshot_bytes()]
-        )
+        image = self.applier.snapshot_image()
+
+        def encode() -> bytes:
+            return cbor2.dumps([_SNAPSHOT_FORMAT, _SNAPSHOT_VERSION, members, image.to_bytes()])
+
+        return encode
 
     def _restore(self, data: bytes) -> None:
         try:

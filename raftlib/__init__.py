@@ -33,6 +33,7 @@ from raftlib.node import (
     ProposalId,
     ProposalLost,
     ProposalTimeout,
+    StagingStorage,
 )
 from raftlib.rawnode import Peer, RawNode, Ready
 from raftlib.status import ProgressState, ProgressStatus, Status
@@ -105,6 +106,7 @@ __all__ = [
     "SnapshotOutOfDateError",
     "SnapshotTemporarilyUnavailable",
     "SoftState",
+    "StagingStorage",
     "StateType",
     "Status",
     "StepLocalMessageError",

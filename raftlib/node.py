@@ -82,6 +82,7 @@ from raftlib.types import (
     MessageType,
     ReadState,
     Snapshot,
+    SnapshotMetadata,
     SoftState,
     StateType,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "ProposalId",
     "ProposalLost",
     "ProposalTimeout",
+    "StagingStorage",
     "unwrap_proposal",
     "wrap_proposal",
 ]
@@ -276,6 +278,32 @@ class NodeStorage(Storage, Protocol):
         ...
 
 
+@runtime_checkable
+class StagingStorage(NodeStorage, Protocol):
+    """A :class:`NodeStorage` that can write a snapshot's data before it is recorded.
+
+    A storage that writes snapshots to disk implements it (kvapp's ``RaftStore`` does) so that
+    writing a large snapshot does not hold up the Ready loop: :class:`Node` calls
+    :meth:`stage_snapshot` in its snapshot thread, concurrently with every other storage call,
+    then :meth:`adopt_snapshot` in its worker thread under the usual rules.
+    """
+
+    def stage_snapshot(self, snapshot: Snapshot) -> None:
+        """Write ``snapshot`` durably without recording it; safe beside any other call.
+
+        A staged snapshot that is never adopted must be harmless (e.g. removed as an orphan).
+        """
+        ...
+
+    def adopt_snapshot(self, snapshot: Snapshot) -> None:
+        """Record a snapshot :meth:`stage_snapshot` wrote, as ``create_snapshot`` would.
+
+        Raises:
+            SnapshotOutOfDateError: ``snapshot`` is not after the current snapshot.
+        """
+        ...
+
+
 def wrap_proposal(pid: ProposalId, data: bytes) -> bytes:
     """``data`` behind the envelope header carrying ``pid`` (see the module docstring)."""
     return _HEADER.pack(ENVELOPE_MAGIC, pid.origin, pid.run, pid.seq) + data
@@ -378,7 +406,12 @@ class Node:
             snapshot with ``restore`` and the entries after it are applied again.
         snapshot: returns the state machine's state as bytes, at the applied index; called on
             the loop when a snapshot is due (every ``snapshot_every`` applied entries, and after
-            every applied configuration change so that new members get it).
+            every applied configuration change so that new members get it). For a large state
+            it may instead return a zero-argument callable: a point-in-time image captured
+            cheaply on the loop, called in a separate thread to produce the bytes while the
+            loop goes on (it must not read the live state). The snapshot is then written in
+            that thread too if the storage is a :class:`StagingStorage`; only recording it and
+            compacting the log wait for the Ready loop.
         restore: replaces the state machine's state with a snapshot's bytes (at start, and when
             the leader sends a snapshot). Required if snapshots are used anywhere.
         snapshot_every: take a snapshot and compact the log every this many applied entries;
@@ -414,7 +447,7 @@ class Node:
         max_uncommitted_entries_size: int = 64 * _MiB,
         rng: random.Random | None = None,
         applied: int | None = None,
-        snapshot: Callable[[], bytes] | None = None,
+        snapshot: Callable[[], bytes | Callable[[], bytes]] | None = None,
         restore: Callable[[bytes], object] | None = None,
         snapshot_every: int = 0,
         keep_entries: int = 1000,
@@ -470,6 +503,9 @@ class Node:
         self._snapshot_every = snapshot_every
         self._keep_entries = keep_entries
         self._snapshot_due = False
+        self._snapshot_job: asyncio.Task[None] | None = None
+        self._snapshot_made: Snapshot | None = None
+        self._snap_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._deliver_empty = deliver_empty
         self._tick_interval = tick_interval
         self._election_tick = election_tick
@@ -545,10 +581,13 @@ class Node:
         if self._runner is not None and asyncio.current_task() is self._runner:
             raise RuntimeError("Node.stop() called from inside apply; use asyncio.create_task")
         self._state = _State.STOPPING
-        tasks = [t for t in (self._runner, self._ticker) if t is not None]
+        tasks = [t for t in (self._runner, self._ticker, self._snapshot_job) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._snap_executor is not None:
+            # A snapshot being encoded or staged finishes; it is simply never adopted.
+            await asyncio.to_thread(self._snap_executor.shutdown, wait=True)
         if self._executor is not None:
             # Waits for a write already running in the worker; nothing new is submitted.
             await asyncio.to_thread(self._executor.shutdown, wait=True)
@@ -790,6 +829,8 @@ class Node:
                 if raw.has_ready():
                     await self._handle_ready(raw.ready())
                     await asyncio.sleep(0)  # let the transport and timers run between Readys
+                elif self._snapshot_made is not None:
+                    await self._maybe_snapshot()
                 elif not self._inbox and not self._ticks_due:
                     self._wake.clear()
                     await self._wake.wait()
@@ -1116,6 +1157,11 @@ class Node:
     async def _maybe_snapshot(self) -> None:
         if self._snapshot_fn is None or self._executor is None:
             return
+        made, self._snapshot_made = self._snapshot_made, None
+        if made is not None:
+            await asyncio.wrap_future(self._executor.submit(self._adopt_and_compact, made))
+        if self._snapshot_job is not None:
+            return
         snap_index = self._storage.snapshot().metadata.index
         due = self._snapshot_due or (
             self._snapshot_every and self._applied - snap_index >= self._snapshot_every
@@ -1124,9 +1170,63 @@ class Node:
             return
         self._snapshot_due = False
         data = self._snapshot_fn()
-        await asyncio.wrap_future(
-            self._executor.submit(self._snapshot_and_compact, self._applied, self._conf_state, data)
+        if not callable(data):
+            await asyncio.wrap_future(
+                self._executor.submit(
+                    self._snapshot_and_compact, self._applied, self._conf_state, data
+                )
+            )
+            return
+        md = SnapshotMetadata(
+            conf_state=self._conf_state,
+            index=self._applied,
+            term=self._storage.term(self._applied),
         )
+        self._snapshot_job = asyncio.get_running_loop().create_task(
+            self._make_snapshot(md, data), name=f"raftlib-node-{self._id}-snapshot"
+        )
+
+    async def _make_snapshot(self, md: SnapshotMetadata, image: Callable[[], bytes]) -> None:
+        """Encode (and stage) a snapshot off the loop; the Ready loop adopts it afterwards."""
+        if self._snap_executor is None:
+            self._snap_executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"raftlib-node-{self._id}-snapshot"
+            )
+        storage = self._storage
+        stage = storage.stage_snapshot if isinstance(storage, StagingStorage) else None
+
+        def make() -> Snapshot:
+            snap = Snapshot(data=bytes(image()), metadata=md)
+            if stage is not None:
+                stage(snap)
+            return snap
+
+        try:
+            snap = await asyncio.wrap_future(self._snap_executor.submit(make))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken state machine or disk stops the node
+            self._snapshot_job = None
+            if self._runner is not None:
+                self._runner.cancel()
+            self._fail(exc)
+            return
+        self._snapshot_job = None
+        self._snapshot_made = snap
+        self._wake.set()
+
+    def _adopt_and_compact(self, snap: Snapshot) -> None:
+        st = self._storage
+        index = snap.metadata.index
+        if index <= st.snapshot().metadata.index:
+            return  # a newer snapshot (e.g. the leader's) was installed meanwhile
+        if isinstance(st, StagingStorage):
+            st.adopt_snapshot(snap)
+        else:
+            st.create_snapshot(index, snap.metadata.conf_state, snap.data)
+        compact_to = index - self._keep_entries
+        if compact_to >= st.first_index():
+            st.compact(compact_to)
 
     def _snapshot_and_compact(self, index: int, cs: ConfState, data: bytes) -> None:
         st = self._storage

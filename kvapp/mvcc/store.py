@@ -79,7 +79,7 @@ from kvapp.mvcc.validate import (
     check_txn,
 )
 
-__all__ = ["Store", "StoreListener"]
+__all__ = ["Store", "StoreListener", "history_hash"]
 
 _HASH_HEADER = struct.Struct(">qqqqQQ")
 
@@ -437,13 +437,7 @@ class Store:
             raise FutureRevisionError
         if rev < self._compact_rev:
             raise CompactedError
-        crc = 0
-        for kv in self._index.at_or_below(self._compact_rev):
-            crc = _crc_kv(kv, crc)
-        start = bisect_left(self._log, self._compact_rev, key=_mod)
-        end = bisect_right(self._log, rev, lo=start, key=_mod)
-        for i in range(start, end):
-            crc = _crc_kv(self._log[i], crc)
+        crc = history_hash(self.snapshot_base(), self._log, self._compact_rev, rev)
         return HashKVResponse(crc, self._compact_rev, rev)
 
     def snapshot_base(self) -> Iterator[KeyValue]:
@@ -742,6 +736,24 @@ _INT_FIELDS: dict[CompareTarget, Callable[[KeyValue], int]] = {
     CompareTarget.MOD: lambda kv: kv.mod_revision,
     CompareTarget.LEASE: lambda kv: kv.lease,
 }
+
+
+def history_hash(
+    base: Iterable[KeyValue], log: Sequence[KeyValue], compact_revision: int, revision: int
+) -> int:
+    """:meth:`Store.hash_kv`'s CRC over parts taken from a store (e.g. a snapshot's image).
+
+    ``base`` is :meth:`Store.snapshot_base`, ``log`` the change log (:meth:`Store.snapshot_log`
+    as a list); only the log's changes from ``compact_revision`` up to ``revision`` count.
+    """
+    crc = 0
+    for kv in base:
+        crc = _crc_kv(kv, crc)
+    start = bisect_left(log, compact_revision, key=_mod)
+    end = bisect_right(log, revision, lo=start, key=_mod)
+    for i in range(start, end):
+        crc = _crc_kv(log[i], crc)
+    return crc
 
 
 def _crc_kv(kv: KeyValue, crc: int) -> int:

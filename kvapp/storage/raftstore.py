@@ -665,6 +665,39 @@ class RaftStore:
         self._after_snapshot()
         return snap
 
+    def stage_snapshot(self, snapshot: Snapshot) -> None:
+        """Write ``snapshot``'s file durably without recording it (see ``raftlib.StagingStorage``).
+
+        Safe to call from another thread beside every other method: it only writes a new file,
+        which nothing reads until :meth:`adopt_snapshot` records it. A staged file never adopted
+        is newer than the recorded snapshot, so it is left alone by pruning and removed as an
+        orphan when the store is next opened.
+
+        Raises:
+            InvalidWriteError: as :meth:`create_snapshot`; nothing is written.
+            StoreFailedError: the write failed (now or earlier).
+        """
+        snap = _checked_snapshot(snapshot)
+        self._guard(lambda: self._snapshotter.save(snap))
+
+    def adopt_snapshot(self, snapshot: Snapshot) -> None:
+        """Record a snapshot :meth:`stage_snapshot` wrote, as :meth:`create_snapshot` would.
+
+        Raises:
+            SnapshotOutOfDateError: ``snapshot`` is not after the current snapshot.
+            ValueError: its index is after the last entry, or its term is not the log's term
+                there.
+            CompactedError: the entry at its index was already compacted away.
+            StoreFailedError: a disk write failed (now or earlier).
+        """
+        md = snapshot.metadata
+        planned = plan_snapshot(self._snapshot, self._log, md.index, md.conf_state, snapshot.data)
+        if planned.metadata != md:
+            raise ValueError(f"staged snapshot {md} does not match the log ({planned.metadata})")
+        self._write(SnapshotRecord(SnapshotKind.CREATED, md))
+        self._snapshot = _checked_snapshot(snapshot)
+        self._after_snapshot()
+
     def compact(self, compact_index: int) -> None:
         """Discard entries up to and including ``compact_index``; release WAL segments.
 

@@ -443,6 +443,19 @@ def test_snapshot_restore_gives_identical_state_hash_and_answers() -> None:
     assert b.hash() == a.hash()
 
 
+def test_a_snapshot_image_is_the_state_when_taken_whatever_is_applied_later() -> None:
+    a = _busy_applier()
+    before = a.snapshot_bytes()
+    image = a.snapshot_image()
+    index = a.applied_index + 1
+    a.apply(_alarm(AlarmAction.DEACTIVATE, 2, AlarmType.NOSPACE), index)
+    for client, rid in ((11, 6), (12, 7), (14, 1)):
+        index += 1
+        a.apply(Request(client, rid, PutRequest(b"k%d" % client, b"later")), index)
+    assert a.snapshot_bytes() != before
+    assert image.to_bytes() == before
+
+
 def test_many_sessions_snapshot_in_chunks() -> None:
     a = new_applier()
     for client in range(1, 2500):

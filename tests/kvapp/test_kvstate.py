@@ -124,6 +124,22 @@ def test_snapshot_restore_gives_an_identical_state_and_hash(compact_at: int | No
     assert other.hash() == s.hash()
 
 
+@pytest.mark.parametrize("compact_at", [None, 5])
+def test_a_snapshot_image_is_the_state_when_taken_whatever_is_applied_later(
+    compact_at: int | None,
+) -> None:
+    s = build(compact_at)
+    before = s.snapshot_bytes()
+    image = s.snapshot_image()
+    assert image.hash() == s.hash()
+    for cmd in (PutRequest(b"a", b"later"), LeaseGrantRequest(9), DeleteRangeRequest(b"\0", b"\0")):
+        s.apply(cmd)
+    s.apply(CompactRequest(s.store.revision))
+    out = io.BytesIO()
+    image.write(out)
+    assert out.getvalue() == before
+
+
 def test_hash_covers_leases_and_revisions() -> None:
     base = build().hash()
     checkpointed = build()

@@ -936,3 +936,135 @@ def test_random_faults_never_break_proposal_outcomes(
             asyncio.run(main(pathlib.Path(d)))
     else:
         asyncio.run(main(None))
+
+
+# -- snapshots made off the loop --
+
+
+class BlockingImage:
+    """A state machine whose snapshots are images encoded in another thread, held at a gate."""
+
+    def __init__(self, sm: StateMachine) -> None:
+        self.sm = sm
+        self.gate = threading.Event()
+        self.threads: list[int] = []
+        self.captured: list[int] = []
+
+    def snapshot(self) -> Callable[[], bytes]:
+        applied, entries = self.sm.applied, dict(self.sm.entries)
+        self.captured.append(applied)
+
+        def encode() -> bytes:
+            self.threads.append(threading.get_ident())
+            assert self.gate.wait(10), "the test never opened the gate"
+            return cbor2.dumps([applied, entries])
+
+        return encode
+
+
+@pytest.mark.parametrize("on_disk", [False, True], ids=["memory", "raftstore"])
+def test_a_snapshot_image_is_encoded_off_the_loop_while_the_node_keeps_committing(
+    on_disk: bool,
+) -> None:
+    @run()
+    async def body() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            c = Cluster(
+                ids=(1,),
+                disk=pathlib.Path(tmp) if on_disk else None,
+                snapshot_every=5,
+                keep_entries=1,
+            )
+            c.sms[1] = sm = StateMachine()
+            image = BlockingImage(sm)
+            st_ = c.storages[1] = c.storage_for(1)
+            node = c.nodes[1] = Node(
+                1,
+                st_,
+                send=c.send,
+                tick_interval=TICK,
+                apply=sm.apply,
+                snapshot=image.snapshot,
+                restore=sm.restore,
+                snapshot_every=5,
+                keep_entries=1,
+            )
+            node.start()
+            try:
+                await node.wait_leader(timeout=5)
+                for k in range(6):
+                    await node.propose(b"a%d" % k, timeout=5)
+                await eventually(lambda: bool(image.threads), "the image is being encoded")
+                assert image.threads[0] != threading.get_ident()
+                taken_at = image.captured[0]
+                # The encoder is stuck; the node still commits and applies new proposals.
+                for k in range(10):
+                    await node.propose(b"b%d" % k, timeout=5)
+                assert st_.snapshot().metadata.index == 0
+                assert len(image.captured) == 1, "a second snapshot started beside the first"
+                image.gate.set()
+                await eventually(
+                    lambda: st_.snapshot().metadata.index >= taken_at,
+                    lambda: f"snapshot at {taken_at} recorded ({st_.snapshot().metadata})",
+                )
+                # Applying went on, so the next snapshot was due at once and made the same way.
+                await eventually(lambda: len(image.captured) >= 2, "a second snapshot")
+                await eventually(
+                    lambda: st_.snapshot().metadata.index == image.captured[-1],
+                    "the second snapshot recorded",
+                )
+                snap = st_.snapshot()
+                index = snap.metadata.index
+                assert cbor2.loads(snap.data)[0] == index  # the image is of the recorded index
+                assert snap.metadata.term == st_.term(index)
+                assert st_.first_index() == index  # compacted, keeping one entry
+            finally:
+                image.gate.set()
+                await node.stop()
+                c.close_storages()
+            if on_disk:
+                again = c.storage_for(1)
+                try:
+                    assert again.snapshot().metadata.index == image.captured[-1]
+                finally:
+                    again.close()  # type: ignore[attr-defined]
+
+    body()
+
+
+@run()
+async def test_a_failing_snapshot_image_stops_the_node_and_reports_why() -> None:
+    sm = StateMachine()
+
+    def snapshot() -> Callable[[], bytes]:
+        def encode() -> bytes:
+            raise RuntimeError("encoder broke")
+
+        return encode
+
+    node = Node(
+        1,
+        MemoryStorage(ConfState(voters=(1,))),
+        send=lambda msgs: None,
+        tick_interval=TICK,
+        apply=sm.apply,
+        snapshot=snapshot,
+        restore=sm.restore,
+        snapshot_every=2,
+    )
+    node.start()
+    try:
+        await node.wait_leader(timeout=5)
+        stopped = None
+        for k in range(10):
+            try:
+                await node.propose(b"%d" % k, timeout=5)
+            except NodeStopped as exc:  # a proposal pending when the node failed
+                stopped = exc
+                break
+        assert stopped is not None, "ten proposals applied without the snapshot failing"
+        assert node.failure is not None
+        assert "encoder broke" in repr(node.failure)
+        assert not node.running
+    finally:
+        await node.stop()

@@ -128,6 +128,28 @@ def test_create_snapshot_errors(tmp_path):
         assert snap.metadata == SnapshotMetadata(VOTERS, 8, 1)
 
 
+def test_a_staged_snapshot_counts_once_adopted_and_is_an_orphan_otherwise(tmp_path):
+    staged = Snapshot(b"at 6", SnapshotMetadata(VOTERS, 6, 1))
+    with open_store(tmp_path) as store:
+        store.save(HardState(1, 1, 0), ents(1, 10))
+        store.stage_snapshot(staged)
+        assert store.snapshotter.path_for(1, 6).exists()
+        assert store.snapshot().is_empty()  # written, not yet recorded
+    with open_store(tmp_path) as store:  # a crash before adopting: the file is an orphan
+        assert store.snapshot().is_empty()
+        assert not store.snapshotter.path_for(1, 6).exists()
+        store.stage_snapshot(staged)
+        with pytest.raises(ValueError, match="does not match"):
+            store.adopt_snapshot(Snapshot(b"", SnapshotMetadata(VOTERS, 6, 2)))  # wrong term
+        store.adopt_snapshot(staged)
+        with pytest.raises(SnapshotOutOfDateError):
+            store.adopt_snapshot(staged)
+        store.compact(6)
+    with open_store(tmp_path) as store:
+        assert store.snapshot() == staged
+        assert (store.first_index(), store.last_index()) == (7, 10)
+
+
 def test_compact_errors(tmp_path):
     with open_store(tmp_path) as store:
         store.save(HardState(1, 1, 0), ents(1, 5))
