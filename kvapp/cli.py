@@ -25,6 +25,7 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -38,7 +39,16 @@ from kvapp.node import (
 )
 from kvapp.service import MemberInfo
 
-__all__ = ["ServeOptions", "main", "parse_serve_args"]
+if TYPE_CHECKING:
+    from kvapp.storage import RaftStore
+
+__all__ = [
+    "ServeOptions",
+    "main",
+    "parse_initial_cluster",
+    "parse_serve_args",
+    "write_identity",
+]
 
 logger = logging.getLogger("kvapp")
 
@@ -85,6 +95,7 @@ class ServeOptions:
     max_request_bytes: int
     fsync: bool
     listen_metrics: tuple[str, int] | None = None
+    force_new_cluster: bool = False
 
 
 def _url_list(value: str, flag: str) -> tuple[str, ...]:
@@ -99,7 +110,12 @@ def _url_list(value: str, flag: str) -> tuple[str, ...]:
     return urls
 
 
-def _initial_cluster(value: str, cluster_id: int) -> tuple[MemberInfo, ...]:
+def parse_initial_cluster(value: str, cluster_id: int) -> tuple[MemberInfo, ...]:
+    """``--initial-cluster``'s members, with the ids ``kvapp serve`` gives them.
+
+    Raises:
+        UsageError: the value is malformed, names no member, or gives one URL to two members.
+    """
     members: dict[str, list[str]] = {}
     for raw in value.split(","):
         item = raw.strip()
@@ -159,6 +175,12 @@ def _serve_parser() -> argparse.ArgumentParser:
         "--listen-metrics-urls",
         help="serve /health and /metrics (Prometheus) on this http://host:port",
     )
+    p.add_argument(
+        "--force-new-cluster",
+        action="store_true",
+        help="disaster recovery: restart this member's existing data as a one-member cluster "
+        "(committed data kept, every other member removed); run once, then drop the flag",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -196,7 +218,7 @@ def parse_serve_args(argv: Sequence[str]) -> tuple[ServeOptions, str]:
     if not a.initial_cluster_token:
         raise UsageError("--initial-cluster-token must not be empty")
     cluster_id = cluster_id_for(a.initial_cluster_token)
-    initial = _initial_cluster(a.initial_cluster or f"{a.name}={peer_urls[0]}", cluster_id)
+    initial = parse_initial_cluster(a.initial_cluster or f"{a.name}={peer_urls[0]}", cluster_id)
     mine = [m for m in initial if m.name == a.name]
     if not mine:
         raise UsageError(
@@ -227,6 +249,7 @@ def parse_serve_args(argv: Sequence[str]) -> tuple[ServeOptions, str]:
             if a.listen_metrics_urls
             else None
         ),
+        force_new_cluster=a.force_new_cluster,
     )
     return opts, a.log_level
 
@@ -292,14 +315,32 @@ def load_or_create_identity(opts: ServeOptions) -> tuple[int, int, tuple[MemberI
             f"{opts.data_dir} is not empty and has no {_META}: refusing to use it as a data "
             "directory"
         )
+    if opts.force_new_cluster:
+        raise UsageError(
+            f"--force-new-cluster: {opts.data_dir} holds no member data to recover from "
+            "(it restarts an existing member's data as a one-member cluster)"
+        )
     opts.data_dir.mkdir(parents=True, exist_ok=True)
+    write_identity(opts.data_dir, opts.name, me.id, cluster_id, opts.initial_members)
+    return me.id, cluster_id, opts.initial_members
+
+
+def write_identity(
+    data_dir: Path,
+    name: str,
+    member_id: int,
+    cluster_id: int,
+    initial_members: Sequence[MemberInfo],
+) -> None:
+    """Write ``member.json`` into the existing directory ``data_dir``, durably."""
+    path = data_dir / _META
     meta_out = {
         "format": _META_FORMAT,
         "version": _META_VERSION,
-        "name": opts.name,
-        "member_id": f"{me.id:x}",
+        "name": name,
+        "member_id": f"{member_id:x}",
         "cluster_id": f"{cluster_id:x}",
-        "initial_members": [_member_to_json(m) for m in opts.initial_members],
+        "initial_members": [_member_to_json(m) for m in initial_members],
     }
     tmp = path.with_suffix(".tmp")
     with tmp.open("w") as f:
@@ -307,12 +348,11 @@ def load_or_create_identity(opts: ServeOptions) -> tuple[int, int, tuple[MemberI
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
-    dfd = os.open(opts.data_dir, os.O_RDONLY)
+    dfd = os.open(data_dir, os.O_RDONLY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
-    return me.id, cluster_id, opts.initial_members
 
 
 # -- running a member --
@@ -338,6 +378,12 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         ) from None
     except DiskStorageError as e:
         raise StartupError(f"cannot open the Raft store in {opts.data_dir}: {e}") from None
+    if opts.force_new_cluster:
+        try:
+            _force_new_cluster(opts, store, member_id, cluster_id, initial)
+        except BaseException:
+            store.close()
+            raise
     member: Member | None = None
 
     def on_message(m: object) -> None:
@@ -440,6 +486,51 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
     return status
 
 
+def _force_new_cluster(
+    opts: ServeOptions,
+    store: RaftStore,
+    member_id: int,
+    cluster_id: int,
+    initial: tuple[MemberInfo, ...],
+) -> None:
+    """``--force-new-cluster``: make this member's log that of a one-member cluster."""
+    from kvapp.recovery import RecoveryError, force_new_cluster  # noqa: PLC0415
+    from kvapp.storage import DiskStorageError  # noqa: PLC0415
+
+    mine = next((m for m in initial if m.id == member_id), None)
+    me = MemberInfo(
+        member_id,
+        opts.name,
+        mine.peer_urls if mine else (f"http://{opts.listen_peer[0]}:{opts.listen_peer[1]}",),
+        opts.advertise_client_urls,
+    )
+    try:
+        forced = force_new_cluster(store, me, known_members=[m.id for m in initial])
+    except (RecoveryError, DiskStorageError) as e:
+        raise StartupError(f"--force-new-cluster: {e}") from None
+    if not forced.changed:
+        logger.warning(
+            "%s: --force-new-cluster: this member is already the only voter and its log has no "
+            "uncommitted tail; nothing changed. Remove the flag before the next restart.",
+            opts.name,
+        )
+        return
+    logger.warning(
+        "%s: --force-new-cluster: kept every committed entry up to index %d (snapshot at %d), "
+        "dropped %d uncommitted entr%s after it, removed member(s) %s%s; this member is now the "
+        "only voter of cluster %x. Remove --force-new-cluster before the next restart (it would "
+        "remove members added meanwhile); add members back with kvctl member add.",
+        opts.name,
+        forced.commit_index,
+        forced.snapshot_index,
+        forced.dropped,
+        "y" if forced.dropped == 1 else "ies",
+        ", ".join(f"{n:x}" for n in forced.removed) or "(none)",
+        ", made itself a voter" if forced.added_self else "",
+        cluster_id,
+    )
+
+
 def _setup_logging(level: str, name: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()),
@@ -497,15 +588,23 @@ def cluster_main(argv: Sequence[str]) -> int:
             return 130
 
 
+def snapshot_main(argv: Sequence[str]) -> int:
+    """``kvapp snapshot``: see :mod:`kvapp.recovery`."""
+    from kvapp.recovery import snapshot_main as run  # noqa: PLC0415
+
+    return run(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``kvapp``: dispatch to a subcommand."""
     args = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve": serve_main, "cluster": cluster_main}
+    commands = {"serve": serve_main, "cluster": cluster_main, "snapshot": snapshot_main}
     if not args or args[0] not in commands:
         print(
-            "usage: kvapp {serve,cluster} [options]\n"
-            "  serve    run one member (etcd's flags: --name --data-dir --initial-cluster ...)\n"
-            "  cluster  run a local cluster on 127.0.0.1 (--size 3)",
+            "usage: kvapp {serve,cluster,snapshot} [options]\n"
+            "  serve     run one member (etcd's flags: --name --data-dir --initial-cluster ...)\n"
+            "  cluster   run a local cluster on 127.0.0.1 (--size 3)\n"
+            "  snapshot  restore|status: disaster recovery from a snapshot file",
             file=sys.stderr,
         )
         return 2
