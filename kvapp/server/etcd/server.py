@@ -1,0 +1,132 @@
+"""The gRPC server that serves etcd's v3 API (KV, Watch, Lease, Cluster, Maintenance).
+
+One :class:`EtcdGrpcServer` per member, on the member's event loop (grpcio's asyncio server).
+The Auth, Lock and Election services are not registered, so their RPCs answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Final
+
+import grpc
+
+from kvapp.node import MAX_REQUEST_BYTES
+from kvapp.server.etcd.maintenance import MaintenanceBackend
+from kvapp.server.etcd.services import (
+    ClusterServicer,
+    EtcdApi,
+    KVServicer,
+    LeaseServicer,
+    MaintenanceServicer,
+)
+from kvapp.server.etcd.watch import GRPC_OVERHEAD_BYTES, WatchServicer
+from kvapp.service import KvService
+
+__all__ = ["EtcdGrpcServer"]
+
+log = logging.getLogger(__name__)
+
+_MAX_SEND: Final = 2**31 - 1
+
+
+class EtcdGrpcServer:
+    """etcd's v3 gRPC services on one member.
+
+    Args:
+        service: the member.
+        host: the address to listen on.
+        port: the port (0: any free one; see :attr:`port` once started).
+        maintenance: alarms, hashes and leader transfer for the Maintenance service.
+        max_request_bytes: the largest request accepted; gRPC messages may be
+            :data:`~kvapp.server.etcd.watch.GRPC_OVERHEAD_BYTES` larger, as in etcd.
+        request_timeout: seconds a request forwarded to the leader may take.
+        leader_check_interval: seconds between leader checks on streams requiring a leader.
+    """
+
+    def __init__(
+        self,
+        service: KvService,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        maintenance: MaintenanceBackend | None = None,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        request_timeout: float = 5.0,
+        leader_check_interval: float = 1.0,
+    ) -> None:
+        self.host = host
+        self._port = port
+        self.max_request_bytes = max_request_bytes
+        self.api = EtcdApi(service, maintenance, request_timeout=request_timeout)
+        self._servicers = {
+            "etcdserverpb.KV": KVServicer(self.api),
+            "etcdserverpb.Watch": WatchServicer(
+                self.api,
+                max_request_bytes=max_request_bytes,
+                leader_check_interval=leader_check_interval,
+            ),
+            "etcdserverpb.Lease": LeaseServicer(self.api),
+            "etcdserverpb.Cluster": ClusterServicer(self.api),
+            "etcdserverpb.Maintenance": MaintenanceServicer(self.api),
+        }
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the bound one once started)."""
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port``, as etcd clients take it."""
+        return f"{self.host}:{self._port}"
+
+    async def start(self) -> None:
+        """Bind and start serving.
+
+        Raises:
+            OSError: the address cannot be bound (``EADDRINUSE`` when it is taken).
+        """
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.max_request_bytes + GRPC_OVERHEAD_BYTES),
+                ("grpc.max_send_message_length", _MAX_SEND),
+                # etcd's keepalive enforcement: pings at most every 5 s, also without calls
+                # (etcdctl pings every 2 s by default, which clients raise to 10 s); never
+                # answer frequent pings with GOAWAY.
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_ping_strikes", 0),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        for name, servicer in self._servicers.items():
+            server.add_registered_method_handlers(name, servicer.handlers())  # type: ignore[attr-defined]
+        try:
+            port = server.add_insecure_port(f"{self.host}:{self._port}")
+        except RuntimeError as e:
+            await server.stop(None)
+            raise OSError(errno.EADDRINUSE, f"{e}") from None
+        if not port:
+            await server.stop(None)
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        self._port = port
+        await server.start()
+        self._server = server
+        log.info("etcd gRPC API listening on %s", self.endpoint)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop serving: open streams are cancelled after ``grace`` seconds."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace)
+        await self.api.close()
+
+    async def __aenter__(self) -> EtcdGrpcServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
