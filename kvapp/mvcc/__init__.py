@@ -11,6 +11,7 @@ require("sortedcontainers")
 from kvapp.mvcc.keyrange import ALL_KEYS_END, prefix_range_end
 from kvapp.mvcc.store import Store, StoreListener
 from kvapp.mvcc.types import (
+    NEVER_COMPACTED,
     CompactRequest,
     CompactResponse,
     Compare,
@@ -38,6 +39,7 @@ from kvapp.mvcc.validate import DEFAULT_MAX_TXN_OPS, check_request, check_txn
 __all__ = [
     "ALL_KEYS_END",
     "DEFAULT_MAX_TXN_OPS",
+    "NEVER_COMPACTED",
     "CompactRequest",
     "CompactResponse",
     "Compare",

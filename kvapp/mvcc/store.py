@@ -1,4 +1,4 @@
-"""The MVCC store: etcd's key-value semantics over a revisioned, in-memory history.
+r"""The MVCC store: etcd's key-value semantics over a revisioned, in-memory history.
 
 A :class:`Store` is a deterministic state machine. Given the same sequence of calls, every
 replica ends with the same revisions, the same history and the same :meth:`Store.hash_kv`; it
@@ -15,18 +15,47 @@ Data layout:
   change;
 - a lease index, lease ID -> keys attached to it now, so revoking a lease need not scan.
 
-Semantics follow etcd's ``mvcc`` package and its apply layer (``apply/txn.go``):
+Semantics follow etcd 3.4's ``mvcc`` package and its apply layer (``etcdserver/apply.go``);
+where they are odd, they are etcd's, checked against etcd 3.4.23:
 
 - the store starts at revision 1; each write transaction that changes anything gets the next
   revision, and a transaction that changes nothing (a delete of absent keys, a read-only txn)
   gets none;
-- reads at revision 0 read the current revision; above it is :class:`FutureRevisionError`,
-  below the compacted revision is :class:`CompactedError`; responses carry the *current*
-  revision as their header revision, even for historical reads;
+- the compacted revision starts at -1, meaning "never compacted" (etcd's ``compactMainRev``).
+  :meth:`Store.compact` refuses a revision at or below it with :class:`CompactedError`, then
+  one above the current revision with :class:`FutureRevisionError` (``updateCompactRev`` in
+  ``mvcc/kvstore.go``). So the first ``Compact(0)`` succeeds, changes no data and makes the
+  compacted revision 0, and a second one fails; a negative revision always fails;
+- a range or get outside a txn reads the current revision for any revision <= 0; above it is
+  :class:`FutureRevisionError`, below the compacted revision is :class:`CompactedError`
+  (``rangeKeys`` in ``mvcc/kvstore_txn.go``); responses carry the *current* revision as their
+  header revision, even for historical reads;
+- a put outside a txn checks that its lease exists before it checks that an ``ignore_*`` put
+  has a key to keep (``applierV3backend.Put``): :class:`LeaseNotFoundError` wins;
 - all compares of a txn, nested ones included, are evaluated against the state before the
-  txn; then every precondition of the chosen path is checked (read revisions, ``ignore_*``
-  puts need the key, leases must exist), and only then does anything change, so a txn is
-  all-or-nothing. Operations inside the txn see the txn's earlier writes.
+  txn. Then the chosen path is checked in etcd's order (``applierV3backend.Txn``, which runs
+  ``checkRequests`` once with ``checkRequestPut`` and then once with ``checkRequestRange``),
+  each pass depth-first in operation order: first every put (an ``ignore_*`` put needs its key
+  to exist before the txn, :class:`KeyNotFoundError`, and then its lease must exist,
+  :class:`LeaseNotFoundError`), then every range. A range's revision is accepted if it is 0,
+  and otherwise must be neither above the current revision nor below the compacted one. That
+  rule also judges *negative* revisions, which outside a txn mean "now": before any
+  compaction (compacted revision -1) a range at -1 passes and reads the current revision while
+  -2 and below are :class:`CompactedError`; after any compaction every negative revision is.
+  kvapp keeps this quirk rather than reading "now" as plain ranges do: it is what etcd answers,
+  it is deterministic, and no client sends negative revisions on purpose;
+- one check etcd lacks comes last: an ``ignore_*`` put of a key that an earlier delete with
+  ``range_end == b"\0"`` in the same txn removed. etcd's duplicate-key check lets such a
+  delete and put share a branch (see :mod:`kvapp.mvcc.validate`) and its put check looks at the
+  state before the txn, so etcd 3.4 finds the key gone only while applying, and panics (3.4.23
+  crashes with "unexpected error during txn: etcdserver: key not found", and again on every
+  restart that replays the entry). kvapp rejects the txn with :class:`KeyNotFoundError`
+  instead; coming after etcd's checks, it changes no answer etcd gives;
+- only then does anything change, so a txn is all-or-nothing. Operations inside the txn see
+  the txn's earlier writes. The responses inside a txn carry the revision etcd's inner headers
+  carry (the txn's revision once it has written something, the previous one before), except
+  that a nested txn's response has revision 0: etcd 3.4 leaves nested txn headers empty
+  (``newTxnResp``).
 
 Listeners (:class:`StoreListener`) hear about every committed revision and every restore; the
 watch hub is one.
@@ -49,7 +78,9 @@ from kvapp.errors import (
     LeaseNotFoundError,
 )
 from kvapp.mvcc.index import KeyIndex
+from kvapp.mvcc.keyrange import ALL_KEYS_END
 from kvapp.mvcc.types import (
+    NEVER_COMPACTED,
     CompactRequest,
     CompactResponse,
     Compare,
@@ -153,7 +184,7 @@ class Store:
         self._index = KeyIndex()
         self._log: list[KeyValue] = []
         self._rev = 1
-        self._compact_rev = 0
+        self._compact_rev = NEVER_COMPACTED
         self._lease_keys: dict[int, set[bytes]] = {}
         self._listeners: list[StoreListener] = []
 
@@ -166,9 +197,12 @@ class Store:
 
     @property
     def compact_revision(self) -> int:
-        """The revision of the last compaction, 0 if never compacted.
+        """The revision of the last compaction, :data:`NEVER_COMPACTED` (-1) if none.
 
-        Reads at revisions below it fail with :class:`CompactedError`.
+        Reads at revisions below it fail with :class:`CompactedError`, and so does compacting
+        at or below it. -1 is etcd's ``compactMainRev`` before the first compaction; 0 is a
+        store compacted at revision 0, which holds the same data but refuses a second
+        ``compact(0)``.
         """
         return self._compact_rev
 
@@ -238,7 +272,7 @@ class Store:
         )
 
     def get(self, key: bytes, revision: int = 0) -> KeyValue | None:
-        """The version of one key at ``revision`` (0: now), or None if it did not exist.
+        """The version of one key at ``revision`` (0 or below: now), or None if it did not exist.
 
         Raises:
             FutureRevisionError: ``revision`` is above the current revision.
@@ -248,7 +282,7 @@ class Store:
             raise FutureRevisionError
         if 0 < revision < self._compact_rev:
             raise CompactedError
-        return self._index.get(key, revision or self._rev)
+        return self._index.get(key, revision if revision > 0 else self._rev)
 
     def lease_keys(self, lease: int) -> frozenset[bytes]:
         """The keys attached to ``lease`` now."""
@@ -298,11 +332,13 @@ class Store:
 
         Raises:
             EmptyKeyError, ValueProvidedError, LeaseProvidedError: invalid request.
+            LeaseNotFoundError: ``lease`` does not exist (checked before the key, as etcd does
+                for a put outside a txn).
             KeyNotFoundError: ``ignore_value``/``ignore_lease`` on a key that does not exist.
-            LeaseNotFoundError: ``lease`` does not exist.
         """
         check_put(key, value, lease, ignore_value=ignore_value, ignore_lease=ignore_lease)
-        self._check_put(key, lease, ignore_value=ignore_value, ignore_lease=ignore_lease)
+        self._check_lease(lease)
+        self._check_key_kept(key, ignore_value=ignore_value, ignore_lease=ignore_lease)
         w = _Write(self._rev + 1)
         prev = self._put(w, key, value, lease, ignore_value=ignore_value, ignore_lease=ignore_lease)
         self._commit(w)
@@ -342,15 +378,19 @@ class Store:
         success: Iterable[RequestOp] = (),
         failure: Iterable[RequestOp] = (),
     ) -> TxnResponse:
-        """Run ``success`` if every compare holds, else ``failure``, in one revision (etcd's Txn).
+        r"""Run ``success`` if every compare holds, else ``failure``, in one revision (etcd's Txn).
+
+        The chosen path is checked before anything changes, in etcd's order: every put, then
+        every range, then kvapp's own check of ``ignore_*`` puts after a ``b"\0"`` delete (see
+        the module doc).
 
         Raises:
             TooManyOpsError: a list is longer than ``max_txn_ops``.
             DuplicateKeyError: a branch writes a key twice or puts a key it deletes.
             EmptyKeyError, ValueProvidedError, LeaseProvidedError: an invalid compare or op.
+            KeyNotFoundError, LeaseNotFoundError: a put in the chosen branch cannot be applied.
             FutureRevisionError, CompactedError: a range in the chosen branch reads a revision
                 outside the retained history.
-            KeyNotFoundError, LeaseNotFoundError: a put in the chosen branch cannot be applied.
 
             Nothing has changed when any of these is raised.
         """
@@ -359,7 +399,9 @@ class Store:
         else_ops = tuple(failure)
         check_txn(compares, ok_ops, else_ops, self.max_txn_ops)
         decision = self._decide(compares, ok_ops, else_ops)
-        self._check_decision(decision)
+        self._check_puts(decision)
+        self._check_ranges(decision)
+        self._check_kept_keys_survive(decision, None)
         w = _Write(self._rev + 1)
         resp = self._execute(w, decision)
         self._commit(w)
@@ -373,8 +415,12 @@ class Store:
         the changes at ``revision`` itself, so a watch may still start there. Compaction does
         not create a revision.
 
+        As in etcd, a never-compacted store (compacted revision -1) accepts ``compact(0)``,
+        which keeps everything and sets the compacted revision to 0.
+
         Raises:
-            CompactedError: ``revision`` is not above the current compacted revision.
+            CompactedError: ``revision`` is not above the current compacted revision (checked
+                first, so this includes every negative revision).
             FutureRevisionError: ``revision`` is above the current revision.
         """
         if revision <= self._compact_rev:
@@ -468,7 +514,7 @@ class Store:
             ValueError: the parts are inconsistent (revisions out of order or out of bounds,
                 a key twice in ``base``, a tombstone in ``base``, an empty key).
         """
-        if revision < 1 or not 0 <= compact_revision <= revision:
+        if revision < 1 or not NEVER_COMPACTED <= compact_revision <= revision:
             raise ValueError(f"bad revisions: current {revision}, compacted {compact_revision}")
         histories: dict[bytes, list[KeyValue]] = {}
         for kv in base:
@@ -516,12 +562,15 @@ class Store:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _check_put(self, key: bytes, lease: int, *, ignore_value: bool, ignore_lease: bool) -> None:
+    def _check_lease(self, lease: int) -> None:
+        # ignore_lease with a lease was refused by check_put, so a lease here is the put's own.
+        exists = self.lease_exists
+        if lease and exists is not None and not exists(lease):
+            raise LeaseNotFoundError
+
+    def _check_key_kept(self, key: bytes, *, ignore_value: bool, ignore_lease: bool) -> None:
         if (ignore_value or ignore_lease) and self._index.latest(key) is None:
             raise KeyNotFoundError
-        exists = self.lease_exists
-        if lease and not ignore_lease and exists is not None and not exists(lease):
-            raise LeaseNotFoundError
 
     def _put(
         self,
@@ -648,30 +697,72 @@ class Store:
         )
         return _Decision(ok, ops, nested)
 
-    def _check_decision(self, d: _Decision) -> None:
+    def _check_puts(self, d: _Decision) -> None:
+        """Check the path's puts as ``checkRequestPut`` does: the key to keep, then the lease."""
+        nested = iter(d.nested)
+        for op in d.ops:
+            match op:
+                case PutRequest():
+                    self._check_key_kept(
+                        op.key, ignore_value=op.ignore_value, ignore_lease=op.ignore_lease
+                    )
+                    self._check_lease(op.lease)
+                case TxnRequest():
+                    self._check_puts(next(nested))
+                case RangeRequest() | DeleteRangeRequest():
+                    pass
+
+    def _check_ranges(self, d: _Decision) -> None:
+        """Check the path's ranges as ``checkRequestRange`` does, negative revisions included."""
         nested = iter(d.nested)
         for op in d.ops:
             match op:
                 case RangeRequest():
+                    if op.revision == 0:
+                        continue
                     if op.revision > self._rev:
                         raise FutureRevisionError
-                    if 0 < op.revision < self._compact_rev:
+                    if op.revision < self._compact_rev:
                         raise CompactedError
-                case PutRequest():
-                    self._check_put(
-                        op.key,
-                        op.lease,
-                        ignore_value=op.ignore_value,
-                        ignore_lease=op.ignore_lease,
-                    )
                 case TxnRequest():
-                    self._check_decision(next(nested))
-                case DeleteRangeRequest():
+                    self._check_ranges(next(nested))
+                case PutRequest() | DeleteRangeRequest():
                     pass
 
-    def _execute(self, w: _Write, d: _Decision) -> TxnResponse:
-        responses: list[ResponseOp] = []
+    def _check_kept_keys_survive(self, d: _Decision, deleted_from: bytes | None) -> bytes | None:
+        r"""Refuse an ``ignore_*`` put whose key an earlier delete in the txn removed.
+
+        Walks the path in execution order; ``deleted_from`` is the lowest start of the
+        ``b"\0"``-ended deletes run so far (None: none), which is returned updated. Only such
+        deletes need tracking: check_txn refuses every other delete that runs before a put of a
+        key it covers, and no key is put twice on a path, so a key kept by an ``ignore_*`` put
+        existed before the txn (``_check_puts``) and exists when the put runs unless one of
+        these deletes removed it.
+        """
         nested = iter(d.nested)
+        for op in d.ops:
+            match op:
+                case DeleteRangeRequest():
+                    if op.range_end == ALL_KEYS_END and (
+                        deleted_from is None or op.key < deleted_from
+                    ):
+                        deleted_from = op.key
+                case PutRequest():
+                    if (
+                        (op.ignore_value or op.ignore_lease)
+                        and deleted_from is not None
+                        and op.key >= deleted_from
+                    ):
+                        raise KeyNotFoundError
+                case TxnRequest():
+                    deleted_from = self._check_kept_keys_survive(next(nested), deleted_from)
+                case RangeRequest():
+                    pass
+        return deleted_from
+
+    def _execute(self, w: _Write, d: _Decision, *, nested: bool = False) -> TxnResponse:
+        responses: list[ResponseOp] = []
+        inner = iter(d.nested)
         for op in d.ops:
             match op:
                 case RangeRequest():
@@ -696,8 +787,10 @@ class Store:
                         )
                     )
                 case TxnRequest():
-                    responses.append(self._execute(w, next(nested)))
-        return TxnResponse(w.rev if w.kvs else self._rev, d.succeeded, tuple(responses))
+                    responses.append(self._execute(w, next(inner), nested=True))
+        # etcd 3.4 never fills in a nested txn's header: its revision stays 0.
+        revision = 0 if nested else (w.rev if w.kvs else self._rev)
+        return TxnResponse(revision, d.succeeded, tuple(responses))
 
 
 def _passes_filters(r: RangeRequest, kv: KeyValue) -> bool:

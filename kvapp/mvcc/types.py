@@ -8,7 +8,8 @@ revision as ``revision``.
 Revisions: every committed write transaction gets the next *main* revision; the writes inside it
 are ordered by *sub* revision, which here is their position in the transaction (and in the
 :class:`~kvapp.mvcc.store.Store`'s change log). A key's ``mod_revision`` is the main revision that
-last wrote it.
+last wrote it. The *compacted revision* of a store that was never compacted is
+:data:`NEVER_COMPACTED`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TypeAlias
 import attrs
 
 __all__ = [
+    "NEVER_COMPACTED",
     "CompactRequest",
     "CompactResponse",
     "Compare",
@@ -42,6 +44,14 @@ __all__ = [
     "TxnRequest",
     "TxnResponse",
 ]
+
+
+NEVER_COMPACTED = -1
+"""The compacted revision of a store never compacted (etcd's initial ``compactMainRev``).
+
+It is below every revision a compaction can leave, 0 included: etcd accepts one ``Compact(0)``
+on a fresh store, which leaves the compacted revision at 0.
+"""
 
 
 class EventType(enum.IntEnum):
@@ -278,7 +288,11 @@ class DeleteRangeResponse:
 
 @attrs.frozen
 class TxnResponse:
-    """Result of a txn: which branch ran and one response per operation of that branch."""
+    """Result of a txn: which branch ran and one response per operation of that branch.
+
+    ``revision`` is the header revision; it is 0 for a txn nested in another one, whose header
+    etcd 3.4 leaves empty.
+    """
 
     revision: int
     succeeded: bool
@@ -299,7 +313,8 @@ class HashKVResponse:
     Attributes:
         hash: CRC-32 (zlib's IEEE polynomial) of the history kept at or below
             ``hash_revision``; equal on replicas with the same history and compaction.
-        compact_revision: the store's compacted revision (0 if never compacted).
+        compact_revision: the store's compacted revision (:data:`NEVER_COMPACTED`, -1, if
+            never compacted, as etcd reports it).
         hash_revision: the revision the hash covers.
     """
 

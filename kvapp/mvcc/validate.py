@@ -9,9 +9,16 @@ txn near the limit if the limit were enforced when applying. So the limit is the
 business: pass ``max_txn_ops`` here at the API layer, and build the replicated store with
 ``max_txn_ops=None`` (as :class:`~kvapp.kvstate.KvState` does).
 
-One deliberate difference from etcd: a delete with ``range_end == b"\0"`` ("every key from
-``key`` on") counts as unbounded in the duplicate-key check. etcd's interval tree treats only the
-empty string as +infinity, so it lets such a delete and a put of a key it covers into one branch.
+The duplicate-key check is etcd 3.4's ``checkIntervals`` (``etcdserver/api/v3rpc/key.go``), rule
+for rule. It puts each delete in an interval tree (``pkg/adt``) as ``[key, range_end)`` compared
+as plain strings, or as the point ``key`` when ``range_end`` is empty, and rejects a put whose key
+lies in one of them. "Plain strings" matters for ``range_end == b"\0"`` ("every key from ``key``
+on"): the tree reads only the *empty* string as +infinity, so ``[key, "\0")`` is an empty
+interval and such a delete never conflicts with a put, whatever the put's key (verified against
+etcd 3.4.23: ``delete [b, "\0")`` plus ``put c`` in one branch is accepted). The same holds for
+deletes in nested txns, which the parent merges into its own tree. So such a delete and a put of
+a key it covers run in one revision, in branch order; see :mod:`kvapp.mvcc.store` for the one
+combination of them that etcd cannot apply (an ``ignore_*`` put after the delete).
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ from kvapp.errors import (
     TooManyOpsError,
     ValueProvidedError,
 )
-from kvapp.mvcc.keyrange import ALL_KEYS_END
 from kvapp.mvcc.types import (
     Compare,
     DeleteRangeRequest,
@@ -98,7 +104,7 @@ def check_txn(
     failure: Sequence[RequestOp],
     max_txn_ops: int | None,
 ) -> None:
-    """Check a txn as etcd does: ``checkTxnReq``, then ``checkIntervals`` on each branch.
+    r"""Check a txn as etcd does: ``checkTxnReq``, then ``checkIntervals`` on each branch.
 
     The size rule: ``max(len(compare), len(success), len(failure))`` must not exceed the limit,
     and a nested txn is checked against what its parent leaves (limit minus the parent's size).
@@ -107,7 +113,8 @@ def check_txn(
         TooManyOpsError: too many compares or operations.
         EmptyKeyError, ValueProvidedError, LeaseProvidedError: an invalid compare or operation.
         DuplicateKeyError: a branch puts one key twice, or puts a key that it (or a nested txn
-            run before the put's own level is checked) deletes.
+            run before the put's own level is checked) deletes; a delete with
+            ``range_end == b"\0"`` deletes nothing for this check (see the module doc).
     """
     _check_sizes(compare, success, failure, max_txn_ops)
     _check_intervals(success)
@@ -134,20 +141,21 @@ def _check_sizes(
 
 
 class _Deletes:
-    """The delete ranges seen so far in a branch, for point queries."""
+    """The delete ranges seen so far in a branch, for point queries (etcd's interval tree)."""
 
     __slots__ = ("points", "ranges")
 
     def __init__(self) -> None:
         self.points: set[bytes] = set()
-        self.ranges: list[tuple[bytes, bytes | None]] = []
+        self.ranges: list[tuple[bytes, bytes]] = []
 
     def add(self, key: bytes, range_end: bytes) -> None:
         if not range_end:
             self.points.add(key)
-        elif range_end == ALL_KEYS_END:
-            self.ranges.append((key, None))
         elif key < range_end:
+            # Anything else is an empty interval, which covers no key. That includes
+            # range_end == b"\0" (all keys >= key) for every non-empty key: etcd's tree compares
+            # range ends as plain strings, with only "" as +infinity.
             self.ranges.append((key, range_end))
 
     def update(self, other: _Deletes) -> None:
@@ -157,7 +165,7 @@ class _Deletes:
     def covers(self, key: bytes) -> bool:
         if key in self.points:
             return True
-        return any(start <= key and (end is None or key < end) for start, end in self.ranges)
+        return any(start <= key < end for start, end in self.ranges)
 
 
 def _check_intervals(ops: Sequence[RequestOp]) -> tuple[set[bytes], _Deletes]:

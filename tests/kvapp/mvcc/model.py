@@ -1,8 +1,14 @@
-"""A naive reference model of etcd's MVCC store: one flat list of every change ever made.
+r"""A naive reference model of etcd's MVCC store: one flat list of every change ever made.
 
 It never forgets history (compaction only moves a floor under reads) and answers every read by
 replaying the list, so it is obviously correct and slow. The store must agree with it on every
 answer at every revision at or above the compacted revision.
+
+It states etcd 3.4's rules as plainly as possible: the compacted revision starts at -1; a txn's
+puts are all checked before its ranges, a range in a txn judges a non-zero revision (negative
+ones too) against the current and compacted revisions; a delete ending in ``b"\0"`` conflicts
+with no put; and, kvapp's addition, an ``ignore_*`` put whose key is gone when it runs fails the
+txn, found here by replaying the branch.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ class Model:
     def __init__(self) -> None:
         self.log: list[KeyValue] = []
         self.rev = 1
-        self.compact_rev = 0
+        self.compact_rev = -1
 
     def state_at(self, rev: int) -> dict[bytes, KeyValue]:
         state: dict[bytes, KeyValue] = {}
@@ -72,7 +78,7 @@ class Model:
             raise FutureRevisionError
         if 0 < r.revision < self.compact_rev:
             raise CompactedError
-        state = self.state_at(r.revision or cur)
+        state = self.state_at(r.revision if r.revision > 0 else cur)
         kvs = sorted(
             (kv for k, kv in state.items() if in_range(r.key, r.range_end, k)),
             key=lambda kv: kv.key,
@@ -183,11 +189,15 @@ class Model:
 
     @staticmethod
     def _duplicate(ops: Sequence[RequestOp]) -> bool:
-        """Flat branches only: a key put twice, or put and covered by a delete."""
+        r"""Flat branches only: a key put twice, or put and covered by a delete.
+
+        A delete ending in ``b"\0"`` covers nothing here: etcd's interval tree sees
+        ``[key, "\0")`` as an empty interval.
+        """
         puts = [op.key for op in ops if isinstance(op, PutRequest)]
         if len(puts) != len(set(puts)):
             return True
-        dels = [op for op in ops if isinstance(op, DeleteRangeRequest)]
+        dels = [op for op in ops if isinstance(op, DeleteRangeRequest) and op.range_end != b"\0"]
         return any(in_range(d.key, d.range_end, k) for d in dels for k in puts)
 
     def txn(
@@ -199,17 +209,26 @@ class Model:
         ok = all(self._holds(state, c) for c in compare)
         ops = success if ok else failure
         for op in ops:
-            if isinstance(op, RangeRequest):
-                if op.revision > self.rev:
-                    raise FutureRevisionError
-                if 0 < op.revision < self.compact_rev:
-                    raise CompactedError
             if (
                 isinstance(op, PutRequest)
                 and (op.ignore_value or op.ignore_lease)
                 and op.key not in state
             ):
                 raise KeyNotFoundError
+        for op in ops:
+            if isinstance(op, RangeRequest) and op.revision != 0:
+                if op.revision > self.rev:
+                    raise FutureRevisionError
+                if op.revision < self.compact_rev:
+                    raise CompactedError
+        live = set(state)
+        for op in ops:
+            if isinstance(op, DeleteRangeRequest):
+                live -= {k for k in live if in_range(op.key, op.range_end, k)}
+            elif isinstance(op, PutRequest):
+                if (op.ignore_value or op.ignore_lease) and op.key not in live:
+                    raise KeyNotFoundError
+                live.add(op.key)
         rev = self.rev + 1
         wrote = False
         responses: list[ResponseOp] = []

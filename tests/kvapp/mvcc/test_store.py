@@ -25,20 +25,29 @@ from kvapp.errors import (
     ValueProvidedError,
 )
 from kvapp.mvcc import (
+    DEFAULT_MAX_TXN_OPS,
+    NEVER_COMPACTED,
     CompactRequest,
+    CompactResponse,
     Compare,
     CompareResult,
     CompareTarget,
     DeleteRangeRequest,
+    DeleteRangeResponse,
     Event,
     EventType,
+    HashKVResponse,
     KeyValue,
     PutRequest,
+    PutResponse,
     RangeRequest,
+    RangeResponse,
     SortOrder,
     SortTarget,
     Store,
     TxnRequest,
+    TxnResponse,
+    check_txn,
     prefix_range_end,
 )
 
@@ -67,7 +76,7 @@ def filled(*pairs: tuple[bytes, bytes]) -> Store:
 def test_new_store_is_at_revision_1_and_empty() -> None:
     s = Store()
     assert s.revision == 1
-    assert s.compact_revision == 0
+    assert s.compact_revision == NEVER_COMPACTED == -1
     assert s.range(b"\0", b"\0") == s.range(b"\0", b"\0")
     r = s.range(b"\0", b"\0")
     assert (r.revision, r.kvs, r.count, r.more) == (1, (), 0, False)
@@ -604,8 +613,12 @@ P, D, T = PutRequest, DeleteRangeRequest, TxnRequest
         ([D(b"a", b"c"), P(b"c")], False),
         ([D(b"a"), D(b"a")], False),
         ([D(b"a", b"z"), D(b"b")], False),
-        ([D(b"b", b"\0"), P(b"c")], True),  # deliberate: etcd's interval tree misses this one
         ([D(b"b", b"a"), P(b"a")], False),  # an empty delete range covers nothing
+        # etcd compares range ends as plain strings, so [k, "\0") is empty too
+        ([D(b"b", b"\0"), P(b"c")], False),
+        ([D(b"b", b"\0"), P(b"b")], False),
+        ([D(b"\0", b"\0"), P(b"c")], False),
+        ([D(b"\0", b"\0\0"), P(b"\0")], True),  # only b"\0" itself is special
         # nested: puts against the parent's deletes and earlier siblings
         ([D(b"a"), T([], [P(b"a")])], True),
         ([T([], [P(b"a")]), P(b"a")], True),
@@ -615,6 +628,11 @@ P, D, T = PutRequest, DeleteRangeRequest, TxnRequest
         ([T([], [D(b"a")]), T([], [P(b"a")])], True),
         # etcd's check is order-dependent: a nested put before a sibling's delete passes.
         ([T([], [P(b"a")]), T([], [D(b"a")])], False),
+        # ... and a delete ending in b"\0" conflicts with nothing at any depth
+        ([T([], [D(b"b", b"\0")]), P(b"c")], False),
+        ([D(b"b", b"\0"), T([], [P(b"c")])], False),
+        ([T([], [D(b"b", b"\0")]), T([], [P(b"c")], [P(b"d")])], False),
+        ([T([], [], [D(b"\0", b"\0")]), T([], [T([], [P(b"c")])])], False),
     ],
 )
 def test_duplicate_key_rules(success: list[Any], duplicate: bool) -> None:
@@ -659,6 +677,189 @@ def test_empty_keys_are_rejected_everywhere(request_: Any) -> None:
         Store().apply(request_)
 
 
+def test_a_delete_to_the_end_and_a_put_it_covers_run_in_branch_order() -> None:
+    """etcd 3.4 accepts this pair (verified against 3.4.23); the put recreates the key."""
+    s = filled((b"a", b"1"), (b"b", b"1"), (b"c", b"1"))  # revisions 2..4
+    r = s.txn([], [D(b"b", b"\0", prev_kv=True), P(b"c", b"2", prev_kv=True)])
+    assert r.revision == 5
+    assert r.responses == (
+        DeleteRangeResponse(5, 2, (KeyValue(b"b", 3, 3, 1, b"1"), KeyValue(b"c", 4, 4, 1, b"1"))),
+        PutResponse(5, None),  # the key was gone when the put ran
+    )
+    assert s.get(b"c") == KeyValue(b"c", 5, 5, 1, b"2")
+    assert keys(s) == [b"a", b"c"]
+    assert [(kv.key, kv.version) for kv in s.changes(5, 5)] == [(b"b", 0), (b"c", 0), (b"c", 1)]
+
+
+def test_the_proposers_duplicate_check_accepts_a_delete_to_the_end_with_a_covered_put() -> None:
+    check_txn([], [D(b"b", b"\0"), P(b"c")], [], DEFAULT_MAX_TXN_OPS)
+    check_txn([], [], [T([], [D(b"b", b"\0")]), P(b"c")], DEFAULT_MAX_TXN_OPS)
+    with pytest.raises(DuplicateKeyError):
+        check_txn([], [D(b"b", b"d"), P(b"c")], [], DEFAULT_MAX_TXN_OPS)
+
+
+@pytest.mark.parametrize(
+    "success",
+    [
+        [D(b"b", b"\0"), P(b"c", ignore_value=True)],
+        [D(b"\0", b"\0"), P(b"a", ignore_lease=True)],
+        [T([], [D(b"b", b"\0")]), P(b"c", ignore_value=True)],
+        [D(b"b", b"\0"), T([], [T([], [P(b"c", ignore_value=True)])])],
+        [D(b"x", b"\0"), T([], [D(b"b", b"\0")]), P(b"c", ignore_value=True)],
+    ],
+)
+def test_an_ignore_put_of_a_key_deleted_earlier_in_the_txn_is_refused(success: list[Any]) -> None:
+    """etcd 3.4 lets this txn through its checks and then panics applying it; kvapp refuses it."""
+    s = filled((b"a", b"1"), (b"c", b"1"))
+    before = (s.revision, s.hash_kv())
+    with pytest.raises(KeyNotFoundError):
+        s.txn([], success)
+    assert (s.revision, s.hash_kv()) == before
+
+
+@pytest.mark.parametrize(
+    "success",
+    [
+        [P(b"c", ignore_value=True), D(b"b", b"\0")],  # the put runs before the delete
+        [D(b"b", b"\0"), P(b"a", ignore_value=True)],  # the delete does not cover the key
+        [T([], [P(b"c", ignore_value=True)]), T([], [D(b"b", b"\0")])],
+        [  # the delete is in the branch not taken
+            T([Compare(b"a", CompareTarget.VERSION, EQ, 0)], [D(b"b", b"\0")]),
+            P(b"c", ignore_value=True),
+        ],
+    ],
+)
+def test_an_ignore_put_not_preceded_by_a_delete_of_its_key_applies(success: list[Any]) -> None:
+    s = filled((b"a", b"1"), (b"c", b"1"))
+    s.txn([], success)
+    assert s.revision == 4
+
+
+def test_etcds_own_checks_answer_before_the_deleted_key_check() -> None:
+    """etcd answers this txn (its range check fails before it could panic), so kvapp must too."""
+    s = filled((b"a", b"1"), (b"c", b"1"))
+    with pytest.raises(FutureRevisionError):
+        s.txn([], [D(b"b", b"\0"), P(b"c", ignore_value=True), RangeRequest(b"a", revision=99)])
+
+
+def test_a_plain_put_reports_a_missing_lease_before_a_missing_key() -> None:
+    """applierV3backend.Put (etcd 3.4 apply.go) looks the lease up before it reads the key."""
+    s = Store()
+    s.lease_exists = lambda lease: False
+    with pytest.raises(LeaseNotFoundError):
+        s.put(b"missing", ignore_value=True, lease=7)
+    with pytest.raises(LeaseNotFoundError):
+        s.apply(PutRequest(b"missing", ignore_value=True, lease=7))
+
+
+def test_a_put_in_a_txn_reports_a_missing_key_before_a_missing_lease() -> None:
+    """checkRequestPut (etcd 3.4 apply.go) reads the key first."""
+    s = Store()
+    s.lease_exists = lambda lease: False
+    with pytest.raises(KeyNotFoundError):
+        s.txn([], [PutRequest(b"missing", ignore_value=True, lease=7)])
+
+
+@pytest.mark.parametrize(
+    ("success", "error"),
+    [
+        ([RangeRequest(b"a", revision=99), P(b"b", lease=7)], LeaseNotFoundError),
+        ([RangeRequest(b"a", revision=1), P(b"missing", ignore_value=True)], KeyNotFoundError),
+        ([T([], [RangeRequest(b"a", revision=99)]), P(b"b", lease=7)], LeaseNotFoundError),
+        (
+            [RangeRequest(b"a", revision=99), T([], [T([], [P(b"missing", ignore_lease=True)])])],
+            KeyNotFoundError,
+        ),
+        # ranges among themselves, and puts among themselves, go in path order
+        ([RangeRequest(b"a", revision=1), RangeRequest(b"a", revision=99)], CompactedError),
+        (
+            [T([], [RangeRequest(b"a", revision=99)]), RangeRequest(b"a", revision=1)],
+            FutureRevisionError,
+        ),
+        ([P(b"missing", ignore_value=True), P(b"b", lease=7)], KeyNotFoundError),
+        ([T([], [P(b"b", lease=7)]), P(b"missing", ignore_value=True)], LeaseNotFoundError),
+    ],
+)
+def test_a_txn_checks_every_put_before_any_range(
+    success: list[Any], error: type[EtcdError]
+) -> None:
+    """etcd 3.4's Txn runs checkRequests with checkRequestPut, then with checkRequestRange."""
+    s = filled((b"a", b"1"), (b"a", b"2"), (b"a", b"3"))
+    s.compact(3)
+    s.lease_exists = lambda lease: False
+    with pytest.raises(error):
+        s.txn([], success)
+
+
+def test_a_nested_txns_response_revision_is_zero() -> None:
+    """etcd 3.4's newTxnResp leaves nested txn headers empty; the ops inside keep theirs."""
+    s = filled((b"k", b"1"))  # revision 2
+    r = s.txn(
+        [],
+        [
+            T([], [RangeRequest(b"k")]),
+            P(b"a", b"1"),
+            T([], [T([], [RangeRequest(b"a"), D(b"nothing")])]),
+        ],
+    )
+    first, put, second = r.responses
+    assert r.revision == 3
+    assert isinstance(first, TxnResponse)
+    assert first.revision == 0
+    assert first.responses == (RangeResponse(2, (KeyValue(b"k", 2, 2, 1, b"1"),), False, 1),)
+    assert put == PutResponse(3)
+    assert isinstance(second, TxnResponse)
+    assert second.revision == 0
+    (innermost,) = second.responses
+    assert isinstance(innermost, TxnResponse)
+    assert innermost.revision == 0
+    assert [resp.revision for resp in innermost.responses] == [3, 3]
+    read_only = s.txn([], [T([], [RangeRequest(b"k")])])
+    assert read_only.revision == 3
+    assert read_only.responses[0].revision == 0
+
+
+@pytest.mark.parametrize(
+    ("compact_at", "revision", "error"),
+    [
+        (None, -1, None),
+        (None, -2, CompactedError),
+        (None, -100, CompactedError),
+        (0, -1, CompactedError),
+        (3, -1, CompactedError),
+        (3, 2, CompactedError),
+        (3, 3, None),
+    ],
+)
+def test_a_range_revision_in_a_txn_is_judged_against_the_compacted_revision(
+    compact_at: int | None, revision: int, error: type[EtcdError] | None
+) -> None:
+    """checkRequestRange: a non-zero revision below the compacted one (-1 if none) fails.
+
+    That rule reaches negative revisions too; see the store's module doc.
+    """
+    s = filled((b"a", b"1"), (b"a", b"2"), (b"a", b"3"))  # revisions 2..4
+    if compact_at is not None:
+        s.compact(compact_at)
+    if error is not None:
+        with pytest.raises(error):
+            s.txn([], [RangeRequest(b"a", revision=revision)])
+        return
+    (got,) = s.txn([], [RangeRequest(b"a", revision=revision)]).responses
+    assert isinstance(got, RangeResponse)
+    assert got.revision == 4
+    assert got.kvs[0].value == (b"3" if revision < 0 else b"2")
+
+
+def test_a_negative_range_revision_outside_a_txn_reads_now() -> None:
+    """rangeKeys (etcd 3.4 mvcc/kvstore_txn.go) reads the current revision for rev <= 0."""
+    s = filled((b"a", b"1"), (b"a", b"2"))
+    s.compact(3)
+    assert s.range(b"a", revision=-5) == s.range(b"a")
+    assert s.apply(RangeRequest(b"a", revision=-5)) == s.range(b"a")
+    assert s.get(b"a", -5) == s.get(b"a")
+
+
 # -- compaction ----------------------------------------------------------------------------------
 
 
@@ -694,7 +895,13 @@ def test_compaction_forgets_deleted_keys() -> None:
 
 @pytest.mark.parametrize(
     ("compact_at", "error"),
-    [(3, CompactedError), (2, CompactedError), (0, CompactedError), (6, FutureRevisionError)],
+    [
+        (3, CompactedError),
+        (2, CompactedError),
+        (0, CompactedError),
+        (-1, CompactedError),
+        (6, FutureRevisionError),
+    ],
 )
 def test_compact_errors(compact_at: int, error: type[EtcdError]) -> None:
     s = filled((b"a", b"1"), (b"a", b"2"), (b"a", b"3"))
@@ -721,6 +928,35 @@ def test_repeated_compaction_of_a_hot_key() -> None:
     assert s.get(b"hot") == KeyValue(b"hot", 2, 100, 50, b"49")
     assert s.range(b"cold", prefix_range_end(b"cold"), count_only=True).count == 50
     assert len(s.changes(s.compact_revision, s.revision)) == 2
+
+
+def test_compact_zero_succeeds_once_on_a_never_compacted_store() -> None:
+    """etcd's compactMainRev starts at -1 (etcd 3.4 mvcc/kvstore.go, updateCompactRev)."""
+    s = filled((b"a", b"1"))
+    before = s.hash_kv()
+    assert before.compact_revision == NEVER_COMPACTED
+    assert s.apply(CompactRequest(0)) == CompactResponse(2)
+    assert s.compact_revision == 0
+    assert s.hash_kv() == HashKVResponse(before.hash, 0, 2)
+    assert s.range(b"a", revision=1).kvs == ()
+    with pytest.raises(CompactedError):
+        s.compact(0)
+    s.compact(1)
+    assert s.compact_revision == 1
+
+
+def test_compact_zero_on_an_empty_store() -> None:
+    s = Store()
+    assert s.compact(0) == CompactResponse(1)
+    assert (s.compact_revision, s.revision) == (0, 1)
+
+
+@pytest.mark.parametrize("revision", [-1, -2, -100])
+def test_a_negative_compaction_is_compacted_even_on_a_fresh_store(revision: int) -> None:
+    s = filled((b"a", b"1"))
+    with pytest.raises(CompactedError):
+        s.compact(revision)
+    assert s.compact_revision == NEVER_COMPACTED
 
 
 # -- hashing -------------------------------------------------------------------------------------
@@ -793,6 +1029,27 @@ def test_from_snapshot_rebuilds_an_identical_store(compact_at: int | None) -> No
     assert c.hash_kv() == s.hash_kv()
 
 
+@pytest.mark.parametrize("compact_at", [None, 0])
+def test_from_snapshot_keeps_never_compacted_apart_from_compacted_at_zero(
+    compact_at: int | None,
+) -> None:
+    """A member restored from a snapshot must answer a later Compact(0) as the others do."""
+    s = Store()
+    _history(s)
+    if compact_at is not None:
+        s.compact(compact_at)
+    c = _copy(s)
+    assert c.compact_revision == s.compact_revision
+    assert c.hash_kv() == s.hash_kv()
+    for store in (s, c):
+        if compact_at is None:
+            store.compact(0)
+        else:
+            with pytest.raises(CompactedError):
+                store.compact(0)
+        assert store.compact_revision == 0
+
+
 @pytest.mark.parametrize(
     "mangle",
     [
@@ -802,6 +1059,8 @@ def test_from_snapshot_rebuilds_an_identical_store(compact_at: int | None) -> No
         lambda rev, cr, base, log: (rev, cr, base, log[::-1]),
         lambda rev, cr, base, log: (rev - 1, cr, base, log),
         lambda rev, cr, base, log: (rev, cr, [KeyValue(b"q", 0, 1, 0)], log),
+        lambda rev, cr, base, log: (rev, -2, [], log),
+        lambda rev, cr, base, log: (rev, -1, base, log),
     ],
 )
 def test_from_snapshot_rejects_inconsistent_parts(mangle: Callable[..., Any]) -> None:
