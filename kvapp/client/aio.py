@@ -19,7 +19,9 @@ Retries
       attempt may have reached a member (the connection was lost after sending, the answer
       timed out, the member said the outcome was unknown) and no later attempt got an
       answer, the call raises :class:`~kvapp.service.OutcomeUnknown`; never does it retry a
-      write under a new id;
+      write under a new id. A write takes its request id only once every write numbered a
+      window (``max_inflight_writes``) below it has finished, so a member still remembers
+      it however long it is retried;
     - membership changes carry no request id, so they are retried only when no attempt can
       have reached a member; otherwise :class:`~kvapp.service.OutcomeUnknown`.
 
@@ -37,12 +39,13 @@ and callbacks, never silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-import itertools
 import logging
 import random
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final, TypeVar
 
@@ -147,6 +150,88 @@ class _WriteIds:
     request_id: int
 
 
+class _WriteWindow:
+    """Hands out write request ids: id ``m`` only once every id ``<= m - size`` is released.
+
+    A member remembers a client's results only for the ``window`` request ids below the highest
+    one it applied (:mod:`kvapp.dedup`) and refuses a retry of an older id. Bounding the number
+    of writes in flight is not enough: while one write is retried, later ones complete, newer
+    ids take their places and the member's highest id moves a window past the retried one. So
+    ids are a sliding window: a write's id is released when it finishes (answered, or given up),
+    and the next id is handed out only while the lowest unreleased one is less than ``size``
+    below it. At most ``size`` writes are then in flight, too.
+
+    Callers that find no id free queue first come, first served (:meth:`wait`). :meth:`reset`
+    starts over under a new client id: the old id's writes no longer hold anything back (their
+    release is ignored), and waiters get ids of the new one.
+    """
+
+    __slots__ = ("_low", "_next", "_open", "_waiters", "client_id", "size")
+
+    def __init__(self, client_id: int, size: int) -> None:
+        self.client_id = client_id
+        self.size = size
+        self._next = 1  # the next id to hand out
+        self._low = 1  # the lowest id not released (_next when none is out)
+        self._open: set[int] = set()  # handed out, not released
+        self._waiters: deque[asyncio.Future[_WriteIds]] = deque()
+
+    def take(self) -> _WriteIds | None:
+        """The next ids, if one is free and nobody waits; else None (then :meth:`wait`)."""
+        if self._waiters or self._next - self._low >= self.size:
+            return None
+        return self._issue()
+
+    async def wait(self) -> _WriteIds:
+        """Wait in line for the next free id; cancelled, it takes none (or gives it back)."""
+        future: asyncio.Future[_WriteIds] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # granted just before
+                self.release(future.result())
+            else:
+                future.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(future)
+            raise
+
+    def release(self, ids: _WriteIds) -> None:
+        """The write numbered ``ids`` finished; releasing it again changes nothing."""
+        if ids.client_id != self.client_id:
+            return  # numbered under a former client id
+        rid = ids.request_id
+        self._open.discard(rid)
+        if rid == self._low:
+            low, end, still_out = rid + 1, self._next, self._open
+            while low < end and low not in still_out:
+                low += 1
+            self._low = low
+            if self._waiters:
+                self._grant()
+
+    def reset(self, client_id: int) -> None:
+        """Start over under ``client_id``, numbering from 1 (a new session)."""
+        self.client_id = client_id
+        self._next = self._low = 1
+        self._open = set()
+        self._grant()
+
+    def _issue(self) -> _WriteIds:
+        rid = self._next
+        self._next = rid + 1
+        self._open.add(rid)
+        return _WriteIds(self.client_id, rid)
+
+    def _grant(self) -> None:
+        waiters = self._waiters
+        while waiters and self._next - self._low < self.size:
+            future = waiters.popleft()
+            if not future.done():  # else cancelled: it takes nothing
+                future.set_result(self._issue())
+
+
 class AsyncClient:
     """An asyncio client for a kvapp (or, later, etcd) cluster. See the module docstring.
 
@@ -159,15 +244,19 @@ class AsyncClient:
         max_attempts: attempts per request before giving up (at least 1).
         retry_backoff: the first pause between attempts, doubled each time (capped at 1 s).
         client_id: the id deduplicating this client's writes; random (63 bits) by default.
-        max_inflight_writes: writes in flight at once; more wait their turn. Keep it at most
-            the members' deduplication window (:data:`kvapp.dedup.DEFAULT_WINDOW`): a member
-            refuses a request id that far behind the client's newest one, since it no longer
-            knows whether it applied it.
+        max_inflight_writes: the window of write request ids in flight: a write takes request
+            id ``m`` only once every write numbered ``m - max_inflight_writes`` or below has
+            finished (answered, or given up), however long that one is being retried. So at
+            most this many writes are in flight, and more wait their turn, first come, first
+            served. Keep it at most the members' deduplication window
+            (:data:`kvapp.dedup.DEFAULT_WINDOW`): a member refuses a request id that far behind
+            the client's newest one, since it no longer knows whether it applied it.
         connector: the transport (default: the native protocol's).
 
     Attributes:
         client_id: the id under which writes are deduplicated; it changes only if a member
-            says this client's retry window expired (then the write raised OutcomeUnknown).
+            says it forgot this client's session or the request id is outside its retry
+            window (then that write raised OutcomeUnknown), and request ids start again at 1.
     """
 
     def __init__(
@@ -198,8 +287,7 @@ class AsyncClient:
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
         self.client_id = client_id if client_id is not None else _random_client_id()
-        self._write_ids = itertools.count(1)
-        self._write_slots = asyncio.Semaphore(max_inflight_writes)
+        self._window = _WriteWindow(self.client_id, max_inflight_writes)
         self._connector: Connector = connector or NativeConnector()
         self._links: dict[str, Link] = {}
         self._member_of: dict[str, int] = {}
@@ -439,6 +527,9 @@ class AsyncClient:
                 return link
             async with asyncio.timeout(self.connect_timeout):
                 link = await self._connector.connect(endpoint, client_id=self.client_id)
+            if link.client_id != self.client_id:  # it changed while connecting
+                await link.close()
+                raise ClientError(f"{endpoint}: the client id changed while connecting")
             self._links[endpoint] = link
             self._member_of[endpoint] = link.member_id
             return link
@@ -521,16 +612,18 @@ class AsyncClient:
         return pause * random.uniform(0.5, 1.0)
 
     async def _write(self, request: WriteRequest, cls: type[_W]) -> _W:
-        # The id is taken once a slot is held, so the ids in flight always lie within
-        # max_inflight_writes of the newest one (see the class docstring).
-        async with self._write_slots:
-            ids = _WriteIds(self.client_id, next(self._write_ids))
+        window = self._window
+        taken = window.take()
+        ids = taken if taken is not None else await window.wait()
+        try:
             result = await self._retry(
                 lambda link: link.write(request, request_id=ids.request_id),
                 _Mode.WRITE,
                 type(request).__name__,
                 write_ids=ids,
             )
+        finally:
+            window.release(ids)  # the ids it holds now, if it was renumbered
         if not isinstance(result, cls):
             raise ClientError(f"a {type(request).__name__} was answered with a {result!r:.60}")
         return result
@@ -566,8 +659,10 @@ class AsyncClient:
             if write_ids is not None and link.client_id != write_ids.client_id:
                 if ambiguous:
                     raise OutcomeUnknown(f"{what}: the client id changed during its retries")
-                write_ids.client_id = link.client_id
-                write_ids.request_id = next(self._write_ids)
+                await self._renumber(write_ids)
+                if link.client_id != write_ids.client_id:  # changed again while it waited
+                    last = Unavailable("the client id changed while the write waited")
+                    continue
             maybe_sent = True
             try:
                 async with asyncio.timeout(self.request_timeout):
@@ -586,7 +681,7 @@ class AsyncClient:
                 last, maybe_sent = e, False
                 self._leader = None
             except RequestIdExpiredError as e:
-                await self._new_client_id()
+                await self._new_client_id(link.client_id)
                 raise OutcomeUnknown(f"{what}: {e}") from e
             except EtcdError as e:
                 if e.code != GrpcCode.UNAVAILABLE:
@@ -619,10 +714,25 @@ class AsyncClient:
             await self._forget(link)
             raise
 
-    async def _new_client_id(self) -> None:
-        """Continue under a new client id (the member forgot this one's retry window)."""
-        self.client_id = _random_client_id()
-        self._write_ids = itertools.count(1)  # a new session numbers its writes from 1
+    async def _renumber(self, ids: _WriteIds) -> None:
+        """Give a write that certainly reached no member new ids under the current client id."""
+        window = self._window
+        window.release(ids)
+        taken = window.take()
+        new = taken if taken is not None else await window.wait()
+        ids.client_id, ids.request_id = new.client_id, new.request_id
+
+    async def _new_client_id(self, forgotten: int) -> None:
+        """Continue under a new client id: a member forgot ``forgotten``'s retry window.
+
+        Nothing changes if the client already left ``forgotten`` (another write was refused
+        under it first).
+        """
+        if self.client_id != forgotten:
+            return
+        while self.client_id == forgotten:
+            self.client_id = _random_client_id()
+        self._window.reset(self.client_id)  # a new session numbers its writes from 1
         links = list(self._links.values())
         self._links.clear()
         for link in links:
