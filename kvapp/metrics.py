@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from kvapp._extras import require
@@ -218,6 +218,10 @@ class MeteredService:
     def status(self) -> StatusInfo:
         """See KvService."""
         return self._m.status()
+
+    def snapshot(self, *, linearizable: bool = True) -> AsyncGenerator[bytes, None]:
+        """See KvService."""
+        return self._m.snapshot(linearizable=linearizable)
 
 
 class TimedStorage:

@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -77,6 +77,7 @@ from kvapp.service import (
     WriteRequest,
     WriteResponse,
 )
+from kvapp.snapfile import SnapshotHeader, SnapshotWriter
 from kvapp.watch import WatchStream
 from raftlib import (
     Committed,
@@ -102,7 +103,10 @@ __all__ = [
     "MemberConfig",
     "PeerLinks",
     "cluster_id_for",
+    "encode_member_info",
     "member_id_for",
+    "member_snapshot_data",
+    "member_snapshot_members",
     "parse_peer_url",
 ]
 
@@ -115,6 +119,8 @@ MAX_REQUEST_BYTES = 1_572_864
 _SNAPSHOT_FORMAT = "kvapp.member"
 _SNAPSHOT_VERSION = 1
 _RESULT_CAP = 65_536
+_SNAPSHOT_CHUNK = 1 << 20
+_SNAPSHOT_QUEUE = 4
 _WRITE_TYPES = (
     PutRequest,
     DeleteRangeRequest,
@@ -462,6 +468,63 @@ class Member:
             ConfChange(ConfChangeType.ADD_NODE, member_id, _encode_member(info))
         )
 
+    async def snapshot(self, *, linearizable: bool = True) -> AsyncGenerator[bytes, None]:
+        """Stream a snapshot file (:mod:`kvapp.snapfile`) of this member's state, in chunks.
+
+        The state is captured on the loop when the first chunk is asked for (after a
+        linearizable read barrier, so it holds every write acknowledged before; without
+        ``linearizable``, once a restarted member has applied its durable commit index) and
+        encoded in a worker thread, a few chunks ahead of the consumer at most: a slow consumer
+        holds up only the encoding, never the member. Close the iterator (``aclosing``) if
+        you stop early.
+
+        Raises:
+            EtcdError: no leader or timeout (the read barrier), stopping or removed.
+        """
+        self._check_serving()
+        if linearizable:
+            await self._read_barrier()
+        else:
+            await self._wait_caught_up()
+        header = SnapshotHeader(
+            cluster_id=self.config.cluster_id,
+            member_id=self.id,
+            raft_index=self.node.applied,
+            raft_term=self.node.leadership_state.term,
+            revision=self.kv.store.revision,
+        )
+        image = self.applier.snapshot_image()
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(_SNAPSHOT_QUEUE)
+        sink = _ChunkSink(loop, chunks)
+
+        def produce() -> None:
+            try:
+                writer = SnapshotWriter(sink, header)
+                image.write(writer)  # type: ignore[arg-type]  # writes are all it needs
+                writer.finish()
+                sink.flush()
+            except _Abandoned:
+                return
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                sink.put(e)
+                return
+            sink.put(None)
+
+        worker = loop.run_in_executor(None, produce)
+        try:
+            while (item := await chunks.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise KvappError(f"member {self.config.name}: snapshot failed: {item}")
+                yield item
+            await worker
+        finally:
+            sink.abandoned = True
+            while not worker.done():  # unblock a worker waiting for room, until it sees it
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    chunks.get_nowait()
+                await asyncio.sleep(0.001)
+
     def status(self) -> StatusInfo:
         """This member's status."""
         st = self.node.status()
@@ -759,6 +822,76 @@ class Member:
             raise StoppedError(f"member {self.config.name} was removed from the cluster")
         if self._stopping:
             raise StoppedError(f"member {self.config.name} is stopping")
+
+
+class _Abandoned(Exception):
+    """The consumer of a snapshot stream went away."""
+
+
+class _ChunkSink:
+    """A file-like sink, in a worker thread, cutting what it gets into chunks for the loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[bytes | BaseException | None],
+    ) -> None:
+        self._loop = loop
+        self._queue = queue
+        self._buf = bytearray()
+        self.abandoned = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._buf += data
+        while len(self._buf) >= _SNAPSHOT_CHUNK:
+            self.put(bytes(self._buf[:_SNAPSHOT_CHUNK]))
+            del self._buf[:_SNAPSHOT_CHUNK]
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buf:
+            self.put(bytes(self._buf))
+            self._buf.clear()
+
+    def put(self, item: bytes | BaseException | None) -> None:
+        """Queue ``item`` for the loop, waiting for room (the consumer's backpressure)."""
+        if self.abandoned:
+            raise _Abandoned
+        asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop).result()
+
+
+def member_snapshot_data(members: Iterable[MemberInfo], state: bytes) -> bytes:
+    """A Raft snapshot's data as :class:`Member` writes and restores it.
+
+    Args:
+        members: the member table.
+        state: the replicated state (what :meth:`kvapp.dedup.Applier.snapshot` writes).
+    """
+    table = [_member_to_list(m) for m in members]
+    return cbor2.dumps([_SNAPSHOT_FORMAT, _SNAPSHOT_VERSION, table, state])
+
+
+def member_snapshot_members(data: bytes) -> list[MemberInfo]:
+    """The member table of a Raft snapshot's data that :class:`Member` wrote.
+
+    Raises:
+        KvappError: ``data`` is not such a snapshot.
+    """
+    try:
+        fmt, version, members, _ = cbor2.loads(data)
+        if fmt != _SNAPSHOT_FORMAT or version != _SNAPSHOT_VERSION:
+            raise KvappError(f"format {fmt!r:.40} version {version!r:.10}")
+        return [_member_from_list(x) for x in members]
+    except (cbor2.CBORDecodeError, ValueError, TypeError, KvappError) as e:
+        raise KvappError(f"bad member snapshot: {e}") from e
+
+
+def encode_member_info(m: MemberInfo) -> bytes:
+    """A member's description as a configuration change's context carries it."""
+    return _encode_member(m)
 
 
 def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:

@@ -41,7 +41,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import attrs
-import cbor2
 
 from kvapp import requests as kvreq
 from kvapp.dedup import Applier
@@ -49,12 +48,10 @@ from kvapp.errors import EtcdError, KvappError
 from kvapp.kvstate import KvState
 from kvapp.mvcc.types import RangeRequest, RangeResponse
 from kvapp.node import (
-    _SNAPSHOT_FORMAT,
-    _SNAPSHOT_VERSION,
-    _encode_member,
-    _member_from_list,
-    _member_to_list,
     cluster_id_for,
+    encode_member_info,
+    member_snapshot_data,
+    member_snapshot_members,
     parse_peer_url,
 )
 from kvapp.service import MemberInfo
@@ -321,13 +318,6 @@ def _clear_alarms(applier: Applier, index: int) -> tuple[tuple[str, ...], int]:
     return tuple(cleared), index
 
 
-def member_snapshot_data(members: Iterable[MemberInfo], state: bytes) -> bytes:
-    """A Raft snapshot's data in the format :class:`kvapp.node.Member` restores."""
-    return cbor2.dumps(
-        [_SNAPSHOT_FORMAT, _SNAPSHOT_VERSION, [_member_to_list(m) for m in members], state]
-    )
-
-
 def restore(opts: RestoreOptions, *, fsync: bool = True) -> Restored:
     """Build ``opts.data_dir`` for member ``opts.name`` of a new cluster from ``opts.file``.
 
@@ -440,15 +430,10 @@ class ForcedCluster:
 
 
 def _snapshot_member_ids(data: bytes) -> set[int]:
-    if not data:
-        return set()
     try:
-        fmt, version, members, _ = cbor2.loads(data)
-        if fmt != _SNAPSHOT_FORMAT or version != _SNAPSHOT_VERSION:
-            raise ValueError(f"format {fmt!r} version {version!r}")
-        return {_member_from_list(m).id for m in members}
-    except Exception as e:  # cbor2 raises many exception types on hostile input
-        raise RecoveryError(f"the member's snapshot is not a kvapp member snapshot: {e}") from e
+        return {m.id for m in member_snapshot_members(data)}
+    except KvappError as e:
+        raise RecoveryError(f"the member's snapshot is unreadable: {e}") from e
 
 
 def force_new_cluster(
@@ -533,7 +518,7 @@ def force_new_cluster(
         cs = plan(ConfChangeV2())  # leave the joint configuration first
     added_self = me.id not in cs.voters
     if added_self:
-        cs = plan(ConfChange(ConfChangeType.ADD_NODE, me.id, _encode_member(me)))
+        cs = plan(ConfChange(ConfChangeType.ADD_NODE, me.id, encode_member_info(me)))
     removed = tuple(sorted(others))
     for node in removed:
         cs = plan(ConfChange(ConfChangeType.REMOVE_NODE, node))

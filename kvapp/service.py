@@ -13,7 +13,7 @@ retry with the same ``(client_id, request_id)`` is safe, because the member dedu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Protocol, TypeAlias
 
 import attrs
@@ -218,4 +218,17 @@ class KvService(Protocol):
 
     def status(self) -> StatusInfo:
         """This member's status (etcd's Maintenance.Status)."""
+        ...
+
+    def snapshot(self, *, linearizable: bool = True) -> AsyncGenerator[bytes, None]:
+        """Stream a snapshot file (:mod:`kvapp.snapfile`) of the state, in chunks, in order.
+
+        etcd's Maintenance.Snapshot. With ``linearizable`` the state includes every write
+        acknowledged before the call (a read barrier first); without, it is this member's
+        state now. Close the iterator if you stop early.
+
+        Raises:
+            EtcdError: no leader or timeout (the barrier), the member is stopping.
+            KvappError: the snapshot could not be made.
+        """
         ...

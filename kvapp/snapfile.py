@@ -30,7 +30,7 @@ import io
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, Protocol
 
 import attrs
 import cbor2
@@ -41,6 +41,7 @@ __all__ = [
     "DIGEST_SIZE",
     "MAGIC",
     "VERSION",
+    "BinarySink",
     "SnapshotFileError",
     "SnapshotFileInfo",
     "SnapshotHeader",
@@ -131,6 +132,14 @@ def encode_header(header: SnapshotHeader) -> bytes:
     return MAGIC + _LENGTH.pack(len(body)) + body
 
 
+class BinarySink(Protocol):
+    """Where :class:`SnapshotWriter` writes: anything with a binary ``write``."""
+
+    def write(self, data: bytes, /) -> object:
+        """Write all of ``data``."""
+        ...
+
+
 class SnapshotWriter:
     """Writes one snapshot file's bytes to ``out``, hashing them as they go.
 
@@ -143,7 +152,7 @@ class SnapshotWriter:
         header: the file's header.
     """
 
-    def __init__(self, out: IO[bytes], header: SnapshotHeader) -> None:
+    def __init__(self, out: BinarySink, header: SnapshotHeader) -> None:
         self._out = out
         self._hash = hashlib.sha256()
         self.size = 0
@@ -156,7 +165,7 @@ class SnapshotWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Write (and hash) ``data``; returns its length."""
         self._hash.update(data)
-        self._out.write(data)
+        self._out.write(bytes(data))
         n = len(data)
         self.size += n
         return n

@@ -52,6 +52,7 @@ Requests (client to server)
     ``member_remove``       ``[id]``
     ``member_promote``      ``[id]``
     ``status``              ``[]``
+    ``snapshot``            ``[linearizable]``
     ======================  ================================================================
 
 Responses (server to client)
@@ -65,8 +66,8 @@ Responses (server to client)
       ``[[id...]]``; ``watch_create`` ``[watch_id]``; ``watch_cancel`` ``[canceled]``;
       ``member_list`` ``[[member...]]`` with a member ``[id, name, [peer_url...],
       [client_url...], is_learner]``; ``member_add`` ``[member]``; ``status`` ``[version,
-      leader, raft_index, raft_term, raft_applied_index, is_learner, [error...]]``; the others
-      ``[]``.
+      leader, raft_index, raft_term, raft_applied_index, is_learner, [error...]]``;
+      ``snapshot`` ``[size]``; the others ``[]``.
     - ``[1, req_no, code, message]``: the request failed with etcd's gRPC status code and
       message (:class:`~kvapp.errors.EtcdError`); the client raises the same error class. A
       write whose outcome the member cannot tell is answered with code 2 (UNKNOWN) and
@@ -76,6 +77,11 @@ Responses (server to client)
       prev_kv or null]`` and a kv ``[key, create_revision, mod_revision, version, value,
       lease]``. Watch id -1 is a stream-wide progress notification.
     - ``[3, code, message]``: a connection error; the server closes the connection after it.
+    - ``[4, req_no, data]``: the next piece of a streamed answer. ``snapshot`` is answered with
+      the bytes of a snapshot file (:mod:`kvapp.snapfile`) in such pieces, in order, then a
+      success item with the total ``size`` (or an error item, after which the pieces sent are
+      to be discarded). The server sends a stream's pieces only as fast as the connection
+      takes them (a few ahead at most), so a slow reader holds back only its own stream.
 
 Limits and bad input
     - A request body larger than ``max_request_bytes`` is answered with etcd's ``request is too
@@ -109,6 +115,7 @@ from kvapp import requests as kvreq
 from kvapp.errors import (
     EtcdError,
     GrpcCode,
+    KvappError,
     RequestDecodeError,
     RequestTooLargeError,
 )
@@ -175,6 +182,8 @@ __all__ = [
     "OpRequest",
     "OpResult",
     "ServerStats",
+    "SnapshotRequest",
+    "SnapshotResult",
     "StatusRequest",
     "WatchCancelRequest",
     "WatchCancelResult",
@@ -220,12 +229,14 @@ ITEM_OK: Final = 0
 ITEM_ERROR: Final = 1
 ITEM_WATCH: Final = 2
 ITEM_FATAL: Final = 3
+ITEM_CHUNK: Final = 4
 
 _U63_MAX: Final = (1 << 63) - 1
 _WATCH_BATCH: Final = 256
 _FATAL_LINGER: Final = 2.0
 _FATAL_DISCARD_MAX: Final = 64 * 1024 * 1024
 _STOP_GRACE: Final = 5.0
+_CHUNKS_AHEAD: Final = 2
 
 
 class Op(enum.StrEnum):
@@ -249,6 +260,7 @@ class Op(enum.StrEnum):
     MEMBER_REMOVE = "member_remove"
     MEMBER_PROMOTE = "member_promote"
     STATUS = "status"
+    SNAPSHOT = "snapshot"
 
 
 # -- the operations the replicated request types do not cover --------------------------------------
@@ -342,6 +354,20 @@ class StatusRequest:
 
 
 @attrs.frozen
+class SnapshotRequest:
+    """Stream a snapshot file of the member's state (after a read barrier if ``linearizable``)."""
+
+    linearizable: bool = True
+
+
+@attrs.frozen
+class SnapshotResult:
+    """The end of a snapshot stream: how many bytes it carried."""
+
+    size: int
+
+
+@attrs.frozen
 class LeaseLeasesResult:
     """Every lease id, ascending."""
 
@@ -400,6 +426,7 @@ OpRequest: TypeAlias = (
     | MemberRemoveRequest
     | MemberPromoteRequest
     | StatusRequest
+    | SnapshotRequest
 )
 """Anything a client can ask in one request of this protocol."""
 
@@ -415,6 +442,7 @@ OpResult: TypeAlias = (
     | MemberAddResult
     | EmptyResult
     | StatusInfo
+    | SnapshotResult
 )
 """What a successful request returns (a :class:`StatusInfo` carries its header itself)."""
 
@@ -443,6 +471,7 @@ _OPS: Final[dict[type, Op]] = {
     MemberRemoveRequest: Op.MEMBER_REMOVE,
     MemberPromoteRequest: Op.MEMBER_PROMOTE,
     StatusRequest: Op.STATUS,
+    SnapshotRequest: Op.SNAPSHOT,
 }
 _REPLICATED_OPS: Final = frozenset(_REPLICATED.values())
 _WRITES: Final = frozenset(_REPLICATED) - {RangeRequest}
@@ -521,6 +550,8 @@ def encode_body(request: OpRequest, request_id: int = 0) -> bytes:
             body = [list(request.peer_urls), request.is_learner]
         case MemberRemoveRequest() | MemberPromoteRequest():
             body = [request.id]
+        case SnapshotRequest():
+            body = [request.linearizable]
         case LeaseLeasesRequest() | WatchProgressRequest() | MemberListRequest() | StatusRequest():
             body = []
         case _:
@@ -603,6 +634,9 @@ def _decode_other(op: Op, data: bytes) -> OpRequest:
         case Op.STATUS:
             _array(a, str(op), 0)
             return StatusRequest()
+        case Op.SNAPSHOT:
+            _array(a, str(op), 1)
+            return SnapshotRequest(_bool(a[0], "linearizable"))
         case _:  # the replicated operations, handled above
             raise RequestDecodeError(f"unhandled operation {op}")
 
@@ -668,6 +702,8 @@ def encode_result(result: OpResult) -> list[object]:
             return [_member_to(result.member)]
         case EmptyResult():
             return []
+        case SnapshotResult():
+            return [result.size]
         case StatusInfo():
             return [
                 result.version,
@@ -731,6 +767,9 @@ def decode_result(op: Op, header: ResponseHeader, v: object) -> OpResult:
                 is_learner=_bool(a[5], "is_learner"),
                 errors=_strs(a[6], "errors"),
             )
+        case Op.SNAPSHOT:
+            _array(a, str(op), 1)
+            return SnapshotResult(_u64(a[0], "size"))
         case _:
             _array(a, str(op), 0)
             return EmptyResult()
@@ -999,11 +1038,15 @@ class _Connection:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sender: asyncio.Task[None] | None = None
         self._watch: WatchStream | None = None
+        self._chunks_queued = 0  # stream pieces in the outbox
+        self._chunks_unsent = 0  # stream pieces queued or not yet drained
+        self._chunk_room = asyncio.Event()
 
     def abort(self) -> None:
         """Drop the connection now (the reader sees the loss and cleans up)."""
         self.writer.transport.abort()
         self._room.set()  # a reader held back by backpressure goes on to see the loss
+        self._chunk_room.set()  # and so does a stream waiting to send its next piece
 
     # -- counters ----------------------------------------------------------------------------
 
@@ -1206,7 +1249,10 @@ class _Connection:
             header, value = result
             self._answer(req_no, header, value)
             return
-        task = asyncio.create_task(self._serve_later(req_no, request, request_id))
+        if isinstance(request, SnapshotRequest):
+            task = asyncio.create_task(self._serve_snapshot(req_no, request))
+        else:
+            task = asyncio.create_task(self._serve_later(req_no, request, request_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -1307,6 +1353,40 @@ class _Connection:
                 raise RuntimeError(f"not a deferred request: {request!r:.60}")
         return service.header(), resp
 
+    async def _serve_snapshot(self, req_no: int, request: SnapshotRequest) -> None:
+        size = 0
+        try:
+            stream = self.service.snapshot(linearizable=request.linearizable)
+            async with contextlib.aclosing(stream) as chunks:
+                async for chunk in chunks:
+                    if not await self._push_chunk(req_no, chunk):
+                        return  # the connection is gone
+                    size += len(chunk)
+        except EtcdError as e:
+            self._answer_error(req_no, _Refusal.of(e))
+        except KvappError as e:
+            log.error("native: %s: snapshot %d failed: %s", self.peer, req_no, e)
+            self._answer_error(req_no, _Refusal(GrpcCode.INTERNAL, f"kvapp: {e}"))
+        except Exception:
+            log.exception("native: %s: snapshot %d failed", self.peer, req_no)
+            self._answer_error(req_no, _Refusal(GrpcCode.INTERNAL, "kvapp: internal error"))
+        else:
+            self._answer(req_no, self.service.header(), SnapshotResult(size))
+
+    async def _push_chunk(self, req_no: int, chunk: bytes) -> bool:
+        """Queue one piece of a stream once fewer than a few are unsent; False if closed."""
+        transport = self.writer.transport
+        while self._chunks_unsent >= _CHUNKS_AHEAD and not transport.is_closing():
+            self._chunk_room.clear()
+            await self._chunk_room.wait()
+        if transport.is_closing():
+            return False
+        self._outbox.append([ITEM_CHUNK, req_no, chunk])
+        self._chunks_queued += 1
+        self._chunks_unsent += 1
+        self._wake.set()
+        return True
+
     # -- answers -----------------------------------------------------------------------------
 
     def _answer(self, req_no: int, header: ResponseHeader, result: OpResult) -> None:
@@ -1332,7 +1412,8 @@ class _Connection:
                 await wake.wait()
                 wake.clear()
                 items, self._outbox = self._outbox, []
-                answered = len(items)
+                chunks, self._chunks_queued = self._chunks_queued, 0
+                answered = len(items) - chunks
                 stream = self._watch
                 if stream is not None:
                     self._take_watch(stream, items)
@@ -1343,6 +1424,9 @@ class _Connection:
                     if self._unanswered < self.server.max_inflight:
                         self._room.set()
                     await writer.drain()
+                    if chunks:
+                        self._chunks_unsent -= chunks
+                        self._chunk_room.set()
                 else:
                     await asyncio.sleep(0)  # a catch-up round produced nothing: let others run
         except ConnectionError as e:

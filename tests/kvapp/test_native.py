@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -19,7 +20,8 @@ import cbor2
 import pytest
 
 from kvapp import requests as kvreq
-from kvapp.errors import FutureRevisionError, GrpcCode
+from kvapp import snapfile
+from kvapp.errors import FutureRevisionError, GrpcCode, NoLeaderError
 from kvapp.lease import (
     LeaseGrantRequest,
     LeaseKeepAliveResponse,
@@ -177,6 +179,7 @@ ALL_REQUESTS: list[wire.OpRequest] = [
     wire.MemberRemoveRequest(9),
     wire.MemberPromoteRequest(9),
     wire.StatusRequest(),
+    wire.SnapshotRequest(linearizable=False),
 ]
 
 
@@ -205,6 +208,7 @@ def test_results_round_trip() -> None:
         (Op.MEMBER_ADD, wire.MemberAddResult(member)),
         (Op.MEMBER_REMOVE, wire.EmptyResult()),
         (Op.STATUS, StatusInfo(header, "v", 2, 10, 4, 9, False, ("NOSPACE",))),
+        (Op.SNAPSHOT, wire.SnapshotResult(12345)),
     ]
     for op, result in cases:
         encoded = cbor2.loads(cbor2.dumps(wire.encode_result(result)))
@@ -609,3 +613,85 @@ async def test_stop_is_prompt_with_a_connection_held_back_by_backpressure() -> N
     assert time.monotonic() - started < 1.0, "stop waited for the grace period"
     await raw.expect_closed()
     await raw.close()
+
+
+# -- snapshot streams ---------------------------------------------------------------------------
+
+
+async def snapshot_stream(raw: Raw, req_no: int, within: float = 5.0) -> tuple[bytes, list[Any]]:
+    """Read a snapshot stream's pieces and its final answer (other items are ignored)."""
+    pieces: list[bytes] = []
+    while True:
+        for item in await raw.recv(within):
+            if item[0] == wire.ITEM_CHUNK and item[1] == req_no:
+                pieces.append(item[2])
+            elif item[0] in (wire.ITEM_OK, wire.ITEM_ERROR) and item[1] == req_no:
+                return b"".join(pieces), item
+
+
+@run()
+async def test_a_snapshot_is_streamed_in_pieces_beside_other_requests() -> None:
+    cluster = FakeCluster()
+    async with serving(cluster) as (server, service):
+        for i in range(50):
+            await service.write(PutRequest(b"k%02d" % i, b"v" * 100))
+        service.snapshot_chunk = 500
+        raw = await Raw.open(server.port)
+        await raw.send([req(1, wire.SnapshotRequest()), req(2, RangeRequest(b"k00"))])
+        data, final = await snapshot_stream(raw, 1)
+        header, result = ok_result(final, Op.SNAPSHOT)
+        assert result == wire.SnapshotResult(len(data))
+        assert header.member_id == service.member_id
+        assert data.startswith(snapfile.MAGIC)
+        assert hashlib.sha256(data[:-32]).digest() == data[-32:]
+        assert len(data) > 10 * 500
+        assert service.calls.count("snapshot") == 1
+        await raw.send([req(3, RangeRequest(b"k01"))])
+        assert ok_result((await raw.answers(1))[3], Op.RANGE)
+        await raw.close()
+
+
+@run()
+async def test_a_snapshot_stream_waits_for_a_slow_reader() -> None:
+    cluster = FakeCluster()
+    async with serving(cluster) as (server, service):
+        produced = 0
+        piece = b"x" * (1 << 20)
+
+        async def big_snapshot(*, linearizable: bool = True) -> AsyncIterator[bytes]:
+            nonlocal produced
+            for _ in range(64):
+                produced += 1
+                yield piece
+
+        service.snapshot = big_snapshot  # type: ignore[assignment]
+        raw = await Raw.open(server.port)
+        await raw.send([req(1, wire.SnapshotRequest())])
+        await asyncio.sleep(0.3)  # a reader that does not read: the stream must not run ahead
+        held = produced
+        assert held < 32, f"{held} MiB produced for a reader that read nothing"
+        data, final = await snapshot_stream(raw, 1)
+        assert ok_result(final, Op.SNAPSHOT)[1] == wire.SnapshotResult(64 << 20)
+        assert len(data) == 64 << 20
+        await raw.close()
+
+
+@run()
+async def test_a_snapshot_that_fails_midway_is_answered_with_the_error() -> None:
+    cluster = FakeCluster()
+    async with serving(cluster) as (server, service):
+
+        async def failing(*, linearizable: bool = True) -> AsyncIterator[bytes]:
+            yield b"KVAPPSNP"
+            raise NoLeaderError
+
+        service.snapshot = failing  # type: ignore[assignment]
+        raw = await Raw.open(server.port)
+        await raw.send([req(1, wire.SnapshotRequest())])
+        data, final = await snapshot_stream(raw, 1)
+        assert data == b"KVAPPSNP"
+        assert final[0] == wire.ITEM_ERROR
+        assert final[3] == str(NoLeaderError())
+        await raw.send([req(2, RangeRequest(b"k"))])
+        assert (await raw.answers(1))[2][0] == wire.ITEM_OK
+        await raw.close()

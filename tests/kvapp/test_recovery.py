@@ -141,19 +141,11 @@ class Cluster:
         self.hub.members.clear()
 
 
-def save_file(member: Member, path: Path) -> None:
-    """A snapshot file of ``member``'s state now (what ``kvapp snapshot save`` writes)."""
-    header = SnapshotHeader(
-        cluster_id=member.config.cluster_id,
-        member_id=member.id,
-        raft_index=member.node.applied,
-        raft_term=member.node.leadership_state.term,
-        revision=member.kv.store.revision,
-    )
-    with path.open("wb") as f:
-        w = SnapshotWriter(f, header)
-        member.applier.snapshot(w)  # type: ignore[arg-type]
-        w.finish()
+async def save_file(member: Member, path: Path, *, linearizable: bool = True) -> int:
+    """Stream ``member``'s snapshot into ``path`` (what ``kvapp snapshot save`` does)."""
+    pieces = [chunk async for chunk in member.snapshot(linearizable=linearizable)]
+    path.write_bytes(b"".join(pieces))  # noqa: ASYNC240 - a small file in a test
+    return len(pieces)
 
 
 async def old_cluster_file(tmp_path: Path, keys: int = 20) -> Path:
@@ -166,7 +158,8 @@ async def old_cluster_file(tmp_path: Path, keys: int = 20) -> Path:
             await lead.write(PutRequest(b"k%03d" % i, b"v%d" % i), client_id=5, request_id=i + 1)
         await lead.write(DeleteRangeRequest(b"k000"))
         path = tmp_path / "backup.snap"
-        save_file(lead, path)
+        follower = next(m for m in old.members.values() if m is not lead)
+        await save_file(follower, path)  # linearizable: every acknowledged write is in it
         return path
     finally:
         await old.stop()
@@ -242,6 +235,36 @@ def test_a_file_whose_state_is_damaged_under_a_valid_hash_is_refused(tmp_path: P
         w.finish()
     with pytest.raises(SnapshotFileError, match="damaged state"):
         status(path)
+
+
+@aio
+async def test_a_members_snapshot_streams_in_pieces_and_can_be_abandoned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("kvapp.node._SNAPSHOT_CHUNK", 64)
+    cluster = Cluster(tmp_path / "c", infos(3, OLD_TOKEN, 21100), OLD_TOKEN)
+    await cluster.start()
+    try:
+        lead = await cluster.leader()
+        for i in range(30):
+            await lead.write(PutRequest(b"key%02d" % i, b"x" * 40))
+        member = next(m for m in cluster.members.values() if m is not lead)
+        path = tmp_path / "pieces.snap"
+        pieces = await save_file(member, path)
+        assert pieces > 20
+        info = read_info(path)
+        assert info.header.member_id == member.id
+        assert info.header.cluster_id == cluster.cluster_id
+        assert info.header.revision == 31
+        # A consumer that stops after one piece releases the worker and the member.
+        stream = member.snapshot(linearizable=False)
+        first = await anext(stream)
+        assert first.startswith(b"KVAPPSNP")
+        await stream.aclose()
+        await lead.write(PutRequest(b"after", b"abandon"))
+        assert status(path).total_keys == 30
+    finally:
+        await cluster.stop()
 
 
 # -- restore -------------------------------------------------------------------------------
