@@ -40,6 +40,8 @@ from kvapp.node import (
 from kvapp.service import MemberInfo
 
 if TYPE_CHECKING:
+    from kvapp.metrics import MemberMetrics
+    from kvapp.server.etcd import EtcdGrpcServer
     from kvapp.storage import RaftStore
 
 __all__ = [
@@ -96,6 +98,7 @@ class ServeOptions:
     fsync: bool
     listen_metrics: tuple[str, int] | None = None
     force_new_cluster: bool = False
+    grpc_urls: tuple[str, ...] = ()
 
 
 def _url_list(value: str, flag: str) -> tuple[str, ...]:
@@ -181,6 +184,11 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="disaster recovery: restart this member's existing data as a one-member cluster "
         "(committed data kept, every other member removed); run once, then drop the flag",
     )
+    p.add_argument(
+        "--listen-grpc-urls",
+        help="serve etcd's v3 gRPC API (etcdctl, etcd clients) on this http://host:port "
+        "(default: off); published in the member list for etcd clients",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -250,6 +258,9 @@ def parse_serve_args(argv: Sequence[str]) -> tuple[ServeOptions, str]:
             else None
         ),
         force_new_cluster=a.force_new_cluster,
+        grpc_urls=(
+            _url_list(a.listen_grpc_urls, "--listen-grpc-urls")[:1] if a.listen_grpc_urls else ()
+        ),
     )
     return opts, a.log_level
 
@@ -417,7 +428,7 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         keep_entries=min(5000, opts.snapshot_count),
         max_request_bytes=opts.max_request_bytes,
         new_cluster=opts.new_cluster,
-        client_urls=opts.advertise_client_urls,
+        client_urls=opts.advertise_client_urls + _published_grpc_urls(opts),
     )
     hist = MemberMetrics.fsync_histogram()
     member = Member(config, TimedStorage(store, hist), transport)
@@ -443,6 +454,7 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         if opts.listen_metrics is not None
         else None
     )
+    grpc_server = _grpc_server(opts, metrics, member)
     status = 0
     try:
         await _listen("peers", opts.listen_peer, transport.start)
@@ -451,6 +463,9 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         await _listen("clients", opts.listen_client, server.start)
         if http is not None and opts.listen_metrics is not None:
             await _listen("metrics", opts.listen_metrics, http.start)
+        if grpc_server is not None:
+            grpc_at = parse_peer_url(opts.grpc_urls[0])
+            await _listen("etcd gRPC clients", grpc_at, grpc_server.start)
         logger.info(
             "%s: member %x of cluster %x serving clients on %s:%d, peers on %s:%d",
             opts.name,
@@ -476,6 +491,8 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         if http is not None:
             await http.stop()
         await metrics.stop()
+        if grpc_server is not None:
+            await grpc_server.stop()
         await server.stop()
         if member.failure is None:
             await member.transfer_leadership_away()
@@ -531,6 +548,34 @@ def _force_new_cluster(
     )
 
 
+def _published_grpc_urls(opts: ServeOptions) -> tuple[str, ...]:
+    """The gRPC URLs, marked, to publish beside the native client URLs (docs/etcd-api.md)."""
+    if not opts.grpc_urls:
+        return ()
+    from kvapp.server.etcd import publish_grpc_urls  # noqa: PLC0415 - imports grpc
+
+    return publish_grpc_urls(opts.grpc_urls)
+
+
+def _grpc_server(
+    opts: ServeOptions, metrics: MemberMetrics, member: Member
+) -> EtcdGrpcServer | None:
+    """The etcd API server for ``--listen-grpc-urls``, or None without the flag."""
+    if not opts.grpc_urls:
+        return None
+    from kvapp.metrics import MeteredService  # noqa: PLC0415
+    from kvapp.server.etcd import EtcdGrpcServer, MemberMaintenance  # noqa: PLC0415
+
+    host, port = parse_peer_url(opts.grpc_urls[0])
+    return EtcdGrpcServer(
+        MeteredService(member, metrics),
+        host=host,
+        port=port,
+        maintenance=MemberMaintenance(member),
+        max_request_bytes=opts.max_request_bytes,
+    )
+
+
 def _setup_logging(level: str, name: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()),
@@ -569,7 +614,7 @@ def cluster_main(argv: Sequence[str]) -> int:
     if not 1 <= a.size <= 7:
         print("kvapp cluster: error: --size must be between 1 and 7", file=sys.stderr)
         return 2
-    if a.base_port and not 1024 <= a.base_port <= 65535 - 2 * a.size:
+    if a.base_port and not 1024 <= a.base_port <= 65535 - 3 * a.size:
         print("kvapp cluster: error: --base-port out of range", file=sys.stderr)
         return 2
     with contextlib.ExitStack() as stack:

@@ -37,6 +37,7 @@ class LocalMember:
     name: str
     peer_port: int
     client_port: int
+    grpc_port: int = 0
 
     @property
     def peer_url(self) -> str:
@@ -47,6 +48,11 @@ class LocalMember:
     def client_url(self) -> str:
         """Its client URL."""
         return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """Its etcd API (gRPC) URL."""
+        return f"http://127.0.0.1:{self.grpc_port}"
 
 
 def _free_ports(n: int) -> list[int]:
@@ -68,12 +74,23 @@ def plan_cluster(size: int, parent: Path, *, base_port: int = 0) -> tuple[str, l
     if plan.exists():
         data = json.loads(plan.read_text())
         members = [
-            LocalMember(m["name"], m["peer_port"], m["client_port"]) for m in data["members"]
+            LocalMember(m["name"], m["peer_port"], m["client_port"], m.get("grpc_port", 0))
+            for m in data["members"]
         ]
-        return str(data["token"]), members
-    ports = list(range(base_port, base_port + 2 * size)) if base_port else _free_ports(2 * size)
-    members = [LocalMember(f"m{i + 1}", ports[2 * i], ports[2 * i + 1]) for i in range(size)]
-    token = f"kvapp-local-{secrets.token_hex(4)}"
+        if all(m.grpc_port for m in members):
+            return str(data["token"]), members
+        # A plan from before the etcd API: give each member a gRPC port and keep it.
+        extra = iter(_free_ports(len(members)))
+        members = [attrs.evolve(m, grpc_port=m.grpc_port or next(extra)) for m in members]
+        token = str(data["token"])
+    else:
+        n = 3 * size
+        ports = list(range(base_port, base_port + n)) if base_port else _free_ports(n)
+        members = [
+            LocalMember(f"m{i + 1}", ports[3 * i], ports[3 * i + 1], ports[3 * i + 2])
+            for i in range(size)
+        ]
+        token = f"kvapp-local-{secrets.token_hex(4)}"
     parent.mkdir(parents=True, exist_ok=True)
     plan.write_text(
         json.dumps({"token": token, "members": [attrs.asdict(m) for m in members]}, indent=2)
@@ -99,6 +116,8 @@ def serve_args(
         m.peer_url,
         "--listen-client-urls",
         m.client_url,
+        "--listen-grpc-urls",
+        m.grpc_url,
         "--initial-cluster",
         initial,
         "--initial-cluster-token",
@@ -135,12 +154,17 @@ async def run_local_cluster(
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
             )
         endpoints = ",".join(f"127.0.0.1:{m.client_port}" for m in members)
+        grpc_endpoints = ",".join(f"127.0.0.1:{m.grpc_port}" for m in members)
         out(f"kvapp cluster: {size} member(s), data in {parent}")
         for m in members:
-            out(f"  {m.name}: client {m.client_url}  peer {m.peer_url}  log {parent / m.name}.log")
+            out(
+                f"  {m.name}: client {m.client_url}  grpc {m.grpc_url}  peer {m.peer_url}  "
+                f"log {parent / m.name}.log"
+            )
         out("connect with:")
         out(f"  python3 -m kvapp.ctl --endpoints={endpoints} put hello world")
         out(f"  python3 -m kvapp.ctl --endpoints={endpoints} get hello")
+        out(f"  ETCDCTL_API=3 etcdctl --endpoints={grpc_endpoints} get hello")
         out("Ctrl-C stops every member.")
         return await _monitor(members, procs, stop, out)
     finally:
