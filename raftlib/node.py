@@ -10,8 +10,10 @@ storage (:class:`NodeStorage`: raftlib's ``MemoryStorage``, kvapp's ``RaftStore`
 * steps every message the transport passes to :meth:`Node.receive`;
 * runs the Ready loop exactly as ``docs/ready.md`` says: ``messages`` go out at once,
   ``storage.save_ready(rd)`` runs in a worker thread so the loop never waits on an fsync,
-  ``persisted_messages`` go out only once that returned, then committed entries are applied in
-  order, exactly once, and ``advance`` is called;
+  ``persisted_messages`` go out only once that returned, committed entries are applied in
+  order, exactly once, and ``advance`` is called; committed entries that were durable before
+  the Ready are applied while it is being written, so the state machine's work overlaps the
+  fsync;
 * matches committed entries to the proposals waiting for them (see "Envelope" below), answers
   read barriers, publishes leadership changes, and snapshots and compacts the log.
 
@@ -347,6 +349,26 @@ class _Read:
 
 
 _Offer = tuple[Committed, "asyncio.Future[None]"]
+
+
+def _durable_prefix(rd: Ready) -> int:
+    """How many of ``rd``'s committed entries may be applied while ``rd`` is being saved.
+
+    Those already in storage before this Ready (below its first new entry) are committed and
+    durable here, so applying them beside the write changes nothing a crash could expose; it
+    overlaps the state machine's work with the fsync, as etcd's server does. The run stops at
+    the first configuration change (applying it touches the RawNode, which must stay idle while
+    storage is written) and is empty when the Ready installs a snapshot.
+    """
+    if rd.snapshot is not None:
+        return 0
+    limit = rd.entries[0].index if rd.entries else None
+    n = 0
+    for e in rd.committed_entries:
+        if e.type != EntryType.NORMAL or (limit is not None and e.index >= limit):
+            break
+        n += 1
+    return n
 
 
 def _peek(raw: RawNode) -> _Raft:
@@ -895,14 +917,22 @@ class Node:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
         self._send(rd.messages)
+        committed = rd.committed_entries
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             if self._executor is None:
                 raise RaftError("node has no worker")
-            await asyncio.wrap_future(self._executor.submit(self._storage.save_ready, rd))
+            saving = asyncio.wrap_future(self._executor.submit(self._storage.save_ready, rd))
+            early = _durable_prefix(rd)
+            try:
+                for e in committed[:early]:
+                    await self._apply_entry(e)
+            finally:
+                await saving
+            committed = committed[early:]
         self._send(rd.persisted_messages)
         if rd.snapshot is not None:
             self._install_snapshot(rd.snapshot)
-        for e in rd.committed_entries:
+        for e in committed:
             await self._apply_entry(e)
         for rs in rd.read_states:
             self._on_read_state(rs)

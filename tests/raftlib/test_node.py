@@ -32,6 +32,7 @@ from raftlib import (
     ConfChangeV2,
     ConfState,
     Entry,
+    EntryType,
     HardState,
     MemoryStorage,
     Message,
@@ -1068,3 +1069,83 @@ async def test_a_failing_snapshot_image_stops_the_node_and_reports_why() -> None
         assert not node.running
     finally:
         await node.stop()
+
+
+class OverlapStorage(MemoryStorage):
+    """MemoryStorage whose writes wait for the entries that may be applied beside them.
+
+    A write of a Ready whose committed entries start with ones already durable waits (up to
+    a bound) for the state machine to apply them: it gets there only if the driver applies
+    while the write runs.
+    """
+
+    def __init__(self, cs: ConfState, sm: StateMachine) -> None:
+        super().__init__(cs)
+        self.sm = sm
+        self.durable = 0  # last index of a completed save_ready
+        self.overlapped = 0
+        self.waited_in_vain = 0
+
+    def save_ready(self, rd: Ready) -> None:
+        first_new = rd.entries[0].index if rd.entries else None
+        early = []  # entries the state machine will see (not raftlib's empty ones)
+        for e in rd.committed_entries:
+            if e.type != EntryType.NORMAL or (first_new is not None and e.index >= first_new):
+                break
+            if e.data:
+                early.append(e.index)
+        if early and rd.snapshot is None:
+            deadline = time.monotonic() + 0.5
+            while self.sm.applied < early[-1] and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            if self.sm.applied >= early[-1]:
+                self.overlapped += 1
+            else:
+                self.waited_in_vain += 1
+        super().save_ready(rd)
+        if rd.entries:
+            self.durable = rd.entries[-1].index
+
+
+@pytest.mark.parametrize("ids", [(1,), (1, 2, 3)], ids=["lone", "three"])
+def test_entries_durable_before_a_ready_are_applied_while_it_is_written(
+    ids: tuple[int, ...],
+) -> None:
+    @run()
+    async def body() -> None:
+        c = Cluster(ids=ids)
+        storages: dict[int, OverlapStorage] = {}
+
+        def checked(i: int, sm: StateMachine) -> Callable[[Committed], None]:
+            def apply(c_: Committed) -> None:
+                durable = storages[i].durable
+                assert c_.index <= durable, f"{i} applied {c_.index} before it was durable"
+                sm.apply(c_)
+
+            return apply
+
+        for i in ids:
+            sm = StateMachine()
+            storages[i] = OverlapStorage(ConfState(voters=ids), sm)
+            c.start(i, storages[i], apply=checked(i, sm))
+            c.sms[i] = sm
+        try:
+            lead = await c.wait_leader()
+            for _ in range(5):
+                await asyncio.gather(*(lead.propose(b"x", timeout=10) for _ in range(50)))
+            if len(ids) > 1:
+                # A lagging follower gets entries and a commit index covering them at once:
+                # those it must not apply before they are durable.
+                lagging = c.follower().id
+                c.isolated.add(lagging)
+                await asyncio.gather(*(lead.propose(b"y", timeout=10) for _ in range(50)))
+                c.isolated.discard(lagging)
+                await lead.propose(b"z", timeout=10)
+            await c.all_applied(lead.applied)
+            assert all(n.running for n in c.nodes.values()), [n.failure for n in c.nodes.values()]
+            assert sum(s.overlapped for s in storages.values()) > 0
+            assert [s.waited_in_vain for s in storages.values()] == [0] * len(ids)
+        finally:
+            await c.stop_all()
+
+    body()
