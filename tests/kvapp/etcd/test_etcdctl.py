@@ -203,8 +203,16 @@ def test_an_etcdctl_session_against_kvapp_cluster(cluster: Cluster, etcdctl: str
     assert leaders.pop() in {s["Status"]["header"]["member_id"] for s in statuses}
     health = ctl.run("endpoint", "health")
     assert health.stderr.count("is healthy") + health.stdout.count("is healthy") == 3
-    hashes = {h["HashKV"]["hash"] for h in ctl.json("endpoint", "hashkv", "--cluster")}
-    assert len(hashes) == 1
+    # Equal once every member has applied the same revisions (a follower may lag a moment).
+    poll(
+        lambda: (
+            len({h["HashKV"]["hash"] for h in ctl.json("endpoint", "hashkv", "--cluster")}) == 1
+            or None
+        ),
+        timeout=10,
+        what="every member to report the same HashKV",
+        describe=lambda: ctl.out("endpoint", "hashkv", "--cluster"),
+    )
     assert ctl.out("alarm", "list") == ""
 
     # membership: a learner added (not started), refused promotion, removed
