@@ -7,11 +7,11 @@
 installs one with :meth:`KvState.restore`; replicas compare :meth:`KvState.hash` at the same
 applied index to detect divergence.
 
-Snapshot format (version 1): a stream of CBOR data items, written and read one at a time so
+Snapshot format (version 2): a stream of CBOR data items, written and read one at a time so
 neither side needs the whole snapshot in memory twice:
 
-1. a header map: ``format`` (``"kvapp.kvstate"``), ``version`` (1), ``revision``,
-   ``compact_revision``, ``next_lease_id``;
+1. a header map: ``format`` (``"kvapp.kvstate"``), ``version`` (2), ``revision``,
+   ``compact_revision`` (-1 if never compacted, as etcd counts), ``next_lease_id``;
 2. ``["base", [record, ...]]`` chunks: the versions kept from at or below the compacted
    revision, in key order; a record is ``[key, create_revision, mod_revision, version, value,
    lease]``;
@@ -22,6 +22,9 @@ neither side needs the whole snapshot in memory twice:
    ``hash``, the :meth:`KvState.hash` of the state. :meth:`KvState.restore` rebuilds the state
    aside, checks counts and hash, and only then replaces the live state, so a truncated or
    damaged stream changes nothing.
+
+Version 1 differed only in writing 0 for "never compacted" (the store then refused
+``Compact(0)``, so 0 could mean nothing else); it is still read, as -1.
 
 Keys and values are CBOR byte strings, so the format is independent of Python. Watch state is
 local and not part of a snapshot; watchers survive a restore (see :mod:`kvapp.watch`).
@@ -49,6 +52,7 @@ from kvapp.lease import (
     LeaseSnapshot,
     Lessor,
 )
+from kvapp.mvcc import NEVER_COMPACTED
 from kvapp.mvcc.store import Store, history_hash
 from kvapp.mvcc.types import (
     CompactRequest,
@@ -73,7 +77,7 @@ __all__ = [
 ]
 
 FORMAT = "kvapp.kvstate"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _CHUNK = 1024
 _HEADER_KEYS = frozenset({"format", "version", "revision", "compact_revision", "next_lease_id"})
 _TRAILER_KEYS = frozenset({"end", "base", "log", "leases", "hash"})
@@ -333,10 +337,11 @@ def _read(dec: cbor2.CBORDecoder, max_txn_ops: int | None) -> tuple[Store, Lease
         raise _fail("missing or malformed header")
     if header["format"] != FORMAT:
         raise _fail(f"format {header['format']!r} is not {FORMAT!r}")
-    if header["version"] != FORMAT_VERSION:
+    if header["version"] not in (1, FORMAT_VERSION):
         raise _fail(f"unsupported version {header['version']!r}")
     revision = _int(header["revision"], "revision")
-    compact = _int(header["compact_revision"], "compact_revision")
+    written = _int(header["compact_revision"], "compact_revision")
+    compact = NEVER_COMPACTED if header["version"] == 1 and written == 0 else written
     next_id = _int(header["next_lease_id"], "next_lease_id")
 
     sections: dict[str, list[object]] = {"base": [], "log": [], "leases": []}
@@ -369,7 +374,8 @@ def _read(dec: cbor2.CBORDecoder, max_txn_ops: int | None) -> tuple[Store, Lease
     leases = LeaseSnapshot(next_id, tuple(_lease(r) for r in sections["leases"]))
     if [r.id for r in leases.leases] != sorted({r.id for r in leases.leases}):
         raise _fail("lease records out of order or repeated")
-    if state_hash(store, leases) != trailer["hash"]:
+    # The hash covers the compacted revision as written (a version 1 snapshot's 0).
+    if _state_crc(store.hash_kv().hash, revision, written, leases) != trailer["hash"]:
         raise _fail("hash mismatch")
     return store, leases
 

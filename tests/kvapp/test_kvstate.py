@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kvapp import kvstate
 from kvapp.errors import EtcdError, KeyNotFoundError, LeaseNotFoundError, StateSnapshotError
 from kvapp.kvstate import FORMAT, Command, KvState
 from kvapp.lease import (
@@ -196,6 +197,27 @@ def test_snapshot_streams_in_chunks() -> None:
     assert items[-1]["log"] == 1502  # revisions 1500..3001: the log keeps the compacted one
 
 
+def test_a_version_1_snapshot_reads_compacted_revision_0_as_never_compacted() -> None:
+    s = build()
+    assert s.store.compact_revision == -1
+    items = _items(s.snapshot_bytes())
+    assert items[0]["compact_revision"] == -1
+    # Version 1 wrote 0 for "never compacted", and hashed the state with 0.
+    leases = s.lessor.snapshot()
+    v1_hash = kvstate._state_crc(s.store.hash_kv().hash, s.store.revision, 0, leases)
+    assert v1_hash != s.hash()
+    items[0] = {**items[0], "version": 1, "compact_revision": 0}
+    items[-1] = {**items[-1], "hash": v1_hash}
+    other = new_state()
+    other.restore_bytes(_encode(*items))
+    assert other.store.compact_revision == -1
+    assert other.hash() == s.hash()
+    items[-1] = {**items[-1], "hash": s.hash()}  # a hash over -1 is not version 1's
+    with pytest.raises(StateSnapshotError, match="hash"):
+        new_state().restore_bytes(_encode(*items))
+    assert other.apply(CompactRequest(0)) == s.apply(CompactRequest(0))
+
+
 def _items(data: bytes) -> list[Any]:
     fp = io.BytesIO(data)
     dec = cbor2.CBORDecoder(fp)
@@ -243,7 +265,7 @@ def _valid_items() -> list[Any]:
     "mangle",
     [
         pytest.param(lambda items: [{**items[0], "format": "etcd"}, *items[1:]], id="format"),
-        pytest.param(lambda items: [{**items[0], "version": 2}, *items[1:]], id="version"),
+        pytest.param(lambda items: [{**items[0], "version": 3}, *items[1:]], id="version"),
         pytest.param(lambda items: [{**items[0], "extra": 1}, *items[1:]], id="header key"),
         pytest.param(lambda items: [{**items[0], "revision": 2**64}, *items[1:]], id="huge int"),
         pytest.param(lambda items: [{**items[0], "revision": "9"}, *items[1:]], id="str rev"),
