@@ -672,6 +672,11 @@ class Member:
                 info = attrs.evolve(info, name=old.name, client_urls=old.client_urls)
             info = attrs.evolve(info, id=cc.node_id, is_learner=learner)
             self._members[cc.node_id] = info
+            if cc.node_id == self.id and self.removed:
+                # Re-added under the same id (its peer URLs): a member replaying the log from
+                # scratch meets its old removal first. It is a member again.
+                logger.info("%s: this member was added to the cluster again", self.config.name)
+                self.removed = False
             self._link(info)
         elif cc.type == ConfChangeType.REMOVE_NODE:
             self._members.pop(cc.node_id, None)

@@ -29,6 +29,7 @@ and elect a leader at term 2.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
@@ -39,6 +40,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -63,7 +65,7 @@ from kvapp.snapfile import (
     read_payload,
 )
 from kvapp.storage import DiskStorageError, RaftStore
-from kvapp.storage.fileutil import fsync_dir
+from kvapp.storage.fileutil import fsync, fsync_dir
 from raftlib import (
     ConfChange,
     ConfChangeType,
@@ -82,6 +84,9 @@ from raftlib import (
 )
 from raftlib.codec import decode_conf_change, encode_conf_change
 
+if TYPE_CHECKING:
+    from kvapp.client import AsyncClient
+
 __all__ = [
     "ForcedCluster",
     "RecoveryError",
@@ -91,6 +96,7 @@ __all__ = [
     "force_new_cluster",
     "parse_restore_args",
     "restore",
+    "save_snapshot",
     "snapshot_main",
     "status",
 ]
@@ -165,6 +171,69 @@ def status(path: str | Path) -> SnapshotStatus:
         raft_index=info.header.raft_index,
         sha256=info.sha256,
     )
+
+
+# -- save ----------------------------------------------------------------------------------------
+
+
+async def save_snapshot(
+    client: AsyncClient,
+    path: str | Path,
+    *,
+    endpoint: str,
+    linearizable: bool = True,
+    idle_timeout: float = 5.0,
+) -> SnapshotFileInfo:
+    """Stream ``endpoint``'s snapshot into ``path`` (``kvctl snapshot save``), checked and synced.
+
+    Written to ``<path>.part``, fsynced, checked (framing and hash), then renamed over
+    ``path``: ``path`` is only ever a whole, verified file. On any failure the partial file
+    is removed.
+
+    Args:
+        client: a client (its connect timeout applies).
+        path: the file to write.
+        endpoint: the member to ask.
+        linearizable: see :meth:`kvapp.client.AsyncClient.snapshot`.
+        idle_timeout: give up when no data arrived for this many seconds.
+
+    Raises:
+        RecoveryError: nothing arrived for ``idle_timeout`` s, the file cannot be written, or
+            what arrived is not a valid snapshot file.
+        EtcdError, Unavailable: from the member or the client.
+    """
+    target = Path(path)
+    part = target.with_name(target.name + ".part")
+    loop = asyncio.get_running_loop()
+    try:
+        with part.open("wb") as f:
+            async with asyncio.timeout(idle_timeout) as idle:
+
+                def sink(data: bytes) -> None:
+                    f.write(data)
+                    idle.reschedule(loop.time() + idle_timeout)
+
+                await client.snapshot(sink, endpoint=endpoint, linearizable=linearizable)
+            f.flush()
+            fsync(f.fileno())
+        info = read_info(part)
+        part.replace(target)
+        fsync_dir(target.parent.resolve())
+    except TimeoutError:
+        part.unlink(missing_ok=True)
+        raise RecoveryError(
+            f"snapshot from {endpoint}: no data for {idle_timeout:g} s; nothing saved"
+        ) from None
+    except SnapshotFileError as e:
+        part.unlink(missing_ok=True)
+        raise RecoveryError(f"snapshot from {endpoint} is not valid: {e}") from None
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        raise RecoveryError(f"cannot write {part}: {e.strerror or e}") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return attrs.evolve(info, path=target)
 
 
 # -- restore ---------------------------------------------------------------------------------------
@@ -637,13 +706,70 @@ def _restore_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _save_main(argv: Sequence[str]) -> int:
+    from kvapp.client import AsyncClient  # noqa: PLC0415 - only when saving
+    from kvapp.client.native import parse_endpoint  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(
+        prog="kvapp snapshot save",
+        description="Stream a snapshot of a running member's state into a file.",
+    )
+    p.add_argument("file")
+    p.add_argument("--endpoints", default="127.0.0.1:2379", help="the one member to ask")
+    p.add_argument(
+        "--consistency",
+        choices=("l", "s"),
+        default="l",
+        help="l: every write acknowledged before is in it (needs a leader); s: the member's "
+        "own state (works without a quorum)",
+    )
+    p.add_argument("--dial-timeout", type=float, default=2.0, help="seconds (default 2)")
+    p.add_argument(
+        "--command-timeout", type=float, default=5.0, help="seconds without data (default 5)"
+    )
+    a = p.parse_args(argv)
+    endpoints = [e.strip() for e in a.endpoints.split(",") if e.strip()]
+    if len(endpoints) != 1:
+        print(
+            "kvapp snapshot save: error: a snapshot is requested from one member: give "
+            f"exactly one endpoint (got {a.endpoints!r})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        parse_endpoint(endpoints[0])
+    except ValueError as e:
+        print(f"kvapp snapshot save: error: --endpoints: {e}", file=sys.stderr)
+        return 2
+
+    async def save() -> SnapshotFileInfo:
+        async with AsyncClient(endpoints, connect_timeout=a.dial_timeout) as client:
+            return await save_snapshot(
+                client,
+                a.file,
+                endpoint=endpoints[0],
+                linearizable=a.consistency == "l",
+                idle_timeout=a.command_timeout,
+            )
+
+    try:
+        info = asyncio.run(save())
+    except KvappError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    print(f"Snapshot saved at {info.path}")
+    return 0
+
+
 def snapshot_main(argv: Sequence[str]) -> int:
     """``kvapp snapshot {save,restore,status}``."""
     args = list(argv)
-    commands = {"restore": _restore_main, "status": _status_main}
+    commands = {"save": _save_main, "restore": _restore_main, "status": _status_main}
     if not args or args[0] not in commands:
         print(
-            "usage: kvapp snapshot {restore,status} ...\n"
+            "usage: kvapp snapshot {save,restore,status} ...\n"
+            "  save FILE --endpoints HOST:PORT\n"
+            "           stream a snapshot of a running member's state into FILE\n"
             "  restore FILE --name N --initial-cluster ... --initial-cluster-token T "
             "--data-dir D\n"
             "           build a member's data directory for a new cluster from a snapshot file\n"

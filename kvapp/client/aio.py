@@ -512,6 +512,43 @@ class AsyncClient:
         except (OSError, TimeoutError, ClientError, ValueError) as e:
             raise Unavailable(f"status of {endpoint}: {_why(e)}") from e
 
+    async def snapshot(
+        self,
+        sink: Callable[[bytes], object],
+        *,
+        endpoint: str | None = None,
+        linearizable: bool = True,
+    ) -> int:
+        """Stream a snapshot file of one member's state into ``sink`` (etcd's Snapshot call).
+
+        ``sink`` gets the file's bytes (:mod:`kvapp.snapfile`) piece by piece, in order, on the
+        client's loop; a slow sink slows the stream, not the member. Nothing is retried once
+        asked (pieces may have reached ``sink``): on an error, discard what ``sink`` got.
+
+        Args:
+            sink: takes each piece; an exception from it ends the call with that exception.
+            endpoint: the member to ask (no failover); None: the first reachable one.
+            linearizable: the state holds every write acknowledged before the call (the member
+                makes a read barrier first, which needs a leader); False: the member's own
+                state as it is, which works without a quorum.
+
+        Returns:
+            The file's size in bytes.
+
+        Raises:
+            Unavailable: no endpoint could be reached, or the connection was lost midway.
+            EtcdError: the member refused (no leader, timeout, stopping).
+        """
+        try:
+            link = await (self._open(endpoint) if endpoint is not None else self._link())
+        except (OSError, TimeoutError, ClientError, ValueError) as e:
+            raise Unavailable(f"snapshot from {endpoint or self.endpoints}: {_why(e)}") from e
+        try:
+            return await link.snapshot(sink, linearizable=linearizable)
+        except LinkClosed as e:
+            await self._forget(link)
+            raise Unavailable(f"snapshot from {link.endpoint}: {_why(e)}") from e
+
     # -- connections -------------------------------------------------------------------------
 
     async def _open(self, endpoint: str) -> Link:

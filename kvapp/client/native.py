@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
@@ -116,13 +117,19 @@ class _Fatal(Exception):
 
 
 class _Pending:
-    __slots__ = ("abandoned", "future", "op", "sent")
+    __slots__ = ("abandoned", "chunks", "future", "op", "sent")
 
-    def __init__(self, future: asyncio.Future[tuple[ResponseHeader, wire.OpResult]], op: wire.Op):
+    def __init__(
+        self,
+        future: asyncio.Future[tuple[ResponseHeader, wire.OpResult]],
+        op: wire.Op,
+        chunks: Callable[[bytes], object] | None = None,
+    ):
         self.future = future
         self.op = op
         self.sent = False
         self.abandoned = False
+        self.chunks = chunks  # takes the pieces of a streamed answer
 
 
 class NativeConnector:
@@ -261,7 +268,10 @@ class NativeLink:
     # -- calls -------------------------------------------------------------------------------
 
     async def _call(
-        self, request: wire.OpRequest, request_id: int = 0
+        self,
+        request: wire.OpRequest,
+        request_id: int = 0,
+        chunks: Callable[[bytes], object] | None = None,
     ) -> tuple[ResponseHeader, wire.OpResult]:
         if self._lost is not None:
             raise LinkClosed(self._endpoint, str(self._lost), sent=False)
@@ -273,7 +283,7 @@ class NativeLink:
         fut: asyncio.Future[tuple[ResponseHeader, wire.OpResult]] = (
             asyncio.get_running_loop().create_future()
         )
-        pending = _Pending(fut, op)
+        pending = _Pending(fut, op, chunks)
         self._pending[req_no] = pending
         self._queue.append((req_no, op, body, pending))
         self._wake.set()
@@ -348,6 +358,24 @@ class NativeLink:
     async def status(self) -> StatusInfo:
         """The member's status."""
         return await self._typed(wire.StatusRequest(), StatusInfo)
+
+    async def snapshot(self, sink: Callable[[bytes], object], *, linearizable: bool) -> int:
+        """Stream the member's snapshot file into ``sink``; returns its size.
+
+        ``sink`` runs in the link's reader, so a slow sink slows the stream (and this link).
+        An exception from ``sink`` ends the call with it; the rest of the stream is dropped.
+        """
+        received = 0
+
+        def piece(data: bytes) -> None:
+            nonlocal received
+            received += len(data)
+            sink(data)
+
+        _, result = await self._call(wire.SnapshotRequest(linearizable), chunks=piece)
+        if not isinstance(result, wire.SnapshotResult) or result.size != received:
+            raise self._violation(f"snapshot of {received} bytes answered with {result!r:.60}")
+        return received
 
     async def watch(self, spec: WatchSpec, sink: WatchSink) -> WatchStarted:
         """Create a watcher under a link-chosen id; ``sink`` is registered before sending."""
@@ -519,6 +547,19 @@ class NativeLink:
                     s.on_watch_response(response)
                 except Exception:
                     log.exception("native client: a watch sink failed")
+        elif kind == wire.ITEM_CHUNK:
+            if len(item) != 3 or type(item[1]) is not int or type(item[2]) is not bytes:
+                raise RequestDecodeError(f"malformed stream item {item!r:.60}")
+            pending = self._pending.get(item[1])
+            if pending is None or pending.future.done():
+                return  # abandoned by its caller, or its sink failed
+            if pending.chunks is None:
+                raise RequestDecodeError(f"a stream piece for request {item[1]}, which streams")
+            try:
+                pending.chunks(item[2])
+            except Exception as e:  # noqa: BLE001 - the caller's sink: its error ends the call
+                del self._pending[item[1]]
+                pending.future.set_exception(e)
         elif kind == wire.ITEM_FATAL:
             if len(item) != 3:
                 raise RequestDecodeError(f"malformed connection error {item!r:.60}")

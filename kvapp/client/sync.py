@@ -289,6 +289,16 @@ class Client:
         """See :meth:`AsyncClient.status`."""
         return self._call(self._client.status(endpoint))
 
+    def snapshot(
+        self,
+        sink: Callable[[bytes], object],
+        *,
+        endpoint: str | None = None,
+        linearizable: bool = True,
+    ) -> int:
+        """See :meth:`AsyncClient.snapshot` (``sink`` runs on the client's thread)."""
+        return self._call(self._client.snapshot(sink, endpoint=endpoint, linearizable=linearizable))
+
 
 class SyncWatch:
     """A blocking iterator over a :class:`~kvapp.client.aio.Watch`'s events."""

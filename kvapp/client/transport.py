@@ -19,7 +19,7 @@ Contract of every :class:`Link` method:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import attrs
@@ -132,6 +132,10 @@ class Link(Protocol):
 
     async def status(self) -> StatusInfo:
         """The member's status."""
+        ...
+
+    async def snapshot(self, sink: Callable[[bytes], object], *, linearizable: bool) -> int:
+        """Stream the member's snapshot file into ``sink``, piece by piece; returns its size."""
         ...
 
     async def watch(self, spec: WatchSpec, sink: WatchSink) -> WatchStarted:

@@ -494,6 +494,29 @@ async def cmd_endpoint_health(ctl: Ctl) -> int:
     return 0
 
 
+# -- snapshot ----------------------------------------------------------------------------------
+
+
+async def cmd_snapshot_save(ctl: Ctl) -> int:
+    """``snapshot save FILE``: from the one endpoint given, into FILE (via ``FILE.part``)."""
+    from kvapp.recovery import save_snapshot  # noqa: PLC0415 - only for this command
+
+    endpoints = ctl.opts.endpoints
+    if len(endpoints) != 1:
+        raise UsageError(
+            f"snapshot must be requested to one selected node, not multiple {list(endpoints)}"
+        )
+    info = await save_snapshot(
+        ctl.client,
+        ctl.ns.filename,
+        endpoint=endpoints[0],
+        linearizable=ctl.ns.consistency == "l",
+        idle_timeout=ctl.budget,
+    )
+    ctl.out.line(f"Snapshot saved at {info.path}")
+    return 0
+
+
 COMMANDS: Final[dict[str, Callable[[Ctl], Awaitable[int]]]] = {
     "put": cmd_put,
     "get": cmd_get,
@@ -512,5 +535,6 @@ COMMANDS: Final[dict[str, Callable[[Ctl], Awaitable[int]]]] = {
     "member promote": cmd_member_promote,
     "endpoint status": cmd_endpoint_status,
     "endpoint health": cmd_endpoint_health,
+    "snapshot save": cmd_snapshot_save,
 }
 """Every command, by its name as typed (``lease grant``)."""

@@ -377,6 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
         p = leaf(member, name, what)
         p.add_argument("member_id", type=parse_member_id, metavar="ID")
 
+    snapshot = leaf(cmds, "snapshot", "snapshot commands").add_subparsers(
+        dest="sub", metavar="SUBCOMMAND", required=True
+    )
+    p = leaf(snapshot, "save", "stream a snapshot of one member's state into a file")
+    p.add_argument("filename")
+    p.add_argument(
+        "--consistency",
+        type=_consistency,
+        default="l",
+        help="l (default): holds every write acknowledged before (needs a leader); s: the "
+        "member's own state (works without a quorum)",
+    )
+
     endpoint = leaf(cmds, "endpoint", "endpoint commands").add_subparsers(
         dest="sub", metavar="SUBCOMMAND", required=True
     )

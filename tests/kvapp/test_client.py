@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from kvapp import snapfile
 from kvapp.client import (
     AsyncClient,
     Client,
@@ -635,3 +637,42 @@ async def test_writes_in_flight_stay_within_the_dedup_window(
         await asyncio.gather(*puts)
         assert most == 8
         assert sorted(rid for (_, rid) in m.cluster.applied) == list(range(1, 21))
+
+
+# -- snapshots ----------------------------------------------------------------------------------
+
+
+@run()
+async def test_snapshot_streams_a_verifiable_file_into_the_sink() -> None:
+    async with members(2) as m, client_for(m) as client:
+        for i in range(40):
+            await client.put(b"k%02d" % i, b"v" * 50)
+        for service in m.services:
+            service.snapshot_chunk = 300
+        pieces: list[bytes] = []
+        size = await client.snapshot(pieces.append, endpoint=m.endpoints[1])
+        data = b"".join(pieces)
+        assert size == len(data)
+        assert len(pieces) > 5
+        assert m.services[1].calls.count("snapshot") == 1
+        assert data.startswith(snapfile.MAGIC)
+        assert hashlib.sha256(data[:-32]).digest() == data[-32:]
+        # The link stays usable; a sink that fails ends the call with its error, and only it.
+        assert (await client.get(b"k00")).count == 1
+
+        def full(_: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+        with pytest.raises(OSError, match="No space left"):
+            await client.snapshot(full, endpoint=m.endpoints[1])
+        assert (await client.get(b"k01")).count == 1
+
+
+@run()
+async def test_snapshot_errors_are_the_members_and_unreachable_endpoints_are_unavailable() -> None:
+    async with members(1) as m, client_for(m) as client:
+        m.services[0].unavailable = NoLeaderError()
+        with pytest.raises(NoLeaderError):
+            await client.snapshot(lambda _: None)
+        with pytest.raises(Unavailable, match=r"snapshot from 127\.0\.0\.1:1"):
+            await client.snapshot(lambda _: None, endpoint="127.0.0.1:1")

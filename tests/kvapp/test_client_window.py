@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from typing import cast
 
 import pytest
@@ -158,6 +159,9 @@ class FakeLink:
         raise NotImplementedError
 
     async def status(self) -> StatusInfo:
+        raise NotImplementedError
+
+    async def snapshot(self, sink: Callable[[bytes], object], *, linearizable: bool) -> int:
         raise NotImplementedError
 
     async def watch(self, spec: WatchSpec, sink: WatchSink) -> WatchStarted:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import shutil
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -87,7 +88,7 @@ class Cluster:
     def raft_dir(self, name: str) -> Path:
         return self.root / name / "raft"
 
-    async def start(self, *names: str) -> None:
+    async def start(self, *names: str, new_cluster: bool = True) -> None:
         for info in self.initial:
             if names and info.name not in names:
                 continue
@@ -105,6 +106,7 @@ class Cluster:
                 request_timeout=2.0,
                 snapshot_count=self.snapshot_count,
                 keep_entries=min(5000, self.snapshot_count),
+                new_cluster=new_cluster,
             )
             m = Member(config, store, self.hub.links(info.id), clock=self.clock)
             self.hub.members[info.id] = m
@@ -130,6 +132,12 @@ class Cluster:
             await asyncio.sleep(TICK)
         applied = {n: m.node.applied for n, m in self.members.items()}
         raise AssertionError(f"not every member applied {index}: {applied}")
+
+    async def stop_one(self, name: str) -> None:
+        m = self.members.pop(name)
+        await m.stop(transfer=False)
+        self.stores.pop(name).close()
+        del self.hub.members[m.id]
 
     async def stop(self) -> None:
         for m in self.members.values():
@@ -512,3 +520,29 @@ def test_force_new_cluster_refuses_a_member_outside_its_configuration(tmp_path: 
             force_new_cluster(store, me, known_members=[a.id, b.id, me.id])
         assert store.last_index() == 1
         assert store.hard_state.commit == 0
+
+
+@aio
+async def test_a_member_removed_then_added_again_under_its_id_stays_a_member(
+    tmp_path: Path,
+) -> None:
+    """Replaying the log from scratch, it meets its old removal before its new addition."""
+    initial = infos(3, OLD_TOKEN, 21300)
+    cluster = Cluster(tmp_path, initial, OLD_TOKEN)
+    await cluster.start()
+    try:
+        lead = await cluster.leader()
+        await lead.write(PutRequest(b"k", b"v"))
+        gone = next(i for i in initial if i.id != lead.id)
+        await lead.member_remove(gone.id)
+        await cluster.stop_one(gone.name)
+        shutil.rmtree(tmp_path / gone.name)
+        await lead.member_add(gone.peer_urls)
+        await cluster.start(gone.name, new_cluster=False)
+        back = cluster.members[gone.name]
+        await cluster.wait_applied(lead.node.applied)
+        assert not back.removed
+        assert (await back.range(RangeRequest(b"k"))).kvs[0].value == b"v"
+        assert gone.id in {m.id for m in back.member_list()}
+    finally:
+        await cluster.stop()
