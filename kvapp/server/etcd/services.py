@@ -529,9 +529,9 @@ class ClusterServicer:
 
 
 class MaintenanceServicer:
-    """etcdserverpb.Maintenance: Status, Alarm (list), HashKV, Hash, Defragment, MoveLeader.
+    """etcdserverpb.Maintenance: Status, Alarm, HashKV, Hash, Defragment, MoveLeader, Snapshot.
 
-    Snapshot answers UNIMPLEMENTED for now; so do alarm activation and deactivation.
+    Alarm activation and deactivation answer UNIMPLEMENTED for now.
     """
 
     def __init__(self, api: EtcdApi) -> None:
@@ -632,9 +632,30 @@ class MaintenanceServicer:
 
     async def Snapshot(
         self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
-    ) -> None:
-        """Not served yet."""
-        await abort_with(
-            context,
-            Unimplemented("kvapp: Maintenance.Snapshot (snapshot save) is not implemented yet"),
-        )
+    ) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
+        """Stream a snapshot file of the member's state (kvapp's format, see kvapp.snapfile).
+
+        The total size is not known in advance, so ``remaining_bytes`` is a lower bound (the
+        next piece's size) until the last piece, which carries 0; etcd clients only read the
+        blobs until the end of the stream.
+        """
+        try:
+            chunks = self.api.service.snapshot(linearizable=True)
+            try:
+                pending = await anext(chunks, None)
+                while pending is not None:
+                    following = await anext(chunks, None)
+                    yield rpc_pb2.SnapshotResponse(
+                        header=self.api.header(),
+                        remaining_bytes=len(following) if following is not None else 0,
+                        blob=pending,
+                    )
+                    pending = following
+            finally:
+                await chunks.aclose()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if is_abort(e):
+                raise
+            await abort_with(context, e)
