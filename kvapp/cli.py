@@ -649,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "usage: kvapp {serve,cluster,snapshot} [options]\n"
             "  serve     run one member (etcd's flags: --name --data-dir --initial-cluster ...)\n"
             "  cluster   run a local cluster on 127.0.0.1 (--size 3)\n"
-            "  snapshot  restore|status: disaster recovery from a snapshot file",
+            "  snapshot  save|restore|status: disaster recovery with snapshot files",
             file=sys.stderr,
         )
         return 2
