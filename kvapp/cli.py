@@ -527,21 +527,21 @@ def _force_new_cluster(
         raise StartupError(f"--force-new-cluster: {e}") from None
     if not forced.changed:
         logger.warning(
-            "%s: --force-new-cluster: this member is already the only voter and its log has no "
-            "uncommitted tail; nothing changed. Remove the flag before the next restart.",
+            "%s: --force-new-cluster: this member is already the only voter and its whole log is "
+            "committed; nothing changed. Remove the flag before the next restart.",
             opts.name,
         )
         return
     logger.warning(
-        "%s: --force-new-cluster: kept every committed entry up to index %d (snapshot at %d), "
-        "dropped %d uncommitted entr%s after it, removed member(s) %s%s; this member is now the "
-        "only voter of cluster %x. Remove --force-new-cluster before the next restart (it would "
-        "remove members added meanwhile); add members back with kvctl member add.",
+        "%s: --force-new-cluster: kept every entry, up to the recorded commit index %d "
+        "(snapshot at %d) and %d more after it, now committed; removed member(s) %s%s; this "
+        "member is now the only voter of cluster %x. Remove --force-new-cluster before the "
+        "next restart (it would remove members added meanwhile); add members back with kvctl "
+        "member add.",
         opts.name,
         forced.commit_index,
         forced.snapshot_index,
-        forced.dropped,
-        "y" if forced.dropped == 1 else "ies",
+        forced.kept_uncommitted,
         ", ".join(f"{n:x}" for n in forced.removed) or "(none)",
         ", made itself a voter" if forced.added_self else "",
         cluster_id,

@@ -15,7 +15,7 @@ Modelled on etcd's tools (docs/kvapp.md, "Disaster recovery", is the operator's 
   hash, revision, key count and size.
 - :func:`force_new_cluster` (``kvapp serve --force-new-cluster``, etcd's flag of that name)
   rewrites one member's own Raft log so it restarts as the only voter of its cluster, keeping
-  every committed entry and dropping the uncommitted tail, as etcd does.
+  every entry of it (etcd drops those past its recorded commit index; see the function).
 
 How a restored directory bootstraps: a fresh member (``kvapp.node.Member``) starts from an empty
 Raft store and the initial members' ``ADD_NODE`` entries. A restored one instead holds a Raft
@@ -478,8 +478,8 @@ class ForcedCluster:
 
     Attributes:
         snapshot_index: the index of the member's snapshot (kept).
-        commit_index: the last committed index: every entry up to it is kept.
-        dropped: how many uncommitted entries after it were dropped.
+        commit_index: the commit index the member had recorded.
+        kept_uncommitted: how many entries after it were kept (and are now committed).
         removed: the members removed from the configuration.
         added_self: whether the member had to be added as a voter (it was not one).
         last_index: the log's last index now; every entry up to it is committed.
@@ -487,7 +487,7 @@ class ForcedCluster:
 
     snapshot_index: int
     commit_index: int
-    dropped: int
+    kept_uncommitted: int
     removed: tuple[int, ...]
     added_self: bool
     last_index: int
@@ -495,7 +495,7 @@ class ForcedCluster:
     @property
     def changed(self) -> bool:
         """Whether the log was rewritten at all."""
-        return bool(self.dropped or self.removed or self.added_self)
+        return bool(self.kept_uncommitted or self.removed or self.added_self)
 
 
 def _snapshot_member_ids(data: bytes) -> set[int]:
@@ -510,12 +510,16 @@ def force_new_cluster(
 ) -> ForcedCluster:
     """Rewrite ``store`` so its member restarts as the only voter of its cluster.
 
-    etcd's ``--force-new-cluster``: the entries after the commit index are dropped (they may
-    never have been committed); configuration-change entries are appended and committed that
-    leave any joint configuration, make ``me`` a voter if it is a learner, and remove every
-    other member (of the Raft configuration, and of the member table ``kvapp.node.Member``
-    keeps: the snapshot's, or ``known_members`` without one, changed by the committed
-    configuration changes). When the member starts, it applies them like any committed
+    etcd's ``--force-new-cluster``, except that every entry in the member's log is kept and
+    committed, where etcd drops those after its recorded commit index. kvapp's recorded commit
+    index may lag: a Ready that only moves it is not written (see ``RaftStore.save_ready``), so
+    after a crash entries beyond it may have been committed and acknowledged. Keeping them never
+    loses an acknowledged write; at worst it applies a write whose client was told its outcome
+    is unknown, which that answer allows. Then configuration-change entries are appended and
+    committed that leave any joint configuration, make ``me`` a voter if it is a learner, and
+    remove every other member (of the Raft configuration, and of the member table
+    ``kvapp.node.Member`` keeps: the snapshot's, or ``known_members`` without one, changed by the
+    committed configuration changes). When the member starts, it applies them like any committed
     entries, so its Raft configuration and its member table both end with itself alone.
     Running it again on a store already in that shape changes nothing.
 
@@ -536,8 +540,9 @@ def force_new_cluster(
     hard, conf = store.initial_state()
     snap = store.snapshot()
     snap_index = snap.metadata.index
-    commit = max(hard.commit, snap_index)
+    recorded = max(hard.commit, snap_index)
     last = store.last_index()
+    commit = last  # every durable entry is kept (see above)
     # The configuration as of the commit index: the snapshot's, then each committed change
     # applied as raftlib's Node applies them (refused ones skipped).
     scratch = RawNode(Config(id=me.id, storage=MemoryStorage(conf), rng=random.Random(0)))
@@ -592,9 +597,9 @@ def force_new_cluster(
     for node in removed:
         cs = plan(ConfChange(ConfChangeType.REMOVE_NODE, node))
 
-    dropped = max(0, last - commit)
-    if not changes and not dropped:
-        return ForcedCluster(snap_index, commit, 0, (), False, last)
+    beyond = last - recorded
+    if not changes and not beyond:
+        return ForcedCluster(snap_index, recorded, 0, (), False, last)
     new_entries = [
         Entry(
             term=hard.term,
@@ -604,14 +609,14 @@ def force_new_cluster(
         )
         for i, cc in enumerate(changes)
     ]
-    if not new_entries:  # only a tail to drop: an empty entry replaces it
+    if not new_entries:  # only the commit index moves (a new leader commits the tail anyway)
         new_entries = [Entry(term=hard.term, index=commit + 1)]
     new_commit = new_entries[-1].index
     store.save(HardState(term=hard.term, vote=hard.vote, commit=new_commit), new_entries)
     return ForcedCluster(
         snapshot_index=snap_index,
-        commit_index=commit,
-        dropped=dropped,
+        commit_index=recorded,
+        kept_uncommitted=beyond,
         removed=removed,
         added_self=added_self,
         last_index=new_commit,

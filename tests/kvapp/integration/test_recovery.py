@@ -151,15 +151,17 @@ def test_force_new_cluster_from_one_members_data_keeps_every_acknowledged_write(
         return True if done else None
 
     poll(all_applied, timeout=20, what=f"every member to apply index {applied}")
+    # Killed, not stopped: the commit index a member recorded may lag what it applied (a
+    # commit-only change is not written), and those entries must survive the forcing too.
     for name in list(cluster.running()):
-        assert cluster.terminate(name) == 0, cluster.logs()
+        cluster.kill(name)
 
     survivor = next(n for n in cluster.members if n != leader)
     m = cluster[survivor]
     m.extra_args = ("--force-new-cluster",)
     cluster.start(survivor)
     assert cluster.wait_leader(among=[survivor]) == survivor
-    assert "--force-new-cluster: kept every committed entry" in m.log_text()
+    assert "--force-new-cluster: kept every entry" in m.log_text()
     solo = cluster.client(survivor)
     assert keys_present(solo, b"acked/") == set(acked)
     solo.put(b"after-force", b"alone")
