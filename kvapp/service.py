@@ -94,6 +94,15 @@ class MemberInfo:
     client_urls: tuple[str, ...] = ()
     is_learner: bool = False
 
+    @property
+    def native_client_urls(self) -> tuple[str, ...]:
+        """The client URLs that speak kvapp's native protocol.
+
+        A member serving etcd's gRPC API too publishes those URLs among its client URLs with
+        a ``grpc+`` scheme prefix (see :mod:`kvapp.server.etcd.convert`); they are left out.
+        """
+        return tuple(u for u in self.client_urls if not u.startswith("grpc+"))
+
 
 @attrs.frozen
 class ResponseHeader:

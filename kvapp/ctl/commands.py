@@ -439,7 +439,7 @@ async def _endpoints(ctl: Ctl) -> list[str]:
         return list(ctl.opts.endpoints)
     async with ctl.deadline():
         members = await ctl.client.member_list()
-    return [u for m in members for u in m.client_urls]
+    return [u for m in members for u in m.native_client_urls]
 
 
 async def cmd_endpoint_status(ctl: Ctl) -> int:

@@ -832,3 +832,12 @@ def test_snapshot_save_writes_a_verified_file_from_one_endpoint(
     assert kvapp_main(["snapshot", "save", str(tmp_path / "y"), "--endpoints=127.0.0.1:1"]) == 1
     assert "127.0.0.1:1" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.snap", "backup.snap"]
+
+
+def test_cluster_wide_commands_use_only_native_client_urls() -> None:
+    from kvapp.server.etcd import publish_grpc_urls
+    from kvapp.service import MemberInfo
+
+    grpc_urls = publish_grpc_urls(("http://127.0.0.1:2479",))
+    m = MemberInfo(1, "m1", ("http://127.0.0.1:2380",), ("http://127.0.0.1:2379", *grpc_urls))
+    assert m.native_client_urls == ("http://127.0.0.1:2379",)
