@@ -18,9 +18,10 @@ Followers never expire a lease on their own.
 Leader changes. etcd resets every lease to its full TTL on a new leader, so a lease whose owner
 died can live forever under repeated leader changes (etcd issues 9395, 9888, 17132). Here:
 
-- the leader replicates compact checkpoints of each lease's remaining TTL: of every lease every
-  ``checkpoint_interval`` seconds, of renewed leases at the next tick, and of all leases on
-  demand before a leadership transfer (:meth:`Lessor.checkpoint_all`);
+- the leader replicates compact checkpoints of each lease's remaining TTL: of every lease at
+  its first :meth:`Lessor.tick` as leader and then every ``checkpoint_interval`` seconds, of
+  renewed leases at the next tick, and of all leases on demand before a leadership transfer
+  (:meth:`Lessor.checkpoint_all`);
 - every member notes, on its own clock, when it applied a lease's grant or last checkpoint, so
   the time since then counts against the lease even before it leads. A checkpoint moves that
   deadline later only for a lease renewed since the previous one: applying a checkpoint lags
@@ -35,12 +36,46 @@ died can live forever under repeated leader changes (etcd issues 9395, 9888, 171
   A renewal whose leader is deposed first is never acknowledged; the client renews with the
   next leader.
 
-Consequences: a lease is revoked no earlier than ``TTL`` after its last acknowledged renewal
-(or its grant), and no later than ``TTL + grace`` after its last renewal attempt, plus one
-leaderless gap if the deadline falls into one, however often the leader changes. A lease
-renewed every TTL/3 (what etcd clients do) survives leader changes.
+Staleness. Clocks are monotonic and per process, so a member can count a checkpoint's
+remaining time only from when it applies it, and cannot tell a checkpoint applied live (a
+commit after the leader measured it) from one applied late: replayed from its log or a
+snapshot after a restart, received while catching up, or learned committed only when it wins
+an election. No field of the checkpoint could correct this: the delay passes on the reader's
+side, before it applies the checkpoint, while its clock was not running (a restart) or had no
+way to tell. So a member's deadline for a lease is late by a *staleness*: the least, over the
+checkpoints it applied since the lease's last renewal, of the writer's staleness plus how old
+the checkpoint was when applied (the leader that granted or renewed the lease has none). The
+bound has to come from the leader side:
+
+- a checkpoint applied live is one commit latency old, so a live follower takes over with the
+  staleness of its best predecessor, and a stale leader's checkpoints never make it worse (a
+  checkpoint of an unrenewed lease never moves a deadline later);
+- a checkpoint applied late is at most as old as the newest committed one, and since every
+  leader checkpoints every lease at its first tick and then every ``checkpoint_interval``, the
+  newest committed checkpoint is at most ``checkpoint_interval`` plus two ticks old (plus a
+  commit), not counting time without a leader, however briefly each leader leads. (Without
+  the first-tick checkpoint, a run of terms each shorter than the interval would leave no
+  newer checkpoint, and a member restarted during them would count from its restart what
+  was left of the lease before them.)
+
+Guarantee. A lease is revoked
+
+- no earlier than ``TTL`` after its last acknowledged renewal (or its grant): a checkpoint is
+  applied after it was measured, so no member's deadline is earlier than its writer's;
+- no later than ``TTL + grace + S`` after its last renewal attempt, plus one leaderless gap if
+  the deadline falls into one, plus a tick and a commit to propose and apply the revoke. ``S``
+  is the staleness of the leader that revokes it: one commit latency if it has followed live
+  since the renewal; each leader in a row that took over having applied its predecessor's
+  checkpoints late (typically: restarted during its predecessor's term) adds at most
+  ``checkpoint_interval`` plus two ticks, plus the time without a leader between its newest
+  checkpoint's measurement and its applying it (e.g. when it restarted, or learned of the
+  commit, only after its predecessor died). With the member's defaults (1 s interval, 0.5 s
+  ticks) that is 2 s per such leader. This is what a new leader can guarantee: a member that
+  was down while no leader ran cannot count that time, and adds it.
+
+A lease renewed every TTL/3 (what etcd clients do) survives leader changes.
 :meth:`Lessor.time_to_live` reports the leader's real remaining time, which may exceed
-``granted_ttl`` by up to the grace after a leader change.
+``granted_ttl`` by up to the grace plus the leader's staleness after a leader change.
 
 Minimum TTL: grants below ``min_ttl`` are raised to it when applied (etcd's rule); like etcd,
 members must agree on ``min_ttl``.
@@ -249,7 +284,9 @@ class Lessor:
         grace: seconds added to every lease when this member becomes leader; one election
             timeout.
         min_ttl: smallest TTL in seconds; smaller grants are raised to it.
-        checkpoint_interval: seconds between checkpoints of all leases on the leader.
+        checkpoint_interval: seconds between checkpoints of all leases on the leader, after the
+            first at its first tick. Bounds how late a member restarted from its log counts a
+            lease (see the module doc).
         max_checkpoint_batch: most leases in one checkpoint command (etcd uses 1,000).
         revoke_rate: most expiry revokes proposed per second (etcd: 1,000).
         revoke_retry: seconds before proposing an expired lease's revoke again, should the
@@ -399,14 +436,16 @@ class Lessor:
         (in practice: after applying the first entry of its own term), so it resumes from the
         latest checkpoints. Each lease is revoked at its checkpointed deadline (counted on this
         member's clock from when the checkpoint was applied) plus ``grace``; a lease whose
-        deadline plus grace already passed is revoked at the next :meth:`tick`.
+        deadline plus grace already passed is revoked at the next :meth:`tick`. The next
+        :meth:`tick` also checkpoints every lease (without the grace), so that a member
+        restarted during this term resumes from a checkpoint of this term, however short.
         """
         now = self._clock()
         self._primary = True
         self._schedule.clear()
         self._dirty.clear()
         self._inflight.clear()
-        self._last_checkpoint = now
+        self._last_checkpoint = -math.inf  # due at the first tick: see "Staleness" above
         self._last_tick = now
         self._tokens = self.revoke_rate
         for lease in self._leases.values():
@@ -482,7 +521,8 @@ class Lessor:
         """Find what the leader must propose now: expiry revokes and due checkpoints.
 
         Call it on every Raft tick. Returns nothing on a follower. An expired lease's revoke is
-        proposed again after ``revoke_retry`` seconds until it applies.
+        proposed again after ``revoke_retry`` seconds until it applies. Checkpoints are due at
+        the first tick after :meth:`promote` and every ``checkpoint_interval`` from there.
         """
         if not self._primary:
             return []

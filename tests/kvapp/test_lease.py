@@ -193,6 +193,7 @@ def test_leader_proposes_a_revoke_at_expiry_and_only_applying_it_deletes() -> No
     le.promote()
     lease = le.grant(10).id
     store.put(b"k", b"v", lease=lease)
+    assert checkpoints(le.tick()) == [[(lease, 10000)]], "a new leader's first tick"
     clock.now = 9.9
     assert le.tick() == []
     assert le.time_to_live(lease).ttl == 0
@@ -267,6 +268,7 @@ def test_periodic_checkpoints_of_all_leases_in_batches() -> None:
     le.promote()
     for ttl in (10, 20, 30):
         le.grant(ttl)
+    assert checkpoints(le.tick()) == [[(1, 10000), (2, 20000)], [(3, 30000)]], "first tick"
     clock.now = 4.0
     assert le.tick() == []
     clock.now = 5.0
@@ -278,7 +280,8 @@ def test_periodic_checkpoints_of_all_leases_in_batches() -> None:
 def test_renewals_are_checkpointed_at_the_next_tick_and_durable_once_applied() -> None:
     clock, _, le = lessor(checkpoint_interval=5.0)
     le.promote()
-    a, _b = le.grant(10).id, le.grant(10).id
+    a, b = le.grant(10).id, le.grant(10).id
+    assert checkpoints(le.tick()) == [[(a, 10000), (b, 10000)]], "a new leader's first tick"
     clock.now = 1.0
     ticket = le.keep_alive(a).ticket
     assert not le.renewal_durable(a, ticket)
@@ -324,6 +327,9 @@ def test_an_unmarked_checkpoint_after_a_dropped_one_does_not_confirm_the_renewal
     leader.promote()
     a = leader.grant(10).id
     follower.grant(10)  # applied at t=0 on both
+    (first,) = leader.tick()  # a new leader's first tick checkpoints every lease: applied
+    leader.apply(first)
+    follower.apply(first)
     clock.now = 4.0
     ticket = leader.keep_alive(a).ticket  # acknowledged, it must live until t=14
     clock.now = 4.1
@@ -357,6 +363,35 @@ def test_renewals_are_not_durable_on_a_deposed_leader() -> None:
     le.demote()
     le.apply(proposals[0])
     assert not le.renewal_durable(lease, ticket)
+
+
+def test_a_new_leader_checkpoints_every_lease_at_its_first_tick() -> None:
+    """So that the newest checkpoint in the log is never much older than the current term,
+    however briefly each leader leads: a member restarted meanwhile counts from it."""
+    clock, _, follower = lessor(grace=1.5, checkpoint_interval=5.0)
+    a, b = follower.grant(10).id, follower.grant(20).id  # applied at t=0
+    clock.now = 4.0
+    follower.checkpoint([LeaseCheckpoint(a, 5000)])  # due at 9 on this member's clock
+    clock.now = 6.0
+    follower.promote()
+    clock.now = 6.5
+    # Its own deadlines, without the grace (never checkpointed), and not a renewal of either.
+    (first,) = follower.tick()
+    assert isinstance(first, LeaseCheckpointRequest)
+    assert [(c.id, c.remaining_ms, c.renewed) for c in first.checkpoints] == [
+        (a, 2500, False),
+        (b, 13500, False),
+    ]
+    clock.now = 11.4
+    proposals = follower.tick()
+    assert checkpoints(proposals) == [], "then every interval from that tick"
+    assert revokes(proposals) == [a]  # due at 9, plus the grace
+    follower.revoke(a)
+    clock.now = 11.5
+    assert checkpoints(follower.tick()) == [[(b, 8500)]]
+    follower.demote()
+    follower.promote()
+    assert checkpoints(follower.tick()) == [[(b, 8500)]], "on every promotion"
 
 
 def test_checkpoint_all_for_a_leadership_transfer() -> None:
@@ -411,6 +446,7 @@ def test_checkpoints_mark_renewed_leases() -> None:
     clock, _, le = lessor(checkpoint_interval=5.0)
     le.promote()
     a, b = le.grant(10).id, le.grant(10).id
+    assert checkpoints(le.tick()) == [[(a, 10000), (b, 10000)]], "a new leader's first tick"
     le.keep_alive(a)
     clock.now = 0.1
     (dirty,) = le.tick()
@@ -517,16 +553,24 @@ class Member:
 
 class Cluster:
     """Three members applying one log. A leader's proposals commit at its next tick, and are
-    lost if it is deposed first; there is no leader during an election gap."""
+    lost if it is deposed first; there is no leader during an election gap. A killed member
+    applies nothing; restarted, it replays the whole log at once on its new clock reading (its
+    own log, then catching up with the leader's: the same to the lessor)."""
 
     def __init__(self, grace: float = 1.0, checkpoint_interval: float = 2.0, dt: float = 0.1):
         self.clock = Clock()
         self.dt = dt
+        self.grace, self.checkpoint_interval = grace, checkpoint_interval
         self.members = [Member(self.clock, grace, checkpoint_interval) for _ in range(3)]
+        self.down: set[int] = set()
         self.log: list[Any] = []
+        self.recorded = 0  # entries some member applied: their results are known
         self.pending: list[Any] = []
         self.leader: int | None = None
         self.revoked_at: dict[int, float] = {}
+        self.elections: list[tuple[float, int, float]] = []  # when, who, leaderless before
+        self.restarts: list[tuple[float, int]] = []
+        self.deposed_at = 0.0
 
     def commit(self, command: Any) -> Any:
         self.log.append(command)
@@ -536,8 +580,11 @@ class Cluster:
     def apply_all(self) -> list[Any]:
         results = []
         for i, m in enumerate(self.members):
+            if i in self.down:
+                continue
             while m.applied < len(self.log):
-                cmd = self.log[m.applied]
+                index = m.applied
+                cmd = self.log[index]
                 m.applied += 1
                 result: Any
                 try:
@@ -547,12 +594,31 @@ class Cluster:
                         result = m.lessor.apply(cmd)
                 except LeaseNotFoundError as e:
                     result = e
-                if i == 0:
+                if index >= self.recorded:  # the first member to apply it (a replay is not)
+                    self.recorded = index + 1
                     results.append(result)
                     revoked = isinstance(cmd, LeaseRevokeRequest) and result is not None
                     if revoked and not isinstance(result, LeaseNotFoundError):
                         self.revoked_at[cmd.id] = self.clock.now
         return results
+
+    def kill(self, i: int) -> None:
+        if self.leader == i:
+            self.depose()
+        self.down.add(i)
+
+    def restart(self, i: int, *, snapshot_of: int | None = None) -> None:
+        """Restart member i from the whole log, or from a snapshot of member ``snapshot_of``'s
+        leases (then its store is left empty: use it only without keys)."""
+        self.down.discard(i)
+        self.restarts.append((self.clock.now, i))
+        fresh = Member(self.clock, self.grace, self.checkpoint_interval)
+        if snapshot_of is not None:
+            source = self.members[snapshot_of]
+            fresh.lessor.restore(source.lessor.snapshot())
+            fresh.applied = source.applied
+        self.members[i] = fresh
+        self.apply_all()
 
     def step(self) -> None:
         self.clock.now = round(self.clock.now + self.dt, 9)
@@ -565,11 +631,15 @@ class Cluster:
     def depose(self) -> None:
         if self.leader is not None:
             self.members[self.leader].lessor.demote()
+            self.deposed_at = self.clock.now
         self.leader = None
         self.pending = []
 
     def elect(self, i: int) -> None:
+        assert i not in self.down
         self.apply_all()
+        gap = self.clock.now - self.deposed_at if self.elections else 0.0
+        self.elections.append((self.clock.now, i, gap))
         self.leader = i
         self.members[i].lessor.promote()
 
@@ -580,7 +650,8 @@ class Cluster:
                 on_step()
 
     def replicas_agree(self) -> None:
-        snaps = {(m.lessor.snapshot(), m.store.hash_kv()) for m in self.members}
+        up = [m for i, m in enumerate(self.members) if i not in self.down]
+        snaps = {(m.lessor.snapshot(), m.store.hash_kv()) for m in up}
         assert len(snaps) == 1
 
 
@@ -654,6 +725,95 @@ def test_kept_alive_lease_never_expires_across_leader_changes() -> None:
     c.replicas_agree()
 
 
+@pytest.mark.parametrize("restored_from", ["log", "snapshot"])
+def test_a_restarted_member_that_takes_over_counts_from_the_newest_checkpoint(
+    restored_from: str,
+) -> None:
+    """The integration test's ``restarted`` variant. The leader is killed; its successor is
+    killed in turn after leading for less than a checkpoint interval; the first leader,
+    restarted from its log (or a snapshot) while the successor led, takes over. It counts the
+    lease from when it applied the newest checkpoint, however long before that checkpoint was
+    measured: the successor's checkpoint at its first tick makes that 0.5 s here. Without it
+    the newest was the first leader's own, measured 1.6 s before the restart."""
+    ttl, grace, interval = 10, 0.5, 1.0
+    c = Cluster(grace=grace, checkpoint_interval=interval)
+    c.elect(0)
+    lease = c.commit(LeaseGrantRequest(ttl)).id  # applied at t=0: due at t=10
+    c.run_until(1.5)
+    c.kill(0)
+    c.run_until(2.0)
+    c.elect(1)  # followed live: due at 10 on its clock too; checkpoints 7.9 s left at 2.1
+    c.run_until(2.6)
+    c.restart(0, snapshot_of=2 if restored_from == "snapshot" else None)
+    c.run_until(2.9)
+    c.kill(1)  # before its first periodic checkpoint (at 3.1)
+    c.run_until(3.4)
+    c.elect(0)
+    assert c.members[0].lessor.time_to_live(lease).ttl == 7  # 2.6 + 7.9 + 0.5 - 3.4 = 7.6
+    c.run_until(20)
+    assert ttl <= c.revoked_at[lease] <= ttl + grace + interval + 2 * c.dt
+
+
+def restart_chain(
+    c: Cluster, lease: int, *, lead: float, gap: float, restart_after: float, until: float = 60
+) -> int:
+    """Members 0 and 1 take turns to lead for `lead` seconds, with `gap` seconds without a
+    leader in between; each killed leader restarts from its log `restart_after` seconds into
+    its successor's term, and takes over next. Member 2 never restarts and never leads. Stops
+    once the lease is revoked, or at the end of the term running at `until` (then the leader is
+    running). Returns how many leaders took over having restarted."""
+    leader, takeovers = 0, 0
+    while lease not in c.revoked_at:
+        promoted = c.clock.now
+        if takeovers:
+            c.run_until(promoted + restart_after)
+            c.restart(1 - leader)
+        c.run_until(promoted + lead)
+        if lease in c.revoked_at or c.clock.now >= until:
+            break
+        c.kill(leader)
+        c.run_until(promoted + lead + gap)
+        leader = 1 - leader
+        takeovers += 1
+        c.elect(leader)
+    return max(takeovers - 1, 0)  # all but the first
+
+
+def test_staleness_adds_up_over_consecutive_restarted_leaders_by_at_most_an_interval_each() -> None:
+    """Every leader leads for less than a checkpoint interval, and every new leader (but the
+    first) restarted from its log during its predecessor's term. Each counts from its
+    predecessor's first-tick checkpoint, so each adds the time from that tick to its restart
+    (0.2 s here; the module's bound is one interval plus two ticks). Without first-tick
+    checkpoints no leader ever checkpointed: each restarted member counted the whole TTL from
+    its restart, and the lease lived as long as the chain went on."""
+    ttl, grace, interval = 10, 0.5, 1.0
+    c = Cluster(grace=grace, checkpoint_interval=interval)
+    c.elect(0)
+    lease = c.commit(LeaseGrantRequest(ttl)).id
+    stale = restart_chain(c, lease, lead=0.9, gap=0.5, restart_after=0.3)
+    assert lease in c.revoked_at, "the lease outlived the chain"
+    assert stale >= 5
+    assert ttl <= c.revoked_at[lease] <= ttl + grace + stale * (interval + 2 * c.dt) + 2 * c.dt
+    assert c.revoked_at[lease] <= ttl + grace + stale * 0.2 + 2 * c.dt
+
+
+def test_a_member_that_followed_live_takes_over_at_the_true_deadline_after_stale_leaders() -> None:
+    """Staleness does not pass to a member that applied an earlier, truer checkpoint: an
+    unrenewed lease's checkpoint never moves a member's deadline later."""
+    ttl, grace, interval = 10, 0.5, 1.0
+    c = Cluster(grace=grace, checkpoint_interval=interval)
+    c.elect(0)
+    lease = c.commit(LeaseGrantRequest(ttl)).id
+    stale = restart_chain(c, lease, lead=0.9, gap=0.5, restart_after=0.3, until=7.0)
+    assert stale >= 3
+    assert c.leader is not None
+    c.kill(c.leader)
+    c.run_until(c.clock.now + 0.5)
+    c.elect(2)
+    c.run_until(20)
+    assert ttl <= c.revoked_at[lease] <= ttl + grace + 2 * c.dt
+
+
 class Client:
     """Renews every `interval` until `stop`; a renewal counts once durable, and one whose
     leader was deposed first is retried with the next leader at once."""
@@ -717,4 +877,73 @@ def test_lease_bounds_under_random_leader_changes(
     # Slack in steps: the renewal's checkpoint commits one step late, an election lands on the
     # next step, and the revoke needs one tick to propose and one step to commit.
     assert revoked <= client.last_attempt + ttl + gap * grace + grace + 5 * c.dt + 1e-6
+    c.replicas_agree()
+
+
+def staleness_bound(c: Cluster, since: float, until: float) -> float:
+    """The module's bound on how late the leaders that took over in (since, until] count a
+    lease: a commit (two steps here) for each that followed its predecessor live; for each
+    that restarted during its predecessor's term or the gap after it, one checkpoint interval
+    plus ticks and a commit, plus the leaderless time before and after its predecessor's
+    term."""
+    bound = 0.0
+    for k in range(1, len(c.elections)):
+        when, who, gap = c.elections[k]
+        if not since < when <= until:
+            continue
+        previous, _, previous_gap = c.elections[k - 1]
+        restarted = any(previous <= t <= when and i == who for t, i in c.restarts)
+        bound += c.checkpoint_interval + 4 * c.dt + previous_gap + gap if restarted else 2 * c.dt
+    return bound
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    ttl=st.integers(3, 12),
+    every=st.floats(0.05, 1.0),
+    gap=st.floats(0.0, 1.0),
+    renew_every=st.floats(0.1, 1 / 3),
+    stop_renewing=st.floats(0, 20),
+    restarts=st.lists(
+        st.tuples(st.floats(0, 1.2), st.sampled_from([1, 2]), st.booleans()), max_size=10
+    ),
+)
+def test_lease_bounds_under_random_leader_changes_and_restarts(
+    ttl: int,
+    every: float,
+    gap: float,
+    renew_every: float,
+    stop_renewing: float,
+    restarts: list[tuple[float, int, bool]],
+) -> None:
+    """As above, with followers restarting from their logs or from another member's snapshot:
+    the one to take over next (1) or the other one (2), at times given as fractions of the
+    time until renewals stop plus a TTL. Never revoked early, and late by at most the
+    staleness the module documents."""
+    grace = 1.0
+    c = Cluster(grace=grace)
+    c.elect(0)
+    lease = c.commit(LeaseGrantRequest(ttl)).id
+    changes = LeaderChanges(c, every=max(every * ttl, 0.2), gap=gap * grace, until=1e9)
+    client = Client(c, lease, renew_every * ttl, stop_renewing)
+    todo = sorted((at * (stop_renewing + ttl), ahead, snap) for at, ahead, snap in restarts)
+
+    def hook() -> None:
+        changes()
+        client()
+        while todo and todo[0][0] <= c.clock.now:
+            _, ahead, from_snapshot = todo.pop(0)
+            i = (changes.who + ahead) % 3
+            c.restart(i, snapshot_of=(i + 1) % 3 if from_snapshot else None)
+
+    horizon = stop_renewing + ttl + 60
+    while lease not in c.revoked_at and c.clock.now < horizon:
+        c.step()
+        hook()
+    assert lease in c.revoked_at
+    revoked = c.revoked_at[lease]
+    assert revoked >= client.last_acked + ttl - 1e-6
+    assert revoked >= stop_renewing - 1e-6, "never while the client was renewing"
+    late = staleness_bound(c, client.last_acked, revoked)
+    assert revoked <= client.last_attempt + ttl + gap * grace + grace + late + 5 * c.dt + 1e-6
     c.replicas_agree()

@@ -5,9 +5,10 @@ Each test starts its own members through the CLI (:mod:`tests.kvapp.integration.
 and kills them afterwards. Durability is checked with fsync on (the SIGKILL tests); the other
 tests run with ``--unsafe-no-fsync`` to keep the module fast on a loaded machine.
 
-Known limitation, skipped: a member restarted from its log counts a lease's TTL from its
-restart until a checkpoint reaches it, so when it becomes leader first an abandoned lease can
-outlive its TTL (see ``LEASE_RESTART_REASON``). The lease test skips itself, rather than
+Known limitation, skipped: a member restarted from its log counts a lease from when it applied
+the newest checkpoint, so up to a checkpoint interval and two lease ticks late (kvapp.lease,
+"Staleness"), more than the lease test allows when that member takes over (see
+``LEASE_RESTART_REASON``). The lease test skips itself, rather than
 flake, on a machine so slow that its schedule of kills and elections does not fit in the
 lease's TTL.
 """
@@ -127,12 +128,14 @@ def test_a_watch_sees_every_event_in_order_across_a_member_crash(
 
 
 LEASE_RESTART_REASON = (
-    "known limitation (kvapp.lease): a member counts a lease's time from when it applied the "
-    "grant or the last checkpoint, so a member restarted from its log counts every lease from "
-    "its restart until a checkpoint reaches it live. Checkpoints every 1 s (the member's "
-    "default) usually correct it before that member can be elected, but not always in this "
-    "schedule, so the variant is skipped rather than left to flake; a new leader "
-    "checkpointing at promotion would close the gap (next session)"
+    "known limitation (kvapp.lease, 'Staleness'): a member restarted from its log counts a "
+    "lease from when it applied the newest checkpoint. A new leader checkpoints every lease "
+    "at its first lease tick, which bounds that delay by a checkpoint interval plus two ticks "
+    "(2 s with the member's defaults): the restarted successor here resumes 0.2-0.75 s late "
+    "(1.65 s before that checkpoint), but the time-to-live check allows 0.5 s beyond TTL + "
+    "grace, so the variant failed 2 of 10 runs; skipped rather than left to flake. Closing "
+    "it needs the leader to checkpoint once a restarted follower has caught up (kvapp.node), "
+    "or the check to allow the documented bound"
 )
 
 
