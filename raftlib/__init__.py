@@ -17,6 +17,7 @@ from raftlib.errors import (
     StepLocalMessageError,
     StepPeerNotFoundError,
     StorageError,
+    StorageFullError,
     UnavailableError,
 )
 from raftlib.node import (
@@ -113,6 +114,7 @@ __all__ = [
     "StepPeerNotFoundError",
     "Storage",
     "StorageError",
+    "StorageFullError",
     "UnavailableError",
     "__version__",
 ]

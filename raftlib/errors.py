@@ -30,6 +30,7 @@ __all__ = [
     "StepLocalMessageError",
     "StepPeerNotFoundError",
     "StorageError",
+    "StorageFullError",
     "UnavailableError",
 ]
 
@@ -100,6 +101,19 @@ class SnapshotOutOfDateError(StorageError):
 
 class SnapshotTemporarilyUnavailable(StorageError):
     """Storage is preparing a snapshot; raftlib will ask again later."""
+
+
+class StorageFullError(StorageError):
+    """A storage write failed for lack of space, and the storage is still usable.
+
+    Raised by a storage's *writes* (``save_ready``, ``create_snapshot``, ``compact``, ...) when
+    the disk (or a quota) is full. The storage promises that the failed call changed nothing a
+    later call could trip over (a partial record was removed, a half-written file deleted), so
+    the same call may simply be made again once space is freed: :class:`~raftlib.Node` retries
+    a ``save_ready`` that raises it, with a back-off, and skips a snapshot that raises it until
+    later. Any other exception from a write still stops the node; in particular a failed
+    ``fsync`` must never be reported as this (see ``docs/storage.md``).
+    """
 
 
 class RaftInvariantError(RaftError):

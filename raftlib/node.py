@@ -33,6 +33,16 @@ commits, the driver strips the header, delivers the user's bytes and wakes the p
 ``context``. Entries without the header (a new leader's empty entry, entries written by other
 means) are delivered unchanged with ``proposal=None``.
 
+**A full disk.** A storage write that raises :class:`~raftlib.StorageFullError` (the storage
+is out of space but still usable) does not stop the node. A ``save_ready`` that raises it is
+made again, for the same Ready, after 50 ms, then after twice as long each time up to 1 s, until
+it succeeds; meanwhile the driver leaves the RawNode alone exactly as while a write runs (inputs
+queue up, nothing is acknowledged), and it logs one warning when such an episode starts and one
+line when it ends. A snapshot (or the compaction after it) that raises it is skipped and tried
+again later (after 1 s, doubling up to 30 s). ``on_storage_full`` is told when an episode
+starts, and :attr:`Node.storage_full` says whether one is going on. Any other exception from the
+storage stops the node (:attr:`Node.failure`); a failed ``fsync`` must be such an exception.
+
 **No retries.** The driver never re-proposes anything, so it never makes a proposal appear twice.
 (The network still can: a transport that duplicates a forwarded proposal message can get it
 appended twice. Raft leaves that to the application, thesis §6.3; TCP streams do not duplicate,
@@ -68,6 +78,7 @@ from raftlib.errors import (
     RaftError,
     RaftInvariantError,
     StepPeerNotFoundError,
+    StorageFullError,
 )
 from raftlib.raft import _Raft
 from raftlib.rawnode import RawNode, Ready
@@ -118,6 +129,14 @@ ENVELOPE_MAGIC = b"\xffRN1"
 """The first four bytes of every proposal ``Node`` makes; the ``1`` is the envelope version."""
 
 _HEADER = struct.Struct(">4sQQQ")  # magic, origin node id, run id, sequence: 28 bytes
+
+# Back-off (seconds) for storage writes that raise StorageFullError: the same save_ready is
+# written again after _FULL_RETRY_FIRST, doubling up to _FULL_RETRY_MAX; a skipped snapshot is
+# tried again after _SNAPSHOT_RETRY_FIRST, doubling up to _SNAPSHOT_RETRY_MAX.
+_FULL_RETRY_FIRST = 0.05
+_FULL_RETRY_MAX = 1.0
+_SNAPSHOT_RETRY_FIRST = 1.0
+_SNAPSHOT_RETRY_MAX = 30.0
 
 
 # -- errors --
@@ -444,6 +463,11 @@ class Node:
             entry, a refused configuration change's placeholder).
         request_timeout: default timeout, in seconds, of propose, read and wait calls.
         logger: passed to :class:`~raftlib.Config`.
+        on_storage_full: called on the loop with the error when a storage write starts failing
+            with :class:`~raftlib.StorageFullError` (once per episode: again only after a write
+            succeeded in between). The node retries or skips that write by itself (see the
+            module docstring); this is for the application to react, e.g. to stop taking
+            writes. Exceptions it raises are logged and ignored.
 
     Raises:
         ConfigError: an option is invalid.
@@ -476,6 +500,7 @@ class Node:
         deliver_empty: bool = False,
         request_timeout: float = 5.0,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+        on_storage_full: Callable[[StorageFullError], object] | None = None,
     ) -> None:
         if not tick_interval > 0:
             raise ConfigError("tick_interval must be positive")
@@ -528,6 +553,11 @@ class Node:
         self._snapshot_job: asyncio.Task[None] | None = None
         self._snapshot_made: Snapshot | None = None
         self._snap_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._snapshot_retry_at: float | None = None
+        self._snapshot_backoff = _SNAPSHOT_RETRY_FIRST
+        self._on_storage_full = on_storage_full
+        self._storage_full = False
+        self._full_failures = 0
         self._deliver_empty = deliver_empty
         self._tick_interval = tick_interval
         self._election_tick = election_tick
@@ -667,6 +697,15 @@ class Node:
     def failure(self) -> BaseException | None:
         """The exception that stopped the node (storage, ``apply``, invariant), if any."""
         return self._failure
+
+    @property
+    def storage_full(self) -> bool:
+        """Whether the last storage write raised :class:`~raftlib.StorageFullError`.
+
+        True from such a failure until a storage write succeeds again; while it is True because
+        of a ``save_ready``, the node is paused retrying it (see the module docstring).
+        """
+        return self._storage_full
 
     def status(self) -> Status:
         """The RawNode's :class:`~raftlib.Status` (role, term, commit, per-peer progress)."""
@@ -851,7 +890,7 @@ class Node:
                 if raw.has_ready():
                     await self._handle_ready(raw.ready())
                     await asyncio.sleep(0)  # let the transport and timers run between Readys
-                elif self._snapshot_made is not None:
+                elif self._snapshot_made is not None or self._snapshot_retry_due():
                     await self._maybe_snapshot()
                 elif not self._inbox and not self._ticks_due:
                     self._wake.clear()
@@ -921,13 +960,17 @@ class Node:
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             if self._executor is None:
                 raise RaftError("node has no worker")
-            saving = asyncio.wrap_future(self._executor.submit(self._storage.save_ready, rd))
+            executor = self._executor
+            saving = asyncio.wrap_future(executor.submit(self._storage.save_ready, rd))
             early = _durable_prefix(rd)
             try:
                 for e in committed[:early]:
                     await self._apply_entry(e)
-            finally:
-                await saving
+            except BaseException:
+                with contextlib.suppress(StorageFullError):
+                    await saving
+                raise
+            await self._saved(saving, rd, executor)
             committed = committed[early:]
         self._send(rd.persisted_messages)
         if rd.snapshot is not None:
@@ -938,6 +981,52 @@ class Node:
             self._on_read_state(rs)
         self._raw.advance(rd)
         await self._maybe_snapshot()
+
+    async def _saved(
+        self,
+        saving: asyncio.Future[None],
+        rd: Ready,
+        executor: concurrent.futures.ThreadPoolExecutor,
+    ) -> None:
+        """Wait for ``rd``'s write; while it raises StorageFullError, write it again.
+
+        The storage left nothing of a failed write behind, so the same Ready is written again,
+        after a back-off. The RawNode is not touched meanwhile, exactly as while a write runs.
+        """
+        delay = _FULL_RETRY_FIRST
+        while True:
+            try:
+                await saving
+            except StorageFullError as exc:
+                self._storage_full_hit(exc, "writing the log; retrying until it succeeds")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _FULL_RETRY_MAX)
+                saving = asyncio.wrap_future(executor.submit(self._storage.save_ready, rd))
+            else:
+                self._storage_writable()
+                return
+
+    def _storage_full_hit(self, exc: StorageFullError, doing: str) -> None:
+        self._full_failures += 1
+        if self._storage_full:
+            return
+        self._storage_full = True
+        logger.warning("node %d: storage full while %s: %s", self._id, doing, exc)
+        if self._on_storage_full is not None:
+            try:
+                self._on_storage_full(exc)
+            except Exception:  # the application's hook must not stop the node
+                logger.exception("node %d: on_storage_full raised", self._id)
+
+    def _storage_writable(self) -> None:
+        if self._storage_full:
+            logger.info(
+                "node %d: storage writable again after %d failed write(s)",
+                self._id,
+                self._full_failures,
+            )
+            self._storage_full = False
+            self._full_failures = 0
 
     def _send(self, msgs: Sequence[Message]) -> None:
         if not msgs:
@@ -1189,9 +1278,19 @@ class Node:
             return
         made, self._snapshot_made = self._snapshot_made, None
         if made is not None:
-            await asyncio.wrap_future(self._executor.submit(self._adopt_and_compact, made))
+            try:
+                await asyncio.wrap_future(self._executor.submit(self._adopt_and_compact, made))
+            except StorageFullError as exc:
+                self._snapshot_skipped(exc, made.metadata.index)
+            else:
+                self._snapshot_written()
         if self._snapshot_job is not None:
             return
+        loop = asyncio.get_running_loop()
+        if self._snapshot_retry_at is not None:
+            if loop.time() < self._snapshot_retry_at:
+                return
+            self._snapshot_retry_at = None  # set again if this attempt is skipped too
         snap_index = self._storage.snapshot().metadata.index
         due = self._snapshot_due or (
             self._snapshot_every and self._applied - snap_index >= self._snapshot_every
@@ -1201,18 +1300,23 @@ class Node:
         self._snapshot_due = False
         data = self._snapshot_fn()
         if not callable(data):
-            await asyncio.wrap_future(
-                self._executor.submit(
-                    self._snapshot_and_compact, self._applied, self._conf_state, data
+            try:
+                await asyncio.wrap_future(
+                    self._executor.submit(
+                        self._snapshot_and_compact, self._applied, self._conf_state, data
+                    )
                 )
-            )
+            except StorageFullError as exc:
+                self._snapshot_skipped(exc, self._applied)
+            else:
+                self._snapshot_written()
             return
         md = SnapshotMetadata(
             conf_state=self._conf_state,
             index=self._applied,
             term=self._storage.term(self._applied),
         )
-        self._snapshot_job = asyncio.get_running_loop().create_task(
+        self._snapshot_job = loop.create_task(
             self._make_snapshot(md, data), name=f"raftlib-node-{self._id}-snapshot"
         )
 
@@ -1235,6 +1339,10 @@ class Node:
             snap = await asyncio.wrap_future(self._snap_executor.submit(make))
         except asyncio.CancelledError:
             raise
+        except StorageFullError as exc:
+            self._snapshot_job = None
+            self._snapshot_skipped(exc, md.index)
+            return
         except Exception as exc:  # noqa: BLE001 - a broken state machine or disk stops the node
             self._snapshot_job = None
             if self._runner is not None:
@@ -1244,6 +1352,29 @@ class Node:
         self._snapshot_job = None
         self._snapshot_made = snap
         self._wake.set()
+
+    def _snapshot_skipped(self, exc: StorageFullError, index: int) -> None:
+        """A snapshot write ran out of space: try again (a newer one) after a back-off."""
+        delay = self._snapshot_backoff
+        self._snapshot_backoff = min(delay * 2, _SNAPSHOT_RETRY_MAX)
+        self._snapshot_retry_at = asyncio.get_running_loop().time() + delay
+        self._snapshot_due = True
+        self._storage_full_hit(exc, f"writing the snapshot at {index}; skipped, retried later")
+        logger.info("node %d: snapshot at %d skipped; next try in %.1fs", self._id, index, delay)
+
+    def _snapshot_retry_due(self) -> bool:
+        """Whether a skipped snapshot's back-off is over (the next tick then tries again)."""
+        at = self._snapshot_retry_at
+        return (
+            at is not None
+            and self._snapshot_job is None
+            and asyncio.get_running_loop().time() >= at
+        )
+
+    def _snapshot_written(self) -> None:
+        self._snapshot_retry_at = None
+        self._snapshot_backoff = _SNAPSHOT_RETRY_FIRST
+        self._storage_writable()
 
     def _adopt_and_compact(self, snap: Snapshot) -> None:
         st = self._storage
