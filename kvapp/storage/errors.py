@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from raftlib.errors import StorageFullError
+
 __all__ = [
     "DiskStorageError",
     "InvalidWriteError",
@@ -20,6 +22,7 @@ __all__ = [
     "StorageLayoutError",
     "StoreFailedError",
     "StoreFsyncFailedError",
+    "StoreFullError",
     "StoreLockedError",
     "WalCorruptError",
     "WalIdentityError",
@@ -79,6 +82,17 @@ class StoreFailedError(DiskStorageError):
     A failed ``write`` (a full disk, say) leaves the page cache in step with the file: the WAL
     removes its partial record, and closing and reopening the store recovers from what is on
     disk. A failed *fsync* is worse: see :class:`StoreFsyncFailedError`, raised instead.
+    """
+
+
+class StoreFullError(DiskStorageError, StorageFullError):
+    """A write failed for lack of space (``ENOSPC``, ``EDQUOT``); the store is still usable.
+
+    Nothing of the write was kept: the WAL cut its partial record away (and synced that), a
+    half-written snapshot file was deleted. Unlike :class:`StoreFailedError` the store takes
+    later writes, so the same call can simply be made again once space is freed; raftlib's
+    ``Node`` does exactly that (it is a :class:`raftlib.StorageFullError`). A failed *fsync* is
+    never reported as this, whatever its errno: see :class:`StoreFsyncFailedError`.
     """
 
 

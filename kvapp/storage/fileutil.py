@@ -13,6 +13,7 @@ The durability rules kvapp relies on (as etcd's ``fileutil`` does on Linux):
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -27,8 +28,10 @@ __all__ = [
     "FsyncError",
     "ensure_dir",
     "fdatasync",
+    "free_bytes",
     "fsync",
     "fsync_dir",
+    "is_no_space",
     "is_zero",
     "last_nonzero",
     "preallocate",
@@ -52,6 +55,27 @@ class FsyncError(OSError):
     the unwritten pages clean, so the page cache no longer tells what is on disk, and only a new
     process can find out (see :class:`~kvapp.storage.errors.StoreFsyncFailedError`).
     """
+
+
+def is_no_space(exc: OSError) -> bool:
+    """Whether ``exc`` is a write refused for lack of space (``ENOSPC``, ``EDQUOT``).
+
+    Never true of an :class:`FsyncError`: a failed fsync is fatal whatever its errno.
+    """
+    return not isinstance(exc, FsyncError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes an unprivileged process can still write on the file system holding ``path``.
+
+    ``statvfs``'s ``f_bavail * f_frsize``, what ``df`` shows as available (the blocks reserved
+    for root are not counted).
+
+    Raises:
+        OSError: ``path`` does not exist or cannot be examined.
+    """
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def fdatasync(fd: int) -> None:
@@ -127,7 +151,8 @@ def write_file_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically and durably.
 
     Writes ``<path>.tmp``, fdatasyncs it, renames it over ``path`` and fsyncs the directory, so
-    after a crash ``path`` holds either its old content or all of ``data``.
+    after a crash ``path`` holds either its old content or all of ``data``. If writing the
+    temporary file fails (a full disk), it is deleted before the error is raised.
     """
     tmp = path.with_name(path.name + TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -135,8 +160,12 @@ def write_file_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
         write_all(fd, data, 0)
         if fsync:
             fdatasync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     if fsync:
         fsync_dir(path.parent)

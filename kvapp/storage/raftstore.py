@@ -50,10 +50,11 @@ from kvapp.storage.errors import (
     StorageLayoutError,
     StoreFailedError,
     StoreFsyncFailedError,
+    StoreFullError,
     WalCorruptError,
     WalIdentityError,
 )
-from kvapp.storage.fileutil import DirLock, FsyncError, ensure_dir
+from kvapp.storage.fileutil import DirLock, FsyncError, ensure_dir, is_no_space
 from kvapp.storage.snap import Snapshotter
 from kvapp.storage.wal import (
     DEFAULT_SEGMENT_SIZE,
@@ -295,9 +296,11 @@ class RaftStore:
     adds the file's own), except :meth:`save_ready` of a Ready that need not be synced. A write
     validates its arguments before writing anything, so one that raises a raftlib or
     ``ValueError`` exception (:class:`~kvapp.storage.errors.InvalidWriteError` is one) changed
-    nothing. If the disk fails, the write raises
-    :class:`~kvapp.storage.errors.StoreFailedError` and so does every later write. After a
-    failed write, close and reopen the store; after a failed *fsync*
+    nothing. If the disk is full, the write raises :class:`~kvapp.storage.errors.StoreFullError`
+    having kept nothing of it, and the store stays usable: make the same call again once space
+    is freed (raftlib's ``Node`` does). If the disk fails otherwise, the write raises
+    :class:`~kvapp.storage.errors.StoreFailedError` and so does every later write: close and
+    reopen the store. After a failed *fsync*
     (:class:`~kvapp.storage.errors.StoreFsyncFailedError`) the process must exit, as etcd does,
     and this directory cannot be reopened in it.
 
@@ -327,6 +330,7 @@ class RaftStore:
         self._log = EntryWindow(entries)
         self._keep_snapshots = keep_snapshots
         self._failure: OSError | None = None
+        self._cut_deferred = False
         self._closed = False
 
     @classmethod
@@ -552,6 +556,7 @@ class RaftStore:
                 range (a ``str`` payload, a negative term, an unknown entry type, ...).
             RaftInvariantError: ``entries`` are not consecutive indexes, or would leave a gap
                 after the last index (as ``MemoryStorage.append``).
+            StoreFullError: no space for the record; nothing was written or changed.
             StoreFailedError: the disk write failed (now or earlier).
         """
         if hard_state is not None:
@@ -585,14 +590,19 @@ class RaftStore:
         a little progress after a crash. Every record written carries the deferred commit along,
         so the commit index on disk is never behind a snapshot marker that needs it.
 
+        After :class:`~kvapp.storage.errors.StoreFullError` the same Ready may be saved again: a
+        snapshot it installed before the entries' record failed is not installed twice.
+
         Raises:
             InvalidWriteError: see :meth:`save`, and :meth:`apply_snapshot`.
             RaftInvariantError: see :meth:`save`.
             SnapshotOutOfDateError: ``rd.snapshot`` is not newer than the current snapshot.
+            StoreFullError: no space; what was not written can be saved again with the Ready.
             StoreFailedError: a disk write failed (now or earlier).
         """
-        if rd.snapshot is not None and not rd.snapshot.is_empty():
-            self.apply_snapshot(rd.snapshot)
+        snap = rd.snapshot
+        if snap is not None and not snap.is_empty() and snap.metadata != self._snapshot.metadata:
+            self.apply_snapshot(snap)
         hs = rd.hard_state
         if (
             not rd.must_sync
@@ -624,13 +634,14 @@ class RaftStore:
             InvalidWriteError: ``snapshot`` has data that is not bytes-like or metadata that is
                 not unsigned 64-bit integers; nothing is written.
             SnapshotOutOfDateError: ``snapshot`` is not newer than the current one.
+            StoreFullError: no space; nothing was kept (the file is deleted again).
             StoreFailedError: a disk write failed (now or earlier).
         """
         check_snapshot_newer(self._snapshot, snapshot.metadata.index)
         snapshot = _checked_snapshot(snapshot)
         md = snapshot.metadata
         self._guard(lambda: self._snapshotter.save(snapshot))
-        self._write(SnapshotRecord(SnapshotKind.INSTALLED, md))
+        self._write_marker(SnapshotRecord(SnapshotKind.INSTALLED, md))
         self._snapshot = snapshot
         self._log.reset(md.index, md.term)
         self._after_snapshot()
@@ -656,11 +667,12 @@ class RaftStore:
             CompactedError: ``index`` is before the first entry's predecessor, so its term is
                 gone.
             ValueError: ``index`` is after the last entry.
+            StoreFullError: no space; nothing was kept (the file is deleted again).
             StoreFailedError: a disk write failed (now or earlier).
         """
         snap = _checked_snapshot(plan_snapshot(self._snapshot, self._log, index, conf_state, data))
         self._guard(lambda: self._snapshotter.save(snap))
-        self._write(SnapshotRecord(SnapshotKind.CREATED, snap.metadata))
+        self._write_marker(SnapshotRecord(SnapshotKind.CREATED, snap.metadata))
         self._snapshot = snap
         self._after_snapshot()
         return snap
@@ -675,6 +687,7 @@ class RaftStore:
 
         Raises:
             InvalidWriteError: as :meth:`create_snapshot`; nothing is written.
+            StoreFullError: no space; nothing is left of the file.
             StoreFailedError: the write failed (now or earlier).
         """
         snap = _checked_snapshot(snapshot)
@@ -688,13 +701,15 @@ class RaftStore:
             ValueError: its index is after the last entry, or its term is not the log's term
                 there.
             CompactedError: the entry at its index was already compacted away.
+            StoreFullError: no space for the WAL marker; the staged file is deleted (stage a
+                snapshot again to retry).
             StoreFailedError: a disk write failed (now or earlier).
         """
         md = snapshot.metadata
         planned = plan_snapshot(self._snapshot, self._log, md.index, md.conf_state, snapshot.data)
         if planned.metadata != md:
             raise ValueError(f"staged snapshot {md} does not match the log ({planned.metadata})")
-        self._write(SnapshotRecord(SnapshotKind.CREATED, md))
+        self._write_marker(SnapshotRecord(SnapshotKind.CREATED, md))
         self._snapshot = _checked_snapshot(snapshot)
         self._after_snapshot()
 
@@ -706,6 +721,7 @@ class RaftStore:
         Raises:
             CompactedError: ``compact_index`` is not after the current first entry's predecessor.
             ValueError: ``compact_index`` is after the last entry.
+            StoreFullError: no space for the WAL record; nothing was compacted.
             StoreFailedError: a disk write failed (now or earlier).
         """
         kept = self._log.check_compact(compact_index)
@@ -717,8 +733,9 @@ class RaftStore:
         """Write a hard state :meth:`save_ready` deferred, close the WAL, release the lock.
 
         Idempotent. The WAL and the lock are released even if that last write fails (then
-        raising :class:`~kvapp.storage.errors.StoreFailedError`); a failed store is closed
-        without writing.
+        raising :class:`~kvapp.storage.errors.StoreFullError` or
+        :class:`~kvapp.storage.errors.StoreFailedError`; only the commit index is lost); a failed
+        store is closed without writing.
         """
         if self._closed:
             return
@@ -754,7 +771,12 @@ class RaftStore:
         return self._snapshotter
 
     def _guard(self, op: Callable[[], _T]) -> _T:
-        """Run the disk operation ``op`` unless the store is closed or failed; map its errors."""
+        """Run the disk operation ``op`` unless the store is closed or failed; map its errors.
+
+        A failure for lack of space that left the WAL usable (the WAL cut its partial record
+        away, a snapshot write deleted its temporary file) raises StoreFullError and leaves the
+        store usable; any other failure poisons it.
+        """
         if self._closed:
             raise ValueError("store is closed")
         failure = self._failure
@@ -770,6 +792,11 @@ class RaftStore:
         try:
             return op()
         except OSError as exc:
+            if is_no_space(exc) and not self._wal.failed:
+                raise StoreFullError(
+                    f"{self.directory}: no space left for a write: {exc}; nothing of it was "
+                    "kept, and the same write can be made again once space is freed"
+                ) from exc
             self._failure = exc
             if isinstance(exc, FsyncError):
                 logger.critical("%s: fsync failed; the process must exit: %s", self, exc)
@@ -800,6 +827,19 @@ class RaftStore:
         self._guard(lambda: self._wal.append(records))
         self._hard_state = self._wal_hard_state = hs
 
+    def _write_marker(self, marker: SnapshotRecord) -> None:
+        """Write a snapshot's WAL marker; without space for it, delete the snapshot's file."""
+        try:
+            self._write(marker)
+        except StoreFullError:
+            md = marker.metadata
+            path = self._snapshotter.path_for(md.term, md.index)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # harmless: an unrecorded newer file is removed on open
+                logger.warning("could not remove the unrecorded snapshot %s: %s", path, exc)
+            raise
+
     def _state_record(self) -> StateRecord:
         return StateRecord(
             hard_state=self._wal_hard_state,
@@ -811,8 +851,25 @@ class RaftStore:
         )
 
     def _maybe_cut(self) -> None:
-        if self._wal.segment_full:
+        """Start a new segment if the current one is full.
+
+        Without space for a new one, the current segment just grows (the write that called
+        this already is durable), and the next write tries again.
+        """
+        if not self._wal.segment_full:
+            return
+        try:
             self._guard(lambda: self._wal.cut(self._state_record()))
+        except StoreFullError as exc:
+            if not self._cut_deferred:
+                logger.warning(
+                    "%s: no space for a new WAL segment; carrying on in the old: %s", self, exc
+                )
+            self._cut_deferred = True
+            return
+        if self._cut_deferred:
+            logger.info("%s: new WAL segment started after the space came back", self)
+            self._cut_deferred = False
 
     def _after_snapshot(self) -> None:
         def prune_and_release() -> None:

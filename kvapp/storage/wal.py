@@ -62,7 +62,10 @@ A torn tail is dropped (and truncated away by :meth:`Wal.open`, with a warning).
 raises :class:`~kvapp.storage.errors.WalCorruptError` naming the file and offset: a node must not
 serve from a log with a hole in it. A write that *fails* (a full disk, an I/O error) is different
 from a crash: the writer is still running, so :meth:`Wal.append` truncates its partial record
-away itself before raising, and nothing is left for the next open to judge.
+away itself before raising, and nothing is left for the next open to judge. If the write failed
+for lack of space (``ENOSPC``, ``EDQUOT``) and that cut-back worked, the WAL stays usable and
+the same records can be appended again once space is freed; after any other failure it refuses
+further writes.
 
 These rules assume at most one record in flight at a crash, which holds because every append is
 synced before the next one is written; :class:`~kvapp.storage.raftstore.RaftStore` keeps it so
@@ -75,6 +78,7 @@ unwritten part reads as garbage rather than zeros is reported as corruption.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import io
 import itertools
@@ -95,6 +99,7 @@ from kvapp.storage.fileutil import (
     ensure_dir,
     fdatasync,
     fsync_dir,
+    is_no_space,
     is_zero,
     last_nonzero,
     preallocate,
@@ -747,7 +752,8 @@ class Wal:
 
     Create one with :meth:`create` (empty directory) or :meth:`open` (existing log). Every
     :meth:`append` is durable when it returns (unless ``fsync=False``). After a failed write the
-    object refuses further writes: reopen to recover from what is on disk.
+    object refuses further writes (reopen to recover from what is on disk), except after a write
+    or a cut that failed only for lack of space and left the log as it was (see :attr:`failed`).
     """
 
     def __init__(
@@ -901,6 +907,11 @@ class Wal:
         return self._offset
 
     @property
+    def failed(self) -> bool:
+        """Whether a failed write or cut made this WAL refuse further writes."""
+        return self._failed
+
+    @property
     def segment_full(self) -> bool:
         """Whether the current segment has reached the segment size and should be cut."""
         return self._offset >= self._segment_size
@@ -918,12 +929,15 @@ class Wal:
         If the write or the sync fails (a full disk, an I/O error), the file is cut back to the
         end of the last complete record before the error is raised, so the partial,
         unacknowledged record does not read back as corruption on the next open: a restart
-        after the disk is freed just works.
+        after the disk is freed just works. A write that failed for lack of space
+        (:func:`~kvapp.storage.fileutil.is_no_space`) whose cut-back worked leaves the WAL
+        usable: the same records may be appended again.
 
         Raises:
             FsyncError: the sync failed (including the sync of the cut-back); the WAL then refuses
                 further writes, and the process must not trust the page cache for this file.
-            OSError: the write failed; the WAL then refuses further writes.
+            OSError: the write failed; unless it was for lack of space and nothing of it is left
+                in the file, the WAL then refuses further writes (see :attr:`failed`).
             ValueError: the WAL is closed, or a record is larger than :data:`MAX_RECORD_SIZE`.
         """
         fd = self._check()
@@ -941,17 +955,24 @@ class Wal:
                 fdatasync(fd)
         except OSError as exc:
             self._failed = True
-            logger.error("WAL write to %s failed: %s", self._segments[-1].path, exc)
-            self._discard_partial(fd, exc)
+            no_space = is_no_space(exc)
+            # A full disk is retried, and its owner logs the episode; anything else is news.
+            level = logging.DEBUG if no_space else logging.ERROR
+            logger.log(level, "WAL write to %s failed: %s", self._segments[-1].path, exc)
+            if self._discard_partial(fd, exc, quiet=no_space) and no_space:
+                self._failed = False
             raise
         self._offset += len(buf)
         self._crc = crc
 
-    def _discard_partial(self, fd: int, cause: OSError) -> None:
+    def _discard_partial(self, fd: int, cause: OSError, *, quiet: bool = False) -> bool:
         """Cut the current segment back to the end of its last complete record after ``cause``.
 
         Truncating only frees space, so it works on a full disk. If it fails the partial record
         stays, and the next open reports it (as a torn tail or as corruption, by its shape).
+
+        Returns:
+            Whether the file was cut back (and the cut synced).
 
         Raises:
             FsyncError: syncing the cut failed; raised from ``cause``.
@@ -966,10 +987,14 @@ class Wal:
             raise exc from cause
         except OSError as exc:
             logger.error("WAL %s: could not remove the partial record: %s", path, exc)
-            return
-        logger.warning(
-            "WAL %s: removed the partial record of a failed write at offset %d", path, self._offset
+            return False
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "WAL %s: removed the partial record of a failed write at offset %d",
+            path,
+            self._offset,
         )
+        return True
 
     def cut(self, state: StateRecord) -> None:
         """Seal the current segment and continue in a new one starting with ``state``.
@@ -977,7 +1002,10 @@ class Wal:
         ``state`` must describe the storage after every record appended so far.
 
         Raises:
-            OSError: a file operation failed; the WAL then refuses further writes.
+            OSError: a file operation failed; the WAL then refuses further writes, unless the
+                new segment could not be created for lack of space: then nothing changed but
+                the old segment's preallocated tail, appends go on in the old segment, and the
+                cut may be tried again.
         """
         fd = self._check()
         try:
@@ -985,13 +1013,15 @@ class Wal:
                 os.ftruncate(fd, self._offset)
                 if self._fsync:
                     fdatasync(fd)
-            os.close(fd)
-            self._fd = None
             self._new_segment(self._segments[-1].seq + 1, state)
-        except OSError:
+        except OSError as exc:
+            if self._fd == fd and is_no_space(exc):
+                logger.debug("WAL %s: no space for a new segment: %s", self.directory, exc)
+                raise
             self._failed = True
             logger.exception("cutting a new WAL segment in %s failed", self.directory)
             raise
+        os.close(fd)
 
     def _new_segment(self, seq: int, state: StateRecord) -> None:
         index = state.last_index + 1
@@ -1003,6 +1033,7 @@ class Wal:
         body, crc = frame_record(encode_record(state), crc)
         tmp = seg.path.with_name(seg.path.name + ".tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        renamed = False
         try:
             if self._preallocate:
                 preallocate(fd, self._segment_size)
@@ -1010,10 +1041,14 @@ class Wal:
             if self._fsync:
                 fsync_file(fd)
             os.replace(tmp, seg.path)
+            renamed = True
             if self._fsync:
                 fsync_dir(self.directory)
         except BaseException:
             os.close(fd)
+            if not renamed:  # give back the space (a full disk) and leave no debris
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
             raise
         self._fd = fd
         self._offset = len(head) + len(body)
