@@ -42,6 +42,7 @@ from kvapp.service import MemberInfo
 if TYPE_CHECKING:
     from kvapp.metrics import MemberMetrics
     from kvapp.server.etcd import EtcdGrpcServer
+    from kvapp.server.etcd.gateway_http import GatewayHttpServer
     from kvapp.storage import RaftStore
 
 __all__ = [
@@ -99,6 +100,7 @@ class ServeOptions:
     listen_metrics: tuple[str, int] | None = None
     force_new_cluster: bool = False
     grpc_urls: tuple[str, ...] = ()
+    client_http_urls: tuple[str, ...] = ()
 
 
 def _url_list(value: str, flag: str) -> tuple[str, ...]:
@@ -189,6 +191,11 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="serve etcd's v3 gRPC API (etcdctl, etcd clients) on this http://host:port "
         "(default: off); published in the member list for etcd clients",
     )
+    p.add_argument(
+        "--listen-client-http-urls",
+        help="serve etcd's HTTP/JSON gateway (curl, etcd3gw: POST /v3/kv/range ...) on this "
+        "http://host:port (default: off)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -260,6 +267,11 @@ def parse_serve_args(argv: Sequence[str]) -> tuple[ServeOptions, str]:
         force_new_cluster=a.force_new_cluster,
         grpc_urls=(
             _url_list(a.listen_grpc_urls, "--listen-grpc-urls")[:1] if a.listen_grpc_urls else ()
+        ),
+        client_http_urls=(
+            _url_list(a.listen_client_http_urls, "--listen-client-http-urls")[:1]
+            if a.listen_client_http_urls
+            else ()
         ),
     )
     return opts, a.log_level
@@ -455,6 +467,7 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         else None
     )
     grpc_server = _grpc_server(opts, metrics, member)
+    gateway = _gateway_server(opts, metrics, member)
     status = 0
     try:
         await _listen("peers", opts.listen_peer, transport.start)
@@ -466,6 +479,9 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         if grpc_server is not None:
             grpc_at = parse_peer_url(opts.grpc_urls[0])
             await _listen("etcd gRPC clients", grpc_at, grpc_server.start)
+        if gateway is not None:
+            http_at = parse_peer_url(opts.client_http_urls[0])
+            await _listen("etcd JSON gateway clients", http_at, gateway.start)
         logger.info(
             "%s: member %x of cluster %x serving clients on %s:%d, peers on %s:%d",
             opts.name,
@@ -491,6 +507,8 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         if http is not None:
             await http.stop()
         await metrics.stop()
+        if gateway is not None:
+            await gateway.stop()
         if grpc_server is not None:
             await grpc_server.stop()
         await server.stop()
@@ -574,6 +592,26 @@ def _grpc_server(
         maintenance=MemberMaintenance(member),
         max_request_bytes=opts.max_request_bytes,
     )
+
+
+def _gateway_server(
+    opts: ServeOptions, metrics: MemberMetrics, member: Member
+) -> GatewayHttpServer | None:
+    """The JSON gateway for ``--listen-client-http-urls``, or None without the flag."""
+    if not opts.client_http_urls:
+        return None
+    from kvapp.metrics import MeteredService, health  # noqa: PLC0415
+    from kvapp.server.etcd import MemberMaintenance  # noqa: PLC0415
+    from kvapp.server.etcd.gateway import EtcdGateway  # noqa: PLC0415
+    from kvapp.server.etcd.gateway_http import GatewayHttpServer  # noqa: PLC0415
+
+    host, port = parse_peer_url(opts.client_http_urls[0])
+    gateway = EtcdGateway(
+        MeteredService(member, metrics),
+        MemberMaintenance(member),
+        max_request_bytes=opts.max_request_bytes,
+    )
+    return GatewayHttpServer(gateway, host=host, port=port, health=lambda: health(member))
 
 
 def _setup_logging(level: str, name: str) -> None:

@@ -11,6 +11,7 @@ exit within a grace period. Given the same ``--data-dir`` again it restarts the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -38,6 +39,7 @@ class LocalMember:
     peer_port: int
     client_port: int
     grpc_port: int = 0
+    http_port: int = 0
 
     @property
     def peer_url(self) -> str:
@@ -53,6 +55,11 @@ class LocalMember:
     def grpc_url(self) -> str:
         """Its etcd API (gRPC) URL."""
         return f"http://127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        """Its etcd JSON gateway URL."""
+        return f"http://127.0.0.1:{self.http_port}"
 
 
 def _free_ports(n: int) -> list[int]:
@@ -74,22 +81,30 @@ def plan_cluster(size: int, parent: Path, *, base_port: int = 0) -> tuple[str, l
     if plan.exists():
         data = json.loads(plan.read_text())
         members = [
-            LocalMember(m["name"], m["peer_port"], m["client_port"], m.get("grpc_port", 0))
+            LocalMember(
+                m["name"],
+                m["peer_port"],
+                m["client_port"],
+                m.get("grpc_port", 0),
+                m.get("http_port", 0),
+            )
             for m in data["members"]
         ]
-        if all(m.grpc_port for m in members):
+        if all(m.grpc_port and m.http_port for m in members):
             return str(data["token"]), members
-        # A plan from before the etcd API: give each member a gRPC port and keep it.
-        extra = iter(_free_ports(len(members)))
-        members = [attrs.evolve(m, grpc_port=m.grpc_port or next(extra)) for m in members]
+        # A plan from before the etcd API or its gateway: give each member the ports it lacks.
+        extra = iter(_free_ports(2 * len(members)))
+        members = [
+            attrs.evolve(
+                m, grpc_port=m.grpc_port or next(extra), http_port=m.http_port or next(extra)
+            )
+            for m in members
+        ]
         token = str(data["token"])
     else:
-        n = 3 * size
+        n = 4 * size
         ports = list(range(base_port, base_port + n)) if base_port else _free_ports(n)
-        members = [
-            LocalMember(f"m{i + 1}", ports[3 * i], ports[3 * i + 1], ports[3 * i + 2])
-            for i in range(size)
-        ]
+        members = [LocalMember(f"m{i + 1}", *ports[4 * i : 4 * i + 4]) for i in range(size)]
         token = f"kvapp-local-{secrets.token_hex(4)}"
     parent.mkdir(parents=True, exist_ok=True)
     plan.write_text(
@@ -118,6 +133,8 @@ def serve_args(
         m.client_url,
         "--listen-grpc-urls",
         m.grpc_url,
+        "--listen-client-http-urls",
+        m.http_url,
         "--initial-cluster",
         initial,
         "--initial-cluster-token",
@@ -158,13 +175,15 @@ async def run_local_cluster(
         out(f"kvapp cluster: {size} member(s), data in {parent}")
         for m in members:
             out(
-                f"  {m.name}: client {m.client_url}  grpc {m.grpc_url}  peer {m.peer_url}  "
-                f"log {parent / m.name}.log"
+                f"  {m.name}: client {m.client_url}  grpc {m.grpc_url}  http {m.http_url}  "
+                f"peer {m.peer_url}  log {parent / m.name}.log"
             )
         out("connect with:")
         out(f"  python3 -m kvapp.ctl --endpoints={endpoints} put hello world")
         out(f"  python3 -m kvapp.ctl --endpoints={endpoints} get hello")
         out(f"  ETCDCTL_API=3 etcdctl --endpoints={grpc_endpoints} get hello")
+        hello = base64.b64encode(b"hello").decode()
+        out(f'  curl -s -X POST {members[0].http_url}/v3/kv/range -d \'{{"key": "{hello}"}}\'')
         out("Ctrl-C stops every member.")
         return await _monitor(members, procs, stop, out)
     finally:

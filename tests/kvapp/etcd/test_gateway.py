@@ -12,11 +12,13 @@ import base64
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
+from kvapp.cli import UsageError, parse_serve_args
 from kvapp.errors import NoLeaderError
 from kvapp.server.etcd.gateway import EtcdGateway
 from kvapp.server.etcd.gateway_http import GatewayHttpServer, HttpError, parse_head
@@ -674,3 +676,12 @@ def test_parse_head() -> None:
     with pytest.raises(HttpError) as info:
         parse_head(b"GET / HTTP/1.1\r\n folded\r\n\r\n")
     assert info.value.status == 400
+
+
+def test_kvapp_serve_takes_listen_client_http_urls(tmp_path: Path) -> None:
+    base = ["--name", "m", "--data-dir", str(tmp_path / "m")]
+    opts, _ = parse_serve_args([*base, "--listen-client-http-urls", "http://127.0.0.1:2381"])
+    assert opts.client_http_urls == ("http://127.0.0.1:2381",)
+    assert parse_serve_args(base)[0].client_http_urls == ()
+    with pytest.raises(UsageError, match="--listen-client-http-urls"):
+        parse_serve_args([*base, "--listen-client-http-urls", "127.0.0.1"])
