@@ -50,8 +50,9 @@ __all__ = ["GatewayHttpServer", "HttpError", "HttpRequest", "parse_head"]
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES: Final = 64 * 1024
-_TOKEN: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_VERSION: Final = re.compile(r"^HTTP/(\d)\.(\d)$")
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VERSION: Final = re.compile(r"HTTP/([0-9])\.([0-9])")
+_CHUNK_SIZE: Final = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _METADATA_PREFIX: Final = "grpc-metadata-"
 _MAX_TRAILERS: Final = 64
 
@@ -74,23 +75,20 @@ class HttpRequest:
     Attributes:
         method: the method, as sent (``POST``).
         target: the request target, as sent.
+        path: the target's path, percent-decoded, without a query.
         version: ``(major, minor)``: (1, 0) or (1, 1).
         headers: ``(name, value)`` pairs in order, names lower-cased.
     """
 
     method: str
     target: str
+    path: str
     version: tuple[int, int]
     headers: tuple[tuple[str, str], ...]
 
     def header(self, name: str) -> str | None:
         """The value of the first header called ``name`` (lower-case), or None."""
         return next((v for k, v in self.headers if k == name), None)
-
-    @property
-    def path(self) -> str:
-        """The target's path, percent-decoded, without a query."""
-        return unquote(urlsplit(self.target).path)
 
     @property
     def keep_alive(self) -> bool:
@@ -127,26 +125,30 @@ def parse_head(head: bytes) -> HttpRequest:
     """
     lines = head.decode("latin-1").lstrip("\r\n").split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not _TOKEN.match(parts[0]) or not parts[1]:
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
         raise HttpError(400, f"malformed request line {lines[0][:80]!r}")
     method, target, proto = parts
-    version = _VERSION.match(proto)
+    version = _VERSION.fullmatch(proto)
     if version is None:
         raise HttpError(400, f"malformed HTTP version {proto[:20]!r}")
     major, minor = int(version.group(1)), int(version.group(2))
     if (major, minor) not in ((1, 0), (1, 1)):
         raise HttpError(505, f"HTTP version {proto} is not supported", GrpcCode.UNIMPLEMENTED)
-    if not target.startswith("/") and not target.startswith(("http://", "https://")):
+    try:
+        path = unquote(urlsplit(target).path)
+    except ValueError:
+        path = ""
+    if not path.startswith("/") or not target.startswith(("/", "http://", "https://")):
         raise HttpError(400, f"malformed request target {target[:80]!r}")
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         if not line:
             continue
         name, sep, value = line.partition(":")
-        if not sep or not _TOKEN.match(name):
+        if not sep or not _TOKEN.fullmatch(name):
             raise HttpError(400, f"malformed header line {line[:80]!r}")
         headers.append((name.lower(), value.strip(" \t")))
-    request = HttpRequest(method, target, (major, minor), tuple(headers))
+    request = HttpRequest(method, target, path, (major, minor), tuple(headers))
     _check_framing(request)
     return request
 
@@ -162,7 +164,7 @@ def _check_framing(request: HttpRequest) -> None:
             f"Transfer-Encoding {', '.join(codings)[:40]!r} (only chunked)",
             GrpcCode.UNIMPLEMENTED,
         )
-    if len(lengths) > 1 or any(not v.isdigit() or len(v) > 18 for v in lengths):
+    if len(lengths) > 1 or any(not re.fullmatch("[0-9]{1,18}", v) for v in lengths):
         raise HttpError(400, f"invalid Content-Length {', '.join(lengths)[:40]!r}")
 
 
@@ -314,12 +316,9 @@ class GatewayHttpServer:
             except asyncio.LimitOverrunError:
                 raise HttpError(400, "malformed chunk size line") from None
             size_text = line[:-2].split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16) if size_text.isalnum() else -1
-            except ValueError:
-                size = -1
-            if size < 0:
+            if not _CHUNK_SIZE.fullmatch(size_text):
                 raise HttpError(400, f"malformed chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
             if len(body) + size > self.max_body_bytes:
                 raise HttpError(
                     413,

@@ -17,11 +17,13 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kvapp.cli import UsageError, parse_serve_args
-from kvapp.errors import NoLeaderError
-from kvapp.server.etcd.gateway import EtcdGateway
-from kvapp.server.etcd.gateway_http import GatewayHttpServer, HttpError, parse_head
+from kvapp.errors import GrpcCode, NoLeaderError
+from kvapp.server.etcd.gateway import EtcdGateway, GatewayError
+from kvapp.server.etcd.gateway_http import GatewayHttpServer, HttpError, HttpRequest, parse_head
 from tests.kvapp.etcd.helpers import FakeEtcdCluster, aio
 
 
@@ -685,3 +687,71 @@ def test_kvapp_serve_takes_listen_client_http_urls(tmp_path: Path) -> None:
     assert parse_serve_args(base)[0].client_http_urls == ()
     with pytest.raises(UsageError, match="--listen-client-http-urls"):
         parse_serve_args([*base, "--listen-client-http-urls", "127.0.0.1"])
+
+
+# -- properties: any input is a request or the documented refusal ----------------------------------
+
+_REQUESTS = sorted(
+    {route.request for route in EtcdGateway(None).routes.values()},  # type: ignore[arg-type]
+    key=lambda cls: cls.DESCRIPTOR.name,
+)
+_NAMES = sorted(
+    {n for cls in _REQUESTS for f in cls.DESCRIPTOR.fields for n in (f.name, f.json_name)}
+    | {"key", "request_put", "request_txn", "create_request", "success", "compare"}
+)
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.sampled_from(["Zm9v", "Zm9", "Zm9v\n", "-_-_", "DESCEND", "DELETE", "NOPUT", "0x10"])
+)
+_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(_NAMES) | st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=24,
+)
+
+
+@given(st.sampled_from(_REQUESTS), _JSON)
+def test_any_json_is_a_request_or_an_invalid_argument(cls: Any, value: object) -> None:
+    gateway = EtcdGateway(None)  # type: ignore[arg-type]
+    outcome: list[Any] | GatewayError
+    try:
+        outcome = gateway.decode(cls, json.dumps(value).encode(), first_only=False)
+    except GatewayError as e:
+        outcome = e
+    if isinstance(outcome, GatewayError):
+        assert outcome.code == GrpcCode.INVALID_ARGUMENT
+        assert outcome.message
+    else:
+        assert all(isinstance(m, cls) for m in outcome)
+
+
+_HEAD_PARTS = st.sampled_from(
+    [
+        "POST", "GET", " ", "/v3/kv/range", "http://[::1", "http://h/v3/x", "//x/y", "*",
+        "HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1x", "\r\n", ":", "Content-Length", "Host",
+        "Transfer-Encoding", "chunked", "Connection", "close", "12", "-1", "\u00b2", "\t", "\n",
+        "Grpc-Metadata-Hasleader", "%2F", "?q=1", "x",
+    ]
+)  # fmt: skip
+
+
+@given(st.lists(_HEAD_PARTS, max_size=20).map("".join) | st.text(max_size=60))
+def test_any_head_is_a_request_or_refused_with_a_status(text: str) -> None:
+    outcome: HttpRequest | HttpError
+    try:
+        outcome = parse_head(text.encode("utf-8", "replace") + b"\r\n\r\n")
+    except HttpError as e:
+        outcome = e
+    if isinstance(outcome, HttpError):
+        assert outcome.status in (400, 501, 505)
+    else:
+        assert outcome.path.startswith("/")
+        assert outcome.content_length >= 0
+        assert isinstance(outcome.keep_alive, bool)
