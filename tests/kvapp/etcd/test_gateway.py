@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from kvapp.cli import UsageError, parse_serve_args
 from kvapp.errors import GrpcCode, NoLeaderError
+from kvapp.launcher import plan_cluster, serve_args
 from kvapp.server.etcd.gateway import EtcdGateway, GatewayError
 from kvapp.server.etcd.gateway_http import GatewayHttpServer, HttpError, HttpRequest, parse_head
 from tests.kvapp.etcd.helpers import FakeEtcdCluster, aio
@@ -755,3 +756,24 @@ def test_any_head_is_a_request_or_refused_with_a_status(text: str) -> None:
         assert outcome.path.startswith("/")
         assert outcome.content_length >= 0
         assert isinstance(outcome.keep_alive, bool)
+
+
+def test_kvapp_cluster_plans_a_gateway_port_per_member(tmp_path: Path) -> None:
+    _, members = plan_cluster(3, tmp_path / "new")
+    ports = [p for m in members for p in (m.peer_port, m.client_port, m.grpc_port, m.http_port)]
+    assert len(set(ports)) == 12
+    assert "--listen-client-http-urls" in serve_args(members[0], members, tmp_path, "t")
+    # a plan written before the gateway keeps its ports and token and gets gateway ports
+    old = tmp_path / "old"
+    old.mkdir()
+    before = [attrs.asdict(m) for m in members]
+    for m in before:
+        del m["http_port"]
+    (old / "cluster.json").write_text(json.dumps({"token": "tok", "members": before}))
+    token, again = plan_cluster(3, old)
+    assert token == "tok"
+    assert [attrs.evolve(m, http_port=0) for m in again] == [
+        attrs.evolve(m, http_port=0) for m in members
+    ]
+    assert all(m.http_port for m in again)
+    assert plan_cluster(3, old) == (token, again)  # kept in cluster.json
