@@ -104,6 +104,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import ssl
 import struct
 from collections.abc import Iterable
 from typing import Final, TypeAlias
@@ -150,6 +151,7 @@ from kvapp.service import (
     WriteRequest,
     WriteResponse,
 )
+from kvapp.tls import TlsAcceptor
 from kvapp.watch import (
     ERR_DUPLICATE_WATCH_ID,
     ERR_EMPTY_WATCHER_RANGE,
@@ -908,7 +910,11 @@ class NativeServer:
         port: the port; 0 picks a free one (read it from :attr:`port` after :meth:`start`).
         max_request_bytes: the largest request body accepted (etcd's ``--max-request-bytes``).
         max_inflight: unanswered requests per connection before the server stops reading it.
-        handshake_timeout: seconds a new connection has to send its handshake.
+        handshake_timeout: seconds a new connection has to send its handshake (and, with
+            ``tls``, to complete its TLS handshake first).
+        tls: serve over TLS with this context (:meth:`kvapp.tls.TlsInfo.server_context`; it
+            requires client certificates with ``--client-cert-auth``). A connection whose TLS
+            handshake fails is logged with its address and the reason, and closed.
 
     Attributes:
         stats: counters over every connection since the start.
@@ -923,6 +929,7 @@ class NativeServer:
         max_request_bytes: int = kvreq.MAX_REQUEST_BYTES,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         handshake_timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if max_request_bytes < 1 or max_inflight < 1 or handshake_timeout <= 0:
             raise ValueError("invalid native server configuration")
@@ -934,7 +941,9 @@ class NativeServer:
         self.max_inflight = max_inflight
         self.handshake_timeout = handshake_timeout
         self.stats = ServerStats()
+        self.tls = tls
         self._server: asyncio.Server | None = None
+        self._acceptor: TlsAcceptor | None = None
         self._conns: dict[asyncio.Task[None], _Connection] = {}
 
     @property
@@ -961,9 +970,21 @@ class NativeServer:
         """
         if self._server is not None:
             raise RuntimeError("native server already started")
-        self._server = await asyncio.start_server(self._accept, self.host, self._port)
+        if self.tls is None:
+            self._server = await asyncio.start_server(self._accept, self.host, self._port)
+        else:
+            loop = asyncio.get_running_loop()
+
+            def streams() -> asyncio.StreamReaderProtocol:  # what start_server makes
+                return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._accept)
+
+            # TLS through the acceptor, which logs a refused handshake (create_server does not)
+            self._acceptor = TlsAcceptor(
+                self.tls, streams, what="native", handshake_timeout=self.handshake_timeout, log=log
+            )
+            self._server = await loop.create_server(self._acceptor, self.host, self._port)
         self._port = self._server.sockets[0].getsockname()[1]
-        log.info("native: serving on %s:%d", self.host, self._port)
+        log.info("native: serving on %s:%d%s", self.host, self._port, " (TLS)" if self.tls else "")
 
     async def stop(self) -> None:
         """Stop accepting, close every connection and wait until their handlers are done.
@@ -974,6 +995,8 @@ class NativeServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        if self._acceptor is not None:
+            await self._acceptor.close()
         self.drop_connections()
         tasks = list(self._conns)
         if tasks:

@@ -17,6 +17,7 @@ from typing import BinaryIO, Protocol, cast
 
 import attrs
 
+from kvapp.tls import describe_tls_error, is_tls_record
 from kvapp.transport.api import PeerStats, TransportConfig
 from kvapp.transport.wire import (
     HELLO_PREFIX,
@@ -90,12 +91,13 @@ def _as_bytes(view: memoryview) -> bytes:
 class OutboundLink(FramedProtocol):
     """The dialer's end: sends the handshake and frames; reads only handshake/snapshot replies."""
 
-    def __init__(self, owner: LinkOwner, peer_id: int, kind: int) -> None:
+    def __init__(self, owner: LinkOwner, peer_id: int, kind: int, *, tls: bool = False) -> None:
         super().__init__(owner.config.max_frame_size, 4096)
         loop = asyncio.get_running_loop()
         self._owner = owner
         self.peer_id = peer_id
         self.kind = kind
+        self.tls = tls
         self.accepted: asyncio.Future[tuple[bool, str]] = loop.create_future()
         self.result: asyncio.Future[tuple[bool, str]] = loop.create_future()
         self.paused = False
@@ -137,10 +139,16 @@ class OutboundLink(FramedProtocol):
             raise ProtocolViolation(f"unexpected frame kind {kind:#x} from the listener")
 
     def fail(self, reason: str) -> None:
-        """The listener broke the protocol: log and close."""
-        logger.warning(
-            "member %d: closing link to peer %d: %s", self._owner.member_id, self.peer_id, reason
-        )
+        """The listener broke the protocol: log (or fail the handshake with it) and close."""
+        if not self.accepted.done():
+            self.accepted.set_result((False, reason))  # the dialer logs it
+        else:
+            logger.warning(
+                "member %d: closing link to peer %d: %s",
+                self._owner.member_id,
+                self.peer_id,
+                reason,
+            )
         self.abort()
 
     def pause_writing(self) -> None:
@@ -164,6 +172,14 @@ class OutboundLink(FramedProtocol):
         self._owner._conn_closed(self)
         why = f": {exc}" if exc else ""
         if not self.accepted.done():
+            if isinstance(exc, OSError) and self.tls:
+                why = f": {describe_tls_error(exc)}"
+            elif self.tls:
+                # TLS 1.3: a listener that refuses our certificate does so after our side of
+                # the TLS handshake is done, by closing the connection.
+                why = " (over TLS: does the peer accept this member's certificate? see its log)"
+            elif exc is None:
+                why = " (does the peer serve TLS? see its log)"
             self.accepted.set_result((False, f"connection closed during the handshake{why}"))
         if not self.result.done():
             self.result.set_result((False, f"connection closed before the receiver's result{why}"))
@@ -250,7 +266,12 @@ class InboundLink(FramedProtocol):
         me = self._owner.member_id
         if not self._prefix_seen:
             magic, version = HELLO_PREFIX.unpack(data)
-            if magic != MAGIC:
+            if is_tls_record(data):
+                self._refuse(
+                    "a TLS handshake, but this member's peer links are plaintext (a TLS peer "
+                    "needs --peer-cert-file, --peer-key-file and https:// peer URLs here too)"
+                )
+            elif magic != MAGIC:
                 self._refuse(f"bad magic {magic!r}: not a kvapp peer")
             elif version != PROTOCOL_VERSION:
                 self._refuse(

@@ -44,6 +44,7 @@ from typing import BinaryIO
 import attrs
 import cbor2
 
+from kvapp.tls import TlsAcceptor, describe_tls_error
 from kvapp.transport.api import (
     MessageHandler,
     PeerStats,
@@ -159,8 +160,11 @@ class TcpTransport:
         peers: initial peers, ``{member_id: (host, port)}``.
         config: limits and timings; defaults to :class:`TransportConfig()`.
         rng: source of reconnect jitter (seed it for reproducible tests).
-        server_ssl: TLS context for the listening side (passed through to asyncio).
-        client_ssl: TLS context for the dialing side (passed through to asyncio).
+        server_ssl: TLS context for the listening side (:meth:`kvapp.tls.TlsInfo.server_context`);
+            a connection whose handshake fails is refused with a log line naming its address
+            and the reason (:class:`kvapp.tls.TlsAcceptor`).
+        client_ssl: TLS context for the dialing side (:meth:`kvapp.tls.TlsInfo.client_context`):
+            it checks each peer's certificate against the host of its address.
         snapshot_source: given a SNAP message, a :class:`SnapshotReader` of its data (to stream
             a snapshot file), or None to send ``msg.snapshot.data``.
         snapshot_sink: given an incoming SNAP message (data empty), a writable, seekable binary
@@ -207,6 +211,7 @@ class TcpTransport:
         )
         self._state = _State.NEW
         self._server: asyncio.Server | None = None
+        self._acceptor: TlsAcceptor | None = None
         self._address: tuple[str, int] | None = None
         self._peers: dict[int, _Peer] = {}
         self._conns: set[FramedProtocol] = set()
@@ -324,15 +329,23 @@ class TcpTransport:
         if self._state is not _State.NEW:
             raise RuntimeError(f"start() called on a {self._state.value} transport")
         loop = asyncio.get_running_loop()
-        if isinstance(self._listen, socket.socket):
-            server = await loop.create_server(
-                lambda: InboundLink(self), sock=self._listen, ssl=self._server_ssl
+        factory: Callable[[], asyncio.BaseProtocol] = lambda: InboundLink(self)  # noqa: E731
+        if self._server_ssl is not None:
+            # TLS through the acceptor, not create_server(ssl=...), which drops a failed
+            # handshake silently: a peer without a valid certificate must be logged.
+            self._acceptor = TlsAcceptor(
+                self._server_ssl,
+                factory,
+                what=f"member {self.member_id}: peer links",
+                handshake_timeout=self.config.handshake_timeout,
+                log=logger,
             )
+            factory = self._acceptor
+        if isinstance(self._listen, socket.socket):
+            server = await loop.create_server(factory, sock=self._listen)
         else:
             host, port = self._listen
-            server = await loop.create_server(
-                lambda: InboundLink(self), host, port, ssl=self._server_ssl
-            )
+            server = await loop.create_server(factory, host, port)
         self._server = server
         name = server.sockets[0].getsockname()
         self._address = (str(name[0]), int(name[1]))
@@ -355,6 +368,8 @@ class TcpTransport:
             self._flush_handle = None
         if self._server is not None:
             self._server.close()
+        if self._acceptor is not None:
+            await self._acceptor.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -505,9 +520,18 @@ class TcpTransport:
         loop = asyncio.get_running_loop()
         host, port = peer.address
         async with asyncio.timeout(self.config.connect_timeout):
-            _, link = await loop.create_connection(
-                lambda: OutboundLink(self, peer.id, kind), host, port, ssl=self._client_ssl
-            )
+            if self._client_ssl is None:
+                _, link = await loop.create_connection(
+                    lambda: OutboundLink(self, peer.id, kind), host, port
+                )
+            else:  # the peer's certificate must name ``host`` (an IP address or a DNS name)
+                _, link = await loop.create_connection(
+                    lambda: OutboundLink(self, peer.id, kind, tls=True),
+                    host,
+                    port,
+                    ssl=self._client_ssl,
+                    ssl_handshake_timeout=self.config.handshake_timeout,
+                )
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
                 ok, reason = await link.accepted
@@ -567,6 +591,8 @@ class TcpTransport:
     def _log_dial_failure(self, peer: _Peer, exc: BaseException) -> None:
         if isinstance(exc, PeerRefused):
             error = f"refused our connection: {exc}"
+        elif isinstance(exc, ssl.SSLError):
+            error = f"failed the TLS handshake: {describe_tls_error(exc)}"
         elif isinstance(exc, TimeoutError):
             error = "timed out"
         else:

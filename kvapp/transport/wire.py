@@ -37,6 +37,8 @@ import asyncio
 import enum
 import struct
 
+from kvapp.tls import is_tls_record
+
 __all__ = [
     "FRAME_HEADER",
     "HELLO",
@@ -220,6 +222,11 @@ class FramedProtocol(asyncio.BufferedProtocol):
             if length == 0:
                 raise ProtocolViolation("bad frame length 0")
             if length - 1 > self.max_frame_size:
+                if is_tls_record(self._view[self._start : self._start + 2]):
+                    raise ProtocolViolation(
+                        "the other side speaks TLS but this link is plaintext (TLS needs "
+                        "https:// peer URLs and the --peer-* TLS flags on every member)"
+                    )
                 raise ProtocolViolation(
                     f"frame of {length - 1} bytes exceeds the limit of {self.max_frame_size}"
                 )

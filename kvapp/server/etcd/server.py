@@ -23,6 +23,7 @@ from kvapp.server.etcd.services import (
 )
 from kvapp.server.etcd.watch import GRPC_OVERHEAD_BYTES, WatchServicer
 from kvapp.service import KvService
+from kvapp.tls import TlsInfo
 
 __all__ = ["EtcdGrpcServer"]
 
@@ -43,6 +44,14 @@ class EtcdGrpcServer:
             :data:`~kvapp.server.etcd.watch.GRPC_OVERHEAD_BYTES` larger, as in etcd.
         request_timeout: seconds a request forwarded to the leader may take.
         leader_check_interval: seconds between leader checks on streams requiring a leader.
+        tls: serve over TLS with these files (etcd's ``--cert-file --key-file
+            --trusted-ca-file --client-cert-auth``); with ``client_cert_auth`` a client must
+            present a certificate signed by ``trusted_ca_file``. A follower forwarding lease
+            calls to its leader's ``https`` gRPC URL dials it with the same files (verifying the
+            leader against ``trusted_ca_file`` and presenting its own certificate).
+
+    Raises:
+        kvapp.tls.TlsConfigError: a TLS file is missing, unreadable or unusable.
     """
 
     def __init__(
@@ -55,11 +64,24 @@ class EtcdGrpcServer:
         max_request_bytes: int = MAX_REQUEST_BYTES,
         request_timeout: float = 5.0,
         leader_check_interval: float = 1.0,
+        tls: TlsInfo | None = None,
     ) -> None:
         self.host = host
         self._port = port
         self.max_request_bytes = max_request_bytes
-        self.api = EtcdApi(service, maintenance, request_timeout=request_timeout)
+        self._credentials: grpc.ServerCredentials | None = None
+        forward: grpc.ChannelCredentials | None = None
+        if tls is not None:
+            cert, key, ca = tls.pem()
+            self._credentials = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca, require_client_auth=tls.client_cert_auth
+            )
+            forward = grpc.ssl_channel_credentials(
+                root_certificates=ca, private_key=key, certificate_chain=cert
+            )
+        self.api = EtcdApi(
+            service, maintenance, request_timeout=request_timeout, channel_credentials=forward
+        )
         self._servicers = {
             "etcdserverpb.KV": KVServicer(self.api),
             "etcdserverpb.Watch": WatchServicer(
@@ -104,8 +126,12 @@ class EtcdGrpcServer:
         )
         for name, servicer in self._servicers.items():
             server.add_registered_method_handlers(name, servicer.handlers())  # type: ignore[attr-defined]
+        address = f"{self.host}:{self._port}"
         try:
-            port = server.add_insecure_port(f"{self.host}:{self._port}")
+            if self._credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, self._credentials)
         except RuntimeError as e:
             await server.stop(None)
             raise OSError(errno.EADDRINUSE, f"{e}") from None
@@ -115,7 +141,9 @@ class EtcdGrpcServer:
         self._port = port
         await server.start()
         self._server = server
-        log.info("etcd gRPC API listening on %s", self.endpoint)
+        log.info(
+            "etcd gRPC API listening on %s%s", self.endpoint, " (TLS)" if self._credentials else ""
+        )
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop serving: open streams are cancelled after ``grace`` seconds."""

@@ -123,6 +123,7 @@ class EtcdApi:
         service: the member.
         maintenance: alarms, hashes and leader transfer (None: not available).
         request_timeout: seconds a forwarded request may take.
+        channel_credentials: TLS for forwarding to a leader's ``https`` gRPC URL.
     """
 
     def __init__(
@@ -131,10 +132,12 @@ class EtcdApi:
         maintenance: MaintenanceBackend | None = None,
         *,
         request_timeout: float = 5.0,
+        channel_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.service = service
         self.maintenance = maintenance
         self.request_timeout = request_timeout
+        self._credentials = channel_credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def header(self, revision: int | None = None) -> rpc_pb2.ResponseHeader:
@@ -174,7 +177,10 @@ class EtcdApi:
         target = parts.netloc or urls[0]
         channel = self._channels.get(target)
         if channel is None:
-            channel = grpc.aio.insecure_channel(target)
+            if parts.scheme == "https" and self._credentials is not None:
+                channel = grpc.aio.secure_channel(target, self._credentials)
+            else:
+                channel = grpc.aio.insecure_channel(target)
             self._channels[target] = channel
         return channel
 
