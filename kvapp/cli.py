@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from kvapp.diskspace import DEFAULT_MIN_FREE_BYTES, min_free_bytes_for
 from kvapp.node import (
     MAX_REQUEST_BYTES,
     Member,
@@ -101,6 +102,7 @@ class ServeOptions:
     force_new_cluster: bool = False
     grpc_urls: tuple[str, ...] = ()
     client_http_urls: tuple[str, ...] = ()
+    min_free_disk_bytes: int = DEFAULT_MIN_FREE_BYTES
 
 
 def _url_list(value: str, flag: str) -> tuple[str, ...]:
@@ -172,6 +174,14 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--election-timeout", type=int, default=1000, help="milliseconds")
     p.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES)
     p.add_argument(
+        "--min-free-disk-bytes",
+        type=int,
+        help="raise etcd's NOSPACE alarm (puts and lease grants refused cluster-wide; reads, "
+        "deletes and compaction still served) when the data directory's file system has fewer "
+        "bytes free, and clear it once 64 MiB more are free again (default: two 64 MiB WAL "
+        "segments plus --max-request-bytes; 0: only when a write fails for lack of space)",
+    )
+    p.add_argument(
         "--unsafe-no-fsync",
         action="store_true",
         help="skip fsync (tests and benchmarks only: a power loss can lose acknowledged writes)",
@@ -230,6 +240,8 @@ def parse_serve_args(argv: Sequence[str]) -> tuple[ServeOptions, str]:
         raise UsageError("--snapshot-count must be positive")
     if not 1024 <= a.max_request_bytes <= 64 * 1024 * 1024:
         raise UsageError("--max-request-bytes must be between 1024 and 67108864")
+    if a.min_free_disk_bytes is not None and a.min_free_disk_bytes < 0:
+        raise UsageError("--min-free-disk-bytes must not be negative")
     if not a.initial_cluster_token:
         raise UsageError("--initial-cluster-token must not be empty")
     cluster_id = cluster_id_for(a.initial_cluster_token)
@@ -258,6 +270,11 @@ def parse_serve_args(argv: Sequence[str]) -> tuple[ServeOptions, str]:
         tick_interval=a.heartbeat_interval / 1000,
         election_tick=max(1, round(a.election_timeout / a.heartbeat_interval)),
         max_request_bytes=a.max_request_bytes,
+        min_free_disk_bytes=(
+            min_free_bytes_for(a.max_request_bytes)
+            if a.min_free_disk_bytes is None
+            else a.min_free_disk_bytes
+        ),
         fsync=not a.unsafe_no_fsync,
         listen_metrics=(
             parse_peer_url(_url_list(a.listen_metrics_urls, "--listen-metrics-urls")[0])
@@ -387,6 +404,7 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
     from kvapp.server.http import HttpServer  # noqa: PLC0415
     from kvapp.server.native import NativeServer  # noqa: PLC0415 - heavy, only when serving
     from kvapp.storage import DiskStorageError, RaftStore, StoreLockedError  # noqa: PLC0415
+    from kvapp.storage.fileutil import free_bytes  # noqa: PLC0415
     from kvapp.transport import TcpTransport  # noqa: PLC0415
 
     member_id, cluster_id, initial = load_or_create_identity(opts)
@@ -439,11 +457,15 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         snapshot_count=opts.snapshot_count,
         keep_entries=min(5000, opts.snapshot_count),
         max_request_bytes=opts.max_request_bytes,
+        min_free_disk_bytes=opts.min_free_disk_bytes,
         new_cluster=opts.new_cluster,
         client_urls=opts.advertise_client_urls + _published_grpc_urls(opts),
     )
     hist = MemberMetrics.fsync_histogram()
-    member = Member(config, TimedStorage(store, hist), transport)
+    raft_dir = store.directory
+    member = Member(
+        config, TimedStorage(store, hist), transport, disk_free=lambda: free_bytes(raft_dir)
+    )
     metrics = MemberMetrics(member, fsync=hist)
     server = NativeServer(
         MeteredService(member, metrics),

@@ -243,6 +243,32 @@ class Applier:
             if alarm is AlarmType.NONE or kind == alarm
         )
 
+    def check_alarms(self, request: Request) -> None:
+        """Refuse, before it is proposed, a request the raised alarms would refuse when applied.
+
+        A member calls it to keep doomed entries out of the log (etcd likewise refuses a put
+        over its quota before proposing it). It answers from the state applied so far, so an
+        alarm raised or cleared by an entry not yet applied here is not seen; :meth:`apply`
+        stays the deterministic check. A retry whose result is remembered is let through:
+        applying it returns that result, whatever the alarms.
+
+        Raises:
+            CorruptClusterError: a CORRUPT alarm is raised and the request is refused under it.
+            NoSpaceError: a NOSPACE alarm is raised and the request needs space (a put, a txn
+                with a put, a lease grant).
+        """
+        body = request.body
+        if not (self._corrupt and isinstance(body, _CORRUPT_REFUSES)) and not (
+            self._nospace and _needs_space(body)
+        ):
+            return
+        session = self._sessions.get(request.client_id) if request.client_id else None
+        if session is not None and request.request_id in session.results:
+            return
+        if self._corrupt and isinstance(body, _CORRUPT_REFUSES):
+            raise CorruptClusterError
+        raise NoSpaceError
+
     def hash(self) -> int:
         """CRC-32 of the whole replicated state: :meth:`KvState.hash` and the section above.
 

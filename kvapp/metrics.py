@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from kvapp.lease import LeaseKeepAliveResponse, LeaseTimeToLiveResponse
 from kvapp.mvcc.types import RangeRequest, RangeResponse
+from kvapp.requests import AlarmType
 from kvapp.service import MemberInfo, ResponseHeader, StatusInfo, WriteRequest, WriteResponse
 from raftlib import ConfState, Entry, HardState, Ready, Snapshot
 
@@ -149,6 +150,26 @@ class _StateCollector(Collector):
             m.kv.watches.watcher_count,
         )
         yield gauge("etcd_server_id", "This member's id (as a number).", m.id)
+        alarms = GaugeMetricFamily(
+            "kvapp_server_alarms",
+            "Alarms raised in the cluster, by type (one per member that raised it).",
+            labels=["alarm"],
+        )
+        for kind in (AlarmType.NOSPACE, AlarmType.CORRUPT):
+            alarms.add_metric([kind.name], len(m.applier.alarms(kind)))
+        yield alarms
+        yield gauge(
+            "kvapp_disk_min_free_bytes",
+            "Free bytes on the data directory's file system below which this member raises the "
+            "NOSPACE alarm (--min-free-disk-bytes).",
+            m.disk.min_free,
+        )
+        if m.disk.free is not None:
+            yield gauge(
+                "kvapp_disk_free_bytes",
+                "Free bytes on the data directory's file system at the member's last check.",
+                m.disk.free,
+            )
 
 
 class MeteredService:

@@ -9,8 +9,14 @@ many reads share (one heartbeat round per batch, as etcd's linearizable read loo
 
 Seams, so whole clusters can run under simulation later: the member takes its storage (raftlib's
 ``NodeStorage``: kvapp's ``RaftStore`` or ``MemoryStorage``), its peer network (anything with
-``send``, ``add_peer`` and ``remove_peer``; :class:`PeerLinks`) and its clock as arguments, and
-touches no sockets, files or wall clocks itself.
+``send``, ``add_peer`` and ``remove_peer``; :class:`PeerLinks`), its clock and its view of the
+free disk space (``disk_free``) as arguments, and touches no sockets, files or wall clocks itself.
+
+A full disk raises etcd's NOSPACE alarm instead of stopping the member (:mod:`kvapp.diskspace`):
+this member proposes it when its disk's free space drops below
+:attr:`MemberConfig.min_free_disk_bytes` or a storage write fails for lack of space (raftlib's
+``Node`` retries that write), and clears it once space is back. While any member's NOSPACE alarm
+is raised, every member refuses puts and lease grants before proposing them.
 
 Membership: the table of members (name, peer and client URLs, learner flag) is replicated: it
 starts from the initial members and changes only by applying configuration-change entries, whose
@@ -34,6 +40,12 @@ import cbor2
 
 from kvapp import requests as kvreq
 from kvapp.dedup import Applier
+from kvapp.diskspace import (
+    DEFAULT_CHECK_INTERVAL,
+    DEFAULT_FREE_MARGIN,
+    DEFAULT_MIN_FREE_BYTES,
+    DiskGuard,
+)
 from kvapp.errors import (
     EtcdError,
     KvappError,
@@ -94,6 +106,7 @@ from raftlib import (
     ProposalLost,
     ProposalTimeout,
     StateType,
+    StorageFullError,
 )
 from raftlib import OutcomeUnknown as RaftOutcomeUnknown
 
@@ -207,6 +220,12 @@ class MemberConfig:
         new_cluster: bootstrap a new cluster from ``initial_members`` if the storage is empty
             (etcd's ``--initial-cluster-state new``); False joins an existing cluster, whose
             leader sends this member the log (``existing``).
+        min_free_disk_bytes: raise this member's NOSPACE alarm when its data directory's file
+            system has fewer bytes free (``kvapp serve --min-free-disk-bytes``); 0 raises it
+            only when a write fails for lack of space.
+        free_disk_margin_bytes: clear the alarm once at least ``min_free_disk_bytes`` plus this
+            many bytes are free again.
+        disk_check_interval: seconds between two looks at the free space.
     """
 
     name: str
@@ -226,6 +245,9 @@ class MemberConfig:
     auto_promote: bool = True
     new_cluster: bool = True
     client_urls: tuple[str, ...] = ()
+    min_free_disk_bytes: int = DEFAULT_MIN_FREE_BYTES
+    free_disk_margin_bytes: int = DEFAULT_FREE_MARGIN
+    disk_check_interval: float = DEFAULT_CHECK_INTERVAL
 
 
 class Member:
@@ -240,6 +262,11 @@ class Member:
         storage: the Raft log, hard state and snapshots.
         network: the peer links.
         clock: monotonic seconds (for lease clocks).
+        disk_free: bytes free on the file system of the data directory, called a few times a
+            second in a worker thread (``kvapp serve`` passes
+            :func:`kvapp.storage.fileutil.free_bytes` of its data directory). ``None`` (a
+            storage that is not on disk): NOSPACE is raised only when a storage write fails for
+            lack of space, and cleared once writes succeed again.
     """
 
     def __init__(
@@ -249,6 +276,7 @@ class Member:
         network: PeerLinks,
         *,
         clock: Callable[[], float] = time.monotonic,
+        disk_free: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
         self.id = config.member_id
@@ -293,6 +321,17 @@ class Member:
             deliver_empty=True,
             request_timeout=config.request_timeout,
             logger=logging.LoggerAdapter(logging.getLogger("raftlib"), {"member": config.name}),
+            on_storage_full=self._on_storage_full,
+        )
+        self.disk = DiskGuard(
+            name=config.name,
+            disk_free=disk_free,
+            min_free=config.min_free_disk_bytes,
+            margin=config.free_disk_margin_bytes,
+            interval=config.disk_check_interval,
+            raised=self._nospace_raised,
+            storage_full=lambda: self.node.storage_full,
+            propose=self._own_nospace,
         )
         for m in self._members.values():
             self._link(m)
@@ -306,6 +345,7 @@ class Member:
             asyncio.create_task(self._watch_leadership(), name=f"{self.config.name}-leadership"),
             asyncio.create_task(self._lease_loop(), name=f"{self.config.name}-leases"),
             asyncio.create_task(self._publish(), name=f"{self.config.name}-publish"),
+            asyncio.create_task(self.disk.run(), name=f"{self.config.name}-disk"),
         ]
 
     async def stop(self, *, transfer: bool = True) -> None:
@@ -371,7 +411,9 @@ class Member:
             raise TypeError(f"not a write request: {type(request).__name__}")
         if isinstance(request, (PutRequest, DeleteRangeRequest, TxnRequest)):
             check_request(request, 128)
-        data = kvreq.encode_request(kvreq.Request(client_id, request_id, request))
+        req = kvreq.Request(client_id, request_id, request)
+        self.applier.check_alarms(req)  # NOSPACE: refused here, not after a round through Raft
+        data = kvreq.encode_request(req)
         if len(data) > self.config.max_request_bytes:
             raise RequestTooLargeError
         result = await self._propose(data)
@@ -537,7 +579,50 @@ class Member:
             raft_term=st.hard_state.term,
             raft_applied_index=self.node.applied,
             is_learner=bool(me and me.is_learner),
+            errors=tuple(a.alarm.name for a in self.applier.alarms()),
         )
+
+    async def alarm(
+        self,
+        action: kvreq.AlarmAction,
+        member_id: int = 0,
+        alarm: kvreq.AlarmType = kvreq.AlarmType.NONE,
+    ) -> kvreq.AlarmResponse:
+        """List (GET, answered locally), raise or clear an alarm through Raft: etcd's Alarm.
+
+        Args:
+            action: GET, ACTIVATE or DEACTIVATE.
+            member_id: the member the alarm is about (ignored by GET); 0 means this member.
+            alarm: the alarm type; NONE with GET lists every alarm.
+
+        Returns:
+            The alarms listed, raised or cleared (cleared: empty if it was not raised).
+
+        Raises:
+            EtcdError: no leader, timeout, stopping or removed.
+            OutcomeUnknown: it may or may not have been applied (it is idempotent).
+        """
+        self._check_serving()
+        if action is kvreq.AlarmAction.GET:
+            return kvreq.AlarmResponse(self.applier.alarms(alarm))
+        body = kvreq.AlarmRequest(action, member_id or self.id, alarm)
+        result = await self._propose(kvreq.encode_request(kvreq.Request(0, 0, body)))
+        if not isinstance(result, kvreq.AlarmResponse):
+            raise TypeError(f"an alarm request answered with {type(result).__name__}")
+        return result
+
+    # -- disk space --
+
+    def _nospace_raised(self) -> bool:
+        return any(a.member_id == self.id for a in self.applier.alarms(kvreq.AlarmType.NOSPACE))
+
+    async def _own_nospace(self, action: kvreq.AlarmAction) -> None:
+        await self.alarm(action, self.id, kvreq.AlarmType.NOSPACE)
+
+    def _on_storage_full(self, exc: StorageFullError) -> None:
+        """A write ran out of space: the Node retries (or skips) it; raise NOSPACE too."""
+        logger.error("%s: a storage write ran out of space: %s", self.config.name, exc)
+        self.disk.note_full()
 
     # -- writes --
 

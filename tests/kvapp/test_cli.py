@@ -43,6 +43,7 @@ def test_etcd_timing_flags_become_ticks() -> None:
         (args("--heartbeat-interval", "0"), "--heartbeat-interval must be positive"),
         (args("--snapshot-count", "0"), "--snapshot-count"),
         (args("--max-request-bytes", "10"), "--max-request-bytes"),
+        (args("--min-free-disk-bytes", "-1"), "--min-free-disk-bytes must not be negative"),
         (args("--initial-cluster-token", ""), "token"),
         (
             ["--name", "a", "--initial-cluster", "a=http://127.0.0.1:1,b=http://127.0.0.1:1"],
@@ -53,6 +54,15 @@ def test_etcd_timing_flags_become_ticks() -> None:
 def test_bad_flags_are_refused_with_a_message_naming_them(argv: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         parse_serve_args(argv)
+
+
+def test_the_disk_reserve_defaults_to_two_wal_segments_and_a_request() -> None:
+    opts, _ = parse_serve_args(args())
+    assert opts.min_free_disk_bytes == 2 * 64 * 1024 * 1024 + 1_572_864
+    opts, _ = parse_serve_args(args("--max-request-bytes", "2097152"))
+    assert opts.min_free_disk_bytes == 2 * 64 * 1024 * 1024 + 2_097_152
+    opts, _ = parse_serve_args(args("--min-free-disk-bytes", "0"))
+    assert opts.min_free_disk_bytes == 0
 
 
 def test_bad_flags_exit_with_status_2_and_create_nothing(
