@@ -112,6 +112,7 @@ class DiskGuard:
         self._wake = asyncio.Event()
         self._reading_failed = False
         self._announced: AlarmAction | None = None
+        self._last_failure = ""
         self.free: int | None = None
         """The last reading of the free space, or None (no reading, or it failed)."""
         self.checks = 0
@@ -180,7 +181,12 @@ class DiskGuard:
         try:
             await self._propose(action)
         except (EtcdError, OutcomeUnknown) as exc:
-            logger.info("%s: NOSPACE %s not done yet (%s); retrying", self.name, action.name, exc)
+            why = f"{action.name}: {exc}"
+            level = logging.DEBUG if why == self._last_failure else logging.INFO
+            self._last_failure = why
+            logger.log(level, "%s: NOSPACE %s not done yet; retrying", self.name, why)
+        else:
+            self._last_failure = ""
 
     def _why_full(self) -> str:
         if self.free is not None and self.free < self.min_free:

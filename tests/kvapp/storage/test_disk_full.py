@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import raftlib.node as node_module
 from kvapp.storage import fileutil
 from kvapp.storage import wal as walmod
 from kvapp.storage.errors import (
@@ -27,7 +28,7 @@ from kvapp.storage.errors import (
 )
 from kvapp.storage.raftstore import RaftStore
 from kvapp.storage.wal import BatchRecord, SnapshotRecord, StateRecord, Wal, WalMetadata, read_wal
-from raftlib import ConfState, Node, Ready, StorageFullError
+from raftlib import ConfState, Node, Ready, StagingStorage, StorageFullError
 from raftlib.types import Entry, HardState, Snapshot, SnapshotMetadata
 from tests.raftlib.test_node import TICK, StateMachine, eventually, run
 
@@ -340,3 +341,67 @@ async def test_a_node_over_a_full_disk_retries_and_loses_or_doubles_nothing(
     assert before in stored
     for k, index in enumerate(indexes):
         assert [i for i, d in stored.items() if d.endswith(b"p%d" % k)] == [index]
+
+
+def test_a_staged_snapshot_that_does_not_fit_is_skipped_and_made_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RaftStore stages snapshots in the node's snapshot thread: that path skips too."""
+    monkeypatch.setattr(node_module, "_SNAPSHOT_RETRY_FIRST", 0.02)
+    real = fileutil.write_all
+    failed: list[int] = []
+
+    def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+        failed.append(offset)
+        raise no_space()
+
+    @run()
+    async def body() -> None:
+        store = RaftStore.open(
+            tmp_path, cluster_id=1, member_id=1, conf_state=ConfState(voters=(1,)), fsync=False
+        )
+        assert isinstance(store, StagingStorage)
+        sm = StateMachine()
+
+        def image() -> Callable[[], bytes]:
+            data = sm.snapshot()
+            return lambda: data
+
+        node = Node(
+            1,
+            store,
+            send=lambda msgs: None,
+            tick_interval=TICK,
+            apply=sm.apply,
+            snapshot=image,
+            restore=sm.restore,
+            snapshot_every=3,
+            keep_entries=1,
+        )
+        node.start()
+        try:
+            await node.wait_leader(timeout=5)
+            monkeypatch.setattr(fileutil, "write_all", write_all)
+            for k in range(4):
+                await node.propose(b"a%d" % k, timeout=5)
+            snap_dir = tmp_path / "snap"
+            await eventually(
+                lambda: bool(failed) and not list(snap_dir.iterdir()),
+                lambda: (
+                    f"a snapshot file tried, and nothing left of it: {list(snap_dir.iterdir())}"
+                ),
+            )
+            assert store.snapshot().is_empty()
+            assert node.running
+            monkeypatch.setattr(fileutil, "write_all", real)
+            last = await node.propose(b"b", timeout=5)
+            await eventually(
+                lambda: store.snapshot().metadata.index >= last - 1,
+                lambda: f"a snapshot once space is back ({store.snapshot().metadata})",
+            )
+            assert node.failure is None
+        finally:
+            await node.stop()
+            store.close()
+
+    body()
