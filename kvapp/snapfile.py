@@ -9,14 +9,21 @@ Layout, version :data:`VERSION`:
 ============  ===================================================================================
 8 bytes       :data:`MAGIC`
 4 bytes       ``n``, the header's length (big-endian)
-``n`` bytes   the header, a CBOR map: ``version`` (1), ``cluster_id``, ``member_id`` (the member
+``n`` bytes   the header, a CBOR map: ``version`` (2), ``cluster_id``, ``member_id`` (the member
               that made it), ``raft_index`` (the log index the state reflects), ``raft_term``
               (that member's term then), ``revision`` (the store's revision)
 the payload   the replicated state: exactly the stream :meth:`kvapp.dedup.Applier.snapshot`
               writes (the applier's section, then :mod:`kvapp.kvstate`'s stream), which carries
               its own checksums
+``p`` bytes   zeros, so that the file up to the hash is a multiple of 512 bytes long
+4 bytes       ``p`` (big-endian)
 32 bytes      the SHA-256 of everything before it
 ============  ===================================================================================
+
+The padding is for ``etcdctl snapshot save`` (3.4), which saves whatever the Maintenance
+Snapshot stream sends but refuses it unless its size is 32 more than a multiple of 512 (the
+shape of a bbolt database followed by its SHA-256). Version 1 files had no padding and no ``p``;
+they are still read.
 
 The trailing hash makes a truncated or damaged file detectable before anything reads it:
 :func:`read_info` checks it, and :func:`load_state` then restores the payload into an
@@ -55,13 +62,14 @@ __all__ = [
 MAGIC: Final = b"KVAPPSNP"
 """The first bytes of every snapshot file."""
 
-VERSION: Final = 1
+VERSION: Final = 2
 """The file format version this module writes and reads."""
 
 DIGEST_SIZE: Final = 32
 """The size of the trailing SHA-256."""
 
 _LENGTH: Final = struct.Struct(">I")
+_ALIGN: Final = 512
 _MAX_HEADER: Final = 64 * 1024
 _HEADER_KEYS: Final = frozenset(
     {"version", "cluster_id", "member_id", "raft_index", "raft_term", "revision"}
@@ -171,7 +179,12 @@ class SnapshotWriter:
         return n
 
     def finish(self) -> str:
-        """Write the trailing hash; returns it (hex). Nothing may be written after it."""
+        """Write the padding and the trailing hash; returns the hash (hex).
+
+        Nothing may be written after it.
+        """
+        pad = -(self.size + _LENGTH.size) % _ALIGN
+        self.write(bytes(pad) + _LENGTH.pack(pad))
         digest = self._hash.digest()
         self._out.write(digest)
         self.size += len(digest)
@@ -224,15 +237,34 @@ def read_info(path: str | Path, *, verify: bool = True) -> SnapshotFileInfo:
         raise SnapshotFileError(f"{p}: is a directory, not a snapshot file") from None
     except OSError as e:
         raise SnapshotFileError(f"{p}: cannot read: {e.strerror or e}") from None
-    header = _decode_header(raw_header, p)
+    header, version = _decode_header(raw_header, p)
+    payload_end = size - DIGEST_SIZE
+    if version >= 2:
+        payload_end -= _padding(p, payload_offset, payload_end)
     return SnapshotFileInfo(
         path=p,
         size=size,
         header=header,
         sha256=digest,
         payload_offset=payload_offset,
-        payload_size=size - DIGEST_SIZE - payload_offset,
+        payload_size=payload_end - payload_offset,
     )
+
+
+def _padding(path: Path, payload_offset: int, end: int) -> int:
+    """The bytes of padding plus its length field that end a version 2 file at ``end``."""
+    try:
+        with path.open("rb") as f:
+            f.seek(end - _LENGTH.size)
+            pad: int = _LENGTH.unpack(f.read(_LENGTH.size))[0]
+            if pad >= _ALIGN or end % _ALIGN or end - _LENGTH.size - pad < payload_offset:
+                raise SnapshotFileError(f"{path}: damaged padding ({pad} bytes)")
+            f.seek(end - _LENGTH.size - pad)
+            if f.read(pad) != bytes(pad):
+                raise SnapshotFileError(f"{path}: damaged padding (not zeros)")
+    except (OSError, struct.error) as e:
+        raise SnapshotFileError(f"{path}: cannot read the padding: {e}") from None
+    return pad + _LENGTH.size
 
 
 def _size(f: IO[bytes]) -> int:
@@ -260,17 +292,17 @@ def _check_hash(f: IO[bytes], path: Path, size: int, read_so_far: bytes) -> str:
     return stored.hex()
 
 
-def _decode_header(raw: bytes, path: Path) -> SnapshotHeader:
+def _decode_header(raw: bytes, path: Path) -> tuple[SnapshotHeader, int]:
     try:
         header = cbor2.loads(raw)
     except Exception as e:  # cbor2 raises many exception types on hostile input
         raise SnapshotFileError(f"{path}: damaged header: {e}") from e
     if type(header) is not dict or set(header) != _HEADER_KEYS:
         raise SnapshotFileError(f"{path}: damaged header: unexpected fields")
-    if header["version"] != VERSION:
+    if header["version"] not in (1, VERSION):
         raise SnapshotFileError(
             f"{path}: snapshot file version {header['version']!r:.20} is not supported "
-            f"(this kvapp reads version {VERSION})"
+            f"(this kvapp reads versions 1 and {VERSION})"
         )
     return SnapshotHeader(
         cluster_id=_uint(header["cluster_id"], "cluster_id", path),
@@ -278,7 +310,7 @@ def _decode_header(raw: bytes, path: Path) -> SnapshotHeader:
         raft_index=_uint(header["raft_index"], "raft_index", path),
         raft_term=_uint(header["raft_term"], "raft_term", path),
         revision=_uint(header["revision"], "revision", path),
-    )
+    ), header["version"]
 
 
 class _Window(io.RawIOBase):

@@ -163,6 +163,25 @@ def wait_for_leader(cluster: Cluster, procs: list[subprocess.Popen[bytes]]) -> N
     pytest.fail(f"no leader within {LEADER_DEADLINE}s: {last}\n{_log_tails(cluster.data)}")
 
 
+def wait_for_client_urls(cluster: Cluster) -> None:
+    """Poll ``kvctl member list`` until every member has published its client URLs.
+
+    A member publishes them once it has joined and knows a leader, a moment after the leader
+    is agreed on; ``--cluster`` commands read them.
+    """
+    deadline = time.monotonic() + LEADER_DEADLINE
+    last = ""
+    while time.monotonic() < deadline:
+        proc = kvctl(cluster, "member", "list", "-w", "json", "--command-timeout", "1s")
+        last = proc.stdout + proc.stderr
+        if proc.returncode == 0:
+            members = json.loads(proc.stdout)["members"]
+            if len(members) == len(cluster.endpoints) and all(m.get("clientURLs") for m in members):
+                return
+        time.sleep(0.2)
+    pytest.fail(f"client URLs not all published within {LEADER_DEADLINE}s: {last}")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     data = tmp_path_factory.mktemp("kvctl-cluster")
@@ -197,6 +216,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             procs.append(_start(argv, data / f"{n}.log"))
         c = Cluster(tuple(clients.values()), token, data)
         wait_for_leader(c, procs)
+        wait_for_client_urls(c)
         yield c
     finally:
         _stop(procs)

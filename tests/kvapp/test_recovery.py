@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import shutil
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import cbor2
 import pytest
 
 from kvapp import requests as kvreq
@@ -204,8 +206,32 @@ async def test_status_reports_revision_keys_and_hash(tmp_path: Path) -> None:
     assert st.total_size == path.stat().st_size
     info = read_info(path)
     applier = Applier(KvState(lambda: 0.0, grace=1.0))
-    applier.restore_bytes(path.read_bytes()[info.payload_offset : info.size - 32])
+    end = info.payload_offset + info.payload_size
+    applier.restore_bytes(path.read_bytes()[info.payload_offset : end])
     assert st.hash == applier.hash()
+    assert (info.size - 32) % 512 == 0  # the size etcdctl 3.4's snapshot save insists on
+
+
+@aio
+async def test_a_version_1_file_without_padding_is_still_read(tmp_path: Path) -> None:
+    path = await old_cluster_file(tmp_path, keys=5)
+    info = read_info(path)
+    data = path.read_bytes()
+    payload = data[info.payload_offset : info.payload_offset + info.payload_size]
+    header = cbor2.loads(data[12 : info.payload_offset])
+    assert header["version"] == 2
+    body = cbor2.dumps({**header, "version": 1})
+    v1 = b"KVAPPSNP" + len(body).to_bytes(4, "big") + body + payload
+    old = tmp_path / "v1.snap"
+    old.write_bytes(v1 + hashlib.sha256(v1).digest())
+    assert status(old).hash == status(path).hash
+    # A version 2 file whose padding length is damaged (hash recomputed) is refused.
+    bad = bytearray(data[:-32])
+    bad[-2] ^= 0x10  # 4096 more bytes of padding than a 512-byte alignment needs
+    damaged = tmp_path / "pad.snap"
+    damaged.write_bytes(bytes(bad) + hashlib.sha256(bad).digest())
+    with pytest.raises(SnapshotFileError, match="padding"):
+        read_info(damaged)
 
 
 @aio

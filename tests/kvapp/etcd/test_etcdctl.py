@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from kvapp.snapfile import read_info
 from tests.kvapp.integration.harness import REPO_ROOT, poll
 
 pytestmark = pytest.mark.integration
@@ -248,6 +249,14 @@ def test_an_etcdctl_session_against_kvapp_cluster(cluster: Cluster, etcdctl: str
     old = ctl.run("get", "a/1", f"--rev={first}", ok=False)
     assert old.returncode != 0
     assert "required revision has been compacted" in old.stderr
+
+    # snapshot save from one endpoint: a kvapp snapshot file, checked by kvapp snapshot status
+    snap = cluster.out.parent / "etcdctl.snapshot"
+    saved = ctl.run("snapshot", "save", str(snap), endpoints=ctl.endpoints[:1])
+    assert f"Snapshot saved at {snap}" in saved.stdout + saved.stderr
+    info = read_info(snap)
+    assert info.header.revision == rev
+    assert (snap.stat().st_size - 32) % 512 == 0
 
     # delete with a prefix and with --from-key
     assert ctl.out("del", "a/", "--prefix") == "3\n"
