@@ -39,6 +39,7 @@ from kvapp.node import (
     parse_peer_url,
 )
 from kvapp.service import MemberInfo
+from kvapp.tls import TlsConfigError, TlsInfo, add_serve_flags, tls_from_flags
 
 if TYPE_CHECKING:
     from kvapp.metrics import MemberMetrics
@@ -103,6 +104,8 @@ class ServeOptions:
     grpc_urls: tuple[str, ...] = ()
     client_http_urls: tuple[str, ...] = ()
     min_free_disk_bytes: int = DEFAULT_MIN_FREE_BYTES
+    client_tls: TlsInfo | None = None
+    peer_tls: TlsInfo | None = None
 
 
 def _url_list(value: str, flag: str) -> tuple[str, ...]:
@@ -206,6 +209,7 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="serve etcd's HTTP/JSON gateway (curl, etcd3gw: POST /v3/kv/range ...) on this "
         "http://host:port (default: off)",
     )
+    add_serve_flags(p)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -257,6 +261,7 @@ def parse_serve_args(argv: Sequence[str]) -> tuple[ServeOptions, str]:
             f"--initial-cluster gives {a.name!r} the peer URLs {', '.join(mine[0].peer_urls)} "
             f"but --listen-peer-urls is {', '.join(peer_urls)}"
         )
+    client_tls, peer_tls = _tls(a, client_urls, peer_urls, initial)
     opts = ServeOptions(
         name=a.name,
         data_dir=Path(a.data_dir or f"{a.name}.kvapp"),
@@ -290,8 +295,34 @@ def parse_serve_args(argv: Sequence[str]) -> tuple[ServeOptions, str]:
             if a.listen_client_http_urls
             else ()
         ),
+        client_tls=client_tls,
+        peer_tls=peer_tls,
     )
     return opts, a.log_level
+
+
+def _tls(
+    a: argparse.Namespace,
+    client_urls: tuple[str, ...],
+    peer_urls: tuple[str, ...],
+    initial: tuple[MemberInfo, ...],
+) -> tuple[TlsInfo | None, TlsInfo | None]:
+    """The client-facing and peer TLS from etcd's flags, checked with the URLs (kvapp.tls)."""
+    clients = {"--listen-client-urls": client_urls}
+    for flag, value in (
+        ("--listen-grpc-urls", a.listen_grpc_urls),
+        ("--listen-client-http-urls", a.listen_client_http_urls),
+    ):
+        if value:
+            clients[flag] = _url_list(value, flag)
+    peers = {
+        "--listen-peer-urls": peer_urls,
+        "--initial-cluster": tuple(u for m in initial for u in m.peer_urls),
+    }
+    try:
+        return tls_from_flags(a, peer=False, urls=clients), tls_from_flags(a, peer=True, urls=peers)
+    except TlsConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 # -- the data directory's identity file --
@@ -439,6 +470,7 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         if member is not None:
             member.report_snapshot(peer, success=ok)
 
+    peer_tls = opts.peer_tls
     transport = TcpTransport(
         member_id,
         cluster_id,
@@ -446,6 +478,8 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         on_message=on_message,
         on_unreachable=on_unreachable,
         on_snapshot_status=on_snapshot_status,
+        server_ssl=peer_tls.server_context() if peer_tls else None,
+        client_ssl=peer_tls.client_context() if peer_tls else None,
     )
     config = MemberConfig(
         name=opts.name,
@@ -472,6 +506,7 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         host=opts.listen_client[0],
         port=opts.listen_client[1],
         max_request_bytes=opts.max_request_bytes,
+        tls=opts.client_tls.server_context() if opts.client_tls else None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -613,6 +648,7 @@ def _grpc_server(
         port=port,
         maintenance=MemberMaintenance(member),
         max_request_bytes=opts.max_request_bytes,
+        tls=opts.client_tls,
     )
 
 
@@ -633,7 +669,13 @@ def _gateway_server(
         MemberMaintenance(member),
         max_request_bytes=opts.max_request_bytes,
     )
-    return GatewayHttpServer(gateway, host=host, port=port, health=lambda: health(member))
+    return GatewayHttpServer(
+        gateway,
+        host=host,
+        port=port,
+        health=lambda: health(member),
+        tls=opts.client_tls.server_context() if opts.client_tls else None,
+    )
 
 
 def _setup_logging(level: str, name: str) -> None:

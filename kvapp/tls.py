@@ -24,12 +24,14 @@ presented, a plaintext client, a timeout...) and the listener carries on.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -37,9 +39,12 @@ __all__ = [
     "TlsAcceptor",
     "TlsConfigError",
     "TlsInfo",
+    "add_serve_flags",
     "client_context",
     "describe_tls_error",
     "is_tls_record",
+    "start_tls_server",
+    "tls_from_flags",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,7 +74,7 @@ def _no_password() -> bytes:
 def _read(path: Path, field: str, what: str, marker: bytes) -> None:
     """Check that ``path`` is a readable file holding a PEM ``marker``."""
     try:
-        data = path.read_bytes()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise TlsConfigError(field, f"{path}: cannot read it: {e.strerror or e}") from None
     if marker not in data:
@@ -113,9 +118,11 @@ class TlsInfo:
             connects.
     """
 
-    cert_file: Path
-    key_file: Path
-    trusted_ca_file: Path | None = None
+    cert_file: Path = attrs.field(converter=Path)
+    key_file: Path = attrs.field(converter=Path)
+    trusted_ca_file: Path | None = attrs.field(
+        default=None, converter=attrs.converters.optional(Path)
+    )
     client_cert_auth: bool = False
 
     def server_context(self) -> ssl.SSLContext:
@@ -163,9 +170,9 @@ class TlsInfo:
 
 def client_context(
     *,
-    ca_file: Path | None = None,
-    cert_file: Path | None = None,
-    key_file: Path | None = None,
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
 ) -> ssl.SSLContext:
     """A context for dialing a TLS listener (etcdctl's ``--cacert --cert --key``).
 
@@ -183,12 +190,106 @@ def client_context(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
     ctx.minimum_version = _MIN_VERSION
     if ca_file is not None:
-        _load_ca(ctx, ca_file)
+        _load_ca(ctx, Path(ca_file))
     else:
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if cert_file is not None and key_file is not None:
-        _load_chain(ctx, cert_file, key_file)
+        _load_chain(ctx, Path(cert_file), Path(key_file))
     return ctx
+
+
+# -- etcd's flags -------------------------------------------------------------------------------
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """Add etcd's eight TLS flags (client-facing and peer) to ``kvapp serve``'s parser."""
+    g = parser.add_argument_group(
+        "TLS", "etcd's flags; with them every client (or peer) URL must be https://"
+    )
+    for prefix, whom in (("", "client-facing listeners"), ("peer-", "peer links")):
+        g.add_argument(f"--{prefix}cert-file", help=f"certificate (PEM) of the {whom}")
+        g.add_argument(f"--{prefix}key-file", help="its unencrypted private key (PEM)")
+        g.add_argument(
+            f"--{prefix}trusted-ca-file",
+            help="CA certificates (PEM) that sign "
+            + ("the peers' certificates (checked both ways)" if prefix else "client certificates"),
+        )
+        g.add_argument(
+            f"--{prefix}client-cert-auth",
+            action="store_true",
+            help=f"require a certificate signed by --{prefix}trusted-ca-file from every "
+            f"{'peer' if prefix else 'client'}",
+        )
+
+
+def tls_from_flags(
+    args: argparse.Namespace, *, peer: bool, urls: Mapping[str, Sequence[str]]
+) -> TlsInfo | None:
+    """One side's :class:`TlsInfo` from etcd's flags, checked against that side's URLs.
+
+    TLS is on exactly when the certificate and key are given, and then every URL of the side
+    must be ``https://`` (and without them ``http://``), as etcd requires. The files are
+    loaded (and the key matched to the certificate) here, before anything touches the disk.
+
+    Args:
+        args: the parsed flags (:func:`add_serve_flags`).
+        peer: the peer side (``--peer-*``) rather than the client-facing one.
+        urls: the side's URLs by the flag that gave them (``--listen-peer-urls`` and
+            ``--initial-cluster`` for the peer side).
+
+    Raises:
+        TlsConfigError: the flags do not fit together or with the URLs, or a file is missing,
+            unreadable or unusable; the message names the flag.
+    """
+    prefix = "peer-" if peer else ""
+    flag = {
+        f: f"--{prefix}{f.replace('_', '-')}"
+        for f in ("cert_file", "key_file", "trusted_ca_file", "client_cert_auth")
+    }
+    attr = "peer_" if peer else ""
+    cert = getattr(args, f"{attr}cert_file", None)
+    key = getattr(args, f"{attr}key_file", None)
+    ca = getattr(args, f"{attr}trusted_ca_file", None)
+    auth = bool(getattr(args, f"{attr}client_cert_auth", False))
+    schemes = [(f, u, urlsplit(u).scheme) for f, us in urls.items() for u in us]
+    if not cert and not key:
+        if ca or auth:
+            given = flag["trusted_ca_file"] if ca else flag["client_cert_auth"]
+            raise TlsConfigError(
+                "cert_file", f"{given} needs {flag['cert_file']} and {flag['key_file']}"
+            )
+        for f, u, scheme in schemes:
+            if scheme == "https":
+                raise TlsConfigError(
+                    "cert_file",
+                    f"{f}: {u} is https:// but no TLS certificate is given: add "
+                    f"{flag['cert_file']} and {flag['key_file']} (or use http://)",
+                )
+        return None
+    if not cert or not key:
+        missing, given = ("cert_file", "key_file") if not cert else ("key_file", "cert_file")
+        raise TlsConfigError(missing, f"{flag[given]} needs {flag[missing]} too")
+    for f, u, scheme in schemes:
+        if scheme != "https":
+            raise TlsConfigError(
+                "cert_file",
+                f"{f}: {u} is {scheme}:// but {flag['cert_file']} turns TLS on for "
+                f"{'peer links' if peer else 'clients'}: use https://",
+            )
+    if auth and not ca:
+        raise TlsConfigError(
+            "trusted_ca_file",
+            f"{flag['client_cert_auth']} needs {flag['trusted_ca_file']} (the CA that signs "
+            f"the {'peers' if peer else 'clients'}' certificates)",
+        )
+    info = TlsInfo(Path(cert), Path(key), Path(ca) if ca else None, auth)
+    try:
+        info.server_context()
+        if peer:
+            info.client_context()
+    except TlsConfigError as e:
+        raise TlsConfigError(e.field, f"{flag[e.field]}: {e}") from None
+    return info
 
 
 # -- describing failures ----------------------------------------------------------------------
@@ -398,3 +499,31 @@ class TlsAcceptor:
         tasks = [h.task for h in pending if h.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def start_tls_server(
+    client_connected_cb: Callable[
+        [asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None
+    ],
+    host: str,
+    port: int,
+    context: ssl.SSLContext,
+    *,
+    what: str,
+    handshake_timeout: float = 10.0,
+    limit: int = 2**16,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger,
+) -> tuple[asyncio.Server, TlsAcceptor]:
+    """``asyncio.start_server`` over TLS, with refused handshakes logged (:class:`TlsAcceptor`).
+
+    Close the returned acceptor (``await acceptor.close()``) beside the server when stopping.
+    """
+
+    def streams() -> asyncio.StreamReaderProtocol:  # what start_server makes
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=limit), client_connected_cb)
+
+    acceptor = TlsAcceptor(
+        context, streams, what=what, handshake_timeout=handshake_timeout, log=log
+    )
+    server = await asyncio.get_running_loop().create_server(acceptor, host, port)
+    return server, acceptor

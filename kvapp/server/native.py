@@ -151,7 +151,7 @@ from kvapp.service import (
     WriteRequest,
     WriteResponse,
 )
-from kvapp.tls import TlsAcceptor
+from kvapp.tls import TlsAcceptor, start_tls_server
 from kvapp.watch import (
     ERR_DUPLICATE_WATCH_ID,
     ERR_EMPTY_WATCHER_RANGE,
@@ -972,17 +972,16 @@ class NativeServer:
             raise RuntimeError("native server already started")
         if self.tls is None:
             self._server = await asyncio.start_server(self._accept, self.host, self._port)
-        else:
-            loop = asyncio.get_running_loop()
-
-            def streams() -> asyncio.StreamReaderProtocol:  # what start_server makes
-                return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._accept)
-
-            # TLS through the acceptor, which logs a refused handshake (create_server does not)
-            self._acceptor = TlsAcceptor(
-                self.tls, streams, what="native", handshake_timeout=self.handshake_timeout, log=log
+        else:  # logs a refused TLS handshake, which start_server(ssl=...) would not
+            self._server, self._acceptor = await start_tls_server(
+                self._accept,
+                self.host,
+                self._port,
+                self.tls,
+                what="native",
+                handshake_timeout=self.handshake_timeout,
+                log=log,
             )
-            self._server = await loop.create_server(self._acceptor, self.host, self._port)
         self._port = self._server.sockets[0].getsockname()[1]
         log.info("native: serving on %s:%d%s", self.host, self._port, " (TLS)" if self.tls else "")
 

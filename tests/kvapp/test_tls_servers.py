@@ -7,8 +7,10 @@ overall timeout and stops what it starts.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
+import json
 import logging
 import ssl
 from collections.abc import AsyncIterator
@@ -23,6 +25,8 @@ from kvapp.etcdpb import rpc_pb2
 from kvapp.mvcc.types import PutRequest, RangeRequest, RangeResponse
 from kvapp.server import native as wire
 from kvapp.server.etcd import EtcdGrpcServer, publish_grpc_urls
+from kvapp.server.etcd.gateway import EtcdGateway
+from kvapp.server.etcd.gateway_http import GatewayHttpServer
 from kvapp.server.native import NativeServer, Op
 from kvapp.tls import TlsInfo, client_context
 from tests.kvapp.etcd.helpers import Etcd, StateMaintenance
@@ -240,3 +244,55 @@ def test_etcd_grpc_api_over_tls(client_cert_auth: bool, pki: dict[str, Any]) -> 
                     await c.close()
 
     main()
+
+
+# -- the etcd JSON gateway ------------------------------------------------------------------
+
+
+async def https_post(port: int, path: str, body: dict[str, str], context: ssl.SSLContext) -> Any:
+    """POST a JSON body over TLS (one connection); the decoded JSON answer of a 200."""
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    try:
+        writer.write(head.encode() + data)
+        async with asyncio.timeout(10):
+            answer = await reader.read(-1)
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 200"), answer
+    return json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def test_etcd_json_gateway_over_tls(pki: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="kvapp.server.etcd.gateway_http")
+
+    @run()
+    async def main() -> None:
+        cluster = FakeCluster()
+        gateway = EtcdGateway(
+            cluster.service(cluster.new_member_id()), StateMaintenance(cluster.state)
+        )
+        tls = server_tls(pki, client_cert_auth=True).server_context()
+        server = GatewayHttpServer(gateway, tls=tls)
+        await server.start()
+        try:
+            assert server.url.startswith("https://127.0.0.1:")
+            key = base64.b64encode(b"k").decode()
+            value = base64.b64encode(b"v").decode()
+            good = client_ctx(pki, "client")
+            await https_post(server.port, "/v3/kv/put", {"key": key, "value": value}, good)
+            got = await https_post(server.port, "/v3/kv/range", {"key": key}, good)
+            assert got["kvs"][0]["value"] == value
+            with pytest.raises((ssl.SSLError, ConnectionError, AssertionError)):
+                await https_post(server.port, "/v3/kv/range", {"key": key}, client_ctx(pki, None))
+        finally:
+            await server.stop()
+
+    main()
+    assert "etcd JSON gateway: refused a connection from 127.0.0.1:" in caplog.text
+    assert "no certificate presented" in caplog.text

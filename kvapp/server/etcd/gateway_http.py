@@ -28,6 +28,7 @@ import http
 import json
 import logging
 import re
+import ssl
 from collections.abc import AsyncGenerator, Callable
 from typing import Final
 from urllib.parse import unquote, urlsplit
@@ -43,6 +44,7 @@ from kvapp.server.etcd.gateway import (
     Metadata,
     Route,
 )
+from kvapp.tls import TlsAcceptor, start_tls_server
 from raftlib import __version__ as _KVAPP_VERSION
 
 __all__ = ["GatewayHttpServer", "HttpError", "HttpRequest", "parse_head"]
@@ -181,6 +183,8 @@ class GatewayHttpServer:
         idle_timeout: seconds a kept-alive connection may wait for its next request.
         read_timeout: seconds a request may take to arrive once started, and a write to drain.
         health: ``GET /health``'s check, returning ``(healthy, reason)`` (None: no /health).
+        tls: serve HTTPS with this context (:meth:`kvapp.tls.TlsInfo.server_context`); a
+            refused TLS handshake is logged with the client's address and the reason.
     """
 
     def __init__(
@@ -194,6 +198,7 @@ class GatewayHttpServer:
         idle_timeout: float = 120.0,
         read_timeout: float = 30.0,
         health: Callable[[], tuple[bool, str]] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.gateway = gateway
         self.host = host
@@ -205,6 +210,8 @@ class GatewayHttpServer:
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self._health = health
+        self.tls = tls
+        self._acceptor: TlsAcceptor | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -215,8 +222,8 @@ class GatewayHttpServer:
 
     @property
     def url(self) -> str:
-        """``http://host:port``."""
-        return f"http://{self.host}:{self._port}"
+        """``http://host:port`` (``https://`` with TLS)."""
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self._port}"
 
     async def start(self) -> None:
         """Bind and serve.
@@ -224,9 +231,21 @@ class GatewayHttpServer:
         Raises:
             OSError: the address cannot be bound.
         """
-        self._server = await asyncio.start_server(
-            self._connected, self.host, self._port, limit=self.max_header_bytes
-        )
+        if self.tls is None:
+            self._server = await asyncio.start_server(
+                self._connected, self.host, self._port, limit=self.max_header_bytes
+            )
+        else:
+            self._server, self._acceptor = await start_tls_server(
+                self._connected,
+                self.host,
+                self._port,
+                self.tls,
+                what="etcd JSON gateway",
+                handshake_timeout=self.read_timeout,
+                limit=self.max_header_bytes,
+                log=log,
+            )
         self._port = self._server.sockets[0].getsockname()[1]
         log.info("etcd JSON gateway listening on %s", self.url)
 
@@ -235,6 +254,8 @@ class GatewayHttpServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        if self._acceptor is not None:
+            await self._acceptor.close()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
