@@ -32,7 +32,7 @@ from kvapp.lease import LeaseKeepAliveResponse, LeaseTimeToLiveResponse
 from kvapp.mvcc.types import RangeRequest, RangeResponse
 from kvapp.requests import AlarmType
 from kvapp.service import MemberInfo, ResponseHeader, StatusInfo, WriteRequest, WriteResponse
-from raftlib import ConfState, Entry, HardState, Ready, Snapshot
+from raftlib import ConfState, Entry, HardState, Ready, Snapshot, StagingStorage
 
 if TYPE_CHECKING:
     from kvapp.node import Member
@@ -249,8 +249,15 @@ class TimedStorage:
     """A Raft storage that times each durable ``save_ready`` into the WAL fsync histogram.
 
     A Ready that must sync costs one fsync (group commit), which is what etcd's histogram
-    measures; commit-only Readys, which are not synced, are not observed.
+    measures; commit-only Readys, which are not synced, are not observed. Wrapping a
+    :class:`raftlib.StagingStorage` (kvapp's ``RaftStore``) gives a staging one too, so
+    raftlib's Node still writes snapshots off its Ready loop.
     """
+
+    def __new__(cls, inner: NodeStorage, histogram: Histogram) -> TimedStorage:
+        """A :class:`TimedStorage`, staging if ``inner`` is."""
+        staging = cls is TimedStorage and isinstance(inner, StagingStorage)
+        return super().__new__(_TimedStagingStorage if staging else cls)
 
     def __init__(self, inner: NodeStorage, histogram: Histogram) -> None:
         self._inner = inner
@@ -296,6 +303,20 @@ class TimedStorage:
     def compact(self, compact_index: int) -> None:
         """See raftlib.NodeStorage."""
         self._inner.compact(compact_index)
+
+
+class _TimedStagingStorage(TimedStorage):
+    """:class:`TimedStorage` over a :class:`raftlib.StagingStorage`."""
+
+    _inner: StagingStorage
+
+    def stage_snapshot(self, snapshot: Snapshot) -> None:
+        """See raftlib.StagingStorage."""
+        self._inner.stage_snapshot(snapshot)
+
+    def adopt_snapshot(self, snapshot: Snapshot) -> None:
+        """See raftlib.StagingStorage."""
+        self._inner.adopt_snapshot(snapshot)
 
 
 def render(metrics: MemberMetrics) -> bytes:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 
 from kvapp.metrics import MemberMetrics, MeteredService, TimedStorage, health, render
 from kvapp.mvcc.types import PutRequest
 from kvapp.server.http import HttpServer
 from kvapp.service import KvService
-from raftlib import HardState, MemoryStorage, Ready
+from raftlib import (
+    ConfState,
+    Entry,
+    HardState,
+    MemoryStorage,
+    Ready,
+    Snapshot,
+    SnapshotMetadata,
+)
 
 from .test_member import Clock, Hub, aio, infos, make_member
 
@@ -100,3 +109,24 @@ def test_only_durable_readies_are_timed_as_fsyncs() -> None:
     count = next(s for s in family.samples if s.name.endswith("_count"))
     assert count.value == 2
     assert storage.initial_state()[0] == HardState(1, 1, 0)
+
+
+def test_a_timed_raftstore_still_stages_snapshots(tmp_path: Path) -> None:
+    from kvapp.storage import RaftStore
+    from raftlib import StagingStorage
+
+    hist = MemberMetrics.fsync_histogram()
+    assert not isinstance(TimedStorage(MemoryStorage(), hist), StagingStorage)
+    store = RaftStore.open(tmp_path, cluster_id=1, member_id=1, fsync=False, preallocate=False)
+    try:
+        timed = TimedStorage(store, hist)
+        assert isinstance(timed, StagingStorage)
+        timed.save_ready(
+            Ready(None, HardState(1, 1, 0), (Entry(1, 1),), None, (), (), (), (), must_sync=True)
+        )
+        snap = Snapshot(b"state", SnapshotMetadata(ConfState(voters=(1,)), 1, 1))
+        timed.stage_snapshot(snap)
+        timed.adopt_snapshot(snap)
+        assert store.snapshot() == snap
+    finally:
+        store.close()
