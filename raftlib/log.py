@@ -5,7 +5,6 @@ Internal. Invariant: ``applied <= committed <= last_index()``; ``committed`` nev
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 
 from raftlib.errors import (
@@ -15,19 +14,8 @@ from raftlib.errors import (
     UnavailableError,
 )
 from raftlib.log_unstable import Unstable
-from raftlib.storage import Storage, limit_size
-from raftlib.types import ENTRY_OVERHEAD, Entry, Snapshot
-
-_DATA = operator.attrgetter("data")
-
-
-def _limit(ents: list[Entry], max_size: int | None) -> list[Entry]:
-    """``limit_size(ents, max_size)`` for a list the caller owns: returned as is when it fits."""
-    if max_size is None or len(ents) <= 1:
-        return ents
-    if sum(map(len, map(_DATA, ents))) + ENTRY_OVERHEAD * len(ents) <= max_size:
-        return ents
-    return limit_size(ents, max_size)
+from raftlib.storage import Storage, _limit_owned
+from raftlib.types import Entry, Snapshot
 
 
 class RaftLog:
@@ -63,13 +51,13 @@ class RaftLog:
         return self.storage.first_index()
 
     def last_index(self) -> int:
-        """The last index of the log."""
+        """The last index of the log.
+
+        The unstable tail follows the last entry storage holds (or the pending snapshot), so
+        storage is not asked: it holds exactly what was handed out and confirmed by ``advance``.
+        """
         u = self.unstable
-        if u.entries:
-            return u.offset + len(u.entries) - 1
-        if u.snapshot is not None:
-            return u.snapshot.metadata.index
-        return self.storage.last_index()
+        return u.offset + len(u.entries) - 1
 
     def last_term(self) -> int:
         """The term of the last entry."""
@@ -83,11 +71,10 @@ class RaftLog:
 
     # -- terms --
 
-    def term(self, index: int, last: int | None = None, first: int | None = None) -> int:
+    def term(self, index: int, first: int | None = None) -> int:
         """The term of entry ``index``.
 
-        ``last`` and ``first`` are :meth:`last_index` and :meth:`first_index`, if the caller
-        already has them (saves asking storage).
+        ``first`` is :meth:`first_index`, if the caller already has it (saves asking storage).
 
         Raises:
             CompactedError: ``index`` is before the first available entry's predecessor.
@@ -95,12 +82,15 @@ class RaftLog:
         """
         u = self.unstable
         i = index - u.offset
-        snap = u.snapshot
         if i >= 0:
             if i < len(u.entries):
                 return u.entries[i].term
-        elif snap is not None and snap.metadata.index == index:
-            return snap.metadata.term
+            raise UnavailableError(
+                f"index {index} is after last index {u.offset + len(u.entries) - 1}"
+            )
+        if i == -1 and u.prev_term >= 0:
+            return u.prev_term  # the last entry storage holds, or the pending snapshot's
+        snap = u.snapshot
         if first is not None:
             dummy = first - 1
         elif snap is not None:
@@ -109,13 +99,10 @@ class RaftLog:
             dummy = self.storage.first_index() - 1
         if index < dummy:
             raise CompactedError(f"index {index} is compacted (first index {dummy + 1})")
-        # Below the offset, unstable entries extend the log past ``index``.
-        if i >= 0 or not u.entries:
-            if last is None:
-                last = self.last_index()
-            if index > last:
-                raise UnavailableError(f"index {index} is after last index {last}")
-        return self.storage.term(index)
+        t = self.storage.term(index)
+        if i == -1:
+            u.prev_term = t
+        return t
 
     def zero_term(self, index: int) -> int:
         """The term of ``index``, or 0 when it is out of bounds."""
@@ -165,19 +152,30 @@ class RaftLog:
         Returns the index of the last new entry, or None on mismatch. Conflicting entries are
         truncated; entries already present are not rewritten.
         """
-        # match_term, find_conflict and commit_to, sharing one last_index() lookup.
-        last = self.last_index()
+        # match_term, find_conflict and commit_to, sharing one last_index() lookup, with the
+        # usual cases of term() inlined: in the unstable tail, or the entry just before it.
+        u = self.unstable
+        off = u.offset
+        tail = u.entries
+        last = off + len(tail) - 1
         if index > last:
             return None
-        try:
-            if self.term(index, last) != log_term:
+        i = index - off
+        if i >= 0:
+            t = tail[i].term
+        elif i == -1 and u.prev_term >= 0:
+            t = u.prev_term
+        else:
+            try:
+                t = self.term(index)
+            except (CompactedError, UnavailableError):
                 return None
-        except (CompactedError, UnavailableError):
+        if t != log_term:
             return None
         last_new = index + len(ents)
         for e in ents:
             # An entry past our last index extends the log (no term lookup needed to know).
-            if e.index > last or not self._match_term(e.index, e.term, last):
+            if e.index > last or not self._match_term(e.index, e.term):
                 ci = e.index
                 if ci <= self.committed:
                     raise RaftInvariantError(
@@ -185,7 +183,7 @@ class RaftLog:
                     )
                 last = self.append(ents[ci - index - 1 :])
                 break
-        commit = min(committed, last_new)
+        commit = committed if committed < last_new else last_new
         if commit > self.committed:
             if last < commit:
                 raise RaftInvariantError(
@@ -195,9 +193,9 @@ class RaftLog:
             self.committed = commit
         return last_new
 
-    def _match_term(self, index: int, term: int, last: int) -> bool:
+    def _match_term(self, index: int, term: int) -> bool:
         try:
-            return self.term(index, last) == term
+            return self.term(index) == term
         except (CompactedError, UnavailableError):
             return False
 
@@ -228,12 +226,22 @@ class RaftLog:
         """Commit ``index`` if it holds an entry of ``term`` (paper §5.4.2, Figure 8)."""
         if index <= self.committed:
             return False
-        # zero_term and commit_to, sharing one last_index() lookup.
-        last = self.last_index()
-        try:
-            t = self.term(index, last)
-        except (CompactedError, UnavailableError):
-            t = 0
+        # zero_term and commit_to, sharing one last_index() lookup, the usual cases of term()
+        # inlined as in maybe_append.
+        u = self.unstable
+        off = u.offset
+        tail = u.entries
+        last = off + len(tail) - 1
+        i = index - off
+        if 0 <= i < len(tail):
+            t = tail[i].term
+        elif i == -1 and u.prev_term >= 0:
+            t = u.prev_term
+        else:
+            try:
+                t = self.term(index)
+            except (CompactedError, UnavailableError):
+                t = 0
         if t != term:
             return False
         if last < index:
@@ -282,14 +290,18 @@ class RaftLog:
 
     def next_committed_entries(self) -> list[Entry]:
         """Committed entries not yet applied, up to ``max_applying_size`` bytes."""
-        if self.unstable.snapshot is not None or self.committed <= self.applied:
+        u = self.unstable
+        committed = self.committed
+        if u.snapshot is not None or committed <= self.applied:
             return []
         first = self.storage.first_index()
-        lo = max(self.applied + 1, first)
-        hi = self.committed + 1
-        if hi <= lo:
+        lo = self.applied + 1
+        lo = max(lo, first)
+        if committed < lo:
             return []
-        return self._slice(lo, hi, self.max_applying_size, first, self.last_index())
+        return self._slice(
+            lo, committed + 1, self.max_applying_size, first, u.offset + len(u.entries) - 1
+        )
 
     def snapshot(self) -> Snapshot:
         """The pending snapshot, else storage's."""
@@ -333,9 +345,9 @@ class RaftLog:
             return []
         off = self.unstable.offset
         if lo >= off:
-            return _limit(self.unstable.slice(lo, hi), max_size)
+            return _limit_owned(self.unstable.slice(lo, hi), max_size)
         ents = self.storage.entries(lo, min(hi, off), max_size)
         if hi <= off or len(ents) < min(hi, off) - lo:
             return ents
         ents.extend(self.unstable.slice(off, hi))
-        return _limit(ents, max_size)
+        return _limit_owned(ents, max_size)

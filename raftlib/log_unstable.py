@@ -1,7 +1,9 @@
 """The tail of the log not yet handed to storage: new entries, or a snapshot to install. Internal.
 
 ``entries[i]`` has index ``offset + i``. A pending ``snapshot`` precedes ``entries`` (then
-``offset == snapshot.metadata.index + 1``).
+``offset == snapshot.metadata.index + 1``). ``prev_term`` is the term of the entry at
+``offset - 1`` (the last one storage holds, or the pending snapshot's), once known: the tail and
+the entry it follows, as etcd-io/raft's ``logSlice.prev`` keeps them.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from raftlib.types import Entry, Snapshot
 class Unstable:
     """Entries and a snapshot the application has not yet confirmed persisted."""
 
-    __slots__ = ("entries", "offset", "snapshot")
+    __slots__ = ("entries", "offset", "prev_term", "snapshot")
 
     def __init__(self, offset: int) -> None:
         self.snapshot: Snapshot | None = None
         self.entries: list[Entry] = []
         self.offset = offset
+        self.prev_term = -1
+        """The term of entry ``offset - 1``; -1 until known (read from storage on first use)."""
 
     def maybe_first_index(self) -> int | None:
         """The first index of the log if a snapshot is pending (index after it), else None."""
@@ -59,6 +63,7 @@ class Unstable:
             return
         del self.entries[: i + 1]
         self.offset = index + 1
+        self.prev_term = term
 
     def stable_snap_to(self, index: int) -> None:
         """Forget the pending snapshot once persisted."""
@@ -70,6 +75,7 @@ class Unstable:
         self.offset = snap.metadata.index + 1
         self.entries = []
         self.snapshot = snap
+        self.prev_term = snap.metadata.term
 
     def truncate_and_append(self, ents: Sequence[Entry]) -> None:
         """Append ``ents``, first discarding any held entries at or after ``ents[0].index``."""
@@ -78,6 +84,8 @@ class Unstable:
             self.entries.extend(ents)
         elif after <= self.offset:
             # The whole unstable tail is replaced (the stable part is truncated by storage).
+            if after < self.offset:
+                self.prev_term = -1  # entry after - 1 is older: storage knows its term
             self.offset = after
             self.entries = list(ents)
         else:

@@ -32,6 +32,7 @@ from raftlib.errors import (
 from raftlib.log import RaftLog
 from raftlib.quorum import VoteResult, joint_vote_result
 from raftlib.read_only import ReadOnly, ReadOnlyOption
+from raftlib.storage import _limit_owned
 from raftlib.tracker.inflights import Inflights
 from raftlib.tracker.progress import Progress, ProgressState
 from raftlib.tracker.tracker import ProgressTracker, TrackerConfig
@@ -208,7 +209,7 @@ class _Raft:
 
     def hard_state(self) -> HardState:
         """What must be durable: term, vote, commit."""
-        return HardState(term=self.term, vote=self.vote, commit=self.log.committed)
+        return HardState(self.term, self.vote, self.log.committed)  # term, vote, commit
 
     def _load_state(self, hs: HardState) -> None:
         # A crash between persisting a Ready's snapshot and its hard state leaves the durable
@@ -259,27 +260,40 @@ class _Raft:
         """
         pr = self.trk.progress[to]
         state = pr.state
-        if state == _SNAPSHOT or pr.msg_app_flow_paused:  # pr.is_paused()
+        if state is _SNAPSHOT or pr.msg_app_flow_paused:  # pr.is_paused()
             return False
         log = self.log
-        nxt = pr.next
+        u = log.unstable
+        off = u.offset
+        tail = u.entries
         if last < 0:
-            last = log.last_index()
+            last = off + len(tail) - 1  # log.last_index()
+        nxt = pr.next
         if nxt == last + 1 and not send_if_empty:
             return False  # nothing to send (the term of the last index is always known)
         prev_index = nxt - 1
-        snap = log.unstable.snapshot  # first = log.first_index(), inlined:
-        first = log.storage.first_index() if snap is None else snap.metadata.index + 1
-        try:
-            prev_term = log.term(prev_index, last, first)
-        except StorageError:
-            return self._maybe_send_snapshot(to, pr)
-        ents: list[Entry] = []
-        if nxt <= last and (state != _REPLICATE or not pr.inflights.full()):
+        # log.term(prev_index), its usual cases inlined: in the unstable tail, or just before it.
+        i = prev_index - off
+        if 0 <= i < len(tail):
+            prev_term = tail[i].term
+        elif i == -1 and u.prev_term >= 0:
+            prev_term = u.prev_term
+        else:
             try:
-                ents = log.entries(nxt, self.max_msg_size, last, first)
+                prev_term = log.term(prev_index)
             except StorageError:
                 return self._maybe_send_snapshot(to, pr)
+        ents: Sequence[Entry] = ()
+        size = 0
+        if nxt <= last and (state is not _REPLICATE or not pr.inflights.full()):
+            if nxt >= off:  # log.entries(nxt, ...), all in the unstable tail
+                ents = _limit_owned(tail[nxt - off : last + 1 - off], self.max_msg_size)
+            else:
+                try:
+                    ents = log.entries(nxt, self.max_msg_size, last)
+                except StorageError:
+                    return self._maybe_send_snapshot(to, pr)
+            size = sum(map(len, map(_DATA, ents)))  # _payload_size(ents)
         if not ents and not send_if_empty:
             return False
         if to == self.id:
@@ -288,7 +302,7 @@ class _Raft:
         app = Message(_APP, to, self.id, self.term, prev_term, prev_index, tuple(ents), commit)
         # self._file(app), inlined
         (self.msgs_after_append if _APP in _AFTER_PERSIST else self.msgs).append(app)
-        pr.sent_entries(len(ents), sum(map(len, map(_DATA, ents))))  # _payload_size(ents)
+        pr.sent_entries(len(ents), size)
         pr.sent_commit = commit
         return True
 
@@ -339,13 +353,17 @@ class _Raft:
         if not self.bcast_pending:
             return
         self.bcast_pending = False
-        if self.state != _LEADER:
+        if self.state is not _LEADER:
             return
-        commit = self.log.committed
-        last = self.log.last_index()
-        progress = self.trk.progress
-        for node in self.trk.ids():
-            if node != self.id:
+        log = self.log
+        commit = log.committed
+        u = log.unstable
+        last = u.offset + len(u.entries) - 1  # log.last_index()
+        trk = self.trk
+        progress = trk.progress
+        me = self.id
+        for node in trk.ids():
+            if node != me:
                 # An empty append is only worth sending if it tells the peer a new commit index
                 # (pr.can_bump_commit(commit), inlined).
                 pr = progress[node]
@@ -507,7 +525,7 @@ class _Raft:
         return any(e.type != _NORMAL for e in self.log.slice(lo, self.log.committed + 1, None))
 
     def _hup(self, t: CampaignType) -> None:
-        if self.state == _LEADER:
+        if self.state is _LEADER:
             self.logger.debug("%d ignoring MsgHup because already leader", self.id)
             return
         if not self._promotable():
@@ -598,9 +616,9 @@ class _Raft:
             if self.check_quorum:
                 self.step(Message(_CHECK_QUORUM, from_=self.id))
             # A transfer that has not finished within an election timeout is abandoned.
-            if self.state == _LEADER and self.lead_transferee != NONE:
+            if self.state is _LEADER and self.lead_transferee != NONE:
                 self._abort_leader_transfer()
-        if self.state != _LEADER:
+        if self.state is not _LEADER:
             return
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
             self.heartbeat_elapsed = 0
@@ -629,9 +647,9 @@ class _Raft:
                         remaining_ticks=self.election_timeout - self.election_elapsed,
                     )
                     return
-            if m.type == _PRE_VOTE:
+            if m.type is _PRE_VOTE:
                 pass  # never change our term in response to a pre-vote
-            elif m.type == _PRE_VOTE_RESP and not m.reject:
+            elif m.type is _PRE_VOTE_RESP and not m.reject:
                 # Granted pre-votes carry the future term we asked for; we move to it only once
                 # a quorum grants.
                 pass
@@ -654,7 +672,7 @@ class _Raft:
                 # partitioned. Answer so it learns our term and steps down (etcd issue #5451);
                 # with CheckQuorum/PreVote a vote would not have told it.
                 self._send(_APP_RESP, m.from_)
-            elif m.type == _PRE_VOTE:
+            elif m.type is _PRE_VOTE:
                 # Reject so a pre-candidate with an older term can catch up, instead of the
                 # cluster deadlocking on dropped messages.
                 self._log_vote("rejected", m)
@@ -708,7 +726,7 @@ class _Raft:
             # or we have not voted and know of no leader in this term,
             or (self.vote == NONE and self.lead == NONE)
             # or a pre-vote for a future term;
-            or (m.type == _PRE_VOTE and m.term > self.term)
+            or (m.type is _PRE_VOTE and m.term > self.term)
         )
         # and the candidate's log is at least as up-to-date as ours (paper §5.4.1).
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
@@ -716,7 +734,7 @@ class _Raft:
             # Answer with the message's term: for a pre-vote ours may be older, and the
             # pre-candidate would ignore an answer from its past.
             self._send(vote_response_type(m.type), m.from_, term=m.term)
-            if m.type == _VOTE:
+            if m.type is _VOTE:
                 self.election_elapsed = 0
                 self.vote = m.from_
         else:
@@ -727,11 +745,18 @@ class _Raft:
 
     def _step_leader(self, m: Message) -> None:
         t = m.type
+        if t is _APP_RESP:  # the common case first, without the match's enum lookups
+            pr = self.trk.progress.get(m.from_)
+            if pr is None:
+                self.logger.debug("%d no progress available for %d", self.id, m.from_)
+                return
+            self._handle_append_response(m, pr)
+            return
         # Messages that need no progress for the sender.
-        if t == _BEAT:
+        if t is _BEAT:
             self._bcast_heartbeat()
             return
-        if t == _CHECK_QUORUM:
+        if t is _CHECK_QUORUM:
             if not self.trk.quorum_active():
                 self.logger.warning(
                     "%d stepped down to follower since quorum is not active", self.id
@@ -742,10 +767,10 @@ class _Raft:
                 if node != self.id:
                     peer.recent_active = False
             return
-        if t == _PROP:
+        if t is _PROP:
             self._leader_propose(m)
             return
-        if t == _READ_INDEX:
+        if t is _READ_INDEX:
             self._leader_read_index(m)
             return
 
@@ -753,16 +778,13 @@ class _Raft:
         if pr is None:
             self.logger.debug("%d no progress available for %d", self.id, m.from_)
             return
-        if t is _APP_RESP:  # the common case first, without the match's enum lookups
-            self._handle_append_response(m, pr)
-            return
         match t:
             case MT.APP_RESP:
                 self._handle_append_response(m, pr)
             case MT.HEARTBEAT_RESP:
                 self._handle_heartbeat_response(m, pr)
             case MT.SNAP_STATUS:
-                if pr.state != _SNAPSHOT:
+                if pr.state is not _SNAPSHOT:
                     return
                 if m.reject:
                     # Forget the pending snapshot first, or we would probe from its index.
@@ -786,7 +808,7 @@ class _Raft:
                 pr.msg_app_flow_paused = True
             case MT.UNREACHABLE:
                 # While pipelining, an unreachable peer has probably lost an append.
-                if pr.state == _REPLICATE:
+                if pr.state is _REPLICATE:
                     pr.become_probe()
                 self.logger.debug(
                     "%d failed to send message to %d because it is unreachable [%r]",
@@ -825,7 +847,7 @@ class _Raft:
         Raises:
             ProposalDropped: as for a ``PROP`` message; nothing was appended.
         """
-        if self.state != _LEADER:
+        if self.state is not _LEADER:
             ents = tuple([Entry(data=d) for d in datas])
             self.step(Message(_PROP, from_=self.id, entries=ents))
             return
@@ -982,8 +1004,10 @@ class _Raft:
 
     def _handle_append_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
-        last = self.log.last_index()  # nothing below appends to or truncates the log
-        if not m.reject and m.index > last:
+        u = self.log.unstable
+        last = u.offset + len(u.entries) - 1  # log.last_index(); nothing below changes the log
+        index = m.index
+        if not m.reject and index > last:
             # We never sent that index in this term: a confused or hostile peer.
             self.logger.warning(
                 "%d ignored MsgAppResp from %d acknowledging index %d beyond last index %d",
@@ -1008,24 +1032,31 @@ class _Raft:
             if m.log_term > 0:
                 next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
             if pr.maybe_decr_to(m.index, next_probe):
-                if pr.state == _REPLICATE:
+                if pr.state is _REPLICATE:
                     pr.become_probe()
                 self._send_append(m.from_)
             return
-        if pr.maybe_update(m.index) or (pr.match == m.index and pr.state == _PROBE):
-            if pr.state == _PROBE:
+        state = pr.state
+        if index > pr.match or (index == pr.match and state is _PROBE):
+            if index > pr.match:  # pr.maybe_update(index), inlined
+                pr.match = index
+                if pr.next <= index:
+                    pr.next = index + 1
+                pr.msg_app_flow_paused = False
+            if state is _REPLICATE:
+                pr.inflights.free_le(index)
+            elif state is _PROBE:
                 pr.become_replicate()
-            elif pr.state == _SNAPSHOT and pr.match + 1 >= self.log.first_index():
+            elif pr.match + 1 >= self.log.first_index():  # and state is _SNAPSHOT
                 # Caught up from the log, whatever index the snapshot was actually applied at.
                 pr.become_probe()
                 pr.become_replicate()
-            elif pr.state == _REPLICATE:
-                pr.inflights.free_le(m.index)
             if self._maybe_commit():
                 if self.pending_read_index_messages:
                     self._release_pending_read_index_messages()
                 self.bcast_pending = True  # self._bcast_append()
-            elif pr.can_bump_commit(self.log.committed):
+            elif self.log.committed > pr.sent_commit and pr.sent_commit < pr.next - 1:
+                # pr.can_bump_commit(self.log.committed): tell the peer the commit index.
                 self._maybe_send_append(m.from_, send_if_empty=True, last=last)  # _send_append
             # (_maybe_send_append returns False at once when the peer is at our last index.)
             while pr.next != last + 1 and self._maybe_send_append(
@@ -1042,7 +1073,7 @@ class _Raft:
         pr.recent_active = True
         pr.msg_app_flow_paused = False
         # Also unsticks a follower whose inflight window filled with appends that were lost.
-        if pr.match < self.log.last_index() or pr.state == _PROBE:
+        if pr.match < self.log.last_index() or pr.state is _PROBE:
             self._send_append(m.from_)
         if self.read_only.option != ReadOnlyOption.SAFE or not m.context:
             return
@@ -1116,7 +1147,7 @@ class _Raft:
     def _step_candidate(self, m: Message) -> None:
         # Only count answers to our current kind of campaign: a candidate may still receive
         # stale pre-vote answers from its pre-candidate phase.
-        my_resp = _PRE_VOTE_RESP if self.state == _PRE_CANDIDATE else _VOTE_RESP
+        my_resp = _PRE_VOTE_RESP if self.state is _PRE_CANDIDATE else _VOTE_RESP
         t = m.type
         match t:
             case MT.PROP:
@@ -1172,7 +1203,7 @@ class _Raft:
             rejected_n,
         )
         if res == VoteResult.WON:
-            if self.state == _PRE_CANDIDATE:
+            if self.state is _PRE_CANDIDATE:
                 self._campaign(CampaignType.ELECTION)
             else:
                 self._become_leader()
@@ -1328,7 +1359,7 @@ class _Raft:
         md = snap.metadata
         if md.index <= self.log.committed:
             return False
-        if self.state != _FOLLOWER:
+        if self.state is not _FOLLOWER:
             # Defense in depth: only a follower installs snapshots.
             self.logger.warning(
                 "%d attempted to restore snapshot as leader; should never happen", self.id
@@ -1458,13 +1489,13 @@ class _Raft:
         cs = cfg.conf_state()
         pr = progress.get(self.id)
         self.is_learner = pr is not None and pr.is_learner
-        if (pr is None or self.is_learner) and self.state == _LEADER:
+        if (pr is None or self.is_learner) and self.state is _LEADER:
             # Removed or demoted while leading: the change is committed, so step down and let
             # the remaining voters elect a leader.
             if self.step_down_on_removal:
                 self._become_follower(self.term, NONE)
             return cs
-        if self.state != _LEADER or not cs.voters:
+        if self.state is not _LEADER or not cs.voters:
             return cs
         if self._maybe_commit():
             # The new configuration may commit more (e.g. a slow voter was removed).
@@ -1487,10 +1518,16 @@ class _Raft:
 
     def applied_to(self, index: int) -> None:
         """Entries up to ``index`` are applied; may start leaving a joint configuration."""
-        old = self.log.applied
-        new = max(index, old)
-        self.log.applied_to(new)
-        if self.trk.config.auto_leave and new >= self.pending_conf_index and self.state == _LEADER:
+        log = self.log
+        old = log.applied
+        new = index if index > old else old
+        if new:  # log.applied_to(new), inlined (new >= log.applied)
+            if log.committed < new:
+                raise RaftInvariantError(
+                    f"applied {new} is out of range [prev applied {old}, committed {log.committed}]"
+                )
+            log.applied = new
+        if self.trk.config.auto_leave and new >= self.pending_conf_index and self.state is _LEADER:
             # Empty data reads as the empty ConfChangeV2 (leave joint); being empty it can never
             # be refused for size. A transfer in progress may drop it: we try again next time.
             try:
@@ -1519,7 +1556,7 @@ class _Raft:
         ``hard_state`` is the hard state that Ready carried (now durable), if any.
         """
         if (
-            self.state == _CANDIDATE
+            self.state is _CANDIDATE
             and hard_state is not None
             and hard_state.term == self.term
             and hard_state.vote == self.id
@@ -1527,12 +1564,12 @@ class _Raft:
         ):
             self._count_vote(self.id, _VOTE_RESP, granted=True)
             return
-        if self.state != _LEADER:
+        if self.state is not _LEADER:
             return
         pr = self.trk.progress.get(self.id)
         u = self.log.unstable
         persisted = 0 if u.snapshot is not None else u.offset - 1  # self.log.persisted_index()
-        if pr is not None and pr.maybe_update(persisted):
+        if pr is not None and persisted > pr.match and pr.maybe_update(persisted):
             if self._maybe_commit():
                 self._release_pending_read_index_messages()
                 self._bcast_append()

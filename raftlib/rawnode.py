@@ -336,22 +336,28 @@ class RawNode:
             self._prev_soft = soft
         hard: HardState | None = None
         ph = self._prev_hard
-        must_sync = False
-        if r.term != ph.term or r.vote != ph.vote or log.committed != ph.commit:
+        must_sync = r.term != ph.term or r.vote != ph.vote
+        if must_sync or log.committed != ph.commit:
             hard = r.hard_state()
-            must_sync = r.term != ph.term or r.vote != ph.vote
             self._prev_hard = hard
         u = log.unstable
-        entries = tuple(u.entries)
+        entries = tuple(u.entries) if u.entries else ()
         snapshot = u.snapshot
         if entries or snapshot is not None:
             must_sync = True
         committed = tuple(log.next_committed_entries())
         if committed:
             r.applying = committed[-1].index
-        msgs, r.msgs = r.msgs, []
-        after, r.msgs_after_append = r.msgs_after_append, []
-        reads, r.read_states = r.read_states, []
+        # Empty lists stay in place: only a non-empty one is handed out and replaced.
+        msgs = r.msgs
+        if msgs:
+            r.msgs = []
+        after = r.msgs_after_append
+        if after:
+            r.msgs_after_append = []
+        reads = r.read_states
+        if reads:
+            r.read_states = []
         rd = Ready(  # positional: soft_state, hard_state, entries, snapshot, committed_entries,
             # messages, persisted_messages, read_states, must_sync
             soft,
@@ -359,9 +365,9 @@ class RawNode:
             entries,
             snapshot,
             committed,
-            tuple(msgs),
-            tuple(after),
-            tuple(reads),
+            tuple(msgs) if msgs else (),
+            tuple(after) if after else (),
+            tuple(reads) if reads else (),
             must_sync,
         )
         self._pending = rd
@@ -377,18 +383,22 @@ class RawNode:
             raise RaftError("advance() must be given the Ready last returned by ready()")
         self._pending = None
         r = self._raft
-        if rd.entries:
-            last = rd.entries[-1]
+        ents = rd.entries
+        if ents:
+            last = ents[-1]
             r.log.unstable.stable_to(last.index, last.term)  # r.log.stable_to
-        if rd.snapshot is not None:
-            r.log.stable_snap_to(rd.snapshot.metadata.index)
-        if rd.committed_entries:
+        snap = rd.snapshot
+        if snap is not None:
+            r.log.stable_snap_to(snap.metadata.index)
+        applied = rd.committed_entries
+        if applied:
             if r.max_uncommitted_size:
-                r.reduce_uncommitted_size(rd.committed_entries)
-            r.applied_to(rd.committed_entries[-1].index)
-        elif rd.snapshot is not None:
-            r.applied_to(rd.snapshot.metadata.index)
-        if r.state is _LEADER or r.state is _CANDIDATE:  # on_persisted ignores other roles
+                r.reduce_uncommitted_size(applied)
+            r.applied_to(applied[-1].index)
+        elif snap is not None:
+            r.applied_to(snap.metadata.index)
+        state = r.state
+        if state is _LEADER or state is _CANDIDATE:  # on_persisted ignores other roles
             r.on_persisted(rd.hard_state)
 
     def status(self) -> Status:

@@ -8,6 +8,7 @@ format (kvapp's ``RaftStore`` is one) and can check itself with ``raftlib.testin
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -29,6 +30,8 @@ from raftlib.types import (
 if TYPE_CHECKING:
     from raftlib.rawnode import Ready  # rawnode imports config, which imports this module
 
+_DATA = operator.attrgetter("data")
+
 __all__ = [
     "EntryWindow",
     "MemoryStorage",
@@ -44,7 +47,7 @@ def limit_size(entries: Sequence[Entry], max_size: int | None) -> list[Entry]:
 
     ``None`` means no limit. Sizes are counted as :func:`raftlib.types.entry_size`.
     """
-    if max_size is None or not entries:
+    if max_size is None or len(entries) <= 1:
         return list(entries)
     size = len(entries[0].data) + ENTRY_OVERHEAD
     n = 1
@@ -55,6 +58,15 @@ def limit_size(entries: Sequence[Entry], max_size: int | None) -> list[Entry]:
     else:
         n = len(entries)
     return list(entries[:n])
+
+
+def _limit_owned(entries: list[Entry], max_size: int | None) -> list[Entry]:
+    """:func:`limit_size` of a list the caller owns: ``entries`` itself when it fits."""
+    if max_size is None or len(entries) <= 1:
+        return entries
+    if sum(map(len, map(_DATA, entries))) + ENTRY_OVERHEAD * len(entries) <= max_size:
+        return entries
+    return limit_size(entries, max_size)
 
 
 @runtime_checkable
@@ -153,14 +165,16 @@ class EntryWindow:
 
     def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
         """See :meth:`Storage.entries`."""
-        offset = self._ents[0].index
+        ents = self._ents
+        offset = ents[0].index
         if lo <= offset:
             raise CompactedError(f"requested index {lo} is compacted (first is {offset + 1})")
-        if hi > self.last_index() + 1:
-            raise UnavailableError(f"entries [{lo}, {hi}) beyond last index {self.last_index()}")
-        if len(self._ents) == 1:
+        last = offset + len(ents) - 1  # self.last_index()
+        if hi > last + 1:
+            raise UnavailableError(f"entries [{lo}, {hi}) beyond last index {last}")
+        if len(ents) == 1:
             raise UnavailableError("no entries after the compaction point")
-        return limit_size(self._ents[lo - offset : hi - offset], max_size)
+        return _limit_owned(ents[lo - offset : hi - offset], max_size)
 
     def check_append(self, entries: Sequence[Entry]) -> list[Entry]:
         """The part of ``entries`` an append would write (compacted ones skipped); may be empty.
@@ -170,19 +184,19 @@ class EntryWindow:
         """
         if not entries:
             return []
-        if entries[-1].index - entries[0].index != len(entries) - 1:
-            raise RaftInvariantError(
-                f"entries {entries[0].index}..{entries[-1].index} are not consecutive"
-            )
-        first = self.first_index()
-        if entries[-1].index < first:
+        lo = entries[0].index
+        hi = entries[-1].index
+        if hi - lo != len(entries) - 1:
+            raise RaftInvariantError(f"entries {lo}..{hi} are not consecutive")
+        placeholder = self._ents[0].index
+        first = placeholder + 1  # self.first_index()
+        if hi < first:
             return []
-        ents = (
-            list(entries[first - entries[0].index :]) if first > entries[0].index else list(entries)
-        )
-        if ents[0].index > self.last_index() + 1:
+        ents = list(entries[first - lo :]) if first > lo else list(entries)
+        last = placeholder + len(self._ents) - 1  # self.last_index()
+        if ents[0].index > last + 1:
             raise RaftInvariantError(
-                f"missing log entry: last index {self.last_index()}, appending at {ents[0].index}"
+                f"missing log entry: last index {last}, appending at {ents[0].index}"
             )
         return ents
 

@@ -110,7 +110,7 @@ class Progress:
 
     def become_probe(self) -> None:
         """Fall back to probing from just after ``match`` (or after a snapshot being applied)."""
-        if self.state == _SNAPSHOT:
+        if self.state is _SNAPSHOT:
             pending = self.pending_snapshot
             self._transition(_PROBE)
             self.next = max(self.match + 1, pending + 1)
@@ -133,12 +133,12 @@ class Progress:
 
     def sent_entries(self, count: int, size: int) -> None:
         """Account for an append of ``count`` entries (``size`` payload bytes) just sent."""
-        if self.state == _REPLICATE:
+        if self.state is _REPLICATE:
             if count:
                 self.next += count
                 self.inflights.add(self.next - 1, size)
             self.msg_app_flow_paused = self.inflights.full()
-        elif self.state == _PROBE:
+        elif self.state is _PROBE:
             if count:
                 self.msg_app_flow_paused = True
         else:
@@ -163,7 +163,7 @@ class Progress:
         ``match_hint`` is the leader's best guess of the last index both logs agree on. Returns
         False when the rejection is stale (answers an append we already moved past).
         """
-        if self.state == _REPLICATE:
+        if self.state is _REPLICATE:
             if rejected <= self.match:
                 return False
             self.next = self.match + 1
@@ -178,7 +178,7 @@ class Progress:
 
     def is_paused(self) -> bool:
         """Whether the leader should hold back appends to this peer for now."""
-        if self.state == _SNAPSHOT:
+        if self.state is _SNAPSHOT:
             return True
         return self.msg_app_flow_paused
 

@@ -86,11 +86,17 @@ class ProgressTracker:
             return joint_committed_index(cfg.voters, cfg.voters_outgoing, acked)
         # Not joint: quorum.majority_committed_index over the voters' matches, inlined (it runs
         # for every acknowledgement the leader receives).
-        n = len(cfg.voters)
+        voters = cfg.voters
+        n = len(voters)
         if n == 0:
             return NO_LIMIT
-        srt = sorted([progress[v].match if v in progress else 0 for v in cfg.voters])
-        return srt[n - (n // 2 + 1)]
+        get = progress.get
+        matches = []  # a loop, not a comprehension: on Python 3.11 that is a function call
+        for v in voters:
+            pr = get(v)
+            matches.append(0 if pr is None else pr.match)
+        matches.sort()
+        return matches[n - (n // 2 + 1)]
 
     def is_singleton(self) -> bool:
         """Whether there is exactly one voter and no joint configuration."""
