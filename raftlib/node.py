@@ -60,6 +60,7 @@ import concurrent.futures
 import contextlib
 import enum
 import functools
+import heapq
 import inspect
 import logging
 import random
@@ -348,13 +349,14 @@ class _Stage(enum.Enum):
 
 
 class _Proposal(Generic[_T]):
-    __slots__ = ("future", "payload", "seq", "stage")
+    __slots__ = ("future", "payload", "seq", "stage", "timeout")
 
     def __init__(self, future: asyncio.Future[_T], seq: int) -> None:
         self.future = future
         self.seq = seq
         self.stage = _Stage.QUEUED
         self.payload: bytes | ConfChange | ConfChangeV2 = b""
+        self.timeout = 0.0
 
 
 class _Read:
@@ -550,6 +552,8 @@ class Node:
         self._snapshot_every = snapshot_every
         self._keep_entries = keep_entries
         self._snapshot_due = False
+        self._deadlines: list[tuple[float, int, _Proposal[int] | _Proposal[ConfState]]] = []
+        self._expiry: asyncio.TimerHandle | None = None
         self._snapshot_job: asyncio.Task[None] | None = None
         self._snapshot_made: Snapshot | None = None
         self._snap_executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -1071,16 +1075,43 @@ class Node:
     ) -> None:
         """Queue ``w`` for the run task and arm its timeout; ``unregister`` runs when it is done."""
         t = self._timeout(timeout)
-        timer = asyncio.get_running_loop().call_later(t, self._expire_proposal, w, t)
-
-        def forget(_: object) -> None:
-            unregister()
-            timer.cancel()
-
-        w.future.add_done_callback(forget)
+        self._arm_timeout(w, t)
+        w.future.add_done_callback(lambda _: unregister())
         self._check_running()
         self._inbox.append(w)
         self._wake.set()
+
+    def _arm_timeout(self, w: _Proposal[int] | _Proposal[ConfState], t: float) -> None:
+        """Expire ``w`` after ``t`` seconds unless it is done by then.
+
+        One timer serves every pending proposal (a heap of deadlines, the resolved ones dropped
+        lazily) rather than a timer handle per proposal: on the propose hot path that is a
+        heap push instead of a handle to schedule and later cancel.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t
+        w.timeout = t
+        heap = self._deadlines
+        heapq.heappush(heap, (deadline, w.seq, w))
+        expiry = self._expiry
+        if expiry is None or deadline < expiry.when():
+            if expiry is not None:
+                expiry.cancel()
+            self._expiry = loop.call_at(deadline, self._expire_due)
+        if len(heap) > 2 * (len(self._props) + len(self._conf_props)) + 64:
+            self._deadlines = [x for x in heap if not x[2].future.done()]
+            heapq.heapify(self._deadlines)
+
+    def _expire_due(self) -> None:
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        heap = self._deadlines
+        while heap and (heap[0][2].future.done() or heap[0][0] <= now):
+            _, _, w = heapq.heappop(heap)
+            self._expire_proposal(w, w.timeout)
+        if heap:
+            self._expiry = loop.call_at(heap[0][0], self._expire_due)
 
     def _propose_all(self, ws: Iterable[_Proposal[int] | _Proposal[ConfState]]) -> None:
         """Propose ``ws`` in order; each run of consecutive data proposals in one batch."""
@@ -1247,7 +1278,7 @@ class Node:
     async def _deliver(self, c: Committed) -> None:
         if self._apply_fn is not None:
             result = self._apply_fn(c)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 await result
             return
         if self._consumer is None:
@@ -1499,6 +1530,10 @@ class Node:
         if self._closed:
             return
         self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self._deadlines = []
         waiters: list[_Proposal[int] | _Proposal[ConfState]] = [
             *self._props.values(),
             *self._conf_props.values(),

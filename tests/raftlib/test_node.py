@@ -1149,3 +1149,27 @@ def test_entries_durable_before_a_ready_are_applied_while_it_is_written(
             await c.stop_all()
 
     body()
+
+
+@run()
+async def test_a_shorter_timeout_proposed_later_expires_first_and_done_ones_are_dropped() -> None:
+    # Node 1 of three, alone: no leader, so proposals wait and time out as NotLeader.
+    node = Node(1, MemoryStorage(ConfState(voters=(1, 2, 3))), send=lambda msgs: None)
+    node.start()
+    loop = asyncio.get_running_loop()
+    try:
+        long = asyncio.ensure_future(node.propose(b"long", timeout=30))
+        t0 = loop.time()
+        with pytest.raises(NotLeader):
+            await node.propose(b"short", timeout=0.2)
+        assert 0.2 <= loop.time() - t0 < 5, "the shorter deadline waited for the longer one"
+        assert not long.done()
+        long.cancel()
+        # Resolved proposals do not pile up in the deadline heap.
+        for k in range(500):
+            p = asyncio.ensure_future(node.propose(b"%d" % k, timeout=30))
+            await asyncio.sleep(0)
+            p.cancel()
+        assert len(node._deadlines) <= 2 * 1 + 64 + 1
+    finally:
+        await node.stop()
