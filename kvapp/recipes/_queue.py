@@ -226,9 +226,13 @@ class Contender:
             SessionLost: the session ended meanwhile.
         """
         self.waited_for.append(predecessor.create_revision)
-        watch = await self.client.watch(
-            predecessor.key, start_revision=start_revision, filters=(WatchFilter.NOPUT,)
-        )
+        try:
+            watch = await self.client.watch(
+                predecessor.key, start_revision=start_revision, filters=(WatchFilter.NOPUT,)
+            )
+        except CompactedError:
+            return  # the history since our read is gone: look again
+
         try:
             if await self._next_delete(watch):
                 self.wakeups += 1
