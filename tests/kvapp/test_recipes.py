@@ -438,6 +438,32 @@ async def test_a_waiter_whose_session_is_lost_stops_waiting(shared: ThreadCluste
 
 
 @aio()
+async def test_a_waiter_whose_lease_ended_unnoticed_does_not_take_the_lock(
+    shared: ThreadCluster,
+) -> None:
+    """etcd#11456: the waiter's lease is gone (its keep-alive has not noticed yet) when its
+    predecessor releases; it must not return as the holder."""
+    async with client(shared) as kv, client(shared) as other:
+        a = await AsyncSession(kv, ttl=10).open()
+        b = await AsyncSession(kv, ttl=30).open()  # renewed every 10 s: it will not notice
+        holder, waiter = AsyncLock(kv, "11456", a), AsyncLock(kv, "11456", b)
+        await holder.acquire()
+        task = asyncio.create_task(waiter.acquire())
+        await queued(kv, "11456", waiter)
+        await other.lease_revoke(b.lease_id)  # deletes the waiter's key, which it does not watch
+        assert b.state is SessionState.ACTIVE
+        await holder.release()  # wakes the waiter
+        with pytest.raises(SessionLost, match="lost its lease"):
+            await asyncio.wait_for(task, 5)
+        assert b.state is SessionState.LOST
+        assert b.loss is LeaseLoss.GONE
+        assert waiter.wakeups == 1
+        assert not waiter.held
+        await a.close()
+        await b.close()
+
+
+@aio()
 async def test_a_holder_whose_lease_expired_on_the_cluster_clock_is_fenced_off(
     fresh: ThreadCluster,
 ) -> None:
