@@ -1,8 +1,10 @@
 """kvapp's Python client: :class:`AsyncClient` (asyncio) and its blocking twin :class:`Client`.
 
-One API over a transport interface (:mod:`kvapp.client.transport`); the transport here is the
-native protocol (:mod:`kvapp.server.native`). See :mod:`kvapp.client.aio` for failover, retries
-and what each failure means; :mod:`kvapp.client.txn` builds txn compares and operations.
+One API over a transport interface (:mod:`kvapp.client.transport`) with two transports: kvapp's
+native protocol (:mod:`kvapp.client.native`, the default) and etcd's v3 gRPC API
+(:mod:`kvapp.client.etcd`, ``protocol="etcd"``), which also talks to real etcd. See
+:mod:`kvapp.client.aio` for failover, retries and what each failure means (and where etcd's
+API differs); :mod:`kvapp.client.txn` builds txn compares and operations.
 
 Example::
 
@@ -11,6 +13,9 @@ Example::
         resp = await client.get(b"k")
         async for event in await client.watch(b"k"):
             ...
+
+    async with AsyncClient(["127.0.0.1:2379"], protocol="etcd") as etcd:  # real etcd too
+        await etcd.put(b"k", b"v")
 """
 
 from kvapp.client.aio import AsyncClient, KeepAlive, LeaseLoss, Watch, key_range

@@ -1,7 +1,9 @@
 """The asyncio client: etcd's KV, Lease, Watch, Cluster and Status calls over a list of endpoints.
 
 One :class:`AsyncClient` talks to a cluster through one connection per member it uses
-(:mod:`kvapp.client.transport`; the native protocol by default). What it adds to a connection:
+(:mod:`kvapp.client.transport`): kvapp's native protocol by default, or etcd's v3 gRPC API with
+``protocol="etcd"`` (:mod:`kvapp.client.etcd`), which also talks to real etcd. What it adds to
+a connection:
 
 Endpoints and failover
     Requests go to the current endpoint; when its connection fails the client moves to the
@@ -23,7 +25,12 @@ Retries
       window (``max_inflight_writes``) below it has finished, so a member still remembers
       it however long it is retried;
     - membership changes carry no request id, so they are retried only when no attempt can
-      have reached a member; otherwise :class:`~kvapp.service.OutcomeUnknown`.
+      have reached a member; otherwise :class:`~kvapp.service.OutcomeUnknown`;
+    - over etcd's API (``protocol="etcd"``) writes carry no request id either (etcd has no
+      deduplication), so they are treated like membership changes: retried only when no
+      attempt can have reached a member, else :class:`~kvapp.service.OutcomeUnknown`. The
+      members forward keep-alives and time-to-live to the leader themselves, so these go to
+      the current endpoint like reads.
 
 Every other failure raises at once: the member's :class:`~kvapp.errors.EtcdError` (the same
 class and text it raised), or :class:`~kvapp.client.errors.Unavailable` when no endpoint could
@@ -47,13 +54,13 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 
 import attrs
 
 from kvapp.client.errors import ClientError, LinkClosed, Unavailable
 from kvapp.client.native import NativeConnector
-from kvapp.client.transport import Connector, Link, WatchSpec
+from kvapp.client.transport import Connector, Link, WatchSpec, traits_of
 from kvapp.dedup import DEFAULT_WINDOW
 from kvapp.errors import (
     CompactedError,
@@ -233,25 +240,30 @@ class _WriteWindow:
 
 
 class AsyncClient:
-    """An asyncio client for a kvapp (or, later, etcd) cluster. See the module docstring.
+    """An asyncio client for a kvapp or etcd cluster. See the module docstring.
 
     Use it as ``async with AsyncClient([...]) as client:``, or call :meth:`close`.
 
     Args:
-        endpoints: ``host:port`` (or ``scheme://host:port``) of one or more members.
+        endpoints: ``host:port`` (or ``scheme://host:port``) of one or more members: their
+            native client URLs, or with ``protocol="etcd"`` their etcd gRPC URLs.
         connect_timeout: seconds to connect and handshake with one endpoint.
         request_timeout: seconds one attempt of a request may take.
         max_attempts: attempts per request before giving up (at least 1).
         retry_backoff: the first pause between attempts, doubled each time (capped at 1 s).
-        client_id: the id deduplicating this client's writes; random (63 bits) by default.
+        client_id: the id deduplicating this client's writes; random (63 bits) by default
+            (not sent over etcd's API, which has no deduplication).
         max_inflight_writes: the window of write request ids in flight: a write takes request
             id ``m`` only once every write numbered ``m - max_inflight_writes`` or below has
             finished (answered, or given up), however long that one is being retried. So at
             most this many writes are in flight, and more wait their turn, first come, first
             served. Keep it at most the members' deduplication window
             (:data:`kvapp.dedup.DEFAULT_WINDOW`): a member refuses a request id that far behind
-            the client's newest one, since it no longer knows whether it applied it.
-        connector: the transport (default: the native protocol's).
+            the client's newest one, since it no longer knows whether it applied it. Not
+            used over etcd's API (no request ids): writes are not limited there.
+        protocol: ``"native"`` (kvapp's native protocol) or ``"etcd"`` (etcd's v3 gRPC API,
+            to kvapp members serving it or to real etcd; see :mod:`kvapp.client.etcd`).
+        connector: the transport, instead of ``protocol``'s.
 
     Attributes:
         client_id: the id under which writes are deduplicated; it changes only if a member
@@ -269,6 +281,7 @@ class AsyncClient:
         retry_backoff: float = 0.05,
         client_id: int | None = None,
         max_inflight_writes: int = DEFAULT_WINDOW,
+        protocol: Literal["native", "etcd"] = "native",
         connector: Connector | None = None,
     ) -> None:
         if isinstance(endpoints, str):
@@ -281,6 +294,13 @@ class AsyncClient:
             raise ValueError("invalid client configuration")
         if client_id is not None and not 0 < client_id < 1 << 63:
             raise ValueError("client_id must be 1..2**63-1")
+        if protocol not in ("native", "etcd"):
+            raise ValueError(f"protocol must be 'native' or 'etcd', not {protocol!r}")
+        if connector is None:
+            if protocol == "native":
+                connector = NativeConnector()
+            else:
+                connector = _etcd_connector(connect_timeout)
         self.endpoints = tuple(endpoints)
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
@@ -288,7 +308,10 @@ class AsyncClient:
         self.retry_backoff = retry_backoff
         self.client_id = client_id if client_id is not None else _random_client_id()
         self._window = _WriteWindow(self.client_id, max_inflight_writes)
-        self._connector: Connector = connector or NativeConnector()
+        self._connector: Connector = connector
+        traits = traits_of(connector)
+        self._dedup = traits.deduplicates_writes
+        self._to_leader = not traits.forwards_to_leader
         self._links: dict[str, Link] = {}
         self._member_of: dict[str, int] = {}
         self._current = 0
@@ -649,6 +672,13 @@ class AsyncClient:
         return pause * random.uniform(0.5, 1.0)
 
     async def _write(self, request: WriteRequest, cls: type[_W]) -> _W:
+        if not self._dedup:  # no request ids: never retried once it may have reached a member
+            result = await self._retry(
+                lambda link: link.write(request, request_id=0), _Mode.ONCE, type(request).__name__
+            )
+            if not isinstance(result, cls):
+                raise ClientError(f"a {type(request).__name__} was answered with a {result!r:.60}")
+            return result
         window = self._window
         taken = window.take()
         ids = taken if taken is not None else await window.wait()
@@ -680,6 +710,7 @@ class AsyncClient:
         write was numbered under (the client took a new one), the write gets a new number
         under the new id if no attempt can have reached a member, else the outcome is unknown.
         """
+        leader = leader and self._to_leader
         ambiguous = False
         last: BaseException | None = None
         for attempt in range(self.max_attempts):
@@ -740,8 +771,12 @@ class AsyncClient:
         raise Unavailable(f"{what} failed after {self.max_attempts} attempts: {last}") from last
 
     async def _renew(self, lease_id: int) -> LeaseKeepAliveResponse:
-        """One renewal attempt on the leader (a keep-alive's loop does the retrying)."""
-        link = await self._leader_link()
+        """One renewal attempt on the leader (a keep-alive's loop does the retrying).
+
+        Where members forward renewals to the leader, on the current endpoint instead (the
+        next one after an "unavailable" answer).
+        """
+        link = await (self._leader_link() if self._to_leader else self._link())
         try:
             return await link.lease_keep_alive(lease_id)
         except NotLeaderError:
@@ -749,6 +784,10 @@ class AsyncClient:
             raise
         except LinkClosed:
             await self._forget(link)
+            raise
+        except EtcdError as e:
+            if e.code == GrpcCode.UNAVAILABLE and not self._to_leader:
+                self._rotate(link)
             raise
 
     async def _renumber(self, ids: _WriteIds) -> None:
@@ -774,6 +813,12 @@ class AsyncClient:
         self._links.clear()
         for link in links:
             await link.close()
+
+
+def _etcd_connector(connect_timeout: float) -> Connector:
+    from kvapp.client.etcd import EtcdConnector  # noqa: PLC0415 - grpc only when asked for
+
+    return EtcdConnector(connect_timeout=connect_timeout)
 
 
 class Watch:
@@ -805,6 +850,7 @@ class Watch:
         self._link: Link | None = None
         self._watch_id = 0
         self._resume = asyncio.Event()
+        self._link_lost = False
         self._ended = False
         self._task: asyncio.Task[None] | None = None
 
@@ -863,9 +909,12 @@ class Watch:
             await self._resume.wait()
             if self._ended:
                 return
-            link = self._link
+            link, lost = self._link, self._link_lost
+            self._link_lost = False
             if link is not None and link.closed:
                 await client._forget(link)
+            elif link is not None and lost:  # its stream failed, the link lives: go elsewhere
+                client._rotate(link)
             self._link, self._watch_id = None, 0
             while not self._ended:
                 self.resumes += 1
@@ -928,6 +977,7 @@ class Watch:
     def on_link_lost(self, error: BaseException) -> None:
         """Resume elsewhere."""
         if not self._ended:
+            self._link_lost = True
             self._resume.set()
 
 

@@ -3,8 +3,8 @@
 :class:`~kvapp.client.AsyncClient` does endpoint selection, leader discovery, retries and watch
 resumption; a transport only carries one request to one member and its answer back. Its
 methods mirror :class:`~kvapp.service.KvService`, so a transport is a thin translation: the
-native protocol (:mod:`kvapp.client.native`) is one; an etcd v3 gRPC transport can be another
-behind the same client methods.
+native protocol (:mod:`kvapp.client.native`) is one; etcd's v3 gRPC API
+(:mod:`kvapp.client.etcd`) is the other, behind the same client methods.
 
 Contract of every :class:`Link` method:
 
@@ -29,7 +29,15 @@ from kvapp.mvcc.types import RangeRequest, RangeResponse
 from kvapp.service import MemberInfo, StatusInfo, WriteRequest, WriteResponse
 from kvapp.watch import WatchFilter, WatchResponse
 
-__all__ = ["Connector", "Link", "WatchSink", "WatchSpec", "WatchStarted"]
+__all__ = [
+    "Connector",
+    "ConnectorTraits",
+    "Link",
+    "WatchSink",
+    "WatchSpec",
+    "WatchStarted",
+    "traits_of",
+]
 
 
 def _filters(items: Iterable[WatchFilter]) -> tuple[WatchFilter, ...]:
@@ -152,6 +160,31 @@ class Link(Protocol):
     async def close(self) -> None:
         """Close the connection; pending calls fail with ``LinkClosed``."""
         ...
+
+
+@attrs.frozen
+class ConnectorTraits:
+    """What the client may rely on from a transport's members.
+
+    A connector states them in a ``traits`` attribute; one without it gets the defaults (the
+    native protocol's).
+
+    Attributes:
+        deduplicates_writes: the member applies a write retried under the same
+            ``(client_id, request_id)`` once, so the client may retry a write whose outcome is
+            unknown; without it a write is retried only if it certainly reached no member.
+        forwards_to_leader: any member serves lease keep-alive and time-to-live (forwarding
+            them to the leader itself), so the client need not find the leader.
+    """
+
+    deduplicates_writes: bool = True
+    forwards_to_leader: bool = False
+
+
+def traits_of(connector: object) -> ConnectorTraits:
+    """``connector``'s :class:`ConnectorTraits` (the defaults if it states none)."""
+    traits = getattr(connector, "traits", None)
+    return traits if isinstance(traits, ConnectorTraits) else ConnectorTraits()
 
 
 class Connector(Protocol):
