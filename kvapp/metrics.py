@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from kvapp.lease import LeaseKeepAliveResponse, LeaseTimeToLiveResponse
 from kvapp.mvcc.types import RangeRequest, RangeResponse
-from kvapp.requests import AlarmType
+from kvapp.requests import AlarmAction, AlarmResponse, AlarmType
 from kvapp.service import MemberInfo, ResponseHeader, StatusInfo, WriteRequest, WriteResponse
 from raftlib import ConfState, Entry, HardState, Ready, Snapshot, StagingStorage
 
@@ -235,6 +235,14 @@ class MeteredService:
     async def member_promote(self, member_id: int) -> None:
         """See KvService."""
         await self._m.member_promote(member_id)
+
+    async def member_update(self, member_id: int, peer_urls: tuple[str, ...]) -> None:
+        """See KvService."""
+        await self._m.member_update(member_id, peer_urls)
+
+    async def alarm(self, action: AlarmAction, member_id: int, alarm: AlarmType) -> AlarmResponse:
+        """See KvService."""
+        return await self._m.alarm(action, member_id, alarm)
 
     def status(self) -> StatusInfo:
         """See KvService."""

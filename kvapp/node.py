@@ -106,6 +106,7 @@ from raftlib import (
     ProposalLost,
     ProposalTimeout,
     StateType,
+    StorageError,
     StorageFullError,
 )
 from raftlib import OutcomeUnknown as RaftOutcomeUnknown
@@ -134,6 +135,7 @@ _SNAPSHOT_VERSION = 1
 _RESULT_CAP = 65_536
 _SNAPSHOT_CHUNK = 1 << 20
 _SNAPSHOT_QUEUE = 4
+_REFUSED_CAP = 64
 _WRITE_TYPES = (
     PutRequest,
     DeleteRangeRequest,
@@ -296,6 +298,7 @@ class Member:
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[object]] = set()
         self._promoting = False
+        self._refused_updates: collections.OrderedDict[bytes, EtcdError] = collections.OrderedDict()
         self.removed = False
         self._stopping = False
         hard, conf = storage.initial_state()
@@ -510,6 +513,45 @@ class Member:
             ConfChange(ConfChangeType.ADD_NODE, member_id, _encode_member(info))
         )
 
+    async def member_update(self, member_id: int, peer_urls: tuple[str, ...]) -> None:
+        """Change a member's peer URLs through Raft (etcd's MemberUpdate). See KvService.
+
+        The change is a configuration change (UPDATE_NODE) whose context describes the member
+        with its new peer URLs and no name (a member publishing its name and client URLs sends
+        its name: see :meth:`_apply_update`). It is checked here and again when applied,
+        as etcd checks it: the member must exist and no other member may have one of the URLs.
+        """
+        self._check_serving()
+        urls = tuple(peer_urls)
+        if member_id not in self._members:
+            raise MemberNotFoundError
+        if not urls:
+            raise MemberBadUrlsError("no peer URL given")
+        for url in urls:
+            try:
+                parse_peer_url(url)
+            except ValueError as e:
+                raise MemberBadUrlsError(str(e)) from None
+        refused = self._update_refusal(member_id, urls)
+        if refused is not None:
+            raise refused
+        old = self._members[member_id]
+        info = MemberInfo(id=member_id, name="", peer_urls=urls, is_learner=old.is_learner)
+        context = _encode_member(info)
+        await self._conf_change(ConfChange(ConfChangeType.UPDATE_NODE, member_id, context))
+        refused = self._refused_updates.pop(context, None)
+        if refused is not None:
+            raise refused
+
+    def _update_refusal(self, member_id: int, urls: tuple[str, ...]) -> EtcdError | None:
+        """Why giving ``member_id`` the peer URLs ``urls`` is refused now (etcd's checks)."""
+        if member_id not in self._members:
+            return MemberNotFoundError()
+        taken = {u for m in self._members.values() if m.id != member_id for u in m.peer_urls}
+        if taken & set(urls):
+            return PeerUrlExistsError()
+        return None
+
     async def snapshot(self, *, linearizable: bool = True) -> AsyncGenerator[bytes, None]:
         """Stream a snapshot file (:mod:`kvapp.snapfile`) of this member's state, in chunks.
 
@@ -571,6 +613,7 @@ class Member:
         """This member's status."""
         st = self.node.status()
         me = self._members.get(self.id)
+        alarms = self.applier.alarms()
         return StatusInfo(
             header=self.header(),
             version=VERSION,
@@ -579,8 +622,27 @@ class Member:
             raft_term=st.hard_state.term,
             raft_applied_index=self.node.applied,
             is_learner=bool(me and me.is_learner),
-            errors=tuple(a.alarm.name for a in self.applier.alarms()),
+            errors=tuple(a.alarm.name for a in alarms),
+            db_size=self._storage_size(),
+            alarms=alarms,
         )
+
+    def _storage_size(self) -> int:
+        """What Status reports as etcd's dbSize: the newest snapshot's and later entries' data.
+
+        That is what the member keeps of its Raft storage, and what a restart reads back. etcd
+        reports the size of its backend database file; this member's state lives in memory and
+        reaches the disk as these snapshots and log entries.
+        """
+        storage = self._storage
+        try:
+            size = len(storage.snapshot().data)
+            first, last = storage.first_index(), storage.last_index()
+            if last >= first:
+                size += sum(len(e.data) for e in storage.entries(first, last + 1))
+        except StorageError:  # compacted or snapshotting meanwhile: next time
+            return 0
+        return size
 
     async def alarm(
         self,
@@ -588,11 +650,15 @@ class Member:
         member_id: int = 0,
         alarm: kvreq.AlarmType = kvreq.AlarmType.NONE,
     ) -> kvreq.AlarmResponse:
-        """List (GET, answered locally), raise or clear an alarm through Raft: etcd's Alarm.
+        """List, raise or clear alarms: etcd's Alarm. See KvService.
+
+        GET is answered from this member's state after a linearizable read barrier (etcd 3.4
+        sends it through Raft); ACTIVATE and DEACTIVATE go through Raft.
 
         Args:
             action: GET, ACTIVATE or DEACTIVATE.
-            member_id: the member the alarm is about (ignored by GET); 0 means this member.
+            member_id: the member the alarm is about (ignored by GET), taken as given (etcd
+                records an alarm for member 0 too).
             alarm: the alarm type; NONE with GET lists every alarm.
 
         Returns:
@@ -604,8 +670,9 @@ class Member:
         """
         self._check_serving()
         if action is kvreq.AlarmAction.GET:
+            await self._read_barrier()
             return kvreq.AlarmResponse(self.applier.alarms(alarm))
-        body = kvreq.AlarmRequest(action, member_id or self.id, alarm)
+        body = kvreq.AlarmRequest(action, member_id, alarm)
         result = await self._propose(kvreq.encode_request(kvreq.Request(0, 0, body)))
         if not isinstance(result, kvreq.AlarmResponse):
             raise TypeError(f"an alarm request answered with {type(result).__name__}")
@@ -770,13 +837,49 @@ class Member:
                 self.removed = True
             else:
                 self._network.remove_peer(cc.node_id)
-        elif cc.context:  # UPDATE_NODE: new attributes
-            info = _decode_member(cc.context)
-            old = self._members.get(cc.node_id)
-            if info is not None and old is not None:
-                info = attrs.evolve(info, id=cc.node_id, is_learner=old.is_learner)
-                self._members[cc.node_id] = info
-                self._link(info)
+        elif cc.context:  # UPDATE_NODE
+            self._apply_update(c, cc)
+
+    def _apply_update(self, c: Committed, cc: ConfChange) -> None:
+        """An UPDATE_NODE: a member publishing its name and client URLs, or new peer URLs.
+
+        The two are told apart by the name in the context, and each changes only its own
+        fields, so a publication and a peer URL update committed in either order both hold
+        (etcd sends the former as a raft request and the latter as a configuration change).
+        """
+        info = _decode_member(cc.context)
+        old = self._members.get(cc.node_id)
+        if info is None:
+            return
+        if info.name:
+            if old is not None:
+                new = attrs.evolve(old, name=info.name, client_urls=info.client_urls)
+                self._members[cc.node_id] = new
+            return
+        refused = self._update_refusal(cc.node_id, info.peer_urls)
+        if refused is not None:
+            logger.warning(
+                "%s: peer URL update of member %x refused: %s",
+                self.config.name,
+                cc.node_id,
+                refused,
+            )
+            if c.proposal is not None and c.proposal.origin == self.id:
+                self._refused_updates[cc.context] = refused
+                while len(self._refused_updates) > _REFUSED_CAP:
+                    self._refused_updates.popitem(last=False)
+            return
+        if old is None:  # pragma: no cover - _update_refusal refuses an unknown member
+            return
+        new = attrs.evolve(old, peer_urls=info.peer_urls)
+        self._members[cc.node_id] = new
+        logger.info(
+            "%s: member %x now has peer URLs %s",
+            self.config.name,
+            cc.node_id,
+            ",".join(info.peer_urls),
+        )
+        self._link(new)
 
     def _link(self, m: MemberInfo) -> None:
         if m.id == self.id or not m.peer_urls:

@@ -13,8 +13,8 @@ retry with the same ``(client_id, request_id)`` is safe, because the member dedu
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
-from typing import Protocol, TypeAlias
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import attrs
 
@@ -40,6 +40,9 @@ from kvapp.mvcc.types import (
     TxnResponse,
 )
 from kvapp.watch import WatchStream
+
+if TYPE_CHECKING:  # kvapp.requests imports this module
+    from kvapp.requests import AlarmAction, AlarmMember, AlarmResponse, AlarmType
 
 __all__ = [
     "KvService",
@@ -114,9 +117,13 @@ class ResponseHeader:
     raft_term: int
 
 
+def _alarm_members(items: Iterable[AlarmMember]) -> tuple[AlarmMember, ...]:
+    return tuple(items)
+
+
 @attrs.frozen
 class StatusInfo:
-    """etcd's ``StatusResponse``, minus the database-size fields that do not apply here.
+    """etcd's ``StatusResponse`` (its database-size field is the member's snapshot size here).
 
     Attributes:
         header: the response header.
@@ -126,7 +133,12 @@ class StatusInfo:
         raft_term: this member's term.
         raft_applied_index: the last index applied to the state machine.
         is_learner: whether this member is a learner.
-        errors: active alarm descriptions (e.g. ``"NOSPACE"``), empty when healthy.
+        errors: the raised alarms' types (e.g. ``"NOSPACE"``), empty when healthy.
+        db_size: etcd's ``dbSize``: the size in bytes of the replicated state as this member
+            last wrote it to disk (its newest Raft snapshot's data; 0 before its first one).
+        alarms: the raised alarms, with the member each is about (what etcd's ``errors``
+            describe); empty when the status came over kvapp's native protocol, which carries
+            only ``errors``.
     """
 
     header: ResponseHeader
@@ -137,6 +149,8 @@ class StatusInfo:
     raft_applied_index: int
     is_learner: bool
     errors: tuple[str, ...] = ()
+    db_size: int = 0
+    alarms: tuple[AlarmMember, ...] = attrs.field(default=(), converter=_alarm_members)
 
 
 class KvService(Protocol):
@@ -222,6 +236,35 @@ class KvService(Protocol):
 
         Raises:
             EtcdError: not a learner, learner not caught up, no leader, timeout.
+        """
+        ...
+
+    async def member_update(self, member_id: int, peer_urls: tuple[str, ...]) -> None:
+        """Change a member's peer URLs (etcd's MemberUpdate) once the change is applied here.
+
+        The other members dial the new URLs from then on; the member itself keeps listening
+        where it was started (restart it with the new ``--listen-peer-urls``).
+
+        Raises:
+            EtcdError: unknown member, invalid URLs, a URL another member has, no leader,
+                timeout.
+        """
+        ...
+
+    async def alarm(self, action: AlarmAction, member_id: int, alarm: AlarmType) -> AlarmResponse:
+        """List, raise or clear alarms through Raft (etcd's Maintenance.Alarm).
+
+        GET lists the raised alarms of type ``alarm`` (NONE: every type), after a read barrier;
+        ACTIVATE raises ``alarm`` for ``member_id`` and DEACTIVATE clears it, both applied by
+        every member. The member id is taken as given (0 included), as etcd does.
+
+        Returns:
+            The alarms listed; the one raised (also if it already was); the one cleared
+            (nothing if it was not raised).
+
+        Raises:
+            EtcdError: no leader, timeout.
+            OutcomeUnknown: a change may or may not have been applied (repeating it is safe).
         """
         ...
 

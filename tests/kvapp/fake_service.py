@@ -41,6 +41,7 @@ from kvapp.mvcc.types import (
     TxnRequest,
 )
 from kvapp.mvcc.validate import DEFAULT_MAX_TXN_OPS, check_request
+from kvapp.requests import AlarmAction, AlarmMember, AlarmResponse, AlarmType
 from kvapp.service import (
     MemberInfo,
     ResponseHeader,
@@ -82,6 +83,7 @@ class FakeCluster:
         self.writes_applied = 0
         self.write_calls = 0
         self.after_apply: AfterApply | None = None
+        self.alarms: set[AlarmMember] = set()
         self._next_member_id = 0x1000
 
     def new_member_id(self) -> int:
@@ -234,11 +236,47 @@ class FakeService:
             info.id, info.name, info.peer_urls, info.client_urls, False
         )
 
+    async def member_update(self, member_id: int, peer_urls: tuple[str, ...]) -> None:
+        """Give a member new peer URLs."""
+        self._enter("member_update")
+        info = self.cluster.members.get(member_id)
+        if info is None:
+            raise MemberNotFoundError
+        if not peer_urls or any("://" not in u for u in peer_urls):
+            raise MemberBadUrlsError
+        taken = {u for m in self.cluster.members.values() if m.id != member_id for u in m.peer_urls}
+        if taken & set(peer_urls):
+            raise PeerUrlExistsError
+        self.cluster.members[member_id] = MemberInfo(
+            info.id, info.name, peer_urls, info.client_urls, info.is_learner
+        )
+
+    async def alarm(self, action: AlarmAction, member_id: int, alarm: AlarmType) -> AlarmResponse:
+        """List, raise or clear an alarm of the shared table (as kvapp.dedup applies them)."""
+        self._enter("alarm")
+        alarms = self.cluster.alarms
+        item = AlarmMember(member_id, alarm)
+        match action:
+            case AlarmAction.GET:
+                return AlarmResponse(self._alarms(alarm))
+            case AlarmAction.ACTIVATE if alarm is not AlarmType.NONE:
+                alarms.add(item)
+                return AlarmResponse([item])
+            case AlarmAction.DEACTIVATE if item in alarms:
+                alarms.discard(item)
+                return AlarmResponse([item])
+        return AlarmResponse()
+
+    def _alarms(self, alarm: AlarmType = AlarmType.NONE) -> tuple[AlarmMember, ...]:
+        raised = sorted(self.cluster.alarms, key=lambda a: (a.member_id, a.alarm))
+        return tuple(a for a in raised if alarm in (AlarmType.NONE, a.alarm))
+
     def status(self) -> StatusInfo:
         """A status whose indexes count the writes applied."""
         self._enter("status")
         c = self.cluster
         me = c.members.get(self.member_id)
+        alarms = self._alarms()
         return StatusInfo(
             header=self.header(),
             version="3.5.0-kvapp-fake",
@@ -247,6 +285,9 @@ class FakeService:
             raft_term=c.term,
             raft_applied_index=c.writes_applied,
             is_learner=bool(me and me.is_learner),
+            errors=tuple(a.alarm.name for a in alarms),
+            db_size=1000 + c.writes_applied,
+            alarms=alarms,
         )
 
     async def snapshot(self, *, linearizable: bool = True) -> AsyncGenerator[bytes, None]:

@@ -238,7 +238,7 @@ class EtcdGateway:
 
     Args:
         service: the member.
-        maintenance: alarms, hashes and leader transfer (None: those RPCs answer UNIMPLEMENTED).
+        maintenance: hashes and leader transfer (None: those RPCs answer UNIMPLEMENTED).
         max_request_bytes: the member's request limit; a request whose protobuf encoding is
             larger than it plus :data:`~kvapp.server.etcd.watch.GRPC_OVERHEAD_BYTES` is refused
             as etcd's gRPC server refuses it (RESOURCE_EXHAUSTED, HTTP 429); a smaller one

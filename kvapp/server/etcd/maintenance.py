@@ -1,10 +1,10 @@
 """What the Maintenance service needs beyond :class:`~kvapp.service.KvService`.
 
-:class:`~kvapp.service.KvService` has no alarms, hashes or leader transfer yet, so the etcd API
-takes them from a :class:`MaintenanceBackend`; :class:`MemberMaintenance` implements it on a
+:class:`~kvapp.service.KvService` has no hashes or leader transfer, so the etcd API takes them
+from a :class:`MaintenanceBackend`; :class:`MemberMaintenance` implements it on a
 :class:`kvapp.node.Member` through the member's public parts (its applier, state and Raft
-node). Without a backend the Maintenance service lists no alarms and answers HashKV, Hash and
-MoveLeader with UNIMPLEMENTED.
+node). Without a backend the Maintenance service answers HashKV, Hash and MoveLeader with
+UNIMPLEMENTED. (Alarms are the service's own: :meth:`kvapp.service.KvService.alarm`.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from kvapp.errors import EtcdError, GrpcCode, NotLeaderError
 from kvapp.mvcc.types import HashKVResponse
-from kvapp.requests import AlarmMember
 
 if TYPE_CHECKING:
     from kvapp.node import Member
@@ -41,11 +40,7 @@ class LeaderTransferTimeoutError(EtcdError):
 
 
 class MaintenanceBackend(Protocol):
-    """Alarms, hashes and leader transfer of one member."""
-
-    def alarms(self) -> tuple[AlarmMember, ...]:
-        """Every raised alarm."""
-        ...
+    """Hashes and leader transfer of one member."""
 
     def hash_kv(self, revision: int) -> HashKVResponse:
         """The key-value history's hash up to ``revision`` (0: the current revision).
@@ -80,10 +75,6 @@ class MemberMaintenance:
     def __init__(self, member: Member, *, transfer_timeout: float = 5.0) -> None:
         self._member = member
         self._transfer_timeout = transfer_timeout
-
-    def alarms(self) -> tuple[AlarmMember, ...]:
-        """See MaintenanceBackend."""
-        return self._member.applier.alarms()
 
     def hash_kv(self, revision: int) -> HashKVResponse:
         """See MaintenanceBackend."""

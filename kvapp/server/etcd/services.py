@@ -40,10 +40,17 @@ from kvapp.mvcc.types import (
     PutResponse,
     TxnResponse,
 )
-from kvapp.requests import AlarmAction, AlarmType
+from kvapp.requests import AlarmAction, AlarmMember, AlarmType
 from kvapp.server.etcd import convert
 from kvapp.server.etcd.maintenance import MaintenanceBackend
-from kvapp.service import KvService, OutcomeUnknown, ResponseHeader, WriteRequest, WriteResponse
+from kvapp.service import (
+    KvService,
+    OutcomeUnknown,
+    ResponseHeader,
+    StatusInfo,
+    WriteRequest,
+    WriteResponse,
+)
 
 __all__ = [
     "FORWARDED_METADATA",
@@ -54,8 +61,10 @@ __all__ = [
     "MaintenanceServicer",
     "Unimplemented",
     "abort_with",
+    "alarm_text",
     "is_abort",
     "require_leader",
+    "status_errors",
     "unary_handler",
 ]
 
@@ -454,7 +463,7 @@ class LeaseServicer:
 
 
 class ClusterServicer:
-    """etcdserverpb.Cluster: member list, add (learners too), remove, promote."""
+    """etcdserverpb.Cluster: member list, add (learners too), remove, update, promote."""
 
     def __init__(self, api: EtcdApi) -> None:
         self.api = api
@@ -517,11 +526,9 @@ class ClusterServicer:
     async def MemberUpdate(
         self, request: rpc_pb2.MemberUpdateRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberUpdateResponse:
-        """Not served: the member core cannot change peer URLs yet."""
-        raise Unimplemented(
-            "kvapp: MemberUpdate is not implemented yet; remove the member and add it again "
-            "with the new peer URLs"
-        )
+        """Give a member new peer URLs (the other members dial them from then on)."""
+        await self.api.service.member_update(request.ID, tuple(request.peerURLs))
+        return rpc_pb2.MemberUpdateResponse(header=self._header(), members=self._members())
 
     async def MemberPromote(
         self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
@@ -534,11 +541,31 @@ class ClusterServicer:
 # -- Maintenance -----------------------------------------------------------------------------------
 
 
-class MaintenanceServicer:
-    """etcdserverpb.Maintenance: Status, Alarm, HashKV, Hash, Defragment, MoveLeader, Snapshot.
+def alarm_text(alarm: AlarmMember) -> str:
+    """An alarm as etcd 3.4 describes it in Status ``errors``: ``memberID:<id> alarm:<TYPE> ``.
 
-    Alarm activation and deactivation answer UNIMPLEMENTED for now.
+    That is gogo/protobuf's compact text form of the ``AlarmMember`` message: each set field
+    followed by a space (the trailing space included), fields at their zero value left out.
     """
+    text = f"memberID:{alarm.member_id} " if alarm.member_id else ""
+    if alarm.alarm is not AlarmType.NONE:
+        text += f"alarm:{alarm.alarm.name} "
+    return text
+
+
+def status_errors(st: StatusInfo) -> list[str]:
+    """Status ``errors`` as etcd 3.4's maintenance server makes them.
+
+    "etcdserver: no leader" when the member knows no leader, then one :func:`alarm_text` per
+    raised alarm.
+    """
+    errors = [] if st.leader else [NoLeaderError.message]
+    errors += [alarm_text(a) for a in st.alarms]
+    return errors
+
+
+class MaintenanceServicer:
+    """etcdserverpb.Maintenance: Status, Alarm, HashKV, Hash, Defragment, MoveLeader, Snapshot."""
 
     def __init__(self, api: EtcdApi) -> None:
         self.api = api
@@ -572,35 +599,47 @@ class MaintenanceServicer:
     async def Status(
         self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.StatusResponse:
-        """This member's status (no database size: the store is in memory)."""
+        """This member's status; ``errors`` as etcd 3.4 writes them (:func:`status_errors`).
+
+        ``dbSize`` and ``dbSizeInUse`` are both the size of the member's Raft storage
+        (:attr:`kvapp.service.StatusInfo.db_size`): its newest snapshot and the log after it.
+        """
         st = self.api.service.status()
         return rpc_pb2.StatusResponse(
             header=self.api.header_of(st.header),
             version=st.version,
+            dbSize=st.db_size,
             leader=st.leader,
             raftIndex=st.raft_index,
             raftTerm=st.raft_term,
             raftAppliedIndex=st.raft_applied_index,
-            errors=list(st.errors),
+            errors=status_errors(st),
+            dbSizeInUse=st.db_size,
             isLearner=st.is_learner,
         )
 
     async def Alarm(
         self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.AlarmResponse:
-        """List the raised alarms (of one type, or all for NONE)."""
-        if request.action != int(AlarmAction.GET):
-            raise Unimplemented(
-                "kvapp: raising or clearing alarms over the etcd API is not implemented yet"
-            )
-        alarms = self.api.maintenance.alarms() if self.api.maintenance is not None else ()
-        wanted = int(request.alarm)
+        """List (GET), raise (ACTIVATE) or clear (DEACTIVATE) alarms, through Raft.
+
+        Answered as etcd 3.4 answers: the alarms listed, the one raised (also when it already
+        was), the one cleared (none if it was not raised); and no response header (etcd 3.4's
+        apply layer builds this response without one). The member id is taken as given:
+        etcd's client disarms every alarm by listing them, then deactivating each.
+        """
+        try:
+            action = AlarmAction(request.action)
+            alarm = AlarmType(request.alarm)
+        except ValueError:
+            raise convert.InvalidRequestError(
+                f"unknown alarm action {request.action} or type {request.alarm}"
+            ) from None
+        resp = await self.api.service.alarm(action, request.memberID, alarm)
         return rpc_pb2.AlarmResponse(
-            header=self.api.header(),
             alarms=[
                 rpc_pb2.AlarmMember(memberID=a.member_id, alarm=int(a.alarm))  # type: ignore[arg-type]
-                for a in alarms
-                if wanted in (AlarmType.NONE, a.alarm)
+                for a in resp.alarms
             ],
         )
 

@@ -13,7 +13,6 @@ import grpc
 from kvapp.etcdpb import rpc_pb2
 from kvapp.kvstate import KvState
 from kvapp.mvcc.types import HashKVResponse
-from kvapp.requests import AlarmMember
 from kvapp.server.etcd import EtcdGrpcServer, publish_grpc_urls
 from tests.kvapp.fake_service import FakeCluster, FakeService
 
@@ -93,11 +92,7 @@ class StateMaintenance:
 
     def __init__(self, state: KvState) -> None:
         self.state = state
-        self.raised: tuple[AlarmMember, ...] = ()
         self.moved_to: list[int] = []
-
-    def alarms(self) -> tuple[AlarmMember, ...]:
-        return self.raised
 
     def hash_kv(self, revision: int) -> HashKVResponse:
         return self.state.store.hash_kv(revision)

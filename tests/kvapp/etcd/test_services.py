@@ -13,8 +13,7 @@ import pytest
 
 from kvapp.etcdpb import rpc_pb2
 from kvapp.mvcc.keyrange import prefix_range_end
-from kvapp.requests import AlarmMember, AlarmType
-from tests.kvapp.etcd.helpers import FakeEtcdCluster, aio
+from tests.kvapp.etcd.helpers import Etcd, FakeEtcdCluster, aio
 
 pb = rpc_pb2
 
@@ -368,16 +367,30 @@ async def test_cluster_member_list_add_promote_remove() -> None:
             grpc.StatusCode.FAILED_PRECONDITION,
             "etcdserver: Peer URLs already exists",
         )
-        code, text = await _error(
-            etcd.call(
-                "Cluster",
-                "MemberUpdate",
-                pb.MemberUpdateRequest(ID=0x100, peerURLs=["http://127.0.0.1:1"]),
-                pb.MemberUpdateResponse,
-            )
+        updated = await etcd.call(
+            "Cluster",
+            "MemberUpdate",
+            pb.MemberUpdateRequest(ID=0x100, peerURLs=["http://127.0.0.1:1"]),
+            pb.MemberUpdateResponse,
         )
-        assert code == grpc.StatusCode.UNIMPLEMENTED
-        assert "MemberUpdate is not implemented" in text
+        assert updated.header.revision == 0
+        assert [list(m.peerURLs) for m in updated.members if m.ID == 0x100] == [
+            ["http://127.0.0.1:1"]
+        ]
+        for request, expected in [
+            (
+                pb.MemberUpdateRequest(ID=0x999, peerURLs=["http://127.0.0.1:2"]),
+                (grpc.StatusCode.NOT_FOUND, "etcdserver: member not found"),
+            ),
+            (
+                pb.MemberUpdateRequest(ID=0x100, peerURLs=["http://127.0.0.1:20001"]),
+                (grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists"),
+            ),
+        ]:
+            assert (
+                await _error(etcd.call("Cluster", "MemberUpdate", request, pb.MemberUpdateResponse))
+                == expected
+            )
     finally:
         await c.close()
 
@@ -396,24 +409,7 @@ async def test_maintenance_status_alarms_hashes_defrag_move_leader_snapshot() ->
             2,
         )
         assert st.version
-        alarms = await etcd.call("Maintenance", "Alarm", pb.AlarmRequest(), pb.AlarmResponse)
-        assert not alarms.alarms
-        c.maintenance.raised = (AlarmMember(0x100, AlarmType.NOSPACE),)
-        alarms = await etcd.call("Maintenance", "Alarm", pb.AlarmRequest(), pb.AlarmResponse)
-        assert [(a.memberID, a.alarm) for a in alarms.alarms] == [(0x100, pb.NOSPACE)]
-        corrupt = await etcd.call(
-            "Maintenance", "Alarm", pb.AlarmRequest(alarm=pb.CORRUPT), pb.AlarmResponse
-        )
-        assert not corrupt.alarms
-        code, _ = await _error(
-            etcd.call(
-                "Maintenance",
-                "Alarm",
-                pb.AlarmRequest(action=pb.AlarmRequest.DEACTIVATE, alarm=pb.NOSPACE),
-                pb.AlarmResponse,
-            )
-        )
-        assert code == grpc.StatusCode.UNIMPLEMENTED
+        assert (list(st.errors), st.dbSize, st.dbSizeInUse) == ([], 1001, 1001)
         h1 = await etcd.call("Maintenance", "HashKV", pb.HashKVRequest(), pb.HashKVResponse)
         h2 = await c.leader.client.call(
             "Maintenance", "HashKV", pb.HashKVRequest(revision=2), pb.HashKVResponse
@@ -447,6 +443,52 @@ async def test_maintenance_status_alarms_hashes_defrag_move_leader_snapshot() ->
             etcd.call("Auth", "Authenticate", pb.AuthenticateRequest(), pb.AuthenticateResponse)
         )
         assert code == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await c.close()
+
+
+async def _alarm(etcd: Etcd, action: int, member_id: int = 0, alarm: int = 0) -> list[str]:
+    resp = await etcd.call(
+        "Maintenance",
+        "Alarm",
+        pb.AlarmRequest(action=action, memberID=member_id, alarm=alarm),  # type: ignore[arg-type]
+        pb.AlarmResponse,
+    )
+    assert not resp.HasField("header"), "etcd 3.4 answers Alarm without a header"
+    return [f"{a.memberID:x}:{pb.AlarmType.Name(a.alarm)}" for a in resp.alarms]
+
+
+@aio
+async def test_alarms_are_raised_listed_and_cleared_as_etcd_34_answers() -> None:
+    c = await FakeEtcdCluster().start()
+    try:
+        etcd = c.follower.client
+        get, activate, deactivate = (
+            pb.AlarmRequest.GET,
+            pb.AlarmRequest.ACTIVATE,
+            pb.AlarmRequest.DEACTIVATE,
+        )
+        assert await _alarm(etcd, get) == []
+        assert await _alarm(etcd, activate, 0x100, pb.NOSPACE) == ["100:NOSPACE"]
+        assert await _alarm(etcd, activate, 0x100, pb.NOSPACE) == ["100:NOSPACE"]  # again
+        assert await _alarm(etcd, activate, 0, pb.CORRUPT) == ["0:CORRUPT"]  # member 0 too
+        assert await _alarm(etcd, get) == ["0:CORRUPT", "100:NOSPACE"]
+        assert await _alarm(etcd, get, alarm=pb.NOSPACE) == ["100:NOSPACE"]
+        st = await etcd.call("Maintenance", "Status", pb.StatusRequest(), pb.StatusResponse)
+        # gogo/protobuf's compact text of each AlarmMember, zero fields left out (etcd 3.4).
+        assert list(st.errors) == ["alarm:CORRUPT ", "memberID:256 alarm:NOSPACE "]
+        # What etcdctl's `alarm disarm` sends: one DEACTIVATE per listed alarm.
+        assert await _alarm(etcd, deactivate, 0, pb.NONE) == []
+        assert await _alarm(etcd, deactivate, 0x100, pb.CORRUPT) == []
+        assert await _alarm(etcd, deactivate, 0x100, pb.NOSPACE) == ["100:NOSPACE"]
+        assert await _alarm(etcd, deactivate, 0x100, pb.NOSPACE) == []
+        assert await _alarm(etcd, deactivate, 0, pb.CORRUPT) == ["0:CORRUPT"]
+        assert await _alarm(etcd, get) == []
+        code, text = await _error(_alarm(etcd, 7))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, text
+        c.cluster.leader_id = 0
+        st = await etcd.call("Maintenance", "Status", pb.StatusRequest(), pb.StatusResponse)
+        assert list(st.errors) == ["etcdserver: no leader"]
     finally:
         await c.close()
 
