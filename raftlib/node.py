@@ -961,7 +961,9 @@ class Node:
             self._on_soft_state(rd.soft_state)
         self._send(rd.messages)
         committed = rd.committed_entries
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+        if (rd.snapshot is not None or rd.entries or rd.hard_state is not None) and not (
+            self._saved_inline(rd)
+        ):
             if self._executor is None:
                 raise RaftError("node has no worker")
             executor = self._executor
@@ -1009,6 +1011,22 @@ class Node:
             else:
                 self._storage_writable()
                 return
+
+    def _saved_inline(self, rd: Ready) -> bool:
+        """Save a Ready that only moves the commit index on the loop; whether it was saved.
+
+        Such a Ready needs no fsync (``must_sync`` is false), so writing it costs a storage
+        next to nothing, less than a round trip through the worker thread, which followers
+        and leaders alike would otherwise pay for every commit-index move. The worker is idle
+        here (the Ready loop waits for each write), so the one-writer rule holds.
+        """
+        if rd.must_sync or rd.entries or rd.snapshot is not None:
+            return False
+        try:
+            self._storage.save_ready(rd)
+        except StorageFullError:
+            return False  # written again through the worker, with its retries
+        return True
 
     def _storage_full_hit(self, exc: StorageFullError, doing: str) -> None:
         self._full_failures += 1

@@ -1094,7 +1094,7 @@ class OverlapStorage(MemoryStorage):
                 break
             if e.data:
                 early.append(e.index)
-        if early and rd.snapshot is None:
+        if early and rd.snapshot is None and rd.must_sync:  # others are written on the loop
             deadline = time.monotonic() + 0.5
             while self.sm.applied < early[-1] and time.monotonic() < deadline:
                 time.sleep(0.0005)
@@ -1131,8 +1131,14 @@ def test_entries_durable_before_a_ready_are_applied_while_it_is_written(
             c.sms[i] = sm
         try:
             lead = await c.wait_leader()
-            for _ in range(5):
-                await asyncio.gather(*(lead.propose(b"x", timeout=10) for _ in range(50)))
+
+            # A steady stream of proposals, some arriving during every write: Readys then carry
+            # new entries and the commit of earlier ones.
+            pending = []
+            for _ in range(250):
+                pending.append(asyncio.ensure_future(lead.propose(b"x", timeout=10)))
+                await asyncio.sleep(0)
+            await asyncio.gather(*pending)
             if len(ids) > 1:
                 # A lagging follower gets entries and a commit index covering them at once:
                 # those it must not apply before they are durable.
@@ -1173,3 +1179,34 @@ async def test_a_shorter_timeout_proposed_later_expires_first_and_done_ones_are_
         assert len(node._deadlines) <= 2 * 1 + 64 + 1
     finally:
         await node.stop()
+
+
+@run()
+async def test_readies_that_only_move_the_commit_index_are_saved_on_the_loop() -> None:
+    loop_thread = threading.get_ident()
+    seen: list[tuple[bool, bool]] = []  # (must_sync, on the loop's thread)
+
+    class Recording(MemoryStorage):
+        def save_ready(self, rd: Ready) -> None:
+            seen.append((rd.must_sync, threading.get_ident() == loop_thread))
+            super().save_ready(rd)
+
+    sm = StateMachine()
+    node = Node(
+        1,
+        Recording(ConfState(voters=(1,))),
+        send=lambda msgs: None,
+        tick_interval=TICK,
+        apply=sm.apply,
+    )
+    node.start()
+    try:
+        await node.wait_leader(timeout=5)
+        for k in range(5):
+            await node.propose(b"%d" % k, timeout=5)
+    finally:
+        await node.stop()
+    assert (False, True) in seen, "no commit-only Ready was saved on the loop"
+    assert (True, False) in seen, "no durable Ready was saved in the worker"
+    assert all(on_loop != must_sync for must_sync, on_loop in seen), seen
+    assert sm.values() == [b"%d" % k for k in range(5)]
