@@ -9,17 +9,19 @@ storage (:class:`NodeStorage`: raftlib's ``MemoryStorage``, kvapp's ``RaftStore`
 * ticks the RawNode on the event loop's clock, every ``tick_interval`` seconds;
 * steps every message the transport passes to :meth:`Node.receive`;
 * runs the Ready loop exactly as ``docs/ready.md`` says: ``messages`` go out at once,
-  ``storage.save_ready(rd)`` runs in a worker thread so the loop never waits on an fsync,
-  ``persisted_messages`` go out only once that returned, committed entries are applied in
-  order, exactly once, and ``advance`` is called; committed entries that were durable before
-  the Ready are applied while it is being written, so the state machine's work overlaps the
-  fsync;
+  ``storage.save_ready(rd)`` runs in a worker thread so the loop never waits on an fsync (a
+  Ready that only moves the commit index, ``must_sync`` false, is saved on the loop: storages
+  must not fsync those), ``persisted_messages`` go out only once that returned, committed
+  entries are applied in order, exactly once, and ``advance`` is called; committed entries that
+  were durable before the Ready are applied while it is being written, so the state machine's
+  work overlaps the fsync;
 * matches committed entries to the proposals waiting for them (see "Envelope" below), answers
   read barriers, publishes leadership changes, and snapshots and compacts the log.
 
 **Threads.** RawNode and the storages raftlib and kvapp ship are not thread-safe, and RawNode
 reads storage while stepping. So only ``save_ready`` (and snapshot creation and compaction) run
-in the worker thread, and while one runs the driver does not touch the RawNode: messages,
+in the worker thread, and while one runs the driver does not touch the RawNode (nor the storage,
+except a snapshot thread's :meth:`StagingStorage.stage_snapshot`): messages,
 proposals and ticks that arrive meanwhile are queued and fed in, in arrival order, as soon as the
 write returns. That is also the group commit: every proposal that arrived during one write goes
 into the next Ready, hence the next single write (and fsync).
