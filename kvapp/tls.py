@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import attrs
 
 __all__ = [
+    "ClientTls",
     "TlsAcceptor",
     "TlsConfigError",
     "TlsInfo",
@@ -196,6 +197,45 @@ def client_context(
     if cert_file is not None and key_file is not None:
         _load_chain(ctx, Path(cert_file), Path(key_file))
     return ctx
+
+
+@attrs.frozen
+class ClientTls:
+    """A client's TLS settings (etcdctl's ``--cacert --cert --key``), for either protocol.
+
+    Attributes:
+        ca_file: CA certificates (PEM) the members' certificates must be signed by; None:
+            the system's roots.
+        cert_file: the client's certificate (PEM), presented when a member requires one
+            (``--client-cert-auth``); give ``key_file`` with it.
+        key_file: its unencrypted private key (PEM).
+    """
+
+    ca_file: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    cert_file: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    key_file: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+
+    def context(self) -> ssl.SSLContext:
+        """An ``ssl`` context for the native protocol (:func:`client_context`).
+
+        Raises:
+            TlsConfigError: a file is missing, unreadable or unusable.
+        """
+        return client_context(
+            ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file
+        )
+
+    def pem(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """The CA, key and certificate as PEM bytes (for grpcio's channel credentials).
+
+        Raises:
+            TlsConfigError: as :meth:`context`, which checks them first.
+        """
+        self.context()
+        ca = self.ca_file.read_bytes() if self.ca_file is not None else None
+        key = self.key_file.read_bytes() if self.key_file is not None else None
+        cert = self.cert_file.read_bytes() if self.cert_file is not None else None
+        return ca, key, cert
 
 
 # -- etcd's flags -------------------------------------------------------------------------------

@@ -101,6 +101,7 @@ from kvapp.mvcc.types import (
 )
 from kvapp.requests import RequestIdExpiredError
 from kvapp.service import MemberInfo, OutcomeUnknown, StatusInfo, WriteRequest, WriteResponse
+from kvapp.tls import ClientTls
 from kvapp.watch import WatchFilter, WatchResponse
 
 __all__ = ["AsyncClient", "KeepAlive", "LeaseLoss", "Watch", "key_range"]
@@ -264,6 +265,12 @@ class AsyncClient:
         protocol: ``"native"`` (kvapp's native protocol) or ``"etcd"`` (etcd's v3 gRPC API,
             to kvapp members serving it or to real etcd; see :mod:`kvapp.client.etcd`).
         connector: the transport, instead of ``protocol``'s.
+        tls: connect over TLS (etcdctl's ``--cacert --cert --key``), with either protocol;
+            the members' certificates must name the endpoints' hosts. Not used with
+            ``connector``.
+
+    Raises:
+        kvapp.tls.TlsConfigError: a TLS file is missing, unreadable or unusable.
 
     Attributes:
         client_id: the id under which writes are deduplicated; it changes only if a member
@@ -283,6 +290,7 @@ class AsyncClient:
         max_inflight_writes: int = DEFAULT_WINDOW,
         protocol: Literal["native", "etcd"] = "native",
         connector: Connector | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
@@ -298,9 +306,9 @@ class AsyncClient:
             raise ValueError(f"protocol must be 'native' or 'etcd', not {protocol!r}")
         if connector is None:
             if protocol == "native":
-                connector = NativeConnector()
+                connector = NativeConnector(tls=tls.context() if tls is not None else None)
             else:
-                connector = _etcd_connector(connect_timeout)
+                connector = _etcd_connector(connect_timeout, tls)
         self.endpoints = tuple(endpoints)
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
@@ -815,10 +823,10 @@ class AsyncClient:
             await link.close()
 
 
-def _etcd_connector(connect_timeout: float) -> Connector:
+def _etcd_connector(connect_timeout: float, tls: ClientTls | None) -> Connector:
     from kvapp.client.etcd import EtcdConnector  # noqa: PLC0415 - grpc only when asked for
 
-    return EtcdConnector(connect_timeout=connect_timeout)
+    return EtcdConnector(connect_timeout=connect_timeout, tls=tls)
 
 
 class Watch:

@@ -94,6 +94,7 @@ from kvapp.service import (
     WriteRequest,
     WriteResponse,
 )
+from kvapp.tls import ClientTls
 
 __all__ = ["ETCD_TRAITS", "EtcdConnector", "EtcdLink", "error_from_status", "grpc_target"]
 
@@ -233,12 +234,23 @@ class EtcdConnector:
     Args:
         connect_timeout: seconds a link may wait for its channel to reconnect before a call
             (then the call fails unsent, with ``LinkClosed``).
+        tls: connect over TLS (the CA, and a client certificate if given); the member's
+            certificate must name the endpoint's host.
+
+    Raises:
+        kvapp.tls.TlsConfigError: a TLS file is missing, unreadable or unusable.
     """
 
     traits: Final = ETCD_TRAITS
 
-    def __init__(self, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, *, connect_timeout: float = 5.0, tls: ClientTls | None = None) -> None:
         self.connect_timeout = connect_timeout
+        self._credentials: grpc.ChannelCredentials | None = None
+        if tls is not None:
+            ca, key, cert = tls.pem()
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=ca, private_key=key, certificate_chain=cert
+            )
 
     async def connect(self, endpoint: str, *, client_id: int) -> EtcdLink:
         """Connect to ``endpoint`` and ask its Status (which names the member).
@@ -251,7 +263,11 @@ class EtcdConnector:
             ProtocolError: it does not serve etcd's API (Status failed).
         """
         target = grpc_target(endpoint)
-        channel = grpc.aio.insecure_channel(target, options=list(_CHANNEL_OPTIONS))
+        options = list(_CHANNEL_OPTIONS)
+        if self._credentials is None:
+            channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            channel = grpc.aio.secure_channel(target, self._credentials, options=options)
         try:
             await _wait_ready(channel, endpoint)
             link = EtcdLink(

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Final, TypeVar
@@ -133,7 +134,15 @@ class _Pending:
 
 
 class NativeConnector:
-    """Opens :class:`NativeLink` connections."""
+    """Opens :class:`NativeLink` connections.
+
+    Args:
+        tls: connect over TLS with this context (:meth:`kvapp.tls.ClientTls.context`); the
+            member's certificate must name the endpoint's host.
+    """
+
+    def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
 
     async def connect(self, endpoint: str, *, client_id: int) -> NativeLink:
         """Connect to ``endpoint`` and handshake as ``client_id``.
@@ -145,7 +154,7 @@ class NativeConnector:
                 (an EtcdError it sent is the cause).
         """
         host, port = parse_endpoint(endpoint)
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, ssl=self.tls)
         try:
             writer.write(wire.encode_frame([wire.MAGIC, wire.VERSION, client_id]))
             await writer.drain()

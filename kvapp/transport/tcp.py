@@ -350,7 +350,12 @@ class TcpTransport:
         name = server.sockets[0].getsockname()
         self._address = (str(name[0]), int(name[1]))
         self._state = _State.RUNNING
-        logger.info("member %d: peer transport listening on %s:%d", self.member_id, *self._address)
+        logger.info(
+            "member %d: peer transport listening on %s:%d%s",
+            self.member_id,
+            *self._address,
+            " (TLS)" if self._server_ssl is not None else "",
+        )
         for peer in self._peers.values():
             self._start_dialer(peer)
 
