@@ -294,9 +294,15 @@ class RaftLog:
         committed = self.committed
         if u.snapshot is not None or committed <= self.applied:
             return []
+        if committed < u.offset:
+            # Usually all in storage, from applied + 1 on: ask for them directly. Storage raises
+            # CompactedError if it no longer has the first of them; then start at its first.
+            try:
+                return self.storage.entries(self.applied + 1, committed + 1, self.max_applying_size)
+            except CompactedError:
+                pass
         first = self.storage.first_index()
-        lo = self.applied + 1
-        lo = max(lo, first)
+        lo = max(self.applied + 1, first)
         if committed < lo:
             return []
         return self._slice(

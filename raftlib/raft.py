@@ -873,14 +873,9 @@ class _Raft:
         ):
             self.propose((data,))
             return
-        log = self.log
-        u = log.unstable
-        index = log.last_index() + 1
-        e = Entry(self.term, index, _NORMAL, data)
-        if index == u.offset + len(u.entries):
-            u.entries.append(e)  # what log.append([e]) does in this, its usual case
-        else:
-            log.append([e])
+        tail = self.log.unstable.entries
+        # log.append([e]) of an entry that follows the log's last one, inlined.
+        tail.append(Entry(self.term, self.log.unstable.offset + len(tail), _NORMAL, data))
         self.bcast_pending = True  # self._bcast_append()
 
     def _check_leader_takes_proposals(self) -> None:
@@ -1051,7 +1046,7 @@ class _Raft:
                 # Caught up from the log, whatever index the snapshot was actually applied at.
                 pr.become_probe()
                 pr.become_replicate()
-            if self._maybe_commit():
+            if self.log.maybe_commit(self.trk.committed(), self.term):  # _maybe_commit()
                 if self.pending_read_index_messages:
                     self._release_pending_read_index_messages()
                 self.bcast_pending = True  # self._bcast_append()
@@ -1570,7 +1565,7 @@ class _Raft:
         u = self.log.unstable
         persisted = 0 if u.snapshot is not None else u.offset - 1  # self.log.persisted_index()
         if pr is not None and persisted > pr.match and pr.maybe_update(persisted):
-            if self._maybe_commit():
+            if self.log.maybe_commit(self.trk.committed(), self.term):  # _maybe_commit()
                 self._release_pending_read_index_messages()
                 self._bcast_append()
             if (

@@ -11,13 +11,11 @@ from raftlib.config import Config
 from raftlib.errors import (
     MisroutedMessageError,
     RaftError,
-    StepLocalMessageError,
     StepPeerNotFoundError,
 )
 from raftlib.raft import _Raft
 from raftlib.status import ProgressStatus, Status
 from raftlib.types import (
-    _LOCAL,
     _RESPONSES,
     ConfChange,
     ConfChangeType,
@@ -33,18 +31,15 @@ from raftlib.types import (
     SoftState,
     StateType,
 )
-from raftlib.validate import (
-    check_conf_change,
-    check_message,
-    check_peer_message,
-    proposal_data,
-)
+from raftlib.validate import check_conf_change, check_stepped_message, proposal_data
 
 __all__ = ["Peer", "RawNode", "Ready"]
 
 MT = MessageType
 _LEADER = StateType.LEADER
 _CANDIDATE = StateType.CANDIDATE
+_TRANSFER_LEADER = MT.TRANSFER_LEADER
+_READ_INDEX = MT.READ_INDEX
 
 
 @attrs.frozen(slots=True)
@@ -121,7 +116,14 @@ class RawNode:
         self._raft = _Raft(config)
         self._prev_soft = self._raft.soft_state()
         self._prev_hard = self._raft.hard_state()
+        self._prev_key = self._key()
         self._pending: Ready | None = None
+
+    def _key(self) -> tuple[int, StateType, int, int, int]:
+        """The last soft and hard state handed out, as one tuple (compared in ``has_ready``)."""
+        ps = self._prev_soft
+        ph = self._prev_hard
+        return (ps.lead, ps.raft_state, ph.term, ph.vote, ph.commit)
 
     @property
     def id(self) -> int:
@@ -214,18 +216,16 @@ class RawNode:
                 a commit index beyond our log: our storage lost acknowledged entries). Treat
                 the node's storage as damaged.
         """
-        # Malformed before misrouted: an append's entries are checked with its shape.
-        check_message(m, app_entries=False)
+        # Malformed before misrouted: check_message(m, app_entries=False), local types refused,
+        # then check_peer_message(m) (an append's entries are checked with its shape).
+        check_stepped_message(m)
         t = m.type
-        if t in _LOCAL:  # is_local_message(t)
-            raise StepLocalMessageError(f"cannot step raft local message {t.name}")
-        check_peer_message(m)
         r = self._raft
         if m.to != r.id:
             raise MisroutedMessageError(f"{t.name} addressed to {m.to}, not to this node")
         # A forwarded transfer request names its target as sender, and a forwarded read its
         # origin: either may be us.
-        if m.from_ == r.id and t not in (MT.TRANSFER_LEADER, MT.READ_INDEX):
+        if m.from_ == r.id and t is not _TRANSFER_LEADER and t is not _READ_INDEX:
             raise MisroutedMessageError(f"{t.name} claims to come from this node itself")
         if t in _RESPONSES and m.from_ not in r.trk.progress:  # is_response_message(t)
             raise StepPeerNotFoundError(f"{t.name} from unknown peer {m.from_}")
@@ -276,6 +276,7 @@ class RawNode:
         if r.log.storage.last_index() != 0:
             raise ValueError("can't bootstrap a nonempty Storage")
         self._prev_hard = HardState()
+        self._prev_key = self._key()
         r._become_follower(1, 0)
         ps = [p if isinstance(p, Peer) else Peer(p) for p in peers]
         ents = [
@@ -309,11 +310,8 @@ class RawNode:
         u = log.unstable
         if u.entries or u.snapshot is not None:
             return True
-        ps = self._prev_soft
-        if r.lead != ps.lead or r.state != ps.raft_state:
-            return True
-        ph = self._prev_hard
-        if r.term != ph.term or r.vote != ph.vote or log.committed != ph.commit:
+        # Soft or hard state changed since the last Ready: one tuple comparison.
+        if (r.lead, r.state, r.term, r.vote, log.committed) != self._prev_key:
             return True
         return log.committed > log.applied and log.has_next_committed_entries()
 
@@ -331,7 +329,7 @@ class RawNode:
         log = r.log
         soft: SoftState | None = None
         ps = self._prev_soft
-        if r.lead != ps.lead or r.state != ps.raft_state:
+        if r.lead != ps.lead or r.state is not ps.raft_state:
             soft = r.soft_state()
             self._prev_soft = soft
         hard: HardState | None = None
@@ -340,6 +338,8 @@ class RawNode:
         if must_sync or log.committed != ph.commit:
             hard = r.hard_state()
             self._prev_hard = hard
+        if soft is not None or hard is not None:
+            self._prev_key = self._key()
         u = log.unstable
         entries = tuple(u.entries) if u.entries else ()
         snapshot = u.snapshot

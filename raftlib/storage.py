@@ -208,7 +208,10 @@ class EntryWindow:
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Check and apply an append in one step."""
-        self.apply_append(self.check_append(entries))
+        checked = self.check_append(entries)
+        if checked:  # self.apply_append(checked)
+            del self._ents[checked[0].index - self._ents[0].index :]
+            self._ents.extend(checked)
 
     def check_compact(self, compact_index: int) -> Entry:
         """The entry that becomes the new placeholder if compacted at ``compact_index``.

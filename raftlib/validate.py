@@ -10,8 +10,10 @@ entry points:
 * :func:`check_message`: exactly what :func:`~raftlib.codec.decode_message` can produce (used by
   :meth:`~raftlib.RawNode.step` and :func:`~raftlib.codec.encode_message`).
 * :func:`check_peer_message`: the shape a message's type requires, for messages from peers (a
-  contiguous append, a usable snapshot, ...). Only ``step`` uses it: the codec carries any
+  contiguous append, a usable snapshot, ...). Only ``step`` needs it: the codec carries any
   well-typed message.
+* :func:`check_stepped_message`: both of the above in one call, the local types refused in
+  between: what ``step`` checks.
 * :func:`proposal_data` and :func:`check_conf_change`: the arguments of ``propose`` and
   ``propose_conf_change``; these are the caller's own mistakes, so they raise ``TypeError`` and
   ``ValueError`` as any Python API would.
@@ -22,8 +24,9 @@ entry points:
 
 from __future__ import annotations
 
-from raftlib.errors import InvalidMessageError
+from raftlib.errors import InvalidMessageError, StepLocalMessageError
 from raftlib.types import (
+    _LOCAL,
     ConfChange,
     ConfChangeSingle,
     ConfChangeTransition,
@@ -42,6 +45,7 @@ __all__ = [
     "check_conf_change",
     "check_message",
     "check_peer_message",
+    "check_stepped_message",
     "conf_state_problem",
     "proposal_data",
 ]
@@ -136,13 +140,9 @@ def check_message(m: object, *, app_entries: bool = True) -> Message:
         is type(commit)
         is type(hint)
         is int
-        and 0 <= to < _U64
-        and 0 <= frm < _U64
-        and 0 <= term < _U64
-        and 0 <= log_term < _U64
-        and 0 <= index < _U64
-        and 0 <= commit < _U64
-        and 0 <= hint < _U64
+        # All seven in 0..2**64-1 at once: an OR of ints is negative if any of them is, and
+        # (when none is) below 2**64 exactly when all of them are.
+        and 0 <= to | frm | term | log_term | index | commit | hint < _U64
         and type(m.reject) is _BOOL
         and type(m.context) is bytes
         and type(m.entries) is tuple
@@ -255,51 +255,139 @@ def check_peer_message(m: Message) -> None:
         InvalidMessageError: ``m`` does not have that shape.
     """
     t = m.type
-    if m.from_ == 0:
+    frm = m.from_
+    term = m.term
+    if frm == 0:
         raise InvalidMessageError(f"{t.name} without a sender")
     if t in _UNTERMED:
-        if m.term != 0:
+        if term != 0:
             raise InvalidMessageError(
-                f"{t.name} from {m.from_} carries term {m.term}: forwarded proposals and read "
+                f"{t.name} from {frm} carries term {term}: forwarded proposals and read "
                 "requests travel without a term"
             )
-    elif m.term == 0:
-        raise InvalidMessageError(f"{t.name} from {m.from_} without a term")
+    elif term == 0:
+        raise InvalidMessageError(f"{t.name} from {frm} without a term")
     if t is _APP:
-        term = m.term
-        expect = m.index + 1
-        prev_term = m.log_term
-        for e in m.entries:
-            # Types first; then the ranges follow from the order: log_term <= e.term <= term,
-            # and e.index == expect, which only the last entry of a log could push past 2**64-1.
-            if not (
-                type(e) is Entry
-                and type(e.term) is int
-                and type(e.index) is int
-                and type(e.type) is EntryType
-                and type(e.data) is bytes
-                and e.index == expect
-                and prev_term <= e.term <= term
-            ):
-                raise InvalidMessageError(_append_problem(m, e, expect, prev_term))
-            expect += 1
-            prev_term = e.term
-        if expect > _U64:
-            raise InvalidMessageError(f"APP from {m.from_}: entry index {expect - 1} >= 2**64")
+        if m.entries:
+            _check_append_entries(m)
     elif t is _SNAP:
-        snap = m.snapshot
-        if snap is None or snap.is_empty():
-            raise InvalidMessageError(f"SNAP from {m.from_} without a snapshot")
-        md = snap.metadata
-        if not 0 < md.term <= m.term:
-            raise InvalidMessageError(
-                f"SNAP from {m.from_}: snapshot term {md.term} is not in 1..{m.term}"
-            )
-        problem = conf_state_problem(md.conf_state)
-        if problem:
-            raise InvalidMessageError(f"SNAP from {m.from_}: {problem}")
+        _check_snapshot_message(m)
     elif t is _PROP and not m.entries:
-        raise InvalidMessageError(f"PROP from {m.from_} without entries")
+        raise InvalidMessageError(f"PROP from {frm} without entries")
+
+
+def check_stepped_message(m: object) -> Message:
+    """Everything :meth:`~raftlib.RawNode.step` checks before looking at the node, in one call.
+
+    The same checks, in the same order and with the same errors, as
+    ``check_message(m, app_entries=False)``, then refusing a type only raftlib itself creates
+    (``StepLocalMessageError``), then ``check_peer_message(m)``; the fields are read once
+    (``step``'s hot path). Keep it in step with those three.
+
+    Returns:
+        ``m``, typed as a ``Message``.
+
+    Raises:
+        InvalidMessageError: ``m`` is malformed, or not of the shape a peer's message must have.
+        StepLocalMessageError: ``m`` is of a local type.
+    """
+    if type(m) is not Message:
+        raise InvalidMessageError(f"expected a Message, got {_describe(m)}")
+    t = m.type
+    to, frm, term, log_term, index, commit, hint = (
+        m.to,
+        m.from_,
+        m.term,
+        m.log_term,
+        m.index,
+        m.commit,
+        m.reject_hint,
+    )
+    entries = m.entries
+    # check_message(m, app_entries=False)
+    if not (
+        type(t) is MessageType
+        and type(to)
+        is type(frm)
+        is type(term)
+        is type(log_term)
+        is type(index)
+        is type(commit)
+        is type(hint)
+        is int
+        and 0 <= to | frm | term | log_term | index | commit | hint < _U64
+        and type(m.reject) is _BOOL
+        and type(m.context) is bytes
+        and type(entries) is tuple
+    ):
+        raise InvalidMessageError(_message_problem(m))
+    if entries and t is not _APP:
+        _check_entries(entries)
+    snap = m.snapshot
+    if snap is not None:
+        problem = _snapshot_problem(snap, "Message.snapshot")
+        if problem:
+            raise InvalidMessageError(problem)
+    if t in _LOCAL:
+        raise StepLocalMessageError(f"cannot step raft local message {t.name}")
+    # check_peer_message(m)
+    if frm == 0:
+        raise InvalidMessageError(f"{t.name} without a sender")
+    if t in _UNTERMED:
+        if term != 0:
+            raise InvalidMessageError(
+                f"{t.name} from {frm} carries term {term}: forwarded proposals and read "
+                "requests travel without a term"
+            )
+    elif term == 0:
+        raise InvalidMessageError(f"{t.name} from {frm} without a term")
+    if t is _APP:
+        if entries:
+            _check_append_entries(m)
+    elif t is _SNAP:
+        _check_snapshot_message(m)
+    elif t is _PROP and not entries:
+        raise InvalidMessageError(f"PROP from {frm} without entries")
+    return m
+
+
+def _check_append_entries(m: Message) -> None:
+    """The entries of an append follow on from ``(index, log_term)``, within its term."""
+    term = m.term
+    expect = m.index + 1
+    prev_term = m.log_term
+    for e in m.entries:
+        # Types first; then the ranges follow from the order: log_term <= e.term <= term,
+        # and e.index == expect, which only the last entry of a log could push past 2**64-1.
+        if not (
+            type(e) is Entry
+            and type(e.term) is int
+            and type(e.index) is int
+            and type(e.type) is EntryType
+            and type(e.data) is bytes
+            and e.index == expect
+            and prev_term <= e.term <= term
+        ):
+            raise InvalidMessageError(_append_problem(m, e, expect, prev_term))
+        expect += 1
+        prev_term = e.term
+    if expect > _U64:
+        raise InvalidMessageError(f"APP from {m.from_}: entry index {expect - 1} >= 2**64")
+
+
+def _check_snapshot_message(m: Message) -> None:
+    """A snapshot message carries a snapshot raftlib can install."""
+    snap = m.snapshot
+    if snap is None or snap.is_empty():
+        raise InvalidMessageError(f"SNAP from {m.from_} without a snapshot")
+    md = snap.metadata
+    if not 0 < md.term <= m.term:
+        raise InvalidMessageError(
+            f"SNAP from {m.from_}: snapshot term {md.term} is not in 1..{m.term}"
+        )
+    problem = conf_state_problem(md.conf_state)
+    if problem:
+        raise InvalidMessageError(f"SNAP from {m.from_}: {problem}")
 
 
 def _append_problem(m: Message, e: Entry, expect: int, prev_term: int) -> str:

@@ -6,6 +6,7 @@ Message at all): refused with a named error, and a refusal changes nothing durab
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -25,7 +26,8 @@ from raftlib import (
     StepLocalMessageError,
     StepPeerNotFoundError,
 )
-from raftlib.types import ConfState, Snapshot, SnapshotMetadata
+from raftlib.types import _LOCAL, ConfState, Snapshot, SnapshotMetadata
+from raftlib.validate import check_message, check_peer_message, check_stepped_message
 
 from .helpers import drain, elect, new_node, storage_with
 from .test_validation import maybe_malformed, round_trips_raw
@@ -155,3 +157,27 @@ def test_arbitrary_objects_in_any_role_are_refused_by_name_and_change_nothing_du
         except RaftInvariantError:
             return  # the node reports damaged storage; the application stops it
         drain(node, s)
+
+
+def _checked_the_long_way(m: object) -> None:
+    """What RawNode.step checked before check_stepped_message: three steps."""
+    msg = check_message(m, app_entries=False)
+    if msg.type in _LOCAL:
+        raise StepLocalMessageError(f"cannot step raft local message {msg.type.name}")
+    check_peer_message(msg)
+
+
+def _outcome(check: Callable[[object], object], m: object) -> tuple[type, str] | None:
+    try:
+        check(m)
+    except (InvalidMessageError, StepLocalMessageError) as exc:
+        return type(exc), str(exc)
+    return None
+
+
+@settings(max_examples=500)
+@given(maybe_malformed(messages()))
+def test_check_stepped_message_is_the_three_checks_it_replaces(m: object) -> None:
+    """Same verdict and same error text as check_message, the local-type refusal, then
+    check_peer_message, on well-formed and corrupted messages of every type."""
+    assert _outcome(check_stepped_message, m) == _outcome(_checked_the_long_way, m)
