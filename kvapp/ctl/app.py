@@ -17,8 +17,15 @@ from typing import BinaryIO
 from kvapp.client import AsyncClient
 from kvapp.ctl.commands import COMMANDS, CommandError, Ctl
 from kvapp.ctl.output import TABLE_COMMANDS, Output, Printer, go_duration
-from kvapp.ctl.parse import GlobalOptions, UsageError, build_parser, global_options
+from kvapp.ctl.parse import (
+    GlobalOptions,
+    UsageError,
+    build_parser,
+    global_options,
+    tls_flag_error,
+)
 from kvapp.errors import KvappError
+from kvapp.tls import TlsConfigError
 
 __all__ = ["main", "run"]
 
@@ -61,11 +68,16 @@ async def run(
         err.line(f"Error: {e}")
         return 2
     out = Output(stdout)
-    client = AsyncClient(
-        opts.endpoints,
-        connect_timeout=opts.dial_timeout,
-        request_timeout=opts.command_timeout,
-    )
+    try:
+        client = AsyncClient(
+            opts.endpoints,
+            connect_timeout=opts.dial_timeout,
+            request_timeout=opts.command_timeout,
+            tls=opts.tls,
+        )
+    except TlsConfigError as e:
+        err.line(f"Error: {tls_flag_error(e)}")
+        return 2
     ctl = Ctl(
         ns,
         opts,

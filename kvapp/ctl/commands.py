@@ -467,6 +467,7 @@ async def _health(ctl: Ctl, endpoint: str) -> EndpointHealth:
         connect_timeout=ctl.opts.dial_timeout,
         request_timeout=ctl.opts.command_timeout,
         max_attempts=1,
+        tls=ctl.opts.tls,
     )
     start = time.monotonic()
     try:

@@ -3,9 +3,10 @@
 Everything here is pure (no I/O besides argparse's own messages), so it is checked before a
 connection is made: a bad argument gets a clear message and exit status 2.
 
-Global flags (``--endpoints``, ``--dial-timeout``, ``--command-timeout``, ``-w``, ``--hex``)
-may appear before or after the command, as with etcdctl; unset ones fall back to the
-``ETCDCTL_*`` environment variables etcdctl reads, then to etcdctl's defaults.
+Global flags (``--endpoints``, ``--dial-timeout``, ``--command-timeout``, ``-w``, ``--hex``,
+and TLS's ``--cacert --cert --key``) may appear before or after the command, as with etcdctl;
+unset ones fall back to the ``ETCDCTL_*`` environment variables etcdctl reads, then to
+etcdctl's defaults.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from kvapp.mvcc.types import (
     SortOrder,
     SortTarget,
 )
+from kvapp.tls import ClientTls, TlsConfigError
 
 __all__ = [
     "FORMATS",
@@ -47,6 +49,7 @@ __all__ = [
     "put_request",
     "range_request",
     "s",
+    "tls_flag_error",
 ]
 
 FORMATS: Final = ("simple", "json", "table")
@@ -259,6 +262,14 @@ def _globals() -> _Parser:
         default=sup,
         help="print keys and values as hex-escaped bytes (simple) and ids in hex (json)",
     )
+    for name, what in (
+        ("cacert", "verify the members' certificates with this CA bundle (PEM)"),
+        ("cert", "present this client certificate (PEM) to members requiring one"),
+        ("key", "the client certificate's unencrypted key (PEM)"),
+    ):
+        g.add_argument(
+            f"--{name}", dest=f"tls_{name}", default=sup, metavar="FILE", help=f"TLS: {what}"
+        )
     return g
 
 
@@ -413,6 +424,7 @@ class GlobalOptions:
     command_timeout: float
     write_out: str
     hex: bool
+    tls: ClientTls | None = None
 
 
 def global_options(ns: argparse.Namespace, env: Mapping[str, str]) -> GlobalOptions:
@@ -443,7 +455,21 @@ def global_options(ns: argparse.Namespace, env: Mapping[str, str]) -> GlobalOpti
     assert isinstance(dial, float)
     assert isinstance(command, float)
     assert isinstance(fmt, str)
-    return GlobalOptions(endpoints, dial, command, fmt, bool(hex_))
+    # TLS as etcdctl: with any of its files, or for an https:// endpoint (the system's roots)
+    files = [
+        getattr(ns, f"tls_{name}", None) or env.get(f"ETCDCTL_{name.upper()}") or None
+        for name in ("cacert", "cert", "key")
+    ]
+    tls = None
+    if any(files) or any(e.startswith("https://") for e in endpoints):
+        tls = ClientTls(*files)
+    return GlobalOptions(endpoints, dial, command, fmt, bool(hex_), tls)
+
+
+def tls_flag_error(e: TlsConfigError) -> str:
+    """``e``'s message, naming kvctl's flag (``--cacert``, ``--cert`` or ``--key``)."""
+    flag = {"trusted_ca_file": "--cacert", "cert_file": "--cert", "key_file": "--key"}
+    return f"{flag.get(e.field, 'TLS')}: {e}"
 
 
 # -- building requests from parsed arguments ---------------------------------------------------

@@ -6,12 +6,15 @@ test makes its own throwaway CA and stops what it starts.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kvapp.client import AsyncClient, Unavailable
+from kvapp.ctl.app import run as ctl_run
+from kvapp.ctl.parse import build_parser, global_options
 from kvapp.tls import ClientTls, TlsConfigError
 from tests.kvapp.test_native import run
 from tests.kvapp.test_tls_servers import grpc_tls, native_tls, server_tls
@@ -111,3 +114,68 @@ def test_unusable_client_tls_files_are_refused_at_once(pki: dict[str, Any], tmp_
             protocol="etcd",
             tls=ClientTls(pki["ca"].cert, pki["client"].cert, pki["server"].key),
         )
+
+
+# -- kvctl --------------------------------------------------------------------------------------
+
+
+async def kvctl(*argv: str, environ: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run kvctl in-process; (status, stdout, stderr)."""
+    out, err = io.BytesIO(), io.BytesIO()
+    status = await ctl_run(
+        list(argv), stdin=io.BytesIO(), stdout=out, stderr=err, environ=environ or {}
+    )
+    return status, out.getvalue().decode(), err.getvalue().decode()
+
+
+def test_kvctl_takes_etcdctls_tls_flags_and_environment(pki: dict[str, Any]) -> None:
+    ca, cert, key = (str(p) for p in (pki["ca"].cert, pki["client"].cert, pki["client"].key))
+
+    @run()
+    async def main() -> None:
+        async with native_tls(server_tls(pki, client_cert_auth=True)) as server:
+            ep = f"--endpoints={server.endpoint}"
+            status, out, err = await kvctl(
+                ep, "--cacert", ca, "--cert", cert, "--key", key, "put", "k", "v"
+            )
+            assert (status, out) == (0, "OK\n"), err
+            env = {"ETCDCTL_CACERT": ca, "ETCDCTL_CERT": cert, "ETCDCTL_KEY": key}
+            status, out, err = await kvctl(ep, "get", "k", environ=env)
+            assert (status, out) == (0, "k\nv\n"), err
+            status, out, err = await kvctl(ep, "--dial-timeout=1s", "get", "k")  # plaintext
+            assert status == 1, (out, err)
+            status, out, err = await kvctl(ep, "--dial-timeout=1s", "--cacert", ca, "get", "k")
+            assert status == 1, (out, err)  # no client certificate
+
+    main()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--cacert", "/nonexistent/ca.pem"), "Error: --cacert: /nonexistent/ca.pem: cannot read"),
+        (("--cert", "CERT"), "Error: --key: a client certificate needs both"),
+        (("--cert", "CERT", "--key", "CA"), "Error: --key: CA: not a PEM private key"),
+    ],
+)
+def test_kvctl_refuses_unusable_tls_files_with_status_2(
+    flags: tuple[str, ...], message: str, pki: dict[str, Any]
+) -> None:
+    names = {"CERT": str(pki["client"].cert), "CA": str(pki["ca"].cert)}
+    argv = [names.get(f, f) for f in flags]
+    message = message.replace("CA:", f"{pki['ca'].cert}:")
+
+    @run()
+    async def main() -> None:
+        status, _, err = await kvctl("--endpoints=127.0.0.1:1", *argv, "get", "k")
+        assert status == 2, err
+        assert err.startswith(message), err
+
+    main()
+
+
+def test_kvctl_uses_tls_for_an_https_endpoint() -> None:
+    ns = build_parser().parse_args(["--endpoints=https://127.0.0.1:2379", "get", "k"])
+    opts = global_options(ns, {})
+    assert opts.tls == ClientTls()
+    assert global_options(build_parser().parse_args(["get", "k"]), {}).tls is None

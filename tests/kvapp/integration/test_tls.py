@@ -10,6 +10,10 @@ waits are bounded (the harness's polls); every member is killed at the end.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,13 @@ from kvapp.client import Client, ClientError
 from kvapp.errors import EtcdError
 from kvapp.etcdpb import rpc_pb2
 from kvapp.tls import ClientTls
-from tests.kvapp.integration.harness import ProcCluster, ProcMember, free_ports, poll
+from tests.kvapp.integration.harness import (
+    REPO_ROOT,
+    ProcCluster,
+    ProcMember,
+    free_ports,
+    poll,
+)
 from tests.kvapp.tls_certs import TestCA
 
 pytestmark = pytest.mark.integration
@@ -132,6 +142,20 @@ def test_a_tls_cluster_started_from_the_cli_serves_tls_clients(cluster: TlsClust
             resp = rng(rpc_pb2.RangeRequest(key=b"tls/3"), timeout=10)
             assert [kv.value for kv in resp.kvs] == [b"v3"]
 
+        # kvctl with etcdctl's TLS flags, and etcdctl itself when installed
+        files = [
+            str(p) for p in (cluster.ca.cert, cluster.client_cert.cert, cluster.client_cert.key)
+        ]
+        tls_flags = ["--cacert", files[0], "--cert", files[1], "--key", files[2]]
+        kvapp_ctl = [sys.executable, "-m", "kvapp.ctl", f"--endpoints={m.endpoint}"]
+        kvctl = _run([*kvapp_ctl, *tls_flags, "get", "tls/1"])
+        assert (kvctl.returncode, kvctl.stdout) == (0, "tls/1\nv1\n"), kvctl
+        etcdctl = shutil.which("etcdctl")
+        if etcdctl is not None:
+            url = f"https://127.0.0.1:{m.grpc_port}"
+            ran = _run([etcdctl, f"--endpoints={url}", *tls_flags, "get", "tls/2"])
+            assert (ran.returncode, ran.stdout) == (0, "tls/2\nv2\n"), ran
+
         # a plaintext client is refused, with a log line naming it, and nothing else changes
         target = cluster.members[leader]
         with (
@@ -154,3 +178,10 @@ def test_a_tls_cluster_started_from_the_cli_serves_tls_clients(cluster: TlsClust
     except BaseException:
         print(cluster.logs())
         raise
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "ETCDCTL_API": "3"}
+    return subprocess.run(
+        argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
