@@ -712,6 +712,12 @@ def cluster_main(argv: Sequence[str]) -> int:
     p.add_argument("--data-dir", help="parent directory for the members' data (default: temp)")
     p.add_argument("--base-port", type=int, default=0, help="first port (default: free ports)")
     p.add_argument("--unsafe-no-fsync", action="store_true")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every link, client certificates required, from a throwaway CA made with "
+        "openssl in <data-dir>/pki (a new cluster only)",
+    )
     a = p.parse_args(argv)
     if not 1 <= a.size <= 7:
         print("kvapp cluster: error: --size must be between 1 and 7", file=sys.stderr)
@@ -728,7 +734,7 @@ def cluster_main(argv: Sequence[str]) -> int:
         try:
             return asyncio.run(
                 run_local_cluster(
-                    a.size, parent, base_port=a.base_port, fsync=not a.unsafe_no_fsync
+                    a.size, parent, base_port=a.base_port, fsync=not a.unsafe_no_fsync, tls=a.tls
                 )
             )
         except KeyboardInterrupt:

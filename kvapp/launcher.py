@@ -5,7 +5,9 @@ in ``<parent>/<name>`` and its log in ``<parent>/<name>.log``. The launcher prin
 and how to connect, reports membership and leader changes as they happen, and on Ctrl-C (or
 SIGTERM) stops every member with SIGTERM (a leader hands over first), killing any that do not
 exit within a grace period. Given the same ``--data-dir`` again it restarts the same cluster
-(ports and token are kept in ``<parent>/cluster.json``).
+(ports and token are kept in ``<parent>/cluster.json``). With ``--tls`` every link (peer, native,
+gRPC, gateway) is TLS with client certificates required, from a throwaway CA made with
+``openssl`` in ``<parent>/pki`` (kept for restarts; the plan remembers that it is a TLS cluster).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import attrs
 
+from kvapp.tls import ClientTls, TlsConfigError, make_local_pki
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LocalMember", "plan_cluster", "run_local_cluster"]
@@ -40,26 +44,31 @@ class LocalMember:
     client_port: int
     grpc_port: int = 0
     http_port: int = 0
+    tls: bool = False
 
     @property
     def peer_url(self) -> str:
         """Its peer URL."""
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"{self._scheme}://127.0.0.1:{self.peer_port}"
 
     @property
     def client_url(self) -> str:
         """Its client URL."""
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self._scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def grpc_url(self) -> str:
         """Its etcd API (gRPC) URL."""
-        return f"http://127.0.0.1:{self.grpc_port}"
+        return f"{self._scheme}://127.0.0.1:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
         """Its etcd JSON gateway URL."""
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self._scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls else "http"
 
 
 def _free_ports(n: int) -> list[int]:
@@ -75,8 +84,13 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def plan_cluster(size: int, parent: Path, *, base_port: int = 0) -> tuple[str, list[LocalMember]]:
-    """The cluster token and members: from ``<parent>/cluster.json`` if it exists, else new."""
+def plan_cluster(
+    size: int, parent: Path, *, base_port: int = 0, tls: bool = False
+) -> tuple[str, list[LocalMember]]:
+    """The cluster token and members: from ``<parent>/cluster.json`` if it exists, else new.
+
+    ``tls`` applies to a new plan; an existing one keeps what it was made with.
+    """
     plan = parent / "cluster.json"
     if plan.exists():
         data = json.loads(plan.read_text())
@@ -87,6 +101,7 @@ def plan_cluster(size: int, parent: Path, *, base_port: int = 0) -> tuple[str, l
                 m["client_port"],
                 m.get("grpc_port", 0),
                 m.get("http_port", 0),
+                m.get("tls", False),
             )
             for m in data["members"]
         ]
@@ -104,7 +119,10 @@ def plan_cluster(size: int, parent: Path, *, base_port: int = 0) -> tuple[str, l
     else:
         n = 4 * size
         ports = list(range(base_port, base_port + n)) if base_port else _free_ports(n)
-        members = [LocalMember(f"m{i + 1}", *ports[4 * i : 4 * i + 4]) for i in range(size)]
+        members = []
+        for i in range(size):
+            peer, client, grpc_port, http_port = ports[4 * i : 4 * i + 4]
+            members.append(LocalMember(f"m{i + 1}", peer, client, grpc_port, http_port, tls))
         token = f"kvapp-local-{secrets.token_hex(4)}"
     parent.mkdir(parents=True, exist_ok=True)
     plan.write_text(
@@ -118,7 +136,7 @@ def serve_args(
 ) -> list[str]:
     """The ``kvapp serve`` command line for ``m``."""
     initial = ",".join(f"{x.name}={x.peer_url}" for x in members)
-    return [
+    args = [
         sys.executable,
         "-m",
         "kvapp",
@@ -140,6 +158,13 @@ def serve_args(
         "--initial-cluster-token",
         token,
     ]
+    if m.tls:  # etcd's eight flags, both sides, with the throwaway CA's files
+        pki = parent / "pki"
+        cert, key, ca = (str(pki / f) for f in (f"{m.name}.pem", f"{m.name}-key.pem", "ca.pem"))
+        for side in ("", "peer-"):
+            args += [f"--{side}cert-file", cert, f"--{side}key-file", key]
+            args += [f"--{side}trusted-ca-file", ca, f"--{side}client-cert-auth"]
+    return args
 
 
 async def run_local_cluster(
@@ -150,9 +175,23 @@ async def run_local_cluster(
     fsync: bool = True,
     out: Callable[[str], None] = print,
     stop: asyncio.Event | None = None,
+    tls: bool = False,
 ) -> int:
     """Run the cluster until ``stop`` is set (default: SIGINT/SIGTERM); returns exit status."""
-    token, members = plan_cluster(size, parent, base_port=base_port)
+    token, members = plan_cluster(size, parent, base_port=base_port, tls=tls)
+    client_tls, tls_flags = None, ""
+    if tls and not members[0].tls:
+        out(f"kvapp cluster: error: {parent} holds a cluster made without --tls (use another dir)")
+        return 2
+    if members[0].tls:
+        pki = parent / "pki"
+        try:
+            make_local_pki(pki, [*(m.name for m in members), "client"])
+        except TlsConfigError as e:
+            out(f"kvapp cluster: error: --tls: {e}")
+            return 1
+        client_tls = ClientTls(pki / "ca.pem", pki / "client.pem", pki / "client-key.pem")
+        tls_flags = f" --cacert {pki}/ca.pem --cert {pki}/client.pem --key {pki}/client-key.pem"
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -171,7 +210,9 @@ async def run_local_cluster(
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
             )
         endpoints = ",".join(f"127.0.0.1:{m.client_port}" for m in members)
-        grpc_endpoints = ",".join(f"127.0.0.1:{m.grpc_port}" for m in members)
+        grpc_endpoints = ",".join(
+            m.grpc_url if m.tls else f"127.0.0.1:{m.grpc_port}" for m in members
+        )
         out(f"kvapp cluster: {size} member(s), data in {parent}")
         for m in members:
             out(
@@ -179,13 +220,16 @@ async def run_local_cluster(
                 f"peer {m.peer_url}  log {parent / m.name}.log"
             )
         out("connect with:")
-        out(f"  python3 -m kvapp.ctl --endpoints={endpoints} put hello world")
-        out(f"  python3 -m kvapp.ctl --endpoints={endpoints} get hello")
-        out(f"  ETCDCTL_API=3 etcdctl --endpoints={grpc_endpoints} get hello")
+        out(f"  python3 -m kvapp.ctl --endpoints={endpoints}{tls_flags} put hello world")
+        out(f"  python3 -m kvapp.ctl --endpoints={endpoints}{tls_flags} get hello")
+        out(f"  ETCDCTL_API=3 etcdctl --endpoints={grpc_endpoints}{tls_flags} get hello")
         hello = base64.b64encode(b"hello").decode()
-        out(f'  curl -s -X POST {members[0].http_url}/v3/kv/range -d \'{{"key": "{hello}"}}\'')
+        out(
+            f"  curl -s{tls_flags} -X POST {members[0].http_url}/v3/kv/range "
+            f'-d \'{{"key": "{hello}"}}\''
+        )
         out("Ctrl-C stops every member.")
-        return await _monitor(members, procs, stop, out)
+        return await _monitor(members, procs, stop, out, client_tls)
     finally:
         await _stop_all(procs, out)
         for log in logs:
@@ -197,6 +241,7 @@ async def _monitor(
     procs: dict[str, asyncio.subprocess.Process],
     stop: asyncio.Event,
     out: Callable[[str], None],
+    tls: ClientTls | None = None,
 ) -> int:
     from kvapp.client import AsyncClient, ClientError  # noqa: PLC0415
     from kvapp.errors import EtcdError  # noqa: PLC0415
@@ -205,7 +250,10 @@ async def _monitor(
     exited: set[str] = set()
     ports = {m.name: m.client_port for m in members}
     client = AsyncClient(
-        [f"127.0.0.1:{p}" for p in ports.values()], connect_timeout=0.5, request_timeout=0.5
+        [f"127.0.0.1:{p}" for p in ports.values()],
+        connect_timeout=0.5,
+        request_timeout=0.5,
+        tls=tls,
     )
     try:
         while not stop.is_set():

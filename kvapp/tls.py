@@ -28,7 +28,9 @@ import argparse
 import asyncio
 import logging
 import re
+import shutil
 import ssl
+import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -44,6 +46,7 @@ __all__ = [
     "client_context",
     "describe_tls_error",
     "is_tls_record",
+    "make_local_pki",
     "start_tls_server",
     "tls_from_flags",
 ]
@@ -236,6 +239,55 @@ class ClientTls:
         key = self.key_file.read_bytes() if self.key_file is not None else None
         cert = self.cert_file.read_bytes() if self.cert_file is not None else None
         return ca, key, cert
+
+
+_LEAF_EXTENSIONS = (
+    "basicConstraints=CA:FALSE\n"
+    "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+    "extendedKeyUsage=serverAuth,clientAuth\n"
+    "authorityKeyIdentifier=keyid\n"
+)
+
+
+def make_local_pki(directory: Path, names: Sequence[str], *, days: int = 365) -> None:
+    """A throwaway CA and certificates for a cluster on 127.0.0.1, made with ``openssl``.
+
+    In ``directory``: ``ca.pem`` (and ``ca-key.pem``), and ``<name>.pem`` with
+    ``<name>-key.pem`` for each name, valid for ``127.0.0.1`` and ``localhost`` and for server
+    and client use (a member's certificate serves both its listeners and its peer dials). Files
+    already there are kept, so a restarted cluster keeps its certificates. For local clusters
+    and tests only: the CA's key lies beside the certificates.
+
+    Raises:
+        TlsConfigError: the ``openssl`` command is missing or failed (the message says which).
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise TlsConfigError("cert_file", "making a throwaway CA needs the openssl command")
+    directory.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+
+    def run(*args: str) -> None:
+        done = subprocess.run(  # noqa: S603 - a fixed openssl command line on our own files
+            [openssl, *args], cwd=directory, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise TlsConfigError("cert_file", f"openssl {args[0]} failed: {done.stderr.strip()}")
+
+    if not (directory / "ca.pem").exists():
+        run("req", "-x509", *ec, "-days", str(days), "-subj", "/CN=kvapp local CA",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout", "ca-key.pem", "-out", "ca.pem")  # fmt: skip
+    (directory / "leaf.ext").write_text(_LEAF_EXTENSIONS)
+    for name in names:
+        if (directory / f"{name}.pem").exists():
+            continue
+        run("req", *ec, "-subj", f"/CN={name}", "-keyout", f"{name}-key.pem",
+            "-out", f"{name}.csr")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+            "-CAcreateserial", "-days", str(days), "-extfile", "leaf.ext",
+            "-out", f"{name}.pem")  # fmt: skip
+        (directory / f"{name}.csr").unlink()
 
 
 # -- etcd's flags -------------------------------------------------------------------------------
