@@ -66,6 +66,7 @@ from kvapp.snapfile import (
 )
 from kvapp.storage import DiskStorageError, RaftStore
 from kvapp.storage.fileutil import fsync, fsync_dir
+from kvapp.tls import ClientTls, TlsConfigError
 from raftlib import (
     ConfChange,
     ConfChangeType,
@@ -732,6 +733,9 @@ def _save_main(argv: Sequence[str]) -> int:
     p.add_argument(
         "--command-timeout", type=float, default=5.0, help="seconds without data (default 5)"
     )
+    p.add_argument("--cacert", help="verify the member's certificate with this CA bundle (PEM)")
+    p.add_argument("--cert", help="present this client certificate (PEM)")
+    p.add_argument("--key", help="the client certificate's private key (PEM)")
     a = p.parse_args(argv)
     endpoints = [e.strip() for e in a.endpoints.split(",") if e.strip()]
     if len(endpoints) != 1:
@@ -746,9 +750,17 @@ def _save_main(argv: Sequence[str]) -> int:
     except ValueError as e:
         print(f"kvapp snapshot save: error: --endpoints: {e}", file=sys.stderr)
         return 2
+    tls = None
+    if a.cacert or a.cert or a.key or endpoints[0].startswith("https://"):
+        tls = ClientTls(a.cacert, a.cert, a.key)
+        try:
+            tls.context()
+        except TlsConfigError as e:
+            print(f"kvapp snapshot save: error: {e}", file=sys.stderr)
+            return 2
 
     async def save() -> SnapshotFileInfo:
-        async with AsyncClient(endpoints, connect_timeout=a.dial_timeout) as client:
+        async with AsyncClient(endpoints, connect_timeout=a.dial_timeout, tls=tls) as client:
             return await save_snapshot(
                 client,
                 a.file,
@@ -773,7 +785,7 @@ def snapshot_main(argv: Sequence[str]) -> int:
     if not args or args[0] not in commands:
         print(
             "usage: kvapp snapshot {save,restore,status} ...\n"
-            "  save FILE --endpoints HOST:PORT\n"
+            "  save FILE --endpoints HOST:PORT [--cacert CA --cert CERT --key KEY]\n"
             "           stream a snapshot of a running member's state into FILE\n"
             "  restore FILE --name N --initial-cluster ... --initial-cluster-token T "
             "--data-dir D\n"

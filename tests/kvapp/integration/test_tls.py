@@ -25,6 +25,7 @@ import pytest
 from kvapp.client import Client, ClientError
 from kvapp.errors import EtcdError
 from kvapp.etcdpb import rpc_pb2
+from kvapp.snapfile import read_info
 from kvapp.tls import ClientTls
 from tests.kvapp.integration.harness import (
     REPO_ROOT,
@@ -150,6 +151,13 @@ def test_a_tls_cluster_started_from_the_cli_serves_tls_clients(cluster: TlsClust
         kvapp_ctl = [sys.executable, "-m", "kvapp.ctl", f"--endpoints={m.endpoint}"]
         kvctl = _run([*kvapp_ctl, *tls_flags, "get", "tls/1"])
         assert (kvctl.returncode, kvctl.stdout) == (0, "tls/1\nv1\n"), kvctl
+        snap = cluster.ca.cert.parent / "tls.snap"
+        saved = _run(
+            [sys.executable, "-m", "kvapp", "snapshot", "save", str(snap),
+             f"--endpoints={m.endpoint}", *tls_flags]
+        )  # fmt: skip
+        assert saved.returncode == 0, saved
+        assert read_info(snap).header.revision >= 11
         etcdctl = shutil.which("etcdctl")
         if etcdctl is not None:
             url = f"https://127.0.0.1:{m.grpc_port}"
