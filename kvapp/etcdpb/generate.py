@@ -12,12 +12,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["PROTOS", "generate", "generated_files", "main"]
+__all__ = ["PROTOS", "SERVICE_PROTOS", "generate", "generated_files", "main"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ROOT = PACKAGE_DIR.parents[1]
-PROTOS = ("kv.proto", "auth.proto", "rpc.proto")
+PROTOS = ("kv.proto", "auth.proto", "rpc.proto", "v3lock.proto", "v3election.proto")
 """The sources, relative to this package."""
+SERVICE_PROTOS = ("rpc.proto", "v3lock.proto", "v3election.proto")
+"""The sources with services, which also get a ``*_pb2_grpc.py`` module of stubs."""
 
 
 def generated_files() -> list[str]:
@@ -26,7 +28,8 @@ def generated_files() -> list[str]:
     for proto in PROTOS:
         stem = proto.removesuffix(".proto")
         names += [f"{stem}_pb2.py", f"{stem}_pb2.pyi"]
-    names.append("rpc_pb2_grpc.py")
+        if proto in SERVICE_PROTOS:
+            names.append(f"{stem}_pb2_grpc.py")
     return sorted(names)
 
 
@@ -56,7 +59,7 @@ def generate(out_dir: Path) -> Path:
         "grpc_tools.protoc",
         f"-I{ROOT}",
         f"--grpc_python_out={out_dir}",
-        str((PACKAGE_DIR / "rpc.proto").relative_to(ROOT)),
+        *(str((PACKAGE_DIR / p).relative_to(ROOT)) for p in SERVICE_PROTOS),
     ]
     if protoc.main(grpc_args) != 0:
         raise RuntimeError(f"protoc failed: {' '.join(grpc_args)}")

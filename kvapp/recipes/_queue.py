@@ -56,10 +56,15 @@ def as_bytes(value: Bytes) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
-def queue_prefix(name: Bytes) -> bytes:
-    """``<name>/``: where the contenders for ``name`` put their keys."""
+def queue_prefix(name: Bytes, *, allow_empty: bool = False) -> bytes:
+    """``<name>/``: where the contenders for ``name`` put their keys.
+
+    Raises:
+        ValueError: ``name`` is empty (unless ``allow_empty``: etcd's servers take an empty
+            name, whose queue is under ``/``).
+    """
     raw = as_bytes(name)
-    if not raw:
+    if not raw and not allow_empty:
         raise ValueError("a lock or election needs a non-empty name")
     return raw + b"/"
 
@@ -96,11 +101,29 @@ class Contender:
             contender giving up or dying, one per acquisition that had to wait.
         waited_for: the create revisions of the keys whose deletion the last acquisition
             waited for, in order (empty if it did not wait).
+        queued_revision: the revision of the txn by which the last acquisition queued (or,
+            rejoining, found) our key.
+        held_revision: the revision of the read at which the last acquisition found our key
+            first in line (etcd's Lock response header revision).
+
+    ``rejoin`` (for etcd's v3lock and v3election servers): a key of the session's lease
+    already in the queue is taken as ours, where it is otherwise refused as re-entrant use:
+    etcd's ``concurrency`` package treats locking twice with one lease as one acquisition, and
+    a candidate campaigning again with a new value proclaims it. ``allow_empty_name``: an
+    empty name queues under ``/``, as etcd's servers allow.
     """
 
     _what = "lock"
 
-    def __init__(self, client: AsyncClient, name: Bytes, session: AsyncSession) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        name: Bytes,
+        session: AsyncSession,
+        *,
+        rejoin: bool = False,
+        allow_empty_name: bool = False,
+    ) -> None:
         if not isinstance(client, AsyncClient):
             raise TypeError(
                 f"{type(self).__name__} needs an AsyncClient, got {type(client).__name__} "
@@ -111,10 +134,13 @@ class Contender:
             raise TypeError(f"{type(self).__name__} needs an AsyncSession, got {session!r:.60}")
         self.client = client
         self.name = as_bytes(name)
-        self.prefix = queue_prefix(name)
+        self.prefix = queue_prefix(name, allow_empty=allow_empty_name)
         self.session = session
         self.wakeups = 0
         self.waited_for: list[int] = []
+        self.queued_revision = 0
+        self.held_revision = 0
+        self._rejoin = rejoin
         self._stage = Stage.IDLE
         self._key: bytes | None = None  # our key, once it may exist
         self._revision = 0  # its create revision, once known
@@ -139,8 +165,10 @@ class Contender:
 
     # -- entering the queue and waiting ------------------------------------------------------
 
-    async def _enter(self, value: bytes, timeout: float | None) -> None:  # noqa: ASYNC109
+    async def _enter(self, value: bytes | None, timeout: float | None) -> None:  # noqa: ASYNC109
         """Queue with ``value`` and wait until first; on any failure, leave the queue.
+
+        ``value`` None: an empty value for a new key, and a rejoined key's value is kept.
 
         Raises:
             ReentrantUseError: already waiting or holding (this object, or another on the
@@ -174,26 +202,33 @@ class Contender:
             raise
         self._stage = Stage.HELD
 
-    async def _wait_first(self, key: bytes, value: bytes) -> None:
+    async def _wait_first(self, key: bytes, value: bytes | None) -> None:
         client, session = self.client, self.session
         self._key = key  # from here on it may exist: leaving deletes it
         created = await client.txn(
             [Compare(key, CompareTarget.CREATE, CompareResult.EQUAL, 0)],
             # Revisions only grow, so the key just created is the newest under the prefix:
             # the two newest keys are ours and our predecessor (if any).
-            [PutRequest(key, value, session.lease_id), last_created(self.prefix)],
-            [],
+            [
+                PutRequest(key, value if value is not None else b"", session.lease_id),
+                last_created(self.prefix),
+            ],
+            [RangeRequest(key)] if self._rejoin else [],
         )
-        if not created.succeeded:
+        self.queued_revision = created.revision
+        if created.succeeded:
+            self._revision = created.revision
+            found = created.responses[1]
+            assert isinstance(found, RangeResponse)
+            kvs, revision = found.kvs, created.revision
+        elif self._rejoin:
+            kvs, revision = await self._rejoin_queue(key, value, created)
+        else:
             self._key = None  # not ours to delete
             raise ReentrantUseError(
                 f"{key!r} already exists: session {session.lease_id:x} already holds or waits "
                 f"for {self._what} {self.name!r} (through another object or process)"
             )
-        self._revision = created.revision
-        found = created.responses[1]
-        assert isinstance(found, RangeResponse)
-        kvs, revision = found.kvs, created.revision
         while True:
             if not kvs or kvs[0].key != key or kvs[0].create_revision != self._revision:
                 await session.confirm()  # SessionLost if the lease is gone
@@ -205,17 +240,42 @@ class Contender:
             # says whether its keep-alive has lost the lease since.
             session.check()
             if len(kvs) == 1:
+                self.held_revision = revision
                 return
             await self._wait_deleted(kvs[1], revision + 1)
-            got = await client.get(
-                self.prefix,
-                prefix_range_end(self.prefix),
-                limit=2,
-                sort_order=SortOrder.DESCEND,
-                sort_target=SortTarget.CREATE,
-                max_create_revision=self._revision,
-            )
-            kvs, revision = got.kvs, got.revision
+            kvs, revision = await self._read_queue()
+
+    async def _read_queue(self) -> tuple[tuple[KeyValue, ...], int]:
+        """Our key and its predecessor (newest first), and the revision read at."""
+        got = await self.client.get(
+            self.prefix,
+            prefix_range_end(self.prefix),
+            limit=2,
+            sort_order=SortOrder.DESCEND,
+            sort_target=SortTarget.CREATE,
+            max_create_revision=self._revision,
+        )
+        return got.kvs, got.revision
+
+    async def _rejoin_queue(
+        self, key: bytes, value: bytes | None, created: TxnResponse
+    ) -> tuple[tuple[KeyValue, ...], int]:
+        """Take the existing ``key`` as ours (``rejoin``); see :meth:`_read_queue`.
+
+        Raises:
+            LockLost: the key went before its value could be replaced.
+        """
+        found = created.responses[0]
+        assert isinstance(found, RangeResponse)
+        ours = found.kvs[0]  # the compare failed, so the key existed at that revision
+        self._revision = ours.create_revision
+        if value is not None and ours.value != value:
+            # etcd's Election.Campaign proclaims the new value of a candidate campaigning again
+            guard = Compare(key, CompareTarget.CREATE, CompareResult.EQUAL, self._revision)
+            put = PutRequest(key, value, self.session.lease_id)
+            if not (await self.client.txn([guard], [put], [])).succeeded:
+                raise LockLost(f"our key {key!r} for {self._what} {self.name!r} was deleted")
+        return await self._read_queue()
 
     async def _wait_deleted(self, predecessor: KeyValue, start_revision: int) -> None:
         """Wait until ``predecessor`` is deleted at or after ``start_revision``.

@@ -185,12 +185,18 @@ class LeaderObserver:
     leader's value, its ``create_revision`` identifies the leader (and is its fencing token),
     ``mod_revision`` the last proclamation. An item is delivered when the leader or its value
     differs from the last one delivered.
+
+    Attributes:
+        revision: the revision at which the last item delivered was the leader's key-value
+            (the read's revision, or the change's own).
     """
 
     def __init__(self, client: AsyncClient, prefix: bytes) -> None:
         self._client = client
         self._prefix = prefix
+        self.revision = 0
         self._watch: Watch | None = None
+        self._read_at = 0
         self._last: tuple[bytes, int, int] | None = None
         self._closed = False
 
@@ -205,6 +211,7 @@ class LeaderObserver:
             seen = (kv.key, kv.create_revision, kv.mod_revision)
             if seen != self._last:
                 self._last = seen
+                self.revision = max(self._read_at, kv.mod_revision)
                 return kv
         raise StopAsyncIteration
 
@@ -234,6 +241,7 @@ class LeaderObserver:
                     sort_target=SortTarget.CREATE,
                 )
                 leader = resp.kvs[0] if resp.kvs else None
+                self._read_at = resp.revision
                 if leader is None:  # nobody in line: the first key put leads
                     self._watch = await client.watch(
                         prefix,

@@ -81,6 +81,16 @@ class AsyncLock:
         return self._q._token()
 
     @property
+    def acquired_revision(self) -> int:
+        """The revision at which the last :meth:`acquire` found the lock ours (0 before one).
+
+        It is the revision of etcd's Lock response header, which ``etcdctl lock`` passes to
+        its command as ``ETCD_LOCK_REV``; at least :attr:`token`, and it too grows with every
+        holder. The token is what a txn can compare with (the key's create revision).
+        """
+        return self._q.held_revision
+
+    @property
     def wakeups(self) -> int:
         """Deletion events received while waiting, over every acquisition."""
         return self._q.wakeups

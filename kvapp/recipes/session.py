@@ -60,6 +60,10 @@ class AsyncSession:
         lease_id: an existing lease to use (and keep alive) instead of granting a new one.
         on_lost: called with the session when its lease is lost (on the client's loop);
             :meth:`add_callback` adds more.
+        renew: keep the lease alive (the default). False leaves that to whoever owns the
+            lease, as etcd's Lock and Election servers do with the lease a client gives them:
+            the session then cannot learn of the lease's loss by itself (its state stays
+            ACTIVE until closed; a lock or election on it finds the loss when its key is gone).
 
     Attributes:
         client: the client.
@@ -74,6 +78,7 @@ class AsyncSession:
         *,
         lease_id: int = 0,
         on_lost: Callable[[AsyncSession], object] | None = None,
+        renew: bool = True,
     ) -> None:
         if not isinstance(client, AsyncClient):
             raise TypeError(
@@ -88,6 +93,7 @@ class AsyncSession:
         self.ttl = 0
         self._wanted_ttl = ttl
         self._lease_id = lease_id
+        self._renew = renew
         self._state = SessionState.NEW
         self._loss: LeaseLoss | None = None
         self._detail = ""
@@ -105,6 +111,8 @@ class AsyncSession:
     async def open(self) -> AsyncSession:
         """Grant the lease (unless one was given) and start renewing it; returns the session.
 
+        Without ``renew``, the lease is granted (unless given) and not renewed.
+
         Raises:
             RuntimeError: the session was opened before.
             LeaseNotFoundError: the given lease does not exist.
@@ -120,14 +128,17 @@ class AsyncSession:
             if not self._lease_id:
                 grant = await client.lease_grant(self._wanted_ttl)
                 self._lease_id, granted = grant.id, True
-            self._keep_alive = await client.keep_alive(self._lease_id, on_lost=self._on_lost)
+                self.ttl = grant.ttl
+            if self._renew:
+                self._keep_alive = await client.keep_alive(self._lease_id, on_lost=self._on_lost)
         except BaseException:
             self._opening = False
             if granted:
                 await _revoke_quietly(client, self._lease_id)
-                self._lease_id = 0
+                self._lease_id, self.ttl = 0, 0
             raise
-        self.ttl = self._keep_alive.ttl
+        if self._keep_alive is not None:
+            self.ttl = self._keep_alive.ttl
         self._state = SessionState.ACTIVE
         log.debug("kvapp recipes: session %x open (TTL %d s)", self._lease_id, self.ttl)
         return self
@@ -249,7 +260,8 @@ class AsyncSession:
     def _lose(self, reason: LeaseLoss) -> None:
         self._state = SessionState.LOST
         self._loss = reason
-        log.warning(
+        log.log(
+            logging.WARNING if self._renew else logging.INFO,  # not renewed: its owner's loss
             "kvapp recipes: session %x lost: %s; its locks and elections are lost",
             self._lease_id,
             self._describe_loss(),

@@ -226,6 +226,11 @@ class Lock:
         return self._aio.token
 
     @property
+    def acquired_revision(self) -> int:
+        """See :attr:`AsyncLock.acquired_revision`."""
+        return self._aio.acquired_revision
+
+    @property
     def wakeups(self) -> int:
         """Deletion events received while waiting, over every acquisition."""
         return self._aio.wakeups

@@ -2,8 +2,10 @@
 
 :class:`EtcdGrpcServer` serves the KV, Watch, Lease, Cluster and Maintenance services as thin
 translations onto one :class:`~kvapp.service.KvService` (see :mod:`kvapp.server.etcd.services`
-and :mod:`kvapp.server.etcd.watch`); the messages are :mod:`kvapp.etcdpb`'s. ``kvapp serve
---listen-grpc-urls`` starts one; ``docs/etcd-api.md`` says what is served.
+and :mod:`kvapp.server.etcd.watch`), and the Lock and Election services with kvapp.recipes on
+an in-process client (:mod:`kvapp.server.etcd.lockservice`); the messages are
+:mod:`kvapp.etcdpb`'s. ``kvapp serve --listen-grpc-urls`` starts one; ``docs/etcd-api.md``
+says what is served.
 """
 
 from kvapp.server.etcd.convert import GRPC_URL_PREFIX, grpc_urls_of, publish_grpc_urls

@@ -51,6 +51,7 @@ from google.protobuf.message import Message  # type: ignore[import-untyped]
 from kvapp.errors import GrpcCode
 from kvapp.etcdpb import rpc_pb2
 from kvapp.node import MAX_REQUEST_BYTES
+from kvapp.server.etcd.lockservice import ConcurrencyServices
 from kvapp.server.etcd.maintenance import MaintenanceBackend
 from kvapp.server.etcd.services import (
     ClusterServicer,
@@ -213,23 +214,12 @@ class Route:
 # Services of etcd 3.4's gateway that kvapp does not serve: answered as a gRPC server without
 # the service answers (grpc-go's "unknown service", UNIMPLEMENTED, HTTP 501).
 _UNSERVED: Final = {
-    **{
-        f"/v3/auth/{p}": "etcdserverpb.Auth"
-        for p in (
-            *("enable", "disable", "authenticate"),
-            *(
-                f"user/{op}"
-                for op in ("add", "get", "list", "delete", "changepw", "grant", "revoke")
-            ),
-            *(f"role/{op}" for op in ("add", "get", "list", "delete", "grant", "revoke")),
-        )
-    },
-    "/v3/lock/lock": "v3lockpb.Lock",
-    "/v3/lock/unlock": "v3lockpb.Lock",
-    **{
-        f"/v3/election/{p}": "v3electionpb.Election"
-        for p in ("campaign", "proclaim", "leader", "observe", "resign")
-    },
+    f"/v3/auth/{p}": "etcdserverpb.Auth"
+    for p in (
+        *("enable", "disable", "authenticate"),
+        *(f"user/{op}" for op in ("add", "get", "list", "delete", "changepw", "grant", "revoke")),
+        *(f"role/{op}" for op in ("add", "get", "list", "delete", "grant", "revoke")),
+    )
 }
 
 
@@ -367,6 +357,10 @@ class EtcdGateway:
             ),
         ]
         routes = {p: Route(p, f"/etcdserverpb.{r}", req, k, c) for p, r, req, k, c in table}
+        self.concurrency = ConcurrencyServices(self.api)
+        for g in self.concurrency.gateway_paths():  # v3lock and v3election
+            kind = Kind.SERVER_STREAM if g.streaming else unary
+            routes[g.path] = Route(g.path, g.rpc, g.request, kind, g.call)
         # additional_bindings in rpc.proto
         for alias in ("revoke", "timetolive", "leases"):
             routes[f"/v3/kv/lease/{alias}"] = attrs.evolve(
@@ -379,7 +373,7 @@ class EtcdGateway:
         return self.routes.get(path)
 
     def unserved(self, path: str) -> GatewayError | None:
-        """For a path of an etcd service kvapp does not serve (Auth, Lock, Election): its error."""
+        """For a path of an etcd service kvapp does not serve (Auth): its error."""
         service = _UNSERVED.get(path)
         if service is None:
             return None
@@ -501,6 +495,7 @@ class EtcdGateway:
 
     async def close(self) -> None:
         """Close the channels to the leader that lease calls were forwarded on."""
+        await self.concurrency.close()
         await self.api.close()
 
 

@@ -1,7 +1,8 @@
-"""The gRPC server that serves etcd's v3 API (KV, Watch, Lease, Cluster, Maintenance).
+"""The gRPC server that serves etcd's v3 API (KV, Watch, Lease, Cluster, Maintenance, ...).
 
 One :class:`EtcdGrpcServer` per member, on the member's event loop (grpcio's asyncio server).
-The Auth, Lock and Election services are not registered, so their RPCs answer UNIMPLEMENTED.
+It serves the Lock and Election services too (:mod:`kvapp.server.etcd.lockservice`); the
+Auth service is not registered, so its RPCs answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Final
 import grpc
 
 from kvapp.node import MAX_REQUEST_BYTES
+from kvapp.server.etcd.lockservice import ConcurrencyServices
 from kvapp.server.etcd.maintenance import MaintenanceBackend
 from kvapp.server.etcd.services import (
     ClusterServicer,
@@ -82,7 +84,9 @@ class EtcdGrpcServer:
         self.api = EtcdApi(
             service, maintenance, request_timeout=request_timeout, channel_credentials=forward
         )
+        self.concurrency = ConcurrencyServices(self.api)
         self._servicers = {
+            **self.concurrency.servicers(),
             "etcdserverpb.KV": KVServicer(self.api),
             "etcdserverpb.Watch": WatchServicer(
                 self.api,
@@ -150,6 +154,7 @@ class EtcdGrpcServer:
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)
+        await self.concurrency.close()
         await self.api.close()
 
     async def __aenter__(self) -> EtcdGrpcServer:

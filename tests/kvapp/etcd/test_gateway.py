@@ -545,7 +545,7 @@ async def test_errors_are_etcds_and_the_member_keeps_serving(g: Gateways) -> Non
     await refused("/v3/kv/txn", nested, 400, 3, "nested too deeply")
     await refused("/v3/kv/range", b"[" * 100_000, 400, 3, "")
     await refused("/v3/kv/range", {"key": b64("k"), "revision": 99}, 400, 11, "future revision")
-    await refused("/v3/lock/lock", {}, 501, 12, "unknown service v3lockpb.Lock")
+    await refused("/v3/lock/unlock", {}, 500, 2, "etcdserver: key is not provided")
     await refused("/v3/auth/user/add", {}, 501, 12, "unknown service etcdserverpb.Auth")
     await refused("/v3/maintenance/alarm", {"action": 7}, 400, 3, "invalid request")
     too_many = {"success": [{"request_put": {"key": b64(f"k{i}")}} for i in range(129)]}
