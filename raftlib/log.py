@@ -181,7 +181,12 @@ class RaftLog:
                     raise RaftInvariantError(
                         f"entry {ci} conflicts with committed entry (committed {self.committed})"
                     )
-                last = self.append(ents[ci - index - 1 :])
+                if ci == last + 1:  # self.append(...): they follow our last entry, in the tail
+                    new = ents[ci - index - 1 :]
+                    tail.extend(new)
+                    last += len(new)
+                else:
+                    last = self.append(ents[ci - index - 1 :])
                 break
         commit = committed if committed < last_new else last_new
         if commit > self.committed:

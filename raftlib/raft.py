@@ -287,13 +287,16 @@ class _Raft:
         size = 0
         if nxt <= last and (state is not _REPLICATE or not pr.inflights.full()):
             if nxt >= off:  # log.entries(nxt, ...), all in the unstable tail
-                ents = _limit_owned(tail[nxt - off : last + 1 - off], self.max_msg_size)
+                ents = tail[nxt - off : last + 1 - off]
+                if len(ents) > 1:
+                    ents = _limit_owned(ents, self.max_msg_size)
             else:
                 try:
                     ents = log.entries(nxt, self.max_msg_size, last)
                 except StorageError:
                     return self._maybe_send_snapshot(to, pr)
-            size = sum(map(len, map(_DATA, ents)))  # _payload_size(ents)
+            # _payload_size(ents)
+            size = len(ents[0].data) if len(ents) == 1 else sum(map(len, map(_DATA, ents)))
         if not ents and not send_if_empty:
             return False
         if to == self.id:
@@ -302,7 +305,15 @@ class _Raft:
         app = Message(_APP, to, self.id, self.term, prev_term, prev_index, tuple(ents), commit)
         # self._file(app), inlined
         (self.msgs_after_append if _APP in _AFTER_PERSIST else self.msgs).append(app)
-        pr.sent_entries(len(ents), size)
+        n = len(ents)
+        if state is _REPLICATE:  # pr.sent_entries(n, size), inlined for the usual state
+            if n:
+                pr.next = nxt + n
+                pr.msg_app_flow_paused = pr.inflights.add(nxt + n - 1, size)
+            else:
+                pr.msg_app_flow_paused = pr.inflights.full()
+        else:
+            pr.sent_entries(n, size)
         pr.sent_commit = commit
         return True
 
@@ -628,9 +639,10 @@ class _Raft:
 
     def step(self, m: Message) -> None:
         """Process one message. Raises ``ProposalDropped`` for proposals that cannot be taken."""
-        if m.term in (0, self.term):
-            pass  # a local message, or one of our term
-        elif m.term > self.term:
+        term = m.term
+        if term == self.term or not term:  # not "in (0, self.term)": that builds a tuple
+            pass  # one of our term, or a local message
+        elif term > self.term:
             if m.type in (_VOTE, _PRE_VOTE):
                 force = m.context == CampaignType.TRANSFER.value
                 in_lease = (
@@ -666,7 +678,7 @@ class _Raft:
                     self._become_follower(m.term, m.from_)
                 else:
                     self._become_follower(m.term, NONE)
-        elif m.term < self.term:
+        else:  # an older term
             if (self.check_quorum or self.pre_vote) and m.type in (_HEARTBEAT, _APP):
                 # A leader of an older term is talking to us: perhaps we advanced our term while
                 # partitioned. Answer so it learns our term and steps down (etcd issue #5451);

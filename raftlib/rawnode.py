@@ -118,6 +118,8 @@ class RawNode:
         self._prev_hard = self._raft.hard_state()
         self._prev_key = self._key()
         self._pending: Ready | None = None
+        self._quiet = False
+        """has_ready() said False and no input came since: it would say so again."""
 
     def _key(self) -> tuple[int, StateType, int, int, int]:
         """The last soft and hard state handed out, as one tuple (compared in ``has_ready``)."""
@@ -134,10 +136,12 @@ class RawNode:
 
     def tick(self) -> None:
         """Advance logical time by one tick (elections and heartbeats are counted in ticks)."""
+        self._quiet = False
         self._raft.tick()
 
     def campaign(self) -> None:
         """Start an election now (with PreVote if configured), as if the election timer fired."""
+        self._quiet = False
         self._raft.step(Message(MT.HUP, from_=self._raft.id))
 
     def propose(self, data: bytes | bytearray | memoryview) -> None:
@@ -152,6 +156,7 @@ class RawNode:
             ProposalDropped: it was not taken (no leader, transfer in progress, size limit,
                 forwarding disabled, or this node was removed).
         """
+        self._quiet = False
         self._raft.propose_one(data if type(data) is bytes else proposal_data(data))
 
     def propose_many(self, datas: Iterable[bytes | bytearray | memoryview]) -> None:
@@ -168,6 +173,7 @@ class RawNode:
             ProposalDropped: the batch was not taken (as for :meth:`propose`); no element of it
                 was appended.
         """
+        self._quiet = False
         if isinstance(datas, (bytes, bytearray, memoryview, str)):
             raise TypeError(
                 "propose_many takes a collection of proposals, got a single "
@@ -189,6 +195,7 @@ class RawNode:
             ValueError: a node id or ``id`` is outside 0..2**64-1; nothing changed.
             ProposalDropped: as for :meth:`propose`.
         """
+        self._quiet = False
         cc = check_conf_change(cc)
         t = EntryType.CONF_CHANGE if isinstance(cc, ConfChange) else EntryType.CONF_CHANGE_V2
         entry = Entry(type=t, data=encode_conf_change(cc))
@@ -216,6 +223,7 @@ class RawNode:
                 a commit index beyond our log: our storage lost acknowledged entries). Treat
                 the node's storage as damaged.
         """
+        self._quiet = False
         # Malformed before misrouted: check_message(m, app_entries=False), local types refused,
         # then check_peer_message(m) (an append's entries are checked with its shape).
         check_stepped_message(m)
@@ -237,12 +245,14 @@ class RawNode:
         ``ctx`` identifies the request and must be unique among pending reads and non-empty.
         A request made when no leader is known is silently dropped (retry on a timeout).
         """
+        self._quiet = False
         if not ctx:
             raise ValueError("read_index context must be non-empty")
         self._raft.step(Message(MT.READ_INDEX, context=ctx))
 
     def transfer_leader(self, transferee: int) -> None:
         """Ask the leader to hand leadership to ``transferee`` (ignored if not possible)."""
+        self._quiet = False
         self._raft.step(Message(MT.TRANSFER_LEADER, from_=transferee))
 
     def apply_conf_change(self, cc: ConfChange | ConfChangeV2) -> ConfState:
@@ -251,14 +261,17 @@ class RawNode:
         Raises:
             ConfigError: the change is invalid for the current configuration (nothing changes).
         """
+        self._quiet = False
         return self._raft.apply_conf_change(cc.as_v2())
 
     def report_unreachable(self, node: int) -> None:
         """Tell the leader that the last message to ``node`` could not be delivered."""
+        self._quiet = False
         self._raft.step(Message(MT.UNREACHABLE, from_=node))
 
     def report_snapshot(self, node: int, *, success: bool) -> None:
         """Tell the leader whether the snapshot it sent to ``node`` was delivered and applied."""
+        self._quiet = False
         self._raft.step(Message(MT.SNAP_STATUS, from_=node, reject=not success))
 
     def bootstrap(self, peers: Sequence[Peer | int]) -> None:
@@ -270,6 +283,7 @@ class RawNode:
         Raises:
             ValueError: ``peers`` is empty or storage is not empty.
         """
+        self._quiet = False
         if not peers:
             raise ValueError("must provide at least one peer to bootstrap")
         r = self._raft
@@ -299,7 +313,7 @@ class RawNode:
 
     def has_ready(self) -> bool:
         """Whether :meth:`ready` has something to hand out (False while a Ready is pending)."""
-        if self._pending is not None:
+        if self._quiet or self._pending is not None:
             return False
         r = self._raft
         if r.bcast_pending:
@@ -313,7 +327,12 @@ class RawNode:
         # Soft or hard state changed since the last Ready: one tuple comparison.
         if (r.lead, r.state, r.term, r.vote, log.committed) != self._prev_key:
             return True
-        return log.committed > log.applied and log.has_next_committed_entries()
+        if log.committed > log.applied and log.has_next_committed_entries():
+            return True
+        # Nothing changes without an input (every method that takes one clears this), so the
+        # answer stays False until then.
+        self._quiet = True
+        return False
 
     def ready(self) -> Ready:
         """Hand out the next batch of work. See :class:`Ready` for what to do with it.
@@ -339,7 +358,9 @@ class RawNode:
             hard = r.hard_state()
             self._prev_hard = hard
         if soft is not None or hard is not None:
-            self._prev_key = self._key()
+            ps = self._prev_soft  # self._key(), inlined
+            ph = self._prev_hard
+            self._prev_key = (ps.lead, ps.raft_state, ph.term, ph.vote, ph.commit)
         u = log.unstable
         entries = tuple(u.entries) if u.entries else ()
         snapshot = u.snapshot
@@ -379,6 +400,7 @@ class RawNode:
         Raises:
             RaftError: ``rd`` is not the Ready last returned by :meth:`ready`.
         """
+        self._quiet = False
         if rd is not self._pending:
             raise RaftError("advance() must be given the Ready last returned by ready()")
         self._pending = None

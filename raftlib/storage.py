@@ -174,7 +174,8 @@ class EntryWindow:
             raise UnavailableError(f"entries [{lo}, {hi}) beyond last index {last}")
         if len(ents) == 1:
             raise UnavailableError("no entries after the compaction point")
-        return _limit_owned(ents[lo - offset : hi - offset], max_size)
+        out = ents[lo - offset : hi - offset]
+        return out if len(out) <= 1 else _limit_owned(out, max_size)
 
     def check_append(self, entries: Sequence[Entry]) -> list[Entry]:
         """The part of ``entries`` an append would write (compacted ones skipped); may be empty.

@@ -27,10 +27,16 @@ class Inflights:
         c._bytes = self._bytes
         return c
 
-    def add(self, index: int, size: int) -> None:
-        """Record a message whose last entry is ``index`` carrying ``size`` payload bytes."""
-        self._queue.append((index, size))
+    def add(self, index: int, size: int) -> bool:
+        """Record a message whose last entry is ``index`` carrying ``size`` payload bytes.
+
+        Returns:
+            Whether the window is now :meth:`full`.
+        """
+        q = self._queue
+        q.append((index, size))
         self._bytes += size
+        return len(q) >= self.capacity or (self.max_bytes > 0 and self._bytes >= self.max_bytes)
 
     def free_le(self, index: int) -> None:
         """Release every message whose last index is ``<= index`` (they were acknowledged)."""

@@ -136,8 +136,9 @@ class Progress:
         if self.state is _REPLICATE:
             if count:
                 self.next += count
-                self.inflights.add(self.next - 1, size)
-            self.msg_app_flow_paused = self.inflights.full()
+                self.msg_app_flow_paused = self.inflights.add(self.next - 1, size)
+            else:
+                self.msg_app_flow_paused = self.inflights.full()
         elif self.state is _PROBE:
             if count:
                 self.msg_app_flow_paused = True
