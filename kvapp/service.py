@@ -52,6 +52,7 @@ __all__ = [
     "StatusInfo",
     "WriteRequest",
     "WriteResponse",
+    "alarm_text",
 ]
 
 WriteRequest: TypeAlias = (
@@ -151,6 +152,19 @@ class StatusInfo:
     errors: tuple[str, ...] = ()
     db_size: int = 0
     alarms: tuple[AlarmMember, ...] = attrs.field(default=(), converter=_alarm_members)
+
+
+def alarm_text(alarm: AlarmMember) -> str:
+    """An alarm as etcd 3.4 describes it: ``memberID:<decimal id> alarm:<TYPE> ``.
+
+    That is gogo/protobuf's compact text of etcd's ``AlarmMember`` message, which etcd puts in
+    Status ``errors`` and etcdctl prints for ``alarm list``: each set field followed by a space
+    (the trailing space included), fields at their zero value (member 0, type NONE) left out.
+    """
+    text = f"memberID:{alarm.member_id} " if alarm.member_id else ""
+    if alarm.alarm:
+        text += f"alarm:{alarm.alarm.name} "
+    return text
 
 
 class KvService(Protocol):

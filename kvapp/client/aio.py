@@ -60,7 +60,7 @@ import attrs
 
 from kvapp.client.errors import ClientError, LinkClosed, Unavailable
 from kvapp.client.native import NativeConnector
-from kvapp.client.transport import Connector, Link, WatchSpec, traits_of
+from kvapp.client.transport import AdminLink, Connector, Link, WatchSpec, traits_of
 from kvapp.dedup import DEFAULT_WINDOW
 from kvapp.errors import (
     CompactedError,
@@ -99,7 +99,13 @@ from kvapp.mvcc.types import (
     TxnRequest,
     TxnResponse,
 )
-from kvapp.requests import RequestIdExpiredError
+from kvapp.requests import (
+    AlarmAction,
+    AlarmMember,
+    AlarmResponse,
+    AlarmType,
+    RequestIdExpiredError,
+)
 from kvapp.service import MemberInfo, OutcomeUnknown, StatusInfo, WriteRequest, WriteResponse
 from kvapp.tls import ClientTls
 from kvapp.watch import WatchFilter, WatchResponse
@@ -528,6 +534,43 @@ class AsyncClient:
         """Promote a learner (retried only while it certainly reached no member)."""
         await self._retry(lambda link: link.member_promote(member_id), _Mode.ONCE, "member promote")
 
+    async def member_update(self, member_id: int, peer_urls: Sequence[str]) -> None:
+        """Give a member new peer URLs (retried only while it certainly reached no member).
+
+        The other members dial the new URLs once the change is applied; restart the member
+        listening there.
+        """
+        urls = (peer_urls,) if isinstance(peer_urls, str) else tuple(peer_urls)
+        await self._retry(
+            lambda link: _admin(link).member_update(member_id, urls), _Mode.ONCE, "member update"
+        )
+
+    async def alarm_list(self) -> list[AlarmMember]:
+        """The raised alarms (etcd's AlarmList)."""
+        resp = await self._retry(
+            lambda link: _admin(link).alarm(AlarmAction.GET, 0, AlarmType.NONE),
+            _Mode.READ,
+            "alarm list",
+        )
+        return list(resp.alarms)
+
+    async def alarm_disarm(self, alarm: AlarmMember | None = None) -> list[AlarmMember]:
+        """Clear an alarm, or (None) every raised alarm; returns the alarms cleared.
+
+        As etcd's client disarms them all: list the alarms, then deactivate each one. Clearing
+        is idempotent, so it is retried like a read.
+        """
+        targets = await self.alarm_list() if alarm is None else [alarm]
+        cleared: list[AlarmMember] = []
+        for a in targets:
+
+            def deactivate(link: Link, a: AlarmMember = a) -> Awaitable[AlarmResponse]:
+                return _admin(link).alarm(AlarmAction.DEACTIVATE, a.member_id, a.alarm)
+
+            resp = await self._retry(deactivate, _Mode.READ, "alarm disarm")
+            cleared += resp.alarms
+        return cleared
+
     async def status(self, endpoint: str | None = None) -> StatusInfo:
         """The status of ``endpoint``'s member (no failover), or of any member if None.
 
@@ -821,6 +864,12 @@ class AsyncClient:
         self._links.clear()
         for link in links:
             await link.close()
+
+
+def _admin(link: Link) -> AdminLink:
+    if not isinstance(link, AdminLink):
+        raise ClientError(f"{type(link).__name__} carries no peer URL updates or alarms")
+    return link
 
 
 def _etcd_connector(connect_timeout: float, tls: ClientTls | None) -> Connector:

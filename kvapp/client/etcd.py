@@ -86,7 +86,7 @@ from kvapp.mvcc.types import (
     RangeResponse,
     TxnRequest,
 )
-from kvapp.requests import ErrorResult
+from kvapp.requests import AlarmAction, AlarmMember, AlarmResponse, AlarmType, ErrorResult
 from kvapp.service import (
     MemberInfo,
     OutcomeUnknown,
@@ -184,7 +184,9 @@ _RESPONSES: Final[dict[str, type]] = {
     "/etcdserverpb.Cluster/MemberAdd": rpc_pb2.MemberAddResponse,
     "/etcdserverpb.Cluster/MemberRemove": rpc_pb2.MemberRemoveResponse,
     "/etcdserverpb.Cluster/MemberPromote": rpc_pb2.MemberPromoteResponse,
+    "/etcdserverpb.Cluster/MemberUpdate": rpc_pb2.MemberUpdateResponse,
     "/etcdserverpb.Maintenance/Status": rpc_pb2.StatusResponse,
+    "/etcdserverpb.Maintenance/Alarm": rpc_pb2.AlarmResponse,
 }
 
 
@@ -500,6 +502,25 @@ class EtcdLink:
             "/etcdserverpb.Cluster/MemberPromote", rpc_pb2.MemberPromoteRequest(ID=member_id)
         )
 
+    async def member_update(self, member_id: int, peer_urls: tuple[str, ...]) -> None:
+        """Give a member new peer URLs."""
+        await self._unary(
+            "/etcdserverpb.Cluster/MemberUpdate",
+            rpc_pb2.MemberUpdateRequest(ID=member_id, peerURLs=list(peer_urls)),
+        )
+
+    async def alarm(self, action: AlarmAction, member_id: int, alarm: AlarmType) -> AlarmResponse:
+        """List, raise or clear alarms."""
+        resp = await self._unary(
+            "/etcdserverpb.Maintenance/Alarm",
+            rpc_pb2.AlarmRequest(action=int(action), memberID=member_id, alarm=int(alarm)),  # type: ignore[arg-type]
+        )
+        return AlarmResponse(
+            AlarmMember(a.memberID, AlarmType(a.alarm))
+            for a in resp.alarms
+            if a.alarm in AlarmType._value2member_map_
+        )
+
     async def status(self) -> StatusInfo:
         """The member's status."""
         resp = await self._unary("/etcdserverpb.Maintenance/Status", rpc_pb2.StatusRequest(), _NONE)
@@ -512,6 +533,7 @@ class EtcdLink:
             raft_applied_index=resp.raftAppliedIndex,
             is_learner=resp.isLearner,
             errors=tuple(resp.errors),
+            db_size=resp.dbSize,
         )
 
     async def snapshot(self, sink: Callable[[bytes], object], *, linearizable: bool) -> int:

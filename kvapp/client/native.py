@@ -364,6 +364,17 @@ class NativeLink:
         """Promote a learner."""
         await self._typed(wire.MemberPromoteRequest(member_id), wire.EmptyResult)
 
+    async def member_update(self, member_id: int, peer_urls: tuple[str, ...]) -> None:
+        """Give a member new peer URLs."""
+        await self._typed(kvreq.MemberUpdateRequest(member_id, peer_urls), wire.EmptyResult)
+
+    async def alarm(
+        self, action: kvreq.AlarmAction, member_id: int, alarm: kvreq.AlarmType
+    ) -> kvreq.AlarmResponse:
+        """List, raise or clear alarms."""
+        request = kvreq.AlarmRequest(action, member_id, alarm)
+        return await self._typed(request, kvreq.AlarmResponse)
+
     async def status(self) -> StatusInfo:
         """The member's status."""
         return await self._typed(wire.StatusRequest(), StatusInfo)

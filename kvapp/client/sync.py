@@ -32,6 +32,7 @@ from kvapp.mvcc.types import (
     SortTarget,
     TxnResponse,
 )
+from kvapp.requests import AlarmMember
 from kvapp.service import MemberInfo, StatusInfo
 from kvapp.watch import WatchFilter
 
@@ -284,6 +285,18 @@ class Client:
     def member_promote(self, member_id: int) -> None:
         """See :meth:`AsyncClient.member_promote`."""
         self._call(self._client.member_promote(member_id))
+
+    def member_update(self, member_id: int, peer_urls: Sequence[str]) -> None:
+        """See :meth:`AsyncClient.member_update`."""
+        self._call(self._client.member_update(member_id, peer_urls))
+
+    def alarm_list(self) -> list[AlarmMember]:
+        """See :meth:`AsyncClient.alarm_list`."""
+        return self._call(self._client.alarm_list())
+
+    def alarm_disarm(self, alarm: AlarmMember | None = None) -> list[AlarmMember]:
+        """See :meth:`AsyncClient.alarm_disarm`."""
+        return self._call(self._client.alarm_disarm(alarm))
 
     def status(self, endpoint: str | None = None) -> StatusInfo:
         """See :meth:`AsyncClient.status`."""

@@ -20,16 +20,18 @@ Contract of every :class:`Link` method:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import attrs
 
 from kvapp.lease import LeaseKeepAliveResponse, LeaseTimeToLiveResponse
 from kvapp.mvcc.types import RangeRequest, RangeResponse
+from kvapp.requests import AlarmAction, AlarmResponse, AlarmType
 from kvapp.service import MemberInfo, StatusInfo, WriteRequest, WriteResponse
 from kvapp.watch import WatchFilter, WatchResponse
 
 __all__ = [
+    "AdminLink",
     "Connector",
     "ConnectorTraits",
     "Link",
@@ -159,6 +161,19 @@ class Link(Protocol):
 
     async def close(self) -> None:
         """Close the connection; pending calls fail with ``LinkClosed``."""
+        ...
+
+
+@runtime_checkable
+class AdminLink(Link, Protocol):
+    """A :class:`Link` that also carries peer URL updates and alarms (both transports do)."""
+
+    async def member_update(self, member_id: int, peer_urls: tuple[str, ...]) -> None:
+        """Give a member new peer URLs."""
+        ...
+
+    async def alarm(self, action: AlarmAction, member_id: int, alarm: AlarmType) -> AlarmResponse:
+        """List, raise or clear alarms (etcd's Maintenance.Alarm)."""
         ...
 
 

@@ -51,6 +51,8 @@ Requests (client to server)
     ``member_add``          ``[[peer_url...], is_learner]``
     ``member_remove``       ``[id]``
     ``member_promote``      ``[id]``
+    ``member_update``       ``[id, [peer_url...]]``
+    ``alarm``               ``[action, member_id, alarm]`` (:class:`kvapp.requests.AlarmRequest`)
     ``status``              ``[]``
     ``snapshot``            ``[linearizable]``
     ======================  ================================================================
@@ -65,9 +67,11 @@ Responses (server to client)
       ``lease_time_to_live`` ``[id, ttl, granted_ttl, [key...]]``; ``lease_leases``
       ``[[id...]]``; ``watch_create`` ``[watch_id]``; ``watch_cancel`` ``[canceled]``;
       ``member_list`` ``[[member...]]`` with a member ``[id, name, [peer_url...],
-      [client_url...], is_learner]``; ``member_add`` ``[member]``; ``status`` ``[version,
-      leader, raft_index, raft_term, raft_applied_index, is_learner, [error...]]``;
-      ``snapshot`` ``[size]``; the others ``[]``.
+      [client_url...], is_learner]``; ``member_add`` ``[member]``; ``alarm``
+      :func:`kvapp.requests.response_to_array` of the
+      :class:`~kvapp.requests.AlarmResponse`; ``status`` ``[version, leader, raft_index,
+      raft_term, raft_applied_index, is_learner, [error...]]``; ``snapshot`` ``[size]``; the
+      others ``[]``.
     - ``[1, req_no, code, message]``: the request failed with etcd's gRPC status code and
       message (:class:`~kvapp.errors.EtcdError`); the client raises the same error class. A
       write whose outcome the member cannot tell is answered with code 2 (UNKNOWN) and
@@ -261,6 +265,8 @@ class Op(enum.StrEnum):
     MEMBER_ADD = "member_add"
     MEMBER_REMOVE = "member_remove"
     MEMBER_PROMOTE = "member_promote"
+    MEMBER_UPDATE = "member_update"
+    ALARM = "alarm"
     STATUS = "status"
     SNAPSHOT = "snapshot"
 
@@ -427,6 +433,8 @@ OpRequest: TypeAlias = (
     | MemberAddRequest
     | MemberRemoveRequest
     | MemberPromoteRequest
+    | kvreq.MemberUpdateRequest
+    | kvreq.AlarmRequest
     | StatusRequest
     | SnapshotRequest
 )
@@ -445,6 +453,7 @@ OpResult: TypeAlias = (
     | EmptyResult
     | StatusInfo
     | SnapshotResult
+    | kvreq.AlarmResponse
 )
 """What a successful request returns (a :class:`StatusInfo` carries its header itself)."""
 
@@ -472,6 +481,8 @@ _OPS: Final[dict[type, Op]] = {
     MemberAddRequest: Op.MEMBER_ADD,
     MemberRemoveRequest: Op.MEMBER_REMOVE,
     MemberPromoteRequest: Op.MEMBER_PROMOTE,
+    kvreq.MemberUpdateRequest: Op.MEMBER_UPDATE,
+    kvreq.AlarmRequest: Op.ALARM,
     StatusRequest: Op.STATUS,
     SnapshotRequest: Op.SNAPSHOT,
 }
@@ -552,6 +563,10 @@ def encode_body(request: OpRequest, request_id: int = 0) -> bytes:
             body = [list(request.peer_urls), request.is_learner]
         case MemberRemoveRequest() | MemberPromoteRequest():
             body = [request.id]
+        case kvreq.MemberUpdateRequest():
+            body = [request.id, list(request.peer_urls)]
+        case kvreq.AlarmRequest():
+            body = [int(request.action), request.member_id, int(request.alarm)]
         case SnapshotRequest():
             body = [request.linearizable]
         case LeaseLeasesRequest() | WatchProgressRequest() | MemberListRequest() | StatusRequest():
@@ -624,6 +639,17 @@ def _decode_other(op: Op, data: bytes) -> OpRequest:
         case Op.MEMBER_PROMOTE:
             _array(a, str(op), 1)
             return MemberPromoteRequest(_u64(a[0], "member id"))
+        case Op.MEMBER_UPDATE:
+            _array(a, str(op), 2)
+            return kvreq.MemberUpdateRequest(_u64(a[0], "member id"), _strs(a[1], "peer_urls"))
+        case Op.ALARM:
+            _array(a, str(op), 3)
+            try:
+                action = kvreq.AlarmAction(_u64(a[0], "alarm action"))
+                alarm = kvreq.AlarmType(_u64(a[2], "alarm type"))
+            except ValueError:
+                raise RequestDecodeError(f"alarm: unknown action or type {a!r:.40}") from None
+            return kvreq.AlarmRequest(action, _u64(a[1], "alarm member id"), alarm)
         case Op.LEASE_LEASES:
             _array(a, str(op), 0)
             return LeaseLeasesRequest()
@@ -772,6 +798,11 @@ def decode_result(op: Op, header: ResponseHeader, v: object) -> OpResult:
         case Op.SNAPSHOT:
             _array(a, str(op), 1)
             return SnapshotResult(_u64(a[0], "size"))
+        case Op.ALARM:
+            alarms = kvreq.response_from_array(a)
+            if not isinstance(alarms, kvreq.AlarmResponse):
+                raise RequestDecodeError(f"alarm: not an alarm result: {alarms!r:.60}")
+            return alarms
         case _:
             _array(a, str(op), 0)
             return EmptyResult()
@@ -1371,6 +1402,11 @@ class _Connection:
             case MemberPromoteRequest():
                 await service.member_promote(request.id)
                 resp = EmptyResult()
+            case kvreq.MemberUpdateRequest():
+                await service.member_update(request.id, request.peer_urls)
+                resp = EmptyResult()
+            case kvreq.AlarmRequest():
+                resp = await service.alarm(request.action, request.member_id, request.alarm)
             case _:
                 raise RuntimeError(f"not a deferred request: {request!r:.60}")
         return service.header(), resp

@@ -40,7 +40,7 @@ from kvapp.mvcc.types import (
     PutResponse,
     TxnResponse,
 )
-from kvapp.requests import AlarmAction, AlarmMember, AlarmType
+from kvapp.requests import AlarmAction, AlarmType
 from kvapp.server.etcd import convert
 from kvapp.server.etcd.maintenance import MaintenanceBackend
 from kvapp.service import (
@@ -50,6 +50,7 @@ from kvapp.service import (
     StatusInfo,
     WriteRequest,
     WriteResponse,
+    alarm_text,
 )
 
 __all__ = [
@@ -61,7 +62,6 @@ __all__ = [
     "MaintenanceServicer",
     "Unimplemented",
     "abort_with",
-    "alarm_text",
     "is_abort",
     "require_leader",
     "status_errors",
@@ -541,18 +541,6 @@ class ClusterServicer:
 # -- Maintenance -----------------------------------------------------------------------------------
 
 
-def alarm_text(alarm: AlarmMember) -> str:
-    """An alarm as etcd 3.4 describes it in Status ``errors``: ``memberID:<id> alarm:<TYPE> ``.
-
-    That is gogo/protobuf's compact text form of the ``AlarmMember`` message: each set field
-    followed by a space (the trailing space included), fields at their zero value left out.
-    """
-    text = f"memberID:{alarm.member_id} " if alarm.member_id else ""
-    if alarm.alarm is not AlarmType.NONE:
-        text += f"alarm:{alarm.alarm.name} "
-    return text
-
-
 def status_errors(st: StatusInfo) -> list[str]:
     """Status ``errors`` as etcd 3.4's maintenance server makes them.
 
@@ -560,7 +548,7 @@ def status_errors(st: StatusInfo) -> list[str]:
     raised alarm.
     """
     errors = [] if st.leader else [NoLeaderError.message]
-    errors += [alarm_text(a) for a in st.alarms]
+    errors += [alarm_text(a) for a in st.alarms]  # memberID:<id> alarm:NOSPACE
     return errors
 
 
