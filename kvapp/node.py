@@ -618,7 +618,7 @@ class Member:
             header=self.header(),
             version=VERSION,
             leader=self.node.leader_id,
-            raft_index=self._storage.last_index(),
+            raft_index=st.hard_state.commit,  # etcd 3.4's raftIndex: the committed index
             raft_term=st.hard_state.term,
             raft_applied_index=self.node.applied,
             is_learner=bool(me and me.is_learner),

@@ -130,7 +130,8 @@ class StatusInfo:
         header: the response header.
         version: the server version string.
         leader: the leader's member id, or 0 if none is known.
-        raft_index: the last index in this member's Raft log.
+        raft_index: the highest log index this member knows to be committed (etcd 3.4's
+            ``raftIndex``, its Raft node's committed index).
         raft_term: this member's term.
         raft_applied_index: the last index applied to the state machine.
         is_learner: whether this member is a learner.
