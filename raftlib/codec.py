@@ -48,6 +48,7 @@ from raftlib.types import (
     MessageType,
     Snapshot,
     SnapshotMetadata,
+    _new_message,
 )
 from raftlib.validate import check_message
 
@@ -83,6 +84,10 @@ FORMAT_VERSION = 1
 """The version written first in every top-level encoding; decoders reject any other."""
 
 _U64 = 1 << 64
+
+# The enum members by value (their values are 0..n-1): indexing is cheaper than calling the enum.
+_MESSAGE_TYPES = tuple(sorted(MessageType, key=int))
+_ENTRY_TYPES = tuple(sorted(EntryType, key=int))
 
 # The array-level helpers return nested lists of ints, bytes, bools and None: plain CBOR data.
 Array: TypeAlias = list[object]
@@ -158,7 +163,7 @@ def entry_from_array(obj: object) -> Entry:
     return Entry(
         _int(a[0], "entry term"),
         _int(a[1], "entry index"),
-        EntryType(t),
+        _ENTRY_TYPES[t],  # EntryType(t)
         _bytes(a[3], "entry data"),
     )
 
@@ -287,19 +292,19 @@ def message_from_array(obj: object) -> Message:
     if t > MessageType.PRE_VOTE_RESP:
         raise DecodeError(f"message: unknown type {t}")
     snap = None if a[8] is None else snapshot_from_array(a[8])
-    return Message(
-        type=MessageType(t),
-        to=_int(a[1], "to"),
-        from_=_int(a[2], "from"),
-        term=_int(a[3], "term"),
-        log_term=_int(a[4], "log_term"),
-        index=_int(a[5], "index"),
-        entries=tuple(entry_from_array(e) for e in _array(a[6], "entries")),
-        commit=_int(a[7], "commit"),
-        snapshot=snap,
-        reject=_bool(a[9], "reject"),
-        reject_hint=_int(a[10], "reject_hint"),
-        context=_bytes(a[11], "context"),
+    return _new_message(  # Message(...), the fields decoded in their order
+        _MESSAGE_TYPES[t],  # type: MessageType(t)
+        _int(a[1], "to"),
+        _int(a[2], "from"),
+        _int(a[3], "term"),
+        _int(a[4], "log_term"),
+        _int(a[5], "index"),
+        tuple([entry_from_array(e) for e in _array(a[6], "entries")]),
+        _int(a[7], "commit"),
+        snap,
+        _bool(a[9], "reject"),
+        _int(a[10], "reject_hint"),
+        _bytes(a[11], "context"),
     )
 
 

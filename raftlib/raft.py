@@ -48,6 +48,8 @@ from raftlib.types import (
     Snapshot,
     SoftState,
     StateType,
+    _new_hard_state,
+    _new_message,
     vote_response_type,
 )
 
@@ -209,7 +211,7 @@ class _Raft:
 
     def hard_state(self) -> HardState:
         """What must be durable: term, vote, commit."""
-        return HardState(self.term, self.vote, self.log.committed)  # term, vote, commit
+        return _new_hard_state(self.term, self.vote, self.log.committed)
 
     def _load_state(self, hs: HardState) -> None:
         # A crash between persisting a Ready's snapshot and its hard state leaves the durable
@@ -238,7 +240,7 @@ class _Raft:
         elif m_type not in _UNSTAMPED:
             fields["term"] = self.term
         frm = fields.pop("from_", self.id)
-        self._file(Message(m_type, to, frm, **fields))  # type: ignore[arg-type]
+        self._file(_new_message(m_type, to, frm, **fields))  # type: ignore[arg-type]
 
     def _file(self, m: Message) -> None:
         """Queue ``m`` to go out now, or only once this Ready is durable.
@@ -302,7 +304,7 @@ class _Raft:
         if to == self.id:
             raise RaftInvariantError(f"{self.id} sending APP to itself")
         commit = log.committed
-        app = Message(_APP, to, self.id, self.term, prev_term, prev_index, tuple(ents), commit)
+        app = _new_message(_APP, to, self.id, self.term, prev_term, prev_index, tuple(ents), commit)
         # self._file(app), inlined
         (self.msgs_after_append if _APP in _AFTER_PERSIST else self.msgs).append(app)
         n = len(ents)
@@ -1309,7 +1311,8 @@ class _Raft:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            ack = Message(_APP_RESP, m.from_, self.id, self.term, 0, last_new)  # index=last_new
+            # Message(_APP_RESP, to=m.from_, from_=self.id, term=self.term, index=last_new)
+            ack = _new_message(_APP_RESP, m.from_, self.id, self.term, 0, last_new)
             # self._file(ack), inlined
             (self.msgs_after_append if _APP_RESP in _AFTER_PERSIST else self.msgs).append(ack)
             return

@@ -90,6 +90,31 @@ class Ready:
         return self.messages + self.persisted_messages
 
 
+class _ReadyDraft(Ready):
+    """A Ready under construction, which :meth:`RawNode.ready` turns into a :class:`Ready`.
+
+    By class assignment, as ``raftlib.types._new_message`` does for messages: a frozen attrs
+    class sets its nine fields through ``object.__setattr__``, at about three times the cost.
+    """
+
+    __slots__ = ()
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+    # Writable here (the annotations only tell type checkers so).
+    soft_state: SoftState | None
+    hard_state: HardState | None
+    entries: tuple[Entry, ...]
+    snapshot: Snapshot | None
+    committed_entries: tuple[Entry, ...]
+    messages: tuple[Message, ...]
+    persisted_messages: tuple[Message, ...]
+    read_states: tuple[ReadState, ...]
+    must_sync: bool
+
+
+_object_new = object.__new__
+
+
 @attrs.frozen(slots=True)
 class Peer:
     """A node to bootstrap a cluster with, and optional context for its configuration entry."""
@@ -379,18 +404,18 @@ class RawNode:
         reads = r.read_states
         if reads:
             r.read_states = []
-        rd = Ready(  # positional: soft_state, hard_state, entries, snapshot, committed_entries,
-            # messages, persisted_messages, read_states, must_sync
-            soft,
-            hard,
-            entries,
-            snapshot,
-            committed,
-            tuple(msgs) if msgs else (),
-            tuple(after) if after else (),
-            tuple(reads) if reads else (),
-            must_sync,
-        )
+        # Ready(soft, hard, entries, ...), built as a draft (see _ReadyDraft)
+        rd = _object_new(_ReadyDraft)
+        rd.soft_state = soft
+        rd.hard_state = hard
+        rd.entries = entries
+        rd.snapshot = snapshot
+        rd.committed_entries = committed
+        rd.messages = tuple(msgs) if msgs else ()
+        rd.persisted_messages = tuple(after) if after else ()
+        rd.read_states = tuple(reads) if reads else ()
+        rd.must_sync = must_sync
+        rd.__class__ = Ready  # type: ignore[assignment]  # the draft becomes a Ready
         self._pending = rd
         return rd
 

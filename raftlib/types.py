@@ -336,3 +336,88 @@ class ReadState:
 
     index: int
     request_ctx: bytes
+
+
+# -- building frozen values on raftlib's hot paths --
+#
+# A frozen attrs class sets each field in ``__init__`` through ``object.__setattr__`` (a C call
+# that packs its arguments into a tuple): twelve of them make a Message cost about four times a
+# plain slotted object. The hot paths build Messages and HardStates as a "draft" instead: an
+# instance of a private subclass that adds nothing but ordinary attribute setting, filled in and
+# then turned into the frozen class by class assignment (CPython allows it, the subclass adding
+# nothing to the instance layout). The result is the object ``Message(...)`` builds: same class,
+# fields, equality, hash, repr, frozenness, weak references, pickling and ``attrs.evolve``.
+# Neither class has converters, validators or ``__attrs_post_init__`` to skip.
+
+
+class _MessageDraft(Message):
+    __slots__ = ()
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+    # Writable here (the annotations only tell type checkers so).
+    type: MessageType
+    to: int
+    from_: int
+    term: int
+    log_term: int
+    index: int
+    entries: tuple[Entry, ...]
+    commit: int
+    snapshot: Snapshot | None
+    reject: bool
+    reject_hint: int
+    context: bytes
+
+
+class _HardStateDraft(HardState):
+    __slots__ = ()
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+    term: int
+    vote: int
+    commit: int
+
+
+_object_new = object.__new__
+
+
+def _new_message(  # noqa: PLR0917 - Message's own positional fields
+    type: MessageType,
+    to: int,
+    from_: int,
+    term: int = 0,
+    log_term: int = 0,
+    index: int = 0,
+    entries: tuple[Entry, ...] = (),
+    commit: int = 0,
+    snapshot: Snapshot | None = None,
+    reject: bool = False,
+    reject_hint: int = 0,
+    context: bytes = b"",
+) -> Message:
+    """``Message(type, to, from_, ...)``, for raftlib's hot paths (see above)."""
+    m = _object_new(_MessageDraft)
+    m.type = type
+    m.to = to
+    m.from_ = from_
+    m.term = term
+    m.log_term = log_term
+    m.index = index
+    m.entries = entries
+    m.commit = commit
+    m.snapshot = snapshot
+    m.reject = reject
+    m.reject_hint = reject_hint
+    m.context = context
+    m.__class__ = Message  # type: ignore[assignment]  # the draft becomes a Message
+    return m
+
+
+def _new_hard_state(term: int, vote: int, commit: int) -> HardState:
+    """``HardState(term, vote, commit)``, for raftlib's hot paths (see above)."""
+    h = _object_new(_HardStateDraft)
+    h.term = term
+    h.vote = vote
+    h.commit = commit
+    h.__class__ = HardState  # type: ignore[assignment]
+    return h
