@@ -278,14 +278,20 @@ class TcpTransport:
             self._start_dialer(peer)
 
     def remove_peer(self, member_id: int) -> None:
-        """Forget ``member_id``: close its links and drop its queue without callbacks.
+        """Forget ``member_id``: send what is queued for it, then close its links.
 
-        A snapshot transfer in flight to it is cancelled and reported as failed.
+        The queue is flushed and the links closed gracefully (their buffered frames still go
+        out) because a member is removed when its removal is applied, and the messages sent in
+        that same loop turn may carry the commit index that tells the removed member about its
+        own removal: dropped, it might never learn it and never stop. A snapshot transfer in
+        flight to it is cancelled and reported as failed.
         """
-        peer = self._peers.pop(member_id, None)
+        peer = self._peers.get(member_id)
         if peer is None:
             return
-        self._dirty.pop(member_id, None)
+        if self._dirty.pop(member_id, None) is not None:
+            self._flush_peer(peer)
+        del self._peers[member_id]
         peer.queue.clear()
         peer.queued_bytes = 0
         for task in (peer.dialer, peer.snapshot):
@@ -293,7 +299,7 @@ class TcpTransport:
                 task.cancel()
         for conn in (peer.link, peer.inbound):
             if conn is not None:
-                conn.abort()
+                conn.close()
 
     def send(self, messages: Sequence[Message]) -> None:
         """Queue ``messages`` for their peers; flush once at the end of this loop turn.

@@ -143,6 +143,14 @@ class FramedProtocol(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def close(self, grace: float = 5.0) -> None:
+        """Close the connection once the data already written is sent; abort after ``grace``."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+            handle = asyncio.get_running_loop().call_later(grace, self.abort)
+            self.closed.add_done_callback(lambda _: handle.cancel())
+
     def write_frame(self, kind: FrameKind, payload: bytes | memoryview) -> int:
         """Write one frame (header and payload in one ``writelines``); return its wire size."""
         if self.transport is None:

@@ -953,6 +953,20 @@ async def test_remove_peer_closes_its_links_and_refuses_it() -> None:
         assert a.received == []
 
 
+@run()
+async def test_remove_peer_still_sends_what_was_queued_for_it_first() -> None:
+    # A removal is applied in the same loop turn as the messages carrying its commit: those
+    # must still reach the removed member, or it may never learn it was removed.
+    async with cluster(1, 2) as ms:
+        a, b = ms[1], ms[2]
+        await eventually(lambda: a.t.is_connected(2), "a is linked to b")
+        last = app(1, 2, 7)
+        a.t.send([last])
+        a.t.remove_peer(2)
+        await eventually(lambda: last in b.received, "the message queued before the removal")
+        await eventually(lambda: b.t.stats(1).disconnects == 1, "b's link to a was closed")
+
+
 # -- LocalNetwork --
 
 

@@ -218,7 +218,7 @@ def test_an_etcdctl_session_against_kvapp_cluster(cluster: Cluster, etcdctl: str
 
     # membership: a learner added (not started), refused promotion, removed
     added = ctl.out("member", "add", "extra", "--learner", "--peer-urls=http://127.0.0.1:1")
-    learner = re.search(r"Member (\w+) added", added)
+    learner = re.search(r"Member\s+(\w+) added", added)
     assert learner is not None, added
     listed = ctl.out("member", "list")
     assert f"{learner.group(1)}, unstarted, , http://127.0.0.1:1, , true" in listed
