@@ -208,11 +208,28 @@ class EntryWindow:
             self._ents.extend(checked)
 
     def append(self, entries: Sequence[Entry]) -> None:
-        """Check and apply an append in one step."""
-        checked = self.check_append(entries)
-        if checked:  # self.apply_append(checked)
-            del self._ents[checked[0].index - self._ents[0].index :]
-            self._ents.extend(checked)
+        """Check and apply an append in one step.
+
+        :meth:`check_append` then :meth:`apply_append`, in one pass without copying ``entries``.
+        """
+        if not entries:
+            return
+        lo = entries[0].index
+        hi = entries[-1].index
+        if hi - lo != len(entries) - 1:
+            raise RaftInvariantError(f"entries {lo}..{hi} are not consecutive")
+        ents = self._ents
+        placeholder = ents[0].index
+        if hi <= placeholder:
+            return  # all compacted
+        if lo <= placeholder:
+            entries = entries[placeholder + 1 - lo :]
+            lo = placeholder + 1
+        last = placeholder + len(ents) - 1
+        if lo > last + 1:
+            raise RaftInvariantError(f"missing log entry: last index {last}, appending at {lo}")
+        del ents[lo - placeholder :]
+        ents.extend(entries)
 
     def check_compact(self, compact_index: int) -> Entry:
         """The entry that becomes the new placeholder if compacted at ``compact_index``.

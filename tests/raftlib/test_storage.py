@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from raftlib import (
     CompactedError,
@@ -14,6 +18,7 @@ from raftlib import (
     Storage,
     UnavailableError,
 )
+from raftlib.storage import EntryWindow
 
 from .helpers import snapshot_at
 
@@ -141,3 +146,32 @@ def test_entry_window_checks_change_nothing_until_applied() -> None:
     assert (w.first_index(), w.placeholder, w.last) == (5, Entry(term=2, index=4), checked[-1])
     with pytest.raises(RaftInvariantError):
         w.check_append([Entry(term=4, index=9)])
+
+
+def _window_outcome(window: EntryWindow, write: Callable[[], None]) -> object:
+    try:
+        write()
+    except RaftInvariantError as exc:
+        return str(exc)
+    return [(e.index, e.term) for e in window._ents]
+
+
+@given(
+    placeholder=st.integers(0, 6),
+    held=st.integers(0, 5),
+    lo=st.integers(0, 14),
+    terms=st.lists(st.integers(1, 3), max_size=5),
+    gap=st.booleans(),
+)
+def test_entry_window_append_is_check_then_apply(
+    placeholder: int, held: int, lo: int, terms: list[int], gap: bool
+) -> None:
+    """The one-pass append does what check_append then apply_append (kvapp's path) do."""
+    start = [Entry(index=placeholder + i, term=1) for i in range(held + 1)]
+    ents = [Entry(index=lo + i, term=t) for i, t in enumerate(terms)]
+    if gap and len(ents) > 1:
+        ents[-1] = Entry(index=ents[-1].index + 1, term=ents[-1].term)
+    one, two = EntryWindow(start), EntryWindow(start)
+    assert _window_outcome(one, lambda: one.append(tuple(ents))) == _window_outcome(
+        two, lambda: two.apply_append(two.check_append(ents))
+    )
