@@ -1,28 +1,36 @@
 """kvapp against etcd 3.4, both 3 members with fsync on, on one machine in one run.
 
-The workload is bench's (``../shared/bench``): 256-byte values over 10k random keys ``key%08d``,
-1, 16, 64 and 256 requests in flight, puts, linearizable gets and serializable gets (gets on
-preloaded keys), 1 s of unmeasured warm-up per point. etcd is driven by bench's ``goload`` (etcd's
-own Go client, 4 connections balanced over the members); kvapp, which does not serve etcd's gRPC
-API yet, by ``benchmarks/kvload.py``, a closed loop on kvapp's Python native client
-(:class:`kvapp.client.AsyncClient`: a few clients spread over the members, each pipelining its
-requests over one connection), run in its own process whose CPU it reports. Server CPU is the
-members' CPU time (``/proc/<pid>/stat``) over exactly the measured window, for both.
+Two paths (``--api``), both on bench's workload (``../shared/bench``): 256-byte values over 10k
+random keys ``key%08d``, puts, linearizable gets and serializable gets (gets on preloaded keys),
+1 s of unmeasured warm-up per point.
 
-Every point starts fresh clusters (as ``bench etcd-put`` does), kvapp's and etcd's points
-alternate (which one goes first alternates too), and the whole list is repeated ``--reps``
-times, so drift on a shared machine hits both alike: the figure to quote is the median of the
-per-pair kvapp/etcd ratios. Prints the table, checks the targets of issue 11, and appends a
-dated section with a throughput-vs-in-flight plot (``docs/benchmark-kv.png``, if matplotlib is
-installed) to docs/benchmarks.md.
+- ``native`` (the default): 1, 16, 64 and 256 requests in flight. etcd is driven by bench's
+  ``goload`` (etcd's own Go client, 4 connections balanced over the members); kvapp by
+  ``benchmarks/kvload.py``, a closed loop on kvapp's Python native client
+  (:class:`kvapp.client.AsyncClient`: a few clients spread over the members, each pipelining its
+  requests over one connection), run in its own process whose CPU it reports. Checks the
+  targets of issue 11.
+- ``etcd``: 1, 64 and 256 in flight, one client for everything: goload against kvapp's etcd
+  gRPC API, against etcd, and against bench's Python gRPC ceiling server (a dict-only etcd KV
+  server); prints ratios kvapp/ceiling and kvapp/etcd and checks the targets of issue 12
+  (``benchmarks/kv_etcd.py``). ``both`` runs the two, native first.
 
-    python -m benchmarks.kv [--seconds 10] [--reps 3] [--inflight 1,16,64,256]
-                            [--ops put,get,getser] [--wait-load 1.0]
+Server CPU is the members' CPU time (``/proc/<pid>/stat``) over exactly the measured window.
+Every point starts fresh clusters, the systems of a point alternate (which one goes first
+alternates too), and the whole list is repeated ``--reps`` times, so drift on a shared machine
+hits all alike: the figure to quote is the median of the per-pair ratios. Prints the tables,
+checks the targets, and appends a dated section per path with a throughput-vs-in-flight plot
+(``docs/benchmark-kv.png``, ``docs/benchmark-kv-etcd.png``, if matplotlib is installed) to
+docs/benchmarks.md.
+
+    python -m benchmarks.kv [--api native|etcd|both] [--seconds 10] [--reps 3]
+                            [--inflight 1,16,64,256] [--ops put,get,getser] [--wait-load 1.0]
     python -m benchmarks.kv --quick          # a smoke run: 2 s per point, nothing written
+    python -m benchmarks.kv --api etcd --quick --ops put
     python -m benchmarks.kv --scale          # kvapp alone: 1M keys vs 10k, restart, RSS per key
 
 Needs the reference tools: run ``../shared/bench/setup.sh`` once (installs etcd 3.4, builds
-goload); without them the script exits with status 1 saying so.
+goload, makes the ceiling's venv); without them the script exits with status 1 saying so.
 """
 
 from __future__ import annotations
@@ -128,14 +136,17 @@ def source() -> str:
     return f"commit {head}" + (" with uncommitted changes in raftlib/ or kvapp/" if dirty else "")
 
 
-def check_tools() -> pathlib.Path:
-    """bench's front script; exits with status 1 and a clear message when a tool is missing."""
+def check_tools(*, ceiling: bool = False) -> pathlib.Path:
+    """bench's front script; exits with status 1 and a clear message when a tool is missing.
+
+    ``ceiling``: the gRPC ceiling server's venv and stubs are needed too (``--api etcd``).
+    """
     bench = BENCH_DIR / "bench"
-    missing = [
-        str(p)
-        for p in (bench, BENCH_DIR / "etcd_cluster.sh", BUILD / "bin" / "goload")
-        if not p.exists()
-    ]
+    needed = [bench, BENCH_DIR / "etcd_cluster.sh", BUILD / "bin" / "goload"]
+    if ceiling:
+        needed += [BENCH_DIR / "ceiling_server.py", BUILD / "venv" / "bin" / "python"]
+        needed.append(BUILD / "stubs")
+    missing = [str(p) for p in needed if not p.exists()]
     missing += [t for t in ("etcd", "etcdctl") if shutil.which(t) is None]
     if missing:
         sys.exit(
@@ -911,7 +922,14 @@ def wait_quiet(bench: pathlib.Path, a: argparse.Namespace) -> bool:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--inflight", default="1,16,64,256", help="comma list")
+    p.add_argument(
+        "--api",
+        choices=["native", "etcd", "both"],
+        default="native",
+        help="kvapp's native protocol (kvload) vs etcd, or goload on kvapp's etcd API vs etcd and "
+        "the Python gRPC ceiling, or both in turn",
+    )
+    p.add_argument("--inflight", help="comma list (default: 1,16,64,256 native, 1,64,256 etcd API)")
     p.add_argument("--ops", default="put,get,getser", help="comma list of put,get,getser")
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per point")
@@ -925,6 +943,11 @@ def main() -> None:
     p.add_argument("--wait-timeout", type=float, default=900.0)
     p.add_argument("--no-write", action="store_true", help="do not append to docs/benchmarks.md")
     p.add_argument("--plot", action="store_true", help="write the PNG even with --no-write")
+    p.add_argument(
+        "--ceiling-no-uvloop",
+        action="store_true",
+        help="run the gRPC ceiling on plain asyncio (kvapp's loop) instead of uvloop",
+    )
     p.add_argument("--json", help="also append every point's JSON line to this file")
     p.add_argument("--run-dir", type=pathlib.Path, default=BUILD / "run", help="data dirs here")
     p.add_argument(
@@ -939,13 +962,27 @@ def main() -> None:
     if a.quick:
         a.seconds, a.warmup, a.reps, a.no_write = 2.0, 0.5, 1, True
         a.scale_keys = min(a.scale_keys, 50_000)
-    bench = check_tools()
+    bench = check_tools(ceiling=a.api != "native" and not a.scale)
     a.run_dir.mkdir(parents=True, exist_ok=True)
     a.quiet_wait = None
     if a.wait_load > 0:
         a.quiet_wait = wait_quiet(bench, a)
+    given = a.inflight
     try:
-        scale(a) if a.scale else compare(a, bench)
+        if a.scale:
+            scale(a)
+            return
+        if a.api in ("native", "both"):
+            a.inflight = given or "1,16,64,256"
+            compare(a, bench)
+        if a.api in ("etcd", "both"):
+            from benchmarks import kv_etcd
+
+            text = kv_etcd.compare(a, bench, [int(x) for x in (given or "1,64,256").split(",")])
+            print(text)
+            if not a.no_write:
+                with a.docs_file.open("a") as f:
+                    f.write(text)
     except BenchError as e:
         sys.exit(f"benchmarks/kv.py: {e}")
     except KeyboardInterrupt:
