@@ -23,6 +23,7 @@ from typing import Final, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from kvapp.errors import (
     EtcdError,
@@ -73,6 +74,11 @@ log = logging.getLogger(__name__)
 FORWARDED_METADATA: Final = "kvapp-forwarded"
 """Metadata key marking a request a follower forwarded to the leader (never forwarded again)."""
 
+# grpc-go's texts (code INTERNAL) for a request that does not decode: a unary call's, and a
+# stream message's (etcd 3.4's gRPC server answers so; grpcio's own answer would be UNKNOWN).
+_UNMARSHAL_REQUEST: Final = "grpc: error unmarshalling request: "
+_UNMARSHAL_MESSAGE: Final = "grpc: failed to unmarshal the received message "
+
 _T = TypeVar("_T")
 _W = TypeVar("_W", bound=WriteResponse)
 
@@ -101,6 +107,8 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> N
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
         case _Remote():
             await context.abort(exc.code, exc.details)
+        case DecodeError():  # a stream's next message did not decode: the client's fault
+            await context.abort(grpc.StatusCode.INTERNAL, f"{_UNMARSHAL_MESSAGE}{exc}")
         case _:
             log.error("etcd API: internal error", exc_info=exc)
             await context.abort(grpc.StatusCode.INTERNAL, "kvapp: internal error")
@@ -227,6 +235,8 @@ def _unary(
     """Wrap a unary servicer method: any exception becomes etcd's status."""
 
     async def handler(request: _T, context: grpc.aio.ServicerContext) -> object:
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INTERNAL, f"{_UNMARSHAL_REQUEST}{request.reason}")
         try:
             return await fn(request, context)
         except asyncio.CancelledError:
@@ -246,15 +256,40 @@ def is_abort(e: BaseException) -> bool:
     return isinstance(e, grpc.aio.AbortError)
 
 
+class _Undecodable:
+    """A unary request that did not decode, for the handler to answer as grpc-go does."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _decoder(request: type[object]) -> Callable[[bytes], object]:
+    parse: Callable[[bytes], object] = request.FromString  # type: ignore[attr-defined]
+
+    def decode(data: bytes) -> object:
+        try:
+            return parse(data)
+        except DecodeError as e:  # e.g. a txn nested deeper than protobuf's depth limit
+            return _Undecodable(str(e))
+
+    return decode
+
+
 def unary_handler(
     fn: Callable[[_T, grpc.aio.ServicerContext], Awaitable[object]],
     request: type[object],
     response: type[object],
 ) -> grpc.RpcMethodHandler:
-    """A registered unary-unary handler for a servicer method."""
+    """A registered unary-unary handler for a servicer method.
+
+    A request that does not decode is answered INTERNAL "grpc: error unmarshalling request:
+    ...", as etcd's gRPC server answers it.
+    """
     return grpc.unary_unary_rpc_method_handler(
         _unary(fn),
-        request_deserializer=request.FromString,  # type: ignore[attr-defined]
+        request_deserializer=_decoder(request),
         response_serializer=response.SerializeToString,  # type: ignore[attr-defined]
     )
 

@@ -16,6 +16,11 @@ decides it; etcd's API-layer rules are applied here:
 - a watcher created with ``fragment`` gets a revision's events split over several responses
   (``fragment`` set on all but the last) when one response would exceed the request size limit
   plus gRPC overhead;
+- a flood of creates on one stream is paced: after every :data:`MAX_UNSENT_CREATES` creates,
+  the client's next request is read only once everything before it was sent (responses and
+  history to replay; etcd sets no limit on watchers per stream, and neither does kvapp, but
+  this bounds how many watchers' backlogs the member builds at once, so one stream can
+  neither grow the member's memory with them nor hold its event loop for long);
 - with the metadata ``hasleader: true`` (clientv3's ``WithRequireLeader``, which ``etcdctl
   watch`` sets) the stream fails with "etcdserver: no leader" at once when no leader is known,
   and later when none has been known for ``leader_lost_checks`` checks in a row.
@@ -37,7 +42,7 @@ from kvapp.server.etcd import convert
 from kvapp.server.etcd.services import EtcdApi, abort_with, is_abort, require_leader
 from kvapp.watch import WatchResponse, WatchStream
 
-__all__ = ["GRPC_OVERHEAD_BYTES", "WatchServicer", "fragments"]
+__all__ = ["GRPC_OVERHEAD_BYTES", "MAX_UNSENT_CREATES", "WatchServicer", "fragments"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,14 @@ GRPC_OVERHEAD_BYTES: Final = 512 * 1024
 """etcd's allowance for gRPC framing above ``--max-request-bytes``."""
 
 _BATCH: Final = 256
+
+MAX_UNSENT_CREATES: Final = 16
+"""Watch creates a stream takes before it waits for everything queued to be sent.
+
+Each watcher replaying history buffers up to the member's per-watcher bound of events at a
+time, so this bounds one stream's backlog, and the work of one pass over it, to that many
+watchers' worth.
+"""
 
 
 def fragments(resp: rpc_pb2.WatchResponse, limit: int) -> list[rpc_pb2.WatchResponse]:
@@ -151,6 +164,8 @@ class _Session:
         self.stream: WatchStream = self.api.service.open_watch_stream(self.wake.set)
         self.fragmented: set[int] = set()
         self.reader: asyncio.Task[None] | None = None
+        self.sent_all = asyncio.Event()  # set when a pass left nothing pending
+        self.unsent_creates = 0
 
     async def run(self) -> AsyncIterator[rpc_pb2.WatchResponse]:
         self.reader = asyncio.create_task(self._read())
@@ -178,6 +193,8 @@ class _Session:
                     yield part
             if self.stream.has_pending():
                 self.wake.set()
+            else:
+                self.sent_all.set()
 
     def _encode(self, resp: WatchResponse) -> list[rpc_pb2.WatchResponse]:
         h = self.api.service.header()
@@ -196,6 +213,13 @@ class _Session:
 
     async def _read(self) -> None:
         async for req in self.requests:
+            if req.WhichOneof("request_union") == "create_request":
+                if self.unsent_creates >= MAX_UNSENT_CREATES:
+                    self.sent_all.clear()
+                    if self.stream.has_pending():
+                        await self.sent_all.wait()
+                    self.unsent_creates = 0
+                self.unsent_creates += 1
             self._handle(req)
         # The client closed its side: keep sending until it cancels the call, as etcd does.
 
