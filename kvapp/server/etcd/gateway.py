@@ -459,7 +459,7 @@ class EtcdGateway:
             try:
                 try:
                     value, pos = decoder.raw_decode(text, pos)
-                except json.JSONDecodeError as e:
+                except ValueError as e:  # JSONDecodeError, or a number of over 4300 digits
                     raise GatewayError(GrpcCode.INVALID_ARGUMENT, f"invalid JSON: {e}") from None
                 except RecursionError:
                     raise GatewayError(
