@@ -258,7 +258,8 @@ def plot(s: dict[tuple[str, int], Rec], ops: Sequence[str], title: str, path: An
         msg = "matplotlib is not installed: no plot (pip install matplotlib to get one)"
         print(msg, file=sys.stderr)
         return msg
-    fig, axes = plt.subplots(1, len(ops), figsize=(4.2 * len(ops), 3.8), squeeze=False)
+    width = max(7.0, 4.2 * len(ops))  # room for the title with one panel
+    fig, axes = plt.subplots(1, len(ops), figsize=(width, 3.8), squeeze=False)
     for ax, op in zip(axes[0], ops, strict=True):
         ns = sorted(n for o, n in s if o == op)
         for system, style in zip(SYSTEMS, ("o-", "^:", "s--"), strict=True):
