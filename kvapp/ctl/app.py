@@ -2,7 +2,8 @@
 
 Exit status: 0 on success; 1 when the command failed (``Error: <message>`` on standard error,
 with etcd's own text for the errors a member answered with, and a clear message when no
-endpoint could be reached); 2 for bad arguments or txn input; 130 when interrupted.
+endpoint could be reached); 2 for bad arguments or txn input; 130 when interrupted; for
+``lock NAME -- COMMAND``, COMMAND's own.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import BinaryIO
 
 from kvapp.client import AsyncClient
 from kvapp.ctl.commands import COMMANDS, CommandError, Ctl
+from kvapp.ctl.lock import LOCK_COMMANDS
 from kvapp.ctl.output import TABLE_COMMANDS, Output, Printer, go_duration
 from kvapp.ctl.parse import (
     GlobalOptions,
@@ -87,7 +89,7 @@ async def run(
         stdin=stdin,
     )
     try:
-        return await COMMANDS[name](ctl)
+        return await (COMMANDS.get(name) or LOCK_COMMANDS[name])(ctl)
     except UsageError as e:
         err.line(f"Error: {e}")
         return 2

@@ -401,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
         "member's own state (works without a quorum)",
     )
 
+    from kvapp.ctl.lock import add_lock_parsers  # noqa: PLC0415 - it imports this module
+
+    add_lock_parsers(cmds, leaf)
+
     endpoint = leaf(cmds, "endpoint", "endpoint commands").add_subparsers(
         dest="sub", metavar="SUBCOMMAND", required=True
     )
