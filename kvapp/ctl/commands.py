@@ -422,12 +422,41 @@ async def cmd_member_promote(ctl: Ctl) -> int:
     return await _member_change(ctl, "promoted in", ctl.client.member_promote)
 
 
+async def cmd_member_update(ctl: Ctl) -> int:
+    """``member update ID --peer-urls=URLS``."""
+    if not ctl.ns.peer_urls:
+        raise UsageError("member peer urls not provided")
+    urls = [u.strip() for u in ctl.ns.peer_urls.split(",") if u.strip()]
+    return await _member_change(
+        ctl, "updated in", lambda member_id: ctl.client.member_update(member_id, urls)
+    )
+
+
 async def cmd_member_list(ctl: Ctl) -> int:
     """``member list``."""
     async with ctl.deadline():
         members = await ctl.client.member_list()
         header = await ctl.json_header()
     ctl.printer.member_list(members, header)
+    return 0
+
+
+# -- alarms ------------------------------------------------------------------------------------
+
+
+async def cmd_alarm_list(ctl: Ctl) -> int:
+    """``alarm list``."""
+    async with ctl.deadline():
+        alarms = await ctl.client.alarm_list()
+    ctl.printer.alarms(alarms)
+    return 0
+
+
+async def cmd_alarm_disarm(ctl: Ctl) -> int:
+    """``alarm disarm``: clear every raised alarm (as etcdctl: list them, clear each)."""
+    async with ctl.deadline():
+        cleared = await ctl.client.alarm_disarm()
+    ctl.printer.alarms(cleared)
     return 0
 
 
@@ -534,6 +563,9 @@ COMMANDS: Final[dict[str, Callable[[Ctl], Awaitable[int]]]] = {
     "member add": cmd_member_add,
     "member remove": cmd_member_remove,
     "member promote": cmd_member_promote,
+    "member update": cmd_member_update,
+    "alarm list": cmd_alarm_list,
+    "alarm disarm": cmd_alarm_disarm,
     "endpoint status": cmd_endpoint_status,
     "endpoint health": cmd_endpoint_health,
     "snapshot save": cmd_snapshot_save,

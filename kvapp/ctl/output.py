@@ -32,7 +32,8 @@ from kvapp.mvcc.types import (
     ResponseOp,
     TxnResponse,
 )
-from kvapp.service import MemberInfo, ResponseHeader, StatusInfo
+from kvapp.requests import AlarmMember
+from kvapp.service import MemberInfo, ResponseHeader, StatusInfo, alarm_text
 
 __all__ = [
     "TABLE_COMMANDS",
@@ -548,6 +549,25 @@ class Printer:
             self._members_json(header, members, None)
             return
         self.out.line(f"Member {member_id:16x} {what} cluster {header.cluster_id:16x}")
+
+    # -- alarms --
+
+    def alarms(self, alarms: Sequence[AlarmMember]) -> None:
+        """``alarm list`` / ``alarm disarm``: ``memberID:<id> alarm:<TYPE> `` per alarm.
+
+        In JSON, etcd 3.4's answer has no header (its server sets none, and etcdctl's disarm
+        builds its answer itself): ``{}`` when there is no alarm.
+        """
+        if self.json:
+            obj: JsonObject = {}
+            if alarms:
+                obj["alarms"] = [
+                    _omit_empty({"memberID": a.member_id, "alarm": int(a.alarm)}) for a in alarms
+                ]
+            self._json(obj)
+            return
+        for a in alarms:
+            self.out.line(alarm_text(a))
 
     # -- endpoints --
 

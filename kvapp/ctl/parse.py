@@ -387,6 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("remove", "remove a member"), ("promote", "promote a learner")):
         p = leaf(member, name, what)
         p.add_argument("member_id", type=parse_member_id, metavar="ID")
+    p = leaf(member, "update", "give a member new peer URLs")
+    p.add_argument("member_id", type=parse_member_id, metavar="ID")
+    p.add_argument("--peer-urls", default="", help="comma-separated new peer URLs of the member")
+
+    alarm = leaf(cmds, "alarm", "alarm commands").add_subparsers(
+        dest="sub", metavar="SUBCOMMAND", required=True
+    )
+    leaf(alarm, "list", "list the raised alarms")
+    leaf(alarm, "disarm", "clear every raised alarm")
 
     snapshot = leaf(cmds, "snapshot", "snapshot commands").add_subparsers(
         dest="sub", metavar="SUBCOMMAND", required=True

@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,7 +37,7 @@ import pytest
 
 from kvapp.etcdpb import rpc_pb2
 from tests.kvapp.etcd.test_etcdctl import Cluster, Ctl, Watcher
-from tests.kvapp.integration.harness import free_ports, poll
+from tests.kvapp.integration.harness import REPO_ROOT, free_ports, poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -578,3 +579,77 @@ def test_an_etcdctl_session_gives_the_same_transcript_on_kvapp_and_on_etcd(
         "lease <lease1> granted with TTL(60s), remaining(<ttl>s), attached keys([leased])",
     ]:
         assert expected in text, f"{expected!r} missing from the transcript:\n{text}"
+
+
+# -- kvctl prints what etcdctl prints: alarm list/disarm, member update ---------------------------
+
+
+def _kvctl(endpoints: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kvapp.ctl", f"--endpoints={endpoints}", *args],
+        capture_output=True, text=True, timeout=30, check=False, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+
+
+def _last_line(text: str) -> str:
+    """etcdctl logs clientv3's retry warning before its error; kvctl prints only the error."""
+    return text.strip().splitlines()[-1]
+
+
+def test_kvctl_alarm_and_member_update_print_what_etcdctl_prints(
+    binaries: tuple[str, str], kvapp_cluster: Cluster
+) -> None:
+    native = _grab(r"kvapp\.ctl --endpoints=(\S+)", kvapp_cluster.output())
+    etcdctl = Recorder(binaries[1], kvapp_cluster.grpc)
+    poll(lambda: _members(etcdctl), timeout=30, what="3 members with client URLs")
+
+    def both(*args: str) -> tuple[str, str]:
+        ours, theirs = _kvctl(native, *args), etcdctl.quiet(*args)
+        assert ours.returncode == 0, f"kvctl {' '.join(args)}: {ours.stderr}"
+        assert theirs.returncode == 0, f"etcdctl {' '.join(args)}: {theirs.stderr}"
+        return ours.stdout, theirs.stdout
+
+    assert both("alarm", "list") == ("", "")
+    assert both("alarm", "list", "-w", "json") == ("{}\n", "{}\n")
+    _raise_alarm(kvapp_cluster.grpc[0])
+    for args in [("alarm", "list"), ("alarm", "list", "-w", "json")]:
+        ours, theirs = both(*args)
+        assert ours == theirs, f"{args}: kvctl printed {ours!r}, etcdctl {theirs!r}"
+    assert both("alarm", "list")[0] == "alarm:NOSPACE \n"
+    disarmed = []
+    for program in (_kvctl, lambda _, *args: etcdctl.quiet(*args)):
+        for fmt in ("simple", "json"):
+            _raise_alarm(kvapp_cluster.grpc[0])
+            done = program(native, "alarm", "disarm", "-w", fmt)
+            assert done.returncode == 0, done.stderr
+            disarmed.append(done.stdout)
+            assert etcdctl.quiet("alarm", "list").stdout == ""
+    assert disarmed == ["alarm:NOSPACE \n", '{"alarms":[{"alarm":1}]}\n'] * 2
+
+    # member update: of a learner added for it (not started), then its errors
+    added = etcdctl.quiet("member", "add", "extra", "--learner", "--peer-urls=http://127.0.0.1:1")
+    learner = _grab(r"Member\s+(\w+) added", added.stdout)
+    try:
+        mine = _kvctl(native, "member", "update", learner, "--peer-urls=http://127.0.0.1:2")
+        etcds = etcdctl.quiet("member", "update", learner, "--peer-urls=http://127.0.0.1:3")
+        assert (mine.returncode, etcds.returncode) == (0, 0), mine.stderr + etcds.stderr
+        assert mine.stdout == etcds.stdout
+        assert re.fullmatch(rf"Member +{learner} updated in cluster +\w+\n", mine.stdout)
+        listed = etcdctl.quiet("member", "list").stdout
+        assert f"{learner}, unstarted, , http://127.0.0.1:3, , true" in listed, listed
+        members = json.loads(etcdctl.quiet("member", "list", "-w", "json").stdout)["members"]
+        other = next(m["peerURLs"][0] for m in members if m.get("name") == "m1")
+        for args, error in [
+            (("member", "update", "1234", "--peer-urls=http://127.0.0.1:4"), "member not found"),
+            (("member", "update", learner, f"--peer-urls={other}"), "Peer URLs already exists"),
+        ]:
+            mine, etcds = _kvctl(native, *args), etcdctl.quiet(*args)
+            assert (mine.returncode, etcds.returncode) == (1, 1), mine.stderr + etcds.stderr
+            assert _last_line(mine.stderr) == _last_line(etcds.stderr)
+            assert _last_line(mine.stderr) == f"Error: etcdserver: {error}"
+        assert _kvctl(native, "member", "update", learner).stderr.strip() == (
+            "Error: member peer urls not provided"
+        )
+    finally:
+        etcdctl.quiet("member", "remove", learner)
