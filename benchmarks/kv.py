@@ -158,6 +158,19 @@ def check_tools(*, ceiling: bool = False) -> pathlib.Path:
     return bench
 
 
+def etcd_version() -> str:
+    """The installed etcd's version (``3.4.23``), or ``?``."""
+    out = subprocess.run(["etcd", "--version"], check=False, capture_output=True, text=True).stdout
+    return out.split()[2] if out.startswith("etcd Version:") else "?"
+
+
+def record_point(path: str | None, rec: Rec) -> None:
+    """Append one point's JSON line to ``path`` (``--json``), if given."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
@@ -659,16 +672,11 @@ def compare(a: argparse.Namespace, bench: pathlib.Path) -> None:
                     rec = point(system, bench, op, n, a)
                     results[(op, n)][system].append(rec)
                     print(f"[rep {rep + 1}/{a.reps}] " + human(rec), file=sys.stderr, flush=True)
-                    if a.json:
-                        with open(a.json, "a") as f:
-                            f.write(json.dumps(rec) + "\n")
+                    record_point(a.json, rec)
     elapsed = time.time() - t_start
     s = summarize(results)
     loads = [r["loadavg1"] for sides in results.values() for v in sides.values() for r in v]
-    etcd_version = subprocess.run(
-        ["etcd", "--version"], check=False, capture_output=True, text=True
-    ).stdout
-    version = etcd_version.split()[2] if etcd_version.startswith("etcd Version:") else "?"
+    version = etcd_version()
     now = datetime.datetime.now(datetime.UTC)
     title = (
         f"kvapp vs etcd {version}, 3 members, fsync on, 256 B values, 10k keys; "

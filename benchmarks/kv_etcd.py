@@ -43,7 +43,9 @@ from benchmarks.kv import (
     KvappCluster,
     Rec,
     _filesystem,
+    etcd_version,
     machine,
+    record_point,
     run_etcd,
     source,
 )
@@ -301,16 +303,11 @@ def compare(a: argparse.Namespace, bench: Any, inflights: Sequence[int]) -> str:
                     rec = point(system, bench, op, n, a)
                     results[(op, n)][system].append(rec)
                     print(f"[rep {rep + 1}/{a.reps}] " + human(rec), file=sys.stderr, flush=True)
-                    if a.json:
-                        with open(a.json, "a") as f:
-                            f.write(json.dumps(rec) + "\n")
+                    record_point(a.json, rec)
     elapsed = time.time() - t_start
     s = summarize(results)
     loads = [r["loadavg1"] for sides in results.values() for v in sides.values() for r in v]
-    etcd_version = subprocess.run(
-        ["etcd", "--version"], check=False, capture_output=True, text=True
-    ).stdout
-    version = etcd_version.split()[2] if etcd_version.startswith("etcd Version:") else "?"
+    version = etcd_version()
     now = datetime.datetime.now(datetime.UTC)
     title = (
         f"kvapp's etcd API vs the Python gRPC ceiling and etcd {version}, goload; "
