@@ -335,14 +335,14 @@ def session(ctl: Recorder, alarm: Callable[[], None]) -> None:
     ctl.run("lease", "timetolive", lease, "--keys")
     ctl.run("lease", "timetolive", lease, "--keys", "-w", "json")
     second = _grab(r'"ID":(\d+)', ctl.run("lease", "grant", "120", "-w", "json").stdout)
-    ctl.run("lease", "list")
+    ctl.run("lease", "list", sort=True)  # etcd sorts by expiry: ties in map order
     ctl.run("lease", "revoke", lease)
     ctl.run("lease", "timetolive", lease)
     ctl.run("get", "leased")
     ctl.run("lease", "revoke", lease)
     ctl.run("lease", "keep-alive", "--once", lease)
     ctl.run("lease", "revoke", f"{int(second):016x}")
-    ctl.run("lease", "list")
+    ctl.run("lease", "list", sort=True)  # etcd sorts by expiry: ties in map order
 
     # -- members and endpoints
     _settle(ctl)
