@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from kvapp import gcpolicy
 from kvapp.diskspace import DEFAULT_MIN_FREE_BYTES, min_free_bytes_for
 from kvapp.node import (
     MAX_REQUEST_BYTES,
@@ -687,12 +688,25 @@ def _setup_logging(level: str, name: str) -> None:
     logging.getLogger("raftlib").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+async def _serve_process(opts: ServeOptions) -> int:
+    """:func:`serve`, freezing what startup loaded once the member serves (see gcpolicy)."""
+    ready = asyncio.Event()
+    serving = asyncio.create_task(serve(opts, ready=ready))
+    started = asyncio.create_task(ready.wait())
+    await asyncio.wait((serving, started), return_when=asyncio.FIRST_COMPLETED)
+    if ready.is_set():
+        gcpolicy.freeze_startup_state()
+    started.cancel()
+    return await serving
+
+
 def serve_main(argv: Sequence[str]) -> int:
     """``kvapp serve``."""
     try:
         opts, level = parse_serve_args(argv)
         _setup_logging(level, opts.name)
-        return asyncio.run(serve(opts))
+        gcpolicy.configure()
+        return asyncio.run(_serve_process(opts))
     except UsageError as e:
         print(f"kvapp serve: error: {e}", file=sys.stderr)
         return 2
