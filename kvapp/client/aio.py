@@ -704,7 +704,7 @@ class AsyncClient:
         candidates = [ep for ep, member in self._member_of.items() if member == leader]
         for m in members:
             if m.id == leader:
-                candidates.extend(m.client_urls)
+                candidates.extend(m.native_client_urls)
         candidates.extend(ep for ep in self.endpoints if ep not in self._member_of)
         for endpoint in dict.fromkeys(candidates):
             try:

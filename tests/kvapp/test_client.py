@@ -46,7 +46,7 @@ from kvapp.errors import (
 from kvapp.mvcc.types import Event, EventType, PutRequest, SortOrder, SortTarget
 from kvapp.requests import RequestIdExpiredError, UnknownEtcdError
 from kvapp.server.native import NativeServer
-from kvapp.service import WriteRequest
+from kvapp.service import MemberInfo, WriteRequest
 from tests.kvapp.fake_service import FakeCluster, FakeService
 
 
@@ -442,6 +442,40 @@ async def test_keep_alives_and_time_to_live_go_to_the_leader() -> None:
         still_alive: bool = ka.alive  # (a fresh name: mypy kept the narrowing from above)
         assert not still_alive
         assert ka.reason is None
+
+
+@run()
+async def test_leader_discovery_never_dials_the_leaders_grpc_urls() -> None:
+    """A member publishes its etcd gRPC URLs (``grpc+http://``) among its client URLs."""
+    dialed: list[int] = []
+
+    async def trap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        dialed.append(1)
+        writer.close()
+
+    grpc_port = await asyncio.start_server(trap, "127.0.0.1", 0)
+    try:
+        async with members(2, leader=1) as m:
+            follower, leader = m.services
+            info = m.cluster.members[leader.member_id]
+            m.cluster.members[leader.member_id] = MemberInfo(
+                info.id,
+                info.name,
+                info.peer_urls,
+                (
+                    f"grpc+http://127.0.0.1:{grpc_port.sockets[0].getsockname()[1]}",
+                    f"http://{m.endpoints[1]}",
+                ),
+            )
+            async with AsyncClient([m.endpoints[0]], request_timeout=5.0) as client:
+                grant = await client.lease_grant(5)
+                assert (await client.lease_time_to_live(grant.id)).granted_ttl == 5
+            assert "lease_time_to_live" in leader.calls
+            assert "lease_time_to_live" not in follower.calls
+    finally:
+        grpc_port.close()
+        await grpc_port.wait_closed()
+    assert dialed == [], "the client dialed the leader's gRPC URL with its native protocol"
 
 
 @run()
