@@ -144,7 +144,7 @@ class OutboundLink(FramedProtocol):
             self.accepted.set_result((False, reason))  # the dialer logs it
         else:
             logger.warning(
-                "member %d: closing link to peer %d: %s",
+                "member %x: closing link to peer %x: %s",
                 self._owner.member_id,
                 self.peer_id,
                 reason,
@@ -259,7 +259,7 @@ class InboundLink(FramedProtocol):
             self.fail(f"handshake not completed within {t}s")
 
     def _who(self) -> str:
-        return f"peer {self.peer_id} at {self.remote}" if self.accepted else self.remote
+        return f"peer {self.peer_id:x} at {self.remote}" if self.accepted else self.remote
 
     def on_raw(self, data: bytes) -> None:
         """Check the handshake: magic and version first, then cluster, sender and receiver."""
@@ -276,7 +276,7 @@ class InboundLink(FramedProtocol):
             elif version != PROTOCOL_VERSION:
                 self._refuse(
                     f"protocol version {version} is not supported "
-                    f"(member {me} speaks version {PROTOCOL_VERSION})"
+                    f"(member {me:x} speaks version {PROTOCOL_VERSION})"
                 )
             else:
                 self._prefix_seen = True
@@ -298,7 +298,7 @@ class InboundLink(FramedProtocol):
 
     def _refuse(self, reason: str) -> None:
         logger.warning(
-            "member %d: refused connection from %s: %s", self._owner.member_id, self.remote, reason
+            "member %x: refused connection from %s: %s", self._owner.member_id, self.remote, reason
         )
         if self._timer is not None:
             self._timer.cancel()
@@ -311,7 +311,7 @@ class InboundLink(FramedProtocol):
     def fail(self, reason: str) -> None:
         """The dialer broke the protocol: log, discard a partial snapshot, close."""
         logger.warning(
-            "member %d: closing connection from %s: %s", self._owner.member_id, self._who(), reason
+            "member %x: closing connection from %s: %s", self._owner.member_id, self._who(), reason
         )
         self._discard_spool()
         self.abort()
@@ -335,7 +335,7 @@ class InboundLink(FramedProtocol):
             if m.to != me or m.from_ != self.peer_id:
                 raise ProtocolViolation(
                     f"{m.type.name} message from {m.from_} to {m.to} on the link from "
-                    f"peer {self.peer_id} to member {me}"
+                    f"peer {self.peer_id:x} to member {me:x}"
                 )
         stats = self._owner._stats_of(self.peer_id)
         if stats is not None:
@@ -387,8 +387,8 @@ class InboundLink(FramedProtocol):
             raise ProtocolViolation(f"snapshot header is a {msg.type.name} message, not a SNAP")
         if msg.to != me or msg.from_ != self.peer_id:
             raise ProtocolViolation(
-                f"snapshot from {msg.from_} to {msg.to} on the link from peer {self.peer_id} "
-                f"to member {me}"
+                f"snapshot from {msg.from_:x} to {msg.to:x} on the link from peer {self.peer_id:x} "
+                f"to member {me:x}"
             )
         try:
             sink = self._owner._open_sink(msg)
@@ -420,7 +420,7 @@ class InboundLink(FramedProtocol):
             stats.snapshots_received += 1
             stats.messages_received += 1
         logger.info(
-            "member %d: received snapshot at index %d (%d bytes in %d chunks) from peer %d",
+            "member %x: received snapshot at index %d (%d bytes in %d chunks) from peer %x",
             self._owner.member_id,
             msg.snapshot.metadata.index if msg.snapshot else 0,
             total,
@@ -433,7 +433,7 @@ class InboundLink(FramedProtocol):
     def _snapshot_result(self, ok: bool, reason: str) -> None:
         if not ok:
             logger.warning(
-                "member %d: snapshot from %s failed: %s", self._owner.member_id, self._who(), reason
+                "member %x: snapshot from %s failed: %s", self._owner.member_id, self._who(), reason
             )
         self._discard_spool()
         self._snap_done = True
@@ -454,10 +454,10 @@ class InboundLink(FramedProtocol):
         me = self._owner.member_id
         pending = self.pending_bytes()
         if not self.accepted:
-            logger.info("member %d: %s closed during the handshake", me, self.remote)
+            logger.info("member %x: %s closed during the handshake", me, self.remote)
         elif pending:
             logger.warning(
-                "member %d: truncated frame from %s: connection closed inside a frame "
+                "member %x: truncated frame from %s: connection closed inside a frame "
                 "(%d bytes of it received)",
                 me,
                 self._who(),
@@ -465,7 +465,7 @@ class InboundLink(FramedProtocol):
             )
         elif self._spool is not None:
             logger.warning(
-                "member %d: snapshot from %s ended early: connection closed after %d bytes "
+                "member %x: snapshot from %s ended early: connection closed after %d bytes "
                 "in %d chunks",
                 me,
                 self._who(),
@@ -480,7 +480,7 @@ class InboundLink(FramedProtocol):
         """Discard a partial snapshot and unregister."""
         if self._spool is not None:
             logger.warning(
-                "member %d: snapshot from %s aborted: %s",
+                "member %x: snapshot from %s aborted: %s",
                 self._owner.member_id,
                 self._who(),
                 exc or "connection closed",

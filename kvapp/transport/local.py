@@ -66,7 +66,7 @@ class LocalNetwork:
             ValueError: ``member_id`` already joined.
         """
         if member_id in self._members:
-            raise ValueError(f"member {member_id} already joined this network")
+            raise ValueError(f"member {member_id:x} already joined this network")
         ep = LocalEndpoint(self, member_id, on_message, on_unreachable, on_snapshot_status)
         self._members[member_id] = ep
         return ep
@@ -208,7 +208,7 @@ class LocalEndpoint:
     def add_peer(self, member_id: int, address: tuple[str, int]) -> None:
         """Know ``member_id`` (the address is recorded, not used)."""
         if member_id == self.member_id:
-            raise ValueError(f"member {self.member_id} cannot have itself as a peer")
+            raise ValueError(f"member {self.member_id:x} cannot have itself as a peer")
         self.peers[member_id] = address
 
     def remove_peer(self, member_id: int) -> None:
@@ -248,4 +248,4 @@ class LocalEndpoint:
         try:
             fn(*args)
         except Exception:
-            logger.exception("local member %d: callback %r failed", self.member_id, fn)
+            logger.exception("local member %x: callback %r failed", self.member_id, fn)

@@ -260,13 +260,13 @@ class TcpTransport:
             ValueError: ``member_id`` is this member's own id or not a valid id.
         """
         if member_id == self.member_id or not 0 < member_id < _U64:
-            raise ValueError(f"member {self.member_id} cannot have {member_id} as a peer")
+            raise ValueError(f"member {self.member_id:x} cannot have {member_id:x} as a peer")
         address = (address[0], int(address[1]))
         peer = self._peers.get(member_id)
         if peer is not None:
             if peer.address != address:
                 logger.info(
-                    "member %d: peer %d moved to %s:%d", self.member_id, member_id, *address
+                    "member %x: peer %x moved to %s:%d", self.member_id, member_id, *address
                 )
                 peer.address = address
                 if peer.link is not None:
@@ -315,7 +315,7 @@ class TcpTransport:
             peer = self._peers.get(m.to)
             if peer is None:
                 self.dropped_unknown += 1
-                logger.debug("member %d: no peer %d; dropped %s", self.member_id, m.to, m.type)
+                logger.debug("member %x: no peer %x; dropped %s", self.member_id, m.to, m.type)
                 unreachable[m.to] = None
             elif m.type == MessageType.SNAP and m.snapshot is not None:
                 self._start_snapshot(peer, m)
@@ -342,7 +342,7 @@ class TcpTransport:
             self._acceptor = TlsAcceptor(
                 self._server_ssl,
                 factory,
-                what=f"member {self.member_id}: peer links",
+                what=f"member {self.member_id:x}: peer links",
                 handshake_timeout=self.config.handshake_timeout,
                 log=logger,
             )
@@ -357,7 +357,7 @@ class TcpTransport:
         self._address = (str(name[0]), int(name[1]))
         self._state = _State.RUNNING
         logger.info(
-            "member %d: peer transport listening on %s:%d%s",
+            "member %x: peer transport listening on %s:%d%s",
             self.member_id,
             *self._address,
             " (TLS)" if self._server_ssl is not None else "",
@@ -400,7 +400,7 @@ class TcpTransport:
             peer.connected.clear()
         self._dirty.clear()
         self._state = _State.STOPPED
-        logger.info("member %d: peer transport stopped", self.member_id)
+        logger.info("member %x: peer transport stopped", self.member_id)
 
     # -- sending --
 
@@ -412,7 +412,7 @@ class TcpTransport:
             size = message_size_bound(m)
         except _ENCODE_ERRORS as exc:
             logger.error(
-                "member %d: dropping a malformed %s to %d: %r",
+                "member %x: dropping a malformed %s to %x: %r",
                 self.member_id,
                 getattr(m, "type", "?"),
                 peer.id,
@@ -474,7 +474,7 @@ class TcpTransport:
                 except _ENCODE_ERRORS as exc:
                     peer.stats.messages_dropped += 1
                     logger.error(
-                        "member %d: dropping unencodable %s to %d: %s",
+                        "member %x: dropping unencodable %s to %x: %s",
                         self.member_id,
                         getattr(m, "type", "?"),
                         peer.id,
@@ -489,7 +489,7 @@ class TcpTransport:
         if len(payload) > self.config.max_frame_size:  # one message alone above the limit
             peer.stats.messages_dropped += len(batch)
             logger.error(
-                "member %d: dropping a %d-byte %s to %d: above the frame limit of %d",
+                "member %x: dropping a %d-byte %s to %x: above the frame limit of %d",
                 self.member_id,
                 len(payload),
                 batch[0].type.name,
@@ -517,11 +517,11 @@ class TcpTransport:
     # -- dialing --
 
     def _start_dialer(self, peer: _Peer) -> None:
-        peer.dialer = self._spawn(self._dial_loop(peer), f"dial peer {peer.id}")
+        peer.dialer = self._spawn(self._dial_loop(peer), f"dial peer {peer.id:x}")
 
     def _spawn(self, coro: Coroutine[object, object, None], name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
-            coro, name=f"kvapp.transport member {self.member_id}: {name}"
+            coro, name=f"kvapp.transport member {self.member_id:x}: {name}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -577,7 +577,7 @@ class TcpTransport:
             except Exception:
                 peer.failures += 1
                 peer.stats.dial_failures += 1
-                logger.exception("member %d: dialing peer %d failed", self.member_id, peer.id)
+                logger.exception("member %x: dialing peer %x failed", self.member_id, peer.id)
                 continue
             peer.failures = 0
             peer.last_error = ""
@@ -585,7 +585,7 @@ class TcpTransport:
             peer.stats.connects += 1
             peer.connected.set()
             logger.info(
-                "member %d: connected to peer %d at %s:%d", self.member_id, peer.id, *peer.address
+                "member %x: connected to peer %x at %s:%d", self.member_id, peer.id, *peer.address
             )
             try:
                 await link.closed
@@ -597,7 +597,7 @@ class TcpTransport:
                 link.abort()
                 if self._state is _State.RUNNING:
                     self._drop_queue(peer)
-            logger.info("member %d: link to peer %d lost", self.member_id, peer.id)
+            logger.info("member %x: link to peer %x lost", self.member_id, peer.id)
 
     def _log_dial_failure(self, peer: _Peer, exc: BaseException) -> None:
         if isinstance(exc, PeerRefused):
@@ -612,7 +612,7 @@ class TcpTransport:
         peer.last_error = error
         logger.log(
             level,
-            "member %d: peer %d at %s:%d %s; retrying with back-off",
+            "member %x: peer %x at %s:%d %s; retrying with back-off",
             self.member_id,
             peer.id,
             *peer.address,
@@ -630,7 +630,7 @@ class TcpTransport:
         if peer.snapshot is not None and not peer.snapshot.done():
             peer.stats.messages_dropped += 1
             logger.warning(
-                "member %d: a snapshot to peer %d is in flight; dropped another",
+                "member %x: a snapshot to peer %x is in flight; dropped another",
                 self.member_id,
                 peer.id,
             )
@@ -678,7 +678,7 @@ class TcpTransport:
             if not ok:
                 raise PeerRefused(f"the receiver failed it: {reason}")
             logger.info(
-                "member %d: sent snapshot at index %d (%d bytes in %d chunks) to peer %d",
+                "member %x: sent snapshot at index %d (%d bytes in %d chunks) to peer %x",
                 self.member_id,
                 m.snapshot.metadata.index,
                 total,
@@ -688,7 +688,7 @@ class TcpTransport:
         except OSError as exc:  # including timeouts, refusals and the receiver's failure
             why = f"stalled for {cfg.snapshot_timeout}s" if isinstance(exc, TimeoutError) else exc
             logger.warning(
-                "member %d: snapshot to peer %d failed after %d bytes in %d chunks: %s",
+                "member %x: snapshot to peer %x failed after %d bytes in %d chunks: %s",
                 self.member_id,
                 peer.id,
                 total,
@@ -697,7 +697,7 @@ class TcpTransport:
             )
         except Exception:
             logger.exception(
-                "member %d: snapshot to peer %d failed after %d bytes in %d chunks",
+                "member %x: snapshot to peer %x failed after %d bytes in %d chunks",
                 self.member_id,
                 peer.id,
                 total,
@@ -708,7 +708,7 @@ class TcpTransport:
                 try:
                     reader.close()
                 except Exception:
-                    logger.exception("member %d: closing a snapshot reader failed", self.member_id)
+                    logger.exception("member %x: closing a snapshot reader failed", self.member_id)
             if link is not None:
                 link.abort()
             if self._state is _State.RUNNING:
@@ -723,11 +723,11 @@ class TcpTransport:
     def _check_hello(self, kind: int, cluster: int, sender: int, receiver: int) -> str | None:
         """Why a handshake is refused, or None to accept it."""
         if cluster != self.cluster_id:
-            return f"peer {sender} belongs to cluster {cluster:#x} (we are {self.cluster_id:#x})"
+            return f"peer {sender:x} belongs to cluster {cluster:#x} (we are {self.cluster_id:#x})"
         if receiver != self.member_id:
-            return f"addressed to member {receiver} but this is member {self.member_id}"
+            return f"addressed to member {receiver:x} but this is member {self.member_id:x}"
         if sender not in self._peers:
-            return f"unknown member id {sender} (not a peer of member {self.member_id})"
+            return f"unknown member id {sender:x} (not a peer of member {self.member_id:x})"
         if kind not in (KIND_STREAM, KIND_SNAPSHOT):
             return f"unknown connection kind {kind}"
         return None
@@ -754,7 +754,7 @@ class TcpTransport:
             peer.redial.set()
         if old is not None and old is not conn:
             logger.info(
-                "member %d: a new stream from peer %d replaces the old one", self.member_id, peer.id
+                "member %x: a new stream from peer %x replaces the old one", self.member_id, peer.id
             )
             old.abort()
 
@@ -773,7 +773,7 @@ class TcpTransport:
         try:
             self._on_message(m)
         except Exception:
-            logger.exception("member %d: on_message failed for %s", self.member_id, m.type.name)
+            logger.exception("member %x: on_message failed for %s", self.member_id, m.type.name)
 
     def _report_unreachable(self, peer_id: int) -> None:
         if self._state in (_State.STOPPING, _State.STOPPED):
@@ -781,10 +781,10 @@ class TcpTransport:
         try:
             self._on_unreachable(peer_id)
         except Exception:
-            logger.exception("member %d: on_unreachable(%d) failed", self.member_id, peer_id)
+            logger.exception("member %x: on_unreachable(%d) failed", self.member_id, peer_id)
 
     def _report_snapshot(self, peer_id: int, *, ok: bool) -> None:
         try:
             self._on_snapshot_status(peer_id, ok)
         except Exception:
-            logger.exception("member %d: on_snapshot_status(%d) failed", self.member_id, peer_id)
+            logger.exception("member %x: on_snapshot_status(%d) failed", self.member_id, peer_id)
