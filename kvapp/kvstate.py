@@ -213,22 +213,10 @@ class KvState:
         store = self.store
         compact = store.compact_revision
         prefix = self._prefix
-        tail: list[KeyValue] | None = None
-        if (
-            prefix is not None
-            and prefix.lineage == self._lineage
-            and prefix.compact_revision == compact
-            and prefix.store() is store
-        ):
-            if prefix.last is None:
-                tail = list(store.snapshot_log())
-            else:
-                tail = list(store.snapshot_log(prefix.log_count - 1))
-                if tail and tail[0] is prefix.last:
-                    del tail[0]
-                else:  # cannot happen while the log is append-only; encode it all then
-                    tail = None
-        if tail is None:
+        tail = None
+        if prefix is not None and _prefix_valid(prefix, self._lineage, store):
+            tail = _log_after(prefix, store)
+        if prefix is None or tail is None:
             return StateImage(
                 revision=store.revision,
                 compact_revision=compact,
@@ -334,6 +322,30 @@ class EncodedPrefix:
     compact_revision: int
     lineage: int
     store: weakref.ref[Store] = attrs.field(eq=False, repr=False)
+
+
+def _prefix_valid(prefix: EncodedPrefix, lineage: int, store: Store) -> bool:
+    """Whether ``prefix`` still holds a prefix of ``store``'s state (the log checked aside)."""
+    return (
+        prefix.lineage == lineage
+        and prefix.compact_revision == store.compact_revision
+        and prefix.store() is store
+    )
+
+
+def _log_after(prefix: EncodedPrefix, store: Store) -> list[KeyValue] | None:
+    """The change log after ``prefix``'s records, or None if its last one is not where it was.
+
+    A second line of defence: with the checks of :func:`_prefix_valid` passed, the log has only
+    grown since the prefix was encoded.
+    """
+    if prefix.last is None:
+        return list(store.snapshot_log())
+    tail = list(store.snapshot_log(prefix.log_count - 1))
+    if not tail or tail[0] is not prefix.last:
+        return None
+    del tail[0]
+    return tail
 
 
 @attrs.frozen
