@@ -10,7 +10,8 @@ client session); after every ``--puts`` puts each takes a member snapshot the wa
 
 The two must produce identical bytes (checked). Nothing is compacted, as in the kvload
 benchmark, so the change log grows by ``--puts`` records a round. Also shown: the CPU time of
-the storage's snapshot file encoding (``encode_snapshot_file``), which is the same for both.
+saving the snapshot file (``Snapshotter.save`` without fsync, into a temporary directory),
+which is the same for both.
 CPU times are this thread's (``time.thread_time``), in milliseconds. Prints only.
 
     python -m benchmarks.snapshot [--rounds 10] [--puts 10000] [--keys 10000] [--value-size 128]
@@ -21,7 +22,9 @@ from __future__ import annotations
 import argparse
 import io
 import random
+import tempfile
 import time
+from pathlib import Path
 
 import cbor2
 
@@ -29,7 +32,7 @@ from kvapp.dedup import Applier
 from kvapp.kvstate import KvState
 from kvapp.mvcc.types import PutRequest
 from kvapp.requests import Request
-from kvapp.storage.snap import encode_snapshot_file
+from kvapp.storage.snap import Snapshotter
 from raftlib.types import ConfState, Snapshot, SnapshotMetadata
 
 MEMBERS = [[1, "m1", ["http://127.0.0.1:2380"], ["http://127.0.0.1:2379"], False]]
@@ -55,12 +58,14 @@ def member_snapshot(applier: Applier, *, keep: bool) -> tuple[bytes, float, floa
     return data, 1e3 * (t1 - t0), 1e3 * (t2 - t1)
 
 
-def file_ms(data: bytes, index: int) -> float:
-    """CPU ms of encoding ``data`` as a snapshot file."""
+def file_ms(snapshotter: Snapshotter, data: bytes, index: int) -> float:
+    """CPU ms of saving ``data`` as a snapshot file (the previous one deleted)."""
     md = SnapshotMetadata(conf_state=ConfState(voters=(1,)), index=index, term=1)
     t0 = time.thread_time()
-    encode_snapshot_file(Snapshot(data=data, metadata=md))
-    return 1e3 * (time.thread_time() - t0)
+    path = snapshotter.save(Snapshot(data=data, metadata=md))
+    elapsed = 1e3 * (time.thread_time() - t0)
+    path.unlink()
+    return elapsed
 
 
 def main() -> None:
@@ -72,6 +77,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
+    snapshotter = Snapshotter(Path(tempfile.mkdtemp(prefix="kvapp-bench-snapshot-")), fsync=False)
     rng = random.Random(args.seed)
     full, incremental = (Applier(KvState(time.monotonic, grace=1.0)) for _ in range(2))
     index = 0
@@ -81,7 +87,8 @@ def main() -> None:
         f"{'capture':>8} {'incr.':>8} {'file':>7}"
     )
     print(
-        f"{'':>5} {'records':>9} {'':>7} {'(full)':>8} {'encode':>8} {'(incr.)':>8} {'encode':>8}"
+        f"{'':>5} {'records':>9} {'':>7} {'(full)':>8} {'encode':>8} "
+        f"{'(incr.)':>8} {'encode':>8} {'save':>7}"
     )
     for r in range(1, args.rounds + 1):
         for _ in range(args.puts):
@@ -94,13 +101,14 @@ def main() -> None:
         data_incr, cap_incr, enc_incr = member_snapshot(incremental, keep=True)
         if data_full != data_incr:
             raise SystemExit(f"round {r}: incremental snapshot differs from the full one")
-        f_ms = file_ms(data_incr, index)
+        f_ms = file_ms(snapshotter, data_incr, index)
         for i, x in enumerate((cap_full, enc_full, cap_incr, enc_incr)):
             totals[i] += x
         print(
             f"{r:5d} {index:9d} {len(data_full) / 1e6:7.1f} {cap_full:8.1f} {enc_full:8.1f} "
             f"{cap_incr:8.1f} {enc_incr:8.1f} {f_ms:7.1f}"
         )
+    snapshotter.directory.rmdir()
     whole_full, whole_incr = totals[0] + totals[1], totals[2] + totals[3]
     print(
         f"total CPU ms (capture + encode): full {whole_full:.0f}, incremental {whole_incr:.0f} "
