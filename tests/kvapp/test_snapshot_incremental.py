@@ -16,7 +16,9 @@ import contextlib
 import io
 import random
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -48,6 +50,7 @@ from kvapp.mvcc import (
 from kvapp.node import Member, MemberConfig, member_snapshot_data, member_snapshot_members
 from kvapp.requests import Request
 from kvapp.service import MemberInfo
+from kvapp.snapfile import load_state, read_info
 from raftlib import ConfState, HardState, MemoryStorage, Snapshot, SnapshotMetadata
 from tests.kvapp.test_kvstate import new_state, reads
 from tests.kvapp.test_member import (
@@ -577,6 +580,20 @@ async def wait_converged(members: list[Member], at_least: int) -> None:
             await asyncio.sleep(0.01)
 
 
+async def check_snapshot_file(m: Member) -> None:
+    """A snapshot file streamed from ``m`` (its image copying a kept prefix) restores its state."""
+    assert m.kv.snapshot_image().prefix is not None
+    with tempfile.TemporaryDirectory(prefix="kvapp-test-snap-") as tmp:
+        path = Path(tmp) / "backup.snap"
+        with path.open("wb") as f:
+            async with contextlib.aclosing(m.snapshot()) as chunks:
+                async for chunk in chunks:
+                    f.write(chunk)
+        restored = Applier(new_state())
+        load_state(read_info(path), restored.restore)
+    assert restored.hash() == m.applier.hash()
+
+
 @aio
 async def test_members_snapshot_incrementally_and_one_behind_catches_up_by_snapshot() -> None:
     with chunk_size(4):
@@ -602,6 +619,7 @@ async def test_members_snapshot_incrementally_and_one_behind_catches_up_by_snaps
             assert prefix.log_count > 0
             assert prefix.data is lead._storage.snapshot().data  # the snapshot raftlib holds
             assert lead._storage.first_index() > cut_at + 1  # only a snapshot can catch up
+            await check_snapshot_file(lead)
             hub.cut.clear()
             await wait_converged(members, lead.node.applied)
             assert len({m.applier.hash() for m in members}) == 1
