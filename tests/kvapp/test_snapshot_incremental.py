@@ -457,6 +457,8 @@ def test_encoding_in_another_thread_while_the_state_changes() -> None:
                 if r < 0.05:
                     t.capture()
                     done.append(worker.submit(t.write, -1))
+                    if rng.random() < 0.5:  # else it races with what comes next
+                        done[-1].result()
                 elif r < 0.06:
                     with contextlib.suppress(EtcdError):
                         s.apply(CompactRequest(s.store.revision - rng.randrange(20)))
