@@ -74,7 +74,7 @@ from kvapp.errors import (
     RequestDecodeError,
     StateSnapshotError,
 )
-from kvapp.kvstate import KvState, StateImage
+from kvapp.kvstate import KvState, StateImage, StreamSpan
 from kvapp.lease import (
     LeaseCheckpointRequest,
     LeaseGrantRequest,
@@ -543,16 +543,28 @@ class SnapshotImage:
         self._sessions = sessions
         self._state = state
 
-    def write(self, out: IO[bytes]) -> None:
-        """Write the snapshot stream :meth:`Applier.snapshot` would have written at capture."""
+    @property
+    def state(self) -> StateImage:
+        """The key-value state's image (for :meth:`kvapp.kvstate.KvState.keep_encoded`)."""
+        return self._state
+
+    def write(self, out: IO[bytes]) -> StreamSpan:
+        """Write the snapshot stream :meth:`Applier.snapshot` would have written at capture.
+
+        Returns:
+            The KvState stream's reusable range, counted from the first byte written here.
+        """
         crc = 0
+        size = 0
         items = _section_items(self._config, self._applied, self._alarms, self._sessions)
         for item in items:
             data = cbor2.dumps(item)
             crc = zlib.crc32(data, crc)
             out.write(data)
-        out.write(cbor2.dumps(["end", len(self._sessions), crc]))
-        self._state.write(out)
+            size += len(data)
+        data = cbor2.dumps(["end", len(self._sessions), crc])
+        out.write(data)
+        return self._state.write(out).shifted(size + len(data))
 
     def to_bytes(self) -> bytes:
         """The whole snapshot as one bytes object."""

@@ -28,12 +28,24 @@ Version 1 differed only in writing 0 for "never compacted" (the store then refus
 
 Keys and values are CBOR byte strings, so the format is independent of Python. Watch state is
 local and not part of a snapshot; watchers survive a restore (see :mod:`kvapp.watch`).
+
+Incremental encoding. Between compactions the change log only grows and its records never
+change, so the bytes of the ``base`` chunks and of every *full* ``log`` chunk (:data:`_CHUNK`
+records, the chunks starting at multiples of it) are the same in the next snapshot. A caller
+that keeps a snapshot's bytes anyway (the member: Raft's storage holds them) hands them back
+with :meth:`KvState.keep_encoded`; the next :meth:`KvState.snapshot_image` then captures only
+the log records after that range, and :meth:`StateImage.write` copies the range and continues
+the trailer's hash chain (:func:`~kvapp.mvcc.store.extend_history_hash`) from where it ended.
+The stream is byte for byte what a full encoding writes. A compaction (another compacted
+revision) or a restore makes the kept range useless; the next snapshot is encoded whole.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import struct
+import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TypeAlias
@@ -53,7 +65,7 @@ from kvapp.lease import (
     Lessor,
 )
 from kvapp.mvcc import NEVER_COMPACTED
-from kvapp.mvcc.store import Store, history_hash
+from kvapp.mvcc.store import Store, extend_history_hash
 from kvapp.mvcc.types import (
     CompactRequest,
     CompactResponse,
@@ -71,8 +83,10 @@ __all__ = [
     "FORMAT_VERSION",
     "Command",
     "CommandResult",
+    "EncodedPrefix",
     "KvState",
     "StateImage",
+    "StreamSpan",
     "state_hash",
 ]
 
@@ -83,6 +97,7 @@ _HEADER_KEYS = frozenset({"format", "version", "revision", "compact_revision", "
 _TRAILER_KEYS = frozenset({"end", "base", "log", "leases", "hash"})
 _STATE = struct.Struct(">IqqQ")
 _LEASE = struct.Struct(">qqq")
+_LINEAGES = itertools.count(1)
 
 Command: TypeAlias = (
     RangeRequest
@@ -156,6 +171,9 @@ class KvState:
         self.watches = WatchHub(
             self.store, max_buffered_events=max_buffered_events, slow_watcher=slow_watcher
         )
+        # A new one after each restore: a kept prefix is reused only within its lineage.
+        self._lineage = next(_LINEAGES)
+        self._prefix: EncodedPrefix | None = None
 
     def apply(self, command: Command) -> CommandResult:
         """Apply one committed command and return its result.
@@ -188,16 +206,60 @@ class KvState:
         Cheap: it copies the change log's list of references (the key-values themselves are
         immutable) and, only if the store was compacted, the compaction base; the encoding and
         hashing, which cost time proportional to the whole state, happen in
-        :meth:`StateImage.write`, which never reads the live state.
+        :meth:`StateImage.write`, which never reads the live state. If a snapshot's bytes were
+        kept (:meth:`keep_encoded`) and still hold a prefix of this state, the image refers to
+        them and captures only the log records after them.
         """
         store = self.store
         compact = store.compact_revision
+        prefix = self._prefix
+        tail = None
+        if prefix is not None and _prefix_valid(prefix, self._lineage, store):
+            tail = _log_after(prefix, store)
+        if prefix is None or tail is None:
+            return StateImage(
+                revision=store.revision,
+                compact_revision=compact,
+                base=list(store.snapshot_base()) if compact > 0 else [],
+                log=list(store.snapshot_log()),
+                leases=self.lessor.snapshot(),
+                lineage=self._lineage,
+            )
         return StateImage(
             revision=store.revision,
             compact_revision=compact,
-            base=list(store.snapshot_base()) if compact > 0 else [],
-            log=list(store.snapshot_log()),
+            base=[],
+            log=tail,
             leases=self.lessor.snapshot(),
+            lineage=self._lineage,
+            prefix=prefix,
+        )
+
+    def keep_encoded(self, image: StateImage, data: bytes, span: StreamSpan) -> None:
+        """Let later snapshots reuse the part of ``data`` that ``image``'s stream wrote.
+
+        ``data`` holds the stream :meth:`StateImage.write` wrote for ``image`` (of this state),
+        with ``span`` (what that call returned, shifted by where the stream starts in ``data``)
+        locating its reusable range. The caller must keep ``data`` alive anyway: this keeps a
+        reference to it, not a copy, until the next call or restore.
+
+        Safe from any thread: an image taken before a restore is ignored, and
+        :meth:`snapshot_image`, on the apply loop, checks again that the range still holds a
+        prefix of the state before it uses it.
+        """
+        if image.lineage != self._lineage:
+            return
+        self._prefix = EncodedPrefix(
+            data=data,
+            start=span.start,
+            end=span.end,
+            base_count=span.base_count,
+            log_count=span.log_count,
+            crc=span.crc,
+            last=span.last,
+            compact_revision=image.compact_revision,
+            lineage=image.lineage,
+            store=weakref.ref(self.store),
         )
 
     def snapshot_bytes(self) -> bytes:
@@ -225,6 +287,8 @@ class KvState:
             raise StateSnapshotError(f"bad state snapshot: {e}") from e
         if src.read(1):
             raise StateSnapshotError("bad state snapshot: data after the trailer")
+        self._lineage = next(_LINEAGES)
+        self._prefix = None
         self.store.replace_state(fresh)
         self.lessor.restore(leases)
 
@@ -238,25 +302,105 @@ class KvState:
 
 
 @attrs.frozen
+class EncodedPrefix:
+    """A range of a snapshot's bytes that later snapshots of the same state may copy.
+
+    ``data[start:end]`` holds the ``base`` chunks (``base_count`` records) and the first
+    ``log_count`` change-log records in full chunks, as :meth:`StateImage.write` encodes them;
+    ``crc`` is the history hash chain after those records and ``last`` the last of the log
+    records (None if none), which :meth:`KvState.snapshot_image` checks by identity. Valid
+    while the store it came from (``store``, ``lineage``) keeps ``compact_revision``.
+    """
+
+    data: bytes = attrs.field(repr=lambda d: f"<{len(d)} bytes>")
+    start: int
+    end: int
+    base_count: int
+    log_count: int
+    crc: int
+    last: KeyValue | None
+    compact_revision: int
+    lineage: int
+    store: weakref.ref[Store] = attrs.field(eq=False, repr=False)
+
+
+def _prefix_valid(prefix: EncodedPrefix, lineage: int, store: Store) -> bool:
+    """Whether ``prefix`` still holds a prefix of ``store``'s state (the log checked aside)."""
+    return (
+        prefix.lineage == lineage
+        and prefix.compact_revision == store.compact_revision
+        and prefix.store() is store
+    )
+
+
+def _log_after(prefix: EncodedPrefix, store: Store) -> list[KeyValue] | None:
+    """The change log after ``prefix``'s records, or None if its last one is not where it was.
+
+    A second line of defence: with the checks of :func:`_prefix_valid` passed, the log has only
+    grown since the prefix was encoded.
+    """
+    if prefix.last is None:
+        return list(store.snapshot_log())
+    tail = list(store.snapshot_log(prefix.log_count - 1))
+    if not tail or tail[0] is not prefix.last:
+        return None
+    del tail[0]
+    return tail
+
+
+@attrs.frozen
+class StreamSpan:
+    """What :meth:`StateImage.write` wrote that a later snapshot may copy.
+
+    Bytes ``start`` to ``end`` of the stream (counted from its first byte) hold the ``base``
+    chunks and full ``log`` chunks: ``base_count`` and ``log_count`` records, the last log
+    record being ``last``; ``crc`` is the history hash chain over them.
+    """
+
+    start: int
+    end: int
+    base_count: int
+    log_count: int
+    crc: int
+    last: KeyValue | None
+
+    def shifted(self, offset: int) -> StreamSpan:
+        """The same span, for a stream that starts ``offset`` bytes into a larger buffer."""
+        return attrs.evolve(self, start=self.start + offset, end=self.end + offset)
+
+
+@attrs.frozen
 class StateImage:
-    """What :meth:`KvState.snapshot_image` captured; :meth:`write` encodes it."""
+    """What :meth:`KvState.snapshot_image` captured; :meth:`write` encodes it.
+
+    With a ``prefix``, ``base`` is empty and ``log`` holds only the change-log records after
+    the prefix's; the state is the prefix's records followed by ``log``.
+    """
 
     revision: int
     compact_revision: int
     base: list[KeyValue]
     log: list[KeyValue]
     leases: LeaseSnapshot
+    lineage: int = 0
+    prefix: EncodedPrefix | None = None
 
     def hash(self) -> int:
         """:func:`state_hash` of the captured state."""
-        crc = history_hash(self.base, self.log, self.compact_revision, self.revision)
+        prefix = self.prefix
+        crc = extend_history_hash(0, self.base) if prefix is None else prefix.crc
+        crc = extend_history_hash(crc, self.log)
         return _state_crc(crc, self.revision, self.compact_revision, self.leases)
 
-    def write(self, out: IO[bytes]) -> None:
-        """Write the snapshot stream (see the module doc) of the captured state to ``out``."""
+    def write(self, out: IO[bytes]) -> StreamSpan:
+        """Write the snapshot stream (see the module doc) of the captured state to ``out``.
+
+        Returns:
+            Where the stream's reusable range is (see :meth:`KvState.keep_encoded`).
+        """
         leases = self.leases
-        enc = cbor2.CBOREncoder(out)
-        enc.encode(
+        sink = _Sink(out)
+        sink.put(
             {
                 "format": FORMAT,
                 "version": FORMAT_VERSION,
@@ -265,31 +409,72 @@ class StateImage:
                 "next_lease_id": leases.next_id,
             }
         )
+        start = sink.size
+        prefix = self.prefix
+        if prefix is None:
+            base = len(self.base)
+            crc = extend_history_hash(0, self.base)
+            _write_chunks(sink, "base", map(_record, self.base))
+            logged, last = 0, None
+        else:
+            base, crc, logged, last = prefix.base_count, prefix.crc, prefix.log_count, prefix.last
+            sink.write(memoryview(prefix.data)[prefix.start : prefix.end])
+        log = self.log
+        full = len(log) - len(log) % _CHUNK
+        for i in range(0, full, _CHUNK):
+            chunk = log[i : i + _CHUNK]
+            sink.put(["log", [_record(kv) for kv in chunk]])
+            crc = extend_history_hash(crc, chunk)
+        span = StreamSpan(
+            start, sink.size, base, logged + full, crc, log[full - 1] if full else last
+        )
+        if full < len(log):
+            sink.put(["log", [_record(kv) for kv in log[full:]]])
+            crc = extend_history_hash(crc, log[full:])
         counts = {
-            "base": _write_chunks(enc, "base", map(_record, self.base)),
-            "log": _write_chunks(enc, "log", map(_record, self.log)),
+            "base": base,
+            "log": logged + len(log),
             "leases": _write_chunks(
-                enc, "leases", ([r.id, r.ttl, r.remaining_ms] for r in leases.leases)
+                sink, "leases", ([r.id, r.ttl, r.remaining_ms] for r in leases.leases)
             ),
         }
-        enc.encode({"end": True, **counts, "hash": self.hash()})
+        state = _state_crc(crc, self.revision, self.compact_revision, leases)
+        sink.put({"end": True, **counts, "hash": state})
+        return span
+
+
+class _Sink:
+    """Writes CBOR items to a file-like object, counting the bytes."""
+
+    __slots__ = ("_out", "size")
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self.size = 0
+
+    def put(self, item: object) -> None:
+        self.write(cbor2.dumps(item))
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._out.write(data)
+        self.size += len(data)
 
 
 def _record(kv: KeyValue) -> list[object]:
     return [kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease]
 
 
-def _write_chunks(enc: cbor2.CBOREncoder, tag: str, records: Iterable[list[object]]) -> int:
+def _write_chunks(sink: _Sink, tag: str, records: Iterable[list[object]]) -> int:
     count = 0
     chunk: list[list[object]] = []
     for record in records:
         chunk.append(record)
         if len(chunk) == _CHUNK:
-            enc.encode([tag, chunk])
+            sink.put([tag, chunk])
             count += len(chunk)
             chunk = []
     if chunk:
-        enc.encode([tag, chunk])
+        sink.put([tag, chunk])
         count += len(chunk)
     return count
 

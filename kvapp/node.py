@@ -29,6 +29,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import io
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Sequence
@@ -130,8 +131,11 @@ VERSION = "0.1.0"
 MAX_REQUEST_BYTES = 1_572_864
 """etcd's default ``--max-request-bytes`` (1.5 MiB)."""
 
+# A Raft snapshot's data. Version 2: the CBOR item [format, 2, members] followed by the applier's
+# stream (kvapp.dedup), written once into one buffer so that the next snapshot can copy its
+# unchanged part (KvState.keep_encoded). Version 1 (still read): [format, 1, members, stream].
 _SNAPSHOT_FORMAT = "kvapp.member"
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
 _RESULT_CAP = 65_536
 _SNAPSHOT_CHUNK = 1 << 20
 _SNAPSHOT_QUEUE = 4
@@ -894,24 +898,29 @@ class Member:
         self._network.add_peer(m.id, addr)
 
     def _snapshot(self) -> Callable[[], bytes]:
-        """Capture the state on the loop; raftlib's Node encodes it in its snapshot thread."""
+        """Capture the state on the loop; raftlib's Node encodes it in its snapshot thread.
+
+        The bytes produced are the Raft snapshot's data, which raftlib's storage keeps; the
+        KvState keeps a reference to them so the next snapshot copies their unchanged part.
+        """
         members = [_member_to_list(m) for m in self.member_list()]
         image = self.applier.snapshot_image()
+        kv = self.kv
 
         def encode() -> bytes:
-            return cbor2.dumps([_SNAPSHOT_FORMAT, _SNAPSHOT_VERSION, members, image.to_bytes()])
+            head = cbor2.dumps([_SNAPSHOT_FORMAT, _SNAPSHOT_VERSION, members])
+            buf = io.BytesIO()
+            buf.write(head)
+            span = image.write(buf)
+            data = buf.getvalue()
+            kv.keep_encoded(image.state, data, span.shifted(len(head)))
+            return data
 
         return encode
 
     def _restore(self, data: bytes) -> None:
-        try:
-            fmt, version, members, state = cbor2.loads(data)
-            parsed = [_member_from_list(x) for x in members]
-        except (cbor2.CBORDecodeError, ValueError, TypeError, KvappError) as e:
-            raise KvappError(f"bad member snapshot: {e}") from e
-        if fmt != _SNAPSHOT_FORMAT or version != _SNAPSHOT_VERSION:
-            raise KvappError(f"bad member snapshot: format {fmt!r} version {version!r}")
-        self.applier.restore_bytes(state)
+        parsed, state = _read_member_snapshot(data)
+        self.applier.restore(state)
         table = {m.id: m for m in parsed}
         for gone in set(self._members) - set(table):
             if gone != self.id:
@@ -1064,20 +1073,38 @@ def member_snapshot_data(members: Iterable[MemberInfo], state: bytes) -> bytes:
         state: the replicated state (what :meth:`kvapp.dedup.Applier.snapshot` writes).
     """
     table = [_member_to_list(m) for m in members]
-    return cbor2.dumps([_SNAPSHOT_FORMAT, _SNAPSHOT_VERSION, table, state])
+    return cbor2.dumps([_SNAPSHOT_FORMAT, _SNAPSHOT_VERSION, table]) + state
 
 
 def member_snapshot_members(data: bytes) -> list[MemberInfo]:
-    """The member table of a Raft snapshot's data that :class:`Member` wrote.
+    """The member table of a Raft snapshot's data that :class:`Member` wrote (any version).
 
     Raises:
         KvappError: ``data`` is not such a snapshot.
     """
+    return _read_member_snapshot(data)[0]
+
+
+def _read_member_snapshot(data: bytes) -> tuple[list[MemberInfo], io.BytesIO]:
+    """The member table of a Raft snapshot's data, and the applier stream, unread.
+
+    Raises:
+        KvappError: ``data`` is not a member snapshot of version 1 or 2 (the stream itself is
+            checked when the applier restores it).
+    """
+    src = io.BytesIO(data)
     try:
-        fmt, version, members, _ = cbor2.loads(data)
-        if fmt != _SNAPSHOT_FORMAT or version != _SNAPSHOT_VERSION:
+        head = cbor2.CBORDecoder(src).decode()
+        if not isinstance(head, list) or len(head) not in (3, 4):
+            raise KvappError("not a [format, version, members, ...] array")
+        fmt, version, members, *rest = head
+        if fmt != _SNAPSHOT_FORMAT or (version, len(head)) not in ((1, 4), (2, 3)):
             raise KvappError(f"format {fmt!r:.40} version {version!r:.10}")
-        return [_member_from_list(x) for x in members]
+        if version == 1:
+            if not isinstance(rest[0], bytes):
+                raise KvappError("version 1 state is not a byte string")
+            src = io.BytesIO(rest[0])
+        return [_member_from_list(x) for x in members], src
     except (cbor2.CBORDecodeError, ValueError, TypeError, KvappError) as e:
         raise KvappError(f"bad member snapshot: {e}") from e
 

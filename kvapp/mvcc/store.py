@@ -63,6 +63,7 @@ watch hub is one.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from bisect import bisect_left, bisect_right
@@ -110,7 +111,7 @@ from kvapp.mvcc.validate import (
     check_txn,
 )
 
-__all__ = ["Store", "StoreListener", "history_hash"]
+__all__ = ["Store", "StoreListener", "extend_history_hash", "history_hash"]
 
 _HASH_HEADER = struct.Struct(">qqqqQQ")
 
@@ -494,9 +495,13 @@ class Store:
         """
         return self._index.at_or_below(self._compact_rev)
 
-    def snapshot_log(self) -> Iterator[KeyValue]:
-        """The change log: every change from the compacted revision on, in revision order."""
-        return iter(self._log)
+    def snapshot_log(self, start: int = 0) -> Iterator[KeyValue]:
+        """The change log: every change from the compacted revision on, in revision order.
+
+        From its ``start``-th record on; a ``start`` above 0 iterates over a copy of that tail,
+        so it may be held while the store changes.
+        """
+        return iter(self._log[start:]) if start else iter(self._log)
 
     @classmethod
     def from_snapshot(
@@ -839,13 +844,19 @@ def history_hash(
     ``base`` is :meth:`Store.snapshot_base`, ``log`` the change log (:meth:`Store.snapshot_log`
     as a list); only the log's changes from ``compact_revision`` up to ``revision`` count.
     """
-    crc = 0
-    for kv in base:
-        crc = _crc_kv(kv, crc)
     start = bisect_left(log, compact_revision, key=_mod)
     end = bisect_right(log, revision, lo=start, key=_mod)
-    for i in range(start, end):
-        crc = _crc_kv(log[i], crc)
+    return extend_history_hash(extend_history_hash(0, base), itertools.islice(log, start, end))
+
+
+def extend_history_hash(crc: int, kvs: Iterable[KeyValue]) -> int:
+    """Continue :func:`history_hash`'s CRC chain ``crc`` over ``kvs``, in order.
+
+    The chain is sequential: the hash of records ``a + b`` is ``extend_history_hash(
+    extend_history_hash(0, a), b)``, so a snapshot can resume from the CRC it had reached.
+    """
+    for kv in kvs:
+        crc = _crc_kv(kv, crc)
     return crc
 
 

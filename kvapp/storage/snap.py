@@ -82,10 +82,34 @@ def _parse_name(path: Path) -> SnapshotFile | None:
 
 def encode_snapshot_file(snapshot: Snapshot) -> bytes:
     """The file content for ``snapshot`` (see the module docstring)."""
-    payload = cbor2.dumps(snapshot_to_array(snapshot))
-    head = _MAGIC + _LEN.pack(len(payload))
-    crc = zlib.crc32(payload, zlib.crc32(head))
-    return b"".join((head, payload, _CRC.pack(crc)))
+    return b"".join(_file_parts(snapshot))
+
+
+def _file_parts(snapshot: Snapshot) -> tuple[bytes, ...]:
+    """:func:`encode_snapshot_file`'s content in pieces, the snapshot's data not copied.
+
+    The payload is the CBOR array of :func:`raftlib.codec.snapshot_to_array`, with the data's
+    byte string written as cbor2 writes it (the shortest length head), so that the (possibly
+    large) data is neither copied into an encoder's buffer nor joined with the rest.
+    """
+    data = bytes(snapshot.data)  # the same object if it is bytes
+    meta = cbor2.dumps(snapshot_to_array(snapshot)[1])
+    opening = b"\x82" + _byte_string_head(len(data))
+    head = _MAGIC + _LEN.pack(len(opening) + len(data) + len(meta))
+    crc = zlib.crc32(head)
+    for part in (opening, data, meta):
+        crc = zlib.crc32(part, crc)
+    return head, opening, data, meta, _CRC.pack(crc)
+
+
+def _byte_string_head(n: int) -> bytes:
+    """The CBOR head of a byte string of ``n`` bytes (major type 2, shortest length form)."""
+    if n < 24:
+        return bytes((0x40 | n,))
+    for marker, size in ((0x58, 1), (0x59, 2), (0x5A, 4), (0x5B, 8)):
+        if n < 1 << (8 * size):
+            return bytes((marker,)) + n.to_bytes(size, "big")
+    raise ValueError(f"a byte string of {n} bytes is too long for CBOR")
 
 
 def decode_snapshot_file(data: bytes, path: Path, *, term: int, index: int) -> Snapshot:
@@ -151,7 +175,7 @@ class Snapshotter:
         """
         md = snapshot.metadata
         path = self.path_for(md.term, md.index)
-        write_file_atomic(path, encode_snapshot_file(snapshot), fsync=self._fsync)
+        write_file_atomic(path, *_file_parts(snapshot), fsync=self._fsync)
         logger.info(
             "saved snapshot at index %d term %d (%d bytes) to %s",
             md.index,
