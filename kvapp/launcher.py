@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import logging
+import random
 import secrets
 import signal
 import socket
@@ -30,7 +31,7 @@ from kvapp.tls import ClientTls, TlsConfigError, make_local_pki
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalMember", "plan_cluster", "run_local_cluster"]
+__all__ = ["LocalMember", "free_ports", "plan_cluster", "run_local_cluster"]
 
 _STOP_GRACE = 10.0
 
@@ -71,7 +72,54 @@ class LocalMember:
         return "https" if self.tls else "http"
 
 
-def _free_ports(n: int) -> list[int]:
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10_000
+_PORT_TRIES = 1_000
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports on 127.0.0.1 that nothing listens on now, for servers to bind.
+
+    Chosen below the kernel's ephemeral range when there is room there (Linux's default is
+    32768-60999): a port the kernel hands out for ``bind(port 0)`` comes from that range, from
+    which it also takes the local port of every outgoing connection, so between this check and
+    the server's bind a client connection could take it and the server would fail to start.
+    Elsewhere (no such room, or no Linux range to read) the kernel picks, as for ``bind(0)``.
+    """
+    low = _ephemeral_low()
+    if low is None or low - _LOWEST_PORT < 100 * n:
+        return _kernel_ports(n)
+    rng = random.Random()
+    ports: list[int] = []
+    for _ in range(_PORT_TRIES):
+        if len(ports) == n:
+            break
+        port = rng.randrange(_LOWEST_PORT, low)
+        if port not in ports and _bindable(port):
+            ports.append(port)
+    return ports if len(ports) == n else _kernel_ports(n)
+
+
+def _ephemeral_low() -> int | None:
+    try:
+        low = int(_EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return low
+
+
+def _bindable(port: int) -> bool:
+    """Whether a server can bind ``port`` now (with SO_REUSEADDR, as asyncio's servers do)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _kernel_ports(n: int) -> list[int]:
     socks = []
     try:
         for _ in range(n):
@@ -108,7 +156,7 @@ def plan_cluster(
         if all(m.grpc_port and m.http_port for m in members):
             return str(data["token"]), members
         # A plan from before the etcd API or its gateway: give each member the ports it lacks.
-        extra = iter(_free_ports(2 * len(members)))
+        extra = iter(free_ports(2 * len(members)))
         members = [
             attrs.evolve(
                 m, grpc_port=m.grpc_port or next(extra), http_port=m.http_port or next(extra)
@@ -118,7 +166,7 @@ def plan_cluster(
         token = str(data["token"])
     else:
         n = 4 * size
-        ports = list(range(base_port, base_port + n)) if base_port else _free_ports(n)
+        ports = list(range(base_port, base_port + n)) if base_port else free_ports(n)
         members = []
         for i in range(size):
             peer, client, grpc_port, http_port = ports[4 * i : 4 * i + 4]

@@ -32,24 +32,12 @@ from kvapp.cli import main as kvapp_main
 from kvapp.ctl import run
 from kvapp.ctl.output import go_duration, go_quote, render_table
 from kvapp.ctl.parse import UsageError, argify, go_unquote, parse_compare, parse_duration
+from kvapp.launcher import free_ports
 from kvapp.mvcc.types import CompareResult, CompareTarget
 
 CTL = [sys.executable, "-m", "kvapp.ctl"]
 TIMEOUT = 30.0
 LEADER_DEADLINE = 30.0
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @attrs.frozen

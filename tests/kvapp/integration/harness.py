@@ -27,6 +27,7 @@ import attrs
 
 from kvapp.client import Client, ClientError, OutcomeUnknown
 from kvapp.errors import EtcdError
+from kvapp.launcher import free_ports
 from kvapp.node import cluster_id_for, member_id_for
 from kvapp.service import StatusInfo
 
@@ -48,20 +49,6 @@ _T = TypeVar("_T")
 
 STOP_GRACE = 15.0
 """Seconds a SIGTERMed member may take to exit before the harness kills it."""
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (bound to port 0, then released)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def poll(
