@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+
+from kvapp import launcher
+from kvapp.launcher import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -121,3 +125,23 @@ def test_kvapp_cluster_serves_the_readme_snippet_and_stops_on_ctrl_c(tmp_path: P
             proc.kill()
             proc.wait()
         out.close()
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
+    ports = free_ports(8)
+    assert len(set(ports)) == 8
+    low = launcher._ephemeral_low()
+    if low is not None and low >= 20_000:
+        assert all(launcher._LOWEST_PORT <= p < low for p in ports), ports
+    for p in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
+
+
+def test_free_ports_fall_back_to_the_kernels_choice_without_a_range(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(launcher, "_ephemeral_low", lambda: None)
+    ports = free_ports(3)
+    assert len(set(ports)) == 3
+    assert all(p > 0 for p in ports)
