@@ -4,15 +4,16 @@ The member is where the client protocols, Raft and the state machine meet (DESIG
 calls a :class:`~kvapp.service.KvService` method; writes are encoded as one
 :class:`~kvapp.requests.Request` each and proposed; every member applies committed requests to
 its :class:`~kvapp.kvstate.KvState` in log order (deduplicating retried writes); the proposer's
-waiter gets the result its own member computed.
+waiter gets the result its own member computed. Reads are served locally after a ReadIndex
+barrier that many reads share (one heartbeat round per batch, as etcd's linearizable read loop
+does).
 
 Client writes that arrive in the same event-loop turn are proposed as one entry, a
 :class:`~kvapp.requests.RequestBatch` (up to 512 requests or 1 MiB), so Raft's per-entry costs
 are paid once per batch; every member applies its requests in order at the entry's index, each
 with its own dedup and its own result or error, which the proposer hands to that write's caller.
 A lone write is proposed as a plain request entry. The member's own proposals (alarms, lease
-revokes and checkpoints) are not batched: they are few, and keep their plain entries. Reads are served locally after a ReadIndex barrier that
-many reads share (one heartbeat round per batch, as etcd's linearizable read loop does).
+revokes and checkpoints) are not batched: they are few, and keep their plain entries.
 
 Seams, so whole clusters can run under simulation later: the member takes its storage (raftlib's
 ``NodeStorage``: kvapp's ``RaftStore`` or ``MemoryStorage``), its peer network (anything with
