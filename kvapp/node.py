@@ -306,6 +306,10 @@ class Member:
         self._results: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._renewals: list[tuple[int, int, asyncio.Future[None]]] = []
         self._open_batch: _WriteBatch | None = None
+        self.writes_proposed = 0
+        """Client writes this member proposed (each counted once, however it ended)."""
+        self.write_entries_proposed = 0
+        """Log entries those writes went out in (fewer than the writes when batched)."""
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self._barrier_next: asyncio.Future[None] | None = None
         self._barrier_task: asyncio.Task[None] | None = None
@@ -381,6 +385,12 @@ class Member:
             side.cancel()
         await self.node.stop()
         self.kv.lessor.demote()
+        logger.info(
+            "%s: stopped; proposed %d client writes in %d entries",
+            self.config.name,
+            self.writes_proposed,
+            self.write_entries_proposed,
+        )
 
     async def transfer_leadership_away(self) -> None:
         """If leading, hand leadership to the most up-to-date voter (bounded wait)."""
@@ -741,6 +751,8 @@ class Member:
             self._open_batch = None
         waiters = batch.waiters
         data = batch.data[0] if len(batch.data) == 1 else kvreq.encode_batch(batch.data)
+        self.writes_proposed += len(waiters)
+        self.write_entries_proposed += 1
         try:
             index = await self.node.propose(data)
         except _PROPOSAL_ERRORS as e:

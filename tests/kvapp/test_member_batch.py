@@ -49,10 +49,12 @@ async def test_writes_of_one_turn_become_one_entry_with_a_result_each() -> None:
         follower = next(m for m in members if m is not lead)
         for m, tag in ((lead, b"L"), (follower, b"F")):
             before = len(client_entries(lead))
+            counts = m.writes_proposed, m.write_entries_proposed
             puts = [PutRequest(tag + b"%d" % i, b"v%d" % i) for i in range(10)]
             results = await asyncio.gather(*(m.write(p) for p in puts))
             entries = client_entries(lead)[before:]
             assert entries == [RequestBatch(tuple(Request(0, 0, p) for p in puts))], tag
+            assert (m.writes_proposed, m.write_entries_proposed) == (counts[0] + 10, counts[1] + 1)
             revisions = [r.revision for r in results]
             assert revisions == list(range(revisions[0], revisions[0] + 10))
             for p, rev in zip(puts, revisions, strict=True):
