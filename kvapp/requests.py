@@ -1090,10 +1090,12 @@ def encode_batch(encoded: Sequence[bytes]) -> bytes:
     """One log entry carrying several requests: ``encoded`` spliced in, not re-encoded.
 
     Args:
-        encoded: at least one request, each exactly as :func:`encode_request` returned it.
+        encoded: at least one request, each exactly as :func:`encode_request` returned it
+            (trusted: only its first two bytes are checked, so the proposer encodes and checks
+            each request once).
 
     Raises:
-        ValueError: ``encoded`` is empty or an item is not an encoded request.
+        ValueError: ``encoded`` is empty or an item does not start as an encoded request.
     """
     if not encoded:
         raise ValueError("cannot encode an empty batch")

@@ -14,6 +14,7 @@ from kvapp.mvcc import PutRequest
 from kvapp.requests import (
     BATCH_VERSION,
     FORMAT_VERSION,
+    MAX_TXN_DEPTH,
     Request,
     RequestBatch,
     decode_entry,
@@ -21,7 +22,7 @@ from kvapp.requests import (
     encode_batch,
     encode_request,
 )
-from tests.kvapp.test_requests import cbor_values, requests
+from tests.kvapp.test_requests import _nested_txn, cbor_values, requests
 
 batches = st.lists(requests, min_size=1, max_size=6)
 
@@ -152,3 +153,9 @@ def test_deeply_nested_cbor_in_a_batch_is_refused() -> None:
         deep = [deep]
     with pytest.raises(RequestDecodeError):
         decode_entry(cbor2.dumps([BATCH_VERSION, [PUT, deep]]))
+
+
+def test_a_batch_carries_txns_nested_to_the_limit() -> None:
+    deepest = Request(3, 1, _nested_txn(MAX_TXN_DEPTH))
+    data = encode_batch([encode_request(deepest)] * 2)
+    assert decode_entry(data) == RequestBatch((deepest, deepest))
