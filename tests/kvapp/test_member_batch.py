@@ -130,21 +130,23 @@ async def test_one_failing_request_in_a_batch_does_not_fail_the_others() -> None
 async def test_retries_inside_a_batch_are_applied_once() -> None:
     _, members, _ = await start_cluster()
     try:
-        first = await members[1].write(PutRequest(b"k", b"a"), client_id=7, request_id=1)
+        lead = leader_of(members)
+        follower = next(m for m in members if m is not lead)  # its batch is forwarded
+        first = await lead.write(PutRequest(b"k", b"a"), client_id=7, request_id=1)
         failed = await gather_outcomes(
-            members[2].write(PutRequest(b"j", ignore_value=True), client_id=7, request_id=2)
+            follower.write(PutRequest(b"j", ignore_value=True), client_id=7, request_id=2)
         )
         assert isinstance(failed[0], KeyNotFoundError)
-        before = len(client_entries(members[2]))
+        before = len(client_entries(follower))
         got = await gather_outcomes(
-            members[2].write(PutRequest(b"k", b"a"), client_id=7, request_id=1),  # a retry
-            members[2].write(PutRequest(b"j", ignore_value=True), client_id=7, request_id=2),
-            members[2].write(PutRequest(b"k", b"b"), client_id=7, request_id=3),
-            members[2].write(PutRequest(b"n", b"c"), client_id=8, request_id=1),
-            members[2].write(PutRequest(b"n", b"c"), client_id=8, request_id=1),  # same batch
+            follower.write(PutRequest(b"k", b"a"), client_id=7, request_id=1),  # a retry
+            follower.write(PutRequest(b"j", ignore_value=True), client_id=7, request_id=2),
+            follower.write(PutRequest(b"k", b"b"), client_id=7, request_id=3),
+            follower.write(PutRequest(b"n", b"c"), client_id=8, request_id=1),
+            follower.write(PutRequest(b"n", b"c"), client_id=8, request_id=1),  # same batch
         )
-        await members[2].range(RangeRequest(b"\0"))
-        entries = client_entries(members[2])[before:]
+        await follower.range(RangeRequest(b"\0"))
+        entries = client_entries(follower)[before:]
         assert [len(e.requests) for e in entries if isinstance(e, RequestBatch)] == [5]
         assert got[0] == first
         assert isinstance(got[1], KeyNotFoundError)
