@@ -1,6 +1,7 @@
 """Applying replicated requests exactly once: the :class:`Applier`.
 
-Every member feeds each committed :class:`~kvapp.requests.Request` to :meth:`Applier.apply`,
+Every member feeds each committed :class:`~kvapp.requests.Request` to :meth:`Applier.apply`
+(the requests of a batch entry to :meth:`Applier.apply_batch`, all at the entry's index),
 which applies its body to the :class:`~kvapp.kvstate.KvState` (or to the alarm table, or
 through the member layer's handler) and returns the result. On top of that it remembers
 recent results per client, so that a write retried after a lost reply is applied once and the
@@ -48,7 +49,8 @@ and the whole replicated state still restores atomically. The section is CBOR it
 
 1. a header ``["kvapp.applier", 1, window, idle_entries, max_clients, applied_index,
    [[member_id, alarm]...]]`` (alarms sorted);
-2. ``["sessions", [session...]]`` chunks, sessions from least to most recently active, each
+2. ``["sessions", [session...]]`` chunks, sessions from least to most recently active (sessions
+   last active in the same batch entry share a last index), each
    ``[client_id, last_index, high, [[request_id, result]...]]`` with results sorted by id and
    written as :func:`kvapp.requests.response_to_array` forms;
 3. a trailer ``["end", session_count, crc]``, the CRC-32 of the header and chunks.
@@ -62,7 +64,7 @@ from __future__ import annotations
 import io
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Final, TypeAlias
 
 import cbor2
@@ -292,10 +294,36 @@ class Applier:
                 entries are applied once, in order).
             RuntimeError: a membership request, and no member handler.
         """
+        self._advance(index)
+        return self._apply_one(request, index)
+
+    def apply_batch(self, requests: Sequence[Request], index: int) -> list[Result | EtcdError]:
+        """Apply the requests of one batch entry at ``index``, in order; return each outcome.
+
+        Each request is applied (and deduplicated) exactly as :meth:`apply` would apply it
+        alone, except that all share ``index``: a request that fails gets its error in its
+        place in the list and the others still apply.
+
+        Raises:
+            ValueError: ``index`` is not above the last index applied.
+            RuntimeError: a membership request, and no member handler.
+        """
+        self._advance(index)
+        outcomes: list[Result | EtcdError] = []
+        for request in requests:
+            try:
+                outcomes.append(self._apply_one(request, index))
+            except EtcdError as e:
+                outcomes.append(e)
+        return outcomes
+
+    def _advance(self, index: int) -> None:
         if index <= self._applied:
             raise ValueError(f"index {index} applied out of order (last {self._applied})")
         self._applied = index
         self._expire(index)
+
+    def _apply_one(self, request: Request, index: int) -> Result:
         body = request.body
         client_id, request_id = request.client_id, request.request_id
         if not client_id or not request_id or _is_read(body):
@@ -485,14 +513,14 @@ class Applier:
             alarms.add((_uint(pair[0], "alarm member"), AlarmType(kind)))
 
         sessions: OrderedDict[int, _Session] = OrderedDict()
-        last = applied - self.idle_entries - 1
+        last = applied - self.idle_entries
         item = dec.decode()
         while type(item) is list and len(item) == 2 and item[0] == "sessions":
             for record in _list(item[1], "sessions"):
                 client_id, session = self._session(record)
                 if client_id in sessions or not client_id > 0:
                     raise _fail(f"client {client_id} repeated or zero")
-                if not last < session.last_index <= applied:
+                if not last <= session.last_index <= applied:  # a batch: equal indexes
                     raise _fail(f"client {client_id:x}: last index out of order or range")
                 last = session.last_index
                 sessions[client_id] = session

@@ -150,6 +150,17 @@ class _StateCollector(Collector):
             m.kv.watches.watcher_count,
         )
         yield gauge("etcd_server_id", "This member's id (as a number).", m.id)
+        yield gauge(
+            "kvapp_server_writes_proposed_total",
+            "Client writes this member proposed.",
+            m.writes_proposed,
+        )
+        yield gauge(
+            "kvapp_server_write_entries_proposed_total",
+            "Log entries this member's client writes were proposed in (writes that arrive "
+            "together share one entry).",
+            m.write_entries_proposed,
+        )
         alarms = GaugeMetricFamily(
             "kvapp_server_alarms",
             "Alarms raised in the cluster, by type (one per member that raised it).",

@@ -2,10 +2,18 @@
 
 The member is where the client protocols, Raft and the state machine meet (DESIGN.md): a protocol
 calls a :class:`~kvapp.service.KvService` method; writes are encoded as one
-:class:`~kvapp.requests.Request` and proposed; every member applies committed requests to its
-:class:`~kvapp.kvstate.KvState` in log order (deduplicating retried writes); the proposer's waiter
-gets the result its own member computed. Reads are served locally after a ReadIndex barrier that
-many reads share (one heartbeat round per batch, as etcd's linearizable read loop does).
+:class:`~kvapp.requests.Request` each and proposed; every member applies committed requests to
+its :class:`~kvapp.kvstate.KvState` in log order (deduplicating retried writes); the proposer's
+waiter gets the result its own member computed. Reads are served locally after a ReadIndex
+barrier that many reads share (one heartbeat round per batch, as etcd's linearizable read loop
+does).
+
+Client writes that arrive in the same event-loop turn are proposed as one entry, a
+:class:`~kvapp.requests.RequestBatch` (up to 512 requests or 1 MiB), so Raft's per-entry costs
+are paid once per batch; every member applies its requests in order at the entry's index, each
+with its own dedup and its own result or error, which the proposer hands to that write's caller.
+A lone write is proposed as a plain request entry. The member's own proposals (alarms, lease
+revokes and checkpoints) are not batched: they are few, and keep their plain entries.
 
 Seams, so whole clusters can run under simulation later: the member takes its storage (raftlib's
 ``NodeStorage``: kvapp's ``RaftStore`` or ``MemoryStorage``), its peer network (anything with
@@ -140,6 +148,10 @@ _RESULT_CAP = 65_536
 _SNAPSHOT_CHUNK = 1 << 20
 _SNAPSHOT_QUEUE = 4
 _REFUSED_CAP = 64
+_BATCH_MAX_BYTES = 1 << 20
+"""A write batch is closed once it holds this many bytes of requests (raftlib sends at most
+1 MiB of entries per append message, one entry always; requests alone may be 1.5 MiB)."""
+_BATCH_MAX_REQUESTS = 512
 _WRITE_TYPES = (
     PutRequest,
     DeleteRangeRequest,
@@ -297,6 +309,12 @@ class Member:
         self._members: dict[int, MemberInfo] = {m.id: m for m in config.initial_members}
         self._results: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._renewals: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._open_batch: _WriteBatch | None = None
+        self.writes_proposed = 0
+        """Client writes this member proposed (each counted once, however it ended)."""
+        self.write_entries_proposed = 0
+        """Log entries those writes went out in (fewer than the writes when batched)."""
+        self._batch_tasks: set[asyncio.Task[None]] = set()
         self._barrier_next: asyncio.Future[None] | None = None
         self._barrier_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -371,6 +389,12 @@ class Member:
             side.cancel()
         await self.node.stop()
         self.kv.lessor.demote()
+        logger.info(
+            "%s: stopped; proposed %d client writes in %d entries",
+            self.config.name,
+            self.writes_proposed,
+            self.write_entries_proposed,
+        )
 
     async def transfer_leadership_away(self) -> None:
         """If leading, hand leadership to the most up-to-date voter (bounded wait)."""
@@ -423,7 +447,9 @@ class Member:
         data = kvreq.encode_request(req)
         if len(data) > self.config.max_request_bytes:
             raise RequestTooLargeError
-        result = await self._propose(data)
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._batch_write(data, fut)
+        result = await fut
         return result  # type: ignore[return-value]
 
     async def range(self, request: RangeRequest) -> RangeResponse:
@@ -697,21 +723,86 @@ class Member:
 
     # -- writes --
 
+    def _batch_write(self, data: bytes, fut: asyncio.Future[object]) -> None:
+        """Add an encoded client write to this loop turn's batch (opened by the first one).
+
+        The batch is proposed by its own task, which closes it when it starts (on the next
+        turn) unless it filled up first; a write that would overfill it opens a new one. A
+        batch of one request is proposed as that request's plain entry.
+        """
+        batch = self._open_batch
+        if batch is not None and (
+            batch.size + len(data) > _BATCH_MAX_BYTES or len(batch.data) >= _BATCH_MAX_REQUESTS
+        ):
+            self._open_batch = batch = None
+        if batch is None:
+            batch = self._open_batch = _WriteBatch()
+            task = asyncio.create_task(self._propose_batch(batch))
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+        batch.data.append(data)
+        batch.waiters.append(fut)
+        batch.size += len(data)
+
+    async def _propose_batch(self, batch: _WriteBatch) -> None:
+        """Propose ``batch`` as one entry; settle each waiter with its own outcome, once.
+
+        An error of the proposal (no leader, lost, timeout, stopped...) goes to every waiter,
+        mapped as :meth:`_propose` maps it; each request's own result or EtcdError goes to its
+        waiter alone.
+        """
+        if self._open_batch is batch:
+            self._open_batch = None
+        waiters = batch.waiters
+        data = batch.data[0] if len(batch.data) == 1 else kvreq.encode_batch(batch.data)
+        self.writes_proposed += len(waiters)
+        self.write_entries_proposed += 1
+        try:
+            index = await self.node.propose(data)
+        except _PROPOSAL_ERRORS as e:
+            for fut in waiters:
+                _settle_with(fut, self._proposal_error(e))
+            return
+        except BaseException:
+            for fut in waiters:
+                _settle_with(fut, OutcomeUnknown(f"member {self.config.name}: write abandoned"))
+            raise
+        result = self._results.pop(index, None)
+        if len(waiters) == 1:
+            outcomes: list[object] = [result]
+        elif isinstance(result, list) and len(result) == len(waiters):
+            outcomes = result
+        else:
+            outcomes = [None] * len(waiters)
+        for fut, outcome in zip(waiters, outcomes, strict=True):
+            if fut.done():
+                continue
+            if isinstance(outcome, EtcdError):
+                fut.set_exception(outcome)
+            elif outcome is None:
+                fut.set_exception(
+                    OutcomeUnknown(f"member {self.config.name}: result of index {index} was lost")
+                )
+            else:
+                fut.set_result(outcome)
+
+    def _proposal_error(self, e: BaseException) -> Exception:
+        """The error a client gets when raftlib's ``propose`` raised ``e``."""
+        if isinstance(e, NotLeader):
+            return NoLeaderError()
+        if isinstance(e, ProposalLost):
+            return LeaderChangedError()
+        if isinstance(e, ProposalDropped):
+            return NoLeaderError(str(e))
+        if isinstance(e, ProposalTimeout):
+            return NoLeaderError() if e.outcome_known else RequestTimeoutError()
+        return OutcomeUnknown(f"member {self.config.name}: {e}")
+
     async def _propose(self, data: bytes) -> object:
         try:
             index = await self.node.propose(data)
-        except NotLeader:
-            raise NoLeaderError from None
-        except ProposalLost:
-            raise LeaderChangedError from None
-        except ProposalDropped as e:
-            raise NoLeaderError(str(e)) from None
-        except ProposalTimeout as e:
-            if e.outcome_known:
-                raise NoLeaderError from None
-            raise RequestTimeoutError from None
-        except (RaftOutcomeUnknown, NodeStopped) as e:
-            raise OutcomeUnknown(f"member {self.config.name}: {e}") from None
+        except _PROPOSAL_ERRORS as e:
+            raise self._proposal_error(e) from None
         result = self._results.pop(index, None)
         if isinstance(result, EtcdError):
             raise result
@@ -785,19 +876,25 @@ class Member:
             self._maybe_promote_lessor(c)
             return
         try:
-            req = kvreq.decode_request(c.data)
+            entry = kvreq.decode_entry(c.data)
         except RequestDecodeError:
             logger.exception("%s: undecodable entry %d skipped", self.config.name, c.index)
             return
-        try:
-            result: object = self.applier.apply(req, c.index)
-        except EtcdError as e:
-            result = e
+        result: object
+        if isinstance(entry, kvreq.RequestBatch):
+            result = self.applier.apply_batch(entry.requests, c.index)
+            checkpoint = any(isinstance(r.body, LeaseCheckpointRequest) for r in entry.requests)
+        else:
+            try:
+                result = self.applier.apply(entry, c.index)
+            except EtcdError as e:
+                result = e
+            checkpoint = isinstance(entry.body, LeaseCheckpointRequest)
         if c.proposal is not None and c.proposal.origin == self.id:
             self._results[c.index] = result
             if len(self._results) > _RESULT_CAP:
                 self._results.popitem(last=False)
-        if isinstance(req.body, LeaseCheckpointRequest) and self._renewals:
+        if checkpoint and self._renewals:
             self._check_renewals()
 
     def _check_renewals(self) -> None:
@@ -1026,6 +1123,27 @@ class Member:
             raise StoppedError(f"member {self.config.name} is stopping")
 
 
+_PROPOSAL_ERRORS = (
+    NotLeader,
+    ProposalLost,
+    ProposalDropped,
+    ProposalTimeout,
+    RaftOutcomeUnknown,
+    NodeStopped,
+)
+
+
+class _WriteBatch:
+    """Client writes proposed together as one entry: their encodings and their waiters."""
+
+    __slots__ = ("data", "size", "waiters")
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.waiters: list[asyncio.Future[object]] = []
+        self.size = 0
+
+
 class _Abandoned(Exception):
     """The consumer of a snapshot stream went away."""
 
@@ -1112,6 +1230,11 @@ def _read_member_snapshot(data: bytes) -> tuple[list[MemberInfo], io.BytesIO]:
 def encode_member_info(m: MemberInfo) -> bytes:
     """A member's description as a configuration change's context carries it."""
     return _encode_member(m)
+
+
+def _settle_with(fut: asyncio.Future[object], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
 
 
 def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:

@@ -51,11 +51,20 @@ alarm                 ``[12, [[member_id, alarm]...]]``
 error                 ``[13, grpc_code, message]``
 ====================  ========================================================================
 
+Batches (version :data:`BATCH_VERSION`). A member may propose several requests as one log entry,
+to pay Raft's per-entry costs once for all of them: ``[2, [request...]]``, where each request is
+the whole version-1 request array above (``[1, client_id, request_id, body]``), spliced in as
+:func:`encode_request` produced it (:func:`encode_batch`, no re-encoding). Every member applies
+the requests in order, at the entry's index. :func:`decode_entry` reads both kinds of entry;
+entries written before batches existed are plain requests and still decode. Compatibility: an
+older member (which knows only version 1) refuses a batch as an unsupported version and skips the
+entry, so members that batch must not share a cluster with older ones.
+
 Integers are range-checked as etcd's protobuf fields are typed: member, client and request ids
 are unsigned 64-bit, everything else signed 64-bit. Txns nest at most :data:`MAX_TXN_DEPTH`
 levels (etcd's default ``--max-txn-ops`` of 128 allows no deeper nesting either).
 
-Contract: :func:`decode_request` and :func:`decode_response` raise
+Contract: :func:`decode_request`, :func:`decode_entry` and :func:`decode_response` raise
 :class:`~kvapp.errors.RequestDecodeError` and nothing else, whatever the bytes; the encoders
 apply the very same checks and raise :class:`ValueError` for anything the decoders would
 reject, so whatever encodes decodes to an equal value.
@@ -66,7 +75,7 @@ from __future__ import annotations
 import enum
 import functools
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final, TypeAlias, TypeVar, cast
 
 import attrs
@@ -116,6 +125,7 @@ from kvapp.mvcc.types import (
 from kvapp.service import MemberInfo
 
 __all__ = [
+    "BATCH_VERSION",
     "FORMAT_VERSION",
     "MAX_ERROR_MESSAGE",
     "MAX_REQUEST_BYTES",
@@ -138,14 +148,17 @@ __all__ = [
     "MemberUpdateRequest",
     "MemberUpdateResponse",
     "Request",
+    "RequestBatch",
     "RequestDecodeError",
     "RequestIdExpiredError",
     "Response",
     "Result",
     "UnknownEtcdError",
     "check_request_size",
+    "decode_entry",
     "decode_request",
     "decode_response",
+    "encode_batch",
     "encode_request",
     "encode_response",
     "response_from_array",
@@ -153,7 +166,10 @@ __all__ = [
 ]
 
 FORMAT_VERSION: Final = 1
-"""The version written first in every encoding; decoders reject any other."""
+"""The version written first in every request and response; decoders reject any other."""
+
+BATCH_VERSION: Final = 2
+"""The version written first in a batch entry (see :func:`encode_batch`)."""
 
 MAX_REQUEST_BYTES: Final = 1_572_864
 """etcd's default ``--max-request-bytes`` (1.5 MiB): the largest encoded request a member
@@ -168,6 +184,11 @@ MAX_ERROR_MESSAGE: Final = 1024
 # Enough CBOR nesting for MAX_TXN_DEPTH txns (two levels each: the op list and the op) plus
 # the envelope and a kv list; deeper input is refused by cbor2 before any of ours runs.
 _MAX_CBOR_DEPTH: Final = 2 * MAX_TXN_DEPTH + 8
+# A batch wraps requests in two more levels (the envelope and its list).
+_MAX_ENTRY_DEPTH: Final = _MAX_CBOR_DEPTH + 2
+# What every encode_request output starts with: a 4-item array, then the version.
+_REQUEST_PREFIX: Final = bytes([0x84, FORMAT_VERSION])
+_BATCH_PREFIX: Final = bytes([0x82, BATCH_VERSION])
 
 
 # -- the types this module adds ------------------------------------------------------------------
@@ -435,6 +456,17 @@ class Request:
     client_id: int
     request_id: int
     body: Body
+
+
+@attrs.frozen
+class RequestBatch:
+    """Several requests carried by one log entry, applied in order at that entry's index.
+
+    Attributes:
+        requests: the requests, at least one.
+    """
+
+    requests: tuple[Request, ...]
 
 
 def check_request_size(encoded: bytes, limit: int = MAX_REQUEST_BYTES) -> None:
@@ -994,12 +1026,17 @@ def _response_from(v: object) -> Response:
 # -- the public codec -----------------------------------------------------------------------------
 
 
-def _loads(data: object, what: str) -> list[object]:
+def _loads(
+    data: object,
+    what: str,
+    versions: tuple[int, ...] = (FORMAT_VERSION,),
+    max_depth: int = _MAX_CBOR_DEPTH,
+) -> list[object]:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise RequestDecodeError(f"{what}: expected bytes, got {type(data).__name__}")
     buf = io.BytesIO(data)
     try:
-        obj = cbor2.CBORDecoder(buf, max_depth=_MAX_CBOR_DEPTH).decode()
+        obj = cbor2.CBORDecoder(buf, max_depth=max_depth).decode()
     except Exception as exc:  # cbor2 raises many exception types on hostile input
         raise RequestDecodeError(f"{what}: malformed CBOR: {exc}") from exc
     if buf.tell() != len(buf.getbuffer()):
@@ -1007,7 +1044,7 @@ def _loads(data: object, what: str) -> list[object]:
     if type(obj) is not list or not obj:
         raise RequestDecodeError(f"{what}: expected a non-empty array")
     version = obj[0]
-    if type(version) is not int or version != FORMAT_VERSION:
+    if type(version) is not int or version not in versions:
         raise RequestDecodeError(f"{what}: unsupported format version {version!r:.20}")
     return obj
 
@@ -1036,11 +1073,67 @@ def decode_request(data: bytes | bytearray | memoryview) -> Request:
     """
     top = _loads(data, "request")
     try:
-        _array(top, "request", 4)
-        cid, rid = _ids(top[1], top[2])
-        return Request(cid, rid, _body_from(top[3]))
+        return _request_from(top)
     except _Invalid as e:
         raise RequestDecodeError(f"request: {e}") from None
+
+
+def _request_from(v: object) -> Request:
+    a = _array(v, "request", 4)
+    if type(a[0]) is not int or a[0] != FORMAT_VERSION:
+        raise _Invalid(f"request: unsupported format version {a[0]!r:.20}")
+    cid, rid = _ids(a[1], a[2])
+    return Request(cid, rid, _body_from(a[3]))
+
+
+def encode_batch(encoded: Sequence[bytes]) -> bytes:
+    """One log entry carrying several requests: ``encoded`` spliced in, not re-encoded.
+
+    Args:
+        encoded: at least one request, each exactly as :func:`encode_request` returned it
+            (trusted: only its first two bytes are checked, so the proposer encodes and checks
+            each request once).
+
+    Raises:
+        ValueError: ``encoded`` is empty or an item does not start as an encoded request.
+    """
+    if not encoded:
+        raise ValueError("cannot encode an empty batch")
+    for item in encoded:
+        if type(item) is not bytes or not item.startswith(_REQUEST_PREFIX):
+            raise ValueError("cannot encode batch: an item is not an encoded request")
+    return _BATCH_PREFIX + _array_head(len(encoded)) + b"".join(encoded)
+
+
+def _array_head(n: int) -> bytes:
+    """The CBOR head of an array of ``n`` items (major type 4)."""
+    if n < 24:
+        return bytes([0x80 | n])
+    if n < 0x100:
+        return bytes([0x98, n])
+    if n < 0x10000:
+        return b"\x99" + n.to_bytes(2, "big")
+    return b"\x9a" + n.to_bytes(4, "big")
+
+
+def decode_entry(data: bytes | bytearray | memoryview) -> Request | RequestBatch:
+    """Decode a log entry's data: a request (:func:`encode_request`) or a batch of them.
+
+    Raises:
+        RequestDecodeError: whatever is wrong with ``data`` (one bad request in a batch
+            refuses the whole entry); no other exception.
+    """
+    top = _loads(data, "entry", (FORMAT_VERSION, BATCH_VERSION), _MAX_ENTRY_DEPTH)
+    try:
+        if top[0] == FORMAT_VERSION:
+            return _request_from(top)
+        _array(top, "batch", 2)
+        items = _array(top[1], "batch requests")
+        if not items:
+            raise _Invalid("batch: no requests")
+        return RequestBatch(tuple(_request_from(item) for item in items))
+    except _Invalid as e:
+        raise RequestDecodeError(f"entry: {e}") from None
 
 
 def response_to_array(response: Response) -> list[object]:

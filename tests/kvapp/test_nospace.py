@@ -388,11 +388,11 @@ def puts_in_log(store: RaftStore) -> list[bytes]:
         if not data:
             continue
         try:
-            req = kvreq.decode_request(data)
+            entry = kvreq.decode_entry(data)
         except Exception:  # noqa: BLE001 - conf changes and the like
             continue
-        if isinstance(req.body, PutRequest):
-            keys.append(req.body.key)
+        reqs = entry.requests if isinstance(entry, kvreq.RequestBatch) else (entry,)
+        keys += [req.body.key for req in reqs if isinstance(req.body, PutRequest)]
     return keys
 
 
