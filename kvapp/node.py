@@ -877,9 +877,13 @@ class Member:
             return
         try:
             entry = kvreq.decode_entry(c.data)
-        except RequestDecodeError:
-            logger.exception("%s: undecodable entry %d skipped", self.config.name, c.index)
-            return
+        except RequestDecodeError as e:
+            # Every member would skip it alike only if they all ran the same code; a member of
+            # an older version (or a damaged log) must stop rather than diverge silently.
+            raise KvappError(
+                f"{self.config.name}: cannot apply committed entry {c.index} ({e}); was it "
+                "written by a newer kvapp? Stopping rather than diverging from the cluster"
+            ) from e
         result: object
         if isinstance(entry, kvreq.RequestBatch):
             result = self.applier.apply_batch(entry.requests, c.index)

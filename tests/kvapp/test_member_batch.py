@@ -7,6 +7,8 @@ members' storages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 from typing import Any
 
 import pytest
@@ -23,6 +25,7 @@ from kvapp.requests import Request, RequestBatch, decode_entry
 from kvapp.service import OutcomeUnknown
 from raftlib import EntryType
 from raftlib.node import unwrap_proposal
+from tests.kvapp.test_client import eventually
 from tests.kvapp.test_member import aio, leader_of, start_cluster, stop_all
 
 
@@ -219,3 +222,23 @@ def test_a_cancelled_caller_leaves_the_rest_of_its_batch_alone(count: int) -> No
             await stop_all(members)
 
     run()
+
+
+def _stopped(m: Member) -> bool:
+    return m.failure is not None
+
+
+@aio
+async def test_a_committed_entry_no_member_can_decode_stops_every_member() -> None:
+    """Skipping it would be safe only if every member skipped it; an older one might not."""
+    _, members, _ = await start_cluster()
+    try:
+        lead = leader_of(members)
+        future_format = b"\x82\x09\x80"  # [9, []]: a format version this kvapp does not know
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(lead.node.propose(future_format), 5)
+        for m in members:
+            await eventually(functools.partial(_stopped, m), f"{m.config.name} to stop")
+            assert "cannot apply committed entry" in str(m.failure), m.failure
+    finally:
+        await stop_all(members)
