@@ -469,7 +469,7 @@ class WatchMachine(RuleBasedStateMachine):
 
     @initialize(
         policy=st.sampled_from(SlowWatcherPolicy),
-        bound=st.integers(1, 4),
+        bound=st.one_of(st.integers(1, 4), st.just(1000)),
         batch=st.integers(1, 5),
         stream_bytes=st.sampled_from([1, 400, 700, 1500, DEFAULT_MAX_STREAM_BYTES]),
     )
