@@ -24,8 +24,11 @@ Memory is bounded and applying never waits for a client, at two levels:
   keeps what is queued for it, gets no more live events, and later catches up from the change
   log at the client's pace, so it still sees every event once, in order; if the history it
   needs was compacted meanwhile, it gets the cancel with ``compact_revision`` that a watcher
-  created at a compacted revision gets. A watcher set aside this way is never cancelled for
-  being slow. The events themselves stay in the store's change log, which holds them anyway;
+  created at a compacted revision gets. Until the watchers set aside have caught up, the
+  stream's other watchers are set aside too as their next events come, and all of them take
+  turns at catching up, so a client slower than the writes spreads its lag over its watchers
+  instead of starving some. A watcher set aside this way is never cancelled for being slow.
+  The events themselves stay in the store's change log, which holds them anyway;
 - per watcher: a synced watcher whose undelivered events would exceed ``max_buffered_events``
   is either cancelled with a reason (:attr:`SlowWatcherPolicy.CANCEL`, the default) or, with
   :attr:`SlowWatcherPolicy.RESYNC`, drops its buffered events and catches up from the change
@@ -45,6 +48,7 @@ their clients see every revision exactly once across the restore.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
@@ -154,6 +158,7 @@ class _Watcher:
     """One watcher's registration and delivery state."""
 
     __slots__ = (
+        "aside",
         "buffered",
         "id",
         "key",
@@ -164,6 +169,7 @@ class _Watcher:
         "prev_kv",
         "progress_notify",
         "range_end",
+        "seq",
         "stream",
         "synced",
     )
@@ -179,9 +185,11 @@ class _Watcher:
         prev_kv: bool,
         progress_notify: bool,
         next_rev: int,
+        seq: int,
     ) -> None:
         wanted = set(filters)
         self.stream = stream
+        self.seq = seq
         self.id = watch_id
         self.key = key
         self.range_end = range_end
@@ -193,6 +201,7 @@ class _Watcher:
         self.synced = False
         self.buffered = 0
         self.notified = False
+        self.aside = False
 
     def wants(self, kv: KeyValue) -> bool:
         if kv.version:
@@ -355,6 +364,9 @@ class WatchStream:
         self._events = 0
         self._watchers: dict[int, _Watcher] = {}
         self._next_id = 0
+        self._seq = 0  # creation order of watchers, for taking turns at catching up
+        self._aside = 0  # watchers set aside for a full queue, not caught up yet
+        self._turn = 0  # the seq of the first watcher that gets to catch up next time
         self._progress_wanted = False
         self._closed = False
 
@@ -429,7 +441,9 @@ class WatchStream:
             prev_kv=prev_kv,
             progress_notify=progress_notify,
             next_rev=start,
+            seq=self._seq,
         )
+        self._seq += 1
         self._watchers[watch_id] = w
         self._enqueue(w, WatchResponse(watch_id, rev, created=True))
         if start > rev:
@@ -488,7 +502,7 @@ class WatchStream:
         for w in list(self._watchers.values()):
             self._remove(w)
         self._queue.clear()
-        self._bytes = self._events = 0
+        self._bytes = self._events = self._aside = 0
         self._progress_wanted = False
         self._closed = True
         self._hub._close(self)
@@ -533,6 +547,9 @@ class WatchStream:
 
     def _remove(self, w: _Watcher, *, keep_queued: bool = False) -> None:
         self._hub._unregister(w)
+        if w.aside:
+            w.aside = False
+            self._aside -= 1
         if not keep_queued:
             self._drop_queued(w)
         del self._watchers[w.id]
@@ -540,11 +557,14 @@ class WatchStream:
     def _deliver(self, w: _Watcher, resp: WatchResponse) -> None:
         hub = self._hub
         cost = response_cost(resp)
-        if not self._fits(cost):
-            # The stream is full: set the watcher aside; it re-reads this revision on from the
-            # change log once the client has taken some of the queue.
+        if self._aside or not self._fits(cost):
+            # The stream is full, or was and its watchers are catching up: set this one aside
+            # too (so that they all take turns); it re-reads this revision on from the change
+            # log once the client has taken some of the queue.
             hub._unregister(w)
             w.next_rev = resp.revision
+            w.aside = True
+            self._aside += 1
             hub.set_aside += 1
             self._signal()
             return
@@ -567,7 +587,12 @@ class WatchStream:
     def _sync(self) -> None:
         hub = self._hub
         store = hub.store
-        for w in [w for w in self._watchers.values() if not w.synced]:
+        behind = [w for w in self._watchers.values() if not w.synced]  # in creation order
+        # Watchers take turns: a pass the stream's bound cut short goes on where it stopped,
+        # so that a client slower than the writes spreads its lag over all of its watchers.
+        first = bisect_left(behind, self._turn, key=lambda w: w.seq)
+        turn: int | None = None
+        for w in behind[first:] + behind[:first]:
             if w.next_rev < store.compact_revision:
                 # What is already queued for it goes first, as in etcd.
                 self._remove(w, keep_queued=True)
@@ -581,11 +606,19 @@ class WatchStream:
                     ),
                 )
                 continue
-            if self._bytes < hub.max_stream_bytes:
-                self._catch_up(w)
+            if self._bytes >= hub.max_stream_bytes:
+                turn = w.seq if turn is None else turn
+                continue
+            was = w.next_rev
+            if not self._catch_up(w) and turn is None:
+                # Cut short by the bound: the next pass starts with it, or with the next one
+                # if it got its share.
+                turn = w.seq + (w.next_rev > was)
+        self._turn = turn or 0
         self._maybe_send_progress()
 
-    def _catch_up(self, w: _Watcher) -> None:
+    def _catch_up(self, w: _Watcher) -> bool:
+        """Queue ``w``'s history within the bounds; False if the stream's bound cut it short."""
         hub = self._hub
         store = hub.store
         cur = store.revision
@@ -610,7 +643,7 @@ class WatchStream:
                 resp = WatchResponse(w.id, cur, tuple(events))
                 cost = response_cost(resp)
                 if not self._fits(cost):
-                    break  # the stream is full: this revision is read again next time
+                    return False  # this revision is read again next time
                 self._enqueue(w, resp, cost)
             i = j
             w.next_rev = rev + 1
@@ -618,6 +651,10 @@ class WatchStream:
             w.next_rev = max(w.next_rev, stop + 1)
         if w.next_rev > cur:
             hub._register(w)
+            if w.aside:
+                w.aside = False
+                self._aside -= 1
+        return True
 
     def _maybe_send_progress(self) -> None:
         if self._progress_wanted and all(w.synced for w in self._watchers.values()):

@@ -169,3 +169,16 @@ def test_held_memory_is_bounded_by_a_constant_not_by_the_puts() -> None:
         held = traced_growth(300, puts) - traced_growth(0, puts)
         # Unbounded, this was 300 * puts responses: about 17 MB at 200 puts, 170 MB at 2,000.
         assert held < 2 * BOUND, (puts, held)
+
+
+def test_a_client_slower_than_the_writes_spreads_its_lag_over_all_its_watchers() -> None:
+    store, _, s = stalled(100, 0)
+    got = dict.fromkeys(range(100), 0)
+    for i in range(300):  # each put has 100 events for this client, which takes 50 a round
+        store.put(b"k", b"v%d" % i)
+        for r in s.take(50):
+            got[r.watch_id] += len(r.events)
+        check_stream_bound(s)
+    # Watchers take turns at catching up: none is starved while others keep up.
+    assert sum(got.values()) == 300 * 50
+    assert max(got.values()) - min(got.values()) <= 300 * 50 // 100, sorted(got.values())
