@@ -291,25 +291,40 @@ class WatchHub:
     def on_commit(self, revision: int, events: Sequence[Event]) -> None:
         """Deliver one committed revision to the synced watchers it concerns."""
         self._seen_rev = revision
-        matched: dict[_Watcher, list[Event]] = {}
+        matched: dict[_Watcher, list[int]] = {}
         ranges = self._range_watchers
-        for ev in events:
+        for i, ev in enumerate(events):
             key = ev.kv.key
             for w in self._key_watchers.get(key, ()):
-                matched.setdefault(w, []).append(ev)
+                matched.setdefault(w, []).append(i)
             for w in ranges:
                 if contains(w.key, w.range_end, key):
-                    matched.setdefault(w, []).append(ev)
-        for w, evs in matched.items():
+                    matched.setdefault(w, []).append(i)
+        if not matched:
+            return
+        # Each event's response_cost share, without and with its prev_kv, once per revision.
+        bare = [EVENT_COST + len(e.kv.key) + len(e.kv.value) for e in events]
+        full = [
+            c if e.prev_kv is None else c + len(e.prev_kv.key) + len(e.prev_kv.value)
+            for c, e in zip(bare, events, strict=True)
+        ]
+        for w, indexes in matched.items():
             if w.next_rev > revision:
                 continue
-            wanted = tuple(
-                e if w.prev_kv or e.prev_kv is None else Event(e.type, e.kv)
-                for e in evs
-                if w.wants(e.kv)
-            )
+            wanted: list[Event] = []
+            cost = RESPONSE_COST
+            for i in indexes:
+                e = events[i]
+                if not w.wants(e.kv):
+                    continue
+                if w.prev_kv or e.prev_kv is None:
+                    wanted.append(e)
+                    cost += full[i]
+                else:
+                    wanted.append(Event(e.type, e.kv))
+                    cost += bare[i]
             if wanted:
-                w.stream._deliver(w, WatchResponse(w.id, revision, wanted))
+                w.stream._deliver(w, WatchResponse(w.id, revision, tuple(wanted)), cost)
 
     def on_restore(self) -> None:
         """Demote every synced watcher: it re-reads from the restored change log."""
@@ -481,10 +496,13 @@ class WatchStream:
     def take(self, max_responses: int | None = None) -> list[WatchResponse]:
         """Catch up unsynced watchers (within their bounds), then pop queued responses.
 
-        Call it again while :meth:`has_pending` is true; each call does bounded work.
+        Call it again while :meth:`has_pending` is true; each call does bounded work. Catching
+        up waits until the queue is at most half full, so that each pass over the watchers
+        behind queues many responses, not the few just taken.
         """
         self._signaled = False
-        self._sync()
+        if self._bytes <= self._hub.max_stream_bytes // 2:
+            self._sync()
         out: list[WatchResponse] = []
         queue = self._queue
         while queue and (max_responses is None or len(out) < max_responses):
@@ -554,10 +572,10 @@ class WatchStream:
             self._drop_queued(w)
         del self._watchers[w.id]
 
-    def _deliver(self, w: _Watcher, resp: WatchResponse) -> None:
+    def _deliver(self, w: _Watcher, resp: WatchResponse, cost: int) -> None:
+        """Queue a live response of :func:`response_cost` ``cost`` for ``w``, within bounds."""
         hub = self._hub
-        cost = response_cost(resp)
-        if self._aside or not self._fits(cost):
+        if self._aside or (self._bytes and self._bytes + cost > hub.max_stream_bytes):
             # The stream is full, or was and its watchers are catching up: set this one aside
             # too (so that they all take turns); it re-reads this revision on from the change
             # log once the client has taken some of the queue.
@@ -591,7 +609,7 @@ class WatchStream:
         # Watchers take turns: a pass the stream's bound cut short goes on where it stopped,
         # so that a client slower than the writes spreads its lag over all of its watchers.
         first = bisect_left(behind, self._turn, key=lambda w: w.seq)
-        turn: int | None = None
+        turn: int | None = None  # where the next pass starts once this one found no room
         for w in behind[first:] + behind[:first]:
             if w.next_rev < store.compact_revision:
                 # What is already queued for it goes first, as in etcd.
@@ -606,14 +624,13 @@ class WatchStream:
                     ),
                 )
                 continue
-            if self._bytes >= hub.max_stream_bytes:
-                turn = w.seq if turn is None else turn
+            if turn is not None:
                 continue
-            was = w.next_rev
-            if not self._catch_up(w) and turn is None:
-                # Cut short by the bound: the next pass starts with it, or with the next one
-                # if it got its share.
-                turn = w.seq + (w.next_rev > was)
+            if self._bytes >= hub.max_stream_bytes:
+                turn = w.seq
+                continue
+            if not self._catch_up(w):
+                turn = w.seq  # cut short by the bound: it goes on first next time
         self._turn = turn or 0
         self._maybe_send_progress()
 

@@ -450,6 +450,9 @@ def check_stream_bound(s: WatchStream) -> None:
     queue = list(s._queue)
     assert s.buffered_bytes == sum(response_cost(r) for _, r, _ in queue)
     assert s.buffered_events == sum(len(r.events) for _, r, _ in queue)
+    aside = [w for w in s._watchers.values() if w.aside]
+    assert s._aside == len(aside)
+    assert not any(w.synced for w in aside)
     bounded = [r for w, r, _ in queue if w is not None and not r.created]
     held = sum(response_cost(r) for r in bounded)
     assert held <= s._hub.max_stream_bytes or len(bounded) == 1, (held, len(bounded))
