@@ -34,10 +34,11 @@ Memory is bounded and applying never waits for a client, at two levels:
   :attr:`SlowWatcherPolicy.RESYNC`, drops its buffered events and catches up from the change
   log like a watcher set aside.
 
-Either way the apply loop only appends to a bounded queue. Responses that a client's own
-requests cause (``created``, ``canceled``, a requested progress notification) are always
-queued; live events, history and periodic progress notifications wait for room. One revision
-is queued whole even when it alone exceeds the bound, once the queue is empty.
+Either way the apply loop only appends to a bounded queue. Control responses (``created``,
+``canceled``, a requested progress notification) are always queued, at most one of each per
+watcher or client request; live events, history and periodic progress notifications wait for
+room. One revision is queued whole even when it alone exceeds the bound, once the queue is
+empty.
 
 A watch from a revision below the compacted revision gets its ``created`` response, then a
 cancel carrying ``compact_revision``, as in etcd (the client then sees ``ErrCompacted``). After
@@ -224,7 +225,8 @@ class WatchHub:
             :meth:`WatchStream.take`, so a take never stalls the loop for long.
 
     Attributes:
-        set_aside: how many times a synced watcher was set aside because its stream was full.
+        set_aside: how many times a synced watcher was set aside because its stream was full
+            (or its stream's watchers were catching up after that).
     """
 
     def __init__(
