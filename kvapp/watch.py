@@ -16,11 +16,29 @@ How events reach a watcher exactly once and in revision order:
 - each response holds the events of exactly one revision, never a fragment of one: a revision is
   delivered whole even when it alone exceeds the buffer bound.
 
-Memory is bounded and applying never waits for a client: a synced watcher whose undelivered
-events would exceed ``max_buffered_events`` is either cancelled with a reason
-(:attr:`SlowWatcherPolicy.CANCEL`, the default) or, with :attr:`SlowWatcherPolicy.RESYNC`,
-drops its buffered events and goes back to reading them from the change log at the client's
-pace, as etcd's "victim" watchers do. Either way the apply loop only appends to a bounded queue.
+Memory is bounded and applying never waits for a client, at two levels:
+
+- per stream (so per client connection, whatever the number of its watchers): a stream's queue
+  holds at most ``max_stream_bytes`` of responses, counted by :func:`response_cost`. A synced
+  watcher whose next response does not fit is set aside, as etcd's "victim" watchers are: it
+  keeps what is queued for it, gets no more live events, and later catches up from the change
+  log at the client's pace, so it still sees every event once, in order; if the history it
+  needs was compacted meanwhile, it gets the cancel with ``compact_revision`` that a watcher
+  created at a compacted revision gets. Until the watchers set aside have caught up, the
+  stream's other watchers are set aside too as their next events come, and all of them take
+  turns at catching up, so a client slower than the writes spreads its lag over its watchers
+  instead of starving some. A watcher set aside this way is never cancelled for being slow.
+  The events themselves stay in the store's change log, which holds them anyway;
+- per watcher: a synced watcher whose undelivered events would exceed ``max_buffered_events``
+  is either cancelled with a reason (:attr:`SlowWatcherPolicy.CANCEL`, the default) or, with
+  :attr:`SlowWatcherPolicy.RESYNC`, drops its buffered events and catches up from the change
+  log like a watcher set aside.
+
+Either way the apply loop only appends to a bounded queue. Control responses (``created``,
+``canceled``, a requested progress notification) are always queued, at most one of each per
+watcher or client request; live events, history and periodic progress notifications wait for
+room. One revision is queued whole even when it alone exceeds the bound, once the queue is
+empty.
 
 A watch from a revision below the compacted revision gets its ``created`` response, then a
 cancel carrying ``compact_revision``, as in etcd (the client then sees ``ErrCompacted``). After
@@ -31,6 +49,7 @@ their clients see every revision exactly once across the restore.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
@@ -42,16 +61,31 @@ from kvapp.mvcc.types import Event, EventType, KeyValue
 
 __all__ = [
     "DEFAULT_MAX_BUFFERED_EVENTS",
+    "DEFAULT_MAX_STREAM_BYTES",
     "PROGRESS_WATCH_ID",
     "SlowWatcherPolicy",
     "WatchFilter",
     "WatchHub",
     "WatchResponse",
     "WatchStream",
+    "response_cost",
 ]
 
 DEFAULT_MAX_BUFFERED_EVENTS = 1024
 """Default bound on one watcher's undelivered events (etcd buffers 128 responses per watcher)."""
+
+DEFAULT_MAX_STREAM_BYTES = 8 << 20
+"""Default bound on one stream's queued responses, in :func:`response_cost` bytes.
+
+etcd bounds a stream at 128 responses (``chanBufLen``); kvapp sends one revision per response,
+so it bounds the bytes instead: about 30,000 small events, or 5 of the largest values.
+"""
+
+RESPONSE_COST = 160
+"""Bytes counted per queued response: the response, its queue entry, its events tuple."""
+
+EVENT_COST = 120
+"""Bytes counted per queued event on top of its keys and values."""
 
 PROGRESS_WATCH_ID = -1
 """The ``watch_id`` of a stream-wide progress notification (etcd's ``InvalidWatchID``)."""
@@ -107,10 +141,25 @@ class WatchResponse:
         return not (self.events or self.created or self.canceled)
 
 
+def response_cost(resp: WatchResponse) -> int:
+    """The bytes a queued response is counted as: an estimate of the memory it holds.
+
+    Keys and values are counted in full even though the store shares them, because each
+    response is encoded into its own copy on the way to the client.
+    """
+    cost = RESPONSE_COST
+    for e in resp.events:
+        cost += EVENT_COST + len(e.kv.key) + len(e.kv.value)
+        if e.prev_kv is not None:
+            cost += len(e.prev_kv.key) + len(e.prev_kv.value)
+    return cost
+
+
 class _Watcher:
     """One watcher's registration and delivery state."""
 
     __slots__ = (
+        "aside",
         "buffered",
         "id",
         "key",
@@ -121,6 +170,7 @@ class _Watcher:
         "prev_kv",
         "progress_notify",
         "range_end",
+        "seq",
         "stream",
         "synced",
     )
@@ -136,9 +186,11 @@ class _Watcher:
         prev_kv: bool,
         progress_notify: bool,
         next_rev: int,
+        seq: int,
     ) -> None:
         wanted = set(filters)
         self.stream = stream
+        self.seq = seq
         self.id = watch_id
         self.key = key
         self.range_end = range_end
@@ -150,6 +202,7 @@ class _Watcher:
         self.synced = False
         self.buffered = 0
         self.notified = False
+        self.aside = False
 
     def wants(self, kv: KeyValue) -> bool:
         if kv.version:
@@ -166,8 +219,14 @@ class WatchHub:
         store: the store to watch; the hub registers itself as a listener.
         max_buffered_events: bound on one watcher's undelivered events.
         slow_watcher: what to do with a synced watcher that would exceed the bound.
+        max_stream_bytes: bound on one stream's queued responses, in :func:`response_cost`
+            bytes; a watcher that would exceed it is set aside to catch up later.
         catch_up_revisions: the most revisions one watcher scans in the change log per
             :meth:`WatchStream.take`, so a take never stalls the loop for long.
+
+    Attributes:
+        set_aside: how many times a synced watcher was set aside because its stream was full
+            (or its stream's watchers were catching up after that).
     """
 
     def __init__(
@@ -177,11 +236,16 @@ class WatchHub:
         max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS,
         slow_watcher: SlowWatcherPolicy = SlowWatcherPolicy.CANCEL,
         catch_up_revisions: int = 1000,
+        max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES,
     ) -> None:
-        if max_buffered_events < 1 or catch_up_revisions < 1:
-            raise ValueError("max_buffered_events and catch_up_revisions must be positive")
+        if max_buffered_events < 1 or catch_up_revisions < 1 or max_stream_bytes < 1:
+            raise ValueError(
+                "max_buffered_events, catch_up_revisions and max_stream_bytes must be positive"
+            )
         self.store = store
         self.max_buffered_events = max_buffered_events
+        self.max_stream_bytes = max_stream_bytes
+        self.set_aside = 0
         self.slow_watcher = slow_watcher
         self.catch_up_revisions = catch_up_revisions
         self._streams: dict[WatchStream, None] = {}
@@ -206,13 +270,17 @@ class WatchHub:
         """Send progress notifications to idle synced watchers that asked for them.
 
         Call it every progress interval (etcd: 10 minutes). A watcher with ``progress_notify``
-        gets an empty response at the current revision unless it got events since the last tick.
+        gets an empty response at the current revision unless it got events since the last tick,
+        or its stream is full (etcd likewise skips a watcher whose channel is full).
         """
         rev = self.store.revision
         for stream in self._streams:
             for w in stream._watchers.values():
                 if w.progress_notify and w.synced and not w.notified:
-                    stream._enqueue(w, WatchResponse(w.id, rev))
+                    resp = WatchResponse(w.id, rev)
+                    cost = response_cost(resp)
+                    if stream._fits(cost):
+                        stream._enqueue(w, resp, cost)
                 w.notified = False
 
     @property
@@ -225,25 +293,40 @@ class WatchHub:
     def on_commit(self, revision: int, events: Sequence[Event]) -> None:
         """Deliver one committed revision to the synced watchers it concerns."""
         self._seen_rev = revision
-        matched: dict[_Watcher, list[Event]] = {}
+        matched: dict[_Watcher, list[int]] = {}
         ranges = self._range_watchers
-        for ev in events:
+        for i, ev in enumerate(events):
             key = ev.kv.key
             for w in self._key_watchers.get(key, ()):
-                matched.setdefault(w, []).append(ev)
+                matched.setdefault(w, []).append(i)
             for w in ranges:
                 if contains(w.key, w.range_end, key):
-                    matched.setdefault(w, []).append(ev)
-        for w, evs in matched.items():
+                    matched.setdefault(w, []).append(i)
+        if not matched:
+            return
+        # Each event's response_cost share, without and with its prev_kv, once per revision.
+        bare = [EVENT_COST + len(e.kv.key) + len(e.kv.value) for e in events]
+        full = [
+            c if e.prev_kv is None else c + len(e.prev_kv.key) + len(e.prev_kv.value)
+            for c, e in zip(bare, events, strict=True)
+        ]
+        for w, indexes in matched.items():
             if w.next_rev > revision:
                 continue
-            wanted = tuple(
-                e if w.prev_kv or e.prev_kv is None else Event(e.type, e.kv)
-                for e in evs
-                if w.wants(e.kv)
-            )
+            wanted: list[Event] = []
+            cost = RESPONSE_COST
+            for i in indexes:
+                e = events[i]
+                if not w.wants(e.kv):
+                    continue
+                if w.prev_kv or e.prev_kv is None:
+                    wanted.append(e)
+                    cost += full[i]
+                else:
+                    wanted.append(Event(e.type, e.kv))
+                    cost += bare[i]
             if wanted:
-                w.stream._deliver(w, WatchResponse(w.id, revision, wanted))
+                w.stream._deliver(w, WatchResponse(w.id, revision, tuple(wanted)), cost)
 
     def on_restore(self) -> None:
         """Demote every synced watcher: it re-reads from the restored change log."""
@@ -293,11 +376,26 @@ class WatchStream:
         self._hub = hub
         self._on_pending = on_pending
         self._signaled = False
-        self._queue: deque[tuple[_Watcher | None, WatchResponse]] = deque()
+        self._queue: deque[tuple[_Watcher | None, WatchResponse, int]] = deque()
+        self._bytes = 0
+        self._events = 0
         self._watchers: dict[int, _Watcher] = {}
         self._next_id = 0
+        self._seq = 0  # creation order of watchers, for taking turns at catching up
+        self._aside = 0  # watchers set aside for a full queue, not caught up yet
+        self._turn = 0  # the seq of the first watcher that gets to catch up next time
         self._progress_wanted = False
         self._closed = False
+
+    @property
+    def buffered_bytes(self) -> int:
+        """The :func:`response_cost` of the queued responses (bounded by the hub's bound)."""
+        return self._bytes
+
+    @property
+    def buffered_events(self) -> int:
+        """The events in the queued responses."""
+        return self._events
 
     @property
     def watch_ids(self) -> list[int]:
@@ -360,7 +458,9 @@ class WatchStream:
             prev_kv=prev_kv,
             progress_notify=progress_notify,
             next_rev=start,
+            seq=self._seq,
         )
+        self._seq += 1
         self._watchers[watch_id] = w
         self._enqueue(w, WatchResponse(watch_id, rev, created=True))
         if start > rev:
@@ -398,16 +498,22 @@ class WatchStream:
     def take(self, max_responses: int | None = None) -> list[WatchResponse]:
         """Catch up unsynced watchers (within their bounds), then pop queued responses.
 
-        Call it again while :meth:`has_pending` is true; each call does bounded work.
+        Call it again while :meth:`has_pending` is true; each call does bounded work. Catching
+        up waits until the queue is at most half full, so that each pass over the watchers
+        behind queues many responses, not the few just taken.
         """
         self._signaled = False
-        self._sync()
+        if self._bytes <= self._hub.max_stream_bytes // 2:
+            self._sync()
         out: list[WatchResponse] = []
         queue = self._queue
         while queue and (max_responses is None or len(out) < max_responses):
-            w, resp = queue.popleft()
+            w, resp, cost = queue.popleft()
+            n = len(resp.events)
             if w is not None:
-                w.buffered -= len(resp.events)
+                w.buffered -= n
+            self._bytes -= cost
+            self._events -= n
             out.append(resp)
         return out
 
@@ -416,6 +522,7 @@ class WatchStream:
         for w in list(self._watchers.values()):
             self._remove(w)
         self._queue.clear()
+        self._bytes = self._events = self._aside = 0
         self._progress_wanted = False
         self._closed = True
         self._hub._close(self)
@@ -427,34 +534,60 @@ class WatchStream:
             self._signaled = True
             self._on_pending()
 
-    def _enqueue(self, w: _Watcher | None, resp: WatchResponse) -> None:
-        self._queue.append((w, resp))
+    def _fits(self, cost: int) -> bool:
+        """Whether a response of ``cost`` may be queued (always, into an empty queue)."""
+        return not self._bytes or self._bytes + cost <= self._hub.max_stream_bytes
+
+    def _enqueue(self, w: _Watcher | None, resp: WatchResponse, cost: int = 0) -> None:
+        cost = cost or response_cost(resp)
+        n = len(resp.events)
+        self._queue.append((w, resp, cost))
+        self._bytes += cost
+        self._events += n
         if w is not None:
-            w.buffered += len(resp.events)
-            if resp.events:
+            w.buffered += n
+            if n:
                 w.notified = True
         self._signal()
 
     def _drop_queued(self, w: _Watcher) -> int:
         """Drop ``w``'s queued events (not its control responses); return the first's revision."""
         first = 0
-        kept: deque[tuple[_Watcher | None, WatchResponse]] = deque()
+        kept: deque[tuple[_Watcher | None, WatchResponse, int]] = deque()
         for item in self._queue:
             if item[0] is w and item[1].events:
                 first = first or item[1].events[0].kv.mod_revision
+                self._bytes -= item[2]
+                self._events -= len(item[1].events)
             else:
                 kept.append(item)
         self._queue = kept
         w.buffered = 0
         return first
 
-    def _remove(self, w: _Watcher) -> None:
+    def _remove(self, w: _Watcher, *, keep_queued: bool = False) -> None:
         self._hub._unregister(w)
-        self._drop_queued(w)
+        if w.aside:
+            w.aside = False
+            self._aside -= 1
+        if not keep_queued:
+            self._drop_queued(w)
         del self._watchers[w.id]
 
-    def _deliver(self, w: _Watcher, resp: WatchResponse) -> None:
+    def _deliver(self, w: _Watcher, resp: WatchResponse, cost: int) -> None:
+        """Queue a live response of :func:`response_cost` ``cost`` for ``w``, within bounds."""
         hub = self._hub
+        if self._aside or (self._bytes and self._bytes + cost > hub.max_stream_bytes):
+            # The stream is full, or was and its watchers are catching up: set this one aside
+            # too (so that they all take turns); it re-reads this revision on from the change
+            # log once the client has taken some of the queue.
+            hub._unregister(w)
+            w.next_rev = resp.revision
+            w.aside = True
+            self._aside += 1
+            hub.set_aside += 1
+            self._signal()
+            return
         if w.buffered and w.buffered + len(resp.events) > hub.max_buffered_events:
             if hub.slow_watcher is SlowWatcherPolicy.RESYNC:
                 first = self._drop_queued(w) or resp.revision
@@ -469,14 +602,20 @@ class WatchStream:
                 WatchResponse(w.id, hub.store.revision, canceled=True, cancel_reason=reason),
             )
             return
-        self._enqueue(w, resp)
+        self._enqueue(w, resp, cost)
 
     def _sync(self) -> None:
         hub = self._hub
         store = hub.store
-        for w in [w for w in self._watchers.values() if not w.synced]:
+        behind = [w for w in self._watchers.values() if not w.synced]  # in creation order
+        # Watchers take turns: a pass the stream's bound cut short goes on where it stopped,
+        # so that a client slower than the writes spreads its lag over all of its watchers.
+        first = bisect_left(behind, self._turn, key=lambda w: w.seq)
+        turn: int | None = None  # where the next pass starts once this one found no room
+        for w in behind[first:] + behind[:first]:
             if w.next_rev < store.compact_revision:
-                self._remove(w)
+                # What is already queued for it goes first, as in etcd.
+                self._remove(w, keep_queued=True)
                 self._enqueue(
                     None,
                     WatchResponse(
@@ -487,10 +626,18 @@ class WatchStream:
                     ),
                 )
                 continue
-            self._catch_up(w)
+            if turn is not None:
+                continue
+            if self._bytes >= hub.max_stream_bytes:
+                turn = w.seq
+                continue
+            if not self._catch_up(w):
+                turn = w.seq  # cut short by the bound: it goes on first next time
+        self._turn = turn or 0
         self._maybe_send_progress()
 
-    def _catch_up(self, w: _Watcher) -> None:
+    def _catch_up(self, w: _Watcher) -> bool:
+        """Queue ``w``'s history within the bounds; False if the stream's bound cut it short."""
         hub = self._hub
         store = hub.store
         cur = store.revision
@@ -502,21 +649,31 @@ class WatchStream:
                 break
             rev = changes[i].mod_revision
             events: list[Event] = []
-            while i < n and changes[i].mod_revision == rev:
-                kv = changes[i]
-                i += 1
+            j = i
+            while j < n and changes[j].mod_revision == rev:
+                kv = changes[j]
+                j += 1
                 if contains(w.key, w.range_end, kv.key) and w.wants(kv):
                     prev = store.prev_version(kv) if w.prev_kv else None
                     events.append(
                         Event(EventType.PUT if kv.version else EventType.DELETE, kv, prev)
                     )
             if events:
-                self._enqueue(w, WatchResponse(w.id, cur, tuple(events)))
+                resp = WatchResponse(w.id, cur, tuple(events))
+                cost = response_cost(resp)
+                if not self._fits(cost):
+                    return False  # this revision is read again next time
+                self._enqueue(w, resp, cost)
+            i = j
             w.next_rev = rev + 1
         else:
             w.next_rev = max(w.next_rev, stop + 1)
         if w.next_rev > cur:
             hub._register(w)
+            if w.aside:
+                w.aside = False
+                self._aside -= 1
+        return True
 
     def _maybe_send_progress(self) -> None:
         if self._progress_wanted and all(w.synced for w in self._watchers.values()):

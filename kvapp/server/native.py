@@ -100,6 +100,9 @@ Limits and bad input
       connection stays usable.
     - A connection with more than ``max_inflight`` unanswered requests is not read from until
       answers have been written (backpressure; a client that never reads stalls only itself).
+    - Watch items are taken from the member only as fast as the connection takes frames; the
+      member queues at most its per-stream bound of them meanwhile (see :mod:`kvapp.watch`),
+      and catches the watchers up from history once the client reads again.
 """
 
 from __future__ import annotations

@@ -28,12 +28,14 @@ from kvapp.mvcc import (
     prefix_range_end,
 )
 from kvapp.watch import (
+    DEFAULT_MAX_STREAM_BYTES,
     PROGRESS_WATCH_ID,
     SlowWatcherPolicy,
     WatchFilter,
     WatchHub,
     WatchResponse,
     WatchStream,
+    response_cost,
 )
 
 PUT, DELETE = EventType.PUT, EventType.DELETE
@@ -442,6 +444,20 @@ class Watcher:
         self.canceled: WatchResponse | None = None
 
 
+def check_stream_bound(s: WatchStream) -> None:
+    """The stream's counters match its queue, and its events and periodic progress
+    notifications stay within the hub's bound (or are one response queued alone)."""
+    queue = list(s._queue)
+    assert s.buffered_bytes == sum(response_cost(r) for _, r, _ in queue)
+    assert s.buffered_events == sum(len(r.events) for _, r, _ in queue)
+    aside = [w for w in s._watchers.values() if w.aside]
+    assert s._aside == len(aside)
+    assert not any(w.synced for w in aside)
+    bounded = [r for w, r, _ in queue if w is not None and not r.created]
+    held = sum(response_cost(r) for r in bounded)
+    assert held <= s._hub.max_stream_bytes or len(bounded) == 1, (held, len(bounded))
+
+
 def _in(key: bytes, end: bytes, k: bytes) -> bool:
     if not end:
         return k == key
@@ -455,15 +471,22 @@ class WatchMachine(RuleBasedStateMachine):
     watchers = Bundle("watchers")
 
     @initialize(
-        policy=st.sampled_from(SlowWatcherPolicy), bound=st.integers(1, 4), batch=st.integers(1, 5)
+        policy=st.sampled_from(SlowWatcherPolicy),
+        bound=st.one_of(st.integers(1, 4), st.just(1000)),
+        batch=st.integers(1, 5),
+        stream_bytes=st.sampled_from([1, 400, 700, 1500, DEFAULT_MAX_STREAM_BYTES]),
     )
-    def init(self, policy: SlowWatcherPolicy, bound: int, batch: int) -> None:
+    def init(self, policy: SlowWatcherPolicy, bound: int, batch: int, stream_bytes: int) -> None:
         self.leader = Store()
         self.truth = Truth()
         self.leader.add_listener(self.truth)
         self.follower = Store()
         self.hub = WatchHub(
-            self.follower, max_buffered_events=bound, slow_watcher=policy, catch_up_revisions=batch
+            self.follower,
+            max_buffered_events=bound,
+            slow_watcher=policy,
+            catch_up_revisions=batch,
+            max_stream_bytes=stream_bytes,
         )
         self.streams = [self.hub.open_stream(), self.hub.open_stream()]
         self.all: dict[tuple[int, int], Watcher] = {}
@@ -560,6 +583,15 @@ class WatchMachine(RuleBasedStateMachine):
             elif r.events:
                 assert len({e.kv.mod_revision for e in r.events}) == 1, "one revision each"
                 w.got.extend(r.events)
+
+    @rule()
+    def progress_tick(self) -> None:
+        self.hub.progress_tick()
+
+    @invariant()
+    def streams_stay_within_their_bound(self) -> None:
+        for s in self.streams:
+            check_stream_bound(s)
 
     @invariant()
     def delivered_is_a_prefix_of_the_truth(self) -> None:

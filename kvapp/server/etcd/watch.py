@@ -19,8 +19,9 @@ decides it; etcd's API-layer rules are applied here:
 - a flood of creates on one stream is paced: after every :data:`MAX_UNSENT_CREATES` creates,
   the client's next request is read only once everything before it was sent (responses and
   history to replay; etcd sets no limit on watchers per stream, and neither does kvapp, but
-  this bounds how many watchers' backlogs the member builds at once, so one stream can
-  neither grow the member's memory with them nor hold its event loop for long);
+  this bounds how many watchers' backlogs the member builds at once, so one stream cannot
+  hold its event loop for long; what it queues is bounded per stream by the member, and a
+  client that stops reading gets its events later from history, as in etcd);
 - with the metadata ``hasleader: true`` (clientv3's ``WithRequireLeader``, which ``etcdctl
   watch`` sets) the stream fails with "etcdserver: no leader" at once when no leader is known,
   and later when none has been known for ``leader_lost_checks`` checks in a row.
@@ -54,9 +55,8 @@ _BATCH: Final = 256
 MAX_UNSENT_CREATES: Final = 16
 """Watch creates a stream takes before it waits for everything queued to be sent.
 
-Each watcher replaying history buffers up to the member's per-watcher bound of events at a
-time, so this bounds one stream's backlog, and the work of one pass over it, to that many
-watchers' worth.
+The member bounds what it queues per stream (see :mod:`kvapp.watch`); this bounds the work of
+one pass over a stream's watchers catching up, and how many new backlogs a stream starts at once.
 """
 
 
