@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import logging
@@ -75,6 +76,10 @@ class LocalMember:
 _EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST_PORT = 10_000
 _PORT_TRIES = 1_000
+# Ports this process handed out lately: a caller may not have bound them yet, so two calls in
+# a row (a cluster's client ports, then its gRPC ports) must not pick the same one.
+_recent: collections.deque[int] = collections.deque(maxlen=4096)
+_handed_out: set[int] = set()
 
 
 def free_ports(n: int) -> list[int]:
@@ -95,9 +100,16 @@ def free_ports(n: int) -> list[int]:
         if len(ports) == n:
             break
         port = rng.randrange(_LOWEST_PORT, low)
-        if port not in ports and _bindable(port):
+        if port not in ports and port not in _handed_out and _bindable(port):
             ports.append(port)
-    return ports if len(ports) == n else _kernel_ports(n)
+    if len(ports) < n:
+        return _kernel_ports(n)
+    for port in ports:
+        if len(_recent) == _recent.maxlen:
+            _handed_out.discard(_recent[0])
+        _recent.append(port)
+        _handed_out.add(port)
+    return ports
 
 
 def _ephemeral_low() -> int | None:

@@ -145,3 +145,11 @@ def test_free_ports_fall_back_to_the_kernels_choice_without_a_range(
     ports = free_ports(3)
     assert len(set(ports)) == 3
     assert all(p > 0 for p in ports)
+
+
+def test_free_ports_never_hands_out_a_port_twice_in_a_row() -> None:
+    """A caller may not have bound its ports yet when the next call comes."""
+    seen: list[int] = []
+    for _ in range(50):
+        seen += free_ports(20)
+    assert len(set(seen)) == len(seen)
