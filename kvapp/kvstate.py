@@ -251,12 +251,7 @@ class KvState:
             return
         self._prefix = EncodedPrefix(
             data=data,
-            start=span.start,
-            end=span.end,
-            base_count=span.base_count,
-            log_count=span.log_count,
-            crc=span.crc,
-            last=span.last,
+            span=span,
             compact_revision=image.compact_revision,
             lineage=image.lineage,
             store=weakref.ref(self.store),
@@ -305,20 +300,14 @@ class KvState:
 class EncodedPrefix:
     """A range of a snapshot's bytes that later snapshots of the same state may copy.
 
-    ``data[start:end]`` holds the ``base`` chunks (``base_count`` records) and the first
-    ``log_count`` change-log records in full chunks, as :meth:`StateImage.write` encodes them;
-    ``crc`` is the history hash chain after those records and ``last`` the last of the log
-    records (None if none), which :meth:`KvState.snapshot_image` checks by identity. Valid
-    while the store it came from (``store``, ``lineage``) keeps ``compact_revision``.
+    ``span`` locates in ``data`` the ``base`` chunks and the full change-log chunks, as
+    :meth:`StateImage.write` encoded them (its last log record is checked by identity in
+    :meth:`KvState.snapshot_image`). Valid while the store it came from (``store``,
+    ``lineage``) keeps ``compact_revision``.
     """
 
     data: bytes = attrs.field(repr=lambda d: f"<{len(d)} bytes>")
-    start: int
-    end: int
-    base_count: int
-    log_count: int
-    crc: int
-    last: KeyValue | None
+    span: StreamSpan
     compact_revision: int
     lineage: int
     store: weakref.ref[Store] = attrs.field(eq=False, repr=False)
@@ -339,10 +328,11 @@ def _log_after(prefix: EncodedPrefix, store: Store) -> list[KeyValue] | None:
     A second line of defence: with the checks of :func:`_prefix_valid` passed, the log has only
     grown since the prefix was encoded.
     """
-    if prefix.last is None:
+    span = prefix.span
+    if span.last is None:
         return list(store.snapshot_log())
-    tail = list(store.snapshot_log(prefix.log_count - 1))
-    if not tail or tail[0] is not prefix.last:
+    tail = list(store.snapshot_log(span.log_count - 1))
+    if not tail or tail[0] is not span.last:
         return None
     del tail[0]
     return tail
@@ -388,7 +378,7 @@ class StateImage:
     def hash(self) -> int:
         """:func:`state_hash` of the captured state."""
         prefix = self.prefix
-        crc = extend_history_hash(0, self.base) if prefix is None else prefix.crc
+        crc = extend_history_hash(0, self.base) if prefix is None else prefix.span.crc
         crc = extend_history_hash(crc, self.log)
         return _state_crc(crc, self.revision, self.compact_revision, self.leases)
 
@@ -417,8 +407,9 @@ class StateImage:
             _write_chunks(sink, "base", map(_record, self.base))
             logged, last = 0, None
         else:
-            base, crc, logged, last = prefix.base_count, prefix.crc, prefix.log_count, prefix.last
-            sink.write(memoryview(prefix.data)[prefix.start : prefix.end])
+            span = prefix.span
+            base, crc, logged, last = span.base_count, span.crc, span.log_count, span.last
+            sink.write(memoryview(prefix.data)[span.start : span.end])
         log = self.log
         full = len(log) - len(log) % _CHUNK
         for i in range(0, full, _CHUNK):

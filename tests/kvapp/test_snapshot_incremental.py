@@ -172,7 +172,7 @@ def test_a_snapshot_copies_the_previous_ones_full_chunks_and_encodes_the_rest(
     t.take()
     prefix = s.snapshot_image().prefix
     assert prefix is not None
-    assert (prefix.base_count, prefix.log_count) == (5, 8)
+    assert (prefix.span.base_count, prefix.span.log_count) == (5, 8)
     puts(s, 7)
     image = s.snapshot_image()
     assert image.prefix is prefix
@@ -182,7 +182,7 @@ def test_a_snapshot_copies_the_previous_ones_full_chunks_and_encodes_the_rest(
     assert t.reused == 1
     prefix = s.snapshot_image().prefix
     assert prefix is not None
-    assert prefix.log_count == 16
+    assert prefix.span.log_count == 16
 
 
 def test_the_default_chunk_size_reuses_too() -> None:
@@ -193,7 +193,7 @@ def test_the_default_chunk_size_reuses_too() -> None:
     puts(s, 10, keys=100)
     image = s.snapshot_image()
     assert image.prefix is not None
-    assert image.prefix.log_count == 2048
+    assert image.prefix.span.log_count == 2048
     assert len(image.log) == 3000 - 2048 + 10
     check_restores(t.take(), s)
 
@@ -294,7 +294,7 @@ def test_a_prefix_wrongly_reused_after_a_compaction_is_caught(
     prefix = s.snapshot_image().prefix
     assert prefix is None  # the log's identity check alone drops it
     monkeypatch.setattr(
-        kvstate, "_log_after", lambda p, store: list(store.snapshot_log(p.log_count))
+        kvstate, "_log_after", lambda p, store: list(store.snapshot_log(p.span.log_count))
     )
     with pytest.raises(AssertionError, match="differs from the full one"):
         t.take()
@@ -618,7 +618,7 @@ async def test_members_snapshot_incrementally_and_one_behind_catches_up_by_snaps
                     await lead.write(CompactRequest(lead.kv.store.revision - 5))
             prefix = lead.kv.snapshot_image().prefix
             assert prefix is not None
-            assert prefix.log_count > 0
+            assert prefix.span.log_count > 0
             assert prefix.data is lead._storage.snapshot().data  # the snapshot raftlib holds
             assert lead._storage.first_index() > cut_at + 1  # only a snapshot can catch up
             await check_snapshot_file(lead)
