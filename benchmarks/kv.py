@@ -413,14 +413,9 @@ def run_kvload(
     return rec
 
 
-def run_etcd(bench: pathlib.Path, cluster: EtcdCluster, op: str, inflight: int, a: Any) -> Rec:
-    cmd = [
-        str(bench),
-        "etcd-put" if op == "put" else "etcd-get",
-        "--endpoints",
-        cluster.endpoints,
-        "--server-pids",
-        " ".join(map(str, cluster.pids)),
+def load_args(inflight: int, a: Any) -> list[str]:
+    """goload's workload flags for one point (``bench etcd-put``, ``bench load`` and the rest)."""
+    return [
         "--inflight",
         str(inflight),
         "--seconds",
@@ -432,10 +427,12 @@ def run_etcd(bench: pathlib.Path, cluster: EtcdCluster, op: str, inflight: int, 
         "--value",
         str(a.value),
     ]
-    if op == "getser":
-        cmd.append("--serializable")
+
+
+def run_bench(bench: pathlib.Path, *args: str) -> Rec:
+    """Run ``bench ARGS``; its last JSON line (bench's own fields dropped)."""
     r = subprocess.run(
-        cmd,
+        [str(bench), *args],
         check=False,
         capture_output=True,
         text=True,
@@ -443,11 +440,25 @@ def run_etcd(bench: pathlib.Path, cluster: EtcdCluster, op: str, inflight: int, 
     )
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if not lines:
-        raise BenchError(f"bench exited {r.returncode}: {r.stderr.strip()[-2000:]}")
+        raise BenchError(f"bench {args[0]} exited {r.returncode}: {r.stderr.strip()[-2000:]}")
     rec: Rec = json.loads(lines[-1])
     for k in ("t", "loadavg1", "cpu_psi10", "bench", "target", "label"):
         rec.pop(k, None)
     return rec
+
+
+def run_etcd(bench: pathlib.Path, cluster: EtcdCluster, op: str, inflight: int, a: Any) -> Rec:
+    """goload against ``cluster`` through ``bench etcd-put`` / ``etcd-get``."""
+    return run_bench(
+        bench,
+        "etcd-put" if op == "put" else "etcd-get",
+        "--endpoints",
+        cluster.endpoints,
+        "--server-pids",
+        " ".join(map(str, cluster.pids)),
+        *load_args(inflight, a),
+        *(["--serializable"] if op == "getser" else []),
+    )
 
 
 def point(system: str, bench: pathlib.Path, op: str, inflight: int, a: argparse.Namespace) -> Rec:

@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.kv import (
-    BUILD,
     BUSY_LOAD,
     OP_NAMES,
     BenchError,
@@ -44,8 +41,10 @@ from benchmarks.kv import (
     Rec,
     _filesystem,
     etcd_version,
+    load_args,
     machine,
     record_point,
+    run_bench,
     run_etcd,
     source,
 )
@@ -74,41 +73,6 @@ def _wait_ports(ports: Sequence[int], limit: float = 30.0) -> None:
                 time.sleep(0.1)
 
 
-def _bench(bench: Any, *args: str) -> Rec:
-    """Run ``bench ARGS``; its last JSON line (bench's own fields dropped)."""
-    r = subprocess.run(
-        [str(bench), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, BENCH_BUILD=str(BUILD)),
-    )
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        raise BenchError(f"bench {args[0]} exited {r.returncode}: {r.stderr.strip()[-2000:]}")
-    rec: Rec = json.loads(lines[-1])
-    for k in ("t", "loadavg1", "cpu_psi10", "bench", "target", "label"):
-        rec.pop(k, None)
-    return rec
-
-
-def _load_args(op: str, inflight: int, a: argparse.Namespace) -> list[str]:
-    return [
-        "--op",
-        op,
-        "--inflight",
-        str(inflight),
-        "--seconds",
-        str(a.seconds),
-        "--warmup",
-        str(a.warmup),
-        "--keys",
-        str(a.keys),
-        "--value",
-        str(a.value),
-    ]
-
-
 def point(system: str, bench: Any, op: str, inflight: int, a: argparse.Namespace) -> Rec:
     """One goload run against a fresh ``system``, which is stopped and removed afterwards."""
     m = machine()
@@ -118,21 +82,23 @@ def point(system: str, bench: Any, op: str, inflight: int, a: argparse.Namespace
             kc.start()
             _wait_ports([mb.grpc_port for mb in kc.members])
             endpoints = ",".join(f"127.0.0.1:{mb.grpc_port}" for mb in kc.members)
-            rec = _bench(
+            rec = run_bench(
                 bench,
                 "load",
                 "--endpoints",
                 endpoints,
                 "--server-pids",
                 " ".join(map(str, kc.pids)),
-                *_load_args(op, inflight, a),
+                "--op",
+                op,
+                *load_args(inflight, a),
             )
         finally:
             kc.stop()
             kc.remove()
     elif system == "ceiling":
         extra = ["--no-uvloop"] if a.ceiling_no_uvloop else []
-        rec = _bench(bench, "ceiling", *_load_args(op, inflight, a), *extra)
+        rec = run_bench(bench, "ceiling", "--op", op, *load_args(inflight, a), *extra)
     else:
         ec = EtcdCluster(a.run_dir)
         try:
