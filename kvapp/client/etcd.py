@@ -60,7 +60,13 @@ import grpc
 
 from kvapp import etcdconv as conv
 from kvapp.client.errors import ClientError, LinkClosed, ProtocolError
-from kvapp.client.transport import ConnectorTraits, WatchSink, WatchSpec, WatchStarted
+from kvapp.client.transport import (
+    ConnectorTraits,
+    LinkIdentity,
+    WatchSink,
+    WatchSpec,
+    WatchStarted,
+)
 from kvapp.errors import (
     EtcdError,
     GrpcCode,
@@ -314,7 +320,7 @@ class _Stream:
             self.reader.cancel()
 
 
-class EtcdLink:
+class EtcdLink(LinkIdentity):
     """One gRPC channel to one member; see :class:`~kvapp.client.transport.Link`.
 
     Attributes:
@@ -343,29 +349,6 @@ class EtcdLink:
         self._watch_create_lock = asyncio.Lock()
         self._creating: tuple[asyncio.Future[tuple[int, int]], WatchSink] | None = None
         self._sinks: dict[int, WatchSink] = {}
-
-    def __repr__(self) -> str:
-        return f"<EtcdLink {self._endpoint} member {self._member_id:x}>"
-
-    @property
-    def endpoint(self) -> str:
-        """The endpoint this link is connected to."""
-        return self._endpoint
-
-    @property
-    def client_id(self) -> int:
-        """The client id the link was opened with (etcd's API carries none)."""
-        return self._client_id
-
-    @property
-    def member_id(self) -> int:
-        """The member at the other end (from its Status at connect time)."""
-        return self._member_id
-
-    @property
-    def closed(self) -> bool:
-        """Whether the link is lost or closed."""
-        return self._lost is not None
 
     # -- plumbing ----------------------------------------------------------------------------
 

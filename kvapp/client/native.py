@@ -26,7 +26,7 @@ import cbor2
 
 from kvapp import requests as kvreq
 from kvapp.client.errors import ClientError, LinkClosed, ProtocolError
-from kvapp.client.transport import WatchSink, WatchSpec, WatchStarted
+from kvapp.client.transport import LinkIdentity, WatchSink, WatchSpec, WatchStarted
 from kvapp.errors import GrpcCode, KvappError, RequestDecodeError, RequestTooLargeError
 from kvapp.lease import (
     LeaseGrantRequest,
@@ -212,7 +212,7 @@ def _check_hello(endpoint: str, reply: object) -> tuple[ResponseHeader, int, int
     return header, reply[3], reply[4]
 
 
-class NativeLink:
+class NativeLink(LinkIdentity):
     """One native-protocol connection; see :class:`~kvapp.client.transport.Link`.
 
     Attributes:
@@ -250,29 +250,6 @@ class NativeLink:
         self.requests_sent = 0
         self._reader_task = asyncio.create_task(self._read_loop())
         self._writer_task = asyncio.create_task(self._write_loop())
-
-    def __repr__(self) -> str:
-        return f"<NativeLink {self._endpoint} member {self._member_id:x}>"
-
-    @property
-    def endpoint(self) -> str:
-        """The endpoint this link is connected to."""
-        return self._endpoint
-
-    @property
-    def client_id(self) -> int:
-        """The client id this link handshook with (its writes are deduplicated under it)."""
-        return self._client_id
-
-    @property
-    def member_id(self) -> int:
-        """The member at the other end (from the handshake)."""
-        return self._member_id
-
-    @property
-    def closed(self) -> bool:
-        """Whether the link is lost or closed."""
-        return self._lost is not None
 
     # -- calls -------------------------------------------------------------------------------
 

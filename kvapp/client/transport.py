@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from kvapp.client.errors import ClientError
 from kvapp.lease import LeaseKeepAliveResponse, LeaseTimeToLiveResponse
 from kvapp.mvcc.types import RangeRequest, RangeResponse
 from kvapp.requests import AlarmAction, AlarmResponse, AlarmType
@@ -35,6 +36,7 @@ __all__ = [
     "Connector",
     "ConnectorTraits",
     "Link",
+    "LinkIdentity",
     "WatchSink",
     "WatchSpec",
     "WatchStarted",
@@ -162,6 +164,42 @@ class Link(Protocol):
     async def close(self) -> None:
         """Close the connection; pending calls fail with ``LinkClosed``."""
         ...
+
+
+class LinkIdentity:
+    """The identity part of :class:`Link`, shared by every transport's link class.
+
+    The class sets ``_endpoint``, ``_client_id``, ``_member_id`` and ``_lost`` (the error that
+    ended the link, None while it is usable).
+    """
+
+    _endpoint: str
+    _client_id: int
+    _member_id: int
+    _lost: ClientError | None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._endpoint} member {self._member_id:x}>"
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint this link is connected to."""
+        return self._endpoint
+
+    @property
+    def client_id(self) -> int:
+        """The client id the link was opened with (etcd's API carries none)."""
+        return self._client_id
+
+    @property
+    def member_id(self) -> int:
+        """The member at the other end (from the handshake, or its Status at connect time)."""
+        return self._member_id
+
+    @property
+    def closed(self) -> bool:
+        """Whether the link is lost or closed."""
+        return self._lost is not None
 
 
 @runtime_checkable
