@@ -726,9 +726,10 @@ class Member:
     def _batch_write(self, data: bytes, fut: asyncio.Future[object]) -> None:
         """Add an encoded client write to this loop turn's batch (opened by the first one).
 
-        The batch is proposed by its own task, which closes it when it starts (on the next
-        turn) unless it filled up first; a write that would overfill it opens a new one. A
-        batch of one request is proposed as that request's plain entry.
+        The batch is proposed by its own task, which closes it once the Raft node is between
+        two Readys (at once when it is idle; else the writes arriving while a Ready is written
+        join it: group commit), unless it filled up first; a write that would overfill it opens
+        a new one. A batch of one request is proposed as that request's plain entry.
         """
         batch = self._open_batch
         if batch is not None and (
@@ -751,6 +752,7 @@ class Member:
         mapped as :meth:`_propose` maps it; each request's own result or EtcdError goes to its
         waiter alone.
         """
+        await self.node.between_readies()
         if self._open_batch is batch:
             self._open_batch = None
         waiters = batch.waiters

@@ -576,6 +576,8 @@ class Node:
         # Inputs in arrival order: callables, and proposals (batched when consecutive).
         self._inbox: deque[Callable[[], None] | _Proposal[int] | _Proposal[ConfState]] = deque()
         self._wake = asyncio.Event()
+        self._in_ready = False
+        self._between: list[asyncio.Future[None]] = []
         self._props: dict[int, _Proposal[int]] = {}
         self._conf_props: dict[int, _Proposal[ConfState]] = {}
         self._by_index: dict[int, _Proposal[int] | _Proposal[ConfState]] = {}
@@ -787,6 +789,23 @@ class Node:
         self._submit(w, lambda: self._conf_props.pop(w.seq, None), timeout)
         return await w.future
 
+    async def between_readies(self) -> None:
+        """Return when the Ready loop is between two Readys: at once if it is not handling one.
+
+        While a Ready is written and applied, proposals can only queue, and the ones queued
+        when it ends all go into the next Ready. An application that packs many requests into
+        one proposal can await this before it closes a pack, so that everything that arrives
+        during a Ready (an fsync, say) shares one entry, at no extra latency. The waiter is
+        resumed before the loop takes its next inputs, so a proposal made right after this
+        returns joins the next Ready. Also returns once the node has stopped (a propose then
+        raises :class:`NodeStopped`).
+        """
+        if not self._in_ready or self._closed:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._between.append(fut)
+        await fut
+
     async def read_index(self, *, timeout: float | None = None) -> int:  # noqa: ASYNC109
         """Wait for a linearizable read point: return once the local state machine has applied it.
 
@@ -894,7 +913,11 @@ class Node:
             while True:
                 self._feed()
                 if raw.has_ready():
-                    await self._handle_ready(raw.ready())
+                    self._in_ready = True
+                    try:
+                        await self._handle_ready(raw.ready())
+                    finally:
+                        self._ready_done()
                     await asyncio.sleep(0)  # let the transport and timers run between Readys
                 elif self._snapshot_made is not None or self._snapshot_retry_due():
                     await self._maybe_snapshot()
@@ -905,6 +928,13 @@ class Node:
             raise
         except Exception as exc:  # noqa: BLE001 - the node's failure boundary: logged, kept in .failure
             self._fail(exc)
+
+    def _ready_done(self) -> None:
+        self._in_ready = False
+        waiters, self._between = self._between, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     async def _tick_loop(self) -> None:
         # Ticks follow the loop clock: a stalled loop catches up on resume (those ticks really
@@ -1568,6 +1598,7 @@ class Node:
                 r.future.set_exception(NodeStopped(reason))
         self._parked.clear()
         self._by_index.clear()
+        self._ready_done()
         self._inbox.clear()
         if self._leadership.leader_id or self._leadership.is_leader:
             self._publish(Leadership(0, self._term, is_leader=False))
