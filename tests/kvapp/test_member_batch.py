@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
 from typing import Any
 
 import pytest
@@ -99,6 +100,43 @@ async def test_batches_are_capped_by_bytes_and_by_count() -> None:
         assert [len(e.requests) for e in entries if isinstance(e, RequestBatch)] == [512, 88]
         assert len({r.revision for r in results}) == 600
     finally:
+        await stop_all(members)
+
+
+@aio
+async def test_writes_arriving_while_a_ready_is_written_share_one_entry() -> None:
+    _, members, _ = await start_cluster()
+    lead = leader_of(members)
+    storage = lead.node._storage
+    gate = threading.Event()
+    entered = threading.Event()
+    save = storage.save_ready
+
+    def slow_save(rd: Any) -> None:
+        if any(b"hold" in unwrap_proposal(e.data)[1] for e in rd.entries):
+            entered.set()
+            gate.wait(timeout=10)
+        save(rd)
+
+    storage.save_ready = slow_save  # type: ignore[method-assign]
+    try:
+        before = len(client_entries(lead))
+        held = asyncio.ensure_future(lead.write(PutRequest(b"k", b"hold")))
+        await eventually(entered.is_set, "the leader's write of the first entry started")
+        later = []
+        for i in range(5):  # one write per loop turn, all while that write runs
+            later.append(asyncio.ensure_future(lead.write(PutRequest(b"t%d" % i))))
+            await asyncio.sleep(0.01)
+        gate.set()
+        results = await asyncio.gather(held, *later)
+        entries = client_entries(lead)[before:]
+        assert entries == [
+            Request(0, 0, PutRequest(b"k", b"hold")),
+            RequestBatch(tuple(Request(0, 0, PutRequest(b"t%d" % i)) for i in range(5))),
+        ], entries
+        assert len({r.revision for r in results}) == 6
+    finally:
+        gate.set()
         await stop_all(members)
 
 

@@ -422,6 +422,82 @@ async def test_group_commit_puts_proposals_made_during_a_write_into_one_ready() 
 
 
 @run()
+async def test_between_readies_waits_out_the_ready_being_written_and_joins_the_next() -> None:
+    gate = threading.Event()
+    entered = threading.Event()
+    writes: list[list[bytes]] = []
+
+    class SlowStorage(MemoryStorage):
+        def save_ready(self, rd: Ready) -> None:
+            writes.append([e.data for e in rd.entries])
+            if rd.entries and rd.entries[-1].data.endswith(b"first"):
+                entered.set()
+                gate.wait(timeout=10)
+            super().save_ready(rd)
+
+    c = Cluster(ids=(1,))
+    n = c.start(1, SlowStorage(ConfState(voters=(1,))))
+    try:
+        await n.wait_leader(timeout=5)
+        await asyncio.wait_for(n.between_readies(), 1)  # idle: returns at once
+        first = asyncio.ensure_future(n.propose(b"first", timeout=10))
+        await eventually(entered.is_set, "the first proposal's write started")
+        order: list[str] = []
+
+        async def late() -> int:
+            await n.between_readies()
+            order.append("resumed")
+            return await n.propose(b"late", timeout=10)
+
+        waiter = asyncio.ensure_future(late())
+        queued = [asyncio.ensure_future(n.propose(b"q%d" % k, timeout=10)) for k in range(5)]
+        await asyncio.sleep(0.05)
+        assert not order, "between_readies returned while a Ready was being written"
+        gate.set()
+        await asyncio.gather(first, waiter, *queued)
+        late_write = next(w for w in writes if any(d.endswith(b"late") for d in w))
+        assert len(late_write) == 6, (
+            f"the proposal made on resuming missed the Ready of those queued meanwhile: {writes}"
+        )
+    finally:
+        gate.set()
+        await c.stop_all()
+
+
+@run()
+async def test_between_readies_returns_once_the_node_has_stopped() -> None:
+    gate = threading.Event()
+    entered = threading.Event()
+
+    class SlowStorage(MemoryStorage):
+        def save_ready(self, rd: Ready) -> None:
+            if rd.entries and rd.entries[-1].data:
+                entered.set()
+                gate.wait(timeout=10)
+            super().save_ready(rd)
+
+    c = Cluster(ids=(1,))
+    n = c.start(1, SlowStorage(ConfState(voters=(1,))))
+    try:
+        await n.wait_leader(timeout=5)
+        pending = asyncio.ensure_future(n.propose(b"x", timeout=10))
+        await eventually(entered.is_set, "the write started")
+        waiter = asyncio.ensure_future(n.between_readies())
+        stopping = asyncio.ensure_future(n.stop())
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.wait_for(waiter, 5)
+        await stopping
+        await asyncio.wait_for(n.between_readies(), 1)
+        with pytest.raises(NodeStopped):
+            await n.propose(b"after", timeout=1)
+        await asyncio.gather(pending, return_exceptions=True)
+    finally:
+        gate.set()
+        await c.stop_all()
+
+
+@run()
 async def test_acknowledgements_are_sent_only_after_the_write_returns() -> None:
     events: list[tuple[str, int]] = []
     lock = threading.Lock()
