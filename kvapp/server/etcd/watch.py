@@ -188,11 +188,14 @@ class _Session:
                 exc = self.reader.exception()
                 if exc is not None:
                     raise exc
-            for resp in self.stream.take(_BATCH):
+            taken = self.stream.take(_BATCH)
+            for resp in taken:
                 for part in self._encode(resp):
                     yield part
             if self.stream.has_pending():
                 self.wake.set()
+                if not taken:
+                    await asyncio.sleep(0)  # a catch-up pass produced nothing: let others run
             else:
                 self.sent_all.set()
 

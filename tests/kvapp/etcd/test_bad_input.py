@@ -564,6 +564,50 @@ async def test_half_closed_streams(api: Api) -> None:
 
 
 @with_api
+async def test_a_watcher_catching_up_through_unmatched_history_lets_the_loop_run(
+    api: Api,
+) -> None:
+    f = api.follower
+    member = api.member_of(f)
+    for i in range(100):  # history the watcher's key never appears in
+        await f.put(b"noise", b"%d" % i)
+    hub = member.kv.watches
+    hub.catch_up_revisions = 2  # so catching up takes about 50 passes that each find nothing
+    opened: list[Any] = []
+    open_stream = hub.open_stream
+
+    def capture(*a: Any, **kw: Any) -> Any:
+        opened.append(open_stream(*a, **kw))
+        return opened[-1]
+
+    hub.open_stream = capture  # type: ignore[method-assign]
+    turns_behind = 0
+    stop = False
+
+    async def ticker() -> None:  # counts the loop turns other tasks get while it catches up
+        nonlocal turns_behind
+        while not stop:
+            if opened and opened[0].has_pending():
+                turns_behind += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        stream = watch_stream(f)
+        await stream.write(create(b"quiet", start_revision=1))
+        assert (await stream.read()).created
+        put = await f.put(b"quiet", b"x")
+        event = await stream.read()
+        assert [e.kv.value for e in event.events] == [b"x"]
+        assert event.header.revision == put.header.revision
+    finally:
+        stop = True
+        await ticking
+    assert turns_behind >= 40, f"the catch-up let other tasks run only {turns_behind} times"
+    stream.cancel()
+
+
+@with_api
 async def test_a_flood_of_watch_creates_on_one_stream(api: Api) -> None:
     f = api.follower
     member = api.member_of(f)
