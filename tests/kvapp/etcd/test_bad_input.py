@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import attrs
@@ -218,6 +218,18 @@ def txn(client: Etcd, request: rpc_pb2.TxnRequest) -> Awaitable[rpc_pb2.TxnRespo
 
 def put_op(key: bytes, value: bytes = b"", **kw: Any) -> rpc_pb2.RequestOp:
     return pb.RequestOp(request_put=pb.PutRequest(key=key, value=value, **kw))
+
+
+@contextlib.asynccontextmanager
+async def phase(what: str | Callable[[], str], limit: float = 20) -> AsyncIterator[None]:
+    """Bound one step of a long test, so that a hang says which step hung (and how far)."""
+    try:
+        async with asyncio.timeout(limit):
+            yield
+    except TimeoutError:
+        raise AssertionError(
+            f"not within {limit} s: {what if isinstance(what, str) else what()}"
+        ) from None
 
 
 def watch_stream(client: Etcd) -> Any:
@@ -625,17 +637,18 @@ async def test_a_flood_of_watch_creates_on_one_stream(api: Api) -> None:
 
     sender = asyncio.create_task(send(3000, start_revision=1))
     other = watch_stream(api.leader)  # another client's stream
-    await other.write(create(b"other"))
-    assert (await other.read()).created
     slowest = 0.0
-    for i in range(20):
-        t0 = time.monotonic()
-        put = await f.put(b"other", b"%d" % i)
-        assert (await f.range(b"other")).kvs[0].value == b"%d" % i
-        event = await other.read()
-        assert event.header.revision == put.header.revision
-        slowest = max(slowest, time.monotonic() - t0)
-        await asyncio.sleep(0.05)
+    async with phase("another client's watch and writes during the flood"):
+        await other.write(create(b"other"))
+        assert (await other.read()).created
+        for i in range(20):
+            t0 = time.monotonic()
+            put = await f.put(b"other", b"%d" % i)
+            assert (await f.range(b"other")).kvs[0].value == b"%d" % i
+            event = await other.read()
+            assert event.header.revision == put.header.revision
+            slowest = max(slowest, time.monotonic() - t0)
+            await asyncio.sleep(0.05)
     assert slowest < 1.0, f"another client waited {slowest:.2f} s during the flood"
     made = member.kv.watches.watcher_count
     assert made <= 25 * MAX_UNSENT_CREATES, f"{made} watchers made for a client that reads nothing"
@@ -648,19 +661,21 @@ async def test_a_flood_of_watch_creates_on_one_stream(api: Api) -> None:
     stream = watch_stream(flood)
     sender = asyncio.create_task(send(3000))
     ids: set[int] = set()
-    while len(ids) < 3000:
-        resp = await stream.read()
-        assert resp.created, resp
-        assert not resp.canceled, resp
-        ids.add(resp.watch_id)
-    await sender
+    async with phase(lambda: f"3000 creates answered as they come (got {len(ids)})"):
+        while len(ids) < 3000:
+            resp = await stream.read()
+            assert resp.created, resp
+            assert not resp.canceled, resp
+            ids.add(resp.watch_id)
+        await sender
     await api.watchers(member, 3000, "after 3000 creates")
     put = await api.leader.put(b"h/0", b"last")
     seen: set[int] = set()
-    while len(seen) < 3000:
-        resp = await stream.read()
-        assert resp.header.revision == put.header.revision
-        seen.add(resp.watch_id)
+    async with phase(lambda: f"the put's event on all 3000 watchers (got {len(seen)})"):
+        while len(seen) < 3000:
+            resp = await stream.read()
+            assert resp.header.revision == put.header.revision
+            seen.add(resp.watch_id)
     assert seen == ids
     stream.cancel()
     await flood.close()
