@@ -152,6 +152,9 @@ _BATCH_MAX_BYTES = 1 << 20
 """A write batch is closed once it holds this many bytes of requests (raftlib sends at most
 1 MiB of entries per append message, one entry always; requests alone may be 1.5 MiB)."""
 _BATCH_MAX_REQUESTS = 512
+_READ_ROUNDS = 2
+"""ReadIndex rounds in flight at once for linearizable reads (each shared by the reads that
+arrived before it was issued)."""
 _WRITE_TYPES = (
     PutRequest,
     DeleteRangeRequest,
@@ -316,7 +319,7 @@ class Member:
         """Log entries those writes went out in (fewer than the writes when batched)."""
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self._barrier_next: asyncio.Future[None] | None = None
-        self._barrier_task: asyncio.Task[None] | None = None
+        self._barrier_tasks: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[object]] = set()
         self._promoting = False
@@ -832,29 +835,45 @@ class Member:
     # -- reads --
 
     async def _read_barrier(self) -> None:
-        """Wait for a ReadIndex round issued after this call, shared with concurrent reads."""
-        loop = asyncio.get_running_loop()
-        if self._barrier_next is None:
-            self._barrier_next = loop.create_future()
+        """Wait for a ReadIndex round issued after this call, shared with concurrent reads.
+
+        The reads arriving in one loop turn share a round. Up to :data:`_READ_ROUNDS` rounds
+        may be in flight, so a read arriving during a round waits for a round of its own
+        rather than for that one to end first; beyond that, reads gather for the next.
+        """
         fut = self._barrier_next
-        if self._barrier_task is None or self._barrier_task.done():
-            self._barrier_task = asyncio.create_task(self._run_barriers())
+        if fut is None:
+            fut = self._barrier_next = asyncio.get_running_loop().create_future()
+            if len(self._barrier_tasks) < _READ_ROUNDS:
+                self._start_round()
         await asyncio.shield(fut)
 
-    async def _run_barriers(self) -> None:
-        while self._barrier_next is not None:
-            fut, self._barrier_next = self._barrier_next, None
-            try:
-                await self.node.read_index()
-            except NodeTimeout:
-                exc: BaseException = (
-                    RequestTimeoutError() if self.node.leader_id else NoLeaderError()
-                )
-                _settle(fut, exc)
-            except NodeStopped as e:
-                _settle(fut, OutcomeUnknown(str(e)))
-            else:
-                _settle(fut, None)
+    def _start_round(self) -> None:
+        task = asyncio.create_task(self._read_round())
+        self._barrier_tasks.add(task)
+        task.add_done_callback(self._round_done)
+
+    def _round_done(self, task: asyncio.Task[None]) -> None:
+        self._barrier_tasks.discard(task)
+        if self._barrier_next is not None and len(self._barrier_tasks) < _READ_ROUNDS:
+            self._start_round()
+
+    async def _read_round(self) -> None:
+        fut, self._barrier_next = self._barrier_next, None
+        if fut is None:
+            return
+        try:
+            await self.node.read_index()
+        except NodeTimeout:
+            exc: BaseException = RequestTimeoutError() if self.node.leader_id else NoLeaderError()
+            _settle(fut, exc)
+        except NodeStopped as e:
+            _settle(fut, OutcomeUnknown(str(e)))
+        except asyncio.CancelledError:
+            fut.cancel()  # the member is stopping
+            raise
+        else:
+            _settle(fut, None)
 
     async def _wait_caught_up(self) -> None:
         """A restarted member serves local reads only once it applied its durable commit index."""
