@@ -7,6 +7,7 @@ wrapped so that the test sees when each round is issued and decides when it ends
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from kvapp.mvcc.types import PutRequest, RangeRequest
@@ -41,6 +42,10 @@ class Rounds:
         gates, self._gates = self._gates, []
         for g in gates:
             g.set()
+
+
+def issued(rounds: Rounds, n: int) -> bool:
+    return rounds.issued == n
 
 
 async def read(m: Member, rounds: Rounds, name: str) -> None:
@@ -92,9 +97,9 @@ async def test_reads_beyond_the_rounds_in_flight_wait_for_a_round_issued_after_t
         rounds = Rounds(m)
         rounds.hold = True
         held = []
-        for i in range(_READ_ROUNDS):
+        for i in range(1, _READ_ROUNDS + 1):
             held.append(asyncio.ensure_future(read(m, rounds, f"held{i}")))
-            await eventually(lambda i=i: rounds.issued == i + 1, f"round {i + 1} was issued")
+            await eventually(functools.partial(issued, rounds, i), f"round {i} was issued")
         late = [asyncio.ensure_future(read(m, rounds, f"late{i}")) for i in range(5)]
         await asyncio.sleep(0.05)
         assert rounds.issued == _READ_ROUNDS, f"more than {_READ_ROUNDS} rounds: {rounds.log}"
