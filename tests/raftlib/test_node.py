@@ -387,61 +387,66 @@ async def test_read_index_on_a_follower_sees_every_acknowledged_write() -> None:
         await c.stop_all()
 
 
+class GatedStorage(MemoryStorage):
+    """A MemoryStorage whose write of a Ready that ``holds`` waits (in the Node's worker) until
+    ``gate`` is set, so that a test sees the Node while that write is in progress.
+
+    ``writes`` lists each written Ready's entry data; ``entered`` is set once a held write began.
+    The default ``holds``: every Ready whose last entry carries a proposal.
+    """
+
+    def __init__(self, conf: ConfState, holds: Callable[[Ready], bool] | None = None) -> None:
+        super().__init__(conf)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.writes: list[list[bytes]] = []
+        self._holds = holds or (lambda rd: bool(rd.entries and rd.entries[-1].data))
+
+    def save_ready(self, rd: Ready) -> None:
+        self.writes.append([e.data for e in rd.entries])
+        if self._holds(rd):
+            self.entered.set()
+            self.gate.wait(timeout=10)
+        super().save_ready(rd)
+
+
 @run()
 async def test_group_commit_puts_proposals_made_during_a_write_into_one_ready() -> None:
-    gate = threading.Event()
-    entered = threading.Event()
-    writes: list[int] = []
-
-    class SlowStorage(MemoryStorage):
-        def save_ready(self, rd: Ready) -> None:
-            writes.append(len(rd.entries))
-            if rd.entries and rd.entries[-1].data:
-                entered.set()
-                gate.wait(timeout=10)  # hold the first write of a proposal in the worker
-            super().save_ready(rd)
-
     c = Cluster(ids=(1,))
-    n = c.start(1, SlowStorage(ConfState(voters=(1,))))
+    storage = GatedStorage(ConfState(voters=(1,)))
+    n = c.start(1, storage)
     try:
         await n.wait_leader(timeout=5)
         first = asyncio.ensure_future(n.propose(b"first", timeout=10))
-        await eventually(entered.is_set, "the first proposal's write started")
-        before = len(writes)
+        await eventually(storage.entered.is_set, "the first proposal's write started")
+        before = len(storage.writes)
         # The worker is blocked in save_ready, yet the loop runs and takes proposals.
         rest = [asyncio.ensure_future(n.propose(b"p%d" % k, timeout=10)) for k in range(50)]
         await asyncio.sleep(0.05)
-        assert len(writes) == before, "no Ready may be taken while one is being persisted"
-        gate.set()
+        assert len(storage.writes) == before, "no Ready may be taken while one is being persisted"
+        storage.gate.set()
         indexes = await asyncio.gather(first, *rest)
         assert indexes == list(range(indexes[0], indexes[0] + 51))
-        assert 50 in writes[before:], f"the 50 proposals were not one write: {writes[before:]}"
+        sizes = [len(w) for w in storage.writes[before:]]
+        assert 50 in sizes, f"the 50 proposals were not one write: {sizes}"
     finally:
-        gate.set()
+        storage.gate.set()
         await c.stop_all()
 
 
 @run()
 async def test_between_readies_waits_out_the_ready_being_written_and_joins_the_next() -> None:
-    gate = threading.Event()
-    entered = threading.Event()
-    writes: list[list[bytes]] = []
-
-    class SlowStorage(MemoryStorage):
-        def save_ready(self, rd: Ready) -> None:
-            writes.append([e.data for e in rd.entries])
-            if rd.entries and rd.entries[-1].data.endswith(b"first"):
-                entered.set()
-                gate.wait(timeout=10)
-            super().save_ready(rd)
-
     c = Cluster(ids=(1,))
-    n = c.start(1, SlowStorage(ConfState(voters=(1,))))
+    storage = GatedStorage(
+        ConfState(voters=(1,)),
+        lambda rd: bool(rd.entries and rd.entries[-1].data.endswith(b"first")),
+    )
+    n = c.start(1, storage)
     try:
         await n.wait_leader(timeout=5)
         await asyncio.wait_for(n.between_readies(), 1)  # idle: returns at once
         first = asyncio.ensure_future(n.propose(b"first", timeout=10))
-        await eventually(entered.is_set, "the first proposal's write started")
+        await eventually(storage.entered.is_set, "the first proposal's write started")
         order: list[str] = []
 
         async def late() -> int:
@@ -453,39 +458,31 @@ async def test_between_readies_waits_out_the_ready_being_written_and_joins_the_n
         queued = [asyncio.ensure_future(n.propose(b"q%d" % k, timeout=10)) for k in range(5)]
         await asyncio.sleep(0.05)
         assert not order, "between_readies returned while a Ready was being written"
-        gate.set()
+        storage.gate.set()
         await asyncio.gather(first, waiter, *queued)
-        late_write = next(w for w in writes if any(d.endswith(b"late") for d in w))
+        late_write = next(w for w in storage.writes if any(d.endswith(b"late") for d in w))
         assert len(late_write) == 6, (
-            f"the proposal made on resuming missed the Ready of those queued meanwhile: {writes}"
+            f"the proposal made on resuming missed the Ready of those queued meanwhile: "
+            f"{storage.writes}"
         )
     finally:
-        gate.set()
+        storage.gate.set()
         await c.stop_all()
 
 
 @run()
 async def test_between_readies_returns_once_the_node_has_stopped() -> None:
-    gate = threading.Event()
-    entered = threading.Event()
-
-    class SlowStorage(MemoryStorage):
-        def save_ready(self, rd: Ready) -> None:
-            if rd.entries and rd.entries[-1].data:
-                entered.set()
-                gate.wait(timeout=10)
-            super().save_ready(rd)
-
     c = Cluster(ids=(1,))
-    n = c.start(1, SlowStorage(ConfState(voters=(1,))))
+    storage = GatedStorage(ConfState(voters=(1,)))
+    n = c.start(1, storage)
     try:
         await n.wait_leader(timeout=5)
         pending = asyncio.ensure_future(n.propose(b"x", timeout=10))
-        await eventually(entered.is_set, "the write started")
+        await eventually(storage.entered.is_set, "the write started")
         waiter = asyncio.ensure_future(n.between_readies())
         stopping = asyncio.ensure_future(n.stop())
         await asyncio.sleep(0.05)
-        gate.set()
+        storage.gate.set()
         await asyncio.wait_for(waiter, 5)
         await stopping
         await asyncio.wait_for(n.between_readies(), 1)
@@ -493,7 +490,7 @@ async def test_between_readies_returns_once_the_node_has_stopped() -> None:
             await n.propose(b"after", timeout=1)
         await asyncio.gather(pending, return_exceptions=True)
     finally:
-        gate.set()
+        storage.gate.set()
         await c.stop_all()
 
 
