@@ -152,6 +152,8 @@ _BATCH_MAX_BYTES = 1 << 20
 """A write batch is closed once it holds this many bytes of requests (raftlib sends at most
 1 MiB of entries per append message, one entry always; requests alone may be 1.5 MiB)."""
 _BATCH_MAX_REQUESTS = 512
+_BATCH_HOLD_MAX = 0.05
+"""Seconds a write batch waits at most for the Ready being written (see _batch_write)."""
 _READ_ROUNDS = 2
 """ReadIndex rounds in flight at once for linearizable reads (each shared by the reads that
 arrived before it was issued)."""
@@ -755,7 +757,9 @@ class Member:
         mapped as :meth:`_propose` maps it; each request's own result or EtcdError goes to its
         waiter alone.
         """
-        await self.node.between_readies()
+        with contextlib.suppress(TimeoutError):  # a Ready stuck (a full disk) holds no batch long
+            async with asyncio.timeout(_BATCH_HOLD_MAX):
+                await self.node.between_readies()
         if self._open_batch is batch:
             self._open_batch = None
         waiters = batch.waiters

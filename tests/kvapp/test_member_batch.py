@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import kvapp.node
 from kvapp.errors import (
     KeyNotFoundError,
     LeaderChangedError,
@@ -136,6 +137,46 @@ async def test_writes_arriving_while_a_ready_is_written_share_one_entry() -> Non
         ], entries
         assert len({r.revision for r in results}) == 6
     finally:
+        gate.set()
+        await stop_all(members)
+
+
+@aio
+async def test_a_ready_stuck_in_its_write_holds_a_batch_open_only_briefly() -> None:
+    _, members, _ = await start_cluster()
+    lead = leader_of(members)
+    storage = lead.node._storage
+    gate = threading.Event()
+    entered = threading.Event()
+    save = storage.save_ready
+
+    def slow_save(rd: Any) -> None:
+        if any(b"hold" in unwrap_proposal(e.data)[1] for e in rd.entries):
+            entered.set()
+            gate.wait(timeout=10)
+        save(rd)
+
+    storage.save_ready = slow_save  # type: ignore[method-assign]
+    hold_max = kvapp.node._BATCH_HOLD_MAX
+    kvapp.node._BATCH_HOLD_MAX = 0.01  # well inside the test cluster's election timeout
+    try:
+        before = len(client_entries(lead))
+        held = asyncio.ensure_future(lead.write(PutRequest(b"k", b"hold")))
+        await eventually(entered.is_set, "the leader's write of the first entry started")
+        early = asyncio.ensure_future(lead.write(PutRequest(b"early")))
+        await asyncio.sleep(0.04)  # 4 holds; the Ready is still being written
+        late = asyncio.ensure_future(lead.write(PutRequest(b"late")))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(held, early, late)
+        entries = client_entries(lead)[before:]
+        assert entries == [
+            Request(0, 0, PutRequest(b"k", b"hold")),
+            Request(0, 0, PutRequest(b"early")),
+            Request(0, 0, PutRequest(b"late")),
+        ], entries
+    finally:
+        kvapp.node._BATCH_HOLD_MAX = hold_max
         gate.set()
         await stop_all(members)
 
