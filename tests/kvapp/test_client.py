@@ -1,5 +1,8 @@
 """kvapp.client against native servers over 127.0.0.1, backed by in-memory fake members.
 
+The scenarios marked ``both_protocols`` also run over etcd's v3 gRPC API (kvapp's etcd server
+on the same fakes); what only etcd's API does differently is in test_client_grpc.py.
+
 Several servers may serve one :class:`FakeCluster` (one shared state), modelling replicas, so
 failover can be tested without Raft. Every async test runs its own loop under an overall
 timeout; waiting is bounded (``asyncio.timeout``, or polling with a bound and a message).
@@ -16,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
+import attrs
 import pytest
 
 from kvapp import snapfile
@@ -45,6 +49,7 @@ from kvapp.errors import (
 )
 from kvapp.mvcc.types import Event, EventType, PutRequest, SortOrder, SortTarget
 from kvapp.requests import RequestIdExpiredError, UnknownEtcdError
+from kvapp.server.etcd import EtcdGrpcServer, publish_grpc_urls
 from kvapp.server.native import NativeServer
 from kvapp.service import MemberInfo, WriteRequest
 from tests.kvapp.fake_service import FakeCluster, FakeService
@@ -76,40 +81,73 @@ async def eventually(cond: Callable[[], bool], what: str, within: float = 5.0) -
         await asyncio.sleep(0.01)
 
 
-class Members:
-    """A fake cluster served by one native server per member."""
+PROTOCOLS = ("native", "etcd")
+both_protocols = pytest.mark.parametrize("protocol", PROTOCOLS)
+"""Runs a scenario over kvapp's native protocol and over etcd's v3 gRPC API."""
 
-    def __init__(self, cluster: FakeCluster, services: list[FakeService]) -> None:
+
+class Members:
+    """A fake cluster served by one server per member: native, or etcd's gRPC API."""
+
+    def __init__(self, cluster: FakeCluster, services: list[FakeService], protocol: str) -> None:
         self.cluster = cluster
         self.services = services
-        self.servers: list[NativeServer] = []
+        self.protocol = protocol
+        self.servers: list[Any] = []
 
     @property
     def endpoints(self) -> list[str]:
         return [s.endpoint for s in self.servers]
 
+    async def stop_server(self, i: int) -> None:
+        """Stop member ``i``'s server; its open connections and streams end at once."""
+        if self.protocol == "etcd":
+            await self.servers[i].stop(grace=0)
+        else:
+            await self.servers[i].stop()
+
+    async def lose_answer(self, i: int) -> None:
+        """Called by a member's handler: cut its connections so that its answer is lost."""
+        if self.protocol == "etcd":  # a gRPC server cannot drop a call: stop it under the call
+            asyncio.get_running_loop().create_task(self.servers[i].stop(grace=0))
+            await asyncio.sleep(30)
+        else:
+            self.servers[i].drop_connections()
+
 
 @contextlib.asynccontextmanager
-async def members(n: int = 1, *, leader: int = 0, **options: Any) -> AsyncIterator[Members]:
+async def members(
+    n: int = 1, *, leader: int = 0, protocol: str = "native", **options: Any
+) -> AsyncIterator[Members]:
+    """``n`` fake members; over etcd's API each publishes its gRPC URL (followers forward
+    lease calls to it)."""
     cluster = FakeCluster()
     services = [cluster.service(0x100 + i) for i in range(n)]
     cluster.leader_id = services[leader].member_id
-    m = Members(cluster, services)
+    m = Members(cluster, services, protocol)
     try:
         for service in services:
-            server = NativeServer(service, host="127.0.0.1", port=0, **options)
+            if protocol == "etcd":
+                server: Any = EtcdGrpcServer(service, host="127.0.0.1", port=0, **options)
+            else:
+                server = NativeServer(service, host="127.0.0.1", port=0, **options)
             await server.start()
             m.servers.append(server)
+            if protocol == "etcd":
+                info = cluster.members[service.member_id]
+                cluster.members[service.member_id] = attrs.evolve(
+                    info, client_urls=publish_grpc_urls((f"http://{server.endpoint}",))
+                )
         yield m
     finally:
-        for server in m.servers:
-            await server.stop()
+        for i in range(len(m.servers)):
+            await m.stop_server(i)
 
 
 def client_for(m: Members, **options: Any) -> AsyncClient:
     options.setdefault("request_timeout", 5.0)
     options.setdefault("connect_timeout", 2.0)
-    return AsyncClient(m.endpoints, **options)
+    return AsyncClient(m.endpoints, protocol=m.protocol, **options)  # type: ignore[arg-type]
 
 
 async def collect(watch: AsyncIterator[Event], n: int, within: float = 5.0) -> list[Event]:
@@ -123,9 +161,10 @@ async def collect(watch: AsyncIterator[Event], n: int, within: float = 5.0) -> l
 # -- operations -------------------------------------------------------------------------------
 
 
+@both_protocols
 @run()
-async def test_kv_operations() -> None:
-    async with members() as m, client_for(m) as client:
+async def test_kv_operations(protocol: str) -> None:
+    async with members(protocol=protocol) as m, client_for(m) as client:
         put = await client.put(b"a/1", b"x")
         assert put.revision == 2
         assert (await client.put("a/2", "y", prev_kv=True)).prev_kv is None
@@ -156,10 +195,12 @@ async def test_kv_operations() -> None:
 
         won = await client.txn(
             [tx.version(b"lock", "==", 0)],
-            [tx.put(b"lock", b"me"), tx.get(b"lock")],
+            [tx.put(b"lock", b"me"), tx.get(b"lock"), tx.txn([], [tx.get(b"b")])],
             [tx.get(b"lock")],
         )
         assert won.succeeded
+        inner = won.responses[2]
+        assert inner.responses[0].kvs[0].value == b"w"  # type: ignore[union-attr]
         lost = await client.txn(
             [tx.version(b"lock", "==", 0)], [tx.put(b"lock", b"you")], [tx.get(b"lock")]
         )
@@ -169,11 +210,14 @@ async def test_kv_operations() -> None:
         assert compacted.revision == won.revision
         with pytest.raises(CompactedError):
             await client.get(b"b", revision=2)
+        if protocol == "etcd":  # nothing carries a request id: the member saw etcd's requests
+            assert {c for (c, _) in m.cluster.applied} <= {0}
 
 
+@both_protocols
 @run()
-async def test_lease_operations() -> None:
-    async with members() as m, client_for(m) as client:
+async def test_lease_operations(protocol: str) -> None:
+    async with members(protocol=protocol) as m, client_for(m) as client:
         grant = await client.lease_grant(30)
         await client.put(b"owned", b"v", lease=grant.id)
         assert await client.leases() == [grant.id]
@@ -188,13 +232,18 @@ async def test_lease_operations() -> None:
         assert await client.leases() == []
         with pytest.raises(LeaseNotFoundError):
             await client.lease_revoke(grant.id)
+        with pytest.raises(LeaseNotFoundError):  # etcd answers TTL 0; the client raises
+            await client.keep_alive_once(grant.id)
 
 
+@both_protocols
 @run()
-async def test_cluster_and_status_operations() -> None:
-    async with members(2) as m, client_for(m) as client:
+async def test_cluster_and_status_operations(protocol: str) -> None:
+    async with members(2, protocol=protocol) as m, client_for(m) as client:
         listed = await client.member_list()
         assert [x.id for x in listed] == [0x100, 0x101]
+        if protocol == "etcd":  # MemberList shows the gRPC URLs (kvapp's "grpc+" marking removed)
+            assert [x.client_urls for x in listed] == [(f"http://{e}",) for e in m.endpoints]
         added = await client.member_add(["http://127.0.0.1:7001"], is_learner=True)
         assert added.is_learner
         assert added.name == ""
@@ -211,9 +260,10 @@ async def test_cluster_and_status_operations() -> None:
         assert any_status.header.cluster_id == m.cluster.cluster_id
 
 
+@both_protocols
 @run()
-async def test_errors_are_the_members_classes_with_etcds_texts() -> None:
-    async with members() as m, client_for(m) as client:
+async def test_errors_are_the_members_classes_with_etcds_texts(protocol: str) -> None:
+    async with members(protocol=protocol) as m, client_for(m) as client:
         await client.put(b"k", b"v")
         await client.put(b"k", b"w")
         await client.compact(3)
@@ -221,6 +271,7 @@ async def test_errors_are_the_members_classes_with_etcds_texts() -> None:
             (client.get(b"k", revision=99), FutureRevisionError),
             (client.get(b"k", revision=2), CompactedError),
             (client.put(b"", b"v"), EmptyKeyError),
+            (client.get(b""), EmptyKeyError),
             (client.txn([tx.version(b"k", ">", 0)] * 129), TooManyOpsError),
             (client.txn([], [tx.put(b"d", b"1"), tx.put(b"d", b"2")]), DuplicateKeyError),
             (client.lease_revoke(12345), LeaseNotFoundError),
@@ -234,11 +285,14 @@ async def test_errors_are_the_members_classes_with_etcds_texts() -> None:
             assert type(info.value) is cls
             assert str(info.value) == cls.message
             assert info.value.code == cls.code
-        # A text kvapp.errors does not define still arrives with its code and text.
+        # A refused watch create arrives with the member's reason and code.
         with pytest.raises(UnknownEtcdError) as unknown:
             await client.watch(b"b", b"a")
         assert str(unknown.value) == "mvcc: watcher range is empty"
         assert unknown.value.code == GrpcCode.INVALID_ARGUMENT
+        # The connection survived every error.
+        assert (await client.get(b"k")).kvs[0].value == b"w"
+        assert len(client._links) == 1
 
 
 @run()
@@ -283,17 +337,17 @@ async def test_concurrent_requests_are_pipelined_in_shared_frames() -> None:
 # -- watch ------------------------------------------------------------------------------------
 
 
+@both_protocols
 @run()
-async def test_watch_delivers_in_order_and_cancel_ends_it() -> None:
-    async with members() as m, client_for(m) as client:
+async def test_watch_delivers_in_order_and_cancel_ends_it(protocol: str) -> None:
+    async with members(protocol=protocol) as m, client_for(m) as client:
         watch = await client.watch(b"w/", prefix=True, prev_kv=True)
         other = await client.watch(b"w/5")
         await asyncio.gather(*(client.put(b"w/%d" % i, b"v") for i in range(10)))
         await client.put(b"w/5", b"again")
         await client.delete(b"w/5")
         events = await collect(watch, 12)
-        revisions = [e.kv.mod_revision for e in events]
-        assert revisions == list(range(2, 14))
+        assert [e.kv.mod_revision for e in events] == list(range(2, 14))
         assert [e.type for e in events[-2:]] == [EventType.PUT, EventType.DELETE]
         assert events[-1].prev_kv is not None
         assert events[-1].prev_kv.value == b"again"
@@ -302,18 +356,23 @@ async def test_watch_delivers_in_order_and_cancel_ends_it() -> None:
             (EventType.PUT, b"w/5"),
             (EventType.DELETE, b"w/5"),
         ]
+        assert m.services[0].calls.count("open_watch_stream") == 1, "one stream for both"
 
         await watch.cancel()
         await client.put(b"w/after", b"v")
         rest = [e async for e in watch]
         assert rest == [], "nothing after cancel"
-        assert (await collect(other, 0)) == []
+        await client.put(b"w/5", b"still watched")
+        assert [e.kv.value for e in await collect(other, 1)] == [b"still watched"]
         await other.cancel()
 
 
+@both_protocols
 @run()
-async def test_watch_from_a_past_revision_replays_history_and_compaction_ends_it() -> None:
-    async with members() as m, client_for(m) as client:
+async def test_watch_from_a_past_revision_replays_history_and_compaction_ends_it(
+    protocol: str,
+) -> None:
+    async with members(protocol=protocol) as m, client_for(m) as client:
         for i in range(5):
             await client.put(b"h", b"%d" % i)
         replay = await client.watch(b"h", start_revision=3)
@@ -329,21 +388,26 @@ async def test_watch_from_a_past_revision_replays_history_and_compaction_ends_it
 # -- failover and retries ---------------------------------------------------------------------
 
 
+@both_protocols
 @run()
-async def test_failover_continues_on_the_next_endpoint_and_watch_loses_and_repeats_nothing() -> (
-    None
-):
-    async with members(2) as m, client_for(m) as client:
+async def test_failover_continues_on_the_next_endpoint_and_watch_loses_and_repeats_nothing(
+    protocol: str,
+) -> None:
+    async with members(2, protocol=protocol) as m, client_for(m) as client:
         watch = await client.watch(b"f/", prefix=True)
         for i in range(5):
             await client.put(b"f/%d" % i, b"before")
         first = await collect(watch, 5)
         assert client._current == 0
 
-        await m.servers[0].stop()
+        await m.stop_server(0)
         # Written while the watch has no connection: it must fetch these from history.
         for i in range(5, 8):
             await m.services[1].write(PutRequest(b"f/%d" % i, b"gap"))
+        # A read first (retried on the next endpoint): over etcd's API a write sent just as the
+        # connection breaks would be OutcomeUnknown, as it cannot be deduplicated.
+        assert (await client.get(b"f/7")).kvs[0].value == b"gap"
+        assert client._current == 1
         for i in range(8, 12):
             await client.put(b"f/%d" % i, b"after")
         assert client._current == 1
@@ -356,7 +420,7 @@ async def test_failover_continues_on_the_next_endpoint_and_watch_loses_and_repea
         assert watch.resumes >= 1
         await client.put(b"f/12", b"last")
         assert [e.kv.key for e in await collect(watch, 1)] == [b"f/12"]
-        assert m.servers[1].stats.requests > 0
+        assert m.cluster.writes_applied == 13
 
 
 @run()
@@ -397,15 +461,24 @@ async def test_a_write_that_stays_ambiguous_raises_outcome_unknown() -> None:
         assert len({rid for (_, rid) in m.cluster.applied}) == 1, "one request id throughout"
 
 
+@both_protocols
 @run()
-async def test_unreachable_endpoints_raise_unavailable_even_for_writes() -> None:
-    async with members() as m:
+async def test_unreachable_endpoints_raise_unavailable_even_for_writes(protocol: str) -> None:
+    async with members(protocol=protocol) as m:
         endpoint = m.endpoints[0]
-    async with AsyncClient([endpoint], max_attempts=2, retry_backoff=0.01) as client:
+    async with AsyncClient(
+        [endpoint],
+        protocol=protocol,  # type: ignore[arg-type]
+        max_attempts=2,
+        retry_backoff=0.01,
+        connect_timeout=2,
+    ) as client:
         with pytest.raises(Unavailable):
             await client.get(b"k")
         with pytest.raises(Unavailable):  # never sent, so certainly not applied
             await client.put(b"k", b"v")
+        with pytest.raises(Unavailable):
+            await client.status(endpoint)
 
 
 @run()
@@ -478,9 +551,10 @@ async def test_leader_discovery_never_dials_the_leaders_grpc_urls() -> None:
     assert dialed == [], "the client dialed the leader's gRPC URL with its native protocol"
 
 
+@both_protocols
 @run()
-async def test_keep_alive_reports_a_revoked_lease() -> None:
-    async with members() as m, client_for(m) as client:
+async def test_keep_alive_reports_a_revoked_lease(protocol: str) -> None:
+    async with members(protocol=protocol) as m, client_for(m) as client:
         grant = await client.lease_grant(1)
         lost: list[KeepAlive] = []
         ka = await client.keep_alive(grant.id, on_lost=lost.append)
@@ -494,14 +568,15 @@ async def test_keep_alive_reports_a_revoked_lease() -> None:
             await client.keep_alive(grant.id)
 
 
+@both_protocols
 @run()
-async def test_keep_alive_reports_loss_once_renewals_fail_for_a_whole_ttl() -> None:
-    async with members() as m, client_for(m, request_timeout=0.5) as client:
+async def test_keep_alive_reports_loss_once_renewals_fail_for_a_whole_ttl(protocol: str) -> None:
+    async with members(protocol=protocol) as m, client_for(m, request_timeout=0.5) as client:
         grant = await client.lease_grant(2)
         ka = await client.keep_alive(grant.id)
         await eventually(lambda: ka.renewals >= 2, "a background renewal")
-        for server in m.servers:
-            await server.stop()
+        for i in range(len(m.servers)):
+            await m.stop_server(i)
         async with asyncio.timeout(5):
             assert await ka.wait_lost() is LeaseLoss.RENEWALS_FAILED
         lost_after = time.monotonic() - ka.last_renewal
@@ -514,27 +589,33 @@ async def test_keep_alive_reports_loss_once_renewals_fail_for_a_whole_ttl() -> N
 
 
 @contextlib.contextmanager
-def served_in_thread(n: int = 1) -> Iterator[tuple[FakeCluster, list[str]]]:
-    """Serve a fake cluster from a loop in a background thread."""
+def served_in_thread(protocol: str = "native") -> Iterator[tuple[FakeCluster, list[str]]]:
+    """Serve a fake member (native, or etcd's gRPC API) from a loop in a background thread."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     cluster = FakeCluster()
-    servers = [NativeServer(cluster.service(0x200 + i), port=0) for i in range(n)]
+    service = cluster.service(0x200)
+    server: Any = (
+        EtcdGrpcServer(service, port=0) if protocol == "etcd" else NativeServer(service, port=0)
+    )
     try:
-        for server in servers:
-            asyncio.run_coroutine_threadsafe(server.start(), loop).result(5)
-        yield cluster, [s.endpoint for s in servers]
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(5)
+        yield cluster, [server.endpoint]
     finally:
-        for server in servers:
-            asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
+        stop = server.stop(grace=0) if protocol == "etcd" else server.stop()
+        asyncio.run_coroutine_threadsafe(stop, loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
 
 
-def test_the_sync_client() -> None:
-    with served_in_thread() as (cluster, endpoints), Client(endpoints) as client:
+@both_protocols
+def test_the_sync_client(protocol: str) -> None:
+    with (
+        served_in_thread(protocol) as (cluster, endpoints),
+        Client(endpoints, protocol=protocol) as client,
+    ):
         watch = client.watch(b"s/", prefix=True)
         assert client.put(b"s/1", b"one").revision == 2
         assert client.get(b"s/1").kvs[0].value == b"one"
@@ -607,9 +688,10 @@ async def test_an_expired_retry_window_is_outcome_unknown_under_a_new_client_id(
         assert clients == {old_id, client.client_id}, "later writes go under the new id"
 
 
+@both_protocols
 @run()
-async def test_a_membership_change_whose_answer_is_lost_is_not_retried() -> None:
-    async with members() as m, client_for(m) as client:
+async def test_a_membership_change_whose_answer_is_lost_is_not_retried(protocol: str) -> None:
+    async with members(2, protocol=protocol) as m, client_for(m) as client:
         real_add = m.services[0].member_add
         calls = 0
 
@@ -617,14 +699,14 @@ async def test_a_membership_change_whose_answer_is_lost_is_not_retried() -> None
             nonlocal calls
             calls += 1
             info = await real_add(peer_urls, is_learner=is_learner)
-            m.servers[0].drop_connections()
+            await m.lose_answer(0)
             return info
 
         m.services[0].member_add = add_then_drop  # type: ignore[method-assign]
         with pytest.raises(OutcomeUnknown):
             await client.member_add(["http://127.0.0.1:7002"])
         assert calls == 1, "no blind retry of a non-idempotent request"
-        assert len(m.cluster.members) == 2
+        assert len(m.cluster.members) == 3
 
 
 @run()
