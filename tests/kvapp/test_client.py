@@ -758,9 +758,10 @@ async def test_writes_in_flight_stay_within_the_dedup_window(
 # -- snapshots ----------------------------------------------------------------------------------
 
 
+@both_protocols
 @run()
-async def test_snapshot_streams_a_verifiable_file_into_the_sink() -> None:
-    async with members(2) as m, client_for(m) as client:
+async def test_snapshot_streams_a_verifiable_file_into_the_sink(protocol: str) -> None:
+    async with members(2, protocol=protocol) as m, client_for(m) as client:
         for i in range(40):
             await client.put(b"k%02d" % i, b"v" * 50)
         for service in m.services:

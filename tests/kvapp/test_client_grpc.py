@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from typing import Any, ClassVar
 
 import attrs
 import pytest
 
-from kvapp import snapfile
 from kvapp.client import (
     AsyncClient,
     OutcomeUnknown,
@@ -250,33 +248,6 @@ async def test_keep_alive_moves_on_when_its_member_answers_no_leader() -> None:
         assert ka.alive
         assert client._current == 1
         assert isinstance(ka.error, NoLeaderError), "one renewal failed on member 0 first"
-
-
-# -- snapshot -----------------------------------------------------------------------------------
-
-
-@run()
-async def test_snapshot_streams_kvapps_snapshot_file_into_the_sink() -> None:
-    async with members(2) as m, client_for(m) as client:
-        for i in range(40):
-            await client.put(b"k%02d" % i, b"v" * 50)
-        for service in m.services:
-            service.snapshot_chunk = 300
-        pieces: list[bytes] = []
-        size = await client.snapshot(pieces.append, endpoint=m.endpoints[1])
-        data = b"".join(pieces)
-        assert size == len(data)
-        assert len(pieces) > 5
-        assert m.services[1].calls.count("snapshot") == 1
-        assert data.startswith(snapfile.MAGIC)
-        assert hashlib.sha256(data[:-32]).digest() == data[-32:]
-
-        def full(_: bytes) -> None:
-            raise OSError(28, "No space left on device")
-
-        with pytest.raises(OSError, match="No space left"):
-            await client.snapshot(full, endpoint=m.endpoints[1])
-        assert (await client.get(b"k01")).count == 1
 
 
 # -- sync client --------------------------------------------------------------------------------
