@@ -40,7 +40,7 @@ import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import attrs
 
@@ -55,7 +55,8 @@ from kvapp.storage.errors import (
     WalIdentityError,
 )
 from kvapp.storage.fileutil import DirLock, FsyncError, ensure_dir, is_no_space
-from kvapp.storage.snap import Snapshotter
+from kvapp.storage.snap import Snapshotter, data_offset
+from kvapp.storage.snapdata import FileSnapshotData
 from kvapp.storage.wal import (
     DEFAULT_SEGMENT_SIZE,
     BatchRecord,
@@ -332,6 +333,10 @@ class RaftStore:
         self._failure: OSError | None = None
         self._cut_deferred = False
         self._closed = False
+        self.on_snapshot_kept: Callable[[bytes, FileSnapshotData], object] | None = None
+        """Called with a snapshot's data and what replaced it in memory once its file is
+        recorded (see :meth:`snapshot`), so that other holders of the bytes can let them go."""
+        self._snapshot = self._kept(snapshot)
 
     @classmethod
     def open(
@@ -521,7 +526,12 @@ class RaftStore:
         return self._log.last_index()
 
     def snapshot(self) -> Snapshot:
-        """See :meth:`raftlib.storage.Storage.snapshot`. Held in memory; never reads the disk."""
+        """See :meth:`raftlib.storage.Storage.snapshot`; never reads the disk.
+
+        The metadata is held in memory; the data, once its file is recorded, is a
+        :class:`~kvapp.storage.snapdata.FileSnapshotData` that reads the file when used (see
+        :mod:`kvapp.storage.snapdata`), not ``bytes``.
+        """
         return self._snapshot
 
     # -- write side --
@@ -642,7 +652,7 @@ class RaftStore:
         md = snapshot.metadata
         self._guard(lambda: self._snapshotter.save(snapshot))
         self._write_marker(SnapshotRecord(SnapshotKind.INSTALLED, md))
-        self._snapshot = snapshot
+        self._snapshot = self._kept(snapshot)
         self._log.reset(md.index, md.term)
         self._after_snapshot()
 
@@ -673,9 +683,9 @@ class RaftStore:
         snap = _checked_snapshot(plan_snapshot(self._snapshot, self._log, index, conf_state, data))
         self._guard(lambda: self._snapshotter.save(snap))
         self._write_marker(SnapshotRecord(SnapshotKind.CREATED, snap.metadata))
-        self._snapshot = snap
+        self._snapshot = self._kept(snap)
         self._after_snapshot()
-        return snap
+        return self._snapshot
 
     def stage_snapshot(self, snapshot: Snapshot) -> None:
         """Write ``snapshot``'s file durably without recording it (see ``raftlib.StagingStorage``).
@@ -710,7 +720,7 @@ class RaftStore:
         if planned.metadata != md:
             raise ValueError(f"staged snapshot {md} does not match the log ({planned.metadata})")
         self._write_marker(SnapshotRecord(SnapshotKind.CREATED, md))
-        self._snapshot = _checked_snapshot(snapshot)
+        self._snapshot = self._kept(_checked_snapshot(snapshot))
         self._after_snapshot()
 
     def compact(self, compact_index: int) -> None:
@@ -870,6 +880,27 @@ class RaftStore:
         if self._cut_deferred:
             logger.info("%s: new WAL segment started after the space came back", self)
             self._cut_deferred = False
+
+    def _kept(self, snap: Snapshot) -> Snapshot:
+        """``snap`` as held in memory: its data read from its (recorded) file when needed.
+
+        Falls back to holding the bytes if the file cannot be opened (it is then read back
+        whole on the next open anyway).
+        """
+        data = snap.data
+        if snap.is_empty() or type(data) is not bytes:
+            return snap
+        md = snap.metadata
+        path = self._snapshotter.path_for(md.term, md.index)
+        try:
+            kept = FileSnapshotData(path, data_offset(len(data)), len(data))
+        except OSError as exc:
+            logger.warning("%s: snapshot data kept in memory: cannot open %s: %s", self, path, exc)
+            return snap
+        if self.on_snapshot_kept is not None:
+            self.on_snapshot_kept(data, kept)
+        # raftlib types a snapshot's data as bytes but never looks inside (see snapdata).
+        return attrs.evolve(snap, data=cast("bytes", kept))
 
     def _after_snapshot(self) -> None:
         def prune_and_release() -> None:

@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 from kvapp.storage.raftstore import RaftStore
+from kvapp.storage.snapdata import snapshot_bytes
 from raftlib.testing.storage_check import WritableStorage, check_storage
 
 
@@ -30,7 +31,9 @@ def test_raftstore_conforms_across_reopens(tmp_path: Path) -> None:
 
     try:
         for seed in range(3):
-            check_storage(factory, seed=seed, steps=150, reopen=reopen)
+            check_storage(
+                factory, seed=seed, steps=150, reopen=reopen, snapshot_data=snapshot_bytes
+            )
     finally:
         for _, s in stores:
             s.close()
