@@ -442,7 +442,11 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
     member_id, cluster_id, initial = load_or_create_identity(opts)
     try:
         store = RaftStore.open(
-            opts.data_dir / "raft", cluster_id=cluster_id, member_id=member_id, fsync=opts.fsync
+            opts.data_dir / "raft",
+            cluster_id=cluster_id,
+            member_id=member_id,
+            fsync=opts.fsync,
+            snapshot_in_file=True,  # the Member reads it from there (kvapp.storage.snapdata)
         )
     except StoreLockedError:
         raise UsageError(

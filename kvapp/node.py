@@ -681,6 +681,11 @@ class Member:
         reaches the disk as these snapshots and log entries.
         """
         storage = self._storage
+        sized = getattr(storage, "data_size", None)
+        if callable(sized):  # a RaftStore's: without reading entries left in the WAL
+            total: object = sized()
+            if isinstance(total, int):
+                return total
         try:
             size = len(storage.snapshot().data)
             first, last = storage.first_index(), storage.last_index()

@@ -697,7 +697,12 @@ async def test_members_on_raftstores_keep_snapshots_in_files_and_stream_them() -
         members: list[Member] = []
         for info in initial:
             store = RaftStore.open(
-                Path(tmp) / info.name, cluster_id=CLUSTER, member_id=info.id, fsync=False
+                Path(tmp) / info.name,
+                cluster_id=CLUSTER,
+                member_id=info.id,
+                fsync=False,
+                snapshot_in_file=True,
+                hot_bytes=0,
             )
             config = MemberConfig(
                 name=info.name,

@@ -10,25 +10,15 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import attrs
 import cbor2
 
 from kvapp.storage.raftstore import RaftStore
-from kvapp.storage.snapdata import snapshot_bytes
 from raftlib.codec import decode_conf_change
 from raftlib.config import Config
 from raftlib.rawnode import RawNode
 from raftlib.types import ConfState, EntryType, Message, MessageType, StateType
 
 VOTERS = ConfState(voters=(1, 2, 3))
-
-
-def _with_bytes(m: Message) -> Message:
-    """``m`` as a transport delivers it: a snapshot's bytes, not the sender's file."""
-    if m.snapshot is None:
-        return m
-    data = snapshot_bytes(m.snapshot.data)
-    return attrs.evolve(m, snapshot=attrs.evolve(m.snapshot, data=data))
 
 
 class Member:
@@ -49,7 +39,7 @@ class Member:
             preallocate=False,
         )
         snap = self.store.snapshot()
-        self.state: list[bytes] = [] if snap.is_empty() else cbor2.loads(snapshot_bytes(snap.data))
+        self.state: list[bytes] = [] if snap.is_empty() else cbor2.loads(snap.data)
         self.applied = snap.metadata.index
         self.node = RawNode(
             Config(
@@ -100,7 +90,7 @@ class Cluster:
             for m in inflight:
                 if m.to in self.isolated or m.from_ in self.isolated:
                     continue
-                self.members[m.to].node.step(_with_bytes(m))
+                self.members[m.to].node.step(m)
                 if m.type == MessageType.SNAP:
                     self.snapshots_sent += 1
                     self.members[m.from_].node.report_snapshot(m.to, success=True)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from kvapp.storage.raftstore import RaftStore
 from kvapp.storage.snap import decode_snapshot_file
 from kvapp.storage.snapdata import FileSnapshotData, open_snapshot_data, snapshot_bytes
 from raftlib.types import Entry, HardState, Snapshot, SnapshotMetadata
 
-from .helpers import VOTERS, open_store
+from .helpers import CLUSTER, MEMBER, VOTERS, open_store
 
 DATA = bytes(range(256)) * 9000  # over two of the 1 MiB pieces it is read in
 
@@ -72,11 +73,30 @@ def test_a_file_deleted_meanwhile_stays_readable_to_its_holder(tmp_path: Path) -
     assert d.read_range(0, len(d)) == DATA
 
 
+def open_in_file(directory: Path) -> RaftStore:
+    return RaftStore.open(
+        directory,
+        cluster_id=CLUSTER,
+        member_id=MEMBER,
+        fsync=False,
+        preallocate=False,
+        snapshot_in_file=True,
+    )
+
+
+def test_by_default_the_store_holds_the_bytes(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.save(HardState(1, 1, 0), [Entry(term=1, index=i) for i in range(1, 11)])
+        store.create_snapshot(5, VOTERS, b"state")
+        assert type(store.snapshot().data) is bytes
+        assert store.snapshot().data == b"state"
+
+
 def test_the_store_holds_the_data_in_its_file_from_every_way_a_snapshot_arrives(
     tmp_path: Path,
 ) -> None:
     kept: list[tuple[bytes, FileSnapshotData]] = []
-    with open_store(tmp_path) as store:
+    with open_in_file(tmp_path) as store:
         store.on_snapshot_kept = lambda data, source: kept.append((data, source))
         store.save(HardState(1, 1, 0), [Entry(term=1, index=i) for i in range(1, 11)])
         created = b"created" * 100
@@ -100,14 +120,14 @@ def test_the_store_holds_the_data_in_its_file_from_every_way_a_snapshot_arrives(
         assert kept[-1] == (b"installed", held_now)
 
         store.save(HardState(3, 1, 20), [])
-    with open_store(tmp_path) as store:  # recovered: from the file, not held in memory
+    with open_in_file(tmp_path) as store:  # recovered: from the file, not held in memory
         recovered: object = store.snapshot().data
         assert isinstance(recovered, FileSnapshotData)
         assert recovered == b"installed"
 
 
 def test_staged_then_adopted_snapshots_are_held_in_their_file(tmp_path: Path) -> None:
-    with open_store(tmp_path) as store:
+    with open_in_file(tmp_path) as store:
         store.save(HardState(1, 1, 0), [Entry(term=1, index=i) for i in range(1, 11)])
         snap = Snapshot(b"staged", SnapshotMetadata(VOTERS, 6, 1))
         store.stage_snapshot(snap)
