@@ -31,7 +31,7 @@ import attrs
 
 from kvapp import gcpolicy
 from kvapp.diskspace import DEFAULT_MIN_FREE_BYTES, min_free_bytes_for
-from kvapp.memtrim import heap_trimmer, release_large_blocks
+from kvapp.memtrim import release_large_blocks
 from kvapp.node import (
     MAX_REQUEST_BYTES,
     Member,
@@ -431,10 +431,6 @@ def write_identity(
 # -- running a member --
 
 
-_TRIM_INTERVAL = 1.0
-"""Seconds between two hand-backs of freed heap memory to the OS (:mod:`kvapp.memtrim`)."""
-
-
 async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> int:
     """Run one member until SIGINT/SIGTERM; returns the process exit status."""
     from kvapp.metrics import MemberMetrics, MeteredService, TimedStorage, health, render  # noqa: PLC0415
@@ -563,15 +559,10 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         )
         if ready is not None:
             ready.set()
-        trim = heap_trimmer()
-        next_trim = loop.time() + _TRIM_INTERVAL
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
                     await stop.wait()
-            if trim is not None and loop.time() >= next_trim:
-                await asyncio.to_thread(trim)
-                next_trim = loop.time() + _TRIM_INTERVAL
             if member.failure is not None:
                 logger.error("%s: stopping: %s", opts.name, member.failure)
                 status = 1

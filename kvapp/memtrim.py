@@ -1,4 +1,4 @@
-"""Handing freed memory back to the operating system (glibc's allocator settings).
+"""Handing freed large blocks back to the operating system (a glibc allocator setting).
 
 A member frees large blocks all the time: batch entries of tens of KiB whose data the
 :class:`~kvapp.storage.RaftStore` lets go once they are old (:mod:`kvapp.storage.entrylog`),
@@ -6,17 +6,16 @@ snapshot and message buffers. glibc's allocator serves blocks below its mmap thr
 at first, raised up to 32 MiB as large blocks are freed) from its heap, where later small
 allocations land between them, so their memory stays resident after they are freed: with 200k
 keys of 256-byte values a member stayed at about 850 B/key. :func:`release_large_blocks` lowers
-the threshold (and keeps it there), so such blocks get pages of their own, returned when freed
-(about 630 B/key then); :func:`heap_trimmer` hands back the free pages left inside the heap.
-Both do nothing where the C library is not glibc.
+the threshold and keeps it there, so such blocks get pages of their own, unmapped when freed
+(about 620 B/key then; handing back the heap's free pages with ``malloc_trim`` every second as
+well changed nothing measurable). It does nothing where the C library is not glibc.
 """
 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
 
-__all__ = ["LARGE_BLOCK", "heap_trimmer", "release_large_blocks"]
+__all__ = ["LARGE_BLOCK", "release_large_blocks"]
 
 LARGE_BLOCK = 32 * 1024
 """Blocks from this size on get pages of their own (glibc's ``M_MMAP_THRESHOLD``)."""
@@ -24,43 +23,22 @@ LARGE_BLOCK = 32 * 1024
 _M_MMAP_THRESHOLD = -3
 
 
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(None)  # the process's own C library
-    except OSError:
-        return None
-
-
 def release_large_blocks(threshold: int = LARGE_BLOCK) -> bool:
     """Serve blocks of ``threshold`` bytes or more with their own pages (glibc ``mallopt``).
 
-    Costs a system call per such allocation and per free: a few microseconds, for blocks whose
-    contents cost more than that to fill anyway.
+    Process-wide. Costs a system call per such allocation and per free: a few microseconds,
+    for blocks whose contents cost more than that to fill anyway.
 
     Returns:
         Whether the setting took (False on another C library).
     """
-    libc = _libc()
+    try:
+        libc = ctypes.CDLL(None)  # the process's own C library
+    except OSError:
+        return False
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
-
-
-def heap_trimmer() -> Callable[[], None] | None:
-    """A function handing the heap's free pages back (``malloc_trim(0)``), or None if none.
-
-    It may run in any thread (ctypes releases the GIL around the call).
-    """
-    trim = getattr(_libc(), "malloc_trim", None)
-    if trim is None:
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-
-    def run() -> None:
-        trim(0)
-
-    return run
