@@ -29,6 +29,10 @@ DEFAULT_HOT_BYTES = 16 * 1024 * 1024
 """Entry data kept in memory behind the newest entry (the rest is read back from the WAL)."""
 
 
+_EVICT_STEP = 256
+"""Entries looked at per slice of the window while evicting (not the whole hot run each save)."""
+
+
 class DiskBackedLog:
     """An :class:`~raftlib.storage.EntryWindow` whose older committed entries' data is on disk.
 
@@ -147,13 +151,16 @@ class DiskBackedLog:
         stop = min(commit, window.last_index())
         if start > stop:
             return
-        stand_ins = []
-        for e in window.entries(start, stop + 1):
-            if self._hot <= self._limit or e.index not in self._where:
-                break
-            stand_ins.append(Entry(term=e.term, index=e.index, type=e.type))
-            self._cold_sizes[e.index] = len(e.data)
-            self._hot -= len(e.data)
-        if stand_ins:
+        while start <= stop and self._hot > self._limit:
+            stand_ins = []
+            for e in window.entries(start, min(stop, start + _EVICT_STEP - 1) + 1):
+                if self._hot <= self._limit or e.index not in self._where:
+                    break
+                stand_ins.append(Entry(term=e.term, index=e.index, type=e.type))
+                self._cold_sizes[e.index] = len(e.data)
+                self._hot -= len(e.data)
+            if not stand_ins:
+                return
             window.replace(stand_ins)
             self._cold_until = stand_ins[-1].index
+            start = self._cold_until + 1

@@ -344,7 +344,6 @@ class RaftStore:
         self._snapshotter = snapshotter
         self._hard_state = hard_state
         self._wal_hard_state = hard_state
-        self._snapshot = snapshot
         self._log = DiskBackedLog(entries, where, hot_bytes)
         self._keep_snapshots = keep_snapshots
         self._failure: OSError | None = None

@@ -98,3 +98,14 @@ def test_reads_back_across_segment_cuts(tmp_path: Path) -> None:
         assert len(store.wal.segments) > 5
         assert store.entries(1, 201) == written
         assert held(store) == 0
+
+
+def test_many_small_entries_committed_at_once_all_go_cold(tmp_path: Path) -> None:
+    written = [Entry(term=1, index=i, data=b"e%d" % i) for i in range(1, 701)]
+    with open_hot(tmp_path, hot_bytes=0) as store:
+        store.save(HardState(1, 1, 0), written)
+        store.save(HardState(1, 1, 700))  # more than one eviction step's worth
+        assert store._log.cold_until == 700
+        assert held(store) == 0
+        assert store.entries(1, 701) == written
+        assert store.data_size() == sum(len(e.data) for e in written)
