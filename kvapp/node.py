@@ -353,6 +353,11 @@ class Member:
             logger=logging.LoggerAdapter(logging.getLogger("raftlib"), {"member": config.name}),
             on_storage_full=self._on_storage_full,
         )
+        # A RaftStore keeps the data of entries not applied yet (kvapp.storage.entrylog).
+        note = getattr(storage, "note_applied", None)
+        self._note_applied: Callable[[int], object] | None = note if callable(note) else None
+        if self._note_applied is not None:
+            self._note_applied(self.node.applied)
         self.disk = DiskGuard(
             name=config.name,
             disk_free=disk_free,
@@ -890,6 +895,8 @@ class Member:
     # -- the state machine --
 
     def _apply(self, c: Committed) -> None:
+        if self._note_applied is not None:
+            self._note_applied(c.index)
         if c.index >= self._start_commit:
             self._caught_up.set()
         if c.conf_change is not None:

@@ -354,6 +354,7 @@ class RaftStore:
         recorded (see :meth:`snapshot`), so that other holders of the bytes can let them go."""
         self._in_file = snapshot_in_file
         self._snapshot = self._kept(snapshot)
+        self._applied: int | None = None
 
     @classmethod
     def open(
@@ -536,7 +537,8 @@ class RaftStore:
             hot_bytes=hot_bytes,
             snapshot_in_file=snapshot_in_file,
         )
-        store._log.evict(log.hard_state.commit)
+        # Entries after the snapshot are about to be applied again; older ones are not needed.
+        store._log.evict(min(log.hard_state.commit, snapshot.metadata.index))
         return store
 
     # -- read side (the Storage protocol) --
@@ -565,6 +567,15 @@ class RaftStore:
     def last_index(self) -> int:
         """See :meth:`raftlib.storage.Storage.last_index`."""
         return self._log.window.last_index()
+
+    def note_applied(self, index: int) -> None:
+        """The application has applied the entries up to ``index``.
+
+        Once told, the store keeps the data of entries not applied yet in memory, however
+        much it is (a member catching up after a restart applies them next); without it, that
+        of entries not committed yet. See :mod:`kvapp.storage.entrylog`.
+        """
+        self._applied = index
 
     def data_size(self) -> int:
         """Bytes of the snapshot's data and of every entry's data held (what a restart reads)."""
@@ -625,7 +636,8 @@ class RaftStore:
         batch = BatchRecord(None if hs == self._wal_hard_state else hs, tuple(ents))
         where = self._write(batch, hard_state=hs)
         self._log.apply_append(ents, where[0] if where else None)
-        self._log.evict(self._hard_state.commit)
+        commit = self._hard_state.commit
+        self._log.evict(commit if self._applied is None else min(commit, self._applied))
         self._maybe_cut()
 
     def save_ready(self, rd: Ready) -> None:

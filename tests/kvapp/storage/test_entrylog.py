@@ -50,11 +50,16 @@ def test_committed_entries_beyond_the_budget_are_read_back_from_the_wal(tmp_path
         assert store.entries(100, 101) == written[99:]
         assert store.data_size() == 100 * SIZE
         store.save(HardState(1, 1, 100))
-        cold = store._log.cold_until
-    with open_hot(tmp_path, hot_bytes=10 * SIZE) as store:  # a restart holds no more
-        assert held(store) <= 10 * SIZE
-        assert store._log.cold_until >= cold
+        store.create_snapshot(30, None, b"state at 30")
+    with open_hot(tmp_path, hot_bytes=10 * SIZE) as store:
+        # a restart keeps what will be applied again (after the snapshot) until told otherwise
+        assert store._log.cold_until == 30
+        assert held(store) == 70 * SIZE
         assert store.entries(1, 101) == written
+        store.note_applied(60)
+        store.save(HardState(1, 1, 100), ents(101, 102))
+        assert store._log.cold_until == 60  # applied, not committed, bounds it now
+        assert store.entries(1, 102) == [*written, *ents(101, 102)]
 
 
 def test_entries_not_committed_keep_their_data_and_a_conflict_replaces_them(
