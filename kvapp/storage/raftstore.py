@@ -572,10 +572,12 @@ class RaftStore:
         """The application has applied the entries up to ``index``.
 
         Once told, the store keeps the data of entries not applied yet in memory, however
-        much it is (a member catching up after a restart applies them next); without it, that
-        of entries not committed yet. See :mod:`kvapp.storage.entrylog`.
+        much it is (a member catching up after a restart applies them next), and lets go of
+        the older ones' as they are applied; without it, that of entries not committed yet.
+        See :mod:`kvapp.storage.entrylog`.
         """
         self._applied = index
+        self._log.evict(min(self._hard_state.commit, index))
 
     def data_size(self) -> int:
         """Bytes of the snapshot's data and of every entry's data held (what a restart reads)."""

@@ -57,8 +57,9 @@ def test_committed_entries_beyond_the_budget_are_read_back_from_the_wal(tmp_path
         assert held(store) == 70 * SIZE
         assert store.entries(1, 101) == written
         store.note_applied(60)
-        store.save(HardState(1, 1, 100), ents(101, 102))
         assert store._log.cold_until == 60  # applied, not committed, bounds it now
+        store.save(HardState(1, 1, 100), ents(101, 102))
+        assert store._log.cold_until == 60
         assert store.entries(1, 102) == [*written, *ents(101, 102)]
 
 
