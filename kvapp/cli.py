@@ -31,6 +31,7 @@ import attrs
 
 from kvapp import gcpolicy
 from kvapp.diskspace import DEFAULT_MIN_FREE_BYTES, min_free_bytes_for
+from kvapp.memtrim import release_large_blocks
 from kvapp.node import (
     MAX_REQUEST_BYTES,
     Member,
@@ -440,9 +441,14 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
     from kvapp.transport import TcpTransport  # noqa: PLC0415
 
     member_id, cluster_id, initial = load_or_create_identity(opts)
+    release_large_blocks()
     try:
         store = RaftStore.open(
-            opts.data_dir / "raft", cluster_id=cluster_id, member_id=member_id, fsync=opts.fsync
+            opts.data_dir / "raft",
+            cluster_id=cluster_id,
+            member_id=member_id,
+            fsync=opts.fsync,
+            snapshot_in_file=True,  # the Member reads it from there (kvapp.storage.snapdata)
         )
     except StoreLockedError:
         raise UsageError(
@@ -501,6 +507,9 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
     member = Member(
         config, TimedStorage(store, hist), transport, disk_free=lambda: free_bytes(raft_dir)
     )
+    # What Member does for a bare RaftStore: the state's kept prefix follows the snapshot's
+    # bytes into their file, so the member does not hold its state twice.
+    store.on_snapshot_kept = member.kv.move_encoded
     metrics = MemberMetrics(member, fsync=hist)
     server = NativeServer(
         MeteredService(member, metrics),

@@ -37,7 +37,9 @@ with :meth:`KvState.keep_encoded`; the next :meth:`KvState.snapshot_image` then 
 the log records after that range, and :meth:`StateImage.write` copies the range and continues
 the trailer's hash chain (:func:`~kvapp.mvcc.store.extend_history_hash`) from where it ended.
 The stream is byte for byte what a full encoding writes. A compaction (another compacted
-revision) or a restore makes the kept range useless; the next snapshot is encoded whole.
+revision) or a restore makes the kept range useless; the next snapshot is encoded whole. Once
+the caller has written the bytes to a file and let them go, :meth:`KvState.move_encoded` points
+the kept range at the file (an :class:`EncodedSource`), so that the state is not held twice.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import struct
 import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, TypeAlias
+from typing import IO, Protocol, TypeAlias
 
 import attrs
 import cbor2
@@ -84,6 +86,7 @@ __all__ = [
     "Command",
     "CommandResult",
     "EncodedPrefix",
+    "EncodedSource",
     "KvState",
     "StateImage",
     "StreamSpan",
@@ -257,6 +260,17 @@ class KvState:
             store=weakref.ref(self.store),
         )
 
+    def move_encoded(self, data: bytes, source: EncodedSource) -> None:
+        """The bytes ``data`` given to :meth:`keep_encoded` are now also in ``source``: use it.
+
+        ``source`` must hold exactly ``data`` (e.g. the file it was written to), so the kept
+        range stays valid and ``data`` can be freed. Ignored unless ``data`` is (the same object
+        as) what is kept. Safe from any thread, like :meth:`keep_encoded`.
+        """
+        prefix = self._prefix
+        if prefix is not None and prefix.data is data:
+            self._prefix = attrs.evolve(prefix, data=source)
+
     def snapshot_bytes(self) -> bytes:
         """The snapshot as one bytes object."""
         buf = io.BytesIO()
@@ -296,6 +310,18 @@ class KvState:
         self.restore(io.BytesIO(data))
 
 
+class EncodedSource(Protocol):
+    """Where kept snapshot bytes may live instead of memory (a snapshot file's data)."""
+
+    def __len__(self) -> int:
+        """The number of bytes."""
+        ...
+
+    def copy_range(self, start: int, end: int, write: Callable[[bytes], object]) -> None:
+        """Pass bytes ``start`` to ``end`` to ``write``, in one or more pieces, in order."""
+        ...
+
+
 @attrs.frozen
 class EncodedPrefix:
     """A range of a snapshot's bytes that later snapshots of the same state may copy.
@@ -306,7 +332,7 @@ class EncodedPrefix:
     ``lineage``) keeps ``compact_revision``.
     """
 
-    data: bytes = attrs.field(repr=lambda d: f"<{len(d)} bytes>")
+    data: bytes | EncodedSource = attrs.field(repr=lambda d: f"<{len(d)} bytes>")
     span: StreamSpan
     compact_revision: int
     lineage: int
@@ -409,7 +435,11 @@ class StateImage:
         else:
             span = prefix.span
             base, crc, logged, last = span.base_count, span.crc, span.log_count, span.last
-            sink.write(memoryview(prefix.data)[span.start : span.end])
+            data = prefix.data
+            if isinstance(data, bytes):
+                sink.write(memoryview(data)[span.start : span.end])
+            else:
+                data.copy_range(span.start, span.end, sink.write)
         log = self.log
         full = len(log) - len(log) % _CHUNK
         for i in range(0, full, _CHUNK):

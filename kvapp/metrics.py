@@ -319,6 +319,17 @@ class TimedStorage:
         """See raftlib.NodeStorage."""
         return self._inner.create_snapshot(index, conf_state, data)
 
+    def note_applied(self, index: int) -> None:
+        """The wrapped storage's ``note_applied(index)`` (a RaftStore's), if it has one."""
+        note = getattr(self._inner, "note_applied", None)
+        if callable(note):
+            note(index)
+
+    def data_size(self) -> int | None:
+        """The wrapped storage's ``data_size()`` (a RaftStore's), or None if it has none."""
+        sized = getattr(self._inner, "data_size", None)
+        return sized() if callable(sized) else None
+
     def compact(self, compact_index: int) -> None:
         """See raftlib.NodeStorage."""
         self._inner.compact(compact_index)

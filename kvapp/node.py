@@ -41,7 +41,7 @@ import io
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Sequence
-from typing import Protocol
+from typing import IO, Protocol
 from urllib.parse import urlsplit
 
 import attrs
@@ -99,6 +99,8 @@ from kvapp.service import (
     WriteResponse,
 )
 from kvapp.snapfile import SnapshotHeader, SnapshotWriter
+from kvapp.storage import RaftStore
+from kvapp.storage.snapdata import FileSnapshotData, open_snapshot_data, snapshot_bytes
 from kvapp.watch import WatchStream
 from raftlib import (
     Committed,
@@ -311,6 +313,9 @@ class Member:
             clock, grace=election_s, checkpoint_interval=config.lease_checkpoint_interval
         )
         self.applier = Applier(self.kv)
+        if isinstance(storage, RaftStore):
+            # Its snapshot's bytes go once written to their file; the kept prefix follows them.
+            storage.on_snapshot_kept = self.kv.move_encoded
         self._members: dict[int, MemberInfo] = {m.id: m for m in config.initial_members}
         self._results: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._renewals: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -353,6 +358,11 @@ class Member:
             logger=logging.LoggerAdapter(logging.getLogger("raftlib"), {"member": config.name}),
             on_storage_full=self._on_storage_full,
         )
+        # A RaftStore keeps the data of entries not applied yet (kvapp.storage.entrylog).
+        note = getattr(storage, "note_applied", None)
+        self._note_applied: Callable[[int], object] | None = note if callable(note) else None
+        if self._note_applied is not None:
+            self._note_applied(self.node.applied)
         self.disk = DiskGuard(
             name=config.name,
             disk_free=disk_free,
@@ -414,7 +424,18 @@ class Member:
     # -- peer input --
 
     def receive(self, message: Message) -> None:
-        """A message from a peer."""
+        """A message from a peer.
+
+        A snapshot whose data is still the sender's file (an in-process network passed the
+        sender's message on; see :mod:`kvapp.storage.snapdata`) is read into bytes first, as a
+        real transport would have sent them.
+        """
+        snap = message.snapshot
+        if snap is not None:
+            data: object = snap.data
+            if isinstance(data, FileSnapshotData):
+                snap = attrs.evolve(snap, data=snapshot_bytes(data))
+                message = attrs.evolve(message, snapshot=snap)
         self.node.receive(message)
 
     def report_unreachable(self, member_id: int) -> None:
@@ -670,6 +691,11 @@ class Member:
         reaches the disk as these snapshots and log entries.
         """
         storage = self._storage
+        sized = getattr(storage, "data_size", None)
+        if callable(sized):  # a RaftStore's: without reading entries left in the WAL
+            total: object = sized()
+            if isinstance(total, int):
+                return total
         try:
             size = len(storage.snapshot().data)
             first, last = storage.first_index(), storage.last_index()
@@ -892,6 +918,8 @@ class Member:
     # -- the state machine --
 
     def _apply(self, c: Committed) -> None:
+        if self._note_applied is not None:
+            self._note_applied(c.index)
         if c.index >= self._start_commit:
             self._caught_up.set()
         if c.conf_change is not None:
@@ -1046,7 +1074,8 @@ class Member:
 
     def _restore(self, data: bytes) -> None:
         parsed, state = _read_member_snapshot(data)
-        self.applier.restore(state)
+        with state:
+            self.applier.restore(state)
         table = {m.id: m for m in parsed}
         for gone in set(self._members) - set(table):
             if gone != self.id:
@@ -1229,17 +1258,25 @@ def member_snapshot_members(data: bytes) -> list[MemberInfo]:
     Raises:
         KvappError: ``data`` is not such a snapshot.
     """
-    return _read_member_snapshot(data)[0]
+    members, state = _read_member_snapshot(data)
+    state.close()
+    return members
 
 
-def _read_member_snapshot(data: bytes) -> tuple[list[MemberInfo], io.BytesIO]:
+def _read_member_snapshot(data: bytes) -> tuple[list[MemberInfo], IO[bytes]]:
     """The member table of a Raft snapshot's data, and the applier stream, unread.
+
+    ``data`` may be a :class:`~kvapp.storage.snapdata.FileSnapshotData` (what a
+    :class:`~kvapp.storage.RaftStore` holds): it is then read from its file as a stream.
 
     Raises:
         KvappError: ``data`` is not a member snapshot of version 1 or 2 (the stream itself is
             checked when the applier restores it).
     """
-    src = io.BytesIO(data)
+    try:
+        src = open_snapshot_data(data)
+    except TypeError as e:
+        raise KvappError(f"bad member snapshot: {e}") from e
     try:
         head = cbor2.CBORDecoder(src).decode()
         if not isinstance(head, list) or len(head) not in (3, 4):
@@ -1250,6 +1287,7 @@ def _read_member_snapshot(data: bytes) -> tuple[list[MemberInfo], io.BytesIO]:
         if version == 1:
             if not isinstance(rest[0], bytes):
                 raise KvappError("version 1 state is not a byte string")
+            src.close()
             src = io.BytesIO(rest[0])
         return [_member_from_list(x) for x in members], src
     except (cbor2.CBORDecodeError, ValueError, TypeError, KvappError) as e:

@@ -256,6 +256,26 @@ class EntryWindow:
         """Check and apply a compaction in one step."""
         self.apply_compact(self.check_compact(compact_index))
 
+    def replace(self, entries: Sequence[Entry]) -> None:
+        """Hold ``entries`` instead of the held entries at the same indexes.
+
+        For a storage that keeps some entries' data elsewhere (on disk, say) and holds stand-ins
+        here; each must have the index, term and type of the entry it replaces.
+
+        Raises:
+            ValueError: an entry is not held, or differs in term or type from the held one.
+        """
+        ents = self._ents
+        offset = ents[0].index
+        for e in entries:
+            i = e.index - offset
+            if not 0 < i < len(ents):
+                raise ValueError(f"entry {e.index} is not held")
+            held = ents[i]
+            if held.term != e.term or held.type != e.type:
+                raise ValueError(f"entry {e.index} differs from the held one in term or type")
+            ents[i] = e
+
     def reset(self, index: int, term: int) -> None:
         """Discard everything: the window restarts after ``(index, term)`` (a snapshot)."""
         self._ents = [Entry(term=term, index=index)]

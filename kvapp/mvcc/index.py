@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
+from typing import TypeAlias
 
 from sortedcontainers import SortedList
 
@@ -33,6 +34,14 @@ __all__ = ["KeyIndex"]
 
 def _mod(kv: KeyValue) -> int:
     return kv.mod_revision
+
+
+_Hist: TypeAlias = "KeyValue | list[KeyValue]"
+"""A key's retained versions: the one version itself, or a list of two or more, oldest first."""
+
+
+def _versions(h: KeyValue | list[KeyValue]) -> list[KeyValue]:
+    return h if isinstance(h, list) else [h]
 
 
 class KeyIndex:
@@ -47,7 +56,7 @@ class KeyIndex:
 
     def __init__(self) -> None:
         self._keys = SortedList()
-        self._hist: dict[bytes, list[KeyValue]] = {}
+        self._hist: dict[bytes, _Hist] = {}
         # Keys that compaction may shrink: more than one version, or ending in a tombstone.
         # Keys written once and never again (the bulk of most keyspaces) cost compaction nothing.
         self._touched: set[bytes] = set()
@@ -60,9 +69,12 @@ class KeyIndex:
         single time, which is much faster than inserting them one by one.
         """
         index = cls()
-        index._hist = histories
         index._keys = SortedList(histories)
         index._touched = {k for k, h in histories.items() if len(h) > 1 or h[-1].version == 0}
+        hist: dict[bytes, _Hist] = {}
+        for k, h in histories.items():
+            hist[k] = h if len(h) > 1 else h[0]
+        index._hist = hist
         return index
 
     def __len__(self) -> int:
@@ -71,23 +83,28 @@ class KeyIndex:
 
     def latest(self, key: bytes) -> KeyValue | None:
         """The newest version of ``key``, or None if it does not exist now."""
-        hist = self._hist.get(key)
-        if hist is None:
+        h = self._hist.get(key)
+        if h is None:
             return None
-        kv = hist[-1]
+        kv = h[-1] if isinstance(h, list) else h
         return None if kv.version == 0 else kv
 
     def get(self, key: bytes, revision: int) -> KeyValue | None:
         """The version of ``key`` visible at ``revision``, or None if it did not exist then."""
-        hist = self._hist.get(key)
-        if hist is None:
+        h = self._hist.get(key)
+        if h is None:
             return None
-        kv = hist[-1]
-        if kv.mod_revision > revision:
-            i = bisect_right(hist, revision, key=_mod) - 1
-            if i < 0:
+        if isinstance(h, list):
+            kv = h[-1]
+            if kv.mod_revision > revision:
+                i = bisect_right(h, revision, key=_mod) - 1
+                if i < 0:
+                    return None
+                kv = h[i]
+        else:
+            kv = h
+            if kv.mod_revision > revision:
                 return None
-            kv = hist[i]
         return None if kv.version == 0 else kv
 
     def previous(self, kv: KeyValue) -> KeyValue | None:
@@ -96,9 +113,10 @@ class KeyIndex:
         None when ``kv`` created its key, followed a tombstone, is the oldest retained version
         (what it replaced was compacted), or is no longer in the index.
         """
-        hist = self._hist.get(kv.key)
-        if hist is None:
+        h = self._hist.get(kv.key)
+        if h is None or not isinstance(h, list):
             return None
+        hist: list[KeyValue] = h
         i = bisect_left(hist, kv.mod_revision, key=_mod)
         while i < len(hist) and hist[i] is not kv:
             if hist[i].mod_revision != kv.mod_revision:
@@ -111,19 +129,23 @@ class KeyIndex:
 
     def history(self, key: bytes) -> tuple[KeyValue, ...]:
         """Every retained version of ``key``, oldest first (tombstones included)."""
-        return tuple(self._hist.get(key, ()))
+        h = self._hist.get(key)
+        return () if h is None else tuple(_versions(h))
 
     def append(self, kv: KeyValue) -> None:
         """Record a new version (or tombstone) of ``kv.key`` as its newest."""
         key = kv.key
-        hist = self._hist.get(key)
-        if hist is None:
-            self._hist[key] = [kv]
+        h = self._hist.get(key)
+        if h is None:
+            self._hist[key] = kv
             self._keys.add(key)
             if kv.version == 0:
                 self._touched.add(key)
         else:
-            hist.append(kv)
+            if isinstance(h, list):
+                h.append(kv)
+            else:
+                self._hist[key] = [h, kv]
             self._touched.add(key)
 
     def range(self, key: bytes, range_end: bytes, revision: int) -> Iterator[KeyValue]:
@@ -142,13 +164,18 @@ class KeyIndex:
             return
         hist_of = self._hist
         for k in self._keys.irange(key, end, inclusive=(True, False)):
-            hist = hist_of[k]
-            kv = hist[-1]
-            if kv.mod_revision > revision:
-                i = bisect_right(hist, revision, key=_mod) - 1
-                if i < 0:
+            h = hist_of[k]
+            if isinstance(h, list):
+                kv = h[-1]
+                if kv.mod_revision > revision:
+                    i = bisect_right(h, revision, key=_mod) - 1
+                    if i < 0:
+                        continue
+                    kv = h[i]
+            else:
+                kv = h
+                if kv.mod_revision > revision:
                     continue
-                kv = hist[i]
             if kv.version != 0:
                 yield kv
 
@@ -160,7 +187,7 @@ class KeyIndex:
         """
         still_touched: set[bytes] = set()
         for key in self._touched:
-            hist = self._hist[key]
+            hist = _versions(self._hist[key])
             if hist[-1].mod_revision <= revision:
                 i = len(hist) - 1
             else:
@@ -176,6 +203,10 @@ class KeyIndex:
                 continue
             if i:
                 del hist[:i]
+            if len(hist) == 1:
+                self._hist[key] = hist[0]
+            else:
+                self._hist[key] = hist
             if len(hist) > 1 or hist[-1].version == 0:
                 still_touched.add(key)
         self._touched = still_touched
@@ -188,7 +219,8 @@ class KeyIndex:
         """
         hist_of = self._hist
         for k in self._keys:
-            kv = hist_of[k][0]
+            h = hist_of[k]
+            kv = h[0] if isinstance(h, list) else h
             if kv.mod_revision <= revision:
                 yield kv
 

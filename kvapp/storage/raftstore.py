@@ -40,10 +40,11 @@ import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import attrs
 
+from kvapp.storage.entrylog import DEFAULT_HOT_BYTES, DiskBackedLog
 from kvapp.storage.errors import (
     InvalidWriteError,
     SnapshotCorruptError,
@@ -55,7 +56,8 @@ from kvapp.storage.errors import (
     WalIdentityError,
 )
 from kvapp.storage.fileutil import DirLock, FsyncError, ensure_dir, is_no_space
-from kvapp.storage.snap import Snapshotter
+from kvapp.storage.snap import Snapshotter, data_offset
+from kvapp.storage.snapdata import FileSnapshotData
 from kvapp.storage.wal import (
     DEFAULT_SEGMENT_SIZE,
     BatchRecord,
@@ -63,6 +65,7 @@ from kvapp.storage.wal import (
     LocatedRecord,
     MetadataRecord,
     Record,
+    RecordAt,
     SnapshotKind,
     SnapshotRecord,
     StateRecord,
@@ -70,7 +73,7 @@ from kvapp.storage.wal import (
     WalMetadata,
 )
 from raftlib.rawnode import Ready
-from raftlib.storage import EntryWindow, check_snapshot_newer, plan_snapshot
+from raftlib.storage import check_snapshot_newer, plan_snapshot
 from raftlib.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata
 
 __all__ = [
@@ -135,6 +138,8 @@ class RecoveredLog:
         self.base = state.last_index + 1
         self._base_term: int | None = state.last_term
         self.log: list[Entry] = []
+        self.where: list[RecordAt] = []
+        """Where each entry of ``log`` was read from (its batch record)."""
 
     @property
     def last_index(self) -> int:
@@ -180,7 +185,7 @@ class RecoveredLog:
         if isinstance(rec, BatchRecord):
             if rec.hard_state is not None:
                 self.hard_state = rec.hard_state
-            self._append(rec.entries, bad)
+            self._append(rec.entries, bad, located.at())
         elif isinstance(rec, CompactRecord):
             if not self.compact_index < rec.index <= self.last_index:
                 raise bad(
@@ -214,6 +219,7 @@ class RecoveredLog:
             self.snapshot = md
             self.compact_index, self.compact_term = md.index, md.term
             self.log = []
+            self.where = []
             self.base = md.index + 1
             self._base_term = md.term
             return
@@ -228,7 +234,9 @@ class RecoveredLog:
             raise bad(f"snapshot marker at {md.index} term {md.term} does not fit the log")
         self.snapshot = md
 
-    def _append(self, entries: Sequence[Entry], bad: Callable[[str], WalCorruptError]) -> None:
+    def _append(
+        self, entries: Sequence[Entry], bad: Callable[[str], WalCorruptError], at: RecordAt
+    ) -> None:
         if not entries:
             return
         for i, e in enumerate(entries):
@@ -245,10 +253,13 @@ class RecoveredLog:
         if x < self.base:
             self._base_term = self.compact_term if x - 1 == self.compact_index else None
             self.log = list(entries)
+            self.where = [at] * len(entries)
             self.base = x
         else:
             del self.log[x - self.base :]
             self.log.extend(entries)
+            del self.where[x - self.base :]
+            self.where.extend([at] * len(entries))
 
     def finish(self, path: Path) -> None:
         """Check that every live entry is known.
@@ -269,6 +280,10 @@ class RecoveredLog:
     def live_entries(self) -> list[Entry]:
         """The entries after the compaction point, as ``MemoryStorage`` would hold them."""
         return self.log[self.compact_index + 1 - self.base :]
+
+    def live_where(self) -> list[RecordAt]:
+        """Where each of :meth:`live_entries` is in the WAL."""
+        return self.where[self.compact_index + 1 - self.base :]
 
 
 def replay_records(records: Sequence[LocatedRecord]) -> RecoveredLog:
@@ -318,6 +333,9 @@ class RaftStore:
         snapshot: Snapshot,
         entries: list[Entry],
         keep_snapshots: int,
+        where: Sequence[RecordAt] = (),
+        hot_bytes: int = DEFAULT_HOT_BYTES,
+        snapshot_in_file: bool = False,
     ) -> None:
         """Use :meth:`open`."""
         self.directory = directory
@@ -326,12 +344,17 @@ class RaftStore:
         self._snapshotter = snapshotter
         self._hard_state = hard_state
         self._wal_hard_state = hard_state
-        self._snapshot = snapshot
-        self._log = EntryWindow(entries)
+        self._log = DiskBackedLog(entries, where, hot_bytes)
         self._keep_snapshots = keep_snapshots
         self._failure: OSError | None = None
         self._cut_deferred = False
         self._closed = False
+        self.on_snapshot_kept: Callable[[bytes, FileSnapshotData], object] | None = None
+        """Called with a snapshot's data and what replaced it in memory once its file is
+        recorded (see :meth:`snapshot`), so that other holders of the bytes can let them go."""
+        self._in_file = snapshot_in_file
+        self._snapshot = self._kept(snapshot)
+        self._applied: int | None = None
 
     @classmethod
     def open(
@@ -345,6 +368,8 @@ class RaftStore:
         preallocate: bool = True,
         fsync: bool = True,
         conf_state: ConfState | None = None,
+        hot_bytes: int = DEFAULT_HOT_BYTES,
+        snapshot_in_file: bool = False,
     ) -> RaftStore:
         """Open (or create) the store in ``directory`` and recover its state.
 
@@ -362,6 +387,12 @@ class RaftStore:
             conf_state: the starting configuration of a *new* store, as if restored from an
                 empty snapshot (the alternative to ``RawNode.bootstrap``). Recorded when the
                 store is created; ignored when it already exists, like etcd's initial cluster.
+            hot_bytes: entry data held in memory; older committed entries' data is read back
+                from the WAL when asked for (see :mod:`kvapp.storage.entrylog`).
+            snapshot_in_file: hold a snapshot's data, once its file is recorded, as a
+                :class:`~kvapp.storage.snapdata.FileSnapshotData` that reads the file when used
+                instead of as ``bytes`` (see :meth:`snapshot`). Its user must read it as that
+                module says (kvapp's ``Member`` does); raftlib never looks inside.
 
         Raises:
             StoreFsyncFailedError: an fsync on this directory failed earlier in this process
@@ -398,6 +429,8 @@ class RaftStore:
                 preallocate=preallocate,
                 fsync=fsync,
                 conf_state=conf_state,
+                hot_bytes=hot_bytes,
+                snapshot_in_file=snapshot_in_file,
             )
         except FsyncError as exc:
             raise _fsync_failed(root, exc) from exc
@@ -419,6 +452,8 @@ class RaftStore:
         preallocate: bool,
         fsync: bool,
         conf_state: ConfState | None,
+        hot_bytes: int,
+        snapshot_in_file: bool,
     ) -> RaftStore:
         """:meth:`open` after its checks: lock, then create or recover."""
         ensure_dir(root, fsync=fsync)
@@ -453,6 +488,8 @@ class RaftStore:
                     snapshot=initial,
                     entries=[Entry()],
                     keep_snapshots=keep_snapshots,
+                    hot_bytes=hot_bytes,
+                    snapshot_in_file=snapshot_in_file,
                 )
             wal, contents = Wal.open(
                 wal_dir,
@@ -487,7 +524,7 @@ class RaftStore:
             entries[-1].index,
             log.hard_state,
         )
-        return cls(
+        store = cls(
             directory=root,
             lock=lock,
             wal=wal,
@@ -496,7 +533,13 @@ class RaftStore:
             snapshot=snapshot,
             entries=entries,
             keep_snapshots=keep_snapshots,
+            where=log.live_where(),
+            hot_bytes=hot_bytes,
+            snapshot_in_file=snapshot_in_file,
         )
+        # Entries after the snapshot are about to be applied again; older ones are not needed.
+        store._log.evict(min(log.hard_state.commit, snapshot.metadata.index))
+        return store
 
     # -- read side (the Storage protocol) --
 
@@ -505,23 +548,49 @@ class RaftStore:
         return self._hard_state, self._snapshot.metadata.conf_state
 
     def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
-        """See :meth:`raftlib.storage.Storage.entries`."""
+        """See :meth:`raftlib.storage.Storage.entries`.
+
+        Reads the WAL for old committed entries whose data is not held in memory (see
+        :mod:`kvapp.storage.entrylog`); a damaged record raises
+        :class:`~kvapp.storage.errors.WalCorruptError`.
+        """
         return self._log.entries(lo, hi, max_size)
 
     def term(self, index: int) -> int:
         """See :meth:`raftlib.storage.Storage.term`."""
-        return self._log.term(index)
+        return self._log.window.term(index)
 
     def first_index(self) -> int:
         """See :meth:`raftlib.storage.Storage.first_index`."""
-        return self._log.first_index()
+        return self._log.window.first_index()
 
     def last_index(self) -> int:
         """See :meth:`raftlib.storage.Storage.last_index`."""
-        return self._log.last_index()
+        return self._log.window.last_index()
+
+    def note_applied(self, index: int) -> None:
+        """The application has applied the entries up to ``index``.
+
+        Once told, the store keeps the data of entries not applied yet in memory, however
+        much it is (a member catching up after a restart applies them next), and lets go of
+        the older ones' as they are applied; without it, that of entries not committed yet.
+        See :mod:`kvapp.storage.entrylog`.
+        """
+        self._applied = index
+        self._log.evict(min(self._hard_state.commit, index))
+
+    def data_size(self) -> int:
+        """Bytes of the snapshot's data and of every entry's data held (what a restart reads)."""
+        return len(self._snapshot.data) + self._log.data_size()
 
     def snapshot(self) -> Snapshot:
-        """See :meth:`raftlib.storage.Storage.snapshot`. Held in memory; never reads the disk."""
+        """See :meth:`raftlib.storage.Storage.snapshot`; never reads the disk.
+
+        The metadata is held in memory, and so is the data, unless the store was opened with
+        ``snapshot_in_file``: then, once its file is recorded, it is a
+        :class:`~kvapp.storage.snapdata.FileSnapshotData` that reads the file when used (see
+        :mod:`kvapp.storage.snapdata`), not ``bytes``.
+        """
         return self._snapshot
 
     # -- write side --
@@ -561,15 +630,16 @@ class RaftStore:
         """
         if hard_state is not None:
             _check_hard_state(hard_state)
-        ents = self._log.check_append(_checked_entries(entries))
+        ents = self._log.window.check_append(_checked_entries(entries))
         hs = self._hard_state if hard_state is None else hard_state
         if not ents and hs == self._wal_hard_state:
             self._hard_state = hs
             return
-        self._write(
-            BatchRecord(None if hs == self._wal_hard_state else hs, tuple(ents)), hard_state=hs
-        )
-        self._log.apply_append(ents)
+        batch = BatchRecord(None if hs == self._wal_hard_state else hs, tuple(ents))
+        where = self._write(batch, hard_state=hs)
+        self._log.apply_append(ents, where[0] if where else None)
+        commit = self._hard_state.commit
+        self._log.evict(commit if self._applied is None else min(commit, self._applied))
         self._maybe_cut()
 
     def save_ready(self, rd: Ready) -> None:
@@ -642,7 +712,7 @@ class RaftStore:
         md = snapshot.metadata
         self._guard(lambda: self._snapshotter.save(snapshot))
         self._write_marker(SnapshotRecord(SnapshotKind.INSTALLED, md))
-        self._snapshot = snapshot
+        self._snapshot = self._kept(snapshot)
         self._log.reset(md.index, md.term)
         self._after_snapshot()
 
@@ -670,12 +740,13 @@ class RaftStore:
             StoreFullError: no space; nothing was kept (the file is deleted again).
             StoreFailedError: a disk write failed (now or earlier).
         """
-        snap = _checked_snapshot(plan_snapshot(self._snapshot, self._log, index, conf_state, data))
+        planned = plan_snapshot(self._snapshot, self._log.window, index, conf_state, data)
+        snap = _checked_snapshot(planned)
         self._guard(lambda: self._snapshotter.save(snap))
         self._write_marker(SnapshotRecord(SnapshotKind.CREATED, snap.metadata))
-        self._snapshot = snap
+        self._snapshot = self._kept(snap)
         self._after_snapshot()
-        return snap
+        return self._snapshot
 
     def stage_snapshot(self, snapshot: Snapshot) -> None:
         """Write ``snapshot``'s file durably without recording it (see ``raftlib.StagingStorage``).
@@ -706,11 +777,13 @@ class RaftStore:
             StoreFailedError: a disk write failed (now or earlier).
         """
         md = snapshot.metadata
-        planned = plan_snapshot(self._snapshot, self._log, md.index, md.conf_state, snapshot.data)
+        planned = plan_snapshot(
+            self._snapshot, self._log.window, md.index, md.conf_state, snapshot.data
+        )
         if planned.metadata != md:
             raise ValueError(f"staged snapshot {md} does not match the log ({planned.metadata})")
         self._write_marker(SnapshotRecord(SnapshotKind.CREATED, md))
-        self._snapshot = _checked_snapshot(snapshot)
+        self._snapshot = self._kept(_checked_snapshot(snapshot))
         self._after_snapshot()
 
     def compact(self, compact_index: int) -> None:
@@ -724,7 +797,7 @@ class RaftStore:
             StoreFullError: no space for the WAL record; nothing was compacted.
             StoreFailedError: a disk write failed (now or earlier).
         """
-        kept = self._log.check_compact(compact_index)
+        kept = self._log.window.check_compact(compact_index)
         self._write(CompactRecord(kept.index, kept.term))
         self._log.apply_compact(kept)
         self._guard(self._release)
@@ -807,7 +880,7 @@ class RaftStore:
                 "continue from what is on disk"
             ) from exc
 
-    def _write(self, *records: Record, hard_state: HardState | None = None) -> None:
+    def _write(self, *records: Record, hard_state: HardState | None = None) -> list[RecordAt]:
         """Append ``records`` as one WAL write, with the hard state if it is not in the WAL yet.
 
         The hard state written is ``hard_state``, else :attr:`hard_state` (which a deferred
@@ -816,16 +889,23 @@ class RaftStore:
         never holds a snapshot marker (or compaction) with a commit index older than the one the
         application acted on. Both hard state attributes are updated only once the write is
         durable.
+
+        Returns:
+            Where the records of ``records`` went, in order (a hard-state batch put in front
+            is left out).
         """
         hs = self._hard_state if hard_state is None else hard_state
+        skip = 0
         if hs != self._wal_hard_state:
             first = records[0] if records else None
             if not isinstance(first, BatchRecord):
                 records = (BatchRecord(hs, ()), *records)
+                skip = 1
             elif first.hard_state is None:
                 records = (BatchRecord(hs, first.entries), *records[1:])
-        self._guard(lambda: self._wal.append(records))
+        where = self._guard(lambda: self._wal.append(records))
         self._hard_state = self._wal_hard_state = hs
+        return where[skip:]
 
     def _write_marker(self, marker: SnapshotRecord) -> None:
         """Write a snapshot's WAL marker; without space for it, delete the snapshot's file."""
@@ -844,10 +924,10 @@ class RaftStore:
         return StateRecord(
             hard_state=self._wal_hard_state,
             snapshot=self._snapshot.metadata,
-            compact_index=self._log.placeholder.index,
-            compact_term=self._log.placeholder.term,
-            last_index=self._log.last.index,
-            last_term=self._log.last.term,
+            compact_index=self._log.window.placeholder.index,
+            compact_term=self._log.window.placeholder.term,
+            last_index=self._log.window.last.index,
+            last_term=self._log.window.last.term,
         )
 
     def _maybe_cut(self) -> None:
@@ -871,6 +951,27 @@ class RaftStore:
             logger.info("%s: new WAL segment started after the space came back", self)
             self._cut_deferred = False
 
+    def _kept(self, snap: Snapshot) -> Snapshot:
+        """``snap`` as held in memory: its data read from its (recorded) file when needed.
+
+        Falls back to holding the bytes if the file cannot be opened (it is then read back
+        whole on the next open anyway).
+        """
+        data = snap.data
+        if not self._in_file or snap.is_empty() or type(data) is not bytes:
+            return snap
+        md = snap.metadata
+        path = self._snapshotter.path_for(md.term, md.index)
+        try:
+            kept = FileSnapshotData(path, data_offset(len(data)), len(data))
+        except OSError as exc:
+            logger.warning("%s: snapshot data kept in memory: cannot open %s: %s", self, path, exc)
+            return snap
+        if self.on_snapshot_kept is not None:
+            self.on_snapshot_kept(data, kept)
+        # raftlib types a snapshot's data as bytes but never looks inside (see snapdata).
+        return attrs.evolve(snap, data=cast("bytes", kept))
+
     def _after_snapshot(self) -> None:
         def prune_and_release() -> None:
             self._snapshotter.prune(
@@ -883,7 +984,7 @@ class RaftStore:
 
     def _release(self) -> None:
         """Release the WAL up to the compaction point, but not past the oldest kept snapshot."""
-        upto = self._log.placeholder.index
+        upto = self._log.window.placeholder.index
         newest = self._snapshot.metadata.index
         kept = [f.index for f in self._snapshotter.files() if f.index <= newest]
         if kept:

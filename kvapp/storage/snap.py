@@ -37,6 +37,7 @@ __all__ = [
     "SNAP_SUFFIX",
     "SnapshotFile",
     "Snapshotter",
+    "data_offset",
     "decode_snapshot_file",
     "encode_snapshot_file",
     "snapshot_file_name",
@@ -100,6 +101,11 @@ def _file_parts(snapshot: Snapshot) -> tuple[bytes, ...]:
     for part in (opening, data, meta):
         crc = zlib.crc32(part, crc)
     return head, opening, data, meta, _CRC.pack(crc)
+
+
+def data_offset(size: int) -> int:
+    """Where a snapshot's data of ``size`` bytes starts in its file (see the module doc)."""
+    return len(_MAGIC) + _LEN.size + 1 + len(_byte_string_head(size))
 
 
 def _byte_string_head(n: int) -> bytes:

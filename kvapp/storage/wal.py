@@ -126,6 +126,7 @@ __all__ = [
     "LocatedRecord",
     "MetadataRecord",
     "Record",
+    "RecordAt",
     "RecordType",
     "Segment",
     "SnapshotKind",
@@ -140,6 +141,7 @@ __all__ = [
     "encode_record",
     "frame_record",
     "list_segments",
+    "read_record_at",
     "read_wal",
     "segment_name",
 ]
@@ -252,11 +254,29 @@ Record: TypeAlias = MetadataRecord | StateRecord | BatchRecord | SnapshotRecord 
 
 @attrs.frozen
 class LocatedRecord:
-    """A decoded record and where it was read from, for error messages."""
+    """A decoded record and where it was read from (for error messages and :class:`RecordAt`)."""
 
     record: Record
     path: Path
     offset: int
+    prev_crc: int = 0
+    """The checksum chain before the record (0 if unknown), so it can be read back alone."""
+
+    def at(self) -> RecordAt:
+        """Where to read this record back with :func:`read_record_at`."""
+        return RecordAt(self.path, self.offset, self.prev_crc)
+
+
+@attrs.frozen
+class RecordAt:
+    """Where a record lies in the WAL, to read it back alone (:func:`read_record_at`).
+
+    ``prev_crc`` is the checksum chain before it, against which its stored checksum is checked.
+    """
+
+    path: Path
+    offset: int
+    prev_crc: int
 
 
 @attrs.frozen(order=True)
@@ -485,7 +505,7 @@ def _has_zero_sector(data: bytes, start: int, end: int) -> bool:
 
 @attrs.frozen
 class _Scan:
-    frames: list[tuple[int, bytes]]
+    frames: list[tuple[int, bytes, int]]
     end: int
     last_crc: int
     torn: str | None
@@ -500,7 +520,7 @@ def _scan_segment(data: bytes, path: Path, *, last: bool) -> _Scan:
     n = len(data)
     pos = 0
     crc = 0
-    frames: list[tuple[int, bytes]] = []
+    frames: list[tuple[int, bytes, int]] = []
 
     def done(torn: str | None) -> _Scan:
         return _Scan(frames, pos, crc, torn)
@@ -540,7 +560,7 @@ def _scan_segment(data: bytes, path: Path, *, last: bool) -> _Scan:
             raise WalCorruptError(path, pos, "record checksum mismatch")
         if not is_zero(data, crc_at + 4, end):
             raise WalCorruptError(path, pos, "non-zero record padding")
-        frames.append((pos, payload))
+        frames.append((pos, payload, crc))
         crc = new_crc
         pos = end
     return done(None)
@@ -632,7 +652,8 @@ def read_wal(directory: Path, *, metadata: WalMetadata | None = None) -> WalCont
         last = i == len(segments) - 1
         scan = _scan_segment(seg.path.read_bytes(), seg.path, last=last)
         located = [
-            LocatedRecord(_decode_at(p, seg.path, off), seg.path, off) for off, p in scan.frames
+            LocatedRecord(_decode_at(p, seg.path, off), seg.path, off, prev)
+            for off, p, prev in scan.frames
         ]
         if len(located) < 2:
             raise WalCorruptError(seg.path, scan.end, "segment lacks its metadata or state record")
@@ -674,6 +695,33 @@ def read_wal(directory: Path, *, metadata: WalMetadata | None = None) -> WalCont
         size = last_seg.path.stat().st_size
         torn = TornTail(last_seg.path, scan.end, size, scan.torn)
     return WalContents(found, records, segments, scan.end, scan.last_crc, torn, stale)
+
+
+def read_record_at(at: RecordAt) -> Record:
+    """Read back the one record at ``at`` (written earlier, and still in its segment).
+
+    Raises:
+        WalCorruptError: the record there is not whole, fails its checksums, or does not decode.
+        OSError: the segment cannot be read.
+    """
+    fd = os.open(at.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        head = os.pread(fd, _HEADER_SIZE, at.offset)
+        if len(head) < _HEADER_SIZE:
+            raise WalCorruptError(at.path, at.offset, "record header missing on read-back")
+        length, hcrc = _HEADER.unpack(head)
+        if not 0 < length <= MAX_RECORD_SIZE or zlib.crc32(head[:4]) != hcrc:
+            raise WalCorruptError(at.path, at.offset, "bad record header on read-back")
+        body = os.pread(fd, length + 4, at.offset + _HEADER_SIZE)
+    finally:
+        os.close(fd)
+    if len(body) < length + 4:
+        raise WalCorruptError(at.path, at.offset, "record truncated on read-back")
+    payload = body[:length]
+    (stored,) = _U32.unpack_from(body, length)
+    if zlib.crc32(payload, at.prev_crc) != stored:
+        raise WalCorruptError(at.path, at.offset, "record checksum mismatch on read-back")
+    return _decode_at(payload, at.path, at.offset)
 
 
 def _check_gap_before_snapshot(
@@ -923,8 +971,10 @@ class Wal:
             raise OSError("an earlier WAL write failed; reopen the WAL")
         return self._fd
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record]) -> list[RecordAt]:
         """Write ``records`` with one ``write`` and one ``fdatasync``: the group-commit point.
+
+        Returns where each record was written, in order (to read it back later).
 
         If the write or the sync fails (a full disk, an I/O error), the file is cut back to the
         end of the last complete record before the error is raised, so the partial,
@@ -942,12 +992,17 @@ class Wal:
         """
         fd = self._check()
         if not records:
-            return
+            return []
         crc = self._crc
         parts = []
+        path = self._segments[-1].path
+        where = []
+        at = self._offset
         for r in records:
+            where.append(RecordAt(path, at, crc))
             frame, crc = frame_record(encode_record(r), crc)
             parts.append(frame)
+            at += len(frame)
         buf = parts[0] if len(parts) == 1 else b"".join(parts)
         try:
             write_all(fd, buf, self._offset)
@@ -964,6 +1019,7 @@ class Wal:
             raise
         self._offset += len(buf)
         self._crc = crc
+        return where
 
     def _discard_partial(self, fd: int, cause: OSError, *, quiet: bool = False) -> bool:
         """Cut the current segment back to the end of its last complete record after ``cause``.

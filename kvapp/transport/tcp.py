@@ -39,11 +39,12 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import attrs
 import cbor2
 
+from kvapp.storage.snapdata import FileSnapshotData
 from kvapp.tls import TlsAcceptor, describe_tls_error
 from kvapp.transport.api import (
     MessageHandler,
@@ -101,6 +102,13 @@ def message_size_bound(m: Message) -> int:
     cs = snap.metadata.conf_state
     ids = len(cs.voters) + len(cs.learners) + len(cs.voters_outgoing) + len(cs.learners_next)
     return n + 1 + _INT + len(snap.data) + 1 + 2 * _INT + 1 + 4 * _INT + ids * _INT + 1
+
+
+def _data_reader(data: object) -> SnapshotReader:
+    """A reader of a snapshot's data: in memory, or left in its file by the RaftStore."""
+    if isinstance(data, FileSnapshotData):
+        return data.reader()
+    return _BytesReader(cast("bytes", data))
 
 
 class _BytesReader:
@@ -647,7 +655,7 @@ class TcpTransport:
         try:
             assert m.snapshot is not None
             source = self._snapshot_source(m) if self._snapshot_source is not None else None
-            reader = source if source is not None else _BytesReader(m.snapshot.data)
+            reader = source if source is not None else _data_reader(m.snapshot.data)
             header = encode_message(attrs.evolve(m, snapshot=attrs.evolve(m.snapshot, data=b"")))
             link = await self._connect(peer, KIND_SNAPSHOT)
             peer.stats.bytes_sent += link.write_frame(FrameKind.SNAP_HEADER, header)

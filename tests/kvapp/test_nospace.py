@@ -417,10 +417,10 @@ def test_a_write_that_runs_out_of_space_is_retried_raises_nospace_and_loses_noth
             full = True
             real_append = store.wal.append
 
-            def append(records: object) -> None:
+            def append(records: object) -> object:
                 if full:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                real_append(records)  # type: ignore[arg-type]
+                return real_append(records)  # type: ignore[arg-type]
 
             monkeypatch.setattr(store.wal, "append", append)
             for k in (b"c", b"d"):  # the other two commit them

@@ -51,6 +51,8 @@ from kvapp.node import Member, MemberConfig, member_snapshot_data, member_snapsh
 from kvapp.requests import Request
 from kvapp.service import MemberInfo
 from kvapp.snapfile import load_state, read_info
+from kvapp.storage import RaftStore
+from kvapp.storage.snapdata import FileSnapshotData
 from raftlib import ConfState, HardState, MemoryStorage, Snapshot, SnapshotMetadata
 from tests.kvapp.test_kvstate import new_state, reads
 from tests.kvapp.test_member import (
@@ -628,3 +630,120 @@ async def test_members_snapshot_incrementally_and_one_behind_catches_up_by_snaps
             assert behind._storage.snapshot().metadata.index > cut_at
         finally:
             await stop_all(members)
+
+
+# -- kept bytes left in their file ------------------------------------------------------------
+
+
+def in_file(tmp: Path, data: bytes, lead: bytes = b"junk-before") -> FileSnapshotData:
+    """``data`` written to a file after ``lead``, as a FileSnapshotData of just ``data``."""
+    path = tmp / f"snap-{len(list(tmp.iterdir()))}"
+    path.write_bytes(lead + data + b"junk-after")
+    return FileSnapshotData(path, len(lead), len(data))
+
+
+def test_a_prefix_moved_to_its_file_is_copied_from_there(
+    small_chunks: None, tmp_path: Path
+) -> None:
+    s = new_state()
+    puts(s, 13)
+    t = Taker(s)
+    t.take()
+    prefix = s.snapshot_image().prefix
+    assert prefix is not None
+    data = prefix.data
+    assert isinstance(data, bytes)
+    source = in_file(tmp_path, data)
+    s.move_encoded(b"other bytes", source)  # not what is kept: ignored
+    assert s.snapshot_image().prefix is prefix
+    s.move_encoded(data, source)
+    moved = s.snapshot_image().prefix
+    assert moved is not None
+    assert moved.data is source
+    assert moved.span == prefix.span
+    puts(s, 9)
+    check_restores(t.take(), s)  # Taker checks it byte for byte against a full encoding
+    assert t.reused == 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 4), st.lists(steps, min_size=20, max_size=100))
+def test_random_histories_with_prefixes_in_files_snapshot_as_a_full_encoding_would(
+    chunk: int, history: list[tuple[str, Any]]
+) -> None:
+    with chunk_size(chunk), tempfile.TemporaryDirectory(prefix="kvapp-test-") as tmp:
+        s = new_state()
+        t = Taker(s)
+        for step in history:
+            run_step(t, step)
+            prefix = s.snapshot_image().prefix
+            if prefix is not None and isinstance(prefix.data, bytes):
+                s.move_encoded(prefix.data, in_file(Path(tmp), prefix.data))
+        while t.pending:
+            t.write()
+        check_restores(t.take(), s)
+
+
+@aio
+async def test_members_on_raftstores_keep_snapshots_in_files_and_stream_them() -> None:
+    """The snapshot raftlib's storage holds, and the prefix the state keeps, stay in the file;
+    a member cut off past the compaction still catches up by that snapshot."""
+    with (
+        chunk_size(4),
+        tempfile.TemporaryDirectory(prefix="kvapp-test-") as tmp,
+    ):
+        hub, clock = Hub(), Clock()
+        initial = infos(3)
+        members: list[Member] = []
+        for info in initial:
+            store = RaftStore.open(
+                Path(tmp) / info.name,
+                cluster_id=CLUSTER,
+                member_id=info.id,
+                fsync=False,
+                snapshot_in_file=True,
+                hot_bytes=0,
+            )
+            config = MemberConfig(
+                name=info.name,
+                member_id=info.id,
+                cluster_id=CLUSTER,
+                initial_members=tuple(initial),
+                tick_interval=0.01,
+                lease_tick=0.02,
+                request_timeout=2.0,
+                snapshot_count=16,
+                keep_entries=2,
+            )
+            m = Member(config, store, hub.links(info.id), clock=clock)
+            hub.members[info.id] = m
+            members.append(m)
+        for m in members:
+            await m.start()
+        try:
+            await asyncio.wait_for(members[0].node.wait_leader(timeout=5), 6)
+            lead = leader_of(members)
+            behind = next(m for m in members if m is not lead)
+            hub.cut.add(behind.id)
+            cut_at = behind.node.applied
+            for i in range(120):
+                await lead.write(PutRequest(b"k%d" % (i % 9), b"v%d" % i))
+                if i == 60:
+                    await lead.write(CompactRequest(lead.kv.store.revision - 5))
+            held: object = lead._storage.snapshot().data
+            assert isinstance(held, FileSnapshotData)
+            prefix = lead.kv.snapshot_image().prefix
+            assert prefix is not None
+            assert prefix.span.log_count > 0
+            assert prefix.data is held  # not the bytes: those were let go
+            assert lead._storage.first_index() > cut_at + 1  # only a snapshot can catch up
+            await check_snapshot_file(lead)
+            hub.cut.clear()
+            await wait_converged(members, lead.node.applied)
+            assert len({m.applier.hash() for m in members}) == 1
+            assert behind._storage.snapshot().metadata.index > cut_at
+        finally:
+            await stop_all(members)
+        for m in members:
+            assert isinstance(m._storage, RaftStore)
+            m._storage.close()
