@@ -104,22 +104,29 @@ async def test_batches_are_capped_by_bytes_and_by_count() -> None:
         await stop_all(members)
 
 
-@aio
-async def test_writes_arriving_while_a_ready_is_written_share_one_entry() -> None:
-    _, members, _ = await start_cluster()
-    lead = leader_of(members)
-    storage = lead.node._storage
+def hold_writes(m: Member, marker: bytes) -> tuple[threading.Event, threading.Event]:
+    """Make ``m``'s storage thread wait for the returned gate in any write of an entry holding
+    ``marker``; the second event is set once such a write began."""
+    storage = m.node._storage
     gate = threading.Event()
     entered = threading.Event()
     save = storage.save_ready
 
     def slow_save(rd: Any) -> None:
-        if any(b"hold" in unwrap_proposal(e.data)[1] for e in rd.entries):
+        if any(marker in unwrap_proposal(e.data)[1] for e in rd.entries):
             entered.set()
             gate.wait(timeout=10)
         save(rd)
 
     storage.save_ready = slow_save  # type: ignore[method-assign]
+    return gate, entered
+
+
+@aio
+async def test_writes_arriving_while_a_ready_is_written_share_one_entry() -> None:
+    _, members, _ = await start_cluster()
+    lead = leader_of(members)
+    gate, entered = hold_writes(lead, b"hold")
     try:
         before = len(client_entries(lead))
         held = asyncio.ensure_future(lead.write(PutRequest(b"k", b"hold")))
@@ -145,18 +152,7 @@ async def test_writes_arriving_while_a_ready_is_written_share_one_entry() -> Non
 async def test_a_ready_stuck_in_its_write_holds_a_batch_open_only_briefly() -> None:
     _, members, _ = await start_cluster()
     lead = leader_of(members)
-    storage = lead.node._storage
-    gate = threading.Event()
-    entered = threading.Event()
-    save = storage.save_ready
-
-    def slow_save(rd: Any) -> None:
-        if any(b"hold" in unwrap_proposal(e.data)[1] for e in rd.entries):
-            entered.set()
-            gate.wait(timeout=10)
-        save(rd)
-
-    storage.save_ready = slow_save  # type: ignore[method-assign]
+    gate, entered = hold_writes(lead, b"hold")
     hold_max = kvapp.node._BATCH_HOLD_MAX
     kvapp.node._BATCH_HOLD_MAX = 0.01  # well inside the test cluster's election timeout
     try:

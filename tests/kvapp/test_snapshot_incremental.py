@@ -598,6 +598,33 @@ async def check_snapshot_file(m: Member) -> None:
     assert restored.hash() == m.applier.hash()
 
 
+async def catch_up_by_snapshot(members: list[Member], hub: Hub, *, in_file: bool) -> None:
+    """Cut a follower off, write and compact past it, check the leader's incremental snapshot
+    (its kept prefix is the snapshot raftlib holds, bytes or ``in_file``), then let the
+    follower catch up, which only that snapshot can do."""
+    await asyncio.wait_for(members[0].node.wait_leader(timeout=5), 6)
+    lead = leader_of(members)
+    behind = next(m for m in members if m is not lead)
+    hub.cut.add(behind.id)
+    cut_at = behind.node.applied
+    for i in range(120):
+        await lead.write(PutRequest(b"k%d" % (i % 9), b"v%d" % i))
+        if i == 60:
+            await lead.write(CompactRequest(lead.kv.store.revision - 5))
+    held: object = lead._storage.snapshot().data
+    assert isinstance(held, FileSnapshotData) == in_file
+    prefix = lead.kv.snapshot_image().prefix
+    assert prefix is not None
+    assert prefix.span.log_count > 0
+    assert prefix.data is held  # the snapshot raftlib holds (in its file: not the bytes)
+    assert lead._storage.first_index() > cut_at + 1  # only a snapshot can catch up
+    await check_snapshot_file(lead)
+    hub.cut.clear()
+    await wait_converged(members, lead.node.applied)
+    assert len({m.applier.hash() for m in members}) == 1
+    assert behind._storage.snapshot().metadata.index > cut_at
+
+
 @aio
 async def test_members_snapshot_incrementally_and_one_behind_catches_up_by_snapshot() -> None:
     with chunk_size(4):
@@ -609,25 +636,7 @@ async def test_members_snapshot_incrementally_and_one_behind_catches_up_by_snaps
         for m in members:
             await m.start()
         try:
-            await asyncio.wait_for(members[0].node.wait_leader(timeout=5), 6)
-            lead = leader_of(members)
-            behind = next(m for m in members if m is not lead)
-            hub.cut.add(behind.id)
-            cut_at = behind.node.applied
-            for i in range(120):
-                await lead.write(PutRequest(b"k%d" % (i % 9), b"v%d" % i))
-                if i == 60:
-                    await lead.write(CompactRequest(lead.kv.store.revision - 5))
-            prefix = lead.kv.snapshot_image().prefix
-            assert prefix is not None
-            assert prefix.span.log_count > 0
-            assert prefix.data is lead._storage.snapshot().data  # the snapshot raftlib holds
-            assert lead._storage.first_index() > cut_at + 1  # only a snapshot can catch up
-            await check_snapshot_file(lead)
-            hub.cut.clear()
-            await wait_converged(members, lead.node.applied)
-            assert len({m.applier.hash() for m in members}) == 1
-            assert behind._storage.snapshot().metadata.index > cut_at
+            await catch_up_by_snapshot(members, hub, in_file=False)
         finally:
             await stop_all(members)
 
@@ -721,27 +730,7 @@ async def test_members_on_raftstores_keep_snapshots_in_files_and_stream_them() -
         for m in members:
             await m.start()
         try:
-            await asyncio.wait_for(members[0].node.wait_leader(timeout=5), 6)
-            lead = leader_of(members)
-            behind = next(m for m in members if m is not lead)
-            hub.cut.add(behind.id)
-            cut_at = behind.node.applied
-            for i in range(120):
-                await lead.write(PutRequest(b"k%d" % (i % 9), b"v%d" % i))
-                if i == 60:
-                    await lead.write(CompactRequest(lead.kv.store.revision - 5))
-            held: object = lead._storage.snapshot().data
-            assert isinstance(held, FileSnapshotData)
-            prefix = lead.kv.snapshot_image().prefix
-            assert prefix is not None
-            assert prefix.span.log_count > 0
-            assert prefix.data is held  # not the bytes: those were let go
-            assert lead._storage.first_index() > cut_at + 1  # only a snapshot can catch up
-            await check_snapshot_file(lead)
-            hub.cut.clear()
-            await wait_converged(members, lead.node.applied)
-            assert len({m.applier.hash() for m in members}) == 1
-            assert behind._storage.snapshot().metadata.index > cut_at
+            await catch_up_by_snapshot(members, hub, in_file=True)
         finally:
             await stop_all(members)
         for m in members:
