@@ -507,9 +507,6 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
     member = Member(
         config, TimedStorage(store, hist), transport, disk_free=lambda: free_bytes(raft_dir)
     )
-    # What Member does for a bare RaftStore: the state's kept prefix follows the snapshot's
-    # bytes into their file, so the member does not hold its state twice.
-    store.on_snapshot_kept = member.kv.move_encoded
     metrics = MemberMetrics(member, fsync=hist)
     server = NativeServer(
         MeteredService(member, metrics),

@@ -36,6 +36,7 @@ from raftlib import ConfState, Entry, HardState, Ready, Snapshot, StagingStorage
 
 if TYPE_CHECKING:
     from kvapp.node import Member
+    from kvapp.storage.snapdata import FileSnapshotData
     from kvapp.watch import WatchStream
     from raftlib import NodeStorage
 
@@ -324,6 +325,16 @@ class TimedStorage:
         note = getattr(self._inner, "note_applied", None)
         if callable(note):
             note(index)
+
+    @property
+    def on_snapshot_kept(self) -> Callable[[bytes, FileSnapshotData], object] | None:
+        """The wrapped storage's ``on_snapshot_kept`` hook (a RaftStore's), or None."""
+        return getattr(self._inner, "on_snapshot_kept", None)
+
+    @on_snapshot_kept.setter
+    def on_snapshot_kept(self, hook: Callable[[bytes, FileSnapshotData], object] | None) -> None:
+        if hasattr(self._inner, "on_snapshot_kept"):
+            self._inner.on_snapshot_kept = hook
 
     def data_size(self) -> int | None:
         """The wrapped storage's ``data_size()`` (a RaftStore's), or None if it has none."""

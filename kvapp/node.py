@@ -99,7 +99,6 @@ from kvapp.service import (
     WriteResponse,
 )
 from kvapp.snapfile import SnapshotHeader, SnapshotWriter
-from kvapp.storage import RaftStore
 from kvapp.storage.snapdata import FileSnapshotData, open_snapshot_data, snapshot_bytes
 from kvapp.watch import WatchStream
 from raftlib import (
@@ -313,7 +312,7 @@ class Member:
             clock, grace=election_s, checkpoint_interval=config.lease_checkpoint_interval
         )
         self.applier = Applier(self.kv)
-        if isinstance(storage, RaftStore):
+        if hasattr(storage, "on_snapshot_kept"):  # a RaftStore, bare or wrapped
             # Its snapshot's bytes go once written to their file; the kept prefix follows them.
             storage.on_snapshot_kept = self.kv.move_encoded
         self._members: dict[int, MemberInfo] = {m.id: m for m in config.initial_members}

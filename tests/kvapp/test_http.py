@@ -130,3 +130,25 @@ def test_a_timed_raftstore_still_stages_snapshots(tmp_path: Path) -> None:
         assert store.snapshot() == snap
     finally:
         store.close()
+
+
+def test_a_timed_raftstore_passes_its_hooks_on(tmp_path: Path) -> None:
+    from kvapp.storage import RaftStore
+
+    def hook(data: bytes, kept: object) -> None:
+        pass
+
+    hist = MemberMetrics.fsync_histogram()
+    bare = TimedStorage(MemoryStorage(), hist)
+    bare.on_snapshot_kept = hook  # a storage without the hook: nothing to set
+    assert getattr(bare, "on_snapshot_kept") is None  # noqa: B009 - not narrowed by mypy
+    assert bare.data_size() is None
+    store = RaftStore.open(tmp_path, cluster_id=1, member_id=1, fsync=False, preallocate=False)
+    try:
+        timed = TimedStorage(store, hist)
+        timed.on_snapshot_kept = hook
+        assert store.on_snapshot_kept is hook
+        assert timed.on_snapshot_kept is hook
+        assert timed.data_size() == store.data_size()
+    finally:
+        store.close()
