@@ -1,15 +1,15 @@
 """The gRPC server that serves etcd's v3 API (KV, Watch, Lease, Cluster, Maintenance, ...).
 
-One :class:`EtcdGrpcServer` per member, on the member's event loop (grpcio's asyncio server).
+One :class:`EtcdGrpcServer` per member, on the member's event loop (kvapp's own gRPC server,
+:mod:`kvapp.server.grpc_h2`, which says why not grpcio's).
 It serves the Lock and Election services too (:mod:`kvapp.server.etcd.lockservice`); the
 Auth service is not registered, so its RPCs answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-from typing import Final
+import ssl
 
 import grpc
 
@@ -24,14 +24,13 @@ from kvapp.server.etcd.services import (
     MaintenanceServicer,
 )
 from kvapp.server.etcd.watch import GRPC_OVERHEAD_BYTES, WatchServicer
+from kvapp.server.grpc_h2 import GrpcH2Server
 from kvapp.service import KvService
 from kvapp.tls import TlsInfo
 
 __all__ = ["EtcdGrpcServer"]
 
 log = logging.getLogger(__name__)
-
-_MAX_SEND: Final = 2**31 - 1
 
 
 class EtcdGrpcServer:
@@ -71,13 +70,11 @@ class EtcdGrpcServer:
         self.host = host
         self._port = port
         self.max_request_bytes = max_request_bytes
-        self._credentials: grpc.ServerCredentials | None = None
+        self._ssl: ssl.SSLContext | None = None
         forward: grpc.ChannelCredentials | None = None
         if tls is not None:
             cert, key, ca = tls.pem()
-            self._credentials = grpc.ssl_server_credentials(
-                [(key, cert)], root_certificates=ca, require_client_auth=tls.client_cert_auth
-            )
+            self._ssl = tls.server_context()
             forward = grpc.ssl_channel_credentials(
                 root_certificates=ca, private_key=key, certificate_chain=cert
             )
@@ -97,7 +94,7 @@ class EtcdGrpcServer:
             "etcdserverpb.Cluster": ClusterServicer(self.api),
             "etcdserverpb.Maintenance": MaintenanceServicer(self.api),
         }
-        self._server: grpc.aio.Server | None = None
+        self._server: GrpcH2Server | None = None
 
     @property
     def port(self) -> int:
@@ -115,39 +112,17 @@ class EtcdGrpcServer:
         Raises:
             OSError: the address cannot be bound (``EADDRINUSE`` when it is taken).
         """
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", self.max_request_bytes + GRPC_OVERHEAD_BYTES),
-                ("grpc.max_send_message_length", _MAX_SEND),
-                # etcd's keepalive enforcement: pings at most every 5 s, also without calls
-                # (etcdctl pings every 2 s by default, which clients raise to 10 s); never
-                # answer frequent pings with GOAWAY.
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.max_ping_strikes", 0),
-                ("grpc.so_reuseport", 0),
-            ]
+        server = GrpcH2Server(
+            {name: servicer.handlers() for name, servicer in self._servicers.items()},  # type: ignore[attr-defined]
+            host=self.host,
+            port=self._port,
+            max_receive=self.max_request_bytes + GRPC_OVERHEAD_BYTES,
+            ssl_context=self._ssl,
         )
-        for name, servicer in self._servicers.items():
-            server.add_registered_method_handlers(name, servicer.handlers())  # type: ignore[attr-defined]
-        address = f"{self.host}:{self._port}"
-        try:
-            if self._credentials is None:
-                port = server.add_insecure_port(address)
-            else:
-                port = server.add_secure_port(address, self._credentials)
-        except RuntimeError as e:
-            await server.stop(None)
-            raise OSError(errno.EADDRINUSE, f"{e}") from None
-        if not port:
-            await server.stop(None)
-            raise OSError(errno.EADDRINUSE, "Address already in use")
-        self._port = port
         await server.start()
+        self._port = server.port
         self._server = server
-        log.info(
-            "etcd gRPC API listening on %s%s", self.endpoint, " (TLS)" if self._credentials else ""
-        )
+        log.info("etcd gRPC API listening on %s%s", self.endpoint, " (TLS)" if self._ssl else "")
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop serving: open streams are cancelled after ``grace`` seconds."""

@@ -1,0 +1,299 @@
+"""kvapp's own gRPC server (kvapp.server.grpc_h2), driven by grpcio clients on loopback.
+
+The etcd API's tests (tests/kvapp/etcd) exercise it through every etcd service, etcdctl and
+aetcd; these check the transport's own contract: statuses and their texts, deadlines and
+cancellation reaching the handler, flow control both ways, bad input closing one connection
+only, and a graceful stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import grpc
+import pytest
+
+from kvapp.server.grpc_h2 import STREAM_BUFFER, GrpcH2Server
+from tests.kvapp.test_member import aio
+
+_MB = 1 << 20
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+class Echo:
+    """Handlers on raw bytes (no protobuf): what each call saw, and hooks to hold calls."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+        self.metadata: list[tuple[str, Any]] = []
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.read = 0
+
+    async def unary(self, request: bytes, context: Any) -> bytes:
+        self.metadata = list(context.invocation_metadata())
+        if request == b"fail":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "100% ünicode\nline")
+        if request == b"crash":
+            raise RuntimeError("boom")
+        if request == b"hold":
+            self.started.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append("hold")
+                raise
+        return request[::-1]
+
+    async def download(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
+        count, size = map(int, request.split(b","))
+        for i in range(count):
+            yield bytes([i % 256]) * size
+
+    async def sink(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        await self.release.wait()
+        async for r in requests:
+            self.read += len(r)
+            yield b"%d" % len(r)
+
+    def services(self) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+        kw: dict[str, Callable[[bytes], bytes]] = {
+            "request_deserializer": _raw,
+            "response_serializer": _raw,
+        }
+        return {
+            "test.Echo": {
+                "Unary": grpc.unary_unary_rpc_method_handler(self.unary, **kw),
+                "Download": grpc.unary_stream_rpc_method_handler(self.download, **kw),
+                "Sink": grpc.stream_stream_rpc_method_handler(self.sink, **kw),
+            }
+        }
+
+
+def served(
+    fn: Callable[[Echo, GrpcH2Server, grpc.aio.Channel], Coroutine[Any, Any, None]],
+) -> Callable[[], None]:
+    """Run ``fn`` against a started server and a channel to it; stop both afterwards."""
+
+    @aio
+    async def test() -> None:
+        echo = Echo()
+        server = GrpcH2Server(echo.services(), max_receive=2 * _MB)
+        await server.start()
+        channel = grpc.aio.insecure_channel(
+            f"127.0.0.1:{server.port}",
+            options=[
+                ("grpc.max_send_message_length", 8 * _MB),
+                ("grpc.max_receive_message_length", 8 * _MB),
+            ],
+        )
+        try:
+            await fn(echo, server, channel)
+        finally:
+            echo.release.set()
+            await channel.close()
+            await server.stop(grace=0)
+
+    test.__name__ = fn.__name__
+    return test
+
+
+def unary(channel: grpc.aio.Channel, path: str = "/test.Echo/Unary") -> Any:
+    return channel.unary_unary(path, request_serializer=_raw, response_deserializer=_raw)
+
+
+async def status_of(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value.code(), info.value.details() or ""
+
+
+@served
+async def test_answers_and_statuses_as_grpc_go_sends_them(
+    echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
+) -> None:
+    assert await unary(channel)(b"abc", metadata=(("who", "me"), ("raw-bin", b"\x00\xff"))) == (
+        b"cba"
+    )
+    assert ("who", "me") in echo.metadata
+    assert ("raw-bin", b"\x00\xff") in echo.metadata
+    assert await unary(channel)(b"") == b""
+    # Details with "%", non-ASCII and a newline survive gRPC's percent-encoding.
+    assert await status_of(unary(channel)(b"fail")) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "100% ünicode\nline",
+    )
+    assert await status_of(unary(channel, "/test.Echo/Nope")(b"")) == (
+        grpc.StatusCode.UNIMPLEMENTED,
+        "unknown method Nope for service test.Echo",
+    )
+    assert await status_of(unary(channel, "/test.Other/Unary")(b"")) == (
+        grpc.StatusCode.UNIMPLEMENTED,
+        "unknown service test.Other",
+    )
+    assert await unary(channel)(b"still serving") == b"gnivres llits"
+
+
+@served
+async def test_a_handler_that_raises_answers_unknown_and_is_logged(
+    echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
+) -> None:
+    logger = logging.getLogger("kvapp.server.grpc_h2")
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        code, _ = await status_of(unary(channel)(b"crash"))
+    finally:
+        logger.removeHandler(handler)
+    assert code == grpc.StatusCode.UNKNOWN
+    assert [r.exc_info[1] for r in seen if r.exc_info] != []
+    assert await unary(channel)(b"ok") == b"ko"
+
+
+@served
+async def test_messages_above_the_limit_are_refused_and_the_connection_serves_on(
+    echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
+) -> None:
+    big = b"x" * (2 * _MB)
+    assert await unary(channel)(big) == big  # exactly the limit
+    code, details = await status_of(unary(channel)(big + b"y"))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details == f"grpc: received message larger than max ({2 * _MB + 1} vs. {2 * _MB})"
+    assert await unary(channel)(b"ok") == b"ko"
+
+
+@served
+async def test_gzip_compressed_requests_are_read(
+    echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
+) -> None:
+    value = b"compress me " * 1000
+    got = await unary(channel)(value, compression=grpc.Compression.Gzip)
+    assert got == value[::-1]
+
+
+@served
+async def test_a_deadline_or_a_cancel_cancels_the_handler(
+    echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
+) -> None:
+    code, _ = await status_of(unary(channel)(b"hold", timeout=0.3))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(200):
+        if echo.cancelled == ["hold"]:
+            break
+        await asyncio.sleep(0.01)
+    assert echo.cancelled == ["hold"], "the handler of a call past its deadline kept running"
+    echo.started.clear()
+    call = unary(channel)(b"hold")
+    await asyncio.wait_for(echo.started.wait(), 5)
+    call.cancel()
+    for _ in range(200):
+        if echo.cancelled == ["hold", "hold"]:
+            break
+        await asyncio.sleep(0.01)
+    assert echo.cancelled == ["hold", "hold"], "a cancelled call's handler kept running"
+    assert not server.tasks - {t for t in server.tasks if t.done()}
+
+
+@served
+async def test_large_server_streams_arrive_whole_through_flow_control(
+    echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
+) -> None:
+    download = channel.unary_stream(
+        "/test.Echo/Download", request_serializer=_raw, response_deserializer=_raw
+    )
+    got = [m async for m in download(b"24,1048576")]  # 24 MiB: past every window
+    assert [len(m) for m in got] == [_MB] * 24
+    assert all(m == bytes([i]) * _MB for i, m in enumerate(got))
+
+
+@served
+async def test_a_stream_its_handler_does_not_read_holds_its_client_back(
+    echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
+) -> None:
+    sink = channel.stream_stream(
+        "/test.Echo/Sink", request_serializer=_raw, response_deserializer=_raw
+    )
+    call = sink()
+    sent = 0
+    chunk = b"z" * (256 * 1024)
+
+    async def flood() -> None:
+        nonlocal sent
+        for _ in range(200):  # 50 MiB if nothing held it back
+            await call.write(chunk)
+            sent += len(chunk)
+
+    writer = asyncio.create_task(flood())
+    await asyncio.sleep(1.0)
+    held = sent
+    assert held < STREAM_BUFFER + 4 * _MB, f"{held} bytes taken while the handler read none"
+    assert not writer.done()
+    # Others are served meanwhile, on the same connection.
+    assert await unary(channel)(b"ab") == b"ba"
+    echo.release.set()
+    answers = 0
+    async with asyncio.timeout(20):
+        while answers < 200:
+            assert await call.read() == b"%d" % len(chunk)
+            answers += 1
+    await writer
+    await call.done_writing()
+    assert echo.read == 200 * len(chunk)
+
+
+@served
+async def test_garbage_closes_its_own_connection_only(
+    echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
+) -> None:
+    assert await unary(channel)(b"ab") == b"ba"
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    # An HTTP/1 request, a wrong preface, a frame header declaring 16 MiB (refused at once,
+    # not buffered until that much arrived).
+    for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00" * 100, preface + b"\xff" * 30):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(junk)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            while await reader.read(4096):
+                pass  # the server answers (a GOAWAY at most) and closes
+        writer.close()
+    assert await unary(channel)(b"cd") == b"dc"
+    assert len(server.connections) == 1
+
+
+@aio
+async def test_stop_lets_calls_finish_within_the_grace_then_cancels_them() -> None:
+    echo = Echo()
+    server = GrpcH2Server(echo.services())
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        quick = asyncio.ensure_future(unary(channel)(b"hold"))
+        await asyncio.wait_for(echo.started.wait(), 5)
+        stopping = asyncio.create_task(server.stop(grace=5))
+        await asyncio.sleep(0.2)
+        echo.release.set()  # finishes within the grace: answered
+        assert await asyncio.wait_for(quick, 5) == b"dloh"
+        await asyncio.wait_for(stopping, 10)
+    echo = Echo()
+    server = GrpcH2Server(echo.services())
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        slow = asyncio.ensure_future(unary(channel)(b"hold"))
+        await asyncio.wait_for(echo.started.wait(), 5)
+        await asyncio.wait_for(server.stop(grace=0.2), 10)
+        assert echo.cancelled == ["hold"]
+        code, _ = await status_of(slow)
+        assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        assert not server.connections
