@@ -22,9 +22,12 @@ unchanged; their context offers what they use, :meth:`_Context.invocation_metada
   UNIMPLEMENTED; a ``grpc-timeout`` that passes: DEADLINE_EXCEEDED, the handler cancelled;
 - a client's RST_STREAM (a cancelled call, a deadline passed on its side) cancels the handler;
 - flow control both ways: a stream's requests are acknowledged (WINDOW_UPDATE) only while its
-  handler has read all but :data:`STREAM_BUFFER` bytes of them, so a client that floods a
-  stream its handler reads slowly is held back by HTTP/2 and never buffered without bound;
-  responses wait for the client's windows;
+  handler has read all but :data:`STREAM_BUFFER` bytes of them and the connection's streams
+  all but :data:`CONNECTION_BUFFER`, so a client that floods streams their handlers read
+  slowly is held back by HTTP/2 and never buffered without bound; responses wait for the
+  client's windows, and a client that does not read what it is sent (h2's own answers to its
+  PINGs included) is not read from until it does;
+- a gzip-compressed request is inflated no further than the receive limit;
 - HTTP/2 errors (garbage on the port, a bad preface, protocol violations) close that
   connection only; PINGs are answered (h2 does it) at any rate, as etcd permits.
 
@@ -37,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import gzip
 import logging
 import ssl
 import zlib
@@ -55,24 +57,32 @@ import h2.exceptions
 import h2.settings
 import hyperframe.frame
 
-__all__ = ["STREAM_BUFFER", "GrpcH2Server"]
+__all__ = ["CONNECTION_BUFFER", "STREAM_BUFFER", "GrpcH2Server"]
 
 log = logging.getLogger(__name__)
 
 STREAM_BUFFER: Final = 4 << 20
-"""Bytes of requests a stream may hold unread by its handler before its window stays shut
-(above the largest message the member accepts, so a message can always arrive whole)."""
+"""Bytes of whole requests a stream may hold unread by its handler before its window stays
+shut. A message being received is not counted: its size is checked against the limit first."""
+
+CONNECTION_BUFFER: Final = 32 << 20
+"""Bytes of whole requests all of a connection's streams may hold unread before every one of
+their windows stays shut (the connection's own window is given back as data arrives, so one
+slow stream never blocks the others)."""
 
 _CONN_WINDOW: Final = 16 << 20
-_INITIAL_STREAM_WINDOW: Final = 1 << 20
-_MAX_STREAMS: Final = 1 << 12
-_HEADER_LIST: Final = 1 << 20
+_INITIAL_STREAM_WINDOW: Final = 1 << 18
+_MAX_STREAMS: Final = 1 << 10
 
 _CONFIG: Final = h2.config.H2Configuration(
     client_side=False,
     header_encoding=None,
+    # Our headers are fixed and valid; a client's are read field by field (only :path,
+    # grpc-timeout, grpc-encoding and metadata matter), and h2's checks of them cost about a
+    # sixth of a call.
     validate_outbound_headers=False,
     normalize_outbound_headers=False,
+    validate_inbound_headers=False,
 )
 _RESPONSE: Final = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 _OK: Final = ((b"grpc-status", b"0"),)
@@ -137,6 +147,7 @@ class _Call:
         "conn",
         "deadline",
         "ended",
+        "gzip",
         "headers_sent",
         "inbox",
         "method",
@@ -156,6 +167,7 @@ class _Call:
         self.unacked = 0  # of those, bytes whose stream window is not yet given back
         self.inbox: deque[tuple[bytes, int]] = deque()  # whole messages not yet read, wire sizes
         self.ended = False  # the client half-closed
+        self.gzip = False  # the client's grpc-encoding is gzip
         self.reset = False  # the stream is gone (reset by either side, or finished)
         self.headers_sent = False
         self.wake: asyncio.Future[None] | None = None
@@ -163,7 +175,8 @@ class _Call:
         self.deadline: asyncio.TimerHandle | None = None
 
     def received(self, data: bytes, flow: int) -> None:
-        self.buffered += flow
+        self.buffered += len(data)
+        self.conn.buffered += len(data)
         self.buffer += data
         limit = self.conn.server.max_receive
         while len(self.buffer) >= 5:
@@ -180,6 +193,12 @@ class _Call:
             payload = bytes(self.buffer[5 : 5 + size])
             del self.buffer[: 5 + size]
             if flag:
+                if not self.gzip:
+                    self.fail(
+                        grpc.StatusCode.INTERNAL,
+                        "grpc: compressed flag set with identity or empty encoding",
+                    )
+                    return
                 payload = self.conn.decompress(self, payload)
                 if self.reset:
                     return
@@ -193,7 +212,10 @@ class _Call:
         Held back while the handler has more than :data:`STREAM_BUFFER` bytes unread.
         """
         self.unacked += flow
-        if self.unacked and not self.ended and not self.reset and self.buffered <= STREAM_BUFFER:
+        if not self.unacked or self.ended or self.reset:
+            return
+        unread = self.buffered - len(self.buffer)  # whole messages the handler has not read
+        if unread <= STREAM_BUFFER and self.conn.buffered <= CONNECTION_BUFFER:
             n, self.unacked = self.unacked, 0
             with contextlib.suppress(h2.exceptions.H2Error):
                 self.conn.h2.increment_flow_control_window(n, self.sid)
@@ -215,13 +237,24 @@ class _Call:
             await self.wake
         payload, size = self.inbox.popleft()
         self.buffered -= size
+        self.conn.consumed(size)
         self.give_window(0)
         return payload
 
     async def requests(self) -> AsyncIterator[Any]:
-        decode = self.method.request_deserializer
         while (payload := await self.next_request()) is not None:
-            yield decode(payload) if decode is not None else payload
+            yield self.decode(payload)
+
+    def decode(self, payload: bytes) -> Any:
+        decode = self.method.request_deserializer
+        if decode is None:
+            return payload
+        try:
+            return decode(payload)
+        except Exception as e:  # noqa: BLE001 - the client's bytes, not our fault
+            raise _Aborted(
+                grpc.StatusCode.INTERNAL, f"grpc: error unmarshalling request: {e}"
+            ) from None
 
     def fail(self, code: grpc.StatusCode, details: str) -> None:
         """End the call with ``code`` now, from the connection's side (bad input)."""
@@ -243,6 +276,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.stopping = False
         self.conn_unacked = 0
+        self.buffered = 0  # request bytes received on every stream and not yet read
         self.paused = False
         self.resume: asyncio.Future[None] | None = None
         self.peer = "?"
@@ -257,17 +291,17 @@ class _Connection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.server.connections.add(self)
         codes = h2.settings.SettingCodes
-        self.h2.initiate_connection()
-        # Sent as changes, not initial values: h2 applies a change to its own limits once the
-        # client acknowledges it. The frame size stays at HTTP/2's 16 KiB: h2 checks frames
-        # read together with the acknowledgement of a larger size against the old one.
-        self.h2.update_settings(
-            {
+        # Initial values, in force from the first frame on (h2 reads them as it opens each
+        # stream). The frame size and header list size stay at h2's defaults: it sized its
+        # frame reader and header decoder from those when it was made.
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
                 codes.MAX_CONCURRENT_STREAMS: _MAX_STREAMS,
                 codes.INITIAL_WINDOW_SIZE: _INITIAL_STREAM_WINDOW,
-                codes.MAX_HEADER_LIST_SIZE: _HEADER_LIST,
-            }
+            },
         )
+        self.h2.initiate_connection()
         self.h2.increment_flow_control_window(_CONN_WINDOW - 65_535)
         self.flush()
 
@@ -288,11 +322,26 @@ class _Connection(asyncio.Protocol):
         if self.resume is not None and not self.resume.done():
             self.resume.set_result(None)
 
+    def consumed(self, size: int) -> None:
+        """A handler read ``size`` bytes: give windows held for the connection's budget back."""
+        before = self.buffered
+        self.buffered -= size
+        if before > CONNECTION_BUFFER >= self.buffered:
+            for call in list(self.calls.values()):
+                if call.unacked:
+                    call.give_window(0)
+
     def pause_writing(self) -> None:
+        # The client does not read what we send, including h2's own answers to its PINGs and
+        # SETTINGS: read no more from it until it does, so our output cannot grow unbounded.
         self.paused = True
+        if not self.closed and self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        if not self.closed and self.transport is not None:
+            self.transport.resume_reading()
         resume, self.resume = self.resume, None
         if resume is not None and not resume.done():
             resume.set_result(None)
@@ -351,6 +400,7 @@ class _Connection(asyncio.Protocol):
             call = self.calls.pop(ev.stream_id or 0, None)
             if call is not None:
                 call.reset = True
+                self.forget(call)
                 call.notify()
                 if call.task is not None and not call.task.done():
                     call.task.cancel()
@@ -391,6 +441,7 @@ class _Connection(asyncio.Protocol):
         call = _Call(self, sid, method)
         call.ended = ended
         self.calls[sid] = call
+        call.gzip = encoding == b"gzip"
         if encoding not in (b"", b"identity", b"gzip"):
             enc = encoding.decode("latin-1")
             call.fail(
@@ -408,19 +459,31 @@ class _Connection(asyncio.Protocol):
             )
 
     def decompress(self, call: _Call, payload: bytes) -> bytes:
+        """``payload`` gunzipped, never inflated past the receive limit.
+
+        A small request can decompress to gigabytes: inflating stops one byte past the limit.
+        """
+        limit = self.server.max_receive
+        out = bytearray()
+        data = payload
         try:
-            out = gzip.decompress(payload)
-        except (OSError, EOFError, zlib.error) as e:
+            while data:
+                d = zlib.decompressobj(wbits=31)
+                out += d.decompress(data, limit + 1 - len(out))
+                if len(out) > limit:
+                    call.fail(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "grpc: received message after decompression larger than max "
+                        f"(more than {limit})",
+                    )
+                    return b""
+                if not d.eof:
+                    raise zlib.error("truncated gzip data")
+                data = d.unused_data
+        except zlib.error as e:
             call.fail(grpc.StatusCode.INTERNAL, f"grpc: failed to decompress the message: {e}")
             return b""
-        limit = self.server.max_receive
-        if len(out) > limit:
-            call.fail(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "grpc: received message after decompression larger than max "
-                f"({len(out)} vs. {limit})",
-            )
-        return out
+        return bytes(out)
 
     # -- calls
 
@@ -437,8 +500,7 @@ class _Connection(asyncio.Protocol):
                         grpc.StatusCode.INTERNAL,
                         "grpc: error while marshaling: request has no message",
                     )
-                decode = method.request_deserializer
-                request = decode(payload) if decode is not None else payload
+                request = call.decode(payload)
                 if method.unary_unary is not None:
                     response = await method.unary_unary(request, context)
                     await self.send(call, method.response_serializer(response))
@@ -455,7 +517,11 @@ class _Connection(asyncio.Protocol):
         except _Aborted as e:
             code, details = e.code, e.details
         except asyncio.CancelledError:
-            return  # the stream is gone, or fail() answered it
+            task = asyncio.current_task()
+            if call.reset or self.closed or (task is not None and task.cancelling()):
+                raise  # the stream is gone, or fail() answered it
+            # The handler's own await was cancelled, not this call: answer it all the same.
+            code, details = grpc.StatusCode.CANCELLED, "handler cancelled"
         except _StreamGone:
             return
         except Exception:
@@ -502,11 +568,20 @@ class _Connection(asyncio.Protocol):
             call.reset = True
             raise _StreamGone from None
 
-    def finish(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
-        """End ``call`` with its status (trailers, or a trailers-only response)."""
+    def forget(self, call: _Call) -> None:
+        """Drop what ``call`` held: its deadline, its unread requests (from the budget)."""
         if call.deadline is not None:
             call.deadline.cancel()
             call.deadline = None
+        if call.buffered:
+            size, call.buffered = call.buffered, 0
+            call.inbox.clear()
+            call.buffer.clear()
+            self.consumed(size)
+
+    def finish(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
+        """End ``call`` with its status (trailers, or a trailers-only response)."""
+        self.forget(call)
         if call.reset or self.closed:
             self.calls.pop(call.sid, None)
             return
@@ -566,8 +641,9 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
-            with contextlib.suppress(h2.exceptions.H2Error):
-                self.h2.close_connection()
+            if self.h2.state_machine.state != h2.connection.ConnectionState.CLOSED:
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    self.h2.close_connection()
             self.flush()
             self.transport.close()
 

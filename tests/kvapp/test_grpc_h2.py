@@ -42,6 +42,10 @@ class Echo:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "100% ünicode\nline")
         if request == b"crash":
             raise RuntimeError("boom")
+        if request == b"inner cancel":  # e.g. a dropped proposal's future, cancelled elsewhere
+            inner = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(inner.cancel)
+            await inner
         if request == b"hold":
             self.started.set()
             try:
@@ -78,19 +82,20 @@ class Echo:
 
 def served(
     fn: Callable[[Echo, GrpcH2Server, grpc.aio.Channel], Coroutine[Any, Any, None]],
+    max_receive: int = 2 * _MB,
 ) -> Callable[[], None]:
     """Run ``fn`` against a started server and a channel to it; stop both afterwards."""
 
     @aio
     async def test() -> None:
         echo = Echo()
-        server = GrpcH2Server(echo.services(), max_receive=2 * _MB)
+        server = GrpcH2Server(echo.services(), max_receive=max_receive)
         await server.start()
         channel = grpc.aio.insecure_channel(
             f"127.0.0.1:{server.port}",
             options=[
-                ("grpc.max_send_message_length", 8 * _MB),
-                ("grpc.max_receive_message_length", 8 * _MB),
+                ("grpc.max_send_message_length", 16 * _MB),
+                ("grpc.max_receive_message_length", 16 * _MB),
             ],
         )
         try:
@@ -174,13 +179,59 @@ async def test_messages_above_the_limit_are_refused_and_the_connection_serves_on
     assert await unary(channel)(b"ok") == b"ko"
 
 
+def big_limit(
+    fn: Callable[[Echo, GrpcH2Server, grpc.aio.Channel], Coroutine[Any, Any, None]],
+) -> Callable[[], None]:
+    return served(fn, max_receive=12 * _MB)
+
+
+@big_limit
+async def test_a_message_larger_than_a_streams_buffer_still_arrives(
+    echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
+) -> None:
+    # Regression: the part of a message received so far counted as unread, so past
+    # STREAM_BUFFER the window stayed shut with no whole message for the handler to read.
+    value = bytes(range(256)) * (10 * _MB // 256)
+    assert value.__len__() > STREAM_BUFFER
+    assert await unary(channel)(value, timeout=10) == value[::-1]
+
+
 @served
-async def test_gzip_compressed_requests_are_read(
+async def test_gzip_compressed_requests_are_read_and_never_inflated_past_the_limit(
     echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
 ) -> None:
     value = b"compress me " * 1000
     got = await unary(channel)(value, compression=grpc.Compression.Gzip)
     assert got == value[::-1]
+    # Regression: 300 KB of gzip that inflates to 300 MB was inflated whole on the loop.
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    bomber = grpc.aio.insecure_channel(
+        f"127.0.0.1:{server.port}", options=[("grpc.max_send_message_length", 400 * _MB)]
+    )
+    try:
+        code, details = await status_of(
+            unary(bomber)(b"\0" * (300 * _MB), compression=grpc.Compression.Gzip, timeout=60)
+        )
+    finally:
+        await bomber.close()
+    assert (code, details) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"grpc: received message after decompression larger than max (more than {2 * _MB})",
+    )
+    assert await unary(channel)(b"ok") == b"ko"
+    assert loop.time() - t0 < 30
+
+
+@served
+async def test_a_handler_whose_own_await_is_cancelled_still_answers(
+    echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
+) -> None:
+    # Regression: a CancelledError the call's task was not asked for was taken for a gone
+    # stream, and the client (no deadline) waited forever.
+    code, _ = await status_of(asyncio.wait_for(unary(channel)(b"inner cancel"), 5))
+    assert code == grpc.StatusCode.CANCELLED
+    assert not server.tasks - {t for t in server.tasks if t.done()}
 
 
 @served
