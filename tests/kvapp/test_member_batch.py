@@ -304,16 +304,26 @@ def _stopped(m: Member) -> bool:
 
 
 @aio
-async def test_a_committed_entry_no_member_can_decode_stops_every_member() -> None:
-    """Skipping it would be safe only if every member skipped it; an older one might not."""
+async def test_a_committed_entry_no_member_can_decode_stops_every_member_that_applies_it() -> None:
+    """Skipping it would be safe only if every member skipped it; an older one might not.
+
+    The entry is on a quorum, so the leader stops and so does whoever leads next (it has the
+    entry and commits it). The third member may never learn that it was committed, when both
+    stopped before telling it (seen in CI): then it must not have applied past it.
+    """
     _, members, _ = await start_cluster()
     try:
         lead = leader_of(members)
         future_format = b"\x82\x09\x80"  # [9, []]: a format version this kvapp does not know
         with contextlib.suppress(Exception):
             await asyncio.wait_for(lead.node.propose(future_format), 5)
+        await eventually(functools.partial(_stopped, lead), f"{lead.config.name} to stop")
+        bad = lead.node.applied + 1
+        await eventually(lambda: sum(map(_stopped, members)) >= 2, "a second member to stop")
         for m in members:
-            await eventually(functools.partial(_stopped, m), f"{m.config.name} to stop")
-            assert "cannot apply committed entry" in str(m.failure), m.failure
+            if _stopped(m):
+                assert "cannot apply committed entry" in str(m.failure), m.failure
+            else:
+                assert m.node.applied < bad, f"{m.config.name} applied past entry {bad}"
     finally:
         await stop_all(members)
