@@ -71,6 +71,7 @@ their windows stays shut (the connection's own window is given back as data arri
 slow stream never blocks the others)."""
 
 _CONN_WINDOW: Final = 16 << 20
+_READ_BUFFER: Final = 64 << 10
 _INITIAL_STREAM_WINDOW: Final = 1 << 18
 _MAX_STREAMS: Final = 1 << 10
 _WINDOW_UPDATE_MIN: Final = _INITIAL_STREAM_WINDOW // 2
@@ -268,8 +269,13 @@ class _Call:
         self.conn.finish(self, code, details)
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: h2's state machine, its calls, and what waits on windows."""
+class _Connection(asyncio.BufferedProtocol):
+    """One client connection: h2's state machine, its calls, and what waits on windows.
+
+    A buffered protocol, reading into one buffer it keeps: a plain protocol gets a fresh
+    256 KiB ``bytes`` per read from asyncio, which under ``kvapp serve``'s allocator settings
+    (:mod:`kvapp.memtrim`) is an mmap and an munmap per read.
+    """
 
     def __init__(self, server: GrpcH2Server) -> None:
         self.server = server
@@ -286,6 +292,7 @@ class _Connection(asyncio.Protocol):
         self.resume: asyncio.Future[None] | None = None
         self.peer = "?"
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.read_buffer = memoryview(bytearray(_READ_BUFFER))
 
     # -- transport events
 
@@ -350,6 +357,12 @@ class _Connection(asyncio.Protocol):
         resume, self.resume = self.resume, None
         if resume is not None and not resume.done():
             resume.set_result(None)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         try:
