@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import tempfile
 from typing import Any
 
 import pytest
@@ -25,9 +26,13 @@ def test_the_page_has_examples() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_example_runs(index: int) -> None:
+def test_example_runs(index: int, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The examples make their data directories with tempfile.mkdtemp(), as a reader would;
+    # here those go under tmp_path, which pytest removes (each holds a 64 MiB WAL).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     namespace: dict[str, Any] = {"__name__": f"docs_storage_{index}"}
     exec(compile(BLOCKS[index], f"{DOC}:block{index}", "exec"), namespace)
+    assert tempfile.gettempdir() == str(tmp_path)
 
 
 @pytest.mark.parametrize("name", [n for n in errors.__all__ if n != "DiskStorageError"])
