@@ -9,8 +9,8 @@ grpcio, aetcd), and kvapp still uses grpcio as a *client* (lease calls forwarded
 
 The server takes grpcio's handler shape (``grpc.RpcMethodHandler``: unary-unary, unary-stream,
 stream-stream, with request deserializer and response serializer), so the servicers are
-unchanged; their context offers what they use, :meth:`_Context.invocation_metadata` and
-:meth:`_Context.abort`. What the wire gets, as grpc-go's server sends it (etcd's):
+unchanged; their context offers what they use, :meth:`ServicerContext.invocation_metadata` and
+:meth:`ServicerContext.abort`. What the wire gets, as grpc-go's server sends it (etcd's):
 
 - a response is ``:status 200`` and ``content-type: application/grpc`` headers, its messages
   (5-byte prefix: compressed flag and length), then trailers with ``grpc-status`` and a
@@ -57,7 +57,7 @@ import h2.exceptions
 import h2.settings
 import hyperframe.frame
 
-__all__ = ["CONNECTION_BUFFER", "STREAM_BUFFER", "GrpcH2Server"]
+__all__ = ["CONNECTION_BUFFER", "STREAM_BUFFER", "Aborted", "GrpcH2Server", "ServicerContext"]
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,11 @@ _NOT_METADATA: Final = frozenset(
 )
 
 
-class _Aborted(grpc.aio.AbortError):  # type: ignore[misc]
-    """What :meth:`_Context.abort` raises; an ``AbortError``, as the servicers expect."""
+class Aborted(grpc.aio.AbortError):  # type: ignore[misc]
+    """What :meth:`ServicerContext.abort` raises: a servicer ended its RPC with this status.
+
+    An ``AbortError``, so the servicers' ``is_abort`` lets it through as it lets grpcio's own.
+    """
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
@@ -106,8 +109,11 @@ class _Aborted(grpc.aio.AbortError):  # type: ignore[misc]
         self.details = details
 
 
-class _Context:
-    """The part of ``grpc.aio.ServicerContext`` the servicers use."""
+class ServicerContext:
+    """The part of ``grpc.aio.ServicerContext`` the servicers use.
+
+    This server's calls get one, and so do the HTTP/JSON gateway's.
+    """
 
     __slots__ = ("_metadata",)
 
@@ -115,12 +121,18 @@ class _Context:
         self._metadata = metadata
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The call's metadata (request headers that are not HTTP/2's or gRPC's own)."""
         return self._metadata
 
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: object = ()
     ) -> NoReturn:
-        raise _Aborted(code, details)
+        """End the call with ``code`` and ``details``.
+
+        Raises:
+            Aborted: always.
+        """
+        raise Aborted(code, details)
 
 
 # gRPC's percent-encoding of grpc-message: printable ASCII except "%" stays as it is.
@@ -258,7 +270,7 @@ class _Call:
         try:
             return decode(payload)
         except Exception as e:  # noqa: BLE001 - the client's bytes, not our fault
-            raise _Aborted(
+            raise Aborted(
                 grpc.StatusCode.INTERNAL, f"grpc: error unmarshalling request: {e}"
             ) from None
 
@@ -327,8 +339,7 @@ class _Connection(asyncio.BufferedProtocol):
             call.notify()
             if call.task is not None and not call.task.done():
                 call.task.cancel()
-            if call.deadline is not None:
-                call.deadline.cancel()
+            self.forget(call)
         self.calls.clear()
         self.wake_writers()
         if self.resume is not None and not self.resume.done():
@@ -467,7 +478,7 @@ class _Connection(asyncio.BufferedProtocol):
                 f'grpc: Decompressor is not installed for grpc-encoding "{enc}"',
             )
             return
-        context = _Context(tuple(metadata))
+        context = ServicerContext(tuple(metadata))
         call.task = asyncio.get_running_loop().create_task(self.serve(call, context))
         self.server.tasks.add(call.task)
         call.task.add_done_callback(self.server.tasks.discard)
@@ -505,7 +516,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     # -- calls
 
-    async def serve(self, call: _Call, context: _Context) -> None:
+    async def serve(self, call: _Call, context: ServicerContext) -> None:
         method = call.method
         code, details = grpc.StatusCode.OK, ""
         try:
@@ -514,7 +525,7 @@ class _Connection(asyncio.BufferedProtocol):
                 if payload is None:
                     if call.reset:
                         return
-                    raise _Aborted(
+                    raise Aborted(
                         grpc.StatusCode.INTERNAL,
                         "grpc: error while marshaling: request has no message",
                     )
@@ -532,7 +543,7 @@ class _Connection(asyncio.BufferedProtocol):
                 requests = call.requests()
                 response = await method.stream_unary(requests, context)
                 await self.send(call, method.response_serializer(response))
-        except _Aborted as e:
+        except Aborted as e:
             code, details = e.code, e.details
         except asyncio.CancelledError:
             task = asyncio.current_task()

@@ -37,10 +37,9 @@ import http
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import attrs
-import grpc
 from google.protobuf import json_format  # type: ignore[import-untyped]
 from google.protobuf.descriptor import (  # type: ignore[import-untyped]
     Descriptor,
@@ -62,6 +61,7 @@ from kvapp.server.etcd.services import (
     abort_with,
 )
 from kvapp.server.etcd.watch import GRPC_OVERHEAD_BYTES, WatchServicer
+from kvapp.server.grpc_h2 import Aborted, ServicerContext
 from kvapp.service import KvService
 
 __all__ = [
@@ -147,41 +147,14 @@ class GatewayError(Exception):
         return _dumps({"error": fields})
 
 
-class _Aborted(grpc.aio.AbortError):  # type: ignore[misc]
-    """What :meth:`_Context.abort` raises: a servicer ended its RPC with this status.
-
-    An ``AbortError``, so the servicers' ``is_abort`` lets it through as it lets grpc's own.
-    """
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = GrpcCode(code.value[0])
-        self.details = details
-
-
-class _Context:
-    """The part of ``grpc.aio.ServicerContext`` the servicers use, for a gateway request."""
-
-    def __init__(self, metadata: Metadata) -> None:
-        self._metadata = metadata
-
-    def invocation_metadata(self) -> Metadata:
-        return self._metadata
-
-    async def abort(
-        self, code: grpc.StatusCode, details: str = "", trailing_metadata: object = ()
-    ) -> NoReturn:
-        raise _Aborted(code, details)
-
-
-async def _gateway_error(context: _Context, exc: Exception) -> GatewayError:
+async def _gateway_error(context: ServicerContext, exc: Exception) -> GatewayError:
     """The status the gRPC server would end the RPC with for ``exc`` (``abort_with``'s)."""
-    if not isinstance(exc, _Aborted):
+    if not isinstance(exc, Aborted):
         try:
             await abort_with(context, exc)
-        except _Aborted as aborted:
+        except Aborted as aborted:
             exc = aborted
-    return GatewayError(exc.code, exc.details)
+    return GatewayError(GrpcCode(exc.code.value[0]), exc.details)
 
 
 class Kind(enum.Enum):
@@ -390,7 +363,7 @@ class EtcdGateway:
         """
         requests = self.decode(route.request, body, first_only=True)
         request = requests[0] if requests else route.request()
-        context = _Context(metadata)
+        context = ServicerContext(metadata)
         try:
             response: Message = await route.call(request, context)
         except asyncio.CancelledError:
@@ -412,10 +385,10 @@ class EtcdGateway:
             GatewayError: the body is not a valid request (nothing was started).
         """
         requests = self.decode(route.request, body, first_only=route.kind is Kind.SERVER_STREAM)
-        return self._stream(route, requests, _Context(metadata))
+        return self._stream(route, requests, ServicerContext(metadata))
 
     async def _stream(
-        self, route: Route, requests: Sequence[Message], context: _Context
+        self, route: Route, requests: Sequence[Message], context: ServicerContext
     ) -> AsyncGenerator[tuple[int, bytes], None]:
         if route.kind is Kind.BIDI_STREAM:
             source: AsyncGenerator[Message, None] = route.call(_iterate(requests), context)
