@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -93,16 +92,7 @@ def infos(n: int) -> list[MemberInfo]:
 def make_member(
     hub: Hub, info: MemberInfo, initial: list[MemberInfo], clock: Clock, **cfg: object
 ) -> Member:
-    """A member on ``hub``; the collector leaves the objects alive now alone until
-    :func:`stop_all`.
-
-    Why: every member of these tests shares one loop and one collector with the whole pytest
-    session, whose full collections (hundreds of thousands of objects from earlier tests)
-    paused the loop for 100-400 ms, more than the 100 ms election timeout: the leader stepped
-    down and a forwarded write timed out (CI, test_a_flood_of_watch_creates_on_one_stream).
-    ``gc.freeze`` keeps those objects out of every collection until ``gc.unfreeze``.
-    """
-    gc.freeze()
+    """A member on ``hub`` (tests/conftest.py keeps earlier tests' objects out of its pauses)."""
     config = MemberConfig(
         name=info.name,
         member_id=info.id,
@@ -129,10 +119,9 @@ async def start_cluster(n: int = 3) -> tuple[Hub, list[Member], Clock]:
 
 
 async def stop_all(members: list[Member]) -> None:
-    """Stop ``members`` and give the collector back what :func:`make_member` froze."""
+    """Stop ``members`` without handing leadership over."""
     for m in members:
         await m.stop(transfer=False)
-    gc.unfreeze()
 
 
 def leader_of(members: list[Member]) -> Member:

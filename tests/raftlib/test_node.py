@@ -565,14 +565,23 @@ async def test_the_leader_replicates_while_its_own_write_is_still_running() -> N
         leader_storage = c.storages[lead.id]
         assert isinstance(leader_storage, GatedStorage)
         leader_storage.gated = True
+        blocked_at = leader_storage.last_index() + 1
         pending = asyncio.ensure_future(lead.propose(b"x", timeout=10))
         await eventually(entered.is_set, "the leader's write started")
         followers = [c.storages[n.id] for n in c.running() if n is not lead]
-        # rd.messages (the appends) went out before the leader's own write finished.
+
+        def held(s: NodeStorage) -> bool:
+            if s.last_index() < blocked_at:
+                return False
+            return unwrap_proposal(s.entries(blocked_at, blocked_at + 1)[0].data)[1] == b"x"
+
+        # rd.messages (the appends) went out before the leader's own write finished. Judged by
+        # content, not by index arithmetic: a stall on a busy machine may re-elect meanwhile.
         await eventually(
-            lambda: all(s.last_index() == leader_storage.last_index() + 1 for s in followers),
+            lambda: all(held(s) for s in followers),
             "followers hold the entry while the leader's write is blocked",
         )
+        assert leader_storage.last_index() < blocked_at
         assert not pending.done()
         gate.set()
         index = await pending
