@@ -20,6 +20,9 @@ unchanged; their context offers what they use, :meth:`ServicerContext.invocation
   service S"; a message above the receive limit: RESOURCE_EXHAUSTED "grpc: received message
   larger than max (N vs. M)"; a compressed message whose ``grpc-encoding`` is not gzip:
   UNIMPLEMENTED; a ``grpc-timeout`` that passes: DEADLINE_EXCEEDED, the handler cancelled;
+- before any handler runs, requests grpc-go refuses are refused with its HTTP status, gRPC
+  status and text: a ``:method`` other than POST, a content-type other than
+  ``application/grpc[+codec]``, a malformed ``grpc-timeout`` or ``-bin`` metadata value;
 - a client's RST_STREAM (a cancelled call, a deadline passed on its side) cancels the handler;
 - flow control both ways: a stream's requests are acknowledged (WINDOW_UPDATE) only while its
   handler has read all but :data:`STREAM_BUFFER` bytes of them and the connection's streams
@@ -146,12 +149,56 @@ def _status_headers(code: grpc.StatusCode, details: str) -> list[tuple[bytes, by
     return out
 
 
-def _timeout(value: bytes) -> float | None:
-    text = value.decode("ascii", "replace")
-    unit = _TIMEOUT_UNITS.get(text[-1:])
-    if unit is None or not text[:-1].isdigit() or len(text) > 9:
-        return None
+def _timeout(value: bytes) -> float:
+    """A ``grpc-timeout`` value in seconds.
+
+    Raises:
+        ValueError: malformed, with grpc-go's text.
+    """
+    text = value.decode("latin-1")
+    if len(text) < 2:
+        raise ValueError(f"transport: timeout string is too short: {_go_quote(text)}")
+    if len(text) > 9:  # eight digits and the unit
+        raise ValueError(f"transport: timeout string is too long: {_go_quote(text)}")
+    unit = _TIMEOUT_UNITS.get(text[-1])
+    if unit is None:
+        raise ValueError(f"transport: timeout unit is not recognized: {_go_quote(text)}")
+    if not text[:-1].isascii() or not text[:-1].isdigit():
+        raise ValueError(f"strconv.ParseInt: parsing {_go_quote(text[:-1])}: invalid syntax")
     return int(text[:-1]) * unit
+
+
+def _go_quote(text: str) -> str:
+    """``text`` as Go's ``%q`` prints it, for the printable ASCII that error texts carry."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _binary_header(name: str, value: bytes) -> bytes:
+    """A ``-bin`` metadata value decoded (base64, padded or not).
+
+    Raises:
+        ValueError: not base64, with grpc-go's text.
+    """
+    try:
+        return base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
+    except ValueError:
+        bad = next((i for i, c in enumerate(value) if c not in _BASE64), len(value))
+        raw = value.decode("latin-1")
+        raise ValueError(
+            f"malformed binary metadata {_go_quote(raw)} in header {_go_quote(name)}: "
+            f"illegal base64 data at input byte {bad}"
+        ) from None
+
+
+_BASE64: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+def _is_grpc(content_type: bytes) -> bool:
+    """``application/grpc``, alone or with a ``+codec`` or ``;parameters`` (as grpc-go accepts)."""
+    value = content_type.lower()
+    return value == b"application/grpc" or (
+        value.startswith(b"application/grpc") and value[16:17] in (b"+", b";")
+    )
 
 
 class _Call:
@@ -444,24 +491,52 @@ class _Connection(asyncio.BufferedProtocol):
                 self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         path = b""
+        http_method = b""
+        content_type = b""
         timeout: float | None = None
         encoding = b""
+        malformed = ""
         metadata: list[tuple[str, str | bytes]] = []
         for name, value in headers:
-            if name[:1] == b":":
-                if name == b":path":
-                    path = value
-            elif name == b"grpc-timeout":
-                timeout = _timeout(value)
-            elif name == b"grpc-encoding":
-                encoding = value
-            elif name not in _NOT_METADATA:
-                key = name.decode("latin-1")
-                if key.endswith("-bin"):
-                    with contextlib.suppress(ValueError):
-                        metadata.append((key, base64.b64decode(value + b"=" * (-len(value) % 4))))
-                else:
-                    metadata.append((key, value.decode("latin-1")))
+            try:
+                if name[:1] == b":":
+                    if name == b":path":
+                        path = value
+                    elif name == b":method":
+                        http_method = value
+                elif name == b"content-type":
+                    content_type = value
+                elif name == b"grpc-timeout":
+                    timeout = _timeout(value)
+                elif name == b"grpc-encoding":
+                    encoding = value
+                elif name not in _NOT_METADATA:
+                    key = name.decode("latin-1")
+                    if key.endswith("-bin"):
+                        metadata.append((key, _binary_header(key, value)))
+                    else:
+                        metadata.append((key, value.decode("latin-1")))
+            except ValueError as e:
+                malformed = malformed or f"malformed {name.decode('latin-1')}: {e}"
+        # What grpc-go's server checks before it looks for the method, and how it answers.
+        if not _is_grpc(content_type):
+            shown = _go_quote(content_type.decode("latin-1"))
+            details = f"invalid gRPC request content-type {shown}"
+            self.refuse(sid, grpc.StatusCode.INVALID_ARGUMENT, details, ended=ended, http=b"415")
+            return
+        if malformed:
+            if malformed.startswith("malformed grpc-timeout"):
+                details = malformed
+            else:  # a -bin value: its text already says which header
+                details = malformed.split(": ", 1)[1]
+            self.refuse(sid, grpc.StatusCode.INTERNAL, details, ended=ended, http=b"400")
+            return
+        if http_method != b"POST":
+            shown = http_method.decode("latin-1")
+            details = f"http2Server.operateHeaders parsed a :method field: {shown} which should"
+            details += " be POST"
+            self.refuse(sid, grpc.StatusCode.INTERNAL, details, ended=ended, http=b"405")
+            return
         text = path.decode("utf-8", "replace")
         method = self.server.methods.get(text)
         if method is None:
@@ -628,9 +703,13 @@ class _Connection(asyncio.BufferedProtocol):
         call.notify()
         self.flush_soon()
 
-    def refuse(self, sid: int, code: grpc.StatusCode, details: str, *, ended: bool) -> None:
+    def refuse(
+        self, sid: int, code: grpc.StatusCode, details: str, *, ended: bool, http: bytes = b"200"
+    ) -> None:
+        """Answer stream ``sid`` with a status alone (HTTP status ``http``), running nothing."""
         with contextlib.suppress(h2.exceptions.H2Error):
-            headers = [*_RESPONSE, *_status_headers(code, details)]
+            response = _RESPONSE if http == b"200" else ((b":status", http), _RESPONSE[1])
+            headers = [*response, *_status_headers(code, details)]
             self.h2.send_headers(sid, headers, end_stream=True)
             if not ended:
                 self.h2.reset_stream(sid, h2.errors.ErrorCodes.NO_ERROR)

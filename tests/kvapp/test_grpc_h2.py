@@ -12,8 +12,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
+from urllib.parse import quote
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from kvapp.server.grpc_h2 import STREAM_BUFFER, GrpcH2Server
@@ -347,3 +351,116 @@ async def test_stop_lets_calls_finish_within_the_grace_then_cancels_them() -> No
         code, _ = await status_of(slow)
         assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         assert not server.connections
+
+
+async def _raw_call(
+    port: int, headers: list[tuple[str, str]], message: bytes | None = None
+) -> dict[str, str]:
+    """Open one stream with exactly ``headers`` (and ``message``) and return the answer's
+    headers and trailers."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.send_headers(1, headers, end_stream=message is None)
+    if message is not None:
+        conn.send_data(1, b"\x00" + len(message).to_bytes(4, "big") + message, end_stream=True)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(conn.data_to_send())
+    answer: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                data = await reader.read(65536)
+                assert data, f"connection closed before an answer; got {answer}"
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                        answer.update((str(k), str(v)) for k, v in ev.headers or ())
+                    if isinstance(ev, h2.events.StreamEnded):
+                        return answer
+                writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+
+
+_GRPC_HEADERS = [
+    (":method", "POST"),
+    (":scheme", "http"),
+    (":path", "/test.Echo/Unary"),
+    (":authority", "localhost"),
+    ("content-type", "application/grpc"),
+]
+
+
+def _with(**changes: str) -> list[tuple[str, str]]:
+    out = [(k, changes.pop(k, v)) for k, v in _GRPC_HEADERS]
+    return out + list(changes.items())
+
+
+# grpc-go's own table (TestHeadersHTTPStatusGRPCStatus): HTTP status, gRPC status, message.
+@pytest.mark.parametrize(
+    ("headers", "http_status", "grpc_status", "message"),
+    [
+        (
+            _with(**{":method": "PUT"}),
+            "405",
+            "13",
+            "http2Server.operateHeaders parsed a :method field: PUT which should be POST",
+        ),
+        (
+            _with(**{"content-type": "application/json"}),
+            "415",
+            "3",
+            'invalid gRPC request content-type "application/json"',
+        ),
+        (
+            [h for h in _GRPC_HEADERS if h[0] != "content-type"],
+            "415",
+            "3",
+            'invalid gRPC request content-type ""',
+        ),
+        (
+            _with(**{"grpc-timeout": "18f6n"}),
+            "400",
+            "13",
+            'malformed grpc-timeout: strconv.ParseInt: parsing "18f6": invalid syntax',
+        ),
+        (
+            _with(**{"grpc-timeout": "1x"}),
+            "400",
+            "13",
+            'malformed grpc-timeout: transport: timeout unit is not recognized: "1x"',
+        ),
+        (
+            _with(**{"foobar-bin": "X()3e@#$-"}),
+            "400",
+            "13",
+            'malformed binary metadata "X()3e@#$-" in header "foobar-bin": '
+            "illegal base64 data at input byte 1",
+        ),
+    ],
+    ids=["method", "content-type", "no-content-type", "timeout", "timeout-unit", "binary"],
+)
+def test_requests_grpc_go_refuses_get_its_statuses_and_the_handler_never_runs(
+    headers: list[tuple[str, str]], http_status: str, grpc_status: str, message: str
+) -> None:
+    @served
+    async def check(echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel) -> None:
+        answer = await _raw_call(server.port, headers)
+        got = (answer.get(":status"), answer.get("grpc-status"), answer.get("grpc-message"))
+        assert got == (http_status, grpc_status, quote(message, safe=_SAFE)), answer
+        assert echo.metadata == []  # the handler never ran
+        assert await unary(channel)(b"ok") == b"ko"  # the server serves on
+
+    check()
+
+
+_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+@served
+async def test_a_valid_call_with_binary_metadata_and_a_timeout_is_served(
+    echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
+) -> None:
+    headers = _with(**{"grpc-timeout": "5S", "trace-bin": "AAEC", "te": "trailers"})
+    answer = await _raw_call(server.port, headers, b"ab")
+    assert (answer.get(":status"), answer.get("grpc-status")) == ("200", "0"), answer
+    assert ("trace-bin", b"\x00\x01\x02") in echo.metadata
