@@ -3,8 +3,13 @@
 ``--inflight`` workers each keep one request outstanding. The requests go through a few
 :class:`kvapp.client.AsyncClient` instances, each connected to one member first (the clients are
 spread evenly over the endpoints) and pipelining everything its workers send over that one
-connection; a worker sends its successive requests to successive clients, so even a single
-worker visits every member in turn, as etcd's round-robin balancer does for goload. Keys are
+connection. The workers form :data:`BALANCERS` groups, as goload's workers share its 4
+clientv3 connections, and each group sends its successive requests to successive clients, as
+the round-robin balancer of one clientv3 connection does: so a wave of answers from one member
+spreads its workers' next requests over every member. (Each worker once kept a round-robin of
+its own; workers answered together then moved to the next member together, until all of them
+did, and the members took turns holding every request in flight: one entry of 64 writes at a
+time at 64 in flight, a lockstep goload never produces.) Keys are
 ``key%08d`` drawn uniformly from ``--keys``, values are ``--value`` bytes, exactly goload's
 workload. Requests started during ``--warmup`` are not counted; get runs first write every key
 once (``--preload``, unmeasured).
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -35,6 +41,11 @@ from kvapp.client import AsyncClient, txn
 WRITES_PER_CLIENT = 48
 """Workers per client, on average: an AsyncClient holds at most 64 writes in flight
 (the members' deduplication window), so 256 puts in flight need several clients."""
+
+
+BALANCERS = 4
+"""Round-robin sequences shared by the workers: goload's default ``-conns``, each connection a
+clientv3 balancer that spreads the requests of all its workers over the endpoints in turn."""
 
 
 def _cpu() -> float:
@@ -126,10 +137,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         op = args.op
         keys = args.keys
 
+        turns = [itertools.count(g) for g in range(BALANCERS)]
+
         async def worker(w: int) -> None:
             nonlocal errors, first_error
             rng = random.Random(w)
-            i = w
+            turn = turns[w % len(turns)]
             local: list[float] = []
             now = loop.time
             perf = time.perf_counter
@@ -137,8 +150,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 t0 = now()
                 if t0 >= deadline:
                     break
-                c = clients[i % n_clients]
-                i += 1
+                c = clients[next(turn) % n_clients]
                 key = b"key%08d" % rng.randrange(keys)
                 p0 = perf()
                 try:
