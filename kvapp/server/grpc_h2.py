@@ -31,6 +31,8 @@ unchanged; their context offers what they use, :meth:`ServicerContext.invocation
   client's windows, and a client that does not read what it is sent (h2's own answers to its
   PINGs included) is not read from until it does;
 - a gzip-compressed request is inflated no further than the receive limit;
+- a stream beyond the advertised concurrent-stream limit (1,024) is refused alone
+  (RST_STREAM REFUSED_STREAM, as RFC 9113 requires), the connection's other calls go on;
 - HTTP/2 errors (garbage on the port, a bad preface, protocol violations) close that
   connection only; PINGs are answered (h2 does it) at any rate, as etcd permits.
 
@@ -58,6 +60,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hyperframe.frame
 
 __all__ = ["CONNECTION_BUFFER", "STREAM_BUFFER", "Aborted", "GrpcH2Server", "ServicerContext"]
@@ -98,6 +101,34 @@ _TIMEOUT_UNITS: Final = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6,
 _NOT_METADATA: Final = frozenset(
     (b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding")
 )
+
+
+class _H2Server(h2.connection.H2Connection):
+    """h2's connection, refusing one stream over the advertised limit instead of the connection.
+
+    RFC 9113 (5.1.2) makes a HEADERS frame that exceeds the concurrent stream limit a stream
+    error (REFUSED_STREAM: the client may retry it); h2 raises before it has decoded the header
+    block and closes the connection, with every call on it. Here the block is decoded (HPACK's
+    state must follow every block) and only that stream is reset. Relies on h2 4's internals
+    (``_receive_headers_frame``, ``_closed_streams``); the test of it fails if they change.
+    """
+
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        sid = frame.stream_id
+        if (
+            sid not in self.streams
+            and sid % 2 == 1
+            and sid > self.highest_inbound_stream_id
+            and self.open_inbound_streams >= self.local_settings.max_concurrent_streams
+        ):
+            self.state_machine.process_input(h2.connection.ConnectionInputs.RECV_HEADERS)
+            h2.connection._decode_headers(self.decoder, frame.data)
+            self.highest_inbound_stream_id = sid
+            self._closed_streams[sid] = h2.stream.StreamClosedBy.SEND_RST_STREAM
+            refusal = hyperframe.frame.RstStreamFrame(sid)
+            refusal.error_code = h2.errors.ErrorCodes.REFUSED_STREAM
+            return [refusal], []
+        return super()._receive_headers_frame(frame)
 
 
 class Aborted(grpc.aio.AbortError):  # type: ignore[misc]
@@ -338,7 +369,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def __init__(self, server: GrpcH2Server) -> None:
         self.server = server
-        self.h2 = h2.connection.H2Connection(_CONFIG)
+        self.h2 = _H2Server(_CONFIG)
         self.transport: asyncio.Transport | None = None
         self.calls: dict[int, _Call] = {}
         self.window_waiters: list[asyncio.Future[None]] = []

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import grpc
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import pytest
 
@@ -464,3 +465,39 @@ async def test_a_valid_call_with_binary_metadata_and_a_timeout_is_served(
     answer = await _raw_call(server.port, headers, b"ab")
     assert (answer.get(":status"), answer.get("grpc-status")) == ("200", "0"), answer
     assert ("trace-bin", b"\x00\x01\x02") in echo.metadata
+
+
+@served
+async def test_a_stream_over_the_concurrent_limit_is_refused_alone(
+    echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
+) -> None:
+    # A client that ignores the server's SETTINGS (never fed them) opens 6 streams too many,
+    # each left open (no END_STREAM), and sends a request on each of those 6 at once: they get
+    # REFUSED_STREAM, the connection goes on.
+    limit = 1 << 10
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding="utf-8"))
+    conn.initiate_connection()
+    for i in range(limit + 6):
+        conn.send_headers(1 + 2 * i, _GRPC_HEADERS)
+    for i in range(limit, limit + 6):
+        conn.send_data(1 + 2 * i, b"\x00\x00\x00\x00\x02ab", end_stream=True)
+    conn.ping(b"12345678")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(conn.data_to_send())
+    refused: list[int] = []
+    try:
+        async with asyncio.timeout(10):
+            pinged = False
+            while not pinged:
+                data = await reader.read(65536)
+                assert data, f"connection closed; refused so far: {refused}"
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.StreamReset):
+                        assert ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM, ev
+                        refused.append(ev.stream_id or 0)
+                    pinged = pinged or isinstance(ev, h2.events.PingAckReceived)
+                writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+    assert refused == [1 + 2 * i for i in range(limit, limit + 6)]
+    assert await unary(channel)(b"ok") == b"ko"
