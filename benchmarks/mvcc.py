@@ -199,8 +199,9 @@ def report(rows: list[dict[str, float]], mem: dict[int, tuple[float, float]], se
         f"I/O; keys `k/<group>/<item>` ({len(key(0, 0))} bytes), 100 keys per group, "
         f"{VALUE_SIZE}-byte values, loaded in random order. Whole run {secs:.0f} s.",
         "",
-        "The key index is a `sortedcontainers.SortedList` of keys plus a dict of per-key "
-        "version lists: a prefix range bisects to its first key and walks only the keys in it, "
+        "The key index keeps keys and their versions in sorted sublists "
+        "(`kvapp.mvcc.sortedmap`): a prefix range bisects to its first key and walks only the "
+        "keys in it, "
         'so its cost grows with the log of the store size, not the size. The "scan" column '
         "is the same prefix found by testing every key, what an unsorted index would cost.",
         "",

@@ -1,12 +1,8 @@
 """etcd's MVCC data model: revisions, key history, range / put / delete / txn / compact.
 
-The public names are re-exported here; :mod:`kvapp.mvcc.index` and
-:mod:`kvapp.mvcc.validate` are implementation modules of the store.
+The public names are re-exported here; :mod:`kvapp.mvcc.index`, :mod:`kvapp.mvcc.sortedmap`
+and :mod:`kvapp.mvcc.validate` are implementation modules of the store.
 """
-
-from kvapp._extras import require
-
-require("sortedcontainers")
 
 from kvapp.mvcc.keyrange import ALL_KEYS_END, prefix_range_end
 from kvapp.mvcc.store import Store, StoreListener

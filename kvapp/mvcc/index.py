@@ -5,13 +5,13 @@ plus the revision-keyed backend that holds the values: here a key's history is a
 :class:`~kvapp.mvcc.types.KeyValue` objects in revision order, tombstones included, and the
 values live in them.
 
-Why ``sortedcontainers.SortedList`` for the key order: it keeps keys in a list of sorted
-sublists (about 1,000 keys each), so insertion and removal cost O(log n) with small constants
-in pure Python, and ``irange`` starts a prefix or interval scan with two bisections instead of
-walking the keyspace. A range therefore costs O(log n + k) for k keys in it; the benchmark in
-``benchmarks/mvcc.py`` measures this for 10k to 1M keys. Keys are stored once in the sorted
-list and once as dict keys for the O(1) single-key path (the same ``bytes`` object, so no
-copy).
+Why a :class:`~kvapp.mvcc.sortedmap.SortedMap` for the keys and their histories: it keeps them
+in sorted sublists (about 1,000 keys each), so insertion and removal cost O(log n) with small
+constants in pure Python, and a prefix or interval scan starts with two bisections instead of
+walking the keyspace. A range therefore costs O(log n + k) for k keys in it, and a single key
+two bisections; the benchmark in ``benchmarks/mvcc.py`` measures this for 10k to 1M keys. (A
+sorted key list beside a dict, as before, held every key in a hash table too: about 50 bytes
+per key more at a million keys.)
 
 A key stays in the index while it has any history, including only a tombstone; compaction
 removes what is no longer visible at or after the compacted revision, and drops a key whose
@@ -24,9 +24,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from typing import TypeAlias
 
-from sortedcontainers import SortedList
-
 from kvapp.mvcc.keyrange import upper_bound
+from kvapp.mvcc.sortedmap import SortedMap
 from kvapp.mvcc.types import KeyValue
 
 __all__ = ["KeyIndex"]
@@ -52,11 +51,10 @@ class KeyIndex:
     their order).
     """
 
-    __slots__ = ("_hist", "_keys", "_touched")
+    __slots__ = ("_hist", "_touched")
 
     def __init__(self) -> None:
-        self._keys = SortedList()
-        self._hist: dict[bytes, _Hist] = {}
+        self._hist: SortedMap[_Hist] = SortedMap()
         # Keys that compaction may shrink: more than one version, or ending in a tombstone.
         # Keys written once and never again (the bulk of most keyspaces) cost compaction nothing.
         self._touched: set[bytes] = set()
@@ -69,12 +67,10 @@ class KeyIndex:
         single time, which is much faster than inserting them one by one.
         """
         index = cls()
-        index._keys = SortedList(histories)
         index._touched = {k for k, h in histories.items() if len(h) > 1 or h[-1].version == 0}
-        hist: dict[bytes, _Hist] = {}
-        for k, h in histories.items():
-            hist[k] = h if len(h) > 1 else h[0]
-        index._hist = hist
+        keys = sorted(histories)
+        hists = [h if len(h) > 1 else h[0] for h in map(histories.__getitem__, keys)]
+        index._hist = SortedMap.from_sorted(keys, hists)
         return index
 
     def __len__(self) -> int:
@@ -135,10 +131,8 @@ class KeyIndex:
     def append(self, kv: KeyValue) -> None:
         """Record a new version (or tombstone) of ``kv.key`` as its newest."""
         key = kv.key
-        h = self._hist.get(key)
-        if h is None:
-            self._hist[key] = kv
-            self._keys.add(key)
+        h = self._hist.setdefault(key, kv)
+        if h is kv:
             if kv.version == 0:
                 self._touched.add(key)
         else:
@@ -162,9 +156,7 @@ class KeyIndex:
         end = upper_bound(key, range_end)
         if end is not None and end <= key:
             return
-        hist_of = self._hist
-        for k in self._keys.irange(key, end, inclusive=(True, False)):
-            h = hist_of[k]
+        for _, h in self._hist.irange(key, end):
             if isinstance(h, list):
                 kv = h[-1]
                 if kv.mod_revision > revision:
@@ -199,7 +191,6 @@ class KeyIndex:
                 i += 1
             if i == len(hist):
                 del self._hist[key]
-                self._keys.remove(key)
                 continue
             if i:
                 del hist[:i]
@@ -217,14 +208,11 @@ class KeyIndex:
         Right after ``compact(revision)`` these are exactly the versions kept from before the
         compaction point: what a snapshot must carry besides the change log.
         """
-        hist_of = self._hist
-        for k in self._keys:
-            h = hist_of[k]
+        for h in self._hist.values():
             kv = h[0] if isinstance(h, list) else h
             if kv.mod_revision <= revision:
                 yield kv
 
     def keys(self) -> Iterable[bytes]:
         """All keys with retained history, in order."""
-        keys: Iterable[bytes] = self._keys
-        return keys
+        return self._hist.keys()
