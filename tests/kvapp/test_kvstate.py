@@ -197,6 +197,20 @@ def test_snapshot_streams_in_chunks() -> None:
     assert items[-1]["log"] == 1502  # revisions 1500..3001: the log keeps the compacted one
 
 
+def test_writing_a_snapshot_offers_the_gil_after_every_full_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It runs in a thread beside the member's loop: between chunks the loop may take the GIL.
+    s = new_state()
+    for i in range(3000):
+        s.apply(PutRequest(b"k%05d" % i, b"v"))
+    s.apply(CompactRequest(1500))
+    offered: list[int] = []
+    monkeypatch.setattr(kvstate, "_offer_gil", lambda: offered.append(1))
+    s.snapshot_image().write(io.BytesIO())
+    assert len(offered) == 2  # one full chunk of base (1,499 keys), one of log (1,502)
+
+
 def test_a_version_1_snapshot_reads_compacted_revision_0_as_never_compacted() -> None:
     s = build()
     assert s.store.compact_revision == -1
