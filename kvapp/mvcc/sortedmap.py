@@ -40,20 +40,20 @@ class SortedMap(Generic[V]):
         """A map of ``items``; they need not be sorted, a key given twice keeps its last value."""
         pairs = dict(items)
         keys = sorted(pairs)
-        self._keys = [keys[i : i + _LOAD] for i in range(0, len(keys), _LOAD)]
-        self._vals = [[pairs[k] for k in part] for part in self._keys]
-        self._maxes = [part[-1] for part in self._keys]
-        self._len = len(keys)
+        self._fill(keys, [pairs[k] for k in keys])
 
     @classmethod
     def from_sorted(cls, keys: list[bytes], values: list[V]) -> SortedMap[V]:
         """A map of ``keys[i]`` to ``values[i]``; ``keys`` strictly increasing (not checked)."""
         m: SortedMap[V] = cls()
-        m._keys = [keys[i : i + _LOAD] for i in range(0, len(keys), _LOAD)]
-        m._vals = [values[i : i + _LOAD] for i in range(0, len(values), _LOAD)]
-        m._maxes = [part[-1] for part in m._keys]
-        m._len = len(keys)
+        m._fill(keys, values)
         return m
+
+    def _fill(self, keys: list[bytes], values: list[V]) -> None:
+        self._keys = [keys[i : i + _LOAD] for i in range(0, len(keys), _LOAD)]
+        self._vals = [values[i : i + _LOAD] for i in range(0, len(values), _LOAD)]
+        self._maxes = [part[-1] for part in self._keys]
+        self._len = len(keys)
 
     def __len__(self) -> int:
         return self._len

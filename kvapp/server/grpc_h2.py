@@ -184,19 +184,21 @@ def _timeout(value: bytes) -> float:
     """A ``grpc-timeout`` value in seconds.
 
     Raises:
-        ValueError: malformed, with grpc-go's text.
+        ValueError: malformed, with grpc-go's whole status text.
     """
     text = value.decode("latin-1")
+    why = ""
     if len(text) < 2:
-        raise ValueError(f"transport: timeout string is too short: {_go_quote(text)}")
-    if len(text) > 9:  # eight digits and the unit
-        raise ValueError(f"transport: timeout string is too long: {_go_quote(text)}")
-    unit = _TIMEOUT_UNITS.get(text[-1])
-    if unit is None:
-        raise ValueError(f"transport: timeout unit is not recognized: {_go_quote(text)}")
-    if not text[:-1].isascii() or not text[:-1].isdigit():
-        raise ValueError(f"strconv.ParseInt: parsing {_go_quote(text[:-1])}: invalid syntax")
-    return int(text[:-1]) * unit
+        why = f"transport: timeout string is too short: {_go_quote(text)}"
+    elif len(text) > 9:  # eight digits and the unit
+        why = f"transport: timeout string is too long: {_go_quote(text)}"
+    elif text[-1] not in _TIMEOUT_UNITS:
+        why = f"transport: timeout unit is not recognized: {_go_quote(text)}"
+    elif not text[:-1].isascii() or not text[:-1].isdigit():
+        why = f"strconv.ParseInt: parsing {_go_quote(text[:-1])}: invalid syntax"
+    if why:
+        raise ValueError(f"malformed grpc-timeout: {why}")
+    return int(text[:-1]) * _TIMEOUT_UNITS[text[-1]]
 
 
 def _go_quote(text: str) -> str:
@@ -208,7 +210,7 @@ def _binary_header(name: str, value: bytes) -> bytes:
     """A ``-bin`` metadata value decoded (base64, padded or not).
 
     Raises:
-        ValueError: not base64, with grpc-go's text.
+        ValueError: not base64, with grpc-go's whole status text.
     """
     try:
         return base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
@@ -548,7 +550,7 @@ class _Connection(asyncio.BufferedProtocol):
                     else:
                         metadata.append((key, value.decode("latin-1")))
             except ValueError as e:
-                malformed = malformed or f"malformed {name.decode('latin-1')}: {e}"
+                malformed = malformed or str(e)
         # What grpc-go's server checks before it looks for the method, and how it answers.
         if not _is_grpc(content_type):
             shown = _go_quote(content_type.decode("latin-1"))
@@ -556,11 +558,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.refuse(sid, grpc.StatusCode.INVALID_ARGUMENT, details, ended=ended, http=b"415")
             return
         if malformed:
-            if malformed.startswith("malformed grpc-timeout"):
-                details = malformed
-            else:  # a -bin value: its text already says which header
-                details = malformed.split(": ", 1)[1]
-            self.refuse(sid, grpc.StatusCode.INTERNAL, details, ended=ended, http=b"400")
+            self.refuse(sid, grpc.StatusCode.INTERNAL, malformed, ended=ended, http=b"400")
             return
         if http_method != b"POST":
             shown = http_method.decode("latin-1")
