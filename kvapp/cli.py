@@ -477,6 +477,10 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         if member is not None:
             member.report_snapshot(peer, success=ok)
 
+    def on_removed(peer: int, index: int) -> None:
+        if member is not None:
+            member.report_removed(peer, index)
+
     peer_tls = opts.peer_tls
     transport = TcpTransport(
         member_id,
@@ -485,6 +489,7 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         on_message=on_message,
         on_unreachable=on_unreachable,
         on_snapshot_status=on_snapshot_status,
+        on_removed=on_removed,
         server_ssl=peer_tls.server_context() if peer_tls else None,
         client_ssl=peer_tls.client_context() if peer_tls else None,
     )

@@ -179,8 +179,8 @@ class PeerLinks(Protocol):
         """Start linking to a member."""
         ...
 
-    def remove_peer(self, member_id: int) -> None:
-        """Stop linking to a member."""
+    def remove_peer(self, member_id: int, *, removed_at: int = 0) -> None:
+        """Stop linking to a member; refuse it as removed by the entry at ``removed_at``."""
         ...
 
 
@@ -446,6 +446,28 @@ class Member:
         """Whether a snapshot sent to ``member_id`` arrived (ignored once stopped)."""
         if self.node.running:
             self.node.report_snapshot(member_id, success=success)
+
+    def report_removed(self, member_id: int, index: int) -> None:
+        """Peer ``member_id`` refused this member as removed from the cluster at log ``index``.
+
+        A member can be removed before the entry removing it reaches it (the others commit it
+        without it), and then Raft never tells it: it campaigns alone for ever. etcd's peers
+        answer such a member "removed" and it stops; so does this one, once its own state
+        cannot contradict the claim: it has no leader (none replicates to it any more) and has
+        applied less than ``index`` (else it would have applied the removal itself, or a later
+        re-addition under the same id, which a lagging peer may not know of yet).
+        """
+        if self.removed or not self.node.running:
+            return
+        if self.node.leader_id != 0 or self.node.applied >= index:
+            return
+        logger.warning(
+            "%s: member %x says this member was removed from the cluster (at index %d)",
+            self.config.name,
+            member_id,
+            index,
+        )
+        self.removed = True
 
     # -- KvService --
 
@@ -993,7 +1015,7 @@ class Member:
                 logger.warning("%s: this member was removed from the cluster", self.config.name)
                 self.removed = True
             else:
-                self._network.remove_peer(cc.node_id)
+                self._network.remove_peer(cc.node_id, removed_at=c.index)
         elif cc.context:  # UPDATE_NODE
             self._apply_update(c, cc)
 

@@ -19,6 +19,7 @@ __all__ = [
     "MessageHandler",
     "PeerNetwork",
     "PeerStats",
+    "RemovedHandler",
     "SnapshotReader",
     "SnapshotStatusHandler",
     "TransportConfig",
@@ -36,6 +37,10 @@ UnreachableHandler = Callable[[int], object]
 
 SnapshotStatusHandler = Callable[[int, bool], object]
 """``on_snapshot_status(peer_id, ok)``: a snapshot send finished or failed (``report_snapshot``)."""
+
+RemovedHandler = Callable[[int, int], object]
+"""``on_removed(peer_id, index)``: ``peer_id`` refused this member as removed from the cluster
+by the entry at log ``index`` (``Member.report_removed``)."""
 
 
 class PeerNetwork(Protocol):
@@ -59,8 +64,13 @@ class PeerNetwork(Protocol):
     def add_peer(self, member_id: int, address: tuple[str, int]) -> None:
         """Start linking to ``member_id`` at ``address`` (idempotent; a new address re-dials)."""
 
-    def remove_peer(self, member_id: int) -> None:
-        """Forget ``member_id``: close its links, drop its queue, refuse its connections."""
+    def remove_peer(self, member_id: int, *, removed_at: int = 0) -> None:
+        """Forget ``member_id``: close its links, drop its queue, refuse its connections.
+
+        ``removed_at`` (non-zero) is the log index of the entry that removed ``member_id`` from
+        the cluster: its connections are then refused as removed, so that a removed member that
+        never received its own removal learns it (``on_removed``), as etcd's peers tell it.
+        """
 
     async def start(self) -> None:
         """Start listening and dialing the known peers."""

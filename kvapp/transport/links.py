@@ -26,6 +26,7 @@ from kvapp.transport.wire import (
     KIND_STREAM,
     MAGIC,
     PROTOCOL_VERSION,
+    REMOVED_AT,
     SNAP_END,
     FramedProtocol,
     FrameKind,
@@ -57,8 +58,13 @@ class LinkOwner(Protocol):
     def _conn_closed(self, conn: FramedProtocol) -> None:
         """Forget ``conn``."""
 
-    def _check_hello(self, kind: int, cluster: int, sender: int, receiver: int) -> str | None:
-        """Why a handshake is refused, or None to accept it."""
+    def _check_hello(
+        self, kind: int, cluster: int, sender: int, receiver: int
+    ) -> tuple[str, int] | None:
+        """Why a handshake is refused, and the sender's removal index (or 0); None to accept.
+
+        The index is non-zero when the sender was removed from the cluster by that log entry.
+        """
 
     def _register_inbound(self, conn: InboundLink) -> None:
         """An incoming connection was accepted."""
@@ -101,6 +107,8 @@ class OutboundLink(FramedProtocol):
         self.accepted: asyncio.Future[tuple[bool, str]] = loop.create_future()
         self.result: asyncio.Future[tuple[bool, str]] = loop.create_future()
         self.paused = False
+        self.removed_at = 0
+        """Non-zero: the listener refused us as removed from the cluster at this log index."""
         self._drain: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,6 +137,10 @@ class OutboundLink(FramedProtocol):
                 self.accepted.set_result((True, ""))
             elif kind == FrameKind.REFUSE:
                 self.accepted.set_result((False, bytes(payload).decode("utf-8", "replace")))
+            elif kind == FrameKind.REMOVED and len(payload) >= REMOVED_AT.size:
+                (self.removed_at,) = REMOVED_AT.unpack_from(payload)
+                reason = bytes(payload[REMOVED_AT.size :]).decode("utf-8", "replace")
+                self.accepted.set_result((False, reason))
             else:
                 raise ProtocolViolation(f"expected a handshake reply, got frame kind {kind:#x}")
         elif self.kind == KIND_SNAPSHOT and kind == FrameKind.SNAP_RESULT and payload:
@@ -283,9 +295,9 @@ class InboundLink(FramedProtocol):
                 self.raw_need = HELLO_REST.size
             return
         kind, cluster, sender, receiver = HELLO_REST.unpack(data)
-        reason = self._owner._check_hello(kind, cluster, sender, receiver)
-        if reason is not None:
-            self._refuse(reason)
+        refusal = self._owner._check_hello(kind, cluster, sender, receiver)
+        if refusal is not None:
+            self._refuse(*refusal)
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -296,14 +308,17 @@ class InboundLink(FramedProtocol):
         self.write_frame(FrameKind.ACCEPT, b"")
         self._owner._register_inbound(self)
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, reason: str, removed_at: int = 0) -> None:
         logger.warning(
             "member %x: refused connection from %s: %s", self._owner.member_id, self.remote, reason
         )
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.write_frame(FrameKind.REFUSE, reason.encode())
+        if removed_at:
+            self.write_frame(FrameKind.REMOVED, REMOVED_AT.pack(removed_at) + reason.encode())
+        else:
+            self.write_frame(FrameKind.REFUSE, reason.encode())
         self.closing = True
         if self.transport is not None:
             self.transport.close()

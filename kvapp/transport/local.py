@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from kvapp.transport.api import (
     MessageHandler,
     PeerStats,
+    RemovedHandler,
     SnapshotStatusHandler,
     UnreachableHandler,
 )
@@ -59,15 +60,22 @@ class LocalNetwork:
         on_message: MessageHandler,
         on_unreachable: UnreachableHandler,
         on_snapshot_status: SnapshotStatusHandler,
+        on_removed: RemovedHandler | None = None,
     ) -> LocalEndpoint:
         """A new member's endpoint on this hub (its ``PeerNetwork``).
+
+        A message to a member that removed the sender (``remove_peer(..., removed_at=i)``) is
+        not delivered, and the sender's ``on_removed(receiver, i)`` is called (next loop turn),
+        as a TCP peer refuses a removed member's connection.
 
         Raises:
             ValueError: ``member_id`` already joined.
         """
         if member_id in self._members:
             raise ValueError(f"member {member_id:x} already joined this network")
-        ep = LocalEndpoint(self, member_id, on_message, on_unreachable, on_snapshot_status)
+        ep = LocalEndpoint(
+            self, member_id, on_message, on_unreachable, on_snapshot_status, on_removed=on_removed
+        )
         self._members[member_id] = ep
         return ep
 
@@ -128,6 +136,11 @@ class LocalNetwork:
     def _route(self, src: LocalEndpoint, m: Message) -> bool:
         """Put ``m`` in flight; False when the link is down (the caller reports unreachable)."""
         if not self.link_up(src.member_id, m.to):
+            dst = self._members.get(m.to)
+            if dst is not None and dst.running and (src.member_id, m.to) not in self._cut:
+                removed_at = dst.removed.get(src.member_id)
+                if removed_at:
+                    asyncio.get_running_loop().call_soon(src._told_removed, m.to, removed_at)
             return False
         if self.drop_rate and self._rng.random() < self.drop_rate:
             src._lost(m)
@@ -174,14 +187,18 @@ class LocalEndpoint:
         on_message: MessageHandler,
         on_unreachable: UnreachableHandler,
         on_snapshot_status: SnapshotStatusHandler,
+        *,
+        on_removed: RemovedHandler | None = None,
     ) -> None:
         self.member_id = member_id
         self.peers: dict[int, tuple[str, int]] = {}
+        self.removed: dict[int, int] = {}  # removed member id -> log index of its removal
         self.running = False
         self._hub = hub
         self._on_message = on_message
         self._on_unreachable = on_unreachable
         self._on_snapshot_status = on_snapshot_status
+        self._on_removed = on_removed
         self._stats: dict[int, PeerStats] = {}
 
     def stats(self, peer_id: int) -> PeerStats:
@@ -210,10 +227,13 @@ class LocalEndpoint:
         if member_id == self.member_id:
             raise ValueError(f"member {self.member_id:x} cannot have itself as a peer")
         self.peers[member_id] = address
+        self.removed.pop(member_id, None)
 
-    def remove_peer(self, member_id: int) -> None:
-        """Forget ``member_id``: no more messages to or from it."""
+    def remove_peer(self, member_id: int, *, removed_at: int = 0) -> None:
+        """Forget ``member_id``: no more messages to it; with ``removed_at``, none from it."""
         self.peers.pop(member_id, None)
+        if removed_at:
+            self.removed[member_id] = removed_at
 
     async def start(self) -> None:
         """Go online."""
@@ -233,6 +253,10 @@ class LocalEndpoint:
     def _lost(self, m: Message) -> None:
         if self.running and m.type == MessageType.SNAP:
             self._snapshot_done(m.to, ok=False)
+
+    def _told_removed(self, peer_id: int, removed_at: int) -> None:
+        if self.running and self._on_removed is not None:
+            self._call(self._on_removed, peer_id, removed_at)
 
     def _snapshot_done(self, peer_id: int, *, ok: bool) -> None:
         if not self.running:

@@ -49,6 +49,7 @@ from kvapp.tls import TlsAcceptor, describe_tls_error
 from kvapp.transport.api import (
     MessageHandler,
     PeerStats,
+    RemovedHandler,
     SnapshotReader,
     SnapshotStatusHandler,
     TransportConfig,
@@ -77,7 +78,15 @@ _ENCODE_ERRORS = (ValueError, TypeError, AttributeError, cbor2.CBOREncodeError)
 
 
 class PeerRefused(ConnectionError):
-    """The peer closed our connection during the handshake, giving ``reason``."""
+    """The peer closed our connection during the handshake, giving ``reason``.
+
+    ``removed_at`` is non-zero when the peer refused us as removed from the cluster by the
+    entry at that log index.
+    """
+
+    def __init__(self, reason: str, removed_at: int = 0) -> None:
+        super().__init__(reason)
+        self.removed_at = removed_at
 
 
 class _State(enum.Enum):
@@ -179,6 +188,9 @@ class TcpTransport:
             stream to spool its chunks to; default ``io.BytesIO``. The transport reads it back
             once complete, delivers the message with the data, and closes the stream (also on
             failure; removing a spool file is the factory owner's job).
+        on_removed: called with ``(peer_id, index)`` when ``peer_id`` refused our connection
+            because this member was removed from the cluster by the entry at log ``index``
+            (``Member.report_removed``); see :meth:`remove_peer`.
     """
 
     def __init__(
@@ -197,6 +209,7 @@ class TcpTransport:
         client_ssl: ssl.SSLContext | None = None,
         snapshot_source: Callable[[Message], SnapshotReader | None] | None = None,
         snapshot_sink: Callable[[Message], BinaryIO] | None = None,
+        on_removed: RemovedHandler | None = None,
     ) -> None:
         if not 0 < member_id < _U64:
             raise ValueError(f"member_id must be in 1..2**64-1, got {member_id}")
@@ -210,6 +223,7 @@ class TcpTransport:
         self._on_message = on_message
         self._on_unreachable = on_unreachable
         self._on_snapshot_status = on_snapshot_status
+        self._on_removed = on_removed
         self._rng = rng if rng is not None else random.Random()
         self._server_ssl = server_ssl
         self._client_ssl = client_ssl
@@ -222,6 +236,7 @@ class TcpTransport:
         self._acceptor: TlsAcceptor | None = None
         self._address: tuple[str, int] | None = None
         self._peers: dict[int, _Peer] = {}
+        self._removed: dict[int, int] = {}  # removed member id -> log index of its removal
         self._conns: set[FramedProtocol] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._dirty: dict[int, _Peer] = {}
@@ -280,13 +295,18 @@ class TcpTransport:
                 if peer.link is not None:
                     peer.link.abort()
             return
+        self._removed.pop(member_id, None)
         peer = _Peer(member_id, address)
         self._peers[member_id] = peer
         if self._state is _State.RUNNING:
             self._start_dialer(peer)
 
-    def remove_peer(self, member_id: int) -> None:
+    def remove_peer(self, member_id: int, *, removed_at: int = 0) -> None:
         """Forget ``member_id``: send what is queued for it, then close its links.
+
+        With ``removed_at`` (the log index of its removal), its later handshakes are refused as
+        removed, telling it so: a member removed before the entry reached it would otherwise
+        campaign forever.
 
         The queue is flushed and the links closed gracefully (their buffered frames still go
         out) because a member is removed when its removal is applied, and the messages sent in
@@ -294,6 +314,8 @@ class TcpTransport:
         own removal: dropped, it might never learn it and never stop. A snapshot transfer in
         flight to it is cancelled and reported as failed.
         """
+        if removed_at:
+            self._removed[member_id] = removed_at
         peer = self._peers.get(member_id)
         if peer is None:
             return
@@ -559,7 +581,7 @@ class TcpTransport:
             raise
         if not ok:
             link.abort()
-            raise PeerRefused(reason)
+            raise PeerRefused(reason, link.removed_at)
         return link
 
     async def _dial_loop(self, peer: _Peer) -> None:
@@ -581,6 +603,8 @@ class TcpTransport:
                 peer.failures += 1
                 peer.stats.dial_failures += 1
                 self._log_dial_failure(peer, exc)
+                if isinstance(exc, PeerRefused) and exc.removed_at:
+                    self._report_removed(peer.id, exc.removed_at)
                 continue
             except Exception:
                 peer.failures += 1
@@ -728,16 +752,24 @@ class TcpTransport:
 
     # -- receiving --
 
-    def _check_hello(self, kind: int, cluster: int, sender: int, receiver: int) -> str | None:
-        """Why a handshake is refused, or None to accept it."""
+    def _check_hello(
+        self, kind: int, cluster: int, sender: int, receiver: int
+    ) -> tuple[str, int] | None:
+        """Why a handshake is refused and the sender's removal index (or 0); None to accept."""
         if cluster != self.cluster_id:
-            return f"peer {sender:x} belongs to cluster {cluster:#x} (we are {self.cluster_id:#x})"
+            why = f"peer {sender:x} belongs to cluster {cluster:#x} (we are {self.cluster_id:#x})"
+            return why, 0
         if receiver != self.member_id:
-            return f"addressed to member {receiver:x} but this is member {self.member_id:x}"
+            return f"addressed to member {receiver:x} but this is member {self.member_id:x}", 0
         if sender not in self._peers:
-            return f"unknown member id {sender:x} (not a peer of member {self.member_id:x})"
+            removed_at = self._removed.get(sender, 0)
+            if removed_at:
+                return f"member {sender:x} was removed from the cluster (index {removed_at})", (
+                    removed_at
+                )
+            return f"unknown member id {sender:x} (not a peer of member {self.member_id:x})", 0
         if kind not in (KIND_STREAM, KIND_SNAPSHOT):
-            return f"unknown connection kind {kind}"
+            return f"unknown connection kind {kind}", 0
         return None
 
     def _accepting(self) -> bool:
@@ -790,6 +822,14 @@ class TcpTransport:
             self._on_unreachable(peer_id)
         except Exception:
             logger.exception("member %x: on_unreachable(%d) failed", self.member_id, peer_id)
+
+    def _report_removed(self, peer_id: int, index: int) -> None:
+        if self._on_removed is None or self._state is not _State.RUNNING:
+            return
+        try:
+            self._on_removed(peer_id, index)
+        except Exception:
+            logger.exception("member %x: on_removed(%d) failed", self.member_id, peer_id)
 
     def _report_snapshot(self, peer_id: int, *, ok: bool) -> None:
         try:

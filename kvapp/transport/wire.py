@@ -19,6 +19,8 @@ frame kind                direction   payload
 ========================  ==========  ======================================================
 ``ACCEPT``                listener    empty: the handshake was accepted
 ``REFUSE``                listener    UTF-8 reason; the listener then closes
+``REMOVED``               listener    removal log index u64, UTF-8 reason: a refusal because
+                                      the dialer was removed from the cluster at that index
 ``MESSAGES``              dialer      :func:`raftlib.codec.encode_messages` of a batch
 ``SNAP_HEADER``           dialer      :func:`raftlib.codec.encode_message` of the SNAP message
                                       with empty ``snapshot.data``
@@ -82,12 +84,16 @@ FRAME_HEADER = struct.Struct(">IB")
 SNAP_END = struct.Struct(">QQ")
 """A ``SNAP_END`` payload: total data bytes, chunk count."""
 
+REMOVED_AT = struct.Struct(">Q")
+"""The head of a ``REMOVED`` payload: the log index of the removal (the reason text follows)."""
+
 
 class FrameKind(enum.IntEnum):
     """The kind byte of a frame."""
 
     ACCEPT = 0x01
     REFUSE = 0x02
+    REMOVED = 0x03  # a refusal: the dialer was removed from the cluster
     MESSAGES = 0x10
     SNAP_HEADER = 0x20
     SNAP_CHUNK = 0x21

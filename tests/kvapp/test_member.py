@@ -38,11 +38,16 @@ def aio(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
 
 
 class Hub:
-    """An in-memory peer network: member id -> member; a cut member neither sends nor hears."""
+    """An in-memory peer network: member id -> member; a cut member neither sends nor hears.
+
+    A member that removed another refuses its messages and tells it it was removed (as
+    kvapp.transport does).
+    """
 
     def __init__(self) -> None:
         self.members: dict[int, Member] = {}
         self.cut: set[int] = set()
+        self.removed: dict[tuple[int, int], int] = {}  # (remover, removed) -> removal index
 
     def links(self, me: int) -> Links:
         return Links(self, me)
@@ -60,14 +65,20 @@ class Links:
             if self.me in self.hub.cut or m.to in self.hub.cut:
                 continue
             dest = self.hub.members.get(m.to)
-            if dest is not None:
+            removed_at = self.hub.removed.get((m.to, self.me))
+            if removed_at:
+                loop.call_soon(self.hub.members[self.me].report_removed, m.to, removed_at)
+            elif dest is not None:
                 loop.call_soon(dest.receive, m)
 
     def add_peer(self, member_id: int, address: tuple[str, int]) -> None:
         self.peers.add(member_id)
+        self.hub.removed.pop((self.me, member_id), None)
 
-    def remove_peer(self, member_id: int) -> None:
+    def remove_peer(self, member_id: int, *, removed_at: int = 0) -> None:
         self.peers.discard(member_id)
+        if removed_at:
+            self.hub.removed[(self.me, member_id)] = removed_at
 
 
 class Clock:
@@ -242,6 +253,16 @@ async def test_a_learner_joins_catches_up_and_is_promoted() -> None:
         await stop_all(members)
 
 
+async def wait_removed(member: Member) -> None:
+    for _ in range(500):
+        if member.removed:
+            return
+        await asyncio.sleep(TICK)
+    raise AssertionError(
+        f"{member.config.name} never learned it was removed: {member.node.status()}"
+    )
+
+
 @aio
 async def test_removing_a_member_under_writes() -> None:
     _, members, _ = await start_cluster()
@@ -252,6 +273,55 @@ async def test_removing_a_member_under_writes() -> None:
         for i in range(5):
             await survivors[i % 2].write(PutRequest(b"after%d" % i, b"v"))
         assert all(victim.id not in {i.id for i in m.member_list()} for m in survivors)
-        assert victim.removed or victim.id not in {i.id for i in victim.member_list()}
+        await wait_removed(victim)
+    finally:
+        await stop_all(members)
+
+
+@aio
+async def test_a_member_removed_while_cut_off_learns_it_from_the_others() -> None:
+    # The others commit its removal without it, so the entry never reaches it: only their
+    # refusal can tell it (etcd's peers answer such a member "removed" too).
+    hub, members, _ = await start_cluster()
+    try:
+        victim = next(m for m in members if not m.node.is_leader)
+        survivors = [m for m in members if m is not victim]
+        hub.cut.add(victim.id)
+        await leader_of(survivors).member_remove(victim.id)
+        await survivors[0].write(PutRequest(b"after", b"v"))
+        assert not victim.removed
+        hub.cut.discard(victim.id)
+        await wait_removed(victim)
+        assert victim.id in {i.id for i in victim.member_list()}  # it never applied its removal
+    finally:
+        await stop_all(members)
+
+
+@aio
+async def test_a_removal_notice_is_ignored_by_a_member_that_has_a_leader_or_applied_past_it() -> (
+    None
+):
+    # A member re-added under its old id (same peer URLs) may hear "removed" from a member that
+    # has not applied the re-addition yet; while a leader replicates to it, or once it has applied
+    # past the removal, its own state is the better witness.
+    _, members, _ = await start_cluster()
+    try:
+        follower = next(m for m in members if not m.node.is_leader)
+        assert follower.node.leader_id != 0
+        follower.report_removed(leader_of(members).id, follower.node.applied + 100)
+        assert not follower.removed
+        lone = members[0]
+        for m in members[1:]:
+            await m.stop(transfer=False)
+        for _ in range(500):
+            if lone.node.leader_id == 0:
+                break
+            await asyncio.sleep(TICK)
+        else:
+            raise AssertionError("the lone member kept a leader")
+        lone.report_removed(members[1].id, lone.node.applied)
+        assert not lone.removed
+        lone.report_removed(members[1].id, lone.node.applied + 1)
+        assert lone.removed
     finally:
         await stop_all(members)

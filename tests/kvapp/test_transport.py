@@ -103,6 +103,7 @@ class Member:
         self.received: list[Message] = []
         self.unreachable: list[int] = []
         self.snap_status: list[tuple[int, bool]] = []
+        self.told_removed: list[tuple[int, int]] = []
         self.got_message = asyncio.Event()
         self.got_status = asyncio.Event()
         kwargs.setdefault("listen", ("127.0.0.1", 0))
@@ -114,6 +115,7 @@ class Member:
             on_message=self._on_message,
             on_unreachable=self.unreachable.append,
             on_snapshot_status=self._on_status,
+            on_removed=lambda peer, index: self.told_removed.append((peer, index)),
             **kwargs,
         )
 
@@ -954,6 +956,22 @@ async def test_remove_peer_closes_its_links_and_refuses_it() -> None:
 
 
 @run()
+async def test_a_removed_member_is_told_so_when_it_dials() -> None:
+    async with cluster(1, 2, 3) as ms:
+        a, b, c = ms[1], ms[2], ms[3]
+        a.t.remove_peer(2, removed_at=7)
+        await eventually(lambda: b.told_removed == [(1, 7)], "b told by a it was removed at 7")
+        c.t.remove_peer(2)  # no removal index: an unknown member, not a removed one
+        await eventually(lambda: b.t.stats(3).dial_failures >= 1, "b is refused by c")
+        await eventually(lambda: b.t.stats(1).dial_failures >= 2, "b dialed a again")
+        assert set(b.told_removed) == {(1, 7)}
+        a.t.add_peer(2, b.t.address)  # added again: a accepts it
+        await eventually(lambda: b.t.is_connected(1), "b linked to a again")
+        assert a.unreachable == []
+        assert a.received == []
+
+
+@run()
 async def test_remove_peer_still_sends_what_was_queued_for_it_first() -> None:
     # A removal is applied in the same loop turn as the messages carrying its commit: those
     # must still reach the removed member, or it may never learn it was removed.
@@ -975,11 +993,13 @@ class LocalMember:
         self.received: list[Message] = []
         self.unreachable: list[int] = []
         self.snap_status: list[tuple[int, bool]] = []
+        self.told_removed: list[tuple[int, int]] = []
         self.ep = hub.join(
             member_id,
             on_message=self.received.append,
             on_unreachable=self.unreachable.append,
             on_snapshot_status=lambda p, ok: self.snap_status.append((p, ok)),
+            on_removed=lambda p, i: self.told_removed.append((p, i)),
         )
 
 
@@ -1003,6 +1023,25 @@ async def test_local_network_delivers_in_order_with_delay() -> None:
             hub.delay = 0.0  # later messages must still not overtake earlier ones
     await eventually(lambda: len(ms[2].received) == 10, "10 delivered")
     assert [m.index for m in ms[2].received] == list(range(10))
+    for m in ms.values():
+        await m.ep.stop()
+
+
+@run()
+async def test_local_network_tells_a_removed_member_instead_of_delivering() -> None:
+    hub = LocalNetwork()
+    ms = await local_cluster(hub, 1, 2, 3)
+    ms[1].ep.remove_peer(2, removed_at=9)
+    ms[3].ep.remove_peer(2)
+    ms[2].ep.send([app(2, 1, 0), app(2, 3, 0)])
+    assert ms[2].unreachable == [1, 3]
+    await eventually(lambda: ms[2].told_removed == [(1, 9)], "2 told by 1 it was removed at 9")
+    assert ms[1].received == []
+    assert ms[3].received == []
+    ms[1].ep.add_peer(2, ("local", 2))
+    ms[2].ep.send([app(2, 1, 1)])
+    await eventually(lambda: len(ms[1].received) == 1, "added again: delivered")
+    assert ms[2].told_removed == [(1, 9)]
     for m in ms.values():
         await m.ep.stop()
 
