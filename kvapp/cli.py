@@ -174,7 +174,12 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--initial-cluster-state", choices=("new", "existing"), default="new")
     p.add_argument("--initial-cluster-token", default="kvapp-cluster")
-    p.add_argument("--snapshot-count", type=int, default=10_000)
+    p.add_argument(
+        "--snapshot-count",
+        type=int,
+        default=100_000,
+        help="applied requests (or key versions written) between snapshots and log compaction",
+    )
     p.add_argument("--heartbeat-interval", type=int, default=100, help="milliseconds")
     p.add_argument("--election-timeout", type=int, default=1000, help="milliseconds")
     p.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES)

@@ -228,7 +228,9 @@ class MemberConfig:
         tick_interval: seconds per Raft tick.
         election_tick: ticks without a leader before an election.
         heartbeat_tick: ticks between heartbeats.
-        snapshot_count: take a snapshot and compact the log every this many applied entries.
+        snapshot_count: take a snapshot and compact the log every this many applied requests
+            (etcd's "committed transactions"; one entry may carry many batched requests), key
+            versions written (a txn counts each key it changes) or entries, whichever first.
         keep_entries: log entries kept behind a snapshot for slow followers.
         request_timeout: seconds a request may wait for its commit or read barrier.
         lease_tick: seconds between the leader's lease expiry and checkpoint checks.
@@ -259,7 +261,7 @@ class MemberConfig:
     tick_interval: float = 0.1
     election_tick: int = 10
     heartbeat_tick: int = 1
-    snapshot_count: int = 10_000
+    snapshot_count: int = 100_000
     keep_entries: int = 5_000
     request_timeout: float = 5.0
     lease_tick: float = 0.5
@@ -332,6 +334,8 @@ class Member:
         self._refused_updates: collections.OrderedDict[bytes, EtcdError] = collections.OrderedDict()
         self.removed = False
         self._stopping = False
+        self._unsnapshotted = 0  # requests applied since the last snapshot
+        self._log_mark = 0  # the store's change-log size at the last snapshot
         hard, conf = storage.initial_state()
         self._start_commit = hard.commit
         self._caught_up = asyncio.Event()
@@ -962,7 +966,9 @@ class Member:
         if isinstance(entry, kvreq.RequestBatch):
             result = self.applier.apply_batch(entry.requests, c.index)
             checkpoint = any(isinstance(r.body, LeaseCheckpointRequest) for r in entry.requests)
+            self._unsnapshotted += len(entry.requests)
         else:
+            self._unsnapshotted += 1
             try:
                 result = self.applier.apply(entry, c.index)
             except EtcdError as e:
@@ -974,6 +980,14 @@ class Member:
                 self._results.popitem(last=False)
         if checkpoint and self._renewals:
             self._check_renewals()
+        count = self.config.snapshot_count
+        logged = self.kv.store.log_size
+        self._log_mark = min(self._log_mark, logged)  # a compaction shrank the log
+        if self._unsnapshotted >= count or logged - self._log_mark >= count:
+            # etcd counts requests, not entries, and a snapshot here encodes every key version
+            # written since the last: a state grown by batched entries or by large txns must
+            # not leave its snapshot, seconds of encoding, to whoever writes next.
+            self.node.request_snapshot()
 
     def _check_renewals(self) -> None:
         still: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -1078,6 +1092,8 @@ class Member:
         The bytes produced are the Raft snapshot's data, which raftlib's storage keeps; the
         KvState keeps a reference to them so the next snapshot copies their unchanged part.
         """
+        self._unsnapshotted = 0
+        self._log_mark = self.kv.store.log_size
         members = [_member_to_list(m) for m in self.member_list()]
         image = self.applier.snapshot_image()
         kv = self.kv
@@ -1094,9 +1110,11 @@ class Member:
         return encode
 
     def _restore(self, data: bytes) -> None:
+        self._unsnapshotted = 0
         parsed, state = _read_member_snapshot(data)
         with state:
             self.applier.restore(state)
+        self._log_mark = self.kv.store.log_size
         table = {m.id: m for m in parsed}
         for gone in set(self._members) - set(table):
             if gone != self.id:

@@ -734,6 +734,18 @@ class Node:
         """Tell Raft the last message to ``node_id`` could not be delivered (leader backs off)."""
         self._input(lambda: self._raw.report_unreachable(node_id))
 
+    def request_snapshot(self) -> None:
+        """Take a snapshot (and compact the log) as if ``snapshot_every`` entries had passed.
+
+        For an application whose entries differ widely in what they carry, e.g. one that
+        batches many commands per entry: it counts its own measure and asks. Called from
+        ``apply``, the snapshot is taken once the Ready being applied is done; otherwise after
+        the next Ready. Ignored without a ``snapshot`` callback; a snapshot already being
+        written is finished first.
+        """
+        if self._snapshot_fn is not None:
+            self._snapshot_due = True
+
     def report_snapshot(self, node_id: int, *, success: bool) -> None:
         """Tell Raft whether the snapshot sent to ``node_id`` was delivered."""
         self._input(lambda: self._raw.report_snapshot(node_id, success=success))

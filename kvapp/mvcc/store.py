@@ -197,6 +197,11 @@ class Store:
         return self._rev
 
     @property
+    def log_size(self) -> int:
+        """Records in the change log: every key version since the compacted revision."""
+        return len(self._log)
+
+    @property
     def compact_revision(self) -> int:
         """The revision of the last compaction, :data:`NEVER_COMPACTED` (-1) if none.
 

@@ -119,10 +119,10 @@ def make_member(
     return m
 
 
-async def start_cluster(n: int = 3) -> tuple[Hub, list[Member], Clock]:
+async def start_cluster(n: int = 3, **cfg: object) -> tuple[Hub, list[Member], Clock]:
     hub, clock = Hub(), Clock()
     initial = infos(n)
-    members = [make_member(hub, i, initial, clock) for i in initial]
+    members = [make_member(hub, i, initial, clock, **cfg) for i in initial]
     for m in members:
         await m.start()
     await asyncio.wait_for(members[0].node.wait_leader(timeout=5), 6)

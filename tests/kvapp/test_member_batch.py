@@ -46,6 +46,35 @@ async def gather_outcomes(*calls: Any) -> list[Any]:
     return list(await asyncio.gather(*calls, return_exceptions=True))
 
 
+async def snapshots_cover(members: list[Member], index: int, what: str) -> None:
+    def covered() -> bool:
+        return all(m._storage.snapshot().metadata.index >= index for m in members)
+
+    await eventually(covered, f"every member's snapshot of {what}")
+
+
+@aio
+async def test_a_snapshot_is_taken_every_snapshot_count_requests_however_batched() -> None:
+    # etcd counts requests ("committed transactions"); here 40 requests travel in 2 entries.
+    # A txn counts each key it writes: what a snapshot encodes grows by key versions.
+    _, members, _ = await start_cluster(snapshot_count=30)
+    try:
+        lead = leader_of(members)
+        for r in range(2):
+            await asyncio.gather(
+                *(lead.write(PutRequest(b"k%d-%d" % (r, i), b"v")) for i in range(20))
+            )
+        written = lead.node.applied  # the second batch's entry, or later
+        assert written < 30  # too few entries to call for a snapshot by themselves
+        await snapshots_cover(members, written, "the writes")
+        big = TxnRequest(success=[PutRequest(b"t%d" % i, b"v") for i in range(31)])
+        await lead.write(big)
+        written = lead.node.applied
+        await snapshots_cover(members, written, "one txn of 31 keys")
+    finally:
+        await stop_all(members)
+
+
 @aio
 async def test_writes_of_one_turn_become_one_entry_with_a_result_each() -> None:
     _, members, _ = await start_cluster()

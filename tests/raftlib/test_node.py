@@ -847,6 +847,36 @@ async def test_conf_change_adds_a_member_that_catches_up_from_a_snapshot() -> No
 
 
 @run()
+async def test_request_snapshot_takes_one_at_the_applied_index_after_the_ready() -> None:
+    c = Cluster(keep_entries=0)  # snapshot_every 0: none unless asked
+    ask_at = b"ask"
+
+    def apply_and_ask(cm: Committed) -> None:
+        c.sms[1].apply(cm)
+        if cm.data == ask_at:
+            asker.request_snapshot()
+
+    asker = c.start(1, apply=apply_and_ask)
+    c.start(2)
+    c.start(3)
+    try:
+        lead = await c.wait_leader()
+        for k in range(5):
+            await lead.propose(b"%d" % k, timeout=5)
+        asked = await lead.propose(ask_at, timeout=5)
+        await eventually(lambda: c.storages[1].snapshot().metadata.index > 0, "node 1's snapshot")
+        snap = c.storages[1].snapshot()
+        assert snap.metadata.index >= asked
+        assert cbor2.loads(snap.data)[1][asked] == ask_at
+        assert c.storages[1].first_index() == snap.metadata.index + 1  # compacted
+        assert c.storages[2].snapshot().metadata.index == 0
+        assert c.storages[3].snapshot().metadata.index == 0
+        Node(9, MemoryStorage(), send=c.send).request_snapshot()  # no snapshot callback: ignored
+    finally:
+        await c.stop_all()
+
+
+@run()
 async def test_restart_from_storage_rebuilds_the_state_machine_and_catches_up() -> None:
     c = Cluster(snapshot_every=4, keep_entries=2)
     await c.start_all()
