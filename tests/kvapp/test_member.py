@@ -287,7 +287,7 @@ async def test_a_member_removed_while_cut_off_learns_it_from_the_others() -> Non
         victim = next(m for m in members if not m.node.is_leader)
         survivors = [m for m in members if m is not victim]
         hub.cut.add(victim.id)
-        await leader_of(survivors).member_remove(victim.id)
+        await survivors[0].member_remove(victim.id)  # a follower forwards it
         await survivors[0].write(PutRequest(b"after", b"v"))
         assert not victim.removed
         hub.cut.discard(victim.id)
@@ -306,9 +306,15 @@ async def test_a_removal_notice_is_ignored_by_a_member_that_has_a_leader_or_appl
     # past the removal, its own state is the better witness.
     _, members, _ = await start_cluster()
     try:
+        await members[0].write(PutRequest(b"k", b"v"))
         follower = next(m for m in members if not m.node.is_leader)
-        assert follower.node.leader_id != 0
-        follower.report_removed(leader_of(members).id, follower.node.applied + 100)
+        for _ in range(500):  # a follower knows its leader once it has heard from it
+            if follower.node.leader_id != 0:
+                break
+            await asyncio.sleep(TICK)
+        else:
+            raise AssertionError(f"{follower.config.name} never heard of the leader")
+        follower.report_removed(follower.node.leader_id, follower.node.applied + 100)
         assert not follower.removed
         lone = members[0]
         for m in members[1:]:
