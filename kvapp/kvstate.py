@@ -79,6 +79,7 @@ from kvapp.mvcc.types import (
     ResponseOp,
     TxnRequest,
 )
+from kvapp.storage.crc import crc32_combine
 from kvapp.watch import DEFAULT_MAX_BUFFERED_EVENTS, SlowWatcherPolicy, WatchHub
 
 __all__ = [
@@ -239,7 +240,9 @@ class KvState:
             prefix=prefix,
         )
 
-    def keep_encoded(self, image: StateImage, data: bytes, span: StreamSpan) -> None:
+    def keep_encoded(
+        self, image: StateImage, data: bytes | EncodedSource, span: StreamSpan
+    ) -> None:
         """Let later snapshots reuse the part of ``data`` that ``image``'s stream wrote.
 
         ``data`` holds the stream :meth:`StateImage.write` wrote for ``image`` (of this state),
@@ -261,7 +264,7 @@ class KvState:
             store=weakref.ref(self.store),
         )
 
-    def move_encoded(self, data: bytes, source: EncodedSource) -> None:
+    def move_encoded(self, data: object, source: EncodedSource) -> None:
         """The bytes ``data`` given to :meth:`keep_encoded` are now also in ``source``: use it.
 
         ``source`` must hold exactly ``data`` (e.g. the file it was written to), so the kept
@@ -371,7 +374,8 @@ class StreamSpan:
 
     Bytes ``start`` to ``end`` of the stream (counted from its first byte) hold the ``base``
     chunks and full ``log`` chunks: ``base_count`` and ``log_count`` records, the last log
-    record being ``last``; ``crc`` is the history hash chain over them.
+    record being ``last``; ``crc`` is the history hash chain over them, and ``data_crc`` the
+    zlib CRC-32 of those bytes (so a copy of them need not read them to checksum its file).
     """
 
     start: int
@@ -380,6 +384,7 @@ class StreamSpan:
     log_count: int
     crc: int
     last: KeyValue | None
+    data_crc: int = 0
 
     def shifted(self, offset: int) -> StreamSpan:
         """The same span, for a stream that starts ``offset`` bytes into a larger buffer."""
@@ -427,6 +432,7 @@ class StateImage:
             }
         )
         start = sink.size
+        sink.crc = 0  # from here to the span's end
         prefix = self.prefix
         if prefix is None:
             base = len(self.base)
@@ -436,11 +442,7 @@ class StateImage:
         else:
             span = prefix.span
             base, crc, logged, last = span.base_count, span.crc, span.log_count, span.last
-            data = prefix.data
-            if isinstance(data, bytes):
-                sink.write(memoryview(data)[span.start : span.end])
-            else:
-                data.copy_range(span.start, span.end, sink.write)
+            sink.copy(prefix.data, span.start, span.end, span.data_crc)
         log = self.log
         full = len(log) - len(log) % _CHUNK
         for i in range(0, full, _CHUNK):
@@ -449,7 +451,7 @@ class StateImage:
             crc = extend_history_hash(crc, chunk)
             _offer_gil()
         span = StreamSpan(
-            start, sink.size, base, logged + full, crc, log[full - 1] if full else last
+            start, sink.size, base, logged + full, crc, log[full - 1] if full else last, sink.crc
         )
         if full < len(log):
             sink.put(["log", [_record(kv) for kv in log[full:]]])
@@ -467,13 +469,14 @@ class StateImage:
 
 
 class _Sink:
-    """Writes CBOR items to a file-like object, counting the bytes."""
+    """Writes CBOR items to a file-like object, counting the bytes and their CRC-32."""
 
-    __slots__ = ("_out", "size")
+    __slots__ = ("_out", "crc", "size")
 
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
         self.size = 0
+        self.crc = 0
 
     def put(self, item: object) -> None:
         self.write(cbor2.dumps(item))
@@ -481,6 +484,23 @@ class _Sink:
     def write(self, data: bytes | memoryview) -> None:
         self._out.write(data)
         self.size += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+
+    def copy(self, source: bytes | EncodedSource, start: int, end: int, crc: int) -> None:
+        """Append bytes ``start`` to ``end`` of earlier snapshot bytes, whose CRC-32 is ``crc``.
+
+        An output that takes ranges (a :class:`~kvapp.storage.snapparts.SnapshotParts`) gets a
+        reference to them, read by nobody: the file writer has the kernel copy them.
+        """
+        add_range = getattr(self._out, "add_range", None)
+        if add_range is not None:
+            add_range(source, start, end, crc)
+        elif isinstance(source, bytes):
+            self._out.write(memoryview(source)[start:end])
+        else:
+            source.copy_range(start, end, self._out.write)
+        self.size += end - start
+        self.crc = crc32_combine(self.crc, crc, end - start)
 
 
 def _offer_gil() -> None:

@@ -327,14 +327,19 @@ class TimedStorage:
             note(index)
 
     @property
-    def on_snapshot_kept(self) -> Callable[[bytes, FileSnapshotData], object] | None:
+    def on_snapshot_kept(self) -> Callable[[object, FileSnapshotData], object] | None:
         """The wrapped storage's ``on_snapshot_kept`` hook (a RaftStore's), or None."""
         return getattr(self._inner, "on_snapshot_kept", None)
 
     @on_snapshot_kept.setter
-    def on_snapshot_kept(self, hook: Callable[[bytes, FileSnapshotData], object] | None) -> None:
+    def on_snapshot_kept(self, hook: Callable[[object, FileSnapshotData], object] | None) -> None:
         if hasattr(self._inner, "on_snapshot_kept"):
             self._inner.on_snapshot_kept = hook
+
+    @property
+    def takes_snapshot_parts(self) -> bool:
+        """The wrapped storage's ``takes_snapshot_parts`` (a RaftStore's), or False."""
+        return bool(getattr(self._inner, "takes_snapshot_parts", False))
 
     def data_size(self) -> int | None:
         """The wrapped storage's ``data_size()`` (a RaftStore's), or None if it has none."""

@@ -41,7 +41,7 @@ import io
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Sequence
-from typing import IO, Protocol
+from typing import IO, Protocol, cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -100,6 +100,7 @@ from kvapp.service import (
 )
 from kvapp.snapfile import SnapshotHeader, SnapshotWriter
 from kvapp.storage.snapdata import FileSnapshotData, open_snapshot_data, snapshot_bytes
+from kvapp.storage.snapparts import SnapshotParts
 from kvapp.watch import WatchStream
 from raftlib import (
     Committed,
@@ -1097,9 +1098,18 @@ class Member:
         members = [_member_to_list(m) for m in self.member_list()]
         image = self.applier.snapshot_image()
         kv = self.kv
+        as_parts = bool(getattr(self._storage, "takes_snapshot_parts", False))
 
         def encode() -> bytes:
             head = cbor2.dumps([_SNAPSHOT_FORMAT, _SNAPSHOT_VERSION, members])
+            if as_parts:
+                # What the last snapshot already wrote is referenced, not copied: its file
+                # range goes into the new file by the kernel (kvapp.storage.snapparts).
+                parts = SnapshotParts()
+                parts.write(head)
+                span = image.write(cast("IO[bytes]", parts))
+                kv.keep_encoded(image.state, parts, span.shifted(len(head)))
+                return cast("bytes", parts)  # raftlib passes it on to the storage unread
             buf = io.BytesIO()
             buf.write(head)
             span = image.write(buf)

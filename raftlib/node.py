@@ -69,7 +69,7 @@ import random
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Generic, Protocol, TypeVar, cast, runtime_checkable
 
 import attrs
 
@@ -456,7 +456,9 @@ class Node:
             cheaply on the loop, called in a separate thread to produce the bytes while the
             loop goes on (it must not read the live state). The snapshot is then written in
             that thread too if the storage is a :class:`StagingStorage`; only recording it and
-            compacting the log wait for the Ready loop.
+            compacting the log wait for the Ready loop. That callable may return, instead of
+            bytes, any object the storage takes as a snapshot's data: raftlib never looks
+            inside (kvapp's storage takes the parts of a file to assemble).
         restore: replaces the state machine's state with a snapshot's bytes (at start, and when
             the leader sends a snapshot). Required if snapshots are used anywhere.
         snapshot_every: take a snapshot and compact the log every this many applied entries;
@@ -1423,7 +1425,10 @@ class Node:
         stage = storage.stage_snapshot if isinstance(storage, StagingStorage) else None
 
         def make() -> Snapshot:
-            snap = Snapshot(data=bytes(image()), metadata=md)
+            data: object = image()
+            if isinstance(data, bytearray | memoryview):
+                data = bytes(data)
+            snap = Snapshot(data=cast("bytes", data), metadata=md)
             if stage is not None:
                 stage(snap)
             return snap

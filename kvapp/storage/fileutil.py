@@ -19,11 +19,13 @@ import logging
 import os
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from kvapp.storage.errors import StoreLockedError
 
 __all__ = [
     "TMP_SUFFIX",
+    "CopiedPart",
     "DirLock",
     "FsyncError",
     "ensure_dir",
@@ -147,7 +149,21 @@ def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
-def write_file_atomic(path: Path, *parts: bytes | memoryview, fsync: bool = True) -> None:
+class CopiedPart(Protocol):
+    """A part of a file that copies itself (e.g. a range of another file, in the kernel)."""
+
+    def __len__(self) -> int:
+        """Its size in bytes."""
+        ...
+
+    def copy_to(self, fd: int, offset: int) -> None:
+        """Write it to ``fd`` at ``offset``."""
+        ...
+
+
+def write_file_atomic(
+    path: Path, *parts: bytes | memoryview | CopiedPart, fsync: bool = True
+) -> None:
     """Replace ``path`` with ``parts``, concatenated, atomically and durably.
 
     Writes ``<path>.tmp``, fdatasyncs it, renames it over ``path`` and fsyncs the directory, so
@@ -160,7 +176,10 @@ def write_file_atomic(path: Path, *parts: bytes | memoryview, fsync: bool = True
     try:
         offset = 0
         for part in parts:
-            write_all(fd, part, offset)
+            if isinstance(part, bytes | memoryview):
+                write_all(fd, part, offset)
+            else:
+                part.copy_to(fd, offset)
             offset += len(part)
         if fsync:
             fdatasync(fd)

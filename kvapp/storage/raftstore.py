@@ -58,6 +58,7 @@ from kvapp.storage.errors import (
 from kvapp.storage.fileutil import DirLock, FsyncError, ensure_dir, is_no_space
 from kvapp.storage.snap import Snapshotter, data_offset
 from kvapp.storage.snapdata import FileSnapshotData
+from kvapp.storage.snapparts import SnapshotParts
 from kvapp.storage.wal import (
     DEFAULT_SEGMENT_SIZE,
     BatchRecord,
@@ -349,7 +350,7 @@ class RaftStore:
         self._failure: OSError | None = None
         self._cut_deferred = False
         self._closed = False
-        self.on_snapshot_kept: Callable[[bytes, FileSnapshotData], object] | None = None
+        self.on_snapshot_kept: Callable[[object, FileSnapshotData], object] | None = None
         """Called with a snapshot's data and what replaced it in memory once its file is
         recorded (see :meth:`snapshot`), so that other holders of the bytes can let them go."""
         self._in_file = snapshot_in_file
@@ -592,6 +593,16 @@ class RaftStore:
         :mod:`kvapp.storage.snapdata`), not ``bytes``.
         """
         return self._snapshot
+
+    @property
+    def takes_snapshot_parts(self) -> bool:
+        """Whether a snapshot's data may be a :class:`~kvapp.storage.snapparts.SnapshotParts`.
+
+        True with ``snapshot_in_file``: the snapshot file is then assembled from the parts
+        (ranges of earlier snapshot files copied by the kernel), and the data kept in memory is
+        a :class:`~kvapp.storage.snapdata.FileSnapshotData` of it, as for any snapshot.
+        """
+        return self._in_file
 
     # -- write side --
 
@@ -957,8 +968,12 @@ class RaftStore:
         Falls back to holding the bytes if the file cannot be opened (it is then read back
         whole on the next open anyway).
         """
-        data = snap.data
-        if not self._in_file or snap.is_empty() or type(data) is not bytes:
+        data: object = snap.data  # bytes, or what a parts-taking store was given
+        if snap.is_empty() or not isinstance(data, bytes | SnapshotParts):
+            return snap
+        if not self._in_file:
+            if isinstance(data, SnapshotParts):  # only given when takes_snapshot_parts
+                return attrs.evolve(snap, data=data.to_bytes())
             return snap
         md = snap.metadata
         path = self._snapshotter.path_for(md.term, md.index)
@@ -966,6 +981,8 @@ class RaftStore:
             kept = FileSnapshotData(path, data_offset(len(data)), len(data))
         except OSError as exc:
             logger.warning("%s: snapshot data kept in memory: cannot open %s: %s", self, path, exc)
+            if isinstance(data, SnapshotParts):
+                return attrs.evolve(snap, data=data.to_bytes())
             return snap
         if self.on_snapshot_kept is not None:
             self.on_snapshot_kept(data, kept)
@@ -1202,5 +1219,8 @@ def _checked_snapshot(snapshot: Snapshot) -> Snapshot:
             _check_uint(node_id, f"snapshot conf_state.{field} id")
     if type(cs.auto_leave) is not bool:
         raise InvalidWriteError(f"snapshot conf_state.auto_leave must be a bool: {cs.auto_leave!r}")
+    given: object = snapshot.data
+    if isinstance(given, SnapshotParts):
+        return snapshot
     data = _checked_data(snapshot.data, "snapshot data")
     return snapshot if data is snapshot.data else attrs.evolve(snapshot, data=data)

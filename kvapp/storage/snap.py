@@ -23,12 +23,21 @@ import logging
 import struct
 import zlib
 from pathlib import Path
+from typing import cast
 
 import attrs
 import cbor2
 
+from kvapp.storage.crc import crc32_combine
 from kvapp.storage.errors import SnapshotCorruptError
-from kvapp.storage.fileutil import ensure_dir, fsync_dir, remove_tmp_files, write_file_atomic
+from kvapp.storage.fileutil import (
+    CopiedPart,
+    ensure_dir,
+    fsync_dir,
+    remove_tmp_files,
+    write_file_atomic,
+)
+from kvapp.storage.snapparts import SnapshotParts
 from raftlib.codec import snapshot_from_array, snapshot_to_array
 from raftlib.types import Snapshot
 
@@ -82,25 +91,34 @@ def _parse_name(path: Path) -> SnapshotFile | None:
 
 
 def encode_snapshot_file(snapshot: Snapshot) -> bytes:
-    """The file content for ``snapshot`` (see the module docstring)."""
-    return b"".join(_file_parts(snapshot))
+    """The file content for ``snapshot`` (see the module docstring); its data must be bytes."""
+    parts = _file_parts(snapshot)
+    if not all(isinstance(p, bytes | memoryview) for p in parts):
+        raise TypeError("snapshot data with ranges of other files: write it with a Snapshotter")
+    return b"".join(cast("tuple[bytes, ...]", parts))
 
 
-def _file_parts(snapshot: Snapshot) -> tuple[bytes, ...]:
+def _file_parts(snapshot: Snapshot) -> tuple[bytes | memoryview | CopiedPart, ...]:
     """:func:`encode_snapshot_file`'s content in pieces, the snapshot's data not copied.
 
     The payload is the CBOR array of :func:`raftlib.codec.snapshot_to_array`, with the data's
     byte string written as cbor2 writes it (the shortest length head), so that the (possibly
-    large) data is neither copied into an encoder's buffer nor joined with the rest.
+    large) data is neither copied into an encoder's buffer nor joined with the rest. Data given
+    as :class:`~kvapp.storage.snapparts.SnapshotParts` is passed on as its pieces (ranges of
+    other files are copied by the kernel), and its recorded CRC is combined, not recomputed.
     """
-    data = bytes(snapshot.data)  # the same object if it is bytes
+    raw: object = snapshot.data
     meta = cbor2.dumps(snapshot_to_array(snapshot)[1])
-    opening = b"\x82" + _byte_string_head(len(data))
-    head = _MAGIC + _LEN.pack(len(opening) + len(data) + len(meta))
-    crc = zlib.crc32(head)
-    for part in (opening, data, meta):
-        crc = zlib.crc32(part, crc)
-    return head, opening, data, meta, _CRC.pack(crc)
+    if isinstance(raw, SnapshotParts):
+        size, data_crc, pieces = raw.size, raw.crc, tuple(raw.pieces)
+    else:
+        data = bytes(cast("bytes", raw))  # the same object if it is bytes
+        size, data_crc, pieces = len(data), zlib.crc32(data), (data,)
+    opening = b"\x82" + _byte_string_head(size)
+    head = _MAGIC + _LEN.pack(len(opening) + size + len(meta))
+    crc = crc32_combine(zlib.crc32(opening, zlib.crc32(head)), data_crc, size)
+    crc = zlib.crc32(meta, crc)
+    return head, opening, *pieces, meta, _CRC.pack(crc)
 
 
 def data_offset(size: int) -> int:

@@ -55,6 +55,11 @@ class FileSnapshotData:
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def fd(self) -> int:
+        """The open descriptor of the file (owned by this object: do not close it)."""
+        return self._fd
+
     def __repr__(self) -> str:
         return f"FileSnapshotData({self.path.name!r}, offset={self.offset}, size={self.size})"
 

@@ -135,7 +135,7 @@ def test_a_timed_raftstore_still_stages_snapshots(tmp_path: Path) -> None:
 def test_a_timed_raftstore_passes_its_hooks_on(tmp_path: Path) -> None:
     from kvapp.storage import RaftStore
 
-    def hook(data: bytes, kept: object) -> None:
+    def hook(data: object, kept: object) -> None:
         pass
 
     hist = MemberMetrics.fsync_histogram()

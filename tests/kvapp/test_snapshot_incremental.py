@@ -17,9 +17,10 @@ import io
 import random
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import cbor2
 import pytest
@@ -53,6 +54,7 @@ from kvapp.service import MemberInfo
 from kvapp.snapfile import load_state, read_info
 from kvapp.storage import RaftStore
 from kvapp.storage.snapdata import FileSnapshotData
+from kvapp.storage.snapparts import SnapshotParts
 from raftlib import ConfState, HardState, MemoryStorage, Snapshot, SnapshotMetadata
 from tests.kvapp.test_kvstate import new_state, reads
 from tests.kvapp.test_member import (
@@ -115,11 +117,24 @@ def items(stream: bytes) -> list[Any]:
     return out
 
 
-class Taker:
-    """Takes snapshots of a state as the member does, checking each against a full encoding."""
+def encode_parts(image: StateImage) -> tuple[SnapshotParts, StreamSpan]:
+    """As :func:`encode`, into :class:`SnapshotParts` (a member on a RaftStore does this)."""
+    parts = SnapshotParts()
+    parts.write(HEAD)
+    span = image.write(cast("IO[bytes]", parts))
+    return parts, span.shifted(len(HEAD))
 
-    def __init__(self, s: KvState) -> None:
+
+class Taker:
+    """Takes snapshots of a state as the member does, checking each against a full encoding.
+
+    With ``parts``, it encodes into :class:`SnapshotParts` and keeps those, as a member on a
+    RaftStore does, so prefixes are taken by reference from earlier parts.
+    """
+
+    def __init__(self, s: KvState, *, parts: bool = False) -> None:
         self.s = s
+        self.parts = parts
         self.pending: list[tuple[StateImage, StateImage, int]] = []
         self.taken: list[bytes] = []  # streams, without HEAD
         self.reused = 0
@@ -131,14 +146,22 @@ class Taker:
     def write(self, which: int = 0) -> bytes:
         """Encode a captured image (maybe after more was applied), check it, keep it."""
         image, reference, state_hash = self.pending.pop(which % len(self.pending))
-        data, span = encode(image)
+        kept: bytes | SnapshotParts
+        if self.parts:
+            kept, span = encode_parts(image)
+            data = kept.to_bytes()
+            assert kept.crc == zlib.crc32(data)
+        else:
+            data, span = encode(image)
+            kept = data
         expected, expected_span = encode(reference)
         assert data == expected, "the incremental encoding differs from the full one"
         assert span == expected_span
+        assert span.data_crc == zlib.crc32(data[span.start : span.end])
         stream = data[len(HEAD) :]
         assert items(stream)[-1]["hash"] == state_hash
         self.reused += image.prefix is not None
-        self.s.keep_encoded(image, data, span)
+        self.s.keep_encoded(image, kept, span)
         self.taken.append(stream)
         return stream
 
@@ -423,6 +446,28 @@ def test_random_histories_snapshot_as_a_full_encoding_would(
         t = Taker(s)
         for step in history:
             run_step(t, step)
+        while t.pending:
+            t.write()
+        check_restores(t.take(), s)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 4), st.lists(steps, min_size=20, max_size=150), st.integers(0, 2**32))
+def test_random_histories_snapshot_into_parts_as_a_full_encoding_would(
+    chunk: int, history: list[tuple[str, Any]], seed: int
+) -> None:
+    # Prefixes taken by reference from earlier parts, some moved to their files meanwhile, so
+    # that parts hold ranges of files and later parts ranges of those.
+    rng = random.Random(seed)
+    with chunk_size(chunk), tempfile.TemporaryDirectory(prefix="kvapp-test-") as tmp:
+        s = new_state()
+        t = Taker(s, parts=True)
+        for step in history:
+            run_step(t, step)
+            prefix = s.snapshot_image().prefix
+            if prefix is not None and isinstance(prefix.data, SnapshotParts) and rng.random() < 0.3:
+                data = prefix.data.to_bytes()
+                s.move_encoded(prefix.data, in_file(Path(tmp), data))
         while t.pending:
             t.write()
         check_restores(t.take(), s)

@@ -95,7 +95,7 @@ def test_by_default_the_store_holds_the_bytes(tmp_path: Path) -> None:
 def test_the_store_holds_the_data_in_its_file_from_every_way_a_snapshot_arrives(
     tmp_path: Path,
 ) -> None:
-    kept: list[tuple[bytes, FileSnapshotData]] = []
+    kept: list[tuple[object, FileSnapshotData]] = []
     with open_in_file(tmp_path) as store:
         store.on_snapshot_kept = lambda data, source: kept.append((data, source))
         store.save(HardState(1, 1, 0), [Entry(term=1, index=i) for i in range(1, 11)])
