@@ -67,6 +67,7 @@ BUSY_LOAD = 3.0
 """A 1-min load average above this during a run gets a warning in the docs (the run's own
 members and load generator account for about 2 on the 2-core machine)."""
 SCALE_TXN = 10
+SCALE_SECONDS = 30.0
 """Puts per txn loading the --scale keys: few enough that the in-memory Raft log behind the
 latest snapshot (up to 15,000 entries with kvapp's defaults) stays small next to the keys."""
 OP_NAMES = {"put": "puts", "get": "linearizable gets", "getser": "serializable gets"}
@@ -766,6 +767,10 @@ def scale(a: argparse.Namespace) -> None:
     """kvapp alone: puts/s at 1M keys vs at 10k, a 1M-key member's restart time, RSS per key."""
     big = a.scale_keys
     n = 64
+    if not a.quick:
+        # Long enough that each put window holds a snapshot (every 100,000 requests, kvapp's
+        # default) at either size: its cost, which grows with the state, is part of the rate.
+        a.seconds = max(a.seconds, SCALE_SECONDS)
     out: Rec = {}
     t_start = time.time()
     loads = [machine()["loadavg1"]]
@@ -868,7 +873,8 @@ def scale(a: argparse.Namespace) -> None:
         f"3 `kvapp serve` members, fsync on, {a.value}-byte values. Loaded {big:,} keys "
         f"(`key%08d`, each written once, in txns of {SCALE_TXN} puts, 64 in flight) in "
         f"{out['load_s']:.0f} s; then puts at {n} in flight over the {big:,} keys for "
-        f"{a.seconds:g} s, against fresh 10k-key clusters measured the same way just before "
+        f"{a.seconds:g} s (long enough to hold a snapshot at either size), against fresh "
+        f"10k-key clusters measured the same way just before "
         f"and after. RSS per key: (member RSS after the load - its RSS when started empty) / "
         f"keys, from /proc/<pid>/status. Restart: a follower stopped with SIGTERM after the "
         f"put phase, timed from its new process's start until a serializable read on it "
