@@ -50,8 +50,8 @@ import struct
 import time
 import weakref
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Protocol, TypeAlias
+from collections.abc import Callable, Iterable
+from typing import IO, Protocol, TypeAlias, cast
 
 import attrs
 import cbor2
@@ -553,18 +553,32 @@ def _bytes(value: object, what: str) -> bytes:
     return value
 
 
-def _kv(record: object) -> KeyValue:
-    if type(record) is not list or len(record) != 6:
-        raise _fail("malformed key-value record")
-    key, create, mod, version, value, lease = record
-    return KeyValue(
-        _bytes(key, "key"),
-        _int(create, "create_revision"),
-        _int(mod, "mod_revision"),
-        _int(version, "version"),
-        _bytes(value, "value"),
-        _int(lease, "lease"),
-    )
+def _kvs(records: list[object]) -> list[KeyValue]:
+    """A chunk's records as key-values, each revision one int object as in the live store.
+
+    Decoding gives every record its own two revision ints; a store that applied the writes
+    shares one per revision (a txn's keys, a key's create and mod revisions): 32-64 bytes a
+    key that a restarted member would otherwise carry for good.
+    """
+    revs: dict[int, int] = {}
+    out = []
+    for record in records:
+        if type(record) is not list or len(record) != 6:
+            raise _fail("malformed key-value record")
+        key, create, mod, version, value, lease = record
+        create = _int(create, "create_revision")
+        mod = _int(mod, "mod_revision")
+        out.append(
+            KeyValue(
+                _bytes(key, "key"),
+                revs.setdefault(create, create),
+                revs.setdefault(mod, mod),
+                _int(version, "version"),
+                _bytes(value, "value"),
+                _int(lease, "lease"),
+            )
+        )
+    return out
 
 
 def _lease(record: object) -> LeaseRecord:
@@ -598,7 +612,13 @@ def _read(dec: cbor2.CBORDecoder, max_txn_ops: int | None) -> tuple[Store, Lease
         if position < at:
             raise _fail(f"{item[0]!r} chunk out of order")
         at = position
-        sections[item[0]].extend(item[1])
+        if position < 2:
+            # Records become key-values chunk by chunk: the decoded lists go while the next
+            # chunk's reuse their memory, instead of all of them being freed at the end amid
+            # the state's own objects (which left a restarted member's heap mostly holes).
+            sections[item[0]].extend(_kvs(item[1]))
+        else:
+            sections[item[0]].extend(item[1])
         item = dec.decode()
     trailer = item
     if type(trailer) is not dict or set(trailer) != _TRAILER_KEYS or trailer["end"] is not True:
@@ -610,8 +630,8 @@ def _read(dec: cbor2.CBORDecoder, max_txn_ops: int | None) -> tuple[Store, Lease
     store = Store.from_snapshot(
         revision,
         compact,
-        _kvs(sections["base"]),
-        _kvs(sections["log"]),
+        cast("list[KeyValue]", sections["base"]),
+        cast("list[KeyValue]", sections["log"]),
         max_txn_ops=max_txn_ops,
     )
     leases = LeaseSnapshot(next_id, tuple(_lease(r) for r in sections["leases"]))
@@ -621,7 +641,3 @@ def _read(dec: cbor2.CBORDecoder, max_txn_ops: int | None) -> tuple[Store, Lease
     if _state_crc(store.hash_kv().hash, revision, written, leases) != trailer["hash"]:
         raise _fail("hash mismatch")
     return store, leases
-
-
-def _kvs(records: list[object]) -> Iterator[KeyValue]:
-    return (_kv(r) for r in records)

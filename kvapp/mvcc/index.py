@@ -60,17 +60,16 @@ class KeyIndex:
         self._touched: set[bytes] = set()
 
     @classmethod
-    def from_histories(cls, histories: dict[bytes, list[KeyValue]]) -> KeyIndex:
+    def from_histories(cls, histories: dict[bytes, KeyValue | list[KeyValue]]) -> KeyIndex:
         """Build an index from complete histories, taking ownership of ``histories``.
 
-        Each list must be non-empty and in revision order. Building at once sorts the keys a
-        single time, which is much faster than inserting them one by one.
+        A history is a key's one version, or a list of two or more in revision order. Building
+        at once sorts the keys a single time, much faster than inserting them one by one.
         """
         index = cls()
-        index._touched = {k for k, h in histories.items() if len(h) > 1 or h[-1].version == 0}
+        index._touched = {k for k, h in histories.items() if isinstance(h, list) or h.version == 0}
         keys = sorted(histories)
-        hists = [h if len(h) > 1 else h[0] for h in map(histories.__getitem__, keys)]
-        index._hist = SortedMap.from_sorted(keys, hists)
+        index._hist = SortedMap.from_sorted(keys, list(map(histories.__getitem__, keys)))
         return index
 
     def __len__(self) -> int:

@@ -520,20 +520,23 @@ class Store:
     ) -> Store:
         """Rebuild a detached store from what :meth:`snapshot_base` and friends produced.
 
+        A ``log`` given as a list becomes the store's change log (taken over, not copied).
+
         Raises:
             ValueError: the parts are inconsistent (revisions out of order or out of bounds,
                 a key twice in ``base``, a tombstone in ``base``, an empty key).
         """
         if revision < 1 or not NEVER_COMPACTED <= compact_revision <= revision:
             raise ValueError(f"bad revisions: current {revision}, compacted {compact_revision}")
-        histories: dict[bytes, list[KeyValue]] = {}
+        # A key's one version stands for itself (most keys have one): no list per key.
+        histories: dict[bytes, KeyValue | list[KeyValue]] = {}
         for kv in base:
             if not kv.key or kv.version <= 0 or kv.mod_revision > compact_revision:
                 raise ValueError(f"bad base entry {kv!r}")
             if kv.key in histories:
                 raise ValueError(f"key {kv.key!r} twice in the base")
-            histories[kv.key] = [kv]
-        entries = list(log)
+            histories[kv.key] = kv
+        entries = log if isinstance(log, list) else list(log)
         last = compact_revision
         for kv in entries:
             if not kv.key or kv.version < 0 or not last <= kv.mod_revision <= revision:
@@ -542,16 +545,18 @@ class Store:
             if kv.mod_revision > compact_revision:
                 hist = histories.get(kv.key)
                 if hist is None:
-                    histories[kv.key] = [kv]
-                else:
+                    histories[kv.key] = kv
+                elif isinstance(hist, list):
                     hist.append(kv)
+                else:
+                    histories[kv.key] = [hist, kv]
         store = cls(max_txn_ops=max_txn_ops)
         store._index = KeyIndex.from_histories(histories)
         store._log = entries
         store._rev = revision
         store._compact_rev = compact_revision
         for hist in histories.values():
-            kv = hist[-1]
+            kv = hist[-1] if isinstance(hist, list) else hist
             if kv.version and kv.lease:
                 store._lease_keys.setdefault(kv.lease, set()).add(kv.key)
         return store
