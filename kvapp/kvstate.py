@@ -40,6 +40,8 @@ The stream is byte for byte what a full encoding writes. A compaction (another c
 revision) or a restore makes the kept range useless; the next snapshot is encoded whole. Once
 the caller has written the bytes to a file and let them go, :meth:`KvState.move_encoded` points
 the kept range at the file (an :class:`EncodedSource`), so that the state is not held twice.
+An output that takes ranges (:class:`~kvapp.storage.snapparts.SnapshotParts`) gets a reference
+to the kept range and its CRC-32 instead of its bytes, so the file writer can copy it unread.
 """
 
 from __future__ import annotations
