@@ -78,7 +78,7 @@ def test_a_key_value_holds_only_its_fields() -> None:
     # A store holds one per version of every key: no __dict__, no weak-reference slot.
     kv = KeyValue(b"k", 1000, 1000, 1, b"v", 0)
     assert not hasattr(kv, "__dict__")
-    assert KeyValue.__slots__ == tuple(f.name for f in attrs.fields(KeyValue))
+    assert vars(KeyValue)["__slots__"] == tuple(f.name for f in attrs.fields(KeyValue))
 
 
 def test_new_store_is_at_revision_1_and_empty() -> None:
