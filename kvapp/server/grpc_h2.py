@@ -50,7 +50,7 @@ import ssl
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, cast
 from urllib.parse import quote
 
 import grpc
@@ -103,6 +103,43 @@ _NOT_METADATA: Final = frozenset(
 )
 
 
+class _Stream(h2.stream.H2Stream):
+    """h2's stream, for which a malformed request is an error of this stream only.
+
+    RFC 9113 (8.1.1) makes a malformed request (a bad header field, a body that does not match
+    its content-length) a stream error of type PROTOCOL_ERROR; h2 raises a ProtocolError that
+    closes the connection, with every call on it. Here the stream resets itself and raises
+    h2's own StreamClosedError for a stream closed by reset, which h2 turns into RST_STREAM
+    (crediting the connection's flow-control window for a dropped DATA frame). h2 4 internals.
+    """
+
+    malformed: list[tuple[int, str]] | None = None  # the connection's list, set on creation
+
+    def receive_headers(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().receive_headers(*args, **kwargs)
+        except h2.exceptions.StreamClosedError:
+            raise
+        except h2.exceptions.ProtocolError as e:
+            raise self._reset_malformed(e) from None
+
+    def receive_data(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().receive_data(*args, **kwargs)
+        except h2.exceptions.StreamClosedError:
+            raise
+        except h2.exceptions.ProtocolError as e:
+            raise self._reset_malformed(e) from None
+
+    def _reset_malformed(self, e: Exception) -> h2.exceptions.StreamClosedError:
+        self.state_machine.process_input(h2.stream.StreamInputs.SEND_RST_STREAM)
+        if self.malformed is not None:
+            self.malformed.append((self.stream_id, str(e)))
+        closed = h2.exceptions.StreamClosedError(self.stream_id)
+        closed.error_code = h2.errors.ErrorCodes.PROTOCOL_ERROR
+        return closed
+
+
 class _H2Server(h2.connection.H2Connection):
     """h2's connection, refusing one stream over the advertised limit instead of the connection.
 
@@ -111,7 +148,20 @@ class _H2Server(h2.connection.H2Connection):
     block and closes the connection, with every call on it. Here the block is decoded (HPACK's
     state must follow every block) and only that stream is reset. Relies on h2 4's internals
     (``_receive_headers_frame``, ``_closed_streams``); the test of it fails if they change.
+    Its streams are :class:`_Stream` s (``_begin_new_stream``), so that a malformed request
+    resets its own stream only.
     """
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config)
+        self.malformed: list[tuple[int, str]] = []
+        """Streams reset as malformed since the caller last emptied it: (stream id, reason)."""
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> h2.stream.H2Stream:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream.__class__ = _Stream
+        cast("_Stream", stream).malformed = self.malformed
+        return stream
 
     def _receive_headers_frame(self, frame: Any) -> Any:
         sid = frame.stream_id
@@ -465,6 +515,8 @@ class _Connection(asyncio.BufferedProtocol):
             return
         for ev in events:
             self.on_event(ev)
+        if self.h2.malformed:
+            self.drop_malformed()
         if self.oversized_frame_pending():
             log.info("gRPC connection from %s: a frame above the size limit, closing it", self.peer)
             with contextlib.suppress(h2.exceptions.H2Error):
@@ -472,6 +524,15 @@ class _Connection(asyncio.BufferedProtocol):
             self.close()
             return
         self.flush_soon()  # with the answers of this loop turn: one write, not two
+
+    def drop_malformed(self) -> None:
+        """Forget the calls of streams h2 reset as malformed (it sent their RST_STREAM)."""
+        for sid, reason in self.h2.malformed:
+            log.debug(  # the client hears it (RST_STREAM); a flood must not fill the log
+                "gRPC connection from %s: stream %d malformed, reset: %s", self.peer, sid, reason
+            )
+            self.on_event(h2.events.StreamReset(stream_id=sid))
+        self.h2.malformed.clear()
 
     def oversized_frame_pending(self) -> bool:
         """Whether the frame h2 is waiting to read whole declares a size above the limit.

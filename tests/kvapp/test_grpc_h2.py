@@ -21,7 +21,7 @@ import h2.errors
 import h2.events
 import pytest
 
-from kvapp.server.grpc_h2 import STREAM_BUFFER, GrpcH2Server
+from kvapp.server.grpc_h2 import _CONN_WINDOW, STREAM_BUFFER, GrpcH2Server
 from tests.kvapp.test_member import aio
 
 _MB = 1 << 20
@@ -500,4 +500,66 @@ async def test_a_stream_over_the_concurrent_limit_is_refused_alone(
     finally:
         writer.close()
     assert refused == [1 + 2 * i for i in range(limit, limit + 6)]
+    assert await unary(channel)(b"ok") == b"ko"
+
+
+@served
+async def test_a_malformed_request_resets_its_own_stream_and_the_connection_serves_on(
+    echo: Echo, server: GrpcH2Server, channel: grpc.aio.Channel
+) -> None:
+    # RFC 9113 8.1.1: a malformed request is a stream error. Stream 1 has a content-length that
+    # is no number; streams 3, 5, ... send more body than their content-length says, with
+    # enough DATA in all to exhaust the connection's window unless the dropped frames are
+    # credited; the last stream is a valid call on the same connection.
+    config = h2.config.H2Configuration(header_encoding="utf-8", validate_outbound_headers=False)
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(conn.data_to_send())
+    resets: dict[int, int] = {}
+    answers: dict[int, dict[str, str]] = {}
+    pinged = False
+
+    async def exchange(until: Callable[[], bool]) -> None:
+        nonlocal pinged
+        while not until():
+            data = await reader.read(65536)
+            assert data, f"connection closed; resets {sorted(resets)[-3:]}, answers {answers}"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.StreamReset):
+                    resets[ev.stream_id or 0] = ev.error_code or 0
+                if isinstance(ev, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    got = answers.setdefault(ev.stream_id or 0, {})
+                    got.update((str(k), str(v)) for k, v in ev.headers or ())
+                pinged = pinged or isinstance(ev, h2.events.PingAckReceived)
+            writer.write(conn.data_to_send())
+
+    def room_for(stream_id: int, size: int) -> Callable[[], bool]:
+        return lambda: conn.local_flow_control_window(stream_id) >= size
+
+    try:
+        async with asyncio.timeout(30):
+            conn.send_headers(1, [*_GRPC_HEADERS, ("content-length", "x")], end_stream=True)
+            sid, sent = 3, 0
+            body = b"\x00" * 16_000
+            while sent <= 2 * _CONN_WINDOW:
+                await exchange(lambda: conn.open_outbound_streams < 512)  # as resets arrive
+                conn.send_headers(sid, [*_GRPC_HEADERS, ("content-length", "5")])
+                writer.write(conn.data_to_send())
+                await exchange(room_for(sid, len(body)))
+                conn.send_data(sid, body, end_stream=True)
+                sent += len(body)
+                sid += 2
+            conn.send_headers(sid, _GRPC_HEADERS)
+            conn.send_data(sid, b"\x00\x00\x00\x00\x02ab", end_stream=True)
+            writer.write(conn.data_to_send())
+            await exchange(lambda: "grpc-status" in answers.get(sid, {}))
+            conn.ping(b"12345678")
+            writer.write(conn.data_to_send())
+            await exchange(lambda: pinged)
+    finally:
+        writer.close()
+    assert resets == dict.fromkeys(range(1, sid, 2), h2.errors.ErrorCodes.PROTOCOL_ERROR)
+    assert list(answers) == [sid]
+    assert (answers[sid].get(":status"), answers[sid].get("grpc-status")) == ("200", "0")
     assert await unary(channel)(b"ok") == b"ko"
