@@ -971,6 +971,39 @@ async def test_a_removed_member_is_told_so_when_it_dials() -> None:
         assert a.received == []
 
 
+@pytest.mark.parametrize(
+    ("reply", "told"),
+    [
+        (b"\x00\x00\x00\x03" + bytes([FrameKind.REMOVED]) + b"\x00\x07", []),  # cut short
+        (frame(FrameKind.REMOVED, (9).to_bytes(8, "big") + b"gone"), [(5, 9)]),
+    ],
+    ids=["short", "whole"],
+)
+def test_a_dialer_believes_only_a_whole_removed_frame(
+    reply: bytes, told: list[tuple[int, int]]
+) -> None:
+    @run()
+    async def main() -> None:
+        async def listener(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await r.readexactly(31)  # the handshake
+            w.write(reply)
+            await w.drain()
+            w.close()
+
+        server = await asyncio.start_server(listener, "127.0.0.1", 0)
+        m = Member(1)
+        try:
+            await m.t.start()
+            m.t.add_peer(5, server.sockets[0].getsockname()[:2])
+            await eventually(lambda: m.t.stats(5).dial_failures >= 2, "two refused dials")
+            assert set(m.told_removed) == set(told)
+        finally:
+            await m.t.stop()
+            server.close()
+
+    main()
+
+
 @run()
 async def test_remove_peer_still_sends_what_was_queued_for_it_first() -> None:
     # A removal is applied in the same loop turn as the messages carrying its commit: those
