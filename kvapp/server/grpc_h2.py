@@ -116,16 +116,14 @@ class _Stream(h2.stream.H2Stream):
     malformed: list[tuple[int, str]] | None = None  # the connection's list, set on creation
 
     def receive_headers(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().receive_headers(*args, **kwargs)
-        except h2.exceptions.StreamClosedError:
-            raise
-        except h2.exceptions.ProtocolError as e:
-            raise self._reset_malformed(e) from None
+        return self._malformed_resets(super().receive_headers, *args, **kwargs)
 
     def receive_data(self, *args: Any, **kwargs: Any) -> Any:
+        return self._malformed_resets(super().receive_data, *args, **kwargs)
+
+    def _malformed_resets(self, receive: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().receive_data(*args, **kwargs)
+            return receive(*args, **kwargs)
         except h2.exceptions.StreamClosedError:
             raise
         except h2.exceptions.ProtocolError as e:
