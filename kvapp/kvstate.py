@@ -81,7 +81,7 @@ from kvapp.mvcc.types import (
     ResponseOp,
     TxnRequest,
 )
-from kvapp.storage.crc import crc32_combine
+from kvapp.storage.crc import crc32_combine, crc32_suffix
 from kvapp.watch import DEFAULT_MAX_BUFFERED_EVENTS, SlowWatcherPolicy, WatchHub
 
 __all__ = [
@@ -433,8 +433,7 @@ class StateImage:
                 "next_lease_id": leases.next_id,
             }
         )
-        start = sink.size
-        sink.crc = 0  # from here to the span's end
+        start, crc_at_start = sink.size, sink.crc
         prefix = self.prefix
         if prefix is None:
             base = len(self.base)
@@ -453,7 +452,13 @@ class StateImage:
             crc = extend_history_hash(crc, chunk)
             _offer_gil()
         span = StreamSpan(
-            start, sink.size, base, logged + full, crc, log[full - 1] if full else last, sink.crc
+            start,
+            sink.size,
+            base,
+            logged + full,
+            crc,
+            log[full - 1] if full else last,
+            crc32_suffix(sink.crc, crc_at_start, sink.size - start),
         )
         if full < len(log):
             sink.put(["log", [_record(kv) for kv in log[full:]]])
@@ -471,14 +476,24 @@ class StateImage:
 
 
 class _Sink:
-    """Writes CBOR items to a file-like object, counting the bytes and their CRC-32."""
+    """Writes CBOR items to a file-like object, counting the bytes and their running CRC-32.
 
-    __slots__ = ("_out", "crc", "size")
+    An output that keeps a running CRC-32 of what it was given (``crc``, as
+    :class:`~kvapp.storage.snapparts.SnapshotParts` does) is not checksummed a second time.
+    """
+
+    __slots__ = ("_crc", "_out", "_outs_crc", "size")
 
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
         self.size = 0
-        self.crc = 0
+        self._crc = 0
+        self._outs_crc = isinstance(getattr(out, "crc", None), int)
+
+    @property
+    def crc(self) -> int:
+        """A running CRC-32 of the stream (of the output's own, if it keeps one)."""
+        return cast("int", getattr(self._out, "crc")) if self._outs_crc else self._crc  # noqa: B009
 
     def put(self, item: object) -> None:
         self.write(cbor2.dumps(item))
@@ -486,7 +501,8 @@ class _Sink:
     def write(self, data: bytes | memoryview) -> None:
         self._out.write(data)
         self.size += len(data)
-        self.crc = zlib.crc32(data, self.crc)
+        if not self._outs_crc:
+            self._crc = zlib.crc32(data, self._crc)
 
     def copy(self, source: bytes | EncodedSource, start: int, end: int, crc: int) -> None:
         """Append bytes ``start`` to ``end`` of earlier snapshot bytes, whose CRC-32 is ``crc``.
@@ -502,7 +518,8 @@ class _Sink:
         else:
             source.copy_range(start, end, self._out.write)
         self.size += end - start
-        self.crc = crc32_combine(self.crc, crc, end - start)
+        if not self._outs_crc:
+            self._crc = crc32_combine(self._crc, crc, end - start)
 
 
 def _offer_gil() -> None:

@@ -10,7 +10,7 @@ depends only on ``n``, computed by repeated squaring of the one-zero-bit operato
 
 from __future__ import annotations
 
-__all__ = ["crc32_combine"]
+__all__ = ["crc32_combine", "crc32_suffix"]
 
 _POLY = 0xEDB88320  # CRC-32's polynomial, bit-reversed (as zlib's crc32)
 
@@ -54,3 +54,12 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
         if not len2:
             break
     return crc1 ^ crc2
+
+
+def crc32_suffix(crc_whole: int, crc_prefix: int, len_suffix: int) -> int:
+    """``zlib.crc32(b)`` given ``crc_whole = zlib.crc32(a + b)``, ``crc_prefix = zlib.crc32(a)``.
+
+    The inverse of :func:`crc32_combine` (appending is linear), so a running CRC taken at two
+    points of a stream gives the CRC of what lies between them without a second pass.
+    """
+    return crc_whole ^ crc32_combine(crc_prefix, 0, len_suffix)

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvapp.storage.crc import crc32_combine
+from kvapp.storage.crc import crc32_combine, crc32_suffix
 from kvapp.storage.raftstore import RaftStore
 from kvapp.storage.snap import Snapshotter, decode_snapshot_file
 from kvapp.storage.snapdata import FileSnapshotData
@@ -33,6 +33,7 @@ blobs = st.binary(max_size=300)
 @given(blobs, blobs)
 def test_crc32_combine_is_the_crc_of_the_concatenation(a: bytes, b: bytes) -> None:
     assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+    assert crc32_suffix(zlib.crc32(a + b), zlib.crc32(a), len(b)) == zlib.crc32(b)
 
 
 def test_crc32_combine_over_long_lengths() -> None:
