@@ -1087,14 +1087,18 @@ class Member:
             return
         self._network.add_peer(m.id, addr)
 
+    def _snapshot_counts_restart(self) -> None:
+        """The state is now a snapshot's: count requests and key versions from here."""
+        self._unsnapshotted = 0
+        self._log_mark = self.kv.store.log_size
+
     def _snapshot(self) -> Callable[[], bytes]:
         """Capture the state on the loop; raftlib's Node encodes it in its snapshot thread.
 
         The bytes produced are the Raft snapshot's data, which raftlib's storage keeps; the
         KvState keeps a reference to them so the next snapshot copies their unchanged part.
         """
-        self._unsnapshotted = 0
-        self._log_mark = self.kv.store.log_size
+        self._snapshot_counts_restart()
         members = [_member_to_list(m) for m in self.member_list()]
         image = self.applier.snapshot_image()
         kv = self.kv
@@ -1120,11 +1124,10 @@ class Member:
         return encode
 
     def _restore(self, data: bytes) -> None:
-        self._unsnapshotted = 0
         parsed, state = _read_member_snapshot(data)
         with state:
             self.applier.restore(state)
-        self._log_mark = self.kv.store.log_size
+        self._snapshot_counts_restart()
         table = {m.id: m for m in parsed}
         for gone in set(self._members) - set(table):
             if gone != self.id:

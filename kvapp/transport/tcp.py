@@ -764,9 +764,8 @@ class TcpTransport:
         if sender not in self._peers:
             removed_at = self._removed.get(sender, 0)
             if removed_at:
-                return f"member {sender:x} was removed from the cluster (index {removed_at})", (
-                    removed_at
-                )
+                why = f"member {sender:x} was removed from the cluster (index {removed_at})"
+                return why, removed_at
             return f"unknown member id {sender:x} (not a peer of member {self.member_id:x})", 0
         if kind not in (KIND_STREAM, KIND_SNAPSHOT):
             return f"unknown connection kind {kind}", 0
