@@ -137,6 +137,7 @@ def hold_writes(m: Member, marker: bytes) -> tuple[threading.Event, threading.Ev
     """Make ``m``'s storage thread wait for the returned gate in any write of an entry holding
     ``marker``; the second event is set once such a write began."""
     storage = m.node._storage
+    m.node._save_on_loop_below = 0  # writes go to the worker thread, where the gate holds them
     gate = threading.Event()
     entered = threading.Event()
     save = storage.save_ready

@@ -652,10 +652,25 @@ async def catch_up_by_snapshot(members: list[Member], hub: Hub, *, in_file: bool
     behind = next(m for m in members if m is not lead)
     hub.cut.add(behind.id)
     cut_at = behind.node.applied
+    compacted_at = 0
     for i in range(120):
         await lead.write(PutRequest(b"k%d" % (i % 9), b"v%d" % i))
         if i == 60:
             await lead.write(CompactRequest(lead.kv.store.revision - 5))
+            compacted_at = lead.node.applied
+    # Snapshots are encoded in a thread and adopted between Readys, and writes on the loop can
+    # outrun that thread: wait until one taken after the compaction is adopted and none is
+    # being made.
+    node = lead.node
+    async with asyncio.timeout(10):
+        while True:
+            if (
+                lead._storage.snapshot().metadata.index > compacted_at
+                and node._snapshot_job is None
+                and node._snapshot_made is None
+            ):
+                break
+            await asyncio.sleep(0.01)
     held: object = lead._storage.snapshot().data
     assert isinstance(held, FileSnapshotData) == in_file
     prefix = lead.kv.snapshot_image().prefix

@@ -412,7 +412,7 @@ class GatedStorage(MemoryStorage):
 
 @run()
 async def test_group_commit_puts_proposals_made_during_a_write_into_one_ready() -> None:
-    c = Cluster(ids=(1,))
+    c = Cluster(ids=(1,), save_on_loop_below=0)  # writes held in the worker
     storage = GatedStorage(ConfState(voters=(1,)))
     n = c.start(1, storage)
     try:
@@ -436,7 +436,7 @@ async def test_group_commit_puts_proposals_made_during_a_write_into_one_ready() 
 
 @run()
 async def test_between_readies_waits_out_the_ready_being_written_and_joins_the_next() -> None:
-    c = Cluster(ids=(1,))
+    c = Cluster(ids=(1,), save_on_loop_below=0)  # writes held in the worker
     storage = GatedStorage(
         ConfState(voters=(1,)),
         lambda rd: bool(rd.entries and rd.entries[-1].data.endswith(b"first")),
@@ -472,7 +472,7 @@ async def test_between_readies_waits_out_the_ready_being_written_and_joins_the_n
 
 @run()
 async def test_between_readies_returns_once_the_node_has_stopped() -> None:
-    c = Cluster(ids=(1,))
+    c = Cluster(ids=(1,), save_on_loop_below=0)  # writes held in the worker
     storage = GatedStorage(ConfState(voters=(1,)))
     n = c.start(1, storage)
     try:
@@ -557,7 +557,7 @@ async def test_the_leader_replicates_while_its_own_write_is_still_running() -> N
                 gate.wait(timeout=10)
             super().save_ready(rd)
 
-    c = Cluster()
+    c = Cluster(save_on_loop_below=0)  # the leader's write held in its worker
     for i in c.ids:
         c.start(i, GatedStorage(ConfState(voters=(1, 2, 3))))
     try:
@@ -1229,7 +1229,7 @@ def test_entries_durable_before_a_ready_are_applied_while_it_is_written(
 ) -> None:
     @run()
     async def body() -> None:
-        c = Cluster(ids=ids)
+        c = Cluster(ids=ids, save_on_loop_below=0)  # the overlap is the worker's
         storages: dict[int, OverlapStorage] = {}
 
         def checked(i: int, sm: StateMachine) -> Callable[[Committed], None]:
@@ -1300,24 +1300,25 @@ async def test_a_shorter_timeout_proposed_later_expires_first_and_done_ones_are_
         await node.stop()
 
 
-@run()
-async def test_readies_that_only_move_the_commit_index_are_saved_on_the_loop() -> None:
-    loop_thread = threading.get_ident()
-    seen: list[tuple[bool, bool]] = []  # (must_sync, on the loop's thread)
+class WhereSaved(MemoryStorage):
+    """Records, per ``save_ready``: (must_sync, on the loop's thread); sleeps in flagged writes."""
 
-    class Recording(MemoryStorage):
-        def save_ready(self, rd: Ready) -> None:
-            seen.append((rd.must_sync, threading.get_ident() == loop_thread))
-            super().save_ready(rd)
+    def __init__(self, cs: ConfState) -> None:
+        super().__init__(cs)
+        self.loop_thread = threading.get_ident()
+        self.seen: list[tuple[bool, bool]] = []
+        self.slow = 0.0  # seconds each write holding entries sleeps
 
+    def save_ready(self, rd: Ready) -> None:
+        self.seen.append((rd.must_sync, threading.get_ident() == self.loop_thread))
+        if rd.entries and self.slow:
+            time.sleep(self.slow)
+        super().save_ready(rd)
+
+
+async def _five_proposals(storage: WhereSaved, **options: Any) -> StateMachine:
     sm = StateMachine()
-    node = Node(
-        1,
-        Recording(ConfState(voters=(1,))),
-        send=lambda msgs: None,
-        tick_interval=TICK,
-        apply=sm.apply,
-    )
+    node = Node(1, storage, send=lambda msgs: None, tick_interval=TICK, apply=sm.apply, **options)
     node.start()
     try:
         await node.wait_leader(timeout=5)
@@ -1325,7 +1326,105 @@ async def test_readies_that_only_move_the_commit_index_are_saved_on_the_loop() -
             await node.propose(b"%d" % k, timeout=5)
     finally:
         await node.stop()
-    assert (False, True) in seen, "no commit-only Ready was saved on the loop"
-    assert (True, False) in seen, "no durable Ready was saved in the worker"
-    assert all(on_loop != must_sync for must_sync, on_loop in seen), seen
     assert sm.values() == [b"%d" % k for k in range(5)]
+    return sm
+
+
+@run()
+async def test_a_fast_storage_is_written_on_the_loop() -> None:
+    storage = WhereSaved(ConfState(voters=(1,)))
+    await _five_proposals(storage)
+    assert (False, True) in storage.seen, "no commit-only Ready was saved"
+    assert (True, True) in storage.seen, "no durable Ready was saved on the loop"
+    assert all(on_loop for _, on_loop in storage.seen), storage.seen
+
+
+@run()
+async def test_with_save_on_loop_below_zero_only_commit_index_moves_are_saved_on_the_loop() -> None:
+    storage = WhereSaved(ConfState(voters=(1,)))
+    await _five_proposals(storage, save_on_loop_below=0)
+    assert (False, True) in storage.seen, "no commit-only Ready was saved on the loop"
+    assert (True, False) in storage.seen, "no durable Ready was saved in the worker"
+    assert all(on_loop != must_sync for must_sync, on_loop in storage.seen), storage.seen
+
+
+@run()
+async def test_after_a_slow_write_the_next_goes_to_the_worker_and_then_back() -> None:
+    storage = WhereSaved(ConfState(voters=(1,)))
+    sm = StateMachine()
+    node = Node(
+        1,
+        storage,
+        send=lambda msgs: None,
+        tick_interval=TICK,
+        apply=sm.apply,
+        save_on_loop_below=0.05,
+    )
+    node.start()
+    try:
+        await node.wait_leader(timeout=5)
+        await node.propose(b"fast", timeout=5)
+        storage.slow = 0.1
+        mark = len(storage.seen)
+        await node.propose(b"slow", timeout=5)  # written on the loop: the last write was fast
+        await node.propose(b"slow again", timeout=5)  # so this one goes to the worker
+        storage.slow = 0.0
+        await node.propose(b"fast again", timeout=5)  # the worker's write was slow too
+        await node.propose(b"back", timeout=5)  # the last write was fast: on the loop
+    finally:
+        await node.stop()
+    synced = [on_loop for must_sync, on_loop in storage.seen[mark:] if must_sync]
+    assert synced == [True, False, False, True], storage.seen[mark:]
+    assert sm.values() == [b"fast", b"slow", b"slow again", b"fast again", b"back"]
+
+
+class FlushingCluster(Cluster):
+    """A Cluster whose network sends what it got during a loop turn at the next one.
+
+    That is how kvapp's transport batches per peer (``loop.call_soon``), and the case an
+    on-loop write must not delay: the leader's appends wait in the queue until the loop turns.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.queue: list[Message] = []
+        self.flushed: list[Message] = []
+
+    def send(self, msgs: Sequence[Message]) -> None:
+        if not self.queue:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.queue.extend(msgs)
+
+    def _flush(self) -> None:
+        batch, self.queue = self.queue, []
+        self.flushed.extend(batch)
+        super().send(batch)
+
+
+@run()
+async def test_a_leader_writing_on_the_loop_lets_its_appends_flush_first() -> None:
+    c = FlushingCluster()
+    order: dict[int, bool] = {}  # node -> whether an append carrying b"payload" had gone out
+
+    def carries(entries: Sequence[Entry]) -> bool:
+        return any(unwrap_proposal(e.data)[1] == b"payload" for e in entries)
+
+    class Ordered(MemoryStorage):
+        def __init__(self, i: int) -> None:
+            super().__init__(ConfState(voters=tuple(c.ids)))
+            self.i = i
+
+        def save_ready(self, rd: Ready) -> None:
+            if carries(rd.entries):
+                order[self.i] = any(m.type == MT.APP and carries(m.entries) for m in c.flushed)
+            super().save_ready(rd)
+
+    for i in c.ids:
+        c.start(i, Ordered(i))
+    try:
+        lead = await c.wait_leader()
+        await lead.propose(b"payload", timeout=5)
+        await c.all_applied(lead.applied)
+    finally:
+        await c.stop_all()
+    assert order.get(lead.id) is True, f"the leader wrote before its appends went out: {order}"

@@ -313,7 +313,13 @@ def _run_node_test(
     async def main() -> None:
         storage = _GatedStorage()
         node = Node(
-            1, storage, send=lambda msgs: None, apply=lambda c: None, tick_interval=0.005, **options
+            1,
+            storage,
+            send=lambda msgs: None,
+            apply=lambda c: None,
+            tick_interval=0.005,
+            save_on_loop_below=0,  # writes held in the worker
+            **options,
         )
         node.start()
         try:
