@@ -235,7 +235,7 @@ def report(rows: list[dict[str, float]], mem: dict[int, tuple[float, float]], se
     lines += [
         "",
         "bytes/key: tracemalloc of a store holding one version per key (index, history list, "
-        "`KeyValue`, change-log slot, key and value objects); the payload in brackets is the "
+        "the version's record, change-log slot, key object); the payload in brackets is the "
         "key and value bytes alone. Puts and txns each include building the response. A "
         "limit=1 range still counts the whole range (etcd's `count`), so it costs about as "
         "much as the full 100-key range minus building the response.",

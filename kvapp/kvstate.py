@@ -70,12 +70,12 @@ from kvapp.lease import (
     Lessor,
 )
 from kvapp.mvcc import NEVER_COMPACTED
+from kvapp.mvcc.record import fields_hashed, pack_fields
 from kvapp.mvcc.store import Store, extend_history_hash
 from kvapp.mvcc.types import (
     CompactRequest,
     CompactResponse,
     DeleteRangeRequest,
-    KeyValue,
     PutRequest,
     RangeRequest,
     ResponseOp,
@@ -227,8 +227,8 @@ class KvState:
             return StateImage(
                 revision=store.revision,
                 compact_revision=compact,
-                base=list(store.snapshot_base()) if compact > 0 else [],
-                log=list(store.snapshot_log()),
+                base=list(store.snapshot_base_records()) if compact > 0 else [],
+                log=store.snapshot_log_records(),
                 leases=self.lessor.snapshot(),
                 lineage=self._lineage,
             )
@@ -354,7 +354,7 @@ def _prefix_valid(prefix: EncodedPrefix, lineage: int, store: Store) -> bool:
     )
 
 
-def _log_after(prefix: EncodedPrefix, store: Store) -> list[KeyValue] | None:
+def _log_after(prefix: EncodedPrefix, store: Store) -> list[bytes] | None:
     """The change log after ``prefix``'s records, or None if its last one is not where it was.
 
     A second line of defence: with the checks of :func:`_prefix_valid` passed, the log has only
@@ -362,8 +362,8 @@ def _log_after(prefix: EncodedPrefix, store: Store) -> list[KeyValue] | None:
     """
     span = prefix.span
     if span.last is None:
-        return list(store.snapshot_log())
-    tail = list(store.snapshot_log(span.log_count - 1))
+        return store.snapshot_log_records()
+    tail = store.snapshot_log_records(span.log_count - 1)
     if not tail or tail[0] is not span.last:
         return None
     del tail[0]
@@ -385,7 +385,7 @@ class StreamSpan:
     base_count: int
     log_count: int
     crc: int
-    last: KeyValue | None
+    last: bytes | None
     data_crc: int = 0
 
     def shifted(self, offset: int) -> StreamSpan:
@@ -403,8 +403,8 @@ class StateImage:
 
     revision: int
     compact_revision: int
-    base: list[KeyValue]
-    log: list[KeyValue]
+    base: list[bytes]
+    log: list[bytes]
     leases: LeaseSnapshot
     lineage: int = 0
     prefix: EncodedPrefix | None = None
@@ -437,8 +437,9 @@ class StateImage:
         prefix = self.prefix
         if prefix is None:
             base = len(self.base)
-            crc = extend_history_hash(0, self.base)
-            _write_chunks(sink, "base", map(_record, self.base))
+            crc = 0
+            for i in range(0, base, _CHUNK):
+                crc = _put_records(sink, "base", self.base[i : i + _CHUNK], crc)
             logged, last = 0, None
         else:
             span = prefix.span
@@ -447,10 +448,7 @@ class StateImage:
         log = self.log
         full = len(log) - len(log) % _CHUNK
         for i in range(0, full, _CHUNK):
-            chunk = log[i : i + _CHUNK]
-            sink.put(["log", [_record(kv) for kv in chunk]])
-            crc = extend_history_hash(crc, chunk)
-            _offer_gil()
+            crc = _put_records(sink, "log", log[i : i + _CHUNK], crc)
         span = StreamSpan(
             start,
             sink.size,
@@ -461,8 +459,7 @@ class StateImage:
             crc32_suffix(sink.crc, crc_at_start, sink.size - start),
         )
         if full < len(log):
-            sink.put(["log", [_record(kv) for kv in log[full:]]])
-            crc = extend_history_hash(crc, log[full:])
+            crc = _put_records(sink, "log", log[full:], crc)
         counts = {
             "base": base,
             "log": logged + len(log),
@@ -536,8 +533,13 @@ def _offer_gil() -> None:
     time.sleep(0)
 
 
-def _record(kv: KeyValue) -> list[object]:
-    return [kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease]
+def _put_records(sink: _Sink, tag: str, records: list[bytes], crc: int) -> int:
+    """Write one chunk of ``records``; the history hash ``crc`` continued over them."""
+    items, crc = fields_hashed(records, crc)
+    sink.put([tag, items])
+    if len(records) == _CHUNK:
+        _offer_gil()
+    return crc
 
 
 def _write_chunks(sink: _Sink, tag: str, records: Iterable[list[object]]) -> int:
@@ -572,31 +574,26 @@ def _bytes(value: object, what: str) -> bytes:
     return value
 
 
-def _kvs(records: list[object]) -> list[KeyValue]:
-    """A chunk's records as key-values, each revision one int object as in the live store.
-
-    Decoding gives every record its own two revision ints; a store that applied the writes
-    shares one per revision (a txn's keys, a key's create and mod revisions): 32-64 bytes a
-    key that a restarted member would otherwise carry for good.
-    """
-    revs: dict[int, int] = {}
+def _records(items: list[object]) -> list[bytes]:
+    """A chunk's key-value records as the store's packed records (:mod:`kvapp.mvcc.record`)."""
     out = []
-    for record in records:
-        if type(record) is not list or len(record) != 6:
+    for item in items:
+        if type(item) is not list or len(item) != 6:
             raise _fail("malformed key-value record")
-        key, create, mod, version, value, lease = record
-        create = _int(create, "create_revision")
-        mod = _int(mod, "mod_revision")
-        out.append(
-            KeyValue(
-                _bytes(key, "key"),
-                revs.setdefault(create, create),
-                revs.setdefault(mod, mod),
-                _int(version, "version"),
-                _bytes(value, "value"),
-                _int(lease, "lease"),
+        key, create, mod, version, value, lease = item
+        try:
+            out.append(
+                pack_fields(
+                    _bytes(key, "key"),
+                    _bytes(value, "value"),
+                    create_revision=_int(create, "create_revision"),
+                    mod_revision=_int(mod, "mod_revision"),
+                    version=_int(version, "version"),
+                    lease=_int(lease, "lease"),
+                )
             )
-        )
+        except struct.error as e:  # a key of 4 GiB or more
+            raise _fail(f"key-value record does not fit: {e}") from None
     return out
 
 
@@ -632,10 +629,10 @@ def _read(dec: cbor2.CBORDecoder, max_txn_ops: int | None) -> tuple[Store, Lease
             raise _fail(f"{item[0]!r} chunk out of order")
         at = position
         if position < 2:
-            # Records become key-values chunk by chunk: the decoded lists go while the next
+            # Records are packed chunk by chunk: the decoded lists go while the next
             # chunk's reuse their memory, instead of all of them being freed at the end amid
             # the state's own objects (which left a restarted member's heap mostly holes).
-            sections[item[0]].extend(_kvs(item[1]))
+            sections[item[0]].extend(_records(item[1]))
         else:
             sections[item[0]].extend(item[1])
         item = dec.decode()
@@ -646,11 +643,11 @@ def _read(dec: cbor2.CBORDecoder, max_txn_ops: int | None) -> tuple[Store, Lease
         if trailer[name] != len(records):
             raise _fail(f"{name}: {len(records)} records, trailer says {trailer[name]!r}")
 
-    store = Store.from_snapshot(
+    store = Store.from_records(
         revision,
         compact,
-        cast("list[KeyValue]", sections["base"]),
-        cast("list[KeyValue]", sections["log"]),
+        cast("list[bytes]", sections["base"]),
+        cast("list[bytes]", sections["log"]),
         max_txn_ops=max_txn_ops,
     )
     leases = LeaseSnapshot(next_id, tuple(_lease(r) for r in sections["leases"]))

@@ -2,8 +2,10 @@
 
 This is the in-memory counterpart of etcd's ``treeIndex`` (a B-tree of ``keyIndex`` records)
 plus the revision-keyed backend that holds the values: here a key's history is a list of
-:class:`~kvapp.mvcc.types.KeyValue` objects in revision order, tombstones included, and the
-values live in them.
+records (:mod:`kvapp.mvcc.record`) in revision order, tombstones included, and the values live
+in them. The index takes and gives :class:`~kvapp.mvcc.types.KeyValue` objects; records stay
+inside, apart from :meth:`KeyIndex.append`'s (the store's change log shares it) and
+:meth:`KeyIndex.at_or_below`'s (for snapshots).
 
 Why a :class:`~kvapp.mvcc.sortedmap.SortedMap` for the keys and their histories: it keeps them
 in sorted sublists (about 1,000 keys each), so insertion and removal cost O(log n) with small
@@ -25,22 +27,32 @@ from collections.abc import Iterable, Iterator
 from typing import TypeAlias
 
 from kvapp.mvcc.keyrange import upper_bound
+from kvapp.mvcc.record import mod_of, pack, unpack, version_of
 from kvapp.mvcc.sortedmap import SortedMap
 from kvapp.mvcc.types import KeyValue
 
 __all__ = ["KeyIndex"]
 
 
-def _mod(kv: KeyValue) -> int:
-    return kv.mod_revision
+_Hist: TypeAlias = "bytes | list[bytes]"
+"""A key's retained versions: the one record itself, or a list of two or more, oldest first."""
 
 
-_Hist: TypeAlias = "KeyValue | list[KeyValue]"
-"""A key's retained versions: the one version itself, or a list of two or more, oldest first."""
-
-
-def _versions(h: KeyValue | list[KeyValue]) -> list[KeyValue]:
+def _versions(h: bytes | list[bytes]) -> list[bytes]:
     return h if isinstance(h, list) else [h]
+
+
+def _visible(h: bytes | list[bytes], revision: int) -> bytes | None:
+    """The record of ``h`` visible at ``revision`` (a tombstone too), None if none was then."""
+    if isinstance(h, list):
+        rec = h[-1]
+        if mod_of(rec) > revision:
+            i = bisect_right(h, revision, key=mod_of) - 1
+            if i < 0:
+                return None
+            rec = h[i]
+        return rec
+    return None if mod_of(h) > revision else h
 
 
 class KeyIndex:
@@ -60,14 +72,16 @@ class KeyIndex:
         self._touched: set[bytes] = set()
 
     @classmethod
-    def from_histories(cls, histories: dict[bytes, KeyValue | list[KeyValue]]) -> KeyIndex:
-        """Build an index from complete histories, taking ownership of ``histories``.
+    def from_histories(cls, histories: dict[bytes, bytes | list[bytes]]) -> KeyIndex:
+        """Build an index from complete histories of records, taking ownership of ``histories``.
 
-        A history is a key's one version, or a list of two or more in revision order. Building
+        A history is a key's one record, or a list of two or more in revision order. Building
         at once sorts the keys a single time, much faster than inserting them one by one.
         """
         index = cls()
-        index._touched = {k for k, h in histories.items() if isinstance(h, list) or h.version == 0}
+        index._touched = {
+            k for k, h in histories.items() if isinstance(h, list) or version_of(h) == 0
+        }
         keys = sorted(histories)
         index._hist = SortedMap.from_sorted(keys, list(map(histories.__getitem__, keys)))
         return index
@@ -81,65 +95,66 @@ class KeyIndex:
         h = self._hist.get(key)
         if h is None:
             return None
-        kv = h[-1] if isinstance(h, list) else h
-        return None if kv.version == 0 else kv
+        rec = h[-1] if isinstance(h, list) else h
+        return None if version_of(rec) == 0 else unpack(rec)
+
+    def exists(self, key: bytes) -> bool:
+        """Whether ``key`` exists now (cheaper than :meth:`latest`: nothing is unpacked)."""
+        h = self._hist.get(key)
+        if h is None:
+            return False
+        return version_of(h[-1] if isinstance(h, list) else h) != 0
 
     def get(self, key: bytes, revision: int) -> KeyValue | None:
         """The version of ``key`` visible at ``revision``, or None if it did not exist then."""
         h = self._hist.get(key)
         if h is None:
             return None
-        if isinstance(h, list):
-            kv = h[-1]
-            if kv.mod_revision > revision:
-                i = bisect_right(h, revision, key=_mod) - 1
-                if i < 0:
-                    return None
-                kv = h[i]
-        else:
-            kv = h
-            if kv.mod_revision > revision:
-                return None
-        return None if kv.version == 0 else kv
+        rec = _visible(h, revision)
+        return None if rec is None or version_of(rec) == 0 else unpack(rec)
 
     def previous(self, kv: KeyValue) -> KeyValue | None:
         """The live version that ``kv`` (a version in this index) replaced, if retained.
 
         None when ``kv`` created its key, followed a tombstone, is the oldest retained version
-        (what it replaced was compacted), or is no longer in the index.
+        (what it replaced was compacted), or is no longer in the index. A version is found by
+        its mod revision and version, which no two versions of a key share.
         """
         h = self._hist.get(kv.key)
         if h is None or not isinstance(h, list):
             return None
-        hist: list[KeyValue] = h
-        i = bisect_left(hist, kv.mod_revision, key=_mod)
-        while i < len(hist) and hist[i] is not kv:
-            if hist[i].mod_revision != kv.mod_revision:
+        hist: list[bytes] = h
+        mod, version = kv.mod_revision, kv.version
+        i = bisect_left(hist, mod, key=mod_of)
+        while i < len(hist) and version_of(hist[i]) != version:
+            if mod_of(hist[i]) != mod:
                 return None
             i += 1
-        if i == 0 or i == len(hist):
+        if i == 0 or i == len(hist) or mod_of(hist[i]) != mod:
             return None
         prev = hist[i - 1]
-        return None if prev.version == 0 else prev
+        return None if version_of(prev) == 0 else unpack(prev)
 
     def history(self, key: bytes) -> tuple[KeyValue, ...]:
         """Every retained version of ``key``, oldest first (tombstones included)."""
         h = self._hist.get(key)
-        return () if h is None else tuple(_versions(h))
+        return () if h is None else tuple(map(unpack, _versions(h)))
 
-    def append(self, kv: KeyValue) -> None:
-        """Record a new version (or tombstone) of ``kv.key`` as its newest."""
+    def append(self, kv: KeyValue) -> bytes:
+        """Record a new version (or tombstone) of ``kv.key`` as its newest; its record."""
         key = kv.key
-        h = self._hist.setdefault(key, kv)
-        if h is kv:
+        rec = pack(kv)
+        h = self._hist.setdefault(key, rec)
+        if h is rec:
             if kv.version == 0:
                 self._touched.add(key)
         else:
             if isinstance(h, list):
-                h.append(kv)
+                h.append(rec)
             else:
-                self._hist[key] = [h, kv]
+                self._hist[key] = [h, rec]
             self._touched.add(key)
+        return rec
 
     def range(self, key: bytes, range_end: bytes, revision: int) -> Iterator[KeyValue]:
         """Yield the versions live at ``revision`` of the keys in the range, in key order.
@@ -156,19 +171,9 @@ class KeyIndex:
         if end is not None and end <= key:
             return
         for _, h in self._hist.irange(key, end):
-            if isinstance(h, list):
-                kv = h[-1]
-                if kv.mod_revision > revision:
-                    i = bisect_right(h, revision, key=_mod) - 1
-                    if i < 0:
-                        continue
-                    kv = h[i]
-            else:
-                kv = h
-                if kv.mod_revision > revision:
-                    continue
-            if kv.version != 0:
-                yield kv
+            rec = _visible(h, revision)
+            if rec is not None and version_of(rec) != 0:
+                yield unpack(rec)
 
     def compact(self, revision: int) -> None:
         """Forget every version not visible at or after ``revision``.
@@ -179,14 +184,14 @@ class KeyIndex:
         still_touched: set[bytes] = set()
         for key in self._touched:
             hist = _versions(self._hist[key])
-            if hist[-1].mod_revision <= revision:
+            if mod_of(hist[-1]) <= revision:
                 i = len(hist) - 1
             else:
-                i = bisect_right(hist, revision, key=_mod) - 1
+                i = bisect_right(hist, revision, key=mod_of) - 1
                 if i < 0:
                     still_touched.add(key)
                     continue
-            if hist[i].version == 0:
+            if version_of(hist[i]) == 0:
                 i += 1
             if i == len(hist):
                 del self._hist[key]
@@ -197,20 +202,20 @@ class KeyIndex:
                 self._hist[key] = hist[0]
             else:
                 self._hist[key] = hist
-            if len(hist) > 1 or hist[-1].version == 0:
+            if len(hist) > 1 or version_of(hist[-1]) == 0:
                 still_touched.add(key)
         self._touched = still_touched
 
-    def at_or_below(self, revision: int) -> Iterator[KeyValue]:
-        """Yield, in key order, each key's oldest retained version if at or below ``revision``.
+    def at_or_below(self, revision: int) -> Iterator[bytes]:
+        """Yield, in key order, each key's oldest retained version's record if at or below it.
 
         Right after ``compact(revision)`` these are exactly the versions kept from before the
         compaction point: what a snapshot must carry besides the change log.
         """
         for h in self._hist.values():
-            kv = h[0] if isinstance(h, list) else h
-            if kv.mod_revision <= revision:
-                yield kv
+            rec = h[0] if isinstance(h, list) else h
+            if mod_of(rec) <= revision:
+                yield rec
 
     def keys(self) -> Iterable[bytes]:
         """All keys with retained history, in order."""

@@ -11,8 +11,7 @@ Data layout:
   included), for reads at any revision since the last compaction;
 - the *change log*: every version written, in (main, sub) revision order, from the compacted
   revision on. Watchers catch up from it and snapshots carry it. It holds references to the
-  same :class:`~kvapp.mvcc.types.KeyValue` objects as the index, so it costs one pointer per
-  change;
+  same records (:mod:`kvapp.mvcc.record`) as the index, so it costs one pointer per change;
 - a lease index, lease ID -> keys attached to it now, so revoking a lease need not scan.
 
 Semantics follow etcd 3.4's ``mvcc`` package and its apply layer (``etcdserver/apply.go``);
@@ -64,8 +63,6 @@ watch hub is one.
 from __future__ import annotations
 
 import itertools
-import struct
-import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol, cast
@@ -80,6 +77,7 @@ from kvapp.errors import (
 )
 from kvapp.mvcc.index import KeyIndex
 from kvapp.mvcc.keyrange import ALL_KEYS_END
+from kvapp.mvcc.record import crc_of, key_of, lease_of, mod_of, pack, unpack, version_of
 from kvapp.mvcc.types import (
     NEVER_COMPACTED,
     CompactRequest,
@@ -113,8 +111,6 @@ from kvapp.mvcc.validate import (
 
 __all__ = ["Store", "StoreListener", "extend_history_hash", "history_hash"]
 
-_HASH_HEADER = struct.Struct(">qqqqQQ")
-
 
 class StoreListener(Protocol):
     """Something that follows the store's changes (the watch hub)."""
@@ -128,10 +124,6 @@ class StoreListener(Protocol):
 
     def on_restore(self) -> None:
         """Called after the store's whole state was replaced by a snapshot."""
-
-
-def _mod(kv: KeyValue) -> int:
-    return kv.mod_revision
 
 
 class _Write:
@@ -183,7 +175,7 @@ class Store:
         self.max_txn_ops = max_txn_ops
         self.lease_exists: Callable[[int], bool] | None = None
         self._index = KeyIndex()
-        self._log: list[KeyValue] = []
+        self._log: list[bytes] = []  # records
         self._rev = 1
         self._compact_rev = NEVER_COMPACTED
         self._lease_keys: dict[int, set[bytes]] = {}
@@ -305,9 +297,9 @@ class Store:
         """
         if start_revision < self._compact_rev:
             raise CompactedError
-        lo = bisect_left(self._log, start_revision, key=_mod)
-        hi = bisect_right(self._log, end_revision, lo=lo, key=_mod)
-        return self._log[lo:hi]
+        lo = bisect_left(self._log, start_revision, key=mod_of)
+        hi = bisect_right(self._log, end_revision, lo=lo, key=mod_of)
+        return [unpack(rec) for rec in self._log[lo:hi]]
 
     def prev_version(self, kv: KeyValue) -> KeyValue | None:
         """The version of ``kv.key`` that the change ``kv`` (from :meth:`changes`) replaced.
@@ -434,7 +426,7 @@ class Store:
         if revision > self._rev:
             raise FutureRevisionError
         self._index.compact(revision)
-        del self._log[: bisect_left(self._log, revision, key=_mod)]
+        del self._log[: bisect_left(self._log, revision, key=mod_of)]
         self._compact_rev = revision
         return CompactResponse(self._rev)
 
@@ -489,7 +481,7 @@ class Store:
             raise FutureRevisionError
         if rev < self._compact_rev:
             raise CompactedError
-        crc = history_hash(self.snapshot_base(), self._log, self._compact_rev, rev)
+        crc = history_hash(self.snapshot_base_records(), self._log, self._compact_rev, rev)
         return HashKVResponse(crc, self._compact_rev, rev)
 
     def snapshot_base(self) -> Iterator[KeyValue]:
@@ -498,15 +490,27 @@ class Store:
         With :meth:`snapshot_log`, the revision and the compacted revision, this is the whole
         store; see :meth:`from_snapshot`.
         """
+        return map(unpack, self.snapshot_base_records())
+
+    def snapshot_base_records(self) -> Iterator[bytes]:
+        """:meth:`snapshot_base` as records (:mod:`kvapp.mvcc.record`); immutable, like all."""
         return self._index.at_or_below(self._compact_rev)
 
     def snapshot_log(self, start: int = 0) -> Iterator[KeyValue]:
         """The change log: every change from the compacted revision on, in revision order.
 
-        From its ``start``-th record on; a ``start`` above 0 iterates over a copy of that tail,
-        so it may be held while the store changes.
+        From its ``start``-th record on. The log is read as the iterator goes: do not hold it
+        while the store changes.
         """
-        return iter(self._log[start:]) if start else iter(self._log)
+        return map(unpack, itertools.islice(self._log, start, None))
+
+    def snapshot_log_records(self, start: int = 0) -> list[bytes]:
+        """The change log's records from the ``start``-th on, as a list of their own.
+
+        The store's changes leave the copy alone (and records are immutable), so it may be held
+        and read in another thread.
+        """
+        return self._log[start:]
 
     @classmethod
     def from_snapshot(
@@ -520,7 +524,30 @@ class Store:
     ) -> Store:
         """Rebuild a detached store from what :meth:`snapshot_base` and friends produced.
 
-        A ``log`` given as a list becomes the store's change log (taken over, not copied).
+        Raises:
+            ValueError: the parts are inconsistent (see :meth:`from_records`).
+        """
+        return cls.from_records(
+            revision,
+            compact_revision,
+            map(pack, base),
+            [pack(kv) for kv in log],
+            max_txn_ops=max_txn_ops,
+        )
+
+    @classmethod
+    def from_records(
+        cls,
+        revision: int,
+        compact_revision: int,
+        base: Iterable[bytes],
+        log: list[bytes],
+        *,
+        max_txn_ops: int | None = DEFAULT_MAX_TXN_OPS,
+    ) -> Store:
+        """Rebuild a detached store from :meth:`snapshot_base_records` and friends.
+
+        ``log`` (:meth:`snapshot_log_records`) becomes the store's change log, taken over.
 
         Raises:
             ValueError: the parts are inconsistent (revisions out of order or out of bounds,
@@ -529,36 +556,38 @@ class Store:
         if revision < 1 or not NEVER_COMPACTED <= compact_revision <= revision:
             raise ValueError(f"bad revisions: current {revision}, compacted {compact_revision}")
         # A key's one version stands for itself (most keys have one): no list per key.
-        histories: dict[bytes, KeyValue | list[KeyValue]] = {}
-        for kv in base:
-            if not kv.key or kv.version <= 0 or kv.mod_revision > compact_revision:
-                raise ValueError(f"bad base entry {kv!r}")
-            if kv.key in histories:
-                raise ValueError(f"key {kv.key!r} twice in the base")
-            histories[kv.key] = kv
-        entries = log if isinstance(log, list) else list(log)
+        histories: dict[bytes, bytes | list[bytes]] = {}
+        for rec in base:
+            key = key_of(rec)
+            if not key or version_of(rec) <= 0 or mod_of(rec) > compact_revision:
+                raise ValueError(f"bad base entry {unpack(rec)!r}")
+            if key in histories:
+                raise ValueError(f"key {key!r} twice in the base")
+            histories[key] = rec
         last = compact_revision
-        for kv in entries:
-            if not kv.key or kv.version < 0 or not last <= kv.mod_revision <= revision:
-                raise ValueError(f"change log entry out of order or bounds: {kv!r}")
-            last = kv.mod_revision
-            if kv.mod_revision > compact_revision:
-                hist = histories.get(kv.key)
+        for rec in log:
+            key, mod = key_of(rec), mod_of(rec)
+            if not key or version_of(rec) < 0 or not last <= mod <= revision:
+                raise ValueError(f"change log entry out of order or bounds: {unpack(rec)!r}")
+            last = mod
+            if mod > compact_revision:
+                hist = histories.get(key)
                 if hist is None:
-                    histories[kv.key] = kv
+                    histories[key] = rec
                 elif isinstance(hist, list):
-                    hist.append(kv)
+                    hist.append(rec)
                 else:
-                    histories[kv.key] = [hist, kv]
+                    histories[key] = [hist, rec]
         store = cls(max_txn_ops=max_txn_ops)
         store._index = KeyIndex.from_histories(histories)
-        store._log = entries
+        store._log = log
         store._rev = revision
         store._compact_rev = compact_revision
-        for hist in histories.values():
-            kv = hist[-1] if isinstance(hist, list) else hist
-            if kv.version and kv.lease:
-                store._lease_keys.setdefault(kv.lease, set()).add(kv.key)
+        for key, hist in histories.items():
+            rec = hist[-1] if isinstance(hist, list) else hist
+            lease = lease_of(rec)
+            if lease and version_of(rec):
+                store._lease_keys.setdefault(lease, set()).add(key)
         return store
 
     def replace_state(self, other: Store) -> None:
@@ -584,7 +613,7 @@ class Store:
             raise LeaseNotFoundError
 
     def _check_key_kept(self, key: bytes, *, ignore_value: bool, ignore_lease: bool) -> None:
-        if (ignore_value or ignore_lease) and self._index.latest(key) is None:
+        if (ignore_value or ignore_lease) and not self._index.exists(key):
             raise KeyNotFoundError
 
     def _put(
@@ -611,8 +640,7 @@ class Store:
                 self._detach(prev.lease, key)
         if lease:
             self._lease_keys.setdefault(lease, set()).add(key)
-        self._index.append(kv)
-        self._log.append(kv)
+        self._log.append(self._index.append(kv))
         w.kvs.append(kv)
         w.prevs.append(prev)
         return prev
@@ -624,8 +652,7 @@ class Store:
             tomb = KeyValue(prev.key, 0, rev, 0)
             if prev.lease:
                 self._detach(prev.lease, prev.key)
-            self._index.append(tomb)
-            self._log.append(tomb)
+            self._log.append(self._index.append(tomb))
             w.kvs.append(tomb)
             w.prevs.append(prev)
         return live
@@ -847,40 +874,23 @@ _INT_FIELDS: dict[CompareTarget, Callable[[KeyValue], int]] = {
 
 
 def history_hash(
-    base: Iterable[KeyValue], log: Sequence[KeyValue], compact_revision: int, revision: int
+    base: Iterable[bytes], log: Sequence[bytes], compact_revision: int, revision: int
 ) -> int:
-    """:meth:`Store.hash_kv`'s CRC over parts taken from a store (e.g. a snapshot's image).
+    """:meth:`Store.hash_kv`'s CRC over records taken from a store (e.g. a snapshot's image).
 
-    ``base`` is :meth:`Store.snapshot_base`, ``log`` the change log (:meth:`Store.snapshot_log`
-    as a list); only the log's changes from ``compact_revision`` up to ``revision`` count.
+    ``base`` is :meth:`Store.snapshot_base_records`, ``log`` the change log
+    (:meth:`Store.snapshot_log_records`); only the log's changes from ``compact_revision`` up
+    to ``revision`` count.
     """
-    start = bisect_left(log, compact_revision, key=_mod)
-    end = bisect_right(log, revision, lo=start, key=_mod)
+    start = bisect_left(log, compact_revision, key=mod_of)
+    end = bisect_right(log, revision, lo=start, key=mod_of)
     return extend_history_hash(extend_history_hash(0, base), itertools.islice(log, start, end))
 
 
-def extend_history_hash(crc: int, kvs: Iterable[KeyValue]) -> int:
-    """Continue :func:`history_hash`'s CRC chain ``crc`` over ``kvs``, in order.
+def extend_history_hash(crc: int, records: Iterable[bytes]) -> int:
+    """Continue :func:`history_hash`'s CRC chain ``crc`` over ``records``, in order.
 
     The chain is sequential: the hash of records ``a + b`` is ``extend_history_hash(
     extend_history_hash(0, a), b)``, so a snapshot can resume from the CRC it had reached.
     """
-    for kv in kvs:
-        crc = _crc_kv(kv, crc)
-    return crc
-
-
-def _crc_kv(kv: KeyValue, crc: int) -> int:
-    crc = zlib.crc32(
-        _HASH_HEADER.pack(
-            kv.mod_revision,
-            kv.create_revision,
-            kv.version,
-            kv.lease,
-            len(kv.key),
-            len(kv.value),
-        ),
-        crc,
-    )
-    crc = zlib.crc32(kv.key, crc)
-    return zlib.crc32(kv.value, crc)
+    return crc_of(records, crc)

@@ -48,6 +48,7 @@ from kvapp.mvcc import (
     TxnRequest,
     prefix_range_end,
 )
+from kvapp.mvcc.record import mod_of
 from kvapp.node import Member, MemberConfig, member_snapshot_data, member_snapshot_members
 from kvapp.requests import Request
 from kvapp.service import MemberInfo
@@ -95,8 +96,8 @@ def full_image(s: KvState) -> StateImage:
     return StateImage(
         revision=store.revision,
         compact_revision=compact,
-        base=list(store.snapshot_base()) if compact > 0 else [],
-        log=list(store.snapshot_log()),
+        base=list(store.snapshot_base_records()) if compact > 0 else [],
+        log=store.snapshot_log_records(),
         leases=s.lessor.snapshot(),
     )
 
@@ -202,7 +203,7 @@ def test_a_snapshot_copies_the_previous_ones_full_chunks_and_encodes_the_rest(
     image = s.snapshot_image()
     assert image.prefix is prefix
     assert image.base == []
-    assert [kv.mod_revision for kv in image.log] == list(range(14, 23))
+    assert [mod_of(rec) for rec in image.log] == list(range(14, 23))
     check_restores(t.take(), s)
     assert t.reused == 1
     prefix = s.snapshot_image().prefix
@@ -319,7 +320,7 @@ def test_a_prefix_wrongly_reused_after_a_compaction_is_caught(
     prefix = s.snapshot_image().prefix
     assert prefix is None  # the log's identity check alone drops it
     monkeypatch.setattr(
-        kvstate, "_log_after", lambda p, store: list(store.snapshot_log(p.span.log_count))
+        kvstate, "_log_after", lambda p, store: store.snapshot_log_records(p.span.log_count)
     )
     with pytest.raises(AssertionError, match="differs from the full one"):
         t.take()
@@ -610,6 +611,7 @@ async def test_a_member_starts_from_a_version_1_snapshot() -> None:
         await asyncio.wait_for(m.node.wait_leader(timeout=5), 6)
         for i in range(8):  # snapshots in version 2 from now on
             await m.write(PutRequest(b"new%d" % i, b"x"))
+        await snapshot_taken(m, after=5)
         got = await m.range(RangeRequest(b"k", b"l"))
         assert len(got.kvs) == 7
         data = storage.snapshot().data
@@ -643,6 +645,24 @@ async def check_snapshot_file(m: Member) -> None:
     assert restored.hash() == m.applier.hash()
 
 
+async def snapshot_taken(m: Member, *, after: int) -> None:
+    """Until ``m`` holds a snapshot taken after index ``after`` and is making none.
+
+    Snapshots are encoded in a thread and adopted between Readys, and writes on the loop can
+    outrun that thread.
+    """
+    node = m.node
+    async with asyncio.timeout(10):
+        while True:
+            if (
+                m._storage.snapshot().metadata.index > after
+                and node._snapshot_job is None
+                and node._snapshot_made is None
+            ):
+                return
+            await asyncio.sleep(0.01)
+
+
 async def catch_up_by_snapshot(members: list[Member], hub: Hub, *, in_file: bool) -> None:
     """Cut a follower off, write and compact past it, check the leader's incremental snapshot
     (its kept prefix is the snapshot raftlib holds, bytes or ``in_file``), then let the
@@ -658,19 +678,7 @@ async def catch_up_by_snapshot(members: list[Member], hub: Hub, *, in_file: bool
         if i == 60:
             await lead.write(CompactRequest(lead.kv.store.revision - 5))
             compacted_at = lead.node.applied
-    # Snapshots are encoded in a thread and adopted between Readys, and writes on the loop can
-    # outrun that thread: wait until one taken after the compaction is adopted and none is
-    # being made.
-    node = lead.node
-    async with asyncio.timeout(10):
-        while True:
-            if (
-                lead._storage.snapshot().metadata.index > compacted_at
-                and node._snapshot_job is None
-                and node._snapshot_made is None
-            ):
-                break
-            await asyncio.sleep(0.01)
+    await snapshot_taken(lead, after=compacted_at)
     held: object = lead._storage.snapshot().data
     assert isinstance(held, FileSnapshotData) == in_file
     prefix = lead.kv.snapshot_image().prefix
