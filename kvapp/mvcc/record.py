@@ -26,9 +26,9 @@ from kvapp.mvcc.types import KeyValue
 
 __all__ = [
     "HEAD",
-    "crc_of",
+    "extend_history_hash",
     "fields_hashed",
-    "key_of",
+    "identity",
     "lease_of",
     "mod_of",
     "pack",
@@ -82,10 +82,10 @@ def version_of(rec: bytes) -> int:
     return _MOD.unpack_from(rec, _VERSION_AT)[0]  # type: ignore[no-any-return]
 
 
-def key_of(rec: bytes) -> bytes:
-    """A record's key (a new object)."""
-    key_len: int = HEAD.unpack_from(rec)[4]
-    return rec[_HEAD_SIZE : _HEAD_SIZE + key_len]
+def identity(rec: bytes) -> tuple[bytes, int, int]:
+    """A record's key, mod revision and version (what no two versions share), in one unpack."""
+    mod, _, version, _, key_len = HEAD.unpack_from(rec)
+    return rec[_HEAD_SIZE : _HEAD_SIZE + key_len], mod, version
 
 
 def lease_of(rec: bytes) -> int:
@@ -93,9 +93,11 @@ def lease_of(rec: bytes) -> int:
     return _MOD.unpack_from(rec, 24)[0]  # type: ignore[no-any-return]
 
 
-def crc_of(records: Iterable[bytes], crc: int) -> int:
-    """Continue the store's history hash ``crc`` over ``records``, in order.
+def extend_history_hash(crc: int, records: Iterable[bytes]) -> int:
+    """Continue the store's history hash chain ``crc`` over ``records``, in order.
 
+    The chain is sequential: the hash of records ``a + b`` is ``extend_history_hash(
+    extend_history_hash(0, a), b)``, so a snapshot can resume from the CRC it had reached.
     The hash predates records and covers, per version, a big-endian header (mod revision,
     create revision, version, lease, key length, value length), then the key and the value;
     those last two are the record's tail, so one CRC call covers them.
@@ -109,7 +111,7 @@ def crc_of(records: Iterable[bytes], crc: int) -> int:
 
 
 def fields_hashed(records: Iterable[bytes], crc: int) -> tuple[list[list[object]], int]:
-    """Each record as a list of its fields, and ``crc`` continued over them (:func:`crc_of`).
+    """Each record as a list of its fields, and :func:`extend_history_hash` of them from ``crc``.
 
     The fields in snapshot order: ``[key, create_revision, mod_revision, version, value,
     lease]``.

@@ -77,7 +77,15 @@ from kvapp.errors import (
 )
 from kvapp.mvcc.index import KeyIndex
 from kvapp.mvcc.keyrange import ALL_KEYS_END
-from kvapp.mvcc.record import crc_of, key_of, lease_of, mod_of, pack, unpack, version_of
+from kvapp.mvcc.record import (
+    extend_history_hash,
+    identity,
+    lease_of,
+    mod_of,
+    pack,
+    unpack,
+    version_of,
+)
 from kvapp.mvcc.types import (
     NEVER_COMPACTED,
     CompactRequest,
@@ -558,16 +566,16 @@ class Store:
         # A key's one version stands for itself (most keys have one): no list per key.
         histories: dict[bytes, bytes | list[bytes]] = {}
         for rec in base:
-            key = key_of(rec)
-            if not key or version_of(rec) <= 0 or mod_of(rec) > compact_revision:
+            key, mod, version = identity(rec)
+            if not key or version <= 0 or mod > compact_revision:
                 raise ValueError(f"bad base entry {unpack(rec)!r}")
             if key in histories:
                 raise ValueError(f"key {key!r} twice in the base")
             histories[key] = rec
         last = compact_revision
         for rec in log:
-            key, mod = key_of(rec), mod_of(rec)
-            if not key or version_of(rec) < 0 or not last <= mod <= revision:
+            key, mod, version = identity(rec)
+            if not key or version < 0 or not last <= mod <= revision:
                 raise ValueError(f"change log entry out of order or bounds: {unpack(rec)!r}")
             last = mod
             if mod > compact_revision:
@@ -885,12 +893,3 @@ def history_hash(
     start = bisect_left(log, compact_revision, key=mod_of)
     end = bisect_right(log, revision, lo=start, key=mod_of)
     return extend_history_hash(extend_history_hash(0, base), itertools.islice(log, start, end))
-
-
-def extend_history_hash(crc: int, records: Iterable[bytes]) -> int:
-    """Continue :func:`history_hash`'s CRC chain ``crc`` over ``records``, in order.
-
-    The chain is sequential: the hash of records ``a + b`` is ``extend_history_hash(
-    extend_history_hash(0, a), b)``, so a snapshot can resume from the CRC it had reached.
-    """
-    return crc_of(records, crc)

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvapp.mvcc.record import (
-    crc_of,
+    extend_history_hash,
     fields_hashed,
-    key_of,
+    identity,
     lease_of,
     mod_of,
     pack,
@@ -63,13 +63,13 @@ def test_a_record_gives_back_its_version_and_its_hash(kv: KeyValue, crc: int) ->
         version=kv.version,
         lease=kv.lease,
     )
-    assert (key_of(rec), mod_of(rec), version_of(rec), lease_of(rec)) == (
-        kv.key,
+    assert (identity(rec), mod_of(rec), version_of(rec), lease_of(rec)) == (
+        (kv.key, kv.mod_revision, kv.version),
         kv.mod_revision,
         kv.version,
         kv.lease,
     )
-    assert crc_of([rec], crc) == hash_as_before_records(kv, crc)
+    assert extend_history_hash(crc, [rec]) == hash_as_before_records(kv, crc)
 
 
 def test_a_tombstone_and_an_empty_value_round_trip() -> None:
@@ -95,4 +95,4 @@ def test_fields_hashed_is_fields_and_the_hash_chain(kvs: list[KeyValue], crc: in
         [kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease] for kv in kvs
     ]
     assert fields_hashed(recs, crc) == (as_lists, chained)
-    assert crc_of(recs, crc) == chained
+    assert extend_history_hash(crc, recs) == chained
