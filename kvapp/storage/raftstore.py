@@ -382,7 +382,8 @@ class RaftStore:
             member_id: this member's id; an existing WAL must carry the same.
             segment_size: WAL segment size (default 64 MiB).
             keep_snapshots: how many snapshot files to keep (at least 1).
-            preallocate: reserve each WAL segment's space up front (faster fsyncs on ext4).
+            preallocate: reserve each WAL segment's space up front and write zeros ahead of
+                its records (faster fsyncs on ext4; see :data:`~kvapp.storage.wal.ZERO_AHEAD`).
             fsync: ``False`` skips every fsync. For tests and benchmarks only: a power loss can
                 then lose acknowledged writes.
             conf_state: the starting configuration of a *new* store, as if restored from an

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kvapp.storage import fileutil
 from kvapp.storage import wal as walmod
 from kvapp.storage.errors import WalCorruptError, WalIdentityError
 from kvapp.storage.wal import (
@@ -240,6 +241,125 @@ def test_preallocated_segment_reads_back(tmp_path):
     wal.append([batch(3)])
     wal.close()
     assert [b.entries[0].index for b in batches_in(tmp_path)] == [1, 3]
+
+
+class _Writes:
+    """Records the WAL's writes (offset, length, all zeros?) and makes them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.seen: list[tuple[int, int, bool]] = []
+        real = fileutil.write_all
+
+        def spy(fd: int, data: bytes | memoryview, offset: int) -> None:
+            self.seen.append((offset, len(data), not any(bytes(data))))
+            real(fd, data, offset)
+
+        self.spy = spy
+        monkeypatch.setattr(walmod, "write_all", spy)
+
+    def zeros(self) -> list[tuple[int, int]]:
+        return [(at, n) for at, n, zero in self.seen if zero]
+
+
+def test_appends_write_zeros_ahead_in_preallocated_space(tmp_path, monkeypatch):
+    """Appends overwrite blocks written before (a data-only fdatasync), up to the segment end."""
+    ahead = 4096
+    monkeypatch.setattr(walmod, "ZERO_AHEAD", ahead)
+    monkeypatch.setattr(walmod, "_zeros", lambda: bytes(ahead))
+    writes = _Writes(monkeypatch)
+    size = 3 * ahead
+    wal = Wal.create(tmp_path, META, EMPTY, segment_size=size, preallocate=True, fsync=False)
+    wal.append([batch(1)])
+    end = wal.end_offset
+    assert writes.zeros() == [(end, ahead)]
+    index = 2
+    while wal.end_offset + 200 < end + ahead:  # inside the zeroed stretch: no more zeros
+        wal.append([batch(index)])
+        index += 1
+    assert len(writes.zeros()) == 1
+    while not wal.segment_full:
+        wal.append([batch(index, size=300)])
+        index += 1
+    zeros = writes.zeros()
+    assert len(zeros) >= 3
+    assert max(at + n for at, n in zeros) == size  # never past the reserved space
+    covered = 0
+    for at, n, _ in sorted(writes.seen):
+        assert at <= covered, f"bytes {covered}..{at} of the segment were never written"
+        covered = max(covered, at + n)
+    assert covered >= size
+    assert list_segments(tmp_path)[0].path.stat().st_size == max(size, wal.end_offset)
+    wal.close()
+    assert len(batches_in(tmp_path)) == index - 1
+
+
+def test_no_zeros_without_preallocation_or_after_a_cut_back(tmp_path, monkeypatch):
+    writes = _Writes(monkeypatch)
+    wal = new_wal(tmp_path / "plain")
+    wal.append([batch(1)])
+    wal.close()
+    assert writes.zeros() == []
+    wal = Wal.create(tmp_path / "w", META, EMPTY, preallocate=True, fsync=False)
+    wal.append([batch(1)])
+    assert len(writes.zeros()) == 1
+    failures = [OSError(28, "No space left on device")]
+
+    def full_once(fd: int, data: bytes | memoryview, offset: int) -> None:
+        if failures:
+            raise failures.pop()
+        writes.spy(fd, data, offset)
+
+    monkeypatch.setattr(walmod, "write_all", full_once)
+    with pytest.raises(OSError, match="No space"):
+        wal.append([batch(2, size=1 << 21)])
+    assert not wal.failed  # cut back: the reserved tail is gone with the partial record
+    zeros = len(writes.zeros())
+    wal.append([batch(2, size=4 << 20)])  # past where the failed append wrote zeros
+    assert len(writes.zeros()) == zeros  # never zeros where no space is reserved
+    wal.close()
+    assert [b.entries[0].index for b in batches_in(tmp_path / "w")] == [1, 2]
+
+
+def test_no_zeros_after_a_cut_that_found_no_space(tmp_path, monkeypatch):
+    """A cut trims the segment's reserved tail first; if the new segment then finds no space,
+    appends go on in the old one, and must not write zeros where nothing is reserved now."""
+    wal = Wal.create(tmp_path, META, EMPTY, segment_size=4 << 20, preallocate=True, fsync=False)
+    wal.close()
+    wal, _ = Wal.open(tmp_path, segment_size=1 << 20, fsync=False)  # the size made smaller
+    wal.append([batch(1, size=1 << 20)])
+    assert wal.segment_full
+    writes = _Writes(monkeypatch)
+    real = fileutil.write_all
+
+    def no_space_for_new_segments(fd: int, data: bytes | memoryview, offset: int) -> None:
+        if offset == 0:
+            raise OSError(28, "No space left on device")
+        real(fd, data, offset)
+
+    monkeypatch.setattr(walmod, "write_all", no_space_for_new_segments)
+    with pytest.raises(OSError, match="No space"):
+        wal.cut(EMPTY)
+    monkeypatch.setattr(walmod, "write_all", writes.spy)
+    wal.append([batch(2, size=3 << 19)])  # past the zeros written before the cut
+    assert writes.zeros() == []
+    wal.close()
+    assert [b.entries[0].index for b in batches_in(tmp_path)] == [1, 2]
+
+
+def test_reopened_preallocated_segment_gets_zeros_ahead(tmp_path, monkeypatch):
+    wal = Wal.create(tmp_path, META, EMPTY, segment_size=1 << 21, preallocate=True, fsync=False)
+    wal.append([batch(1)])
+    wal.close()
+    writes = _Writes(monkeypatch)
+    wal, _ = Wal.open(tmp_path, segment_size=1 << 21, fsync=False)
+    wal.append([batch(2)])
+    assert writes.zeros() == [(wal.end_offset, walmod.ZERO_AHEAD)]
+    wal.close()
+    wal, _ = Wal.open(tmp_path, segment_size=1 << 21, preallocate=False, fsync=False)
+    wal.append([batch(3)])
+    assert len(writes.zeros()) == 1
+    wal.close()
+    assert [b.entries[0].index for b in batches_in(tmp_path)] == [1, 2, 3]
 
 
 def test_release_keeps_segment_holding_index(tmp_path):
