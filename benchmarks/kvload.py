@@ -3,10 +3,12 @@
 ``--inflight`` workers each keep one request outstanding. The requests go through a few
 :class:`kvapp.client.AsyncClient` instances, each connected to one member first (the clients are
 spread evenly over the endpoints) and pipelining everything its workers send over that one
-connection. The workers form :data:`BALANCERS` groups, as goload's workers share its 4
-clientv3 connections, and each group sends its successive requests to successive clients, as
-the round-robin balancer of one clientv3 connection does: so a wave of answers from one member
-spreads its workers' next requests over every member. (Each worker once kept a round-robin of
+connection; with the client's defaults, writes go to the leader instead, over a second
+connection (``writes_to_leader``; etcd's clientv3 sends them to any member, which forwards).
+The workers form :data:`BALANCERS` groups, as goload's workers share its 4 clientv3
+connections, and each group sends its successive requests to successive clients, as the
+round-robin balancer of one clientv3 connection does: so a wave of answers from one member
+spreads its workers' next reads over every member. (Each worker once kept a round-robin of
 its own; workers answered together then moved to the next member together, until all of them
 did, and the members took turns holding every request in flight: one entry of 64 writes at a
 time at 64 in flight, a lockstep goload never produces.) Keys are

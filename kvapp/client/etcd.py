@@ -431,6 +431,7 @@ class EtcdLink(LinkIdentity):
             if e.code == GrpcCode.UNAVAILABLE and str(e) not in _REFUSED_UNPROPOSED:
                 raise OutcomeUnknown(f"{self._endpoint}: {e}") from e
             raise
+        self._raft_term = max(self._raft_term, resp.header.raft_term)
         return from_pb(resp)
 
     async def range(self, request: RangeRequest) -> RangeResponse:

@@ -512,6 +512,7 @@ class NativeLink(LinkIdentity):
             pending = self._pending.pop(item[1], None)
             if kind == wire.ITEM_OK:
                 header = wire.decode_header(item[2])
+                self._raft_term = max(self._raft_term, header.raft_term)
                 if pending is None:
                     return  # abandoned by its caller
                 outcome: tuple[ResponseHeader, wire.OpResult] | BaseException = (

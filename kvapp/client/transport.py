@@ -106,6 +106,14 @@ class Link(Protocol):
         """Whether the link is lost or closed (every call on it fails with ``LinkClosed``)."""
         ...
 
+    @property
+    def raft_term(self) -> int:
+        """The highest Raft term the member's answers to writes carried so far (0: none yet).
+
+        A term above the one the leader was found in says the leader may have changed.
+        """
+        ...
+
     async def write(self, request: WriteRequest, *, request_id: int) -> WriteResponse:
         """A write; ``request_id`` (with :attr:`client_id`) deduplicates retries; 0: none."""
         ...
@@ -177,6 +185,7 @@ class LinkIdentity:
     _client_id: int
     _member_id: int
     _lost: ClientError | None
+    _raft_term: int = 0
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._endpoint} member {self._member_id:x}>"
@@ -200,6 +209,11 @@ class LinkIdentity:
     def closed(self) -> bool:
         """Whether the link is lost or closed."""
         return self._lost is not None
+
+    @property
+    def raft_term(self) -> int:
+        """The highest Raft term the member's answers to writes carried so far."""
+        return self._raft_term
 
 
 @runtime_checkable

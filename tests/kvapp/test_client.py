@@ -328,7 +328,7 @@ async def test_concurrent_requests_are_pipelined_in_shared_frames() -> None:
         gets = await asyncio.gather(*(client.get(b"k%03d" % i) for i in range(n)))
         assert all(g.kvs[0].key == b"k%03d" % i for i, g in enumerate(gets))
         stats = m.servers[0].stats
-        assert stats.requests == 2 * n + 1
+        assert stats.requests == 2 * n + 2  # and the Status of the first write's leader search
         assert stats.frames_received < stats.requests / 10, stats
         assert stats.frames_sent < stats.requests / 10, stats
         assert stats.errors == 0
@@ -492,6 +492,54 @@ async def test_unavailable_members_are_skipped_for_reads_and_writes() -> None:
         m.services[1].unavailable = NoLeaderError()
         with pytest.raises(NoLeaderError):
             await client.get(b"k")
+
+
+# -- writes to the leader ---------------------------------------------------------------------
+
+
+def writes_on(m: Members) -> list[int]:
+    """How many writes each member was asked to make."""
+    return [s.calls.count("write") for s in m.services]
+
+
+@run()
+async def test_writes_go_to_the_leader_and_reads_to_the_current_endpoint() -> None:
+    async with members(3, leader=2) as m, client_for(m) as client:
+        for i in range(5):
+            await client.put(b"k%d" % i, b"v")
+            await client.get(b"k%d" % i)
+        assert writes_on(m) == [0, 0, 5]
+        assert [s.calls.count("range") for s in m.services] == [5, 0, 0]
+        assert [s.calls.count("status") for s in m.services] == [1, 0, 0], "found once"
+    async with members(3, leader=2) as m, client_for(m, writes_to_leader=False) as client:
+        await client.put(b"k", b"v")
+        assert writes_on(m) == [1, 0, 0]
+        assert "status" not in m.services[0].calls
+
+
+@run()
+async def test_an_answer_from_a_later_term_makes_the_next_write_look_for_the_leader() -> None:
+    async with members(3, leader=1) as m, client_for(m) as client:
+        await client.put(b"k", b"1")
+        assert writes_on(m) == [0, 1, 0]
+        m.cluster.leader_id = m.services[2].member_id  # an election the client did not see
+        m.cluster.term += 1
+        await client.put(b"k", b"2")  # the old leader takes it (a member forwards it)
+        assert writes_on(m) == [0, 2, 0]
+        await client.put(b"k", b"3")  # its answer had the new term: the client looked again
+        await client.put(b"k", b"4")
+        assert writes_on(m) == [0, 2, 2]
+        assert m.services[0].calls.count("status") == 2
+
+
+@run()
+async def test_writes_go_to_the_current_endpoint_while_no_leader_can_be_found() -> None:
+    async with members(2, leader=1) as m, client_for(m) as client:
+        m.cluster.leader_id = 0  # every member says it knows no leader
+        await client.put(b"k", b"1")
+        await client.put(b"k", b"2")
+        assert writes_on(m) == [2, 0]
+        assert m.services[0].calls.count("status") == 1, "no new search within a second"
 
 
 # -- leases -----------------------------------------------------------------------------------

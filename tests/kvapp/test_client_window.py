@@ -129,6 +129,10 @@ class FakeLink:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def raft_term(self) -> int:
+        return 0
+
     async def write(self, request: WriteRequest, *, request_id: int) -> WriteResponse:
         if self._closed:
             raise LinkClosed(ENDPOINT, "closed", sent=False)
@@ -190,6 +194,7 @@ def client_for(member: Member, window: int) -> AsyncClient:
         connector=FakeConnector(member),
         max_inflight_writes=window,
         retry_backoff=0.001,
+        writes_to_leader=False,  # one fake member, which answers writes only
     )
 
 

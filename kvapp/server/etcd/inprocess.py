@@ -51,7 +51,10 @@ def in_process_client(api: EtcdApi, *, request_timeout: float = 10.0) -> AsyncCl
     the member is attached. Close it when done (it cancels its watches).
     """
     return AsyncClient(
-        [ENDPOINT], connector=InProcessConnector(api), request_timeout=request_timeout
+        [ENDPOINT],
+        connector=InProcessConnector(api),
+        request_timeout=request_timeout,
+        writes_to_leader=False,  # its one link is this member; the member forwards
     )
 
 
@@ -120,6 +123,11 @@ class InProcessLink:
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
+
+    @property
+    def raft_term(self) -> int:
+        """Not tracked: the client never looks for the leader through this link."""
+        return 0
 
     async def write(self, request: WriteRequest, *, request_id: int) -> WriteResponse:
         """Propose a write (no dedup ids)."""
