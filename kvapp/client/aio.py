@@ -757,7 +757,11 @@ class AsyncClient:
         if not self._searching and loop.time() >= self._search_after:
             self._searching = True
             try:
-                return await self._leader_link()
+                link = await self._leader_link()
+                # Its own answers may carry a term above the one it was found in (the member
+                # asked lagged behind): not a reason to look again at the next write.
+                self._leader_term = max(self._leader_term, link.raft_term)
+                return link
             except (ClientError, EtcdError) as e:
                 log.debug("kvapp client: no leader for writes (%s); to any member for now", e)
                 self._search_after = loop.time() + _LEADER_SEARCH_PAUSE

@@ -236,6 +236,7 @@ class NativeLink(LinkIdentity):
         self._reader = reader
         self._writer = writer
         self._member_id = header.member_id
+        self._raft_term = header.raft_term
         self.cluster_id = header.cluster_id
         self.max_request_bytes = max_request_bytes
         self.max_frame_bytes = max_frame_bytes

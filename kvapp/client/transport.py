@@ -108,7 +108,7 @@ class Link(Protocol):
 
     @property
     def raft_term(self) -> int:
-        """The highest Raft term the member's answers to writes carried so far (0: none yet).
+        """The highest Raft term the member's answers carried so far (writes' at least; 0: none).
 
         A term above the one the leader was found in says the leader may have changed.
         """
@@ -212,7 +212,7 @@ class LinkIdentity:
 
     @property
     def raft_term(self) -> int:
-        """The highest Raft term the member's answers to writes carried so far."""
+        """The highest Raft term the member's answers carried so far (0: none yet)."""
         return self._raft_term
 
 

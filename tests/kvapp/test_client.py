@@ -533,6 +533,27 @@ async def test_an_answer_from_a_later_term_makes_the_next_write_look_for_the_lea
 
 
 @run()
+async def test_a_leader_found_through_a_lagging_member_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The member asked reports an older term than the leader's own answers carry."""
+    async with members(3, leader=1) as m, client_for(m) as client:
+        asked = m.services[0]
+        real_status = asked.status
+
+        def lagging_status() -> Any:
+            status = real_status()
+            old = attrs.evolve(status.header, raft_term=status.header.raft_term - 1)
+            return attrs.evolve(status, header=old, raft_term=old.raft_term)
+
+        monkeypatch.setattr(asked, "status", lagging_status)
+        for i in range(4):
+            await client.put(b"k", b"%d" % i)
+        assert writes_on(m) == [0, 4, 0]
+        assert asked.calls.count("status") == 1, "the leader was looked for once"
+
+
+@run()
 async def test_writes_go_to_the_current_endpoint_while_no_leader_can_be_found() -> None:
     async with members(2, leader=1) as m, client_for(m) as client:
         m.cluster.leader_id = 0  # every member says it knows no leader
