@@ -8,7 +8,8 @@ random keys ``key%08d``, puts, linearizable gets and serializable gets (gets on 
   ``goload`` (etcd's own Go client, 4 connections balanced over the members); kvapp by
   ``benchmarks/kvload.py``, a closed loop on kvapp's Python native client
   (:class:`kvapp.client.AsyncClient`: a few clients spread over the members, each pipelining its
-  requests over one connection), run in its own process whose CPU it reports. Checks the
+  requests over one connection, and its writes over one more to the leader), run in its own
+  process whose CPU it reports. Checks the
   targets of issue 11.
 - ``etcd``: 1, 64 and 256 in flight, one client for everything: goload against kvapp's etcd
   gRPC API, against etcd, and against bench's Python gRPC ceiling server (a dict-only etcd KV
@@ -726,8 +727,8 @@ def compare(a: argparse.Namespace, bench: pathlib.Path) -> None:
         f"with its defaults, driven by bench's goload (etcd's Go clientv3, 4 connections "
         f"balanced over the members); kvapp (`kvapp serve` defaults: snapshot every 100,000 "
         f"applied requests) driven by benchmarks/kvload.py in its own process (Python "
-        f"AsyncClients on "
-        f"the native protocol, spread over the members, pipelining; its own CPU is the "
+        f"AsyncClients on the native protocol, pipelining, reads spread over the members "
+        f"and writes sent to the leader, the client's default; its own CPU is the "
         f"kvload column). Same workload: {a.value}-byte values over {a.keys:,} random keys, "
         f"{a.warmup:g} s warm-up, {a.seconds:g} s measured per point, gets on preloaded keys. "
         f"Points alternate kvapp/etcd (first side alternating) and the list ran {a.reps} "
