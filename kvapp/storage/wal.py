@@ -829,6 +829,7 @@ class Wal:
         segment_size: int,
         preallocate: bool,
         fsync: bool,
+        zero_limit: int = 0,
     ) -> None:
         """Use :meth:`create` or :meth:`open`."""
         self.directory = directory
@@ -841,7 +842,7 @@ class Wal:
         self._preallocate = preallocate
         self._fsync = fsync
         self._failed = False
-        self._zero_limit = 0  # the preallocated end of the segment: zeros may go up to here
+        self._zero_limit = zero_limit  # the preallocated end of the segment: zeros go up to here
         self._zeroed = offset  # the end of what appends and zeros have written
 
     @staticmethod
@@ -961,9 +962,8 @@ class Wal:
             segment_size=segment_size,
             preallocate=preallocate,
             fsync=fsync,
+            zero_limit=size if preallocate else 0,  # reserved by this run or an earlier one
         )
-        if preallocate:
-            wal._zero_limit = size  # beyond the records: space this or an earlier run reserved
         return wal, contents
 
     @property
