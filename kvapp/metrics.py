@@ -212,6 +212,14 @@ class MeteredService:
         """See KvService."""
         return await self._m.range(request)
 
+    def read_barrier(self, request: RangeRequest) -> asyncio.Future[None] | None:
+        """See KvService."""
+        return self._m.read_barrier(request)
+
+    def range_now(self, request: RangeRequest) -> RangeResponse:
+        """See KvService."""
+        return self._m.range_now(request)
+
     async def lease_keep_alive(self, lease_id: int) -> LeaseKeepAliveResponse:
         """See KvService."""
         return await self._m.lease_keep_alive(lease_id)

@@ -506,11 +506,22 @@ class Member:
 
     async def range(self, request: RangeRequest) -> RangeResponse:
         """Serve a read. See KvService."""
+        barrier = self.read_barrier(request)
+        if barrier is not None:
+            await asyncio.shield(barrier)
+        return self.range_now(request)
+
+    def read_barrier(self, request: RangeRequest) -> asyncio.Future[None] | None:
+        """What ``request`` waits for before :meth:`range_now` serves it. See KvService."""
         self._check_serving()
-        if request.serializable:
-            await self._wait_caught_up()
-        else:
-            await self._read_barrier()
+        if not request.serializable:
+            return self._barrier()
+        if self.node.applied >= self._start_commit:
+            return None
+        return asyncio.ensure_future(self._wait_caught_up())
+
+    def range_now(self, request: RangeRequest) -> RangeResponse:
+        """Serve a read from the local store at once. See KvService."""
         resp = self.kv.store.apply(request)
         if not isinstance(resp, RangeResponse):
             raise TypeError(f"range answered with {type(resp).__name__}")
@@ -891,18 +902,23 @@ class Member:
     # -- reads --
 
     async def _read_barrier(self) -> None:
-        """Wait for a ReadIndex round issued after this call, shared with concurrent reads.
+        """Wait for a ReadIndex round issued after this call (see :meth:`_barrier`)."""
+        await asyncio.shield(self._barrier())
+
+    def _barrier(self) -> asyncio.Future[None]:
+        """The end of a ReadIndex round issued after this call, shared with concurrent reads.
 
         The reads arriving in one loop turn share a round. Up to :data:`_READ_ROUNDS` rounds
         may be in flight, so a read arriving during a round waits for a round of its own
-        rather than for that one to end first; beyond that, reads gather for the next.
+        rather than for that one to end first; beyond that, reads gather for the next. The
+        future is shared: waiters must not cancel it.
         """
         fut = self._barrier_next
         if fut is None:
             fut = self._barrier_next = asyncio.get_running_loop().create_future()
             if len(self._barrier_tasks) < _READ_ROUNDS:
                 self._start_round()
-        await asyncio.shield(fut)
+        return fut
 
     def _start_round(self) -> None:
         task = asyncio.create_task(self._read_round())

@@ -13,6 +13,7 @@ retry with the same ``(client_id, request_id)`` is safe, because the member dedu
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
@@ -192,8 +193,31 @@ class KvService(Protocol):
     async def range(self, request: RangeRequest) -> RangeResponse:
         """Read: linearizable (a ReadIndex barrier first) unless ``request.serializable``.
 
+        The same as awaiting :meth:`read_barrier` (when it is not None), then
+        :meth:`range_now`.
+
         Raises:
             EtcdError: e.g. compacted/future revision, no leader, timeout.
+        """
+        ...
+
+    def read_barrier(self, request: RangeRequest) -> asyncio.Future[None] | None:
+        """What a read must wait for before :meth:`range_now` may serve it; None: nothing.
+
+        The task-free half of :meth:`range`, for protocols that serve many reads at once:
+        the future may be shared by many reads (never cancel it; add a done callback). It
+        fails with the read's EtcdError (no leader, timeout).
+
+        Raises:
+            EtcdError: the member cannot serve reads now.
+        """
+        ...
+
+    def range_now(self, request: RangeRequest) -> RangeResponse:
+        """Serve a read from this member's store now (after :meth:`read_barrier`).
+
+        Raises:
+            EtcdError: e.g. compacted/future revision.
         """
         ...
 

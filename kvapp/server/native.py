@@ -1092,6 +1092,7 @@ class _Connection:
         self._room = asyncio.Event()
         self._unanswered = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reads: dict[asyncio.Future[None], list[tuple[int, RangeRequest]]] = {}
         self._sender: asyncio.Task[None] | None = None
         self._watch: WatchStream | None = None
         self._chunks_queued = 0  # stream pieces in the outbox
@@ -1248,6 +1249,9 @@ class _Connection:
                 await sender
 
     async def _cleanup(self) -> None:
+        for barrier in self._reads:
+            barrier.remove_done_callback(self._barrier_passed)
+        self._reads.clear()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -1290,7 +1294,15 @@ class _Connection:
                 request, request_id = decode_body(op, body)
             except RequestDecodeError as e:
                 raise _Refusal(GrpcCode.INVALID_ARGUMENT, f"kvapp: malformed request: {e}") from e
-            result = self._serve_now(request)
+            result: tuple[ResponseHeader, OpResult] | None
+            if type(request) is RangeRequest:
+                barrier = self.service.read_barrier(request)
+                if barrier is not None:
+                    self._wait_barrier(barrier, req_no, request)
+                    return
+                result = self._read_now(request)
+            else:
+                result = self._serve_now(request)
         except EtcdError as e:
             self._answer_error(req_no, _Refusal.of(e))
             return
@@ -1311,6 +1323,41 @@ class _Connection:
             task = asyncio.create_task(self._serve_later(req_no, request, request_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _wait_barrier(
+        self, barrier: asyncio.Future[None], req_no: int, request: RangeRequest
+    ) -> None:
+        """Serve ``request`` once ``barrier`` is passed.
+
+        One callback serves every read waiting on the barrier (a ReadIndex round is shared by
+        a batch of reads): no task per read.
+        """
+        waiting = self._reads.get(barrier)
+        if waiting is None:
+            waiting = self._reads[barrier] = []
+            barrier.add_done_callback(self._barrier_passed)
+        waiting.append((req_no, request))
+
+    def _barrier_passed(self, barrier: asyncio.Future[None]) -> None:
+        reads = self._reads.pop(barrier, [])
+        if barrier.cancelled():
+            return  # the member is stopping; as a cancelled task would, leave them unanswered
+        exc = barrier.exception()
+        for req_no, request in reads:
+            if exc is not None:
+                self._answer_failure(req_no, request, exc)
+                continue
+            try:
+                header, read = self._read_now(request)
+            except Exception as e:  # noqa: BLE001 - answered as _serve_later answers
+                self._answer_failure(req_no, request, e)
+            else:
+                self._answer(req_no, header, read)
+
+    def _read_now(self, request: RangeRequest) -> tuple[ResponseHeader, OpResult]:
+        service = self.service
+        read = service.range_now(request)
+        return attrs.evolve(service.header(), revision=read.revision), read
 
     def _serve_now(self, request: OpRequest) -> tuple[ResponseHeader, OpResult] | None:
         """Serve what needs no waiting; None for what must run in a task."""
@@ -1362,17 +1409,21 @@ class _Connection:
     async def _serve_later(self, req_no: int, request: OpRequest, request_id: int) -> None:
         try:
             header, result = await self._serve(request, request_id)
-        except EtcdError as e:
-            self._answer_error(req_no, _Refusal.of(e))
-        except _Refusal as e:
-            self._answer_error(req_no, e)
-        except OutcomeUnknown:
-            self._answer_error(req_no, _Refusal(GrpcCode.UNKNOWN, OUTCOME_UNKNOWN_MESSAGE))
-        except Exception:
-            log.exception("native: %s: request %d (%s) failed", self.peer, req_no, request)
-            self._answer_error(req_no, _Refusal(GrpcCode.INTERNAL, "kvapp: internal error"))
+        except Exception as e:  # noqa: BLE001 - every failure is answered
+            self._answer_failure(req_no, request, e)
         else:
             self._answer(req_no, header, result)
+
+    def _answer_failure(self, req_no: int, request: OpRequest, e: BaseException) -> None:
+        if isinstance(e, EtcdError):
+            self._answer_error(req_no, _Refusal.of(e))
+        elif isinstance(e, _Refusal):
+            self._answer_error(req_no, e)
+        elif isinstance(e, OutcomeUnknown):
+            self._answer_error(req_no, _Refusal(GrpcCode.UNKNOWN, OUTCOME_UNKNOWN_MESSAGE))
+        else:
+            log.error("native: %s: request %d (%s) failed", self.peer, req_no, request, exc_info=e)
+            self._answer_error(req_no, _Refusal(GrpcCode.INTERNAL, "kvapp: internal error"))
 
     async def _serve(self, request: OpRequest, request_id: int) -> tuple[ResponseHeader, OpResult]:
         service = self.service

@@ -171,7 +171,16 @@ class FakeService:
 
     async def range(self, request: RangeRequest) -> RangeResponse:
         """Read the shared store."""
+        self.read_barrier(request)
+        return self.range_now(request)
+
+    def read_barrier(self, request: RangeRequest) -> asyncio.Future[None] | None:
+        """Nothing to wait for: the shared state is always current."""
         self._enter("range")
+        return None
+
+    def range_now(self, request: RangeRequest) -> RangeResponse:
+        """Read the shared store."""
         return cast("RangeResponse", self.cluster.state.store.apply(request))
 
     async def lease_keep_alive(self, lease_id: int) -> LeaseKeepAliveResponse:

@@ -21,7 +21,7 @@ import pytest
 
 from kvapp import requests as kvreq
 from kvapp import snapfile
-from kvapp.errors import FutureRevisionError, GrpcCode, NoLeaderError
+from kvapp.errors import CompactedError, FutureRevisionError, GrpcCode, NoLeaderError
 from kvapp.lease import (
     LeaseGrantRequest,
     LeaseKeepAliveResponse,
@@ -38,6 +38,7 @@ from kvapp.mvcc.types import (
     PutRequest,
     PutResponse,
     RangeRequest,
+    RangeResponse,
     TxnRequest,
 )
 from kvapp.server import native as wire
@@ -541,11 +542,11 @@ async def test_a_failing_service_call_is_answered_internal_and_the_connection_su
         def broken_status() -> StatusInfo:
             raise RuntimeError("bug")
 
-        async def broken_range(request: RangeRequest) -> Any:
+        def broken_range(request: RangeRequest) -> Any:
             raise RuntimeError("bug")
 
         monkeypatch.setattr(service, "status", broken_status)
-        monkeypatch.setattr(service, "range", broken_range)
+        monkeypatch.setattr(service, "range_now", broken_range)
         raw = await Raw.open(server.port)
         with caplog.at_level(logging.ERROR, logger="kvapp.server.native"):
             await raw.send([req(1, wire.StatusRequest()), req(2, RangeRequest(b"k"))])
@@ -559,21 +560,75 @@ async def test_a_failing_service_call_is_answered_internal_and_the_connection_su
 
 
 @run()
+async def test_reads_waiting_on_one_barrier_are_served_together_once_it_is_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with serving() as (server, service):
+        await service.write(PutRequest(b"k", b"v1"))
+        await service.write(PutRequest(b"k", b"v2"))
+        await service.write(CompactRequest(2))
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waited: list[RangeRequest] = []
+
+        def barrier(request: RangeRequest) -> asyncio.Future[None]:
+            waited.append(request)
+            return gate
+
+        monkeypatch.setattr(service, "read_barrier", barrier)
+        raw = await Raw.open(server.port)
+        await raw.send(
+            [
+                req(1, RangeRequest(b"k")),
+                req(2, RangeRequest(b"k", revision=1)),  # compacted: its own error
+                req(3, RangeRequest(b"k")),
+            ]
+        )
+        with pytest.raises(TimeoutError):
+            await raw.answers(1, within=0.05)
+        assert len(waited) == 3
+        gate.set_result(None)
+        got = await raw.answers(3)
+        for n in (1, 3):
+            _, read = ok_result(got[n], Op.RANGE)
+            assert isinstance(read, RangeResponse)
+            assert [kv.value for kv in read.kvs] == [b"v2"]
+        assert got[2][2:] == [GrpcCode.OUT_OF_RANGE, CompactedError.message]
+        await raw.close()
+
+
+@run()
+async def test_a_failed_barrier_answers_its_error_to_every_read_waiting_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with serving() as (server, service):
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        monkeypatch.setattr(service, "read_barrier", lambda request: gate)
+        raw = await Raw.open(server.port)
+        await raw.send([req(1, RangeRequest(b"a")), req(2, RangeRequest(b"b"))])
+        await asyncio.sleep(0.01)
+        gate.set_exception(NoLeaderError())
+        got = await raw.answers(2)
+        for n in (1, 2):
+            assert got[n][2:] == [GrpcCode.UNAVAILABLE, NoLeaderError().message]
+        await raw.send([req(3, PutRequest(b"k", b"v"))])
+        assert (await raw.answers(1))[3][0] == wire.ITEM_OK
+        await raw.close()
+
+
+@run()
 async def test_a_connection_with_too_many_unanswered_requests_is_not_read() -> None:
     async with serving(max_inflight=2) as (server, service):
-        release = asyncio.Event()
-        real_range = service.range
+        release: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entered: list[RangeRequest] = []
         two_entered = asyncio.Event()
 
-        async def slow_range(request: RangeRequest) -> Any:
+        def slow_barrier(request: RangeRequest) -> asyncio.Future[None]:
             entered.append(request)
             if len(entered) == 2:
                 two_entered.set()
-            await release.wait()
-            return await real_range(request)
+            return release
 
-        service.range = slow_range  # type: ignore[method-assign]
+        service.read_barrier = slow_barrier  # type: ignore[method-assign]
         raw = await Raw.open(server.port)
         for frame in range(3):
             await raw.send([req(frame * 2 + i + 1, RangeRequest(b"k")) for i in range(2)])
@@ -584,7 +639,7 @@ async def test_a_connection_with_too_many_unanswered_requests_is_not_read() -> N
         await asyncio.sleep(0.05)
         assert server.connections[0].frames_received == 1
         assert len(entered) == 2
-        release.set()
+        release.set_result(None)
         got = await raw.answers(6)
         assert sorted(got) == [1, 2, 3, 4, 5, 6]
         assert server.connections[0].frames_received == 3
@@ -597,11 +652,13 @@ async def test_stop_is_prompt_with_a_connection_held_back_by_backpressure() -> N
     service = cluster.service(1)
     entered = asyncio.Event()
 
-    async def stuck_range(request: RangeRequest) -> Any:
-        entered.set()
-        await asyncio.Event().wait()  # never answered
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    service.range = stuck_range  # type: ignore[method-assign]
+    def stuck_barrier(request: RangeRequest) -> asyncio.Future[None]:
+        entered.set()
+        return never
+
+    service.read_barrier = stuck_barrier  # type: ignore[method-assign]
     server = NativeServer(service, port=0, max_inflight=1)
     await server.start()
     raw = await Raw.open(server.port)
