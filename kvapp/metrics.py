@@ -199,14 +199,25 @@ class MeteredService:
         self, request: WriteRequest, *, client_id: int = 0, request_id: int = 0
     ) -> WriteResponse:
         """See KvService; counts the write as pending until answered, and failures."""
-        self._metrics.pending += 1
+        return await self.submit_write(request, client_id=client_id, request_id=request_id)
+
+    def submit_write(
+        self, request: WriteRequest, *, client_id: int = 0, request_id: int = 0
+    ) -> asyncio.Future[WriteResponse]:
+        """See KvService; counts the write as pending until settled, and failures."""
         try:
-            return await self._m.write(request, client_id=client_id, request_id=request_id)
+            fut = self._m.submit_write(request, client_id=client_id, request_id=request_id)
         except BaseException:
             self._metrics.proposals_failed.inc()
             raise
-        finally:
-            self._metrics.pending -= 1
+        self._metrics.pending += 1
+        fut.add_done_callback(self._write_settled)
+        return fut
+
+    def _write_settled(self, fut: asyncio.Future[WriteResponse]) -> None:
+        self._metrics.pending -= 1
+        if fut.cancelled() or fut.exception() is not None:
+            self._metrics.proposals_failed.inc()
 
     async def range(self, request: RangeRequest) -> RangeResponse:
         """See KvService."""

@@ -489,6 +489,12 @@ class Member:
         self, request: WriteRequest, *, client_id: int = 0, request_id: int = 0
     ) -> WriteResponse:
         """Propose ``request``; return its result once applied here. See KvService."""
+        return await self.submit_write(request, client_id=client_id, request_id=request_id)
+
+    def submit_write(
+        self, request: WriteRequest, *, client_id: int = 0, request_id: int = 0
+    ) -> asyncio.Future[WriteResponse]:
+        """Propose ``request`` now; the future of its result. See KvService."""
         self._check_serving()
         if not isinstance(request, _WRITE_TYPES):
             raise TypeError(f"not a write request: {type(request).__name__}")
@@ -499,10 +505,9 @@ class Member:
         data = kvreq.encode_request(req)
         if len(data) > self.config.max_request_bytes:
             raise RequestTooLargeError
-        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._batch_write(data, fut)
-        result = await fut
-        return result  # type: ignore[return-value]
+        fut: asyncio.Future[WriteResponse] = asyncio.get_running_loop().create_future()
+        self._batch_write(data, cast("asyncio.Future[object]", fut))
+        return fut
 
     async def range(self, request: RangeRequest) -> RangeResponse:
         """Serve a read. See KvService."""

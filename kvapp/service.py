@@ -190,6 +190,18 @@ class KvService(Protocol):
         """
         ...
 
+    def submit_write(
+        self, request: WriteRequest, *, client_id: int = 0, request_id: int = 0
+    ) -> asyncio.Future[WriteResponse]:
+        """The task-free form of :meth:`write`: propose now, return the result's future.
+
+        For protocols that answer many writes from callbacks. What :meth:`write` would raise
+        before proposing (too large, NOSPACE, the member not serving) is raised here; the
+        rest settles the future. Cancelling the future gives up waiting, as cancelling
+        :meth:`write` does: the write may still be applied.
+        """
+        ...
+
     async def range(self, request: RangeRequest) -> RangeResponse:
         """Read: linearizable (a ReadIndex barrier first) unless ``request.serializable``.
 

@@ -110,11 +110,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import ssl
 import struct
 from collections.abc import Iterable
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, cast
 
 import attrs
 import cbor2
@@ -1295,6 +1296,12 @@ class _Connection:
             except RequestDecodeError as e:
                 raise _Refusal(GrpcCode.INVALID_ARGUMENT, f"kvapp: malformed request: {e}") from e
             result: tuple[ResponseHeader, OpResult] | None
+            if type(request) in _WRITES:
+                write = cast("WriteRequest", request)
+                client_id = self.client_id if request_id else 0
+                done = self.service.submit_write(write, client_id=client_id, request_id=request_id)
+                done.add_done_callback(functools.partial(self._write_done, req_no, write))
+                return
             if type(request) is RangeRequest:
                 barrier = self.service.read_barrier(request)
                 if barrier is not None:
@@ -1353,6 +1360,18 @@ class _Connection:
                 self._answer_failure(req_no, request, e)
             else:
                 self._answer(req_no, header, read)
+
+    def _write_done(
+        self, req_no: int, request: WriteRequest, done: asyncio.Future[WriteResponse]
+    ) -> None:
+        if done.cancelled():
+            return  # the member is stopping; as a cancelled task would, leave it unanswered
+        exc = done.exception()
+        if exc is not None:
+            self._answer_failure(req_no, request, exc)
+            return
+        result = done.result()
+        self._answer(req_no, attrs.evolve(self.service.header(), revision=result.revision), result)
 
     def _read_now(self, request: RangeRequest) -> tuple[ResponseHeader, OpResult]:
         service = self.service
@@ -1431,18 +1450,6 @@ class _Connection:
             case RangeRequest():
                 read = await service.range(request)
                 return attrs.evolve(service.header(), revision=read.revision), read
-            case (
-                PutRequest()
-                | DeleteRangeRequest()
-                | TxnRequest()
-                | CompactRequest()
-                | LeaseGrantRequest()
-                | LeaseRevokeRequest()
-            ):
-                write: WriteRequest = request
-                client_id = self.client_id if request_id else 0
-                done = await service.write(write, client_id=client_id, request_id=request_id)
-                return attrs.evolve(service.header(), revision=done.revision), done
             case LeaseKeepAliveRequest():
                 resp: OpResult = await service.lease_keep_alive(request.id)
             case LeaseTimeToLiveRequest():

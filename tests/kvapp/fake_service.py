@@ -169,6 +169,14 @@ class FakeService:
             await c.after_apply(self, request, client_id, request_id)
         return result
 
+    def submit_write(
+        self, request: WriteRequest, *, client_id: int = 0, request_id: int = 0
+    ) -> asyncio.Future[WriteResponse]:
+        """:meth:`write` in a task (the task-free form is the member's business)."""
+        return asyncio.ensure_future(
+            self.write(request, client_id=client_id, request_id=request_id)
+        )
+
     async def range(self, request: RangeRequest) -> RangeResponse:
         """Read the shared store."""
         self.read_barrier(request)

@@ -6,6 +6,9 @@ import asyncio
 import re
 from pathlib import Path
 
+import pytest
+
+from kvapp.errors import LeaseNotFoundError, RequestTooLargeError
 from kvapp.metrics import MemberMetrics, MeteredService, TimedStorage, health, render
 from kvapp.mvcc.types import PutRequest
 from kvapp.server.http import HttpServer
@@ -78,6 +81,38 @@ async def test_health_and_metrics_follow_the_member() -> None:
     finally:
         await server.stop()
         await metrics.stop()
+        for x in members:
+            await x.stop(transfer=False)
+
+
+@aio
+async def test_metered_writes_count_pending_and_failed_proposals() -> None:
+    hub, clock = Hub(), Clock()
+    initial = infos(3)
+    members = [make_member(hub, i, initial, clock) for i in initial]
+    m = members[0]
+    metrics = MemberMetrics(m)
+    service: KvService = MeteredService(m, metrics)
+    failed = "etcd_server_proposals_failed_total"
+    try:
+        for x in members:
+            await x.start()
+        await m.node.wait_leader(timeout=5)
+        fut = service.submit_write(PutRequest(b"k", b"v"))
+        assert metric(render(metrics), "etcd_server_proposals_pending") == 1
+        await asyncio.wait_for(fut, 5)
+        text = render(metrics)
+        assert metric(text, "etcd_server_proposals_pending") == 0
+        assert metric(text, failed) == 0
+        with pytest.raises(RequestTooLargeError):
+            service.submit_write(PutRequest(b"k", b"x" * (2 << 20)))  # refused before proposing
+        assert metric(render(metrics), failed) == 1
+        with pytest.raises(LeaseNotFoundError):
+            await asyncio.wait_for(service.write(PutRequest(b"k", b"v", lease=12345)), 5)
+        text = render(metrics)
+        assert metric(text, failed) == 2
+        assert metric(text, "etcd_server_proposals_pending") == 0
+    finally:
         for x in members:
             await x.stop(transfer=False)
 
