@@ -163,6 +163,8 @@ class _Raft:
         self.msgs: list[Message] = []
         self.msgs_after_append: list[Message] = []
         self.bcast_pending = False
+        self.read_round: bytes | None = None
+        """The newest read token whose heartbeat round is still to be sent (see flush)."""
         self.self_removal_index = 0
         self.read_states: list[ReadState] = []
         self.pending_read_index_messages: list[Message] = []
@@ -362,7 +364,16 @@ class _Raft:
         self.bcast_pending = True
 
     def flush(self) -> None:
-        """Send the broadcast scheduled by ``_bcast_append``, if we still lead."""
+        """Send the broadcasts scheduled since the last flush.
+
+        A read round first (see ``_send_read_index_response``; only a leader schedules one,
+        and stepping down drops it), then the appends scheduled by ``_bcast_append`` if we
+        still lead.
+        """
+        token = self.read_round
+        if token is not None:  # only a leader sets it; stepping down clears it (_reset)
+            self.read_round = None
+            self._bcast_heartbeat(token)
         if not self.bcast_pending:
             return
         self.bcast_pending = False
@@ -388,6 +399,8 @@ class _Raft:
     def _bcast_heartbeat(self, ctx: bytes | None = None) -> None:
         if ctx is None:
             ctx = self.read_only.last_pending_request_ctx()
+        if ctx == self.read_round:
+            self.read_round = None  # this round is the one flush would send
         for node in self.trk.ids():
             if node != self.id:
                 self._send_heartbeat(node, ctx)
@@ -475,6 +488,7 @@ class _Raft:
         self.self_removal_index = 0
         self.uncommitted_size = 0
         self.read_only = ReadOnly(self.read_only.option, self.read_only.next_round)
+        self.read_round = None
 
     def _become_follower(self, term: int, lead: int) -> None:
         self._check_transition(_FOLLOWER)
@@ -992,7 +1006,10 @@ class _Raft:
             self.read_only.recv_ack(self.id, token)
             # Our own ack may already be a quorum (a lone voter in a joint configuration).
             if not self._confirm_reads(token):
-                self._bcast_heartbeat(token)
+                # One heartbeat round, sent at the next flush, confirms every read recorded
+                # before it: its quorum of acknowledgements proves we led after they arrived
+                # (read_only.advance releases all requests up to the acknowledged token).
+                self.read_round = token
         else:
             self._respond_to_read_index(m, self.log.committed)
 

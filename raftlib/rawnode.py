@@ -341,7 +341,7 @@ class RawNode:
         if self._quiet or self._pending is not None:
             return False
         r = self._raft
-        if r.bcast_pending:
+        if r.bcast_pending or r.read_round is not None:
             r.flush()
         if r.msgs or r.msgs_after_append or r.read_states:
             return True
@@ -368,7 +368,7 @@ class RawNode:
         if self._pending is not None:
             raise RaftError("ready() called again before advance() of the previous Ready")
         r = self._raft
-        if r.bcast_pending:
+        if r.bcast_pending or r.read_round is not None:
             r.flush()
         log = r.log
         soft: SoftState | None = None

@@ -55,6 +55,51 @@ def test_confirming_a_read_confirms_every_earlier_one() -> None:
     assert [ctx for _, ctx in drain_reads(node, s)] == [b"a", b"b"]
 
 
+def test_reads_recorded_before_one_ready_share_one_heartbeat_round() -> None:
+    s = storage_with()
+    node = new_node(1, s)
+    elect(node, s)
+    node.read_index(b"a")
+    node.step(Message(MT.READ_INDEX, to=1, from_=2, context=b"b"))
+    node.read_index(b"c")
+    beats = msgs_of(drain(node, s), MT.HEARTBEAT)
+    assert sorted(m.to for m in beats) == [2, 3]  # one round, not three
+    (token,) = {m.context for m in beats}
+    node.step(Message(MT.HEARTBEAT_RESP, to=1, from_=3, term=1, context=token))
+    out: list[Message] = []
+    reads: list[tuple[int, bytes]] = []
+    while node.has_ready():
+        rd = node.ready()
+        out.extend(rd.messages)
+        reads.extend((r.index, r.request_ctx) for r in rd.read_states)
+        node.advance(rd)
+    assert [ctx for _, ctx in reads] == [b"a", b"c"]
+    (answer,) = msgs_of(out, MT.READ_INDEX_RESP)
+    assert (answer.to, answer.context) == (2, b"b")
+
+
+def test_a_heartbeat_tick_before_the_ready_sends_the_read_round_once() -> None:
+    s = storage_with()
+    node = new_node(1, s)
+    elect(node, s)
+    node.read_index(b"a")
+    node.tick()  # heartbeat_tick=1: the periodic heartbeat carries the pending read's token
+    beats = msgs_of(drain(node, s), MT.HEARTBEAT)
+    assert sorted(m.to for m in beats) == [2, 3]
+    assert len({m.context for m in beats}) == 1
+
+
+def test_a_read_round_is_not_sent_by_a_node_that_stepped_down_before_its_ready() -> None:
+    s = storage_with()
+    node = new_node(1, s)
+    elect(node, s)
+    node.read_index(b"a")
+    node.step(Message(MT.HEARTBEAT, to=1, from_=2, term=5))  # a new leader, before the Ready
+    msgs = drain(node, s)
+    assert msgs_of(msgs, MT.HEARTBEAT) == []
+    assert drain_reads(node, s) == []
+
+
 def test_new_leader_holds_reads_until_an_entry_of_its_term_commits() -> None:
     s = storage_with(entries=[(1, 1)], term=1, commit=1)
     node = new_node(1, s)
