@@ -11,6 +11,7 @@ import pytest
 from kvapp.errors import LeaseNotFoundError, RequestTooLargeError
 from kvapp.metrics import MemberMetrics, MeteredService, TimedStorage, health, render
 from kvapp.mvcc.types import PutRequest
+from kvapp.node import Member
 from kvapp.server.http import HttpServer
 from kvapp.service import KvService
 from raftlib import (
@@ -43,14 +44,19 @@ def metric(text: bytes, name: str) -> float:
     return float(m.group(1))
 
 
-@aio
-async def test_health_and_metrics_follow_the_member() -> None:
+def metered_members() -> tuple[Hub, list[Member], MemberMetrics, KvService]:
+    """Three members on a hub, the first one's metrics, and it as a metered service."""
     hub, clock = Hub(), Clock()
     initial = infos(3)
     members = [make_member(hub, i, initial, clock) for i in initial]
+    metrics = MemberMetrics(members[0])
+    return hub, members, metrics, MeteredService(members[0], metrics)
+
+
+@aio
+async def test_health_and_metrics_follow_the_member() -> None:
+    hub, members, metrics, service = metered_members()
     m = members[0]
-    metrics = MemberMetrics(m)
-    service: KvService = MeteredService(m, metrics)
     server = HttpServer(health=lambda: health(m), metrics=lambda: render(metrics))
     await server.start()
     try:
@@ -87,12 +93,8 @@ async def test_health_and_metrics_follow_the_member() -> None:
 
 @aio
 async def test_metered_writes_count_pending_and_failed_proposals() -> None:
-    hub, clock = Hub(), Clock()
-    initial = infos(3)
-    members = [make_member(hub, i, initial, clock) for i in initial]
+    _, members, metrics, service = metered_members()
     m = members[0]
-    metrics = MemberMetrics(m)
-    service: KvService = MeteredService(m, metrics)
     failed = "etcd_server_proposals_failed_total"
     try:
         for x in members:
