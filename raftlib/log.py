@@ -21,7 +21,14 @@ from raftlib.types import Entry, Snapshot
 class RaftLog:
     """Log entries by index across stable storage and the unstable tail."""
 
-    __slots__ = ("applied", "committed", "max_applying_size", "storage", "unstable")
+    __slots__ = (
+        "applied",
+        "committed",
+        "max_applying_size",
+        "replaced_from",
+        "storage",
+        "unstable",
+    )
 
     def __init__(self, storage: Storage, max_applying_size: int | None) -> None:
         self.storage = storage
@@ -31,6 +38,9 @@ class RaftLog:
         self.committed = first - 1
         self.applied = first - 1
         self.max_applying_size = max_applying_size
+        self.replaced_from = 0
+        """The first index whose entry :meth:`maybe_append` replaced by a conflicting one since
+        the owner last reset this to 0 (0: none)."""
 
     def __repr__(self) -> str:
         return (
@@ -186,6 +196,8 @@ class RaftLog:
                     tail.extend(new)
                     last += len(new)
                 else:
+                    if not self.replaced_from or ci < self.replaced_from:
+                        self.replaced_from = ci
                     last = self.append(ents[ci - index - 1 :])
                 break
         commit = committed if committed < last_new else last_new

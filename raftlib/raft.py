@@ -1328,6 +1328,9 @@ class _Raft:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
+            if self.log.replaced_from:
+                self._drop_acks_from(self.log.replaced_from)
+                self.log.replaced_from = 0
             # Message(_APP_RESP, to=m.from_, from_=self.id, term=self.term, index=last_new)
             ack = _new_message(_APP_RESP, m.from_, self.id, self.term, 0, last_new)
             # self._file(ack), inlined
@@ -1354,6 +1357,21 @@ class _Raft:
             reject_hint=hint_index,
             log_term=hint_term,
         )
+
+    def _drop_acks_from(self, index: int) -> None:
+        """Forget the queued acknowledgements of entries at or after ``index``.
+
+        Those entries were just replaced (by a conflicting append, or a snapshot) before the
+        Ready that would make them durable: an acknowledgement made for them, still waiting
+        for that Ready, would tell their leader we hold entries we never will (thesis §10.2.1;
+        a leader of the older term could count it towards committing them). A dropped
+        acknowledgement is only a lost message: the leader probes again.
+        """
+        self.msgs_after_append = [
+            m
+            for m in self.msgs_after_append
+            if m.type is not _APP_RESP or m.reject or m.index < index
+        ]
 
     def _handle_heartbeat(self, m: Message) -> None:
         self.log.commit_to(m.commit)
@@ -1432,6 +1450,7 @@ class _Raft:
             self.log.commit_to(md.index)
             return False
         self.log.restore(snap)
+        self._drop_acks_from(0)  # whatever they acknowledged, the snapshot replaced
         self.trk = ProgressTracker(self.trk.max_inflight, self.trk.max_inflight_bytes)
         try:
             cfg, progress = restore(Changer(self.trk, self.log.last_index()), cs)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from raftlib import Entry, Message, MessageType, StateType
+from raftlib import (
+    ConfState,
+    Entry,
+    Message,
+    MessageType,
+    Snapshot,
+    SnapshotMetadata,
+    StateType,
+)
 from raftlib.testing import Network
 
 from .helpers import app, drain, elect, log_of_terms, msgs_of, new_node, storage_with
@@ -128,6 +136,33 @@ def test_follower_deletes_conflicting_entries_and_appends_new_ones(
     node.step(app(2, 1, 4, prev[1], prev[0], new))
     drain(node, s)
     assert [s.term(i) for i in range(1, s.last_index() + 1)] == expected_terms
+
+
+def test_an_acknowledgement_of_entries_replaced_before_the_ready_is_dropped() -> None:
+    """§10.2.1: an append is acknowledged once its entries are durable. Entries 2-3 of term 1
+    are accepted, then replaced by a term-2 leader's entry 2 before the Ready that would have
+    made them durable: their acknowledgement (to the term-1 leader, which could count it
+    towards committing them) must not be sent. The simulator found it (seed 351 of the long
+    sweep; see the "ack-replaced" story in tests/raftlib/testing/test_mutations.py)."""
+    s = storage_with(entries=log_of_terms([1]), term=1)
+    node = new_node(3, s)
+    drain(node, s)
+    node.step(app(1, 3, 1, 1, 1, [(1, 2), (1, 3)]))
+    node.step(app(2, 3, 2, 1, 1, [(2, 2)]))
+    acks = [m for m in msgs_of(drain(node, s), MT.APP_RESP) if not m.reject]
+    assert [(m.to, m.term, m.index) for m in acks] == [(2, 2, 2)]
+    assert [s.term(i) for i in range(1, s.last_index() + 1)] == [1, 2]
+
+
+def test_an_acknowledgement_of_entries_a_snapshot_replaced_is_dropped() -> None:
+    s = storage_with(entries=log_of_terms([1]), term=1)
+    node = new_node(3, s)
+    drain(node, s)
+    node.step(app(1, 3, 1, 1, 1, [(1, 2), (1, 3)]))
+    snap = Snapshot(metadata=SnapshotMetadata(ConfState(voters=(1, 2, 3)), index=5, term=2))
+    node.step(Message(MT.SNAP, to=3, from_=2, term=2, snapshot=snap))
+    acks = [m for m in msgs_of(drain(node, s), MT.APP_RESP) if not m.reject]
+    assert [(m.to, m.term, m.index) for m in acks] == [(2, 2, 5)]
 
 
 def test_follower_never_truncates_committed_entries_on_stale_appends() -> None:

@@ -78,6 +78,11 @@ def ack_before_persisting(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(raftlib.raft, "_AFTER_PERSIST", frozenset({MT.VOTE_RESP, MT.PRE_VOTE_RESP, MT.VOTE}))
 
 
+def ack_replaced_entries(mp: pytest.MonkeyPatch) -> None:
+    """A queued acknowledgement survives the replacement of the entries it acknowledges."""
+    mp.setattr(_Raft, "_drop_acks_from", lambda self, index: None)
+
+
 def count_rejections_as_votes(mp: pytest.MonkeyPatch) -> None:
     """A candidate counts every vote response as granted."""
     poll = _Raft._poll
@@ -253,6 +258,29 @@ STORIES: dict[str, Story] = {
         stabilize
         put 1 k a
         deliver 1->2 APP""",
+        "durable-before-send",
+    ),
+    "ack-replaced": Story(
+        ack_replaced_entries,
+        # Found by the long seed sweep (seed 351 of "one voter, learners, slow disk, commits
+        # not fsynced"), shrunk. Leader 1 sends entries 2-3 of term 1, crashes before they
+        # are durable, and appends its own entry 2 of term 2 after restarting. Learner 3 gets
+        # the old append (queueing an acknowledgement of 3) and the new one (replacing 2-3)
+        # before its write: the acknowledgement must not go out after it.
+        """cluster voters=1 learners=2,3 seed=351 unsynced_commits=1
+        tick 1 x12
+        sync 1
+        tick 1 x16
+        sync 1
+        deliver 1->3 HEARTBEAT #16
+        put 1 k1 v166
+        put 1 k2 v167
+        deliver 3->1 HEARTBEAT_RESP
+        sync 1
+        crash 1 torn=0
+        restart 1
+        tick 1 x12
+        liveness 300""",
         "durable-before-send",
     ),
     "two-leaders": Story(
