@@ -39,8 +39,8 @@ class RaftLog:
         self.applied = first - 1
         self.max_applying_size = max_applying_size
         self.replaced_from = 0
-        """The first index whose entry :meth:`maybe_append` replaced by a conflicting one since
-        the owner last reset this to 0 (0: none)."""
+        """The first index whose entry :meth:`maybe_append` replaced by a conflicting one; its
+        one caller reads it and resets it to 0 after every call (0: none replaced)."""
 
     def __repr__(self) -> str:
         return (
@@ -196,8 +196,7 @@ class RaftLog:
                     tail.extend(new)
                     last += len(new)
                 else:
-                    if not self.replaced_from or ci < self.replaced_from:
-                        self.replaced_from = ci
+                    self.replaced_from = ci
                     last = self.append(ents[ci - index - 1 :])
                 break
         commit = committed if committed < last_new else last_new
