@@ -32,9 +32,11 @@
     A node never applies beyond its commit index.
 ``durable-before-send``
     A vote (and a vote request) is durable before it is sent, a node acknowledges an append
-    only once the acknowledged entries are durable (thesis §10.2.1), and a leader speaks for a
-    term (appends, heartbeats, snapshots, timeout-now) only once that term is durable: a leader
-    that could forget its term in a crash might win it again and append different entries.
+    only once the acknowledged entries are durable and still there (thesis §10.2.1: the durable
+    entry at the acknowledged index is no newer than the acknowledgement's term), and a leader
+    speaks for a term (appends, heartbeats, snapshots, timeout-now) only once that term is
+    durable: a leader that could forget its term in a crash might win it again and append
+    different entries.
 ``durable-monotonic``
     The durable term never decreases and the durable vote never changes within a term.
 ``config-change-safety``
@@ -571,15 +573,26 @@ class SafetyChecker:
                     f"node {node} sends {t.name} of term {m.term} to {m.to} as leader but its "
                     f"durable term is {hs.term}",
                 )
-        elif t == MT.APP_RESP and not m.reject and storage.last_index() < m.index:
-            # Only the index can be checked: the acknowledged entries may since have been
-            # overwritten by a newer leader's (that stale ack cannot be counted toward a quorum,
-            # by quorum intersection), so their term is not known here.
-            raise InvariantViolation(
-                "durable-before-send",
-                f"node {node} acknowledges entries up to {m.index} to {m.to} but has made "
-                f"durable only up to {storage.last_index()}",
-            )
+        elif t == MT.APP_RESP and not m.reject:
+            if storage.last_index() < m.index:
+                raise InvariantViolation(
+                    "durable-before-send",
+                    f"node {node} acknowledges entries up to {m.index} to {m.to} but has made "
+                    f"durable only up to {storage.last_index()}",
+                )
+            # The acknowledged entries came from the leader of the ack's term, so none is newer
+            # than that term: a newer durable entry there replaced them before they were written.
+            try:
+                durable_term = storage.term(m.index)
+            except (CompactedError, UnavailableError):
+                return  # inside a snapshot: committed, so nothing there was replaced
+            if durable_term > m.term:
+                raise InvariantViolation(
+                    "durable-before-send",
+                    f"node {node} acknowledges entries up to {m.index} to {m.to} in term "
+                    f"{m.term}, but its durable entry {m.index} is of term {durable_term}: the "
+                    "acknowledged ones were replaced before they were written",
+                )
 
     def on_read_state(self, node: int, ctx: bytes, requester: int | None) -> None:
         """``node`` received a ``ReadState`` for ``ctx``, which ``requester`` asked for.

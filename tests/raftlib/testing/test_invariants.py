@@ -243,6 +243,17 @@ def test_append_acknowledged_before_durable() -> None:
     c.on_send(1, Message(MT.APP_RESP, to=2, from_=1, term=1, index=5, reject=True), disk)
 
 
+def test_append_acknowledged_after_a_newer_leader_replaced_it() -> None:
+    disk = MemoryStorage(CS)
+    disk.append(ents(1, 3))  # entry 2 of term 1 was replaced by term 3's
+    c = SafetyChecker()
+    with violated("durable-before-send"):
+        c.on_send(1, Message(MT.APP_RESP, to=2, from_=1, term=1, index=2), disk)
+    c.on_send(1, Message(MT.APP_RESP, to=2, from_=1, term=1, index=1), disk)
+    c.on_send(1, Message(MT.APP_RESP, to=3, from_=1, term=3, index=2), disk)
+    c.on_send(1, Message(MT.APP_RESP, to=3, from_=1, term=4, index=2), disk)
+
+
 @pytest.mark.parametrize("t", [MT.APP, MT.HEARTBEAT, MT.SNAP, MT.TIMEOUT_NOW])
 def test_leader_speaks_for_a_term_before_it_is_durable(t: MessageType) -> None:
     disk = MemoryStorage(CS)

@@ -704,3 +704,64 @@ def test_targeted_exploration_finds_acks_confirming_a_retried_read(
     with pytest.raises(NotLinearizable, match="get k -> 'a'"):
         run_story(script)
     assert "retry 1" in script
+
+
+# -- a targeted exploration: acknowledgements of entries replaced before they were written --
+
+
+@st.composite
+def replaced_ack_schedules(draw: st.DrawFn) -> str:
+    """Schedules of one scenario, with hypothesis drawing its interleavings.
+
+    Leader 1 appends while its own writes and its followers' are pending: each append is
+    delivered to each follower or left on the wire, each write finished or not. Node 1 crashes,
+    losing what it had not written, and restarts. Follower ``new`` campaigns; its first appends
+    reach follower ``old`` interleaved with ``old``'s writes and node 1's stale appends. An
+    acknowledgement ``old`` queued for entries that a newer append replaced before they were
+    written must never be sent (thesis §10.2.1).
+    """
+    new = draw(st.sampled_from([2, 3]))
+    old = 5 - new
+    lines = [
+        f"cluster voters=1,2,3 seed={draw(st.integers(0, 3))} pre_vote=0 check_quorum=0",
+        "campaign 1",
+        "stabilize",
+    ]
+    before = [f"deliver 1->{old} APP", f"deliver 1->{new} APP", f"sync {old}", f"sync {new}"]
+    for k in range(draw(st.integers(1, 3))):
+        lines.append(f"put 1 k v{k}")
+        lines += draw(st.lists(st.sampled_from([*before, "sync 1"]), max_size=4))
+    lines += [
+        "crash 1 torn=0",
+        "restart 1",
+        "sync 1",
+        f"campaign {new}",
+        f"sync {new}",
+        f"deliver {new}->1 VOTE",
+        "sync 1",
+        f"deliver 1->{new} VOTE_RESP",
+        f"sync {new}",
+    ]
+    after = [f"deliver {new}->{old} APP", f"sync {old}", f"deliver 1->{old} APP", f"sync {new}"]
+    lines += draw(st.lists(st.sampled_from(after), min_size=1, max_size=6))
+    lines.append("stabilize")
+    return "\n".join(lines)
+
+
+@_TARGETED
+@given(replaced_ack_schedules())
+def test_no_acknowledgement_outlives_the_entries_it_acknowledges(script: str) -> None:
+    run_story(script)
+
+
+def test_targeted_exploration_finds_acks_of_replaced_entries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ack_replaced_entries(monkeypatch)
+    script = find(
+        replaced_ack_schedules(),
+        lambda s: _replays_failing(s, "durable-before-send"),
+        settings=_TARGETED,
+    )
+    with pytest.raises(InvariantViolation, match="were replaced before they were written"):
+        run_story(script)
