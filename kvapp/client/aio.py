@@ -69,6 +69,7 @@ from typing import Final, Literal, TypeVar
 
 import attrs
 
+from kvapp.client.deadlines import Deadlines
 from kvapp.client.errors import ClientError, LinkClosed, Unavailable
 from kvapp.client.native import NativeConnector
 from kvapp.client.transport import AdminLink, Connector, Link, WatchSpec, traits_of
@@ -337,6 +338,7 @@ class AsyncClient:
         self.endpoints = tuple(endpoints)
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
+        self._deadlines = Deadlines(request_timeout)
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
         self.client_id = client_id if client_id is not None else _random_client_id()
@@ -850,9 +852,19 @@ class AsyncClient:
                     last = Unavailable("the client id changed while the write waited")
                     continue
             maybe_sent = True
+            deadlines = self._deadlines
+            if deadlines.timeout != self.request_timeout:
+                deadlines = self._deadlines = Deadlines(self.request_timeout)
+            timed = deadlines.start()  # asyncio.timeout's semantics, without a timer each
             try:
-                async with asyncio.timeout(self.request_timeout):
+                try:
                     return await call(link)
+                except asyncio.CancelledError:
+                    if deadlines.end(timed):
+                        raise TimeoutError from None
+                    raise
+                finally:
+                    deadlines.end(timed)
             except LinkClosed as e:
                 last, maybe_sent = e, e.sent
                 await self._forget(link)
