@@ -672,6 +672,22 @@ class AsyncClient:
             self._member_of[endpoint] = link.member_id
             return link
 
+    def _current_link(self) -> Link | None:
+        """What :meth:`_link` returns first when its link is open, without a coroutine."""
+        if self._closed:
+            return None
+        link = self._links.get(self.endpoints[self._current])
+        return link if link is not None and not link.closed else None
+
+    def _known_leader_link(self) -> Link | None:
+        """What :meth:`_write_link` returns first when the leader is known, without a coroutine."""
+        if self._closed or self._leader is None:
+            return None
+        link = self._links.get(self._leader)
+        if link is not None and not link.closed and link.raft_term <= self._leader_term:
+            return link
+        return None
+
     async def _link(self) -> Link:
         """A live link: the current endpoint's, else the next reachable one's."""
         n = len(self.endpoints)
@@ -825,25 +841,28 @@ class AsyncClient:
         under the new id if no attempt can have reached a member, else the outcome is unknown.
         """
         leader = leader and self._to_leader
+        open_link: Callable[[], Link | None] | None = None
         if leader:
             pick = self._leader_link
         elif write and self._writes_to_leader:
-            pick = self._write_link
+            pick, open_link = self._write_link, self._known_leader_link
         else:
-            pick = self._link
+            pick, open_link = self._link, self._current_link
         ambiguous = False
         last: BaseException | None = None
         for attempt in range(self.max_attempts):
             if attempt:
                 await asyncio.sleep(self._backoff(attempt))
-            try:
-                link = await pick()
-            except Unavailable as e:
-                last = e
-                continue
-            except EtcdError as e:  # leader discovery: no leader known or reachable
-                last = e
-                continue
+            link = open_link() if open_link is not None else None
+            if link is None:
+                try:
+                    link = await pick()
+                except Unavailable as e:
+                    last = e
+                    continue
+                except EtcdError as e:  # leader discovery: no leader known or reachable
+                    last = e
+                    continue
             if write_ids is not None and link.client_id != write_ids.client_id:
                 if ambiguous:
                     raise OutcomeUnknown(f"{what}: the client id changed during its retries")

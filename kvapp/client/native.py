@@ -307,7 +307,10 @@ class NativeLink(LinkIdentity):
 
     async def range(self, request: RangeRequest) -> RangeResponse:
         """Send a read."""
-        return await self._typed(request, RangeResponse)
+        _, result = await self._call(request)  # not through _typed: a coroutine less per read
+        if not isinstance(result, RangeResponse):
+            raise self._violation(f"answer to RangeRequest is a {type(result).__name__}")
+        return result
 
     async def lease_keep_alive(self, lease_id: int) -> LeaseKeepAliveResponse:
         """Renew a lease."""
