@@ -31,7 +31,8 @@ docs/benchmarks.md.
     python -m benchmarks.kv --scale          # kvapp alone: 1M keys vs 10k, restart, RSS per key
 
 Needs the reference tools: run ``../shared/bench/setup.sh`` once (installs etcd 3.4, builds
-goload, makes the ceiling's venv); without them the script exits with status 1 saying so.
+goload, makes the ceiling's venv); without them the script exits with status 1 saying so. The
+plots need matplotlib: ``pip install -e '.[kvapp,bench]'``.
 """
 
 from __future__ import annotations
@@ -627,7 +628,7 @@ def plot(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        msg = "matplotlib is not installed: no plot (pip install matplotlib to get one)"
+        msg = "matplotlib is not installed: no plot (pip install -e '.[bench]' to get one)"
         print(msg, file=sys.stderr)
         return msg
     fig, axes = plt.subplots(1, len(ops), figsize=(4.2 * len(ops), 3.8), squeeze=False)

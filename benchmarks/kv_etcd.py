@@ -223,7 +223,7 @@ def plot(s: dict[tuple[str, int], Rec], ops: Sequence[str], title: str, path: An
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        msg = "matplotlib is not installed: no plot (pip install matplotlib to get one)"
+        msg = "matplotlib is not installed: no plot (pip install -e '.[bench]' to get one)"
         print(msg, file=sys.stderr)
         return msg
     width = max(7.0, 4.2 * len(ops))  # room for the title with one panel
