@@ -33,7 +33,7 @@ class Attempt:
 
 
 class Deadlines:
-    """Times attempts that all have the same ``timeout``, in seconds.
+    """Times attempts that all have the same ``timeout``, in seconds (0 or more).
 
     Use from inside a task::
 
@@ -51,8 +51,8 @@ class Deadlines:
     __slots__ = ("_loop", "_queue", "_timer", "timeout")
 
     def __init__(self, timeout: float) -> None:
-        if not timeout > 0:
-            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if not timeout >= 0:  # 0: every attempt times out at once, as asyncio.timeout(0) does
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         self.timeout = timeout
         self._queue: deque[Attempt] = deque()
         self._timer: asyncio.TimerHandle | None = None

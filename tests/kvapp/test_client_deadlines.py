@@ -108,10 +108,17 @@ async def test_finished_attempts_do_not_pile_up_behind_the_timer() -> None:
     assert len(deadlines) == 0
 
 
-def test_deadlines_refuse_a_timeout_that_is_not_positive() -> None:
-    for bad in (0, -1.0, float("nan")):
-        with pytest.raises(ValueError, match="timeout must be positive"):
+def test_deadlines_refuse_a_timeout_below_zero_or_not_a_number() -> None:
+    for bad in (-1.0, -1e-9, float("nan")):
+        with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
             Deadlines(bad)
+
+
+@run()
+async def test_a_zero_timeout_times_every_attempt_out_at_once() -> None:
+    deadlines = Deadlines(0)
+    with pytest.raises(TimeoutError):
+        await timed(deadlines, asyncio.get_running_loop().create_future())
 
 
 @run()
