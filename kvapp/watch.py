@@ -293,8 +293,10 @@ class WatchHub:
     def on_commit(self, revision: int, events: Sequence[Event]) -> None:
         """Deliver one committed revision to the synced watchers it concerns."""
         self._seen_rev = revision
-        matched: dict[_Watcher, list[int]] = {}
         ranges = self._range_watchers
+        if not ranges and not self._key_watchers:
+            return  # (the store builds the events only if they are looked at)
+        matched: dict[_Watcher, list[int]] = {}
         for i, ev in enumerate(events):
             key = ev.kv.key
             for w in self._key_watchers.get(key, ()):

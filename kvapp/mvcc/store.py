@@ -145,6 +145,39 @@ class _Write:
         self.prevs: list[KeyValue | None] = []
 
 
+class _Events(Sequence[Event]):
+    """A revision's events for the listeners, built only when one first looks at them.
+
+    Most revisions concern no watcher, and the watch hub then never looks: building an Event
+    per change anyway cost a third of a plain put.
+    """
+
+    __slots__ = ("_built", "_write")
+
+    def __init__(self, write: _Write) -> None:
+        self._write = write
+        self._built: list[Event] | None = None
+
+    def _events(self) -> list[Event]:
+        built = self._built
+        if built is None:
+            w = self._write
+            built = self._built = [
+                Event(EventType.PUT if kv.version else EventType.DELETE, kv, prev)
+                for kv, prev in zip(w.kvs, w.prevs, strict=True)
+            ]
+        return built
+
+    def __len__(self) -> int:
+        return len(self._write.kvs)
+
+    def __getitem__(self, i: int) -> Event:  # type: ignore[override]  # no slices needed
+        return self._events()[i]
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self._events())
+
+
 @attrs.frozen
 class _Decision:
     """The branch a txn takes and, in order, the decisions of the nested txns in it."""
@@ -677,10 +710,7 @@ class Store:
             return
         self._rev = w.rev
         if self._listeners:
-            events = [
-                Event(EventType.PUT if kv.version else EventType.DELETE, kv, prev)
-                for kv, prev in zip(w.kvs, w.prevs, strict=True)
-            ]
+            events = _Events(w)
             for listener in tuple(self._listeners):
                 listener.on_commit(w.rev, events)
 

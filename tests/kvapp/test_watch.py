@@ -27,6 +27,7 @@ from kvapp.mvcc import (
     Store,
     prefix_range_end,
 )
+from kvapp.mvcc import store as store_module
 from kvapp.watch import (
     DEFAULT_MAX_STREAM_BYTES,
     PROGRESS_WATCH_ID,
@@ -82,6 +83,27 @@ def test_created_then_live_events_one_response_per_revision() -> None:
         (0, 4, [(PUT, b"k", b"2")]),
         (0, 5, [(DELETE, b"k", b"")]),
     ]
+
+
+def test_events_are_built_only_for_revisions_a_watcher_looks_at(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[bytes] = []
+    real = Event
+
+    def counting(*args: Any) -> Any:
+        built.append(args[1].key)
+        return real(*args)
+
+    monkeypatch.setattr(store_module, "Event", counting)
+    store, _, s = setup()
+    store.put(b"k", b"1")  # no watcher yet
+    assert built == []
+    s.watch(b"k")
+    store.put(b"k", b"2")
+    store.put(b"other", b"x")  # a revision the watcher looks at, though not its key
+    assert built == [b"k", b"other"]
+    assert summary(drain(s)) == [(0, "created", 0, ""), (0, 3, [(PUT, b"k", b"2")])]
 
 
 def test_created_response_carries_the_current_revision() -> None:
