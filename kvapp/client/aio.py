@@ -656,12 +656,12 @@ class AsyncClient:
         """The live link to ``endpoint``, connecting if there is none."""
         if self._closed:
             raise ClientError("the client is closed")
-        link = self._links.get(endpoint)
-        if link is not None and not link.closed:
+        link = self._live(endpoint)
+        if link is not None:
             return link
         async with self._connect_lock:
-            link = self._links.get(endpoint)
-            if link is not None and not link.closed:
+            link = self._live(endpoint)
+            if link is not None:
                 return link
             async with asyncio.timeout(self.connect_timeout):
                 link = await self._connector.connect(endpoint, client_id=self.client_id)
@@ -672,21 +672,21 @@ class AsyncClient:
             self._member_of[endpoint] = link.member_id
             return link
 
-    def _current_link(self) -> Link | None:
-        """What :meth:`_link` returns first when its link is open, without a coroutine."""
-        if self._closed:
-            return None
-        link = self._links.get(self.endpoints[self._current])
+    def _live(self, endpoint: str) -> Link | None:
+        """The open link to ``endpoint``, if there is one."""
+        link = self._links.get(endpoint)
         return link if link is not None and not link.closed else None
 
+    def _current_link(self) -> Link | None:
+        """What :meth:`_link` returns first when its link is open, without a coroutine."""
+        return self._live(self.endpoints[self._current])
+
     def _known_leader_link(self) -> Link | None:
-        """What :meth:`_write_link` returns first when the leader is known, without a coroutine."""
-        if self._closed or self._leader is None:
+        """The known leader's open link, unless it has shown a newer term since it was found."""
+        if self._leader is None:
             return None
-        link = self._links.get(self._leader)
-        if link is not None and not link.closed and link.raft_term <= self._leader_term:
-            return link
-        return None
+        link = self._live(self._leader)
+        return link if link is not None and link.raft_term <= self._leader_term else None
 
     async def _link(self) -> Link:
         """A live link: the current endpoint's, else the next reachable one's."""
@@ -767,8 +767,8 @@ class AsyncClient:
         all writes for :data:`_LEADER_SEARCH_PAUSE` after a search failed.
         """
         if self._leader is not None:
-            link = self._links.get(self._leader)
-            if link is not None and not link.closed and link.raft_term <= self._leader_term:
+            link = self._known_leader_link()
+            if link is not None:
                 return link
             self._leader = None  # gone, or a new term: the leadership may have moved
         loop = asyncio.get_running_loop()
@@ -853,7 +853,7 @@ class AsyncClient:
         for attempt in range(self.max_attempts):
             if attempt:
                 await asyncio.sleep(self._backoff(attempt))
-            link = open_link() if open_link is not None else None
+            link = open_link() if open_link is not None and not self._closed else None
             if link is None:
                 try:
                     link = await pick()

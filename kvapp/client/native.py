@@ -307,10 +307,7 @@ class NativeLink(LinkIdentity):
 
     async def range(self, request: RangeRequest) -> RangeResponse:
         """Send a read."""
-        _, result = await self._call(request)  # not through _typed: a coroutine less per read
-        if not isinstance(result, RangeResponse):
-            raise self._violation(f"answer to RangeRequest is a {type(result).__name__}")
-        return result
+        return await self._typed(request, RangeResponse)
 
     async def lease_keep_alive(self, lease_id: int) -> LeaseKeepAliveResponse:
         """Renew a lease."""

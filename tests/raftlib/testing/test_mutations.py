@@ -698,6 +698,11 @@ _TARGETED = settings(
 )
 
 
+def _first_failing(schedules: st.SearchStrategy[str], expect: str) -> str:
+    """The schedule hypothesis finds (and shrinks) that fails with ``expect``."""
+    return find(schedules, lambda s: _replays_failing(s, expect), settings=_TARGETED)
+
+
 @_TARGETED
 @given(late_ack_schedules())
 def test_reads_stay_linearizable_whichever_acks_arrive_late(script: str) -> None:
@@ -708,11 +713,7 @@ def test_targeted_exploration_finds_acks_confirming_a_retried_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     read_rounds_keyed_by_context(monkeypatch)
-    script = find(
-        late_ack_schedules(),
-        lambda s: _replays_failing(s, "linearizability"),
-        settings=_TARGETED,
-    )
+    script = _first_failing(late_ack_schedules(), "linearizability")
     with pytest.raises(NotLinearizable, match="get k -> 'a'"):
         run_story(script)
     assert "retry 1" in script
@@ -770,10 +771,6 @@ def test_targeted_exploration_finds_acks_of_replaced_entries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ack_replaced_entries(monkeypatch)
-    script = find(
-        replaced_ack_schedules(),
-        lambda s: _replays_failing(s, "durable-before-send"),
-        settings=_TARGETED,
-    )
+    script = _first_failing(replaced_ack_schedules(), "durable-before-send")
     with pytest.raises(InvariantViolation, match="were replaced before they were written"):
         run_story(script)
