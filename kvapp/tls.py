@@ -33,6 +33,7 @@ import ssl
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -468,18 +469,27 @@ class _Relay(asyncio.Protocol):
         """Make ``protocol`` the transport's protocol and give it the data held so far."""
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-        for data in self.data:
-            if isinstance(protocol, asyncio.BufferedProtocol):
-                view = memoryview(data)
-                while view:
-                    buf = memoryview(protocol.get_buffer(len(view))).cast("B")
-                    n = min(len(buf), len(view))
-                    buf[:n] = view[:n]
-                    protocol.buffer_updated(n)
-                    view = view[n:]
-            elif isinstance(protocol, asyncio.Protocol):
-                protocol.data_received(data)
+        _feed(protocol, self.data)
         self.data.clear()
+
+
+def _feed(protocol: asyncio.BaseProtocol, chunks: list[bytes]) -> None:
+    """Give ``chunks`` to ``protocol`` as its transport would (buffered or not).
+
+    Duck-typed: uvloop's TLS protocol has ``get_buffer`` without subclassing asyncio's.
+    """
+    get_buffer = getattr(protocol, "get_buffer", None)
+    for data in chunks:
+        if get_buffer is not None:
+            view = memoryview(data)
+            while view:
+                buf = memoryview(get_buffer(len(view))).cast("B")
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                protocol.buffer_updated(n)  # type: ignore[attr-defined]
+                view = view[n:]
+        else:
+            protocol.data_received(data)  # type: ignore[attr-defined]
 
 
 class _Handshake(asyncio.Protocol):
@@ -489,9 +499,10 @@ class _Handshake(asyncio.Protocol):
         self._acceptor = acceptor
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
+        self.early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast("asyncio.Transport", transport)  # uvloop's do not subclass it
         # Every byte must reach TLS: hold reading until start_tls takes the transport over.
         transport.pause_reading()
         self.transport = transport
@@ -508,8 +519,14 @@ class _Handshake(asyncio.Protocol):
         acc = self._acceptor
         remote = _remote(transport)
         relay = _Relay()
+        loop = asyncio.get_running_loop()
+        if self.early:
+            # Queued before start_tls's own callbacks, so this runs once TLS has the transport
+            # and before the handshake reads: the early bytes (the ClientHello) come first.
+            early, self.early = self.early, []
+            loop.call_soon(lambda: _feed(transport.get_protocol(), early))
         try:
-            tls = await asyncio.get_running_loop().start_tls(
+            tls = await loop.start_tls(
                 transport,
                 relay,
                 acc.context,
@@ -531,6 +548,17 @@ class _Handshake(asyncio.Protocol):
             acc.log.debug("%s: %s closed right after the TLS handshake", acc.what, remote)
             return
         relay.hand_over(tls, acc.factory())
+
+    def data_received(self, data: bytes) -> None:
+        """Keep bytes that came before TLS took the transport over, for the handshake.
+
+        asyncio's loop honours the pause in :meth:`connection_made`, so nothing arrives here.
+        uvloop starts reading after ``connection_made`` returns whatever it asked, so the
+        client's first flight can land here; :meth:`_run` gives it to TLS first.
+        """
+        self.early.append(data)
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -113,7 +113,7 @@ class OutboundLink(FramedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Set the write-buffer marks (flow control) and send the handshake."""
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast("asyncio.Transport", transport)  # uvloop's do not subclass it
         self.transport = transport
         self._owner._conn_opened(self)
         cfg = self._owner.config
@@ -254,7 +254,7 @@ class InboundLink(FramedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the handshake timer (or close at once if the transport is not running)."""
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast("asyncio.Transport", transport)  # uvloop's do not subclass it
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)

@@ -17,7 +17,7 @@ import random
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import attrs
 import cbor2
@@ -842,7 +842,7 @@ class AcceptThenStall(asyncio.Protocol):
         self.seen = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast("asyncio.Transport", transport)  # uvloop's do not subclass it
         self.transport = transport
         self.transports.append(transport)
 
