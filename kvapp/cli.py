@@ -444,6 +444,7 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
     from kvapp.storage import DiskStorageError, RaftStore, StoreLockedError  # noqa: PLC0415
     from kvapp.storage.fileutil import free_bytes  # noqa: PLC0415
     from kvapp.transport import TcpTransport  # noqa: PLC0415
+    from kvapp.transport.spool import SnapshotSpool  # noqa: PLC0415
 
     member_id, cluster_id, initial = load_or_create_identity(opts)
     release_large_blocks()
@@ -487,6 +488,9 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
             member.report_removed(peer, index)
 
     peer_tls = opts.peer_tls
+    spool = SnapshotSpool(opts.data_dir / "spool")
+    if spool.clear():
+        logger.info("removed snapshot spool files an earlier run left unfinished")
     transport = TcpTransport(
         member_id,
         cluster_id,
@@ -497,6 +501,7 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         on_removed=on_removed,
         server_ssl=peer_tls.server_context() if peer_tls else None,
         client_ssl=peer_tls.client_context() if peer_tls else None,
+        snapshot_sink=spool,
     )
     config = MemberConfig(
         name=opts.name,

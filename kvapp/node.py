@@ -308,6 +308,7 @@ class Member:
         self.config = config
         self.id = config.member_id
         self._storage = storage
+        self._takes_parts = bool(getattr(storage, "takes_snapshot_parts", False))
         self._network = network
         self._clock = clock
         election_s = config.tick_interval * config.election_tick
@@ -430,12 +431,13 @@ class Member:
     def receive(self, message: Message) -> None:
         """A message from a peer.
 
-        A snapshot whose data is still the sender's file (an in-process network passed the
-        sender's message on; see :mod:`kvapp.storage.snapdata`) is read into bytes first, as a
-        real transport would have sent them.
+        A snapshot whose data is a file (spooled by the peer transport, or the sender's own
+        file passed on by an in-process network; see :mod:`kvapp.storage.snapdata`) stays in
+        it when the storage copies snapshot files itself (``takes_snapshot_parts``: a
+        RaftStore). For any other storage it is read into bytes first.
         """
         snap = message.snapshot
-        if snap is not None:
+        if snap is not None and not self._takes_parts:
             data: object = snap.data
             if isinstance(data, FileSnapshotData):
                 snap = attrs.evolve(snap, data=snapshot_bytes(data))
@@ -1123,7 +1125,7 @@ class Member:
         members = [_member_to_list(m) for m in self.member_list()]
         image = self.applier.snapshot_image()
         kv = self.kv
-        as_parts = bool(getattr(self._storage, "takes_snapshot_parts", False))
+        as_parts = self._takes_parts
 
         def encode() -> bytes:
             head = cbor2.dumps([_SNAPSHOT_FORMAT, _SNAPSHOT_VERSION, members])

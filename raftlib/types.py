@@ -10,6 +10,7 @@ same way and the wire codec (:mod:`raftlib.codec`) stores small integers.
 
 from __future__ import annotations
 
+import abc
 import enum
 from collections.abc import Iterable
 
@@ -25,6 +26,7 @@ __all__ = [
     "ConfState",
     "Entry",
     "EntryType",
+    "ExternalSnapshotData",
     "HardState",
     "Message",
     "MessageType",
@@ -234,9 +236,32 @@ class SnapshotMetadata:
     term: int = 0
 
 
+class ExternalSnapshotData(abc.ABC):
+    """Snapshot data that stays outside memory (a file, say); raftlib passes it through unread.
+
+    A snapshot can be as large as the whole replicated state. An application whose transport
+    spools an incoming snapshot to disk can step the snapshot message with such data instead of
+    reading it into ``bytes``: :meth:`~raftlib.RawNode.step` accepts a
+    :class:`Snapshot` whose ``data`` is ``bytes`` or an instance of a subclass of this (or of a
+    class registered with :meth:`~abc.ABCMeta.register`). raftlib then hands the same object
+    to the storage (``Ready.snapshot``) and to the application's restore, so both must understand
+    it. The wire codec refuses it: a transport sends such data by its own means.
+    """
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """The data's size in bytes."""
+
+
 @attrs.frozen(slots=True)
 class Snapshot:
-    """A state-machine snapshot. ``data`` is the application's; raftlib never looks inside."""
+    """A state-machine snapshot. ``data`` is the application's; raftlib never looks inside.
+
+    ``data`` is ``bytes``, or, in a snapshot message given to
+    :meth:`~raftlib.RawNode.step`, an :class:`ExternalSnapshotData`.
+    """
 
     data: bytes = b""
     metadata: SnapshotMetadata = SnapshotMetadata()

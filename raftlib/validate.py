@@ -35,6 +35,7 @@ from raftlib.types import (
     ConfState,
     Entry,
     EntryType,
+    ExternalSnapshotData,
     Message,
     MessageType,
     Snapshot,
@@ -204,13 +205,18 @@ def _entries_problem(entries: tuple[Entry, ...]) -> str:
     return ""
 
 
-def _snapshot_problem(s: object, what: str) -> str:
-    """Why ``s`` is not a :class:`~raftlib.Snapshot` the codec could have decoded ("" if it is)."""
+def _snapshot_problem(s: object, what: str, *, external: bool = False) -> str:
+    """Why ``s`` is not a :class:`~raftlib.Snapshot` the codec could have decoded ("" if it is).
+
+    With ``external``, data that is an :class:`~raftlib.ExternalSnapshotData` is accepted too
+    (what ``step`` takes; the codec cannot encode it).
+    """
     if type(s) is not Snapshot:
         return f"{what}: expected Snapshot, got {_describe(s)}"
-    problem = _type_problem(s.data, bytes, f"{what}.data")
-    if problem:
-        return problem
+    if not (external and isinstance(s.data, ExternalSnapshotData)):
+        problem = _type_problem(s.data, bytes, f"{what}.data")
+        if problem:
+            return problem
     md = s.metadata
     if type(md) is not SnapshotMetadata:
         return f"{what}.metadata: expected SnapshotMetadata, got {_describe(md)}"
@@ -280,7 +286,8 @@ def check_stepped_message(m: object) -> Message:
     """Everything :meth:`~raftlib.RawNode.step` checks before looking at the node, in one call.
 
     The same checks, in the same order and with the same errors, as
-    ``check_message(m, app_entries=False)``, then refusing a type only raftlib itself creates
+    ``check_message(m, app_entries=False)`` (except that a snapshot's data may also be an
+    :class:`~raftlib.ExternalSnapshotData`), then refusing a type only raftlib itself creates
     (``StepLocalMessageError``), then ``check_peer_message(m)``; the fields are read once
     (``step``'s hot path). Keep it in step with those three.
 
@@ -325,7 +332,7 @@ def check_stepped_message(m: object) -> Message:
         _check_entries(entries)
     snap = m.snapshot
     if snap is not None:
-        problem = _snapshot_problem(snap, "Message.snapshot")
+        problem = _snapshot_problem(snap, "Message.snapshot", external=True)
         if problem:
             raise InvalidMessageError(problem)
     if t in _LOCAL:

@@ -37,6 +37,7 @@ import logging
 import os
 import shlex
 import stat
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -712,9 +713,14 @@ class RaftStore:
         The snapshot file is written (and synced) before its WAL marker, so a crash in between
         leaves the old state, and the file is removed on the next open.
 
+        ``snapshot``'s data may be a :class:`~kvapp.storage.snapdata.FileSnapshotData` (a
+        snapshot the peer transport spooled to a file): it is copied into the snapshot file by
+        the kernel, never read into memory whole.
+
         Raises:
-            InvalidWriteError: ``snapshot`` has data that is not bytes-like or metadata that is
-                not unsigned 64-bit integers; nothing is written.
+            InvalidWriteError: ``snapshot`` has data that is neither bytes-like nor a
+                ``FileSnapshotData``, or metadata that is not unsigned 64-bit integers; nothing
+                is written.
             SnapshotOutOfDateError: ``snapshot`` is not newer than the current one.
             StoreFullError: no space; nothing was kept (the file is deleted again).
             StoreFailedError: a disk write failed (now or earlier).
@@ -1202,6 +1208,17 @@ def _checked_entries(entries: Sequence[Entry]) -> Sequence[Entry]:
     return entries
 
 
+def _crc_of(data: FileSnapshotData) -> int:
+    crc = 0
+
+    def add(chunk: bytes) -> None:
+        nonlocal crc
+        crc = zlib.crc32(chunk, crc)
+
+    data.copy_range(0, len(data), add)
+    return crc
+
+
 def _checked_snapshot(snapshot: Snapshot) -> Snapshot:
     """``snapshot`` (its data as bytes) if its file and WAL marker can be read back, else refuse.
 
@@ -1223,5 +1240,11 @@ def _checked_snapshot(snapshot: Snapshot) -> Snapshot:
     given: object = snapshot.data
     if isinstance(given, SnapshotParts):
         return snapshot
+    if isinstance(given, FileSnapshotData):
+        # A snapshot received into a spool file (kvapp.transport.spool): the kernel copies it
+        # into the snapshot file, and only its checksum is read here, a chunk at a time.
+        parts = SnapshotParts()
+        parts.add_range(given, 0, len(given), _crc_of(given))
+        return attrs.evolve(snapshot, data=cast("bytes", parts))
     data = _checked_data(snapshot.data, "snapshot data")
     return snapshot if data is snapshot.data else attrs.evolve(snapshot, data=data)

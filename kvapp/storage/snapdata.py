@@ -14,6 +14,10 @@ raftlib never looks inside a snapshot's data; kvapp reads it where it is used:
   (:meth:`kvapp.kvstate.KvState.keep_encoded`);
 - :func:`snapshot_bytes` reads it whole, for what needs a ``bytes`` (an in-process transport).
 
+It is also what a member receives: the peer transport spools an incoming snapshot to a file
+(:mod:`kvapp.transport.spool`) and delivers it as a :class:`FileSnapshotData`, which raftlib
+passes through unread (it is registered as a :class:`raftlib.ExternalSnapshotData`).
+
 It is deliberately not a ``bytes``: code that would treat it as one (slicing, ``bytes()``,
 encoding it) fails loudly instead of reading an empty or partial snapshot. ``len()`` is the
 data's size, and it compares equal to the bytes it stands for (reading the file: for tests and
@@ -28,6 +32,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+from raftlib import ExternalSnapshotData
 
 __all__ = ["FileSnapshotData", "open_snapshot_data", "snapshot_bytes"]
 
@@ -157,6 +163,10 @@ class _Reader:
 
     def close(self) -> None:
         self._source = None
+
+
+# raftlib's step takes a snapshot message whose data is one of these (a spooled snapshot).
+ExternalSnapshotData.register(FileSnapshotData)
 
 
 def open_snapshot_data(data: object) -> IO[bytes]:

@@ -17,8 +17,10 @@ from typing import BinaryIO, Protocol, cast
 
 import attrs
 
+from kvapp.storage.snapdata import FileSnapshotData
 from kvapp.tls import describe_tls_error, is_tls_record
 from kvapp.transport.api import PeerStats, TransportConfig
+from kvapp.transport.spool import SpoolFile
 from kvapp.transport.wire import (
     HELLO_PREFIX,
     HELLO_REST,
@@ -225,8 +227,14 @@ class _Spool:
             self.sink.close()
 
 
-def _materialize(sink: BinaryIO) -> bytes:
-    """The spooled data as bytes, read once (a BytesIO hands over its buffer without a copy)."""
+def _materialize(sink: BinaryIO) -> bytes | FileSnapshotData:
+    """The spooled data, read back once as bytes, or left in its file if it is a spool file.
+
+    A spool file (:mod:`kvapp.transport.spool`) is handed over unread; a BytesIO hands over its
+    buffer without a copy.
+    """
+    if isinstance(sink, SpoolFile):
+        return sink.hand_over()
     try:
         if isinstance(sink, io.BytesIO):
             return sink.getvalue()
@@ -430,16 +438,18 @@ class InboundLink(FramedProtocol):
             self._snapshot_result(False, f"cannot read the spooled snapshot back: {exc!r}")
             return
         assert spool.msg.snapshot is not None
-        msg = attrs.evolve(spool.msg, snapshot=attrs.evolve(spool.msg.snapshot, data=data))
+        snap = attrs.evolve(spool.msg.snapshot, data=cast("bytes", data))  # or a FileSnapshotData
+        msg = attrs.evolve(spool.msg, snapshot=snap)
         if stats is not None:
             stats.snapshots_received += 1
             stats.messages_received += 1
         logger.info(
-            "member %x: received snapshot at index %d (%d bytes in %d chunks) from peer %x",
+            "member %x: received snapshot at index %d (%d bytes in %d chunks%s) from peer %x",
             self._owner.member_id,
             msg.snapshot.metadata.index if msg.snapshot else 0,
             total,
             chunks,
+            ", kept in its spool file" if isinstance(data, FileSnapshotData) else "",
             self.peer_id,
         )
         self._owner._deliver(msg)

@@ -187,7 +187,10 @@ class TcpTransport:
         snapshot_sink: given an incoming SNAP message (data empty), a writable, seekable binary
             stream to spool its chunks to; default ``io.BytesIO``. The transport reads it back
             once complete, delivers the message with the data, and closes the stream (also on
-            failure; removing a spool file is the factory owner's job).
+            failure; removing a spool file is the factory owner's job). A
+            :class:`~kvapp.transport.spool.SnapshotSpool` instead spools to files it removes
+            itself, and the message is delivered with the file as its data, unread (a
+            :class:`~kvapp.storage.snapdata.FileSnapshotData`).
         on_removed: called with ``(peer_id, index)`` when ``peer_id`` refused our connection
             because this member was removed from the cluster by the entry at log ``index``
             (``Member.report_removed``); see :meth:`remove_peer`.

@@ -17,12 +17,14 @@ import random
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import attrs
 import cbor2
 import pytest
 
+from kvapp.storage.snapdata import FileSnapshotData
 from kvapp.transport import (
     LocalNetwork,
     PeerNetwork,
@@ -32,6 +34,7 @@ from kvapp.transport import (
     message_size_bound,
     wire,
 )
+from kvapp.transport.spool import SnapshotSpool
 from kvapp.transport.wire import FrameKind
 from raftlib.codec import FORMAT_VERSION, encode_message, encode_messages
 from raftlib.types import (
@@ -740,6 +743,60 @@ async def test_snapshot_spools_to_a_file_sink(tmp_path: Any) -> None:
         assert b.received[0].snapshot is not None
         assert b.received[0].snapshot.data == data
         assert path.read_bytes() == data
+
+
+def test_a_spooled_snapshot_is_delivered_as_its_file_unread_and_the_file_unlinked(
+    tmp_path: Path,
+) -> None:
+    data = random.Random(6).randbytes(3 * 1024 * 1024 + 11)  # several chunks
+    spool = SnapshotSpool(tmp_path / "spool")
+
+    @run()
+    async def main() -> None:
+        async with cluster(1, 2, snapshot_sink=spool) as ms:
+            a, b = ms[1], ms[2]
+            a.t.send([snap_msg(1, 2, data)])
+            await wait_for(a.got_status.wait(), "snapshot status")
+            assert a.snap_status == [(2, True)]
+            snap = b.received[0].snapshot
+            assert snap is not None
+            got: object = snap.data
+            assert isinstance(got, FileSnapshotData), type(got)
+            assert len(got) == len(data)
+            assert got.read_range(0, len(got)) == data
+            assert list(spool.directory.iterdir()) == []  # unlinked; the data lives on its fd
+
+    main()
+
+
+def test_a_failed_spooled_transfer_leaves_no_file(tmp_path: Path) -> None:
+    spool = SnapshotSpool(tmp_path / "spool")
+    cfg = attrs.evolve(FAST, max_snapshot_size=1024 * 1024)
+
+    @run()
+    async def main() -> None:
+        async with cluster(1, 2, config=cfg, snapshot_sink=spool) as ms:
+            a, b = ms[1], ms[2]
+            a.t.send([snap_msg(1, 2, bytes(3 * 1024 * 1024))])
+            await wait_for(a.got_status.wait(), "snapshot status")
+            assert a.snap_status == [(2, False)]
+            assert not [m for m in b.received if m.snapshot is not None]
+            await eventually(
+                lambda: list(spool.directory.iterdir()) == [], "the partial spool file removed"
+            )
+
+    main()
+
+
+def test_spool_files_a_crash_left_are_cleared_and_nothing_else(tmp_path: Path) -> None:
+    spool = SnapshotSpool(tmp_path / "spool")
+    assert spool.clear() == 0  # no directory yet
+    spool.directory.mkdir()
+    (spool.directory / "snapshot-0000000000000064-x1.spool").write_bytes(b"partial")
+    (spool.directory / "snapshot-0000000000000065-x2.spool").write_bytes(b"")
+    (spool.directory / "notes.txt").write_bytes(b"not ours")
+    assert spool.clear() == 2
+    assert [p.name for p in spool.directory.iterdir()] == ["notes.txt"]
 
 
 @run()

@@ -29,6 +29,7 @@ from raftlib import (
     DecodeError,
     Entry,
     EntryType,
+    ExternalSnapshotData,
     InvalidMessageError,
     Message,
     MessageType,
@@ -469,6 +470,45 @@ def test_well_formed_snapshot_still_installs() -> None:
     node, _ = _follower()
     node.step(_SNAP)
     assert node.ready().snapshot == _SNAP.snapshot
+
+
+class _SpooledData(ExternalSnapshotData):
+    """Snapshot data an application keeps outside memory (a spool file, say)."""
+
+    def __len__(self) -> int:
+        return 1 << 30
+
+
+def _external_snap() -> Message:
+    snap = attrs.evolve(snapshot_at(9, 2), data=_SpooledData())  # type: ignore[arg-type]
+    return attrs.evolve(_SNAP, snapshot=snap)
+
+
+def test_a_snapshot_with_external_data_installs_and_its_data_reaches_the_ready_untouched() -> None:
+    node, _ = _follower()
+    m = _external_snap()
+    assert m.snapshot is not None
+    node.step(m)
+    rd = node.ready()
+    assert rd.snapshot is not None
+    assert rd.snapshot.data is m.snapshot.data
+    assert rd.snapshot.metadata == m.snapshot.metadata
+
+
+def test_the_codec_refuses_external_snapshot_data() -> None:
+    # A transport sends such data by its own means; encoding it would lose it.
+    with pytest.raises(InvalidMessageError, match=r"Message\.snapshot\.data: expected bytes"):
+        codec.encode_message(_external_snap())
+
+
+@pytest.mark.parametrize("data", [bytearray(b"snap"), memoryview(b"snap"), "snap", object()])
+def test_snapshot_data_is_bytes_or_external_data_nothing_else(data: object) -> None:
+    node, _ = _follower()
+    before = _durable(node)
+    snap = attrs.evolve(snapshot_at(9, 2), data=data)  # type: ignore[arg-type]
+    with pytest.raises(InvalidMessageError, match=r"Message\.snapshot\.data: expected bytes"):
+        node.step(attrs.evolve(_SNAP, snapshot=snap))
+    assert _durable(node) == before
 
 
 @pytest.mark.parametrize(

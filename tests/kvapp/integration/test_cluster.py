@@ -289,6 +289,9 @@ def test_a_member_compacted_past_catches_up_by_snapshot(make_cluster: MakeCluste
     assert resp.revision == client.get(b"snap/before").revision
     log = cluster[behind].log_text().split(f"start #2 of {behind}")[1]
     assert "received snapshot at index" in log, f"{behind} caught up without a snapshot"
+    # Spooled to a file and handed on unread, never held whole in memory; the file is gone.
+    assert "kept in its spool file" in log
+    assert list((cluster[behind].data_dir / "spool").iterdir()) == []
 
 
 def test_a_learner_joins_is_promoted_and_a_member_is_removed_under_write_load(

@@ -13,6 +13,7 @@ import random
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -168,3 +169,28 @@ def test_a_store_taking_parts_keeps_their_file_as_the_snapshot_data(tmp_path: Pa
     ) as again:
         assert not again.takes_snapshot_parts  # bytes held in memory: parts not taken
         assert again.snapshot().data == model
+
+
+@pytest.mark.parametrize("keep_in_file", [True, False])
+def test_a_received_snapshot_in_a_file_is_installed_by_copying_it(
+    tmp_path: Path, keep_in_file: bool
+) -> None:
+    # What the peer transport delivers from a spool file (kvapp.transport.spool).
+    model = random.Random(7).randbytes(3 * 1024 * 1024 + 5)
+    spooled = tmp_path / "spooled"
+    spooled.write_bytes(model)
+    data = FileSnapshotData(spooled, 0, len(model))
+    spooled.unlink()  # as the spool does: the data lives on its open descriptor
+    snap = Snapshot(data, SnapshotMetadata(VOTERS, 20, 2))  # type: ignore[arg-type]
+    opts: dict[str, Any] = {"cluster_id": CLUSTER, "member_id": MEMBER, "fsync": False}
+    opts["preallocate"] = False
+    with RaftStore.open(tmp_path / "store", snapshot_in_file=keep_in_file, **opts) as store:
+        store.save(HardState(1, 1, 0), [Entry(term=1, index=i) for i in range(1, 4)])
+        store.apply_snapshot(snap)
+        held: object = store.snapshot().data
+        assert isinstance(held, FileSnapshotData if keep_in_file else bytes)
+        assert held == model
+        assert (store.first_index(), store.last_index()) == (21, 20)
+    with RaftStore.open(tmp_path / "store", **opts) as again:
+        assert again.snapshot().metadata == snap.metadata
+        assert again.snapshot().data == model  # the file verifies: its checksum is right
