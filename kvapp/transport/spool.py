@@ -47,7 +47,9 @@ class SpoolFile(io.FileIO):
         total = len(view)
         while view:
             n = super().write(view)
-            view = view[n or 0 :]
+            if not n:
+                raise OSError(f"spool file {self.path} took no bytes")
+            view = view[n:]
         return total
 
     def close(self) -> None:
