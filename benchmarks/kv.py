@@ -198,11 +198,22 @@ def etcd_port_base(members: int) -> int:
 class KvappCluster:
     """N ``kvapp serve`` processes (fsync on) on 127.0.0.1, data under ``parent``."""
 
-    def __init__(self, parent: pathlib.Path, size: int = 3, *, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        parent: pathlib.Path,
+        size: int = 3,
+        *,
+        fsync: bool = True,
+        extra_args: Sequence[str] = (),
+        tree: pathlib.Path = ROOT,
+    ) -> None:
+        """``extra_args`` go to every member; ``tree`` is the checkout whose kvapp they run."""
         from kvapp.launcher import plan_cluster
 
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="kvapp-", dir=parent))
         self.fsync = fsync
+        self.extra_args = tuple(extra_args)
+        self.tree = tree
         self.token, self.members = plan_cluster(size, self.dir)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.endpoints = ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
@@ -212,12 +223,12 @@ class KvappCluster:
 
         m = next(x for x in self.members if x.name == name)
         args = serve_args(m, self.members, self.dir, self.token)
-        return args + ([] if self.fsync else ["--unsafe-no-fsync"])
+        return args + ([] if self.fsync else ["--unsafe-no-fsync"]) + list(self.extra_args)
 
     def spawn(self, name: str) -> subprocess.Popen[bytes]:
         with (self.dir / f"{name}.log").open("ab") as log:
             p = subprocess.Popen(
-                self._args(name), stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT
+                self._args(name), stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.tree
             )
         self.procs[name] = p
         return p
