@@ -1,7 +1,8 @@
 """The hypothesis state machine over simulated clusters, with explicit budgets per profile.
 
 Under the ``ci`` profile (derandomized) the machines below take about a minute in all; ``dev``
-explores fresh schedules with a bigger budget, and ``long`` uses the profile's own numbers.
+explores fresh schedules with a bigger budget, and ``long`` uses the profile's own numbers,
+scaled per machine as the others are, with the long-run time limit.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from hypothesis import HealthCheck, settings
 
 from raftlib.testing import ClusterConfig, Model
 from raftlib.testing.machine import ClusterMachine
+from tests.raftlib.testing import LONG_RUN_TIMEOUT, RUN_LONG
 
 _BUDGETS = {"ci": (600, 100), "dev": (1000, 100)}
 
-# dev explores more than ci; give it room beyond the suite-wide 120 s ceiling.
-pytestmark = pytest.mark.timeout(900)
+# dev explores more than ci; give it room beyond the suite-wide 120 s ceiling. A long hunt gets
+# the long-run limit: cut short by a timeout, hypothesis reports a confusing flaky-strategy error.
+pytestmark = pytest.mark.timeout(LONG_RUN_TIMEOUT if RUN_LONG else 900)
 
 
 def budget(scale: float = 1.0) -> settings:
@@ -29,7 +32,12 @@ def budget(scale: float = 1.0) -> settings:
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         )
-    return settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    examples = settings.get_profile(profile).max_examples  # the loaded profile's (long: 5000)
+    return settings(
+        max_examples=max(1, int(examples * scale)),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 
 
 class ThreeVoters(ClusterMachine):
