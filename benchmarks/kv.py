@@ -116,26 +116,26 @@ def rss_bytes(pid: int) -> int:
     raise BenchError(f"no VmRSS for pid {pid}")
 
 
-def source() -> str:
-    """Which kvapp was measured: the commit of ROOT, and whether raftlib/ or kvapp/ differ."""
+def source(tree: pathlib.Path = ROOT) -> str:
+    """Which kvapp was measured: the commit of ``tree``, and whether raftlib/ or kvapp/ differ."""
     label = os.environ.get("KV_BENCH_SOURCE")
     if label:
         return label
     try:
         head = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"],
+            ["git", "-C", str(tree), "rev-parse", "--short=10", "HEAD"],
             check=True,
             capture_output=True,
             text=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "raftlib", "kvapp"],
+            ["git", "-C", str(tree), "status", "--porcelain", "--", "raftlib", "kvapp"],
             check=True,
             capture_output=True,
             text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return f"the tree at {ROOT} (not a git checkout)"
+        return f"the tree at {tree} (not a git checkout)"
     return f"commit {head}" + (" with uncommitted changes in raftlib/ or kvapp/" if dirty else "")
 
 

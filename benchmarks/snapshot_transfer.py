@@ -24,10 +24,9 @@ import os
 import pathlib
 import re
 import statistics
-import subprocess
 import time
 
-from benchmarks.kv import ROOT, KvappCluster
+from benchmarks.kv import ROOT, KvappCluster, source
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 _RECEIVED = re.compile(r"received snapshot at index \d+ \((\d+) bytes")
@@ -135,12 +134,6 @@ def main() -> None:
         print(f"run {i + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()), flush=True)
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     tree = pathlib.Path(a.tree).resolve() if a.tree else ROOT
-    commit = subprocess.run(
-        ["git", "-C", str(tree), "rev-parse", "--short=10", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
     rows = [
         ("snapshot sent", f"{med['snapshot_mib']:.1f} MiB"),
         ("follower's peak RSS while catching up", f"{med['peak_mib']:.0f} MiB"),
@@ -162,7 +155,7 @@ def main() -> None:
         f"stopped while {a.keys:,} keys with {a.value_size}-byte values were written, then "
         "started again; the leader's log no longer reaching back to it, it got a snapshot. "
         "Peak RSS is the follower process's `VmHWM`. Medians of "
-        f"{a.reps} run(s); kvapp at commit {commit}; whole run "
+        f"{a.reps} run(s); kvapp at {source(tree)}; whole run "
         f"{(time.monotonic() - started) / 60:.0f} min, 1-min load average "
         f"{min(loads):.2f}-{max(loads):.2f}.",
         "",
