@@ -1409,13 +1409,17 @@ class Node:
     async def _maybe_snapshot(self) -> None:
         if self._snapshot_fn is None or self._executor is None:
             return
-        made, self._snapshot_made = self._snapshot_made, None
+        made = self._snapshot_made
         if made is not None:
+            # Cleared only once adopted, so "none made and none pending" means the storage
+            # holds the newest snapshot.
             try:
                 await asyncio.wrap_future(self._executor.submit(self._adopt_and_compact, made))
             except StorageFullError as exc:
+                self._snapshot_made = None
                 self._snapshot_skipped(exc, made.metadata.index)
             else:
+                self._snapshot_made = None
                 self._snapshot_written()
         if self._snapshot_job is not None:
             return
