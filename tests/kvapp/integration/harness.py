@@ -19,11 +19,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
+import cbor2
 
 from kvapp.client import Client, ClientError, OutcomeUnknown
 from kvapp.errors import EtcdError
@@ -492,10 +493,11 @@ class Writer:
 class AnswerCatcher:
     """A TCP proxy to one member's client port that can catch the member's next answer.
 
-    It relays bytes both ways. The first frame the member sends (the native handshake's answer)
-    always passes; after :meth:`arm`, the next frame from the member is kept (not relayed) and
-    :attr:`caught` is set, and nothing more goes to the client. Closing the upstream (e.g. the
-    member was killed) closes the client's connection. Only 127.0.0.1; one thread per direction.
+    It relays bytes both ways. After :meth:`arm`, the first frame from the member that answers
+    a request of the armed operation (the client's frames say which request numbers those are)
+    is kept, not relayed: :attr:`kept` holds it, :attr:`caught` is set, and nothing more goes
+    to the client. Closing the upstream (e.g. the member was killed) closes the client's
+    connection. Only 127.0.0.1; one thread per direction.
 
     Args:
         target: the member's client port.
@@ -505,7 +507,8 @@ class AnswerCatcher:
         self._target = target
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
-        self._armed = threading.Event()
+        self._armed: str | None = None
+        self._watched: set[int] = set()
         self.caught = threading.Event()
         self.kept: bytes = b""
         self._socks: list[socket.socket] = []
@@ -518,9 +521,9 @@ class AnswerCatcher:
         """The proxy's endpoint, for a client."""
         return f"127.0.0.1:{self.port}"
 
-    def arm(self) -> None:
-        """Keep the member's next frame instead of relaying it."""
-        self._armed.set()
+    def arm(self, op: str) -> None:
+        """Keep the member's next answer to an ``op`` request instead of relaying it."""
+        self._armed = op
 
     def close(self) -> None:
         """Close every socket and join the threads."""
@@ -546,35 +549,43 @@ class AnswerCatcher:
             up = socket.create_connection(("127.0.0.1", self._target), timeout=5)
             up.settimeout(None)
             self._socks += [down, up]
-            self._spawn(self._relay, down, up)
+            self._spawn(self._requests, down, up)
             self._spawn(self._answers, up, down)
 
-    def _relay(self, src: socket.socket, dst: socket.socket) -> None:
+    def _requests(self, down: socket.socket, up: socket.socket) -> None:
         with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
+            for n, frame in enumerate(_frames(down)):
+                if n > 0 and self._armed is not None:  # the first is the handshake
+                    for req_no, op, _body in cbor2.loads(frame[4:]):
+                        if op == self._armed:
+                            self._watched.add(req_no)
+                up.sendall(frame)
         with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
+            up.shutdown(socket.SHUT_WR)
 
     def _answers(self, up: socket.socket, down: socket.socket) -> None:
-        frames = 0
-        buf = b""
         with contextlib.suppress(OSError):
-            while data := up.recv(65536):
-                buf += data
-                while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
-                    size = 4 + int.from_bytes(buf[:4], "big")
-                    frame, buf = buf[:size], buf[size:]
-                    frames += 1
-                    if self.caught.is_set():
-                        continue
-                    if frames > 1 and self._armed.is_set():
-                        self.kept = frame
-                        self.caught.set()
-                        continue
-                    down.sendall(frame)
+            for n, frame in enumerate(_frames(up)):
+                if self.caught.is_set():
+                    continue
+                if n > 0 and any(item[1] in self._watched for item in cbor2.loads(frame[4:])):
+                    self.kept = frame
+                    self.caught.set()
+                    continue
+                down.sendall(frame)
         with contextlib.suppress(OSError):
             down.shutdown(socket.SHUT_RDWR)
+
+
+def _frames(sock: socket.socket) -> Iterator[bytes]:
+    """The native protocol's frames as ``sock`` receives them, each with its length prefix."""
+    buf = b""
+    while data := sock.recv(65536):
+        buf += data
+        while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+            size = 4 + int.from_bytes(buf[:4], "big")
+            yield buf[:size]
+            buf = buf[size:]
 
 
 def keys_present(client: Client, prefix: bytes) -> set[bytes]:

@@ -345,10 +345,11 @@ def test_a_write_retried_after_its_member_was_killed_is_applied_once(
             connect_timeout=1.0,
             request_timeout=3.0,
             max_attempts=8,
+            writes_to_leader=False,  # the put goes to the victim, which forwards it
         )
         try:
             assert writer.status().header.member_id == cluster.member_id(victim)
-            catcher.arm()
+            catcher.arm("put")
             answer: dict[str, object] = {}
 
             def put() -> None:
@@ -370,6 +371,9 @@ def test_a_write_retried_after_its_member_was_killed_is_applied_once(
     assert "error" not in answer, f"the retried put failed: {answer['error']!r}"
     put_resp = answer["put"]
     assert isinstance(put_resp, PutResponse)
+    (kept,) = cbor2.loads(catcher.kept[4:])  # the victim's answer: the put was applied there
+    assert kept[0] == 0, f"the victim answered the put with {kept!r}"
+    assert kept[2][2] == put_resp.revision, "the retry was applied again, at a new revision"
     (kv,) = client.get(b"once").kvs
     assert kv.version == 1, f"the put was applied {kv.version} times"
     assert kv.mod_revision == put_resp.revision, "the retry got another write's answer"
