@@ -592,10 +592,23 @@ class Member:
         return self._members.get(new_id, info)
 
     async def member_remove(self, member_id: int) -> None:
-        """Remove a member through Raft. See KvService."""
+        """Remove a member through Raft. See KvService.
+
+        The leader's removal starts with a hand-over, so the others are not left leaderless
+        for an election timeout once it is applied: a leader removing itself hands
+        leadership to the most up-to-date voter (as on :meth:`stop`); a voter asked to remove
+        the leader takes leadership itself. Either way the removal is then proposed (through
+        the new leader if the hand-over worked; if it did not, as it is).
+        """
         self._check_serving()
+        me = self._members.get(self.id)
         if member_id not in self._members:
             raise MemberNotFoundError
+        if member_id == self.node.leader_id and self.node.running:
+            if member_id == self.id:
+                await self._transfer_away()
+            elif me is not None and not me.is_learner:
+                await self._transfer_to(self.id)
         await self._conf_change(ConfChange(ConfChangeType.REMOVE_NODE, member_id))
 
     async def member_promote(self, member_id: int) -> None:
@@ -1236,9 +1249,11 @@ class Member:
             for node, pr in st.progress.items()
             if node != self.id and not pr.is_learner
         ]
-        if not voters:
-            return
-        _, target = max(voters)
+        if voters:
+            await self._transfer_to(max(voters)[1])
+
+    async def _transfer_to(self, target: int) -> None:
+        """Ask for leadership to move to ``target``; wait at most two election timeouts."""
         with contextlib.suppress(NodeTimeout, NodeStopped):
             await self.node.transfer_leader(
                 target, timeout=self.config.tick_interval * self.config.election_tick * 2

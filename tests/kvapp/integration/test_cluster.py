@@ -326,6 +326,36 @@ def test_a_learner_joins_is_promoted_and_a_member_is_removed_under_write_load(
     assert "removed from the cluster" in cluster[victim].log_text()
 
 
+@pytest.mark.parametrize("how", ["SIGTERM", "removed by a follower", "removed by itself"])
+def test_a_leader_that_stops_or_is_removed_hands_leadership_over_first(
+    make_cluster: MakeCluster, how: str
+) -> None:
+    """With a 4 s election timeout, the others elect a new leader well inside it.
+
+    Without the hand-over they would wait at least one election timeout after the leader
+    goes (the followers' randomised timeouts are 4-8 s).
+    """
+    cluster = make_cluster(3, election_ms=4000)
+    leader = cluster.wait_leader()
+    rest = cluster.followers(leader)
+    admin = cluster.client(*rest)
+    admin.put(b"before", b"1")
+    started = time.monotonic()
+    if how == "SIGTERM":
+        assert cluster.terminate(leader) == 0
+    else:
+        remover = admin if how == "removed by a follower" else cluster.client(leader)
+        remover.member_remove(cluster.member_id(leader))
+    new = cluster.wait_leader(among=rest, timeout=10)
+    took = time.monotonic() - started
+    assert took < 2.0, f"{new} led only {took:.1f}s after {leader} went ({how})"
+    if how != "SIGTERM":
+        assert cluster.wait_exit(leader, timeout=20) == 0, f"{leader} did not exit cleanly"
+        assert sorted(m.name for m in admin.member_list()) == sorted(rest)
+    admin.put(b"after", b"2")
+    assert [kv.key for kv in admin.get(b"", prefix=True).kvs] == [b"after", b"before"]
+
+
 def test_a_write_retried_after_its_member_was_killed_is_applied_once(
     make_cluster: MakeCluster,
 ) -> None:
