@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -108,6 +109,32 @@ class ServeOptions:
     min_free_disk_bytes: int = DEFAULT_MIN_FREE_BYTES
     client_tls: TlsInfo | None = None
     peer_tls: TlsInfo | None = None
+    progress_notify_interval: float = 600.0
+    auto_promote: bool = True
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str, flag: str) -> float:
+    """Seconds in a Go duration (``10m``, ``1m30s``, ``500ms``), as etcd's flags take them.
+
+    Raises:
+        UsageError: not a duration, or not positive.
+    """
+    pos, total = 0, 0.0
+    while pos < len(value):
+        m = _DURATION_PART.match(value, pos)
+        if m is None:
+            break
+        total += float(m.group(1)) * _DURATION_UNIT[m.group(2)]
+        pos = m.end()
+    if not value or pos != len(value):
+        raise UsageError(f"{flag}: {value!r} is not a duration (such as 10m, 1m30s, 500ms)")
+    if total <= 0:
+        raise UsageError(f"{flag} must be positive")
+    return total
 
 
 def _url_list(value: str, flag: str) -> tuple[str, ...]:
@@ -216,6 +243,19 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="serve etcd's HTTP/JSON gateway (curl, etcd3gw: POST /v3/kv/range ...) on this "
         "http://host:port (default: off)",
     )
+    p.add_argument(
+        "--experimental-watch-progress-notify-interval",
+        default="10m",
+        help="how often idle watchers that asked for progress notifications get one "
+        "(a Go duration, default 10m)",
+    )
+    p.add_argument(
+        "--auto-promote-learners",
+        choices=("true", "false"),
+        default="true",
+        help="promote a learner to voter once it has caught up (default: true; false: as "
+        "etcd, a learner waits for 'member promote')",
+    )
     add_serve_flags(p)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
@@ -304,6 +344,11 @@ def parse_serve_args(argv: Sequence[str]) -> tuple[ServeOptions, str]:
         ),
         client_tls=client_tls,
         peer_tls=peer_tls,
+        progress_notify_interval=parse_duration(
+            a.experimental_watch_progress_notify_interval,
+            "--experimental-watch-progress-notify-interval",
+        ),
+        auto_promote=a.auto_promote_learners == "true",
     )
     return opts, a.log_level
 
@@ -516,6 +561,8 @@ async def serve(opts: ServeOptions, *, ready: asyncio.Event | None = None) -> in
         min_free_disk_bytes=opts.min_free_disk_bytes,
         new_cluster=opts.new_cluster,
         client_urls=opts.advertise_client_urls + _published_grpc_urls(opts),
+        auto_promote=opts.auto_promote,
+        progress_notify_interval=opts.progress_notify_interval,
     )
     hist = MemberMetrics.fsync_histogram()
     raft_dir = store.directory

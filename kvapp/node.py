@@ -65,6 +65,7 @@ from kvapp.errors import (
     MemberNotFoundError,
     MemberNotLearnerError,
     NoLeaderError,
+    NotLeaderError,
     PeerUrlExistsError,
     RequestDecodeError,
     RequestTimeoutError,
@@ -241,7 +242,10 @@ class MemberConfig:
             a member becomes leader.
         max_request_bytes: the largest encoded request accepted.
         max_learners: how many learners the cluster may have at once.
-        auto_promote: promote a learner to voter once it has caught up.
+        auto_promote: promote a learner to voter once it has caught up (False: as etcd, a
+            learner stays one until a member promote request).
+        progress_notify_interval: seconds between progress notifications to idle watchers
+            that asked for them (etcd's ``--experimental-watch-progress-notify-interval``).
         client_urls: where clients reach this member; published to the cluster (etcd's
             member attributes) once a leader is known, so clients can find the leader.
         new_cluster: bootstrap a new cluster from ``initial_members`` if the storage is empty
@@ -270,6 +274,7 @@ class MemberConfig:
     max_request_bytes: int = MAX_REQUEST_BYTES
     max_learners: int = 1
     auto_promote: bool = True
+    progress_notify_interval: float = 600.0
     new_cluster: bool = True
     client_urls: tuple[str, ...] = ()
     min_free_disk_bytes: int = DEFAULT_MIN_FREE_BYTES
@@ -389,6 +394,7 @@ class Member:
         self._tasks = [
             asyncio.create_task(self._watch_leadership(), name=f"{self.config.name}-leadership"),
             asyncio.create_task(self._lease_loop(), name=f"{self.config.name}-leases"),
+            asyncio.create_task(self._progress_loop(), name=f"{self.config.name}-progress"),
             asyncio.create_task(self._publish(), name=f"{self.config.name}-publish"),
             asyncio.create_task(self.disk.run(), name=f"{self.config.name}-disk"),
         ]
@@ -612,13 +618,19 @@ class Member:
         await self._conf_change(ConfChange(ConfChangeType.REMOVE_NODE, member_id))
 
     async def member_promote(self, member_id: int) -> None:
-        """Promote a caught-up learner. See KvService."""
+        """Promote a caught-up learner. See KvService.
+
+        Only the leader knows whether the learner is in sync; a follower raises
+        ``NotLeaderError`` so the API layer forwards the request, as etcd does.
+        """
         self._check_serving()
         m = self._members.get(member_id)
         if m is None:
             raise MemberNotFoundError
         if not m.is_learner:
             raise MemberNotLearnerError
+        if not self.node.is_leader:
+            raise NotLeaderError
         if not self._learner_caught_up(member_id):
             raise LearnerNotReadyError
         info = attrs.evolve(m, is_learner=False)
@@ -1193,13 +1205,19 @@ class Member:
             if self.kv.lessor.is_primary:
                 for proposal in self.kv.lessor.tick():
                     self._spawn(self._propose_quietly(proposal))
-            self.kv.watches.progress_tick()
             if self.config.auto_promote and self.node.is_leader and not self._promoting:
                 for m in self._members.values():
                     if m.is_learner and self._learner_caught_up(m.id):
                         self._promoting = True
                         self._spawn(self._auto_promote(m.id))
                         break
+
+    async def _progress_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.progress_notify_interval)
+            if not self.node.running:
+                return
+            self.kv.watches.progress_tick()
 
     async def _propose_quietly(self, body: kvreq.Body) -> None:
         data = kvreq.encode_request(kvreq.Request(0, 0, body))

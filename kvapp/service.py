@@ -286,7 +286,8 @@ class KvService(Protocol):
         """Promote a learner to voter.
 
         Raises:
-            EtcdError: not a learner, learner not caught up, no leader, timeout.
+            EtcdError: not a learner, learner not caught up, no leader, timeout;
+                ``NotLeaderError`` on a follower (the client or API layer forwards it).
         """
         ...
 

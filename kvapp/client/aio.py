@@ -558,8 +558,13 @@ class AsyncClient:
         await self._retry(lambda link: link.member_remove(member_id), _Mode.ONCE, "member remove")
 
     async def member_promote(self, member_id: int) -> None:
-        """Promote a learner (retried only while it certainly reached no member)."""
-        await self._retry(lambda link: link.member_promote(member_id), _Mode.ONCE, "member promote")
+        """Promote a learner (retried only while it certainly reached no member).
+
+        Sent to the leader: only it knows whether the learner is in sync.
+        """
+        await self._retry(
+            lambda link: link.member_promote(member_id), _Mode.ONCE, "member promote", leader=True
+        )
 
     async def member_update(self, member_id: int, peer_urls: Sequence[str]) -> None:
         """Give a member new peer URLs (retried only while it certainly reached no member).

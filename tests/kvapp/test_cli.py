@@ -45,6 +45,9 @@ def test_etcd_timing_flags_become_ticks() -> None:
         (args("--max-request-bytes", "10"), "--max-request-bytes"),
         (args("--min-free-disk-bytes", "-1"), "--min-free-disk-bytes must not be negative"),
         (args("--initial-cluster-token", ""), "token"),
+        (args("--experimental-watch-progress-notify-interval", "10"), "not a duration"),
+        (args("--experimental-watch-progress-notify-interval", "1x"), "not a duration"),
+        (args("--experimental-watch-progress-notify-interval", "0s"), "must be positive"),
         (
             ["--name", "a", "--initial-cluster", "a=http://127.0.0.1:1,b=http://127.0.0.1:1"],
             "given for both",
@@ -54,6 +57,20 @@ def test_etcd_timing_flags_become_ticks() -> None:
 def test_bad_flags_are_refused_with_a_message_naming_them(argv: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         parse_serve_args(argv)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("10m", 600.0), ("1m30s", 90.0), ("500ms", 0.5), ("1.5h", 5400.0)]
+)
+def test_the_progress_notify_interval_is_a_go_duration(value: str, seconds: float) -> None:
+    assert parse_serve_args(args())[0].progress_notify_interval == 600.0  # etcd's default
+    flag = "--experimental-watch-progress-notify-interval"
+    assert parse_serve_args(args(flag, value))[0].progress_notify_interval == seconds
+
+
+def test_learners_are_promoted_automatically_unless_turned_off() -> None:
+    assert parse_serve_args(args())[0].auto_promote
+    assert not parse_serve_args(args("--auto-promote-learners", "false"))[0].auto_promote
 
 
 def test_the_disk_reserve_defaults_to_two_wal_segments_and_a_request() -> None:

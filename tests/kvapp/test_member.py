@@ -13,7 +13,12 @@ from typing import Any
 
 import pytest
 
-from kvapp.errors import LeaseNotFoundError, NoLeaderError, RequestTooLargeError
+from kvapp.errors import (
+    LeaseNotFoundError,
+    NoLeaderError,
+    NotLeaderError,
+    RequestTooLargeError,
+)
 from kvapp.lease import LeaseGrantRequest, LeaseGrantResponse
 from kvapp.mvcc.types import PutRequest, RangeRequest
 from kvapp.node import Member, MemberConfig, cluster_id_for, member_id_for
@@ -253,6 +258,36 @@ async def test_a_learner_joins_catches_up_and_is_promoted() -> None:
         await stop_all(members)
 
 
+@aio
+async def test_without_auto_promotion_a_caught_up_learner_waits_for_member_promote() -> None:
+    hub, members, clock = await start_cluster(auto_promote=False)
+    try:
+        await members[0].write(PutRequest(b"k", b"v"))
+        urls = ("http://127.0.0.1:29999",)
+        added = await members[1].member_add(urls, is_learner=True)
+        info = MemberInfo(added.id, "m4", urls, is_learner=True)
+        initial = [m for m in members[1].member_list() if m.id != added.id] + [info]
+        newcomer = make_member(hub, info, initial, clock, new_cluster=False, auto_promote=False)
+        members.append(newcomer)
+        await newcomer.start()
+        lead = leader_of(members)
+        for _ in range(500):
+            if lead._learner_caught_up(added.id):
+                break
+            await asyncio.sleep(TICK)
+        else:
+            raise AssertionError("the learner never caught up")
+        await asyncio.sleep(lead.config.lease_tick * 10)  # auto-promotion would have run
+        assert {m.id: m for m in lead.member_list()}[added.id].is_learner
+        follower = next(m for m in members[:3] if m is not lead)
+        with pytest.raises(NotLeaderError):  # only the leader knows it is in sync: forwarded
+            await follower.member_promote(added.id)
+        await lead.member_promote(added.id)
+        assert not {m.id: m for m in lead.member_list()}[added.id].is_learner
+    finally:
+        await stop_all(members)
+
+
 async def wait_removed(member: Member) -> None:
     for _ in range(500):
         if member.removed:
@@ -331,3 +366,34 @@ async def test_a_removal_notice_is_ignored_by_a_member_that_has_a_leader_or_appl
         assert lone.removed
     finally:
         await stop_all(members)
+
+
+async def progress_notifications(interval: float) -> list[int]:
+    """The watch ids of the progress notifications one member sends within a second (at most
+    three) to two idle watchers of which only the first asked for them."""
+    _, members, _ = await start_cluster(1, progress_notify_interval=interval)
+    (m,) = members
+    try:
+        stream = m.open_watch_stream(lambda: None)
+        asked = stream.watch(b"k", progress_notify=True)
+        stream.watch(b"k", watch_id=asked + 1)
+        stream.take()  # the creation answers
+        seen: list[int] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while loop.time() < deadline and len(seen) < 3:
+            await asyncio.sleep(0.02)
+            seen += [r.watch_id - asked + 1 for r in stream.take() if not r.events]
+        return seen
+    finally:
+        await stop_all(members)
+
+
+@aio
+async def test_idle_watchers_get_no_progress_notification_before_etcds_ten_minutes() -> None:
+    assert await progress_notifications(600.0) == []
+
+
+@aio
+async def test_idle_watchers_that_asked_get_progress_notifications_at_the_interval() -> None:
+    assert await progress_notifications(0.05) == [1, 1, 1]

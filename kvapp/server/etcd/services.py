@@ -360,6 +360,7 @@ class KVServicer:
 
 _KEEP_ALIVE: Final = "/etcdserverpb.Lease/LeaseKeepAlive"
 _TIME_TO_LIVE: Final = "/etcdserverpb.Lease/LeaseTimeToLive"
+_MEMBER_PROMOTE: Final = "/etcdserverpb.Cluster/MemberPromote"
 
 
 class LeaseServicer:
@@ -568,8 +569,22 @@ class ClusterServicer:
     async def MemberPromote(
         self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberPromoteResponse:
-        """Promote a caught-up learner to voter."""
-        await self.api.service.member_promote(request.ID)
+        """Promote a caught-up learner to voter.
+
+        A follower forwards it to the leader, which alone knows whether the learner is in
+        sync (as etcd does).
+        """
+        try:
+            await self.api.service.member_promote(request.ID)
+        except NotLeaderError:
+            await self.api.forward(
+                context,
+                lambda ch, md: ch.unary_unary(
+                    _MEMBER_PROMOTE,
+                    request_serializer=rpc_pb2.MemberPromoteRequest.SerializeToString,
+                    response_deserializer=rpc_pb2.MemberPromoteResponse.FromString,
+                )(request, metadata=md),
+            )
         return rpc_pb2.MemberPromoteResponse(header=self._header(), members=self._members())
 
 
@@ -669,8 +684,12 @@ class MaintenanceServicer:
     async def Defragment(
         self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DefragmentResponse:
-        """Nothing to do: the store lives in memory."""
-        return rpc_pb2.DefragmentResponse(header=self.api.header())
+        """Nothing to do: the store lives in memory.
+
+        The response has no header: etcd 3.4's has none (``maintenanceServer.Defragment``), so
+        its gateway answers ``{}``.
+        """
+        return rpc_pb2.DefragmentResponse()
 
     async def Hash(
         self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext
@@ -705,7 +724,7 @@ class MaintenanceServicer:
 
         The total size is not known in advance, so ``remaining_bytes`` is a lower bound (the
         next piece's size) until the last piece, which carries 0; etcd clients only read the
-        blobs until the end of the stream.
+        blobs until the end of the stream. The pieces carry no header, as etcd 3.4's do not.
         """
         try:
             chunks = self.api.service.snapshot(linearizable=True)
@@ -714,7 +733,6 @@ class MaintenanceServicer:
                 while pending is not None:
                     following = await anext(chunks, None)
                     yield rpc_pb2.SnapshotResponse(
-                        header=self.api.header(),
                         remaining_bytes=len(following) if following is not None else 0,
                         blob=pending,
                     )

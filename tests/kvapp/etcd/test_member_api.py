@@ -135,3 +135,35 @@ async def test_kv_lease_and_maintenance_on_real_members() -> None:
         assert lead.node.leader_id == target
     finally:
         await _stop(members, servers, clients)
+
+
+@aio
+async def test_a_follower_forwards_member_promote_to_the_leader() -> None:
+    """Only the leader knows whether a learner is in sync: a follower hands the request on,
+    so the answer is the leader's ("not in sync" for a learner that never started), not
+    "not leader"."""
+    members, servers, clients = await _start()
+    try:
+        await _published(members)
+        lead = leader_of(members)
+        i_follower = (members.index(lead) + 1) % 3
+        follower = clients[i_follower]
+        added = await follower.call(
+            "Cluster",
+            "MemberAdd",
+            pb.MemberAddRequest(peerURLs=["http://127.0.0.1:29998"], isLearner=True),
+            pb.MemberAddResponse,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await follower.call(
+                "Cluster",
+                "MemberPromote",
+                pb.MemberPromoteRequest(ID=added.member.ID),
+                pb.MemberPromoteResponse,
+            )
+        assert (info.value.code(), info.value.details()) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "etcdserver: can only promote a learner member which is in sync with leader",
+        )
+    finally:
+        await _stop(members, servers, clients)

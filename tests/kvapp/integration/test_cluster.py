@@ -32,7 +32,12 @@ import cbor2
 import pytest
 
 from kvapp.client import Client, ClientError
-from kvapp.errors import EtcdError, LeaseNotFoundError, RequestTooLargeError
+from kvapp.errors import (
+    EtcdError,
+    LearnerNotReadyError,
+    LeaseNotFoundError,
+    RequestTooLargeError,
+)
 from kvapp.mvcc.types import EventType, PutResponse
 from kvapp.node import MAX_REQUEST_BYTES
 from kvapp.server import native
@@ -324,6 +329,36 @@ def test_a_learner_joins_is_promoted_and_a_member_is_removed_under_write_load(
     assert not any(m.is_learner for m in members)
     assert_all_present(cluster, writer.acked, b"load/")
     assert "removed from the cluster" in cluster[victim].log_text()
+
+
+def test_with_auto_promotion_off_a_learner_waits_for_member_promote_sent_to_any_member(
+    make_cluster: MakeCluster,
+) -> None:
+    """etcd's way: ``--auto-promote-learners false`` keeps a caught-up learner one until a
+    promote request, which a follower hands to the leader (only it knows the learner is in
+    sync)."""
+    cluster = make_cluster(3, extra_args=["--auto-promote-learners", "false"])
+    follower = cluster.followers(cluster.wait_leader())[0]
+    admin = cluster.client(follower)
+    admin.put(b"k", b"v")
+    m4 = cluster.plan("m4")
+    added = admin.member_add([m4.peer_url], is_learner=True)
+    cluster.start("m4", initial=["m1", "m2", "m3", "m4"], state="existing")
+    learner = cluster.client("m4")
+    poll(lambda: learner.get(b"k", serializable=True).kvs or None, timeout=30, what="m4's data")
+    time.sleep(1.5)  # three of the leader's lease ticks, when it would promote a learner
+    assert {m.id: m for m in admin.member_list()}[added.id].is_learner
+
+    def promote() -> bool | None:
+        try:
+            admin.member_promote(added.id)
+        except LearnerNotReadyError:
+            return None
+        return True
+
+    poll(promote, timeout=30, what="the promotion of m4")
+    assert not {m.id: m for m in admin.member_list()}[added.id].is_learner
+    assert cluster.status("m4").is_learner is False
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "removed by a follower", "removed by itself"])
