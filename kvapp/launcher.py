@@ -23,12 +23,16 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
 from kvapp.tls import ClientTls, TlsConfigError, make_local_pki
+
+if TYPE_CHECKING:
+    from kvapp.service import MemberInfo
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +311,7 @@ async def _monitor(
     from kvapp.errors import EtcdError  # noqa: PLC0415
 
     last_view: tuple[str, int] | None = None
+    table: dict[int, MemberInfo] | None = None
     exited: set[str] = set()
     ports = {m.name: m.client_port for m in members}
     client = AsyncClient(
@@ -343,9 +348,40 @@ async def _monitor(
             if leader and leader in by_id and (by_id[leader], term) != last_view:
                 last_view = (by_id[leader], term)
                 out(f"leader is {last_view[0]} (term {term})")
+            if by_id:
+                try:
+                    now = {m.id: m for m in await client.member_list()}
+                except (ClientError, EtcdError, OSError, TimeoutError) as e:
+                    logger.debug("member list: %s", e)
+                    continue
+                if table is not None:
+                    for line in membership_changes(table, now):
+                        out(line)
+                table = now
     finally:
         await client.close()
     return 0
+
+
+def membership_changes(
+    before: Mapping[int, MemberInfo], after: Mapping[int, MemberInfo]
+) -> list[str]:
+    """What ``kvapp cluster`` prints when the member table goes from ``before`` to ``after``."""
+
+    def who(m: MemberInfo) -> str:
+        return f"{m.name} ({m.id:x})" if m.name else f"{m.id:x} at {', '.join(m.peer_urls)}"
+
+    lines = []
+    for mid, m in after.items():
+        old = before.get(mid)
+        if old is None:
+            lines.append(f"member {who(m)} added" + (" as a learner" if m.is_learner else ""))
+        elif old.is_learner and not m.is_learner:
+            lines.append(f"member {who(m)} promoted to voter")
+        elif m.name and not old.name:
+            lines.append(f"member {who(m)} started")
+    lines += [f"member {who(m)} removed" for mid, m in before.items() if mid not in after]
+    return lines
 
 
 async def _stop_all(

@@ -3,6 +3,7 @@ stops every member. Runs the real command and the README's client snippet agains
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import signal
@@ -17,7 +18,9 @@ from typing import IO
 import pytest
 
 from kvapp import launcher
+from kvapp.client import Client
 from kvapp.launcher import free_ports
+from kvapp.service import MemberInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -153,3 +156,72 @@ def test_free_ports_never_hands_out_a_port_twice_in_a_row() -> None:
     for _ in range(50):
         seen += free_ports(20)
     assert len(set(seen)) == len(seen)
+
+
+def test_membership_changes_are_described_as_they_happen() -> None:
+    m1 = MemberInfo(0x1, "m1", ("http://127.0.0.1:1",))
+    m2 = MemberInfo(0x2, "m2", ("http://127.0.0.1:2",))
+    joining = MemberInfo(0xA, "", ("http://127.0.0.1:9",), is_learner=True)
+    started = MemberInfo(0xA, "m4", ("http://127.0.0.1:9",), is_learner=True)
+    voter = MemberInfo(0xA, "m4", ("http://127.0.0.1:9",))
+    steps = [
+        ({1: m1, 2: m2}, {1: m1, 2: m2, 10: joining}),
+        ({1: m1, 2: m2, 10: joining}, {1: m1, 2: m2, 10: started}),
+        ({1: m1, 2: m2, 10: started}, {1: m1, 2: m2, 10: voter}),
+        ({1: m1, 2: m2, 10: voter}, {1: m1, 10: voter}),
+        ({1: m1}, {1: m1}),
+    ]
+    assert [launcher.membership_changes(a, b) for a, b in steps] == [
+        ["member a at http://127.0.0.1:9 added as a learner"],
+        ["member m4 (a) started"],
+        ["member m4 (a) promoted to voter"],
+        ["member m2 (2) removed"],
+        [],
+    ]
+
+
+def _member_pid(data_dir: Path) -> int:
+    """The pid of the ``kvapp serve`` process whose ``--data-dir`` is ``data_dir``."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and str(data_dir).encode() in argv:
+            return int(proc.name)
+    raise AssertionError(f"no member process with --data-dir {data_dir}")
+
+
+def test_kvapp_cluster_reports_membership_and_leader_changes_and_removes_its_temp_dir(
+    tmp_path: Path,
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "kvapp", "cluster", "--size", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    out = Lines(proc)
+    try:
+        lines = out.until(r"leader is m\d", 60)
+        parent = Path(next(m.group(1) for x in lines if (m := re.search(r"data in (\S+)", x))))
+        leader = re.search(r"leader is (m\d)", lines[-1]).group(1)  # type: ignore[union-attr]
+        endpoints = [m.group(1) for x in lines if (m := re.search(r"client http://(\S+)", x))]
+        with Client(endpoints) as c:
+            added = c.member_add(["http://127.0.0.1:9"], is_learner=True)
+            out.until(rf"member {added.id:x} at http://127.0.0.1:9 added as a learner", 30)
+            c.member_remove(added.id)
+            out.until(rf"member {added.id:x} at http://127.0.0.1:9 removed", 30)
+        os.kill(_member_pid(parent / leader), signal.SIGKILL)
+        out.until(rf"member {leader} exited with status -9", 30)
+        out.until(rf"leader is (?!{leader})m\d", 30)
+        proc.send_signal(signal.SIGINT)
+        out.until("all members stopped", 60)
+        assert proc.wait(timeout=60) == 0
+        assert not parent.exists(), f"{parent}: the temporary data directory was left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
