@@ -327,6 +327,7 @@ class Member:
         self._members: dict[int, MemberInfo] = {m.id: m for m in config.initial_members}
         self._results: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._renewals: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._renewal_flush = False
         self._open_batch: _WriteBatch | None = None
         self.writes_proposed = 0
         """Client writes this member proposed (each counted once, however it ended)."""
@@ -546,8 +547,12 @@ class Member:
         resp = self.kv.lessor.keep_alive(lease_id)
         if self.kv.lessor.renewal_durable(lease_id, resp.ticket):
             return resp
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         self._renewals.append((lease_id, resp.ticket, fut))
+        if not self._renewal_flush:  # the keep-alives of one loop turn share a checkpoint
+            self._renewal_flush = True
+            loop.call_soon(self._checkpoint_renewals)
         try:
             async with asyncio.timeout(self.config.request_timeout):
                 await fut
@@ -1037,6 +1042,11 @@ class Member:
             # written since the last: a state grown by batched entries or by large txns must
             # not leave its snapshot, seconds of encoding, to whoever writes next.
             self.node.request_snapshot()
+
+    def _checkpoint_renewals(self) -> None:
+        self._renewal_flush = False
+        for proposal in self.kv.lessor.checkpoint_renewed():
+            self._spawn(self._propose_quietly(proposal))
 
     def _check_renewals(self) -> None:
         still: list[tuple[int, int, asyncio.Future[None]]] = []

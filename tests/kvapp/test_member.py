@@ -115,9 +115,8 @@ def make_member(
         cluster_id=CLUSTER,
         initial_members=tuple(initial),
         tick_interval=TICK,
-        lease_tick=TICK * 2,
         request_timeout=2.0,
-        **cfg,  # type: ignore[arg-type]
+        **{"lease_tick": TICK * 2, **cfg},  # type: ignore[arg-type]
     )
     m = Member(config, MemoryStorage(), hub.links(info.id), clock=clock)
     hub.members[info.id] = m
@@ -397,3 +396,21 @@ async def test_idle_watchers_get_no_progress_notification_before_etcds_ten_minut
 @aio
 async def test_idle_watchers_that_asked_get_progress_notifications_at_the_interval() -> None:
     assert await progress_notifications(0.05) == [1, 1, 1]
+
+
+@aio
+async def test_a_keep_alive_is_acknowledged_after_one_commit_not_at_the_next_lease_tick() -> None:
+    """The renewal's checkpoint is proposed at once: with a 30 s lease tick the keep-alive
+    still comes back well inside its 2 s request timeout (etcd answers at once)."""
+    _, members, _ = await start_cluster(lease_tick=30.0)
+    try:
+        lead = leader_of(members)
+        grant = await lead.write(LeaseGrantRequest(ttl=10, id=0))
+        assert isinstance(grant, LeaseGrantResponse)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        renewed = await asyncio.gather(*(lead.lease_keep_alive(grant.id) for _ in range(3)))
+        assert [r.ttl for r in renewed] == [10, 10, 10]
+        assert loop.time() - started < 1.0
+    finally:
+        await stop_all(members)
