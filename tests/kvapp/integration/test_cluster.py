@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -442,6 +443,57 @@ def test_a_write_retried_after_its_member_was_killed_is_applied_once(
     (kv,) = client.get(b"once").kvs
     assert kv.version == 1, f"the put was applied {kv.version} times"
     assert kv.mod_revision == put_resp.revision, "the retry got another write's answer"
+
+
+def metric(text: str, name: str) -> float:
+    """The value of the unlabelled sample ``name`` in a Prometheus text exposition."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no sample {name!r} in:\n{text}")
+
+
+def test_members_serve_health_and_metrics_that_follow_the_cluster(
+    make_cluster: MakeCluster,
+) -> None:
+    """``--listen-metrics-urls``: /health is 200 while a leader is known; etcd's metric names
+    count leader changes, committed proposals and WAL fsyncs."""
+    cluster = make_cluster(3, start=False, fsync=True)
+    http = {name: free_ports(1)[0] for name in cluster.members}
+    for name, m in cluster.members.items():
+        m.extra_args = ("--listen-metrics-urls", f"http://127.0.0.1:{http[name]}")
+    cluster.start()
+    leader = cluster.wait_leader()
+
+    def get(name: str, path: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{http[name]}{path}"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+
+    def scrape(name: str) -> str:
+        return get(name, "/metrics")[1]
+
+    for name in cluster.members:
+        assert get(name, "/health") == (200, '{"health": "true"}'), name
+    before = {name: scrape(name) for name in cluster.members}
+    cluster.client().put(b"k", b"v")
+    after = scrape(leader)
+    assert metric(after, "etcd_server_is_leader") == 1
+    assert metric(after, "etcd_server_has_leader") == 1
+    assert metric(after, "etcd_server_proposals_committed_total") > metric(
+        before[leader], "etcd_server_proposals_committed_total"
+    )
+    assert metric(after, "etcd_disk_wal_fsync_duration_seconds_count") > 0
+    cluster.kill(leader)
+    rest = cluster.followers(leader)
+    cluster.wait_leader(among=rest)
+    changes = "etcd_server_leader_changes_seen_total"
+    for name in rest:
+
+        def counted(name: str = name) -> bool | None:
+            return metric(scrape(name), changes) > metric(before[name], changes) or None
+
+        poll(counted, timeout=10, what=f"{name} to count the leader change")
 
 
 def assert_cluster_serves(cluster: ProcCluster, data: dict[bytes, bytes]) -> None:
