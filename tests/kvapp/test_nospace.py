@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 
 from kvapp import requests as kvreq
+from kvapp.cli import parse_serve_args, serve
+from kvapp.client import AsyncClient, ClientError, OutcomeUnknown
 from kvapp.dedup import Applier
 from kvapp.diskspace import DEFAULT_MIN_FREE_BYTES, DiskGuard, min_free_bytes_for
-from kvapp.errors import CorruptClusterError, NoLeaderError, NoSpaceError
+from kvapp.errors import CorruptClusterError, EtcdError, NoLeaderError, NoSpaceError
 from kvapp.kvstate import KvState
+from kvapp.launcher import free_ports
 from kvapp.lease import LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest
 from kvapp.metrics import MemberMetrics, render
 from kvapp.mvcc.types import (
@@ -495,3 +498,46 @@ def test_a_failed_fsync_still_stops_the_member(
             synced.close()
 
     body()
+
+
+def test_a_failed_fsync_makes_kvapp_serve_exit_with_status_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server loop's side of it: ``kvapp serve`` logs why and exits 1 (its supervisor
+    restarts it from the WAL); it does not retry the write and carry on."""
+    peer, client = free_ports(2)
+    opts, _ = parse_serve_args(
+        [
+            "--name",
+            "solo",
+            "--data-dir",
+            str(tmp_path / "solo"),
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--listen-client-urls",
+            f"http://127.0.0.1:{client}",
+        ]
+    )
+
+    @aio
+    async def body() -> None:
+        ready = asyncio.Event()
+        served = asyncio.create_task(serve(opts, ready=ready))
+        async with asyncio.timeout(20):
+            await ready.wait()
+        async with AsyncClient([f"127.0.0.1:{client}"], request_timeout=2.0) as c:
+            await c.put(b"before", b"1")
+
+            def fdatasync(fd: int) -> None:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+            monkeypatch.setattr(fileutil, "_fdatasync", fdatasync)
+            with pytest.raises((OutcomeUnknown, EtcdError, ClientError)):
+                await c.put(b"after", b"1")
+        async with asyncio.timeout(20):
+            assert await served == 1
+
+    with caplog.at_level(logging.ERROR, logger="kvapp.cli"):
+        body()
+    monkeypatch.undo()
+    assert any("solo: stopping:" in r.getMessage() for r in caplog.records), caplog.text
