@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import random
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Sequence
 from typing import IO, Protocol, cast
@@ -299,6 +300,8 @@ class Member:
             :func:`kvapp.storage.fileutil.free_bytes` of its data directory). ``None`` (a
             storage that is not on disk): NOSPACE is raised only when a storage write fails for
             lack of space, and cleared once writes succeed again.
+        rng: Raft's election jitter (seed it for reproducible runs, e.g. under a simulated
+            event loop); default a system-seeded ``random.Random()``.
     """
 
     def __init__(
@@ -309,6 +312,7 @@ class Member:
         *,
         clock: Callable[[], float] = time.monotonic,
         disk_free: Callable[[], int] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.id = config.member_id
@@ -368,6 +372,7 @@ class Member:
             request_timeout=config.request_timeout,
             logger=logging.LoggerAdapter(logging.getLogger("raftlib"), {"member": config.name}),
             on_storage_full=self._on_storage_full,
+            rng=rng,
         )
         # A RaftStore keeps the data of entries not applied yet (kvapp.storage.entrylog).
         note = getattr(storage, "note_applied", None)

@@ -62,7 +62,6 @@ import enum
 import logging
 import random
 import secrets
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final, Literal, TypeVar
@@ -293,6 +292,8 @@ class AsyncClient:
             docstring); False: to the current endpoint, like every other request. Default:
             with the native protocol only (over etcd's API writes go where etcd's own clients
             send them; leader discovery there is not tested).
+        rng: the source of retry jitter (seed it, with ``client_id``, for reproducible runs,
+            e.g. under a simulated event loop); default a system-seeded ``random.Random()``.
 
     Raises:
         kvapp.tls.TlsConfigError: a TLS file is missing, unreadable or unusable.
@@ -317,6 +318,7 @@ class AsyncClient:
         connector: Connector | None = None,
         tls: ClientTls | None = None,
         writes_to_leader: bool | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
@@ -341,6 +343,7 @@ class AsyncClient:
         self._deadlines = Deadlines(request_timeout)
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
+        self._rng = rng if rng is not None else random.Random()
         self.client_id = client_id if client_id is not None else _random_client_id()
         self._window = _WriteWindow(self.client_id, max_inflight_writes)
         self._connector: Connector = connector
@@ -499,7 +502,7 @@ class AsyncClient:
             LeaseNotFoundError: the lease does not exist (any more).
             EtcdError, Unavailable: the first renewal failed.
         """
-        sent_at = time.monotonic()
+        sent_at = asyncio.get_running_loop().time()
         first = await self.keep_alive_once(lease_id)
         if first.ttl <= 0:
             raise LeaseNotFoundError(f"lease {lease_id:x} has expired")
@@ -796,7 +799,7 @@ class AsyncClient:
 
     def _backoff(self, attempt: int) -> float:
         pause = min(self.retry_backoff * 2.0 ** (attempt - 1), _MAX_BACKOFF)
-        return pause * random.uniform(0.5, 1.0)
+        return pause * self._rng.uniform(0.5, 1.0)
 
     async def _write(self, request: WriteRequest, cls: type[_W]) -> _W:
         if not self._dedup:  # no request ids: never retried once it may have reached a member
@@ -1168,7 +1171,8 @@ class KeepAlive:
         lease_id: the lease.
         ttl: its TTL in seconds, from the last renewal.
         renewals: successful renewals so far (the first included).
-        last_renewal: ``time.monotonic()`` when the last successful renewal was sent.
+        last_renewal: the event loop's time (``time.monotonic()`` on asyncio's own loops) when
+            the last successful renewal was sent.
         error: the last renewal failure, if any.
         lost: set once the lease is lost.
     """
@@ -1240,10 +1244,11 @@ class KeepAlive:
 
     async def _run(self) -> None:
         client = self._client
+        loop = asyncio.get_running_loop()
         next_at = self.last_renewal + self.ttl / 3
         while True:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            sent_at = time.monotonic()
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            sent_at = loop.time()
             deadline = self.last_renewal + self.ttl
             if sent_at >= deadline:
                 self._lose(LeaseLoss.RENEWALS_FAILED)
@@ -1257,7 +1262,7 @@ class KeepAlive:
                 return
             except (KvappError, OSError, TimeoutError) as e:
                 self.error = e
-                next_at = time.monotonic() + min(self.ttl / 3, 0.5)
+                next_at = loop.time() + min(self.ttl / 3, 0.5)
                 continue
             if resp.ttl <= 0:
                 self._lose(LeaseLoss.GONE)

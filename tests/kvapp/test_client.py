@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -862,3 +863,12 @@ async def test_snapshot_errors_are_the_members_and_unreachable_endpoints_are_una
             await client.snapshot(lambda _: None)
         with pytest.raises(Unavailable, match=r"snapshot from 127\.0\.0\.1:1"):
             await client.snapshot(lambda _: None, endpoint="127.0.0.1:1")
+
+
+def test_retry_jitter_comes_from_the_injected_rng() -> None:
+    """A seam for deterministic simulation: equally seeded clients pause alike."""
+    pauses = [
+        [AsyncClient(["127.0.0.1:1"], rng=random.Random(seed))._backoff(n) for n in (1, 2, 3)]
+        for seed in (3, 3, 4)
+    ]
+    assert pauses[0] == pauses[1] != pauses[2]

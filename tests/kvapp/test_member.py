@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -414,3 +415,38 @@ async def test_a_keep_alive_is_acknowledged_after_one_commit_not_at_the_next_lea
         assert loop.time() - started < 1.0
     finally:
         await stop_all(members)
+
+
+class CountingRandom(random.Random):
+    """A seeded Random that counts its draws."""
+
+    def __init__(self) -> None:
+        super().__init__(7)
+        self.draws = 0
+
+    def getrandbits(self, k: int) -> int:
+        self.draws += 1
+        return super().getrandbits(k)
+
+
+@aio
+async def test_a_members_raft_randomness_comes_from_its_injected_rng() -> None:
+    """A seam for deterministic simulation: election jitter is drawn from ``rng``."""
+    hub, clock = Hub(), Clock()
+    (info,) = infos(1)
+    rng = CountingRandom()
+    config = MemberConfig(
+        name=info.name,
+        member_id=info.id,
+        cluster_id=CLUSTER,
+        initial_members=(info,),
+        tick_interval=TICK,
+    )
+    m = Member(config, MemoryStorage(), hub.links(info.id), clock=clock, rng=rng)
+    hub.members[info.id] = m
+    await m.start()
+    try:
+        await asyncio.wait_for(m.node.wait_leader(timeout=5), 6)
+        assert rng.draws > 0
+    finally:
+        await stop_all([m])
