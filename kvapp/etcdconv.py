@@ -88,7 +88,7 @@ class InvalidRequestError(EtcdError):
     code = GrpcCode.INVALID_ARGUMENT
 
 
-_E = TypeVar("_E", SortOrder, SortTarget, CompareResult, CompareTarget, EventType)
+_E = TypeVar("_E", SortTarget, EventType)
 
 
 def _enum(cls: type[_E], value: int, what: str) -> _E:
@@ -107,22 +107,43 @@ _OPERAND_FIELD: Final = {
 }
 
 _FILTERS: Final = frozenset(int(f) for f in WatchFilter)
+_SORT_ORDERS: Final = frozenset(int(o) for o in SortOrder)
+_COMPARE_TARGETS: Final = frozenset(int(t) for t in CompareTarget)
+_COMPARE_RESULTS: Final = frozenset(int(r) for r in CompareResult)
+
+# (result, operand) of a version compare that decides as etcd does an unknown target or result
+_ALWAYS: Final = (CompareResult.GREATER, -1)
+_NEVER: Final = (CompareResult.LESS, 0)
+_ANY_KEY_EXISTS: Final = (CompareResult.GREATER, 0)
 
 
 # -- requests: etcd's messages to kvapp's types (the server side) ------------------------------
 
 
 def range_from_pb(r: rpc_pb2.RangeRequest) -> RangeRequest:
-    """Translate etcd's RangeRequest; an empty key is refused as etcd refuses it."""
+    """Translate etcd's RangeRequest; an empty key is refused as etcd refuses it.
+
+    An unknown ``sort_order`` is read as etcd 3.4 applies it (``applierV3backend.Range``): it
+    is not NONE, so every key is fetched and counted, but it is neither ASCEND nor DESCEND, so
+    nothing is sorted and the keys come in key order, cut to ``limit`` with ``more`` set,
+    whatever the sort target (an unknown one included). That is exactly ASCEND by KEY. An
+    unknown ``sort_target`` with a known order makes etcd 3.4 sort with no sorter and panic,
+    so kvapp refuses it with :class:`InvalidRequestError`.
+    """
     if not r.key:
         raise EmptyKeyError
+    if r.sort_order in _SORT_ORDERS:
+        order = SortOrder(r.sort_order)
+        target = _enum(SortTarget, r.sort_target, "sort target")
+    else:
+        order, target = SortOrder.ASCEND, SortTarget.KEY
     return RangeRequest(
         r.key,
         r.range_end,
         r.limit,
         r.revision,
-        _enum(SortOrder, r.sort_order, "sort order"),
-        _enum(SortTarget, r.sort_target, "sort target"),
+        order,
+        target,
         r.serializable,
         r.keys_only,
         r.count_only,
@@ -148,9 +169,26 @@ def compare_from_pb(c: rpc_pb2.Compare) -> Compare:
 
     As in etcd, an operand given in a field other than the target's counts as unset (0, or an
     empty value).
+
+    etcd 3.4 evaluates a compare with an unknown ``target`` or ``result`` rather than refusing
+    it (``compareKV`` in ``etcdserver/apply.go``): an unknown target compares as equal, so the
+    compare holds if the result is EQUAL or unknown and fails otherwise; an unknown result
+    holds, except that a VALUE compare on a range with no key fails first (``applyCompare``).
+    Each is translated into a known compare on the same keys that decides the same way: on
+    version, which is at least 1 for every key that exists and 0 for a missing one.
     """
-    target = _enum(CompareTarget, c.target, "compare target")
-    result = _enum(CompareResult, c.result, "compare result")
+    known_target = c.target in _COMPARE_TARGETS
+    known_result = c.result in _COMPARE_RESULTS
+    if not (known_target and known_result):
+        if known_target:
+            decides = _ANY_KEY_EXISTS if c.target == rpc_pb2.Compare.VALUE else _ALWAYS
+        elif not known_result or c.result == rpc_pb2.Compare.EQUAL:
+            decides = _ALWAYS
+        else:
+            decides = _NEVER
+        return Compare(c.key, CompareTarget.VERSION, *decides, c.range_end)
+    target = CompareTarget(c.target)
+    result = CompareResult(c.result)
     field = _OPERAND_FIELD[target]
     operand: int | bytes
     if target is CompareTarget.VALUE:

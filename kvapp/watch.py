@@ -423,7 +423,10 @@ class WatchStream:
                 from ``key`` on, else the exclusive end.
             start_revision: the first revision to report; 0 for "after the current one". A
                 revision at or below the current one replays history from there; one below the
-                compacted revision ends in a cancel with ``compact_revision``.
+                compacted revision ends in a cancel with ``compact_revision``. So does a
+                negative one, as in etcd 3.4 (its ``minRev < compactRev`` check takes it as
+                given), except -1 on a never-compacted store, which etcd, like kvapp, treats
+                as "after the current one".
             filters: event types to leave out.
             prev_kv: include each event's previous version.
             progress_notify: receive progress notifications from :meth:`WatchHub.progress_tick`.
@@ -450,7 +453,8 @@ class WatchStream:
                 self._next_id += 1
             watch_id = self._next_id
             self._next_id += 1
-        start = start_revision if start_revision > 0 else rev + 1
+        compacted = start_revision < min(0, self._hub.store.compact_revision)
+        start = start_revision if start_revision > 0 or compacted else rev + 1
         w = _Watcher(
             self,
             watch_id,

@@ -513,15 +513,24 @@ class Store:
         value. zlib's CRC-32 (IEEE polynomial) is used rather than etcd's Castagnoli CRC, so
         the value is only comparable between kvapp members, which is its purpose.
 
+        The revision rules are etcd 3.4's (``HashByRev`` in ``mvcc/kvstore.go``), so that
+        ``etcdctl endpoint hashkv --rev`` fails and succeeds where it does against etcd: a
+        revision at (not only below) the compacted one is refused, and a negative revision is
+        not refused but covers no revision at all, so its hash is that of an empty history
+        (etcd's is the CRC of its bucket name alone) and ``hash_revision`` is the revision as
+        given. etcd 3.5 relaxed the first rule to "below the compacted revision".
+
         Raises:
+            CompactedError: ``revision`` is positive and at or below the compacted revision.
             FutureRevisionError: ``revision`` is above the current revision.
-            CompactedError: ``revision`` is below the compacted revision.
         """
-        rev = revision or self._rev
-        if rev > self._rev:
-            raise FutureRevisionError
-        if rev < self._compact_rev:
+        if 0 < revision <= self._compact_rev:
             raise CompactedError
+        if revision > self._rev:
+            raise FutureRevisionError
+        if revision < 0:
+            return HashKVResponse(extend_history_hash(0, ()), self._compact_rev, revision)
+        rev = revision or self._rev
         crc = history_hash(self.snapshot_base_records(), self._log, self._compact_rev, rev)
         return HashKVResponse(crc, self._compact_rev, rev)
 

@@ -315,7 +315,7 @@ class HashKVResponse:
             ``hash_revision``; equal on replicas with the same history and compaction.
         compact_revision: the store's compacted revision (:data:`NEVER_COMPACTED`, -1, if
             never compacted, as etcd reports it).
-        hash_revision: the revision the hash covers.
+        hash_revision: the revision the hash covers; a negative one, as asked, covers nothing.
     """
 
     hash: int

@@ -218,6 +218,50 @@ def test_watch_on_compacted_revision_is_cancelled_with_compact_revision() -> Non
     assert [e.kv.mod_revision for r in drain(s) for e in r.events] == [4, 5]
 
 
+@pytest.mark.parametrize("start", [-1, -5, -(2**63)])
+def test_a_negative_start_revision_is_compacted_once_the_store_was(start: int) -> None:
+    """etcd 3.4.23 (compacted at 4): created, then canceled with compact_revision 4."""
+    store, _, s = setup()
+    for i in range(4):
+        store.put(b"k", str(i).encode())  # revs 2..5
+    store.compact(4)
+    wid = s.watch(b"k", start_revision=start)
+    now = s.watch(b"k", start_revision=0)  # 0 still means "after the current revision"
+    assert summary(drain(s)) == [
+        (wid, "created", 0, ""),
+        (now, "created", 0, ""),
+        (wid, "canceled", 4, ""),
+    ]
+    store.put(b"k", b"after")
+    assert summary(drain(s)) == [(now, 6, [(PUT, b"k", b"after")])]
+    assert s.watch_ids == [now]
+
+
+def test_a_negative_start_revision_after_compact_zero_is_cancelled() -> None:
+    """etcd 3.4.23 sends a response with compact_revision 0 and no ``canceled`` flag, and its
+    watcher never reports again; kvapp cancels it (see docs/etcd-api.md)."""
+    store, _, s = setup()
+    store.compact(0)
+    wid = s.watch(b"k", start_revision=-1)
+    assert summary(drain(s)) == [(wid, "created", 0, ""), (wid, "canceled", 0, "")]
+
+
+def test_negative_start_revisions_on_a_never_compacted_store() -> None:
+    """etcd 3.4.23, never compacted: -2 and below are compacted (compact_revision -1), -1 is
+    not below the compacted revision and watches from now."""
+    store, _, s = setup()
+    store.put(b"k", b"before")
+    below = s.watch(b"k", start_revision=-2)
+    now = s.watch(b"k", start_revision=-1)
+    assert summary(drain(s)) == [
+        (below, "created", 0, ""),
+        (now, "created", 0, ""),
+        (below, "canceled", -1, ""),
+    ]
+    store.put(b"k", b"after")
+    assert summary(drain(s)) == [(now, 3, [(PUT, b"k", b"after")])]
+
+
 def test_compaction_overtaking_a_catching_up_watcher_cancels_it() -> None:
     store, _, s = setup(max_buffered_events=2)
     for i in range(6):

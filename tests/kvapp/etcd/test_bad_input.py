@@ -9,9 +9,10 @@ written before is lost, and every member goes on serving other clients (:meth:`A
 No bad input may log an error (:func:`no_errors_logged`).
 
 Where kvapp answers differently from etcd 3.4, the test says so next to the assertion. Two of
-them are etcd crashes: a Range with an unknown ``sort_order`` and an Alarm with an unknown
-``action`` make etcd 3.4.23 panic (the whole member exits); kvapp refuses both with
-INVALID_ARGUMENT.
+them are etcd crashes: a Range with an unknown ``sort_target`` (and a sort order other than an
+unknown one) and an Alarm with an unknown ``action`` make etcd 3.4.23 panic (the whole member
+exits); kvapp refuses both with INVALID_ARGUMENT. Other unknown enum values (a sort order, a
+compare's target or result) are answered as etcd answers them.
 """
 
 from __future__ import annotations
@@ -418,14 +419,66 @@ async def test_invalid_ranges(api: Api) -> None:
         "mvcc: watcher range is empty",
     )
     stream.cancel()
-    # Unknown enum values: etcd 3.4.23 panics on an unknown sort order (the member exits);
-    # kvapp refuses the request.
-    await refused(f.range(b"a", sort_order=7), Code.INVALID_ARGUMENT, "kvapp: invalid request")
-    await refused(
-        f.range(b"a", sort_order=pb.RangeRequest.ASCEND, sort_target=9),
-        Code.INVALID_ARGUMENT,
-        "kvapp: invalid request",
+    assert await api.revision() == rev
+
+
+# -- unknown enum values ---------------------------------------------------------------------------
+
+
+@with_api
+async def test_unknown_enum_values(api: Api) -> None:
+    """Answered as etcd 3.4.23 answered them (``Range`` and ``compareKV`` in apply.go)."""
+    f = api.follower
+    for key in (b"s/c", b"s/b", b"s/a"):
+        await f.put(key, b"v")
+    rev = await api.revision()
+    end = prefix_range_end(b"s/")
+
+    async def keys(**kw: Any) -> tuple[list[bytes], bool, int]:
+        got = await f.range(b"s/", range_end=end, **kw)
+        return [kv.key for kv in got.kvs], got.more, got.count
+
+    # An unknown sort order is not NONE, so every key is fetched and counted, and neither
+    # ASCEND nor DESCEND, so nothing is sorted: key order, cut to the limit, whatever the target.
+    rr = pb.RangeRequest
+    in_key_order = ([b"s/a", b"s/b"], True, 3)
+    assert await keys(sort_order=7) == ([b"s/a", b"s/b", b"s/c"], False, 3)
+    assert await keys(sort_order=7, limit=2) == in_key_order
+    assert await keys(sort_order=7, sort_target=rr.CREATE, limit=2) == in_key_order
+    assert await keys(sort_order=-1, sort_target=9, limit=2) == in_key_order
+    assert await keys(sort_order=7, limit=2, count_only=True) == ([], False, 3)
+    assert await keys(sort_order=rr.ASCEND, sort_target=rr.CREATE, limit=2) == (
+        [b"s/c", b"s/b"],
+        True,
+        3,
     )
+    # An unknown sort target with any other order: etcd 3.4.23 sorts with no sorter and panics
+    # (the member exits); kvapp refuses the request.
+    for order in (rr.NONE, rr.ASCEND, rr.DESCEND):
+        await refused(
+            f.range(b"s/", sort_order=order, sort_target=9),
+            Code.INVALID_ARGUMENT,
+            "kvapp: invalid request",
+        )
+
+    # A compare with an unknown target compares as equal; one with an unknown result holds,
+    # except that a VALUE compare on no key fails first. The operand does not matter.
+    async def holds(key: bytes, target: int, result: int, **operand: Any) -> bool:
+        compare = pb.Compare(key=key, target=target, result=result, **operand)  # type: ignore[arg-type]
+        return (await txn(f, pb.TxnRequest(compare=[compare]))).succeeded
+
+    cmp = pb.Compare
+    for key in (b"s/a", b"missing"):
+        for operand in ({}, {"value": b"v"}, {"version": 1}):
+            answers = [await holds(key, 9, result, **operand) for result in (0, 1, 2, 3, 7)]
+            assert answers == [True, False, False, False, True], (key, operand)
+            for target in (cmp.VERSION, cmp.CREATE, cmp.MOD, cmp.LEASE):
+                assert await holds(key, target, 7, **operand), (key, target, operand)
+            assert await holds(key, cmp.VALUE, 7, **operand) == (key == b"s/a")
+    assert await holds(b"s/", 9, cmp.EQUAL, range_end=end)
+    assert not await holds(b"s/", 9, cmp.NOT_EQUAL, range_end=end)
+    assert await holds(b"s/", cmp.VALUE, 7, range_end=end)
+    assert not await holds(b"t/", cmp.VALUE, 7, range_end=b"t0")
     assert await api.revision() == rev
 
 
@@ -533,13 +586,23 @@ async def test_negative_and_huge_numbers_in_grpc_fields(api: Api) -> None:
         assert (created.watch_id, created.created, created.canceled) == (watch_id, True, False)
     await stream.write(create(b"n/1", start_revision=INT64_MAX, watch_id=3))
     assert (await stream.read()).created
-    # etcd 3.4 cancels a watcher with a negative start revision as compacted (with
-    # compact_revision -1); kvapp watches from the next revision, as for 0.
-    await stream.write(create(b"n/0", start_revision=-5, watch_id=4))
+    # etcd 3.4.23 takes a negative start revision as given: below the compacted revision (-1,
+    # never compacted) the watcher is cancelled as compacted; -1 watches from now, as 0 does.
+    for start, watch_id in ((-5, 4), (INT64_MIN, 5)):
+        await stream.write(create(b"n/0", start_revision=start, watch_id=watch_id))
+        assert (await stream.read()).created
+        gone = await stream.read()
+        assert (gone.watch_id, gone.canceled, gone.compact_revision, gone.cancel_reason) == (
+            watch_id,
+            True,
+            -1,
+            "",
+        )
+    await stream.write(create(b"n/0", start_revision=-1, watch_id=6))
     assert (await stream.read()).created
     put = await f.put(b"n/0", b"w")
     events = {(await stream.read()).watch_id for _ in range(3)}
-    assert events == {-5, INT64_MAX, 4}
+    assert events == {-5, INT64_MAX, 6}
     assert put.header.revision < INT64_MAX  # the far-future watcher saw nothing
     stream.cancel()
 

@@ -417,7 +417,8 @@ async def test_members_status_and_maintenance(g: Gateways) -> None:
     assert status["errors"] == ["alarm:NOSPACE "]
     assert "hash" in await ok(g.leader, "/v3/maintenance/hash", {})
     assert "compact_revision" in await ok(g.leader, "/v3/maintenance/hashkv", {})
-    assert "header" in await ok(g.leader, "/v3/maintenance/defragment", {})
+    # etcd 3.4.23's gateway answered {} (maintenanceServer.Defragment sets no header)
+    assert await ok(g.leader, "/v3/maintenance/defragment", {}) == {}
     await ok(g.leader, "/v3/maintenance/transfer-leadership", {"targetID": str(0x101)})
     assert g.etcd.maintenance.moved_to == [0x101]
 
@@ -436,6 +437,7 @@ async def test_snapshot_streams_the_members_snapshot_in_base64_pieces(g: Gateway
     expected = b"".join([c async for c in g.etcd.leader.service.snapshot()])
     assert blob == expected
     assert "remaining_bytes" not in pieces[-1]
+    assert not any("header" in p for p in pieces)  # etcd 3.4's pieces carry none
 
 
 # -- Watch -----------------------------------------------------------------------------------------

@@ -989,15 +989,45 @@ def test_hash_is_deterministic_and_sensitive() -> None:
     assert one.hash_kv().hash_revision == 5
 
 
-def test_hash_errors() -> None:
+def test_hash_revision_rules_are_etcd_34s() -> None:
+    """etcd 3.4's HashByRev: refused at or below the compacted revision, above the current one.
+
+    etcd 3.4.23 answered HashKV at revision 4 after ``compaction 4`` with "mvcc: required
+    revision has been compacted" (3.5 accepts it), and at -1 and -5 with the same hash, the
+    CRC of no key at all.
+    """
     s = Store()
     _history(s)
     s.compact(3)
-    with pytest.raises(CompactedError):
-        s.hash_kv(2)
+    for revision in (1, 2, 3):
+        with pytest.raises(CompactedError):
+            s.hash_kv(revision)
     with pytest.raises(FutureRevisionError):
         s.hash_kv(6)
-    assert s.hash_kv(3).compact_revision == 3
+    assert s.hash_kv(4).compact_revision == 3
+    assert s.hash_kv(0) == s.hash_kv(5)
+    empty = Store().hash_kv().hash  # nothing ever written
+    assert [s.hash_kv(r) for r in (-1, -5)] == [
+        HashKVResponse(empty, 3, -1),
+        HashKVResponse(empty, 3, -5),
+    ]
+    assert empty != s.hash_kv().hash
+
+
+def test_hash_at_the_current_revision_once_compacted_there() -> None:
+    s = Store()
+    _history(s)
+    s.compact(5)
+    with pytest.raises(CompactedError):
+        s.hash_kv(5)
+    assert s.hash_kv().hash_revision == 5
+
+
+@pytest.mark.parametrize("revision", [-1, -2])
+def test_hash_at_a_negative_revision_on_a_never_compacted_store(revision: int) -> None:
+    s = Store()
+    _history(s)
+    assert s.hash_kv(revision) == HashKVResponse(Store().hash_kv().hash, NEVER_COMPACTED, revision)
 
 
 def test_compacting_two_replicas_at_the_same_revision_keeps_hashes_equal() -> None:
