@@ -769,7 +769,11 @@ class TcpTransport:
             if removed_at:
                 why = f"member {sender:x} was removed from the cluster (index {removed_at})"
                 return why, removed_at
-            return f"unknown member id {sender:x} (not a peer of member {self.member_id:x})", 0
+            why = (
+                f"unknown member id {sender:x} (not a peer of member {self.member_id:x}; "
+                "a new member must be added with 'member add' before it starts)"
+            )
+            return why, 0
         if kind not in (KIND_STREAM, KIND_SNAPSHOT):
             return f"unknown connection kind {kind}", 0
         return None

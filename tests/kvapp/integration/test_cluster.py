@@ -332,6 +332,33 @@ def test_a_learner_joins_is_promoted_and_a_member_is_removed_under_write_load(
     assert "removed from the cluster" in cluster[victim].log_text()
 
 
+def test_a_member_started_to_join_before_member_add_says_so_and_joins_once_added(
+    make_cluster: MakeCluster,
+) -> None:
+    """``--initial-cluster-state existing`` without ``member add`` first: the others refuse
+    its links with a message that says what is missing; it keeps trying, and joins (as a
+    learner, then promoted) once it is added. Nothing is lost meanwhile."""
+    cluster = make_cluster(3)
+    admin = cluster.client()
+    admin.put(b"k", b"v")
+    m4 = cluster.plan("m4")
+    cluster.start("m4", initial=["m1", "m2", "m3", "m4"], state="existing")
+    poll(
+        lambda: "must be added with 'member add' before it starts" in m4.log_text() or None,
+        timeout=30,
+        what="m4 to log why it is refused",
+    )
+    assert m4.running
+    added = admin.member_add([m4.peer_url], is_learner=True)
+
+    def promoted() -> bool | None:
+        me = {m.id: m for m in admin.member_list()}.get(added.id)
+        return True if me is not None and not me.is_learner else None
+
+    poll(promoted, timeout=30, what="m4 to join and be promoted")
+    assert cluster.client("m4").get(b"k").kvs[0].value == b"v"
+
+
 def test_with_auto_promotion_off_a_learner_waits_for_member_promote_sent_to_any_member(
     make_cluster: MakeCluster,
 ) -> None:
