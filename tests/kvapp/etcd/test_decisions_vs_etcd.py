@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import Message  # type: ignore[import-untyped]
 
 from kvapp.etcdpb import rpc_pb2
 from kvapp.server.etcd import EtcdGrpcServer, MemberMaintenance
