@@ -34,11 +34,15 @@ from kvapp.errors import (
     LeaseNotFoundError,
     MemberNotFoundError,
     MemberNotLearnerError,
+    NoSpaceError,
+    PeerUrlExistsError,
     TooManyOpsError,
 )
+from kvapp.etcdpb import rpc_pb2
 from kvapp.mvcc.types import EventType, SortOrder, TxnResponse
-from kvapp.requests import UnknownEtcdError
+from kvapp.requests import AlarmMember, AlarmType, UnknownEtcdError
 from kvapp.watch import WatchFilter
+from tests.kvapp.etcd.helpers import Etcd
 from tests.kvapp.integration.harness import free_ports, poll
 from tests.kvapp.test_client import collect, eventually, run
 
@@ -308,6 +312,62 @@ def test_members_status_and_snapshot(etcd: list[str]) -> None:
             # etcd streams its bbolt database and appends its SHA-256 (what etcdctl checks).
             assert len(data) % 512 == 32
             assert hashlib.sha256(data[:-32]).digest() == data[-32:]
+
+    scenario()
+
+
+def test_alarm_list_disarm_and_member_update(etcd: list[str]) -> None:
+    """etcd's alarms (raised over raw gRPC: clientv3 has no call for it) and MemberUpdate."""
+
+    @run()
+    async def scenario() -> None:
+        raw = Etcd(etcd[0])
+        async with client_for(etcd) as client:
+            me = (await client.status()).header.member_id
+            try:
+                assert await client.alarm_list() == []
+                assert await client.alarm_disarm() == []
+                for member_id in (me, 0):  # etcd records an alarm for any member id
+                    await raw.call(
+                        "Maintenance",
+                        "Alarm",
+                        rpc_pb2.AlarmRequest(
+                            action=rpc_pb2.AlarmRequest.ACTIVATE,
+                            memberID=member_id,
+                            alarm=rpc_pb2.NOSPACE,
+                        ),
+                        rpc_pb2.AlarmResponse,
+                    )
+                mine, zero = AlarmMember(me, AlarmType.NOSPACE), AlarmMember(0, AlarmType.NOSPACE)
+                assert sorted(await client.alarm_list(), key=lambda a: a.member_id) == [zero, mine]
+                with pytest.raises(NoSpaceError):
+                    await client.put(b"alarm/k", b"v")
+                assert await client.alarm_disarm(mine) == [mine]
+                assert await client.alarm_list() == [zero]
+                assert await client.alarm_disarm() == [zero]
+                assert await client.alarm_list() == []
+                assert await client.alarm_disarm(zero) == []  # not raised: nothing cleared
+                await client.put(b"alarm/k", b"v")
+            finally:
+                await client.alarm_disarm()  # the module's etcd serves the other tests
+                await raw.close()
+
+            # MemberUpdate: of a learner added for it (never started), then etcd's errors.
+            old, new = (f"http://127.0.0.1:{p}" for p in free_ports(2))
+            learner = await client.member_add([old], is_learner=True)
+            try:
+                await client.member_update(learner.id, [new])
+                listed = {m.id: m for m in await client.member_list()}
+                # (etcd 3.4 also drops the member's learner flag here, etcd-io/etcd#21694,
+                # fixed in later releases; kvapp keeps it: not asserted either way.)
+                assert listed[learner.id].peer_urls == (new,)
+                with pytest.raises(MemberNotFoundError):
+                    await client.member_update(12345, [old])
+                with pytest.raises(PeerUrlExistsError):
+                    await client.member_update(learner.id, listed[me].peer_urls)
+            finally:
+                await client.member_remove(learner.id)
+            assert [m.id for m in await client.member_list()] == [me]
 
     scenario()
 
