@@ -2,13 +2,15 @@
 members are SIGKILLed and restarted must be linearizable.
 
 Four client threads put unique values to, and read (linearizably) from, three keys of a
-3-member cluster with fsync on, while a nemesis SIGKILLs a member (the leader every other time)
-and restarts it from its data, three times. Each operation is recorded with when it was asked
-and answered (``time.monotonic()``); a put that failed in any way is recorded as pending (it
-may or may not have taken effect), a failed read is left out (it changed nothing). The history
-is then checked with :func:`raftlib.testing.linearizability.check_linearizability` against a
-map of registers: a stale read, a lost acknowledged put or a put applied twice (a retry
-applied again after a newer put) makes it fail.
+3-member cluster with fsync on. Their writes go to the leader, or to the member each client is
+on, which forwards them (as etcd's API does). Meanwhile a nemesis SIGKILLs a member (the leader
+every other time) and restarts it from its data, three times. Each operation is recorded with
+when it was asked and answered (``time.monotonic()``); a put that failed in any way is recorded
+as pending (it may or may not have taken effect), a failed read is left out (it changed
+nothing). The history is then checked with
+:func:`raftlib.testing.linearizability.check_linearizability` against a map of registers: a
+stale read, a lost acknowledged put or a put applied twice (a retry applied again after a newer
+put) makes it fail.
 """
 
 from __future__ import annotations
@@ -74,14 +76,24 @@ class Recorder:
         self.history.append(Operation(self.n, ("get", key), value, call, ret))
 
 
-def test_the_history_under_member_kills_is_linearizable(make_cluster: MakeCluster) -> None:
+@pytest.mark.parametrize("writes", ["to the leader", "forwarded by followers"])
+def test_the_history_under_member_kills_is_linearizable(
+    make_cluster: MakeCluster, writes: str
+) -> None:
     cluster = make_cluster(3, fsync=True)
+    to_leader = writes == "to the leader"
     history: list[Operation] = []
     names = list(cluster.members)
     recorders = [  # each starts on another member: reads are served by followers too
         Recorder(
             n,
-            cluster.client(*names[n % 3 :], *names[: n % 3], request_timeout=2.0, max_attempts=6),
+            cluster.client(
+                *names[n % 3 :],
+                *names[: n % 3],
+                request_timeout=2.0,
+                max_attempts=6,
+                writes_to_leader=to_leader,
+            ),
             history,
             seed=n,
         )
