@@ -881,6 +881,21 @@ def encode_frame(obj: object) -> bytes:
 # -- the server ------------------------------------------------------------------------------------
 
 
+_HTTP_STARTS: Final = frozenset(
+    m.encode()[:4].ljust(4) for m in ("GET", "POST", "PUT", "HEAD", "DELETE", "OPTIONS", "PATCH")
+)
+_HINT_TEXT: Final = (
+    b"kvapp: this is kvapp's native client port (kvctl, kvapp.client). etcd's JSON gateway is "
+    b"served where --listen-client-http-urls says, etcd's gRPC API where --listen-grpc-urls "
+    b"says.\n"
+)
+_HTTP_HINT: Final = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(_HINT_TEXT) + _HINT_TEXT
+)
+"""What an HTTP client (curl, as against etcd's client port) gets instead of silence."""
+
+
 @attrs.define
 class ConnectionStats:
     """Plain counters of one client connection (or, in :class:`ServerStats`, of all).
@@ -1139,6 +1154,15 @@ class _Connection:
             async with asyncio.timeout(self.server.handshake_timeout):
                 head = await self.reader.readexactly(LENGTH.size)
                 (n,) = LENGTH.unpack(head)
+                if head in _HTTP_STARTS:
+                    log.warning(
+                        "native: %s: an HTTP request on the native client port; answered "
+                        "400 and closing",
+                        self.peer,
+                    )
+                    self.writer.write(_HTTP_HINT)
+                    await self.writer.drain()
+                    return False
                 if n > HANDSHAKE_MAX_BYTES:
                     log.warning(
                         "native: %s: first frame of %d bytes is not a handshake "

@@ -350,7 +350,8 @@ async def test_garbage_on_the_port_closes_only_that_connection(
     async with serving() as (server, _):
         good = await Raw.open(server.port)
         cases = [
-            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # a huge "length"
+            b"\x7f\xff\xff\xff and more",  # a huge "length"
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # HTTP: told where it is (below)
             wire.LENGTH.pack(5) + b"\xff\xff\xff\xff\xff",  # not CBOR
             wire.encode_frame(["not-kvapp", 1, 5]),  # wrong magic
         ]
@@ -376,6 +377,27 @@ async def test_garbage_on_the_port_closes_only_that_connection(
         assert (await good.answers(1))[1][0] == wire.ITEM_OK
         assert server.stats.rejected == len(cases) + 2
         await good.close()
+
+
+@run()
+async def test_an_http_request_on_the_native_port_is_told_what_the_port_is() -> None:
+    """Someone curling the client port, as they would etcd's, gets a 400 saying where etcd's
+    gateway and gRPC API are, not an empty reply."""
+    async with serving() as (server, _):
+        raw = await Raw.open(server.port, handshake=False)
+        await raw.send_bytes(b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\n\r\n{}")
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            async with asyncio.timeout(5):
+                while chunk := await raw.reader.read(65536):
+                    answer += chunk
+        await raw.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ")
+        assert b"native client port" in body
+        assert b"--listen-client-http-urls" in body
+        assert f"Content-Length: {len(body)}".encode() in head
+        assert server.stats.rejected == 1
 
 
 @run()

@@ -641,9 +641,16 @@ def test_bad_client_input_is_refused_and_the_member_keeps_serving(
     client.put(b"before", b"1")
     address = ("127.0.0.1", target.client_port)
 
-    # Not the native protocol: an HTTP request. Its first bytes read as a huge first frame.
+    # Not the native protocol: an HTTP request (curl, as at etcd's client port) is told so.
     with socket.create_connection(address, timeout=5) as s:
         s.sendall(b"GET /v3/kv/range HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = read_until_closed(s)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        assert b"native client port" in answer
+
+    # Other bytes whose first four read as a huge first frame: closed without an answer.
+    with socket.create_connection(address, timeout=5) as s:
+        s.sendall(b"\x7f\xff\xff\xff garbage")
         assert read_until_closed(s) == b"", "answered something that does not speak the protocol"
 
     # A small first frame that is not a handshake: closed without an answer.
@@ -675,6 +682,7 @@ def test_bad_client_input_is_refused_and_the_member_keeps_serving(
     client.put(b"small", b"2")
 
     log = target.log_text()
+    assert "an HTTP request on the native client port" in log
     assert "is not a handshake" in log
     assert "bad handshake" in log
     assert_cluster_serves(cluster, {b"before": b"1", b"small": b"2"})
