@@ -19,7 +19,8 @@ Handshake
     deduplication (with each write's request id). The server answers
     ``["kvapp-native", version, header, max_request_bytes, max_frame_bytes]``. A first frame
     that is not a handshake closes the connection with a log line and no answer (the peer does
-    not speak this protocol); an unsupported version is answered with a connection error.
+    not speak this protocol), except that one starting with an HTTP method gets an HTTP 400
+    saying what the port is; an unsupported version is answered with a connection error.
 
 Requests (client to server)
     A frame is an array of requests ``[req_no, op, body]``: a request number the client
