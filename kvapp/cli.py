@@ -804,7 +804,7 @@ def cluster_main(argv: Sequence[str]) -> int:
     if not 1 <= a.size <= 7:
         print("kvapp cluster: error: --size must be between 1 and 7", file=sys.stderr)
         return 2
-    if a.base_port and not 1024 <= a.base_port <= 65535 - 3 * a.size:
+    if a.base_port and not 1024 <= a.base_port <= 65535 - 5 * a.size:
         print("kvapp cluster: error: --base-port out of range", file=sys.stderr)
         return 2
     with contextlib.ExitStack() as stack:

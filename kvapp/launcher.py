@@ -51,6 +51,7 @@ class LocalMember:
     grpc_port: int = 0
     http_port: int = 0
     tls: bool = False
+    metrics_port: int = 0
 
     @property
     def peer_url(self) -> str:
@@ -71,6 +72,11 @@ class LocalMember:
     def http_url(self) -> str:
         """Its etcd JSON gateway URL."""
         return f"{self._scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Its ``/health`` and ``/metrics`` URL (plain HTTP, as etcd's metrics listener)."""
+        return f"http://127.0.0.1:{self.metrics_port}"
 
     @property
     def _scheme(self) -> str:
@@ -166,27 +172,34 @@ def plan_cluster(
                 m.get("grpc_port", 0),
                 m.get("http_port", 0),
                 m.get("tls", False),
+                m.get("metrics_port", 0),
             )
             for m in data["members"]
         ]
-        if all(m.grpc_port and m.http_port for m in members):
+        if all(m.grpc_port and m.http_port and m.metrics_port for m in members):
             return str(data["token"]), members
-        # A plan from before the etcd API or its gateway: give each member the ports it lacks.
-        extra = iter(free_ports(2 * len(members)))
+        # A plan from before the etcd API, its gateway or metrics: give each member the ports
+        # it lacks.
+        extra = iter(free_ports(3 * len(members)))
         members = [
             attrs.evolve(
-                m, grpc_port=m.grpc_port or next(extra), http_port=m.http_port or next(extra)
+                m,
+                grpc_port=m.grpc_port or next(extra),
+                http_port=m.http_port or next(extra),
+                metrics_port=m.metrics_port or next(extra),
             )
             for m in members
         ]
         token = str(data["token"])
     else:
-        n = 4 * size
+        n = 5 * size
         ports = list(range(base_port, base_port + n)) if base_port else free_ports(n)
         members = []
         for i in range(size):
-            peer, client, grpc_port, http_port = ports[4 * i : 4 * i + 4]
-            members.append(LocalMember(f"m{i + 1}", peer, client, grpc_port, http_port, tls))
+            peer, client, grpc_port, http_port, metrics = ports[5 * i : 5 * i + 5]
+            members.append(
+                LocalMember(f"m{i + 1}", peer, client, grpc_port, http_port, tls, metrics)
+            )
         token = f"kvapp-local-{secrets.token_hex(4)}"
     parent.mkdir(parents=True, exist_ok=True)
     plan.write_text(
@@ -217,6 +230,8 @@ def serve_args(
         m.grpc_url,
         "--listen-client-http-urls",
         m.http_url,
+        "--listen-metrics-urls",
+        m.metrics_url,
         "--initial-cluster",
         initial,
         "--initial-cluster-token",
@@ -281,7 +296,7 @@ async def run_local_cluster(
         for m in members:
             out(
                 f"  {m.name}: client {m.client_url}  grpc {m.grpc_url}  http {m.http_url}  "
-                f"peer {m.peer_url}  log {parent / m.name}.log"
+                f"metrics {m.metrics_url}  peer {m.peer_url}  log {parent / m.name}.log"
             )
         out("connect with:")
         out(f"  python3 -m kvapp.ctl --endpoints={endpoints}{tls_flags} put hello world")

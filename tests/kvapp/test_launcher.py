@@ -3,6 +3,7 @@ stops every member. Runs the real command and the README's client snippet agains
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -12,9 +13,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import IO
 
+import attrs
 import pytest
 
 from kvapp import launcher
@@ -208,6 +211,10 @@ def test_kvapp_cluster_reports_membership_and_leader_changes_and_removes_its_tem
         parent = Path(next(m.group(1) for x in lines if (m := re.search(r"data in (\S+)", x))))
         leader = re.search(r"leader is (m\d)", lines[-1]).group(1)  # type: ignore[union-attr]
         endpoints = [m.group(1) for x in lines if (m := re.search(r"client http://(\S+)", x))]
+        metrics = [m.group(1) for x in lines if (m := re.search(r"metrics (http://\S+)", x))]
+        assert len(metrics) == 3, lines
+        with urllib.request.urlopen(metrics[0] + "/health", timeout=5) as resp:
+            assert (resp.status, resp.read()) == (200, b'{"health": "true"}')
         with Client(endpoints) as c:
             added = c.member_add(["http://127.0.0.1:9"], is_learner=True)
             out.until(rf"member {added.id:x} at http://127.0.0.1:9 added as a learner", 30)
@@ -225,3 +232,30 @@ def test_kvapp_cluster_reports_membership_and_leader_changes_and_removes_its_tem
             proc.kill()
             proc.wait()
         out.close()
+
+
+def test_kvapp_cluster_plans_a_metrics_port_per_member_and_adds_it_to_old_plans(
+    tmp_path: Path,
+) -> None:
+    _, members = launcher.plan_cluster(3, tmp_path / "new")
+    ports = [
+        p
+        for m in members
+        for p in (m.peer_port, m.client_port, m.grpc_port, m.http_port, m.metrics_port)
+    ]
+    assert len(set(ports)) == 15
+    args = launcher.serve_args(members[0], members, tmp_path, "t")
+    assert args[args.index("--listen-metrics-urls") + 1] == members[0].metrics_url
+    old = tmp_path / "old"
+    old.mkdir()
+    before = [attrs.asdict(m) for m in members]
+    for m in before:
+        del m["metrics_port"]
+    (old / "cluster.json").write_text(json.dumps({"token": "tok", "members": before}))
+    token, again = launcher.plan_cluster(3, old)
+    assert token == "tok"
+    assert [attrs.evolve(m, metrics_port=0) for m in again] == [
+        attrs.evolve(m, metrics_port=0) for m in members
+    ]
+    assert all(m.metrics_port for m in again)
+    assert launcher.plan_cluster(3, old) == (token, again)
