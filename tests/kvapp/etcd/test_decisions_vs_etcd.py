@@ -11,7 +11,8 @@ answer whole, apart from the header's cluster id, member id and Raft term.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,9 @@ async def _answers(target: str) -> list[object]:
     return out
 
 
-async def _kvapp_answers() -> list[object]:
+@contextlib.asynccontextmanager
+async def _kvapp_server() -> AsyncIterator[str]:
+    """A one-member kvapp (in-process, in-memory) behind kvapp's gRPC server: its endpoint."""
     hub, clock = Hub(), Clock()
     (info,) = infos(1)
     server = EtcdGrpcServer(None, host="127.0.0.1", port=0)  # type: ignore[arg-type]
@@ -134,10 +137,15 @@ async def _kvapp_answers() -> list[object]:
     await member.start()
     try:
         await asyncio.wait_for(member.node.wait_leader(timeout=5), 6)
-        return await _answers(server.endpoint)
+        yield server.endpoint
     finally:
         await server.stop(grace=0)
         await stop_all([member])
+
+
+async def _kvapp_answers() -> list[object]:
+    async with _kvapp_server() as endpoint:
+        return await _answers(endpoint)
 
 
 def test_the_singled_out_requests_get_etcds_answers(etcd_binary: str, tmp_path: Path) -> None:

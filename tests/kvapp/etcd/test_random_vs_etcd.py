@@ -1,0 +1,225 @@
+"""Random request sequences sent to kvapp and to a real etcd 3.4: every answer must be the same.
+
+A randomised differential test. Each seed makes one sequence of a few hundred KV and lease
+requests over a handful of keys: puts (``prev_kv``, leases, ``ignore_value``,
+``ignore_lease``), ranges with every option (range ends, limits, revisions, sort orders and
+targets, ``keys_only``, ``count_only``, revision filters), deletes, txns with compares of every
+target and result and nested txns, compactions, and lease grants (with chosen ids, so both
+sides name them alike) and revokes. The sequence goes to a fresh one-member kvapp behind its
+gRPC server and to a fresh one-member etcd; their answers, whole (headers' cluster id, member
+id and Raft term cleared) or as (code, message) for errors, must be equal. A failure names the
+first request answered differently and the requests before it, to replay.
+
+Leases are granted with TTLs far beyond the test (no expiry), and time-to-live is not asked:
+its remaining TTL depends on timing. Three seeds run by default (a few seconds); ``KVAPP_SLOW=1``
+runs thirty. Making a range's ``more`` true at exactly ``limit`` keys fails the first seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message  # type: ignore[import-untyped]
+
+from kvapp.etcdpb import rpc_pb2
+from tests.kvapp.etcd.helpers import Etcd
+from tests.kvapp.etcd.test_decisions_vs_etcd import _kvapp_server, _scrub
+from tests.kvapp.test_client_grpc_etcd import EtcdCluster, etcd_binary
+
+__all__ = ["etcd_binary"]  # the fixture, imported for pytest
+
+pb = rpc_pb2
+KEYS = (b"a", b"a1", b"b", b"c", b"c\x00", b"d")
+LEASES = (0x10, 0x20, 0x30)
+REVISION_FILTERS = tuple(f"{b}_{k}_revision" for b in ("min", "max") for k in ("mod", "create"))
+Request = tuple[str, str, Message, type[Message]]
+
+
+class Generator:
+    """Random requests, aware of roughly how far the revision has gone."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.rev = 1  # an estimate: writes that fail do not move it, which only skews choices
+
+    def key(self) -> bytes:
+        return self.rng.choice(KEYS)
+
+    def range_end(self, key: bytes) -> bytes:
+        r = self.rng.random()
+        if r < 0.5:
+            return b""
+        if r < 0.7:
+            return b"\0"
+        end = self.rng.choice(KEYS)
+        return end if end > key or self.rng.random() < 0.2 else key + b"\xff"
+
+    def revision(self) -> int:
+        r = self.rng.random()
+        if r < 0.6:
+            return 0
+        if r < 0.9:  # the estimate runs ahead (failed writes count): mostly a past revision
+            return self.rng.randint(1, max(1, self.rev * 2 // 3))
+        if r < 0.97:
+            return self.rng.randint(1, self.rev + 2)
+        return self.rng.choice((-1, -2))
+
+    def lease(self) -> int:
+        return self.rng.choice((0, 0, 0, 0, 0, *LEASES, 0x99))
+
+    def put(self) -> pb.PutRequest:
+        rng = self.rng
+        ignore_value = rng.random() < 0.1
+        return pb.PutRequest(
+            key=self.key(),
+            value=b"" if ignore_value else b"v%d" % rng.randint(0, 99),
+            lease=self.lease(),
+            prev_kv=rng.random() < 0.4,
+            ignore_value=ignore_value,
+            ignore_lease=rng.random() < 0.1,
+        )
+
+    def range(self) -> pb.RangeRequest:
+        rng = self.rng
+        key = self.key()
+        fields: dict[str, Any] = {  # enums as plain numbers, as on the wire
+            "key": key,
+            "range_end": self.range_end(key),
+            "limit": rng.choice((0, 0, 1, 2, 3)),
+            "revision": self.revision(),
+            "sort_order": rng.choice((0, 0, 1, 2)),
+            "sort_target": rng.choice((0, 0, 1, 2, 3, 4)),
+            "keys_only": rng.random() < 0.2,
+            "count_only": rng.random() < 0.1,
+        }
+        if rng.random() < 0.15:
+            name = rng.choice(REVISION_FILTERS)
+            fields[name] = rng.randint(1, self.rev + 1)
+        return pb.RangeRequest(**fields)
+
+    def delete(self) -> pb.DeleteRangeRequest:
+        key = self.key()
+        return pb.DeleteRangeRequest(
+            key=key, range_end=self.range_end(key), prev_kv=self.rng.random() < 0.4
+        )
+
+    def compare(self) -> pb.Compare:
+        rng = self.rng
+        key = self.key()
+        target = rng.choice((0, 1, 2, 3, 4))
+        operand: dict[str, Any] = {}
+        if target == pb.Compare.VALUE:
+            operand["value"] = b"v%d" % rng.randint(0, 99)
+        elif target == pb.Compare.LEASE:
+            operand["lease"] = self.lease()
+        else:
+            field = {0: "version", 1: "create_revision", 2: "mod_revision"}[target]
+            operand[field] = rng.randint(0, self.rev + 1)
+        operand["key"] = key
+        operand["range_end"] = self.range_end(key) if rng.random() < 0.3 else b""
+        operand["target"] = target
+        operand["result"] = rng.choice((0, 1, 2, 3))
+        return pb.Compare(**operand)
+
+    def op(self, depth: int) -> pb.RequestOp:
+        r = self.rng.random()
+        if r < 0.4:
+            return pb.RequestOp(request_put=self.put())
+        if r < 0.7:
+            return pb.RequestOp(request_range=self.range())
+        if r < 0.9 or depth > 0:
+            return pb.RequestOp(request_delete_range=self.delete())
+        return pb.RequestOp(request_txn=self.txn(depth + 1))
+
+    def txn(self, depth: int = 0) -> pb.TxnRequest:
+        rng = self.rng
+        return pb.TxnRequest(
+            compare=[self.compare() for _ in range(rng.randint(0, 2))],
+            success=[self.op(depth) for _ in range(rng.randint(0, 3))],
+            failure=[self.op(depth) for _ in range(rng.randint(0, 2))],
+        )
+
+    def request(self) -> Request:
+        rng = self.rng
+        r = rng.random()
+        if r < 0.3:
+            self.rev += 1
+            return ("KV", "Put", self.put(), pb.PutResponse)
+        if r < 0.55:
+            return ("KV", "Range", self.range(), pb.RangeResponse)
+        if r < 0.65:
+            self.rev += 1
+            return ("KV", "DeleteRange", self.delete(), pb.DeleteRangeResponse)
+        if r < 0.88:
+            self.rev += 1
+            return ("KV", "Txn", self.txn(), pb.TxnResponse)
+        if r < 0.92:
+            compact = pb.CompactionRequest(revision=rng.randint(0, self.rev))
+            return ("KV", "Compact", compact, pb.CompactionResponse)
+        if r < 0.97:
+            grant = pb.LeaseGrantRequest(ID=rng.choice(LEASES), TTL=100_000)
+            return ("Lease", "LeaseGrant", grant, pb.LeaseGrantResponse)
+        self.rev += 1
+        revoke = pb.LeaseRevokeRequest(ID=rng.choice(LEASES))
+        return ("Lease", "LeaseRevoke", revoke, pb.LeaseRevokeResponse)
+
+
+def sequence(seed: int, n: int) -> list[Request]:
+    """Lease grants of every lease id, then ``n`` random requests."""
+    g = Generator(seed)
+    grants: list[Request] = [
+        ("Lease", "LeaseGrant", pb.LeaseGrantRequest(ID=i, TTL=100_000), pb.LeaseGrantResponse)
+        for i in LEASES
+    ]
+    return grants + [g.request() for _ in range(n)]
+
+
+async def answers(target: str, requests: list[Request]) -> list[object]:
+    client = Etcd(target)
+    out: list[object] = []
+    try:
+        for service, method, request, response in requests:
+            try:
+                out.append(_scrub(await client.call(service, method, request, response)))
+            except grpc.aio.AioRpcError as e:
+                out.append((e.code(), e.details()))
+    finally:
+        await client.channel.close()
+    return out
+
+
+async def kvapp_answers(requests: list[Request]) -> list[object]:
+    async with _kvapp_server() as endpoint:
+        return await answers(endpoint, requests)
+
+
+SEEDS = range(1, 31) if os.environ.get("KVAPP_SLOW") == "1" else range(1, 4)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_requests_get_etcds_answers(etcd_binary: str, tmp_path: Path, seed: int) -> None:
+    requests = sequence(seed, 300)
+    cluster = EtcdCluster(etcd_binary, tmp_path, 1)
+    try:
+        cluster.wait_ready()
+        etcd = asyncio.run(asyncio.wait_for(answers(cluster.endpoints[0], requests), 120))
+    finally:
+        cluster.close()
+    kvapp = asyncio.run(asyncio.wait_for(kvapp_answers(requests), 120))
+    for i, (e, k) in enumerate(zip(etcd, kvapp, strict=True)):
+        if e != k:
+            before = "\n".join(f"  #{j} {m} {r}".replace("\n", " ") for j, (_, m, r, _) in
+                               enumerate(requests[:i]))  # fmt: skip
+            _, method, request, _ = requests[i]
+            raise AssertionError(
+                f"seed {seed}, request #{i} {method} {request}: etcd answered\n{e}\nkvapp\n{k}\n"
+                f"after:\n{before}"
+            )
+    errors = sum(isinstance(a, tuple) for a in etcd)
+    assert 0 < errors < len(etcd) // 2, f"{errors} errors: the sequence checks too little"
