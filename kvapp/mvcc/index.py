@@ -22,7 +22,7 @@ last version at that revision is a tombstone.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from typing import TypeAlias
 
@@ -112,28 +112,6 @@ class KeyIndex:
             return None
         rec = _visible(h, revision)
         return None if rec is None or version_of(rec) == 0 else unpack(rec)
-
-    def previous(self, kv: KeyValue) -> KeyValue | None:
-        """The live version that ``kv`` (a version in this index) replaced, if retained.
-
-        None when ``kv`` created its key, followed a tombstone, is the oldest retained version
-        (what it replaced was compacted), or is no longer in the index. A version is found by
-        its mod revision and version, which no two versions of a key share.
-        """
-        h = self._hist.get(kv.key)
-        if h is None or not isinstance(h, list):
-            return None
-        hist: list[bytes] = h
-        mod, version = kv.mod_revision, kv.version
-        i = bisect_left(hist, mod, key=mod_of)
-        while i < len(hist) and version_of(hist[i]) != version:
-            if mod_of(hist[i]) != mod:
-                return None
-            i += 1
-        if i == 0 or i == len(hist) or mod_of(hist[i]) != mod:
-            return None
-        prev = hist[i - 1]
-        return None if version_of(prev) == 0 else unpack(prev)
 
     def history(self, key: bytes) -> tuple[KeyValue, ...]:
         """Every retained version of ``key``, oldest first (tombstones included)."""

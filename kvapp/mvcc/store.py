@@ -343,13 +343,18 @@ class Store:
         return [unpack(rec) for rec in self._log[lo:hi]]
 
     def prev_version(self, kv: KeyValue) -> KeyValue | None:
-        """The version of ``kv.key`` that the change ``kv`` (from :meth:`changes`) replaced.
+        """An event's ``prev_kv`` for the change ``kv`` (from :meth:`changes`).
 
-        None when the key did not exist before it, or when that version was compacted away
-        (etcd likewise leaves out a history event's ``prev_kv`` it can no longer read). This is
-        the ``prev_kv`` a live event for ``kv`` carried.
+        As etcd fills it in: the key as a read at the revision before the change's sees it.
+        None when the key did not exist then, or when that revision was compacted away (etcd's
+        read fails then, and it leaves ``prev_kv`` out). A key changed twice in one txn (a put
+        and a from-key delete) gives both events the version from before the txn, not the
+        txn's own first change. This is the ``prev_kv`` the live event for ``kv`` carried.
         """
-        return self._index.previous(kv)
+        before = kv.mod_revision - 1
+        if before < self._compact_rev:
+            return None
+        return self._index.get(kv.key, before)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -443,6 +448,8 @@ class Store:
         self._check_kept_keys_survive(decision, None)
         w = _Write(self._rev + 1)
         resp = self._execute(w, decision)
+        if len(w.kvs) > 1:
+            self._event_prevs(w)
         self._commit(w)
         return resp
 
@@ -706,6 +713,15 @@ class Store:
             w.kvs.append(tomb)
             w.prevs.append(prev)
         return live
+
+    def _event_prevs(self, w: _Write) -> None:
+        """Give a key's later changes in one txn the version from before it, as etcd does."""
+        seen: set[bytes] = set()
+        for i, kv in enumerate(w.kvs):
+            if kv.key in seen:
+                w.prevs[i] = self._index.get(kv.key, w.rev - 1)
+            else:
+                seen.add(kv.key)
 
     def _detach(self, lease: int, key: bytes) -> None:
         keys = self._lease_keys.get(lease)

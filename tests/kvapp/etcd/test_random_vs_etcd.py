@@ -21,13 +21,13 @@ import asyncio
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
 from google.protobuf.message import Message  # type: ignore[import-untyped]
 
-from kvapp.etcdpb import rpc_pb2
+from kvapp.etcdpb import kv_pb2, rpc_pb2
 from tests.kvapp.etcd.helpers import Etcd
 from tests.kvapp.etcd.test_decisions_vs_etcd import _kvapp_server, _scrub
 from tests.kvapp.test_client_grpc_etcd import EtcdCluster, etcd_binary
@@ -223,3 +223,114 @@ def test_random_requests_get_etcds_answers(etcd_binary: str, tmp_path: Path, see
             )
     errors = sum(isinstance(a, tuple) for a in etcd)
     assert 0 < errors < len(etcd) // 2, f"{errors} errors: the sequence checks too little"
+
+
+# -- watches ----------------------------------------------------------------------------------
+
+WATCHERS = 6
+
+
+def watch_plan(seed: int) -> tuple[list[Request], list[pb.WatchCreateRequest], list[Request]]:
+    """Writes before the watches, the watches (client-chosen ids 1..), writes after them.
+
+    Every watcher's range holds its start key, and the last two requests put, then delete,
+    every key in :data:`KEYS`; no watcher filters out both kinds. So each watcher's last event
+    is at one of the two last revisions, which tells the test it has seen everything.
+    """
+    g = Generator(seed)
+    writes = ("Put", "DeleteRange", "Txn", "Compact")
+    before = [r for r in (g.request() for _ in range(150)) if r[1] in writes][:40]
+    creates = []
+    for i in range(1, WATCHERS + 1):
+        key = g.key()
+        end = g.range_end(key)
+        filters: list[Any] = g.rng.choice(([], [], [0], [1]))  # NOPUT, NODELETE: never both
+        creates.append(
+            pb.WatchCreateRequest(
+                key=key,
+                range_end=end if end == b"\0" or end > key or not end else b"",
+                start_revision=g.rng.choice((0, 0, 1, 2, 3)),  # a share: see watched()
+                filters=filters,
+                prev_kv=g.rng.random() < 0.5,
+                watch_id=i,
+            )
+        )
+    after = [r for r in (g.request() for _ in range(150)) if r[1] in writes[:3]][:40]
+    everything = [pb.RequestOp(request_put=pb.PutRequest(key=k, value=b"end")) for k in KEYS]
+    after.append(("KV", "Txn", pb.TxnRequest(success=everything), pb.TxnResponse))
+    gone = pb.DeleteRangeRequest(key=min(KEYS), range_end=b"\0")
+    after.append(("KV", "DeleteRange", gone, pb.DeleteRangeResponse))
+    return before, creates, after
+
+
+async def watched(target: str, seed: int) -> dict[int, list[object]]:
+    """Per watch id: its creation or cancellation answers and its events, in order."""
+    before, creates, after = watch_plan(seed)
+    done = await answers(target, before)
+    # A planned start revision of n (1-3) means n quarters of the way to the current revision.
+    current = next(cast("Any", a).header.revision for a in reversed(done) if isinstance(a, Message))
+    for c in creates:
+        c.start_revision = max(1, current * c.start_revision // 4) if c.start_revision else 0
+    client = Etcd(target)
+    stream = client.stream("Watch", "Watch", pb.WatchRequest, pb.WatchResponse)
+    seen: dict[int, list[object]] = {c.watch_id: [] for c in creates}
+    try:
+        for c in creates:
+            await stream.write(pb.WatchRequest(create_request=c))
+        created = 0
+        while created < len(creates):  # every create answered before the writes go in
+            resp = await stream.read()
+            created += resp.created
+            record(seen, resp)
+        last = (await answers(target, after))[-1]
+        assert isinstance(last, pb.DeleteRangeResponse), last
+        final = last.header.revision
+
+        # The last event a watcher gets: the final delete, or the put before it (NODELETE).
+        last_rev = {c.watch_id: final - (1 in c.filters) for c in creates}
+
+        def finished(watch_id: int) -> bool:
+            events = seen[watch_id]
+            return any(isinstance(e, tuple) and e[0] == "canceled" for e in events) or any(
+                isinstance(e, kv_pb2.Event) and e.kv.mod_revision >= last_rev[watch_id]
+                for e in events[-1:]
+            )
+
+        while not all(finished(i) for i in last_rev):
+            record(seen, await asyncio.wait_for(stream.read(), 10))
+    finally:
+        stream.cancel()
+        await client.channel.close()
+    return seen
+
+
+def record(seen: dict[int, list[object]], resp: pb.WatchResponse) -> None:
+    """Flatten one response into its watcher's list (how events are grouped may differ)."""
+    out = seen.setdefault(resp.watch_id, [])
+    if resp.created:
+        out.append(("created",))
+    if resp.canceled:
+        out.append(("canceled", resp.compact_revision, resp.cancel_reason))
+    out.extend(resp.events)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_watches_see_etcds_events(etcd_binary: str, tmp_path: Path, seed: int) -> None:
+    cluster = EtcdCluster(etcd_binary, tmp_path, 1)
+    try:
+        cluster.wait_ready()
+        etcd = asyncio.run(asyncio.wait_for(watched(cluster.endpoints[0], seed), 60))
+    finally:
+        cluster.close()
+
+    async def on_kvapp() -> dict[int, list[object]]:
+        async with _kvapp_server() as endpoint:
+            return await watched(endpoint, seed)
+
+    kvapp = asyncio.run(asyncio.wait_for(on_kvapp(), 60))
+    _, creates, _ = watch_plan(seed)
+    for c in creates:
+        assert kvapp[c.watch_id] == etcd[c.watch_id], (
+            f"seed {seed}, watch {c}: etcd saw\n{etcd[c.watch_id]}\nkvapp\n{kvapp[c.watch_id]}"
+        )
+    assert sum(len(v) for v in etcd.values()) > 2 * WATCHERS, "the watches saw too little"
