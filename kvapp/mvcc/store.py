@@ -345,12 +345,17 @@ class Store:
     def prev_version(self, kv: KeyValue) -> KeyValue | None:
         """An event's ``prev_kv`` for the change ``kv`` (from :meth:`changes`).
 
-        As etcd fills it in: the key as a read at the revision before the change's sees it.
-        None when the key did not exist then, or when that revision was compacted away (etcd's
-        read fails then, and it leaves ``prev_kv`` out). A key changed twice in one txn (a put
-        and a from-key delete) gives both events the version from before the txn, not the
-        txn's own first change. This is the ``prev_kv`` the live event for ``kv`` carried.
+        As etcd 3.4 fills it in: none for a put that created its key (etcd skips the lookup
+        for those); else the key as a read at the revision before the change's sees it, none
+        when the key did not exist then or that revision was compacted away (etcd's read
+        fails then, and it leaves ``prev_kv`` out). The difference shows when one txn changes
+        a key twice (a put and a from-key delete): put-then-delete gives the delete no
+        ``prev_kv`` (the key did not exist before the txn), delete-then-put gives the delete
+        the version from before the txn and the put (a creation) none. This is the
+        ``prev_kv`` the live event for ``kv`` carried.
         """
+        if kv.version and kv.create_revision == kv.mod_revision:
+            return None
         before = kv.mod_revision - 1
         if before < self._compact_rev:
             return None
@@ -715,11 +720,15 @@ class Store:
         return live
 
     def _event_prevs(self, w: _Write) -> None:
-        """Give a key's later changes in one txn the version from before it, as etcd does."""
+        """Give a key's later changes in one txn etcd's ``prev_kv`` (see :meth:`prev_version`).
+
+        Not the txn's own earlier change of the key, which is what the write recorded.
+        """
         seen: set[bytes] = set()
         for i, kv in enumerate(w.kvs):
             if kv.key in seen:
-                w.prevs[i] = self._index.get(kv.key, w.rev - 1)
+                created = kv.version and kv.create_revision == kv.mod_revision
+                w.prevs[i] = None if created else self._index.get(kv.key, w.rev - 1)
             else:
                 seen.add(kv.key)
 

@@ -21,6 +21,7 @@ runs thirty. Making a range's ``more`` true at exactly ``limit`` keys fails the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import random
@@ -173,9 +174,14 @@ class Generator:
         if r < 0.92:
             compact = pb.CompactionRequest(revision=rng.randint(0, self.rev))
             return ("KV", "Compact", compact, pb.CompactionResponse)
-        if r < 0.97:
+        if r < 0.95:
             grant = pb.LeaseGrantRequest(ID=rng.choice(LEASES), TTL=100_000)
             return ("Lease", "LeaseGrant", grant, pb.LeaseGrantResponse)
+        if r < 0.97:
+            if rng.random() < 0.3:
+                return ("Lease", "LeaseLeases", pb.LeaseLeasesRequest(), pb.LeaseLeasesResponse)
+            ttl = pb.LeaseTimeToLiveRequest(ID=rng.choice((*LEASES, 0x99)), keys=True)
+            return ("Lease", "LeaseTimeToLive", ttl, pb.LeaseTimeToLiveResponse)
         self.rev += 1
         revoke = pb.LeaseRevokeRequest(ID=rng.choice(LEASES))
         return ("Lease", "LeaseRevoke", revoke, pb.LeaseRevokeResponse)
@@ -197,9 +203,21 @@ async def answers(target: str, requests: list[Request]) -> list[object]:
     try:
         for service, method, request, response in requests:
             try:
-                out.append(_scrub(await client.call(service, method, request, response)))
+                answer = _scrub(await client.call(service, method, request, response))
             except grpc.aio.AioRpcError as e:
                 out.append((e.code(), e.details()))
+                continue
+            if isinstance(answer, pb.LeaseTimeToLiveResponse):
+                if answer.TTL > 0:
+                    answer.TTL = 1  # what is left depends on timing
+                keys = sorted(answer.keys)  # etcd's order is a Go map's
+                del answer.keys[:]
+                answer.keys.extend(keys)
+            if isinstance(answer, pb.LeaseLeasesResponse):  # etcd's order is a Go map's
+                ids = sorted(lease.ID for lease in answer.leases)
+                del answer.leases[:]
+                answer.leases.extend(pb.LeaseStatus(ID=i) for i in ids)
+            out.append(answer)
     finally:
         await client.channel.close()
     return out
@@ -357,12 +375,21 @@ GATEWAY_PATHS = {
     "Compact": "/v3/kv/compaction",
     "LeaseGrant": "/v3/lease/grant",
     "LeaseRevoke": "/v3/kv/lease/revoke",
+    "LeaseTimeToLive": "/v3/kv/lease/timetolive",
+    "LeaseLeases": "/v3/kv/lease/leases",
 }
 
 
 def _scrub_json(value: Any) -> Any:
-    """A gateway answer with every header's cluster id, member id and Raft term removed."""
+    """A gateway answer with every header's cluster id, member id and Raft term removed, and
+    a lease's remaining TTL (it depends on timing) replaced by "left" while the lease lives."""
     if isinstance(value, dict):
+        if "grantedTTL" in value and value.get("TTL") != "-1":
+            value = {**value, "TTL": "left"}
+        if isinstance(value.get("keys"), list):  # etcd's order is a Go map's
+            value = {**value, "keys": sorted(value["keys"], key=base64.b64decode)}
+        if isinstance(value.get("leases"), list):  # etcd's order is a Go map's
+            value = {**value, "leases": sorted(value["leases"], key=lambda x: int(x["ID"]))}
         return {
             k: _scrub_json(v)
             for k, v in value.items()

@@ -662,7 +662,8 @@ def test_put_then_delete_of_one_key_in_one_revision() -> None:
     assert s.get(b"a", 2) == KeyValue(b"a", 2, 2, 1, b"0")
     changes = list(s.changes(3, 3))
     assert changes == [KeyValue(b"a", 2, 3, 2, b"1"), KeyValue(b"a", 0, 3, 0)]
-    # Both events' prev_kv is the key as of revision 2, as etcd reads it (not the put at 3).
+    # etcd reads an event's prev_kv at the revision before it: the key as of revision 2 for
+    # both (not the put at 3 for the delete); the put did not create the key, so it has one.
     assert s.prev_version(changes[1]) == KeyValue(b"a", 2, 2, 1, b"0")
     assert s.prev_version(changes[0]) == KeyValue(b"a", 2, 2, 1, b"0")
     s.compact(3)
