@@ -13,6 +13,10 @@ first request answered differently and the requests before it, to replay.
 The same request sequences also go, as JSON, to both servers' gRPC gateways (``/v3/kv/put``
 and the rest): each answer's HTTP status and JSON body must be equal.
 
+A txn that deletes a range to the end never carries an ``ignore_value``/``ignore_lease`` put
+here: one of a key that delete removed makes etcd 3.4 panic (kvapp refuses it instead, a known
+difference documented in :mod:`kvapp.mvcc.store`); seed 58 of a longer hunt hit it.
+
 Leases are granted with TTLs far beyond the test (no expiry), and time-to-live is not asked:
 its remaining TTL depends on timing. Three seeds run by default (a few seconds); ``KVAPP_SLOW=1``
 runs thirty. Making a range's ``more`` true at exactly ``limit`` keys fails the first seed.
@@ -151,11 +155,14 @@ class Generator:
 
     def txn(self, depth: int = 0) -> pb.TxnRequest:
         rng = self.rng
-        return pb.TxnRequest(
+        txn = pb.TxnRequest(
             compare=[self.compare() for _ in range(rng.randint(0, 2))],
             success=[self.op(depth) for _ in range(rng.randint(0, 3))],
             failure=[self.op(depth) for _ in range(rng.randint(0, 2))],
         )
+        if depth == 0:
+            _spare_etcd(txn)
+        return txn
 
     def request(self) -> Request:
         rng = self.rng
@@ -185,6 +192,29 @@ class Generator:
         self.rev += 1
         revoke = pb.LeaseRevokeRequest(ID=rng.choice(LEASES))
         return ("Lease", "LeaseRevoke", revoke, pb.LeaseRevokeResponse)
+
+
+def _spare_etcd(txn: pb.TxnRequest) -> None:
+    """Clear ``ignore_value``/``ignore_lease`` in a txn that also deletes a range to the end.
+
+    Such a put of a key the delete removed makes etcd 3.4 panic while applying the txn ("unexpected
+    error during txn"); kvapp refuses it up front, a known difference (kvapp.mvcc.store).
+    """
+
+    def ops(t: pb.TxnRequest) -> list[pb.RequestOp]:
+        found = []
+        for op in [*t.success, *t.failure]:
+            found.append(op)
+            if op.HasField("request_txn"):
+                found += ops(op.request_txn)
+        return found
+
+    every = ops(txn)
+    if any(o.HasField("request_delete_range") and o.request_delete_range.range_end == b"\0"
+           for o in every):  # fmt: skip
+        for o in every:
+            if o.HasField("request_put"):
+                o.request_put.ignore_value = o.request_put.ignore_lease = False
 
 
 def sequence(seed: int, n: int) -> list[Request]:
