@@ -29,9 +29,9 @@ import base64
 import contextlib
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 import pytest
@@ -55,6 +55,7 @@ KEYS = (b"a", b"a1", b"b", b"c", b"c\x00", b"d")
 LEASES = (0x10, 0x20, 0x30)
 REVISION_FILTERS = tuple(f"{b}_{k}_revision" for b in ("min", "max") for k in ("mod", "create"))
 Request = tuple[str, str, Message, type[Message]]
+_T = TypeVar("_T")
 
 
 class Generator:
@@ -253,6 +254,16 @@ async def answers(target: str, requests: list[Request]) -> list[object]:
     return out
 
 
+def on_etcd(binary: str, tmp: Path, run: Callable[[str], Awaitable[_T]]) -> _T:
+    """``run(endpoint)`` against a fresh one-member etcd (its client URL serves the gateway)."""
+    cluster = EtcdCluster(binary, tmp, 1)
+    try:
+        cluster.wait_ready()
+        return asyncio.run(asyncio.wait_for(run(cluster.endpoints[0]), 120))
+    finally:
+        cluster.close()
+
+
 async def kvapp_answers(requests: list[Request]) -> list[object]:
     async with _kvapp_server() as endpoint:
         return await answers(endpoint, requests)
@@ -264,12 +275,7 @@ SEEDS = range(1, 31) if os.environ.get("KVAPP_SLOW") == "1" else range(1, 4)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_requests_get_etcds_answers(etcd_binary: str, tmp_path: Path, seed: int) -> None:
     requests = sequence(seed, 300)
-    cluster = EtcdCluster(etcd_binary, tmp_path, 1)
-    try:
-        cluster.wait_ready()
-        etcd = asyncio.run(asyncio.wait_for(answers(cluster.endpoints[0], requests), 120))
-    finally:
-        cluster.close()
+    etcd = on_etcd(etcd_binary, tmp_path, lambda endpoint: answers(endpoint, requests))
     kvapp = asyncio.run(asyncio.wait_for(kvapp_answers(requests), 120))
     for i, (e, k) in enumerate(zip(etcd, kvapp, strict=True)):
         if e != k:
@@ -375,12 +381,7 @@ def record(seen: dict[int, list[object]], resp: pb.WatchResponse) -> None:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_watches_see_etcds_events(etcd_binary: str, tmp_path: Path, seed: int) -> None:
-    cluster = EtcdCluster(etcd_binary, tmp_path, 1)
-    try:
-        cluster.wait_ready()
-        etcd = asyncio.run(asyncio.wait_for(watched(cluster.endpoints[0], seed), 60))
-    finally:
-        cluster.close()
+    etcd = on_etcd(etcd_binary, tmp_path, lambda endpoint: watched(endpoint, seed))
 
     async def on_kvapp() -> dict[int, list[object]]:
         async with _kvapp_server() as endpoint:
@@ -466,13 +467,11 @@ def test_random_requests_get_etcds_answers_over_the_gateway(
     etcd_binary: str, tmp_path: Path, seed: int
 ) -> None:
     requests = sequence(seed, 150)
-    cluster = EtcdCluster(etcd_binary, tmp_path, 1)
-    try:
-        cluster.wait_ready()
-        port = int(cluster.endpoints[0].rsplit(":", 1)[1])
-        etcd = asyncio.run(asyncio.wait_for(gateway_answers(port, requests), 120))
-    finally:
-        cluster.close()
+    etcd = on_etcd(
+        etcd_binary,
+        tmp_path,
+        lambda endpoint: gateway_answers(int(endpoint.rsplit(":", 1)[1]), requests),
+    )
 
     async def on_kvapp() -> list[object]:
         async with _kvapp_gateway() as port:
