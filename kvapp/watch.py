@@ -649,6 +649,8 @@ class WatchStream:
         cur = store.revision
         stop = min(cur, w.next_rev + hub.catch_up_revisions - 1)
         changes = store.changes(w.next_rev, stop)
+        if w.next_rev == store.compact_revision:
+            changes = _as_compacted(changes, w.next_rev)
         i, n = 0, len(changes)
         while i < n:
             if w.buffered >= hub.max_buffered_events:
@@ -685,3 +687,18 @@ class WatchStream:
         if self._progress_wanted and all(w.synced for w in self._watchers.values()):
             self._progress_wanted = False
             self._enqueue(None, WatchResponse(PROGRESS_WATCH_ID, self._hub.store.revision))
+
+
+def _as_compacted(changes: Sequence[KeyValue], revision: int) -> Sequence[KeyValue]:
+    """``changes`` (from the compacted ``revision`` on) as a watcher replaying etcd's sees them.
+
+    etcd's compaction at ``revision`` keeps, of the changes at that revision, only each key's
+    last one and only if it is a put: a tombstone at or below the compacted revision goes with
+    what it deleted. So a watch starting at the compacted revision gets no delete event at it
+    (nor the put a same-txn delete undid), and kvapp, which keeps the whole revision in its
+    change log, leaves them out here.
+    """
+    at = [i for i, kv in enumerate(changes) if kv.mod_revision == revision]
+    last = {changes[i].key: i for i in at}
+    drop = {i for i in at if last[changes[i].key] != i or not changes[i].version}
+    return [kv for i, kv in enumerate(changes) if i not in drop] if drop else changes
