@@ -38,6 +38,7 @@ event is recorded; :meth:`Cluster.script` prints them as a schedule that
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -1164,13 +1165,15 @@ class Cluster:
 
 
 def membership_changes(
-    cs: ConfState, node_ids: Sequence[int], min_voters: int
+    cs: ConfState, node_ids: Sequence[int], min_voters: int, max_swap: int = 1
 ) -> list[tuple[str, ...]]:
     """Sensible membership changes to ``cs``, as ``Conf`` change words.
 
     Add a node as learner or voter, promote a learner, demote or remove a voter or learner, or
-    swap a voter for a new one (two changes: joint consensus). Changes that would leave fewer
-    than ``min_voters`` voters are left out.
+    swap a voter for a new one (two changes: joint consensus). With ``max_swap`` > 1, also swap
+    up to that many voters at once (``{1,2,3}`` to ``{1,4,5}``): the incoming and outgoing
+    halves of the joint configuration then differ in a majority, so a quorum of one half is no
+    quorum of the other. Changes that would leave fewer than ``min_voters`` voters are left out.
     """
     voters, learners = set(cs.voters), set(cs.learners)
     others = [n for n in node_ids if n not in voters and n not in learners]
@@ -1184,6 +1187,10 @@ def membership_changes(
             options += [(f"r{n}",), (f"l{n}",)]
     if len(voters) >= min_voters:
         options += [(f"v{n}", f"r{v}") for n in others for v in sorted(voters)]
+        for k in range(2, min(max_swap, len(others), len(voters)) + 1):
+            for new in itertools.combinations(others, k):
+                for gone in itertools.combinations(sorted(voters), k):
+                    options.append((*(f"v{n}" for n in new), *(f"r{v}" for v in gone)))
     return options
 
 

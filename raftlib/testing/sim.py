@@ -54,6 +54,7 @@ from raftlib.testing.events import (
 from raftlib.testing.invariants import InvariantViolation, NotLinearizable
 from raftlib.testing.linearizability import LinearizabilityResult, Model
 from raftlib.testing.statemachine import KVStateMachine, StateMachine, kv_get, kv_put
+from raftlib.types import ConfState
 
 __all__ = [
     "FaultProfile",
@@ -139,6 +140,15 @@ class FaultProfile:
         conf_every: mean time between membership changes (0: never).
         min_voters: the operator never proposes a change leaving fewer voters than this (see
             ``docs/testing.md`` on small configurations).
+        max_swap: the most voters the operator replaces in one (joint) change; above 1 the
+            incoming and outgoing halves of a joint configuration can share no majority.
+        swaps: probability that a membership change replaces voters (one, or up to
+            ``max_swap``) rather than being drawn from all sensible changes.
+        split_joint: probability that a change replacing voters is followed by a partition
+            between the voters it adds and those it removes (each other node joins a random
+            side), the moment the leader applies it: the removed voters then hold the change in
+            their logs without knowing it committed, and still run the old configuration. A
+            quorum of the incoming half alone must elect no leader and confirm no read then.
         transfer_every: mean time between leader transfers (0: never).
     """
 
@@ -169,6 +179,9 @@ class FaultProfile:
     links: tuple[tuple[int, int, LinkFaults], ...] = attrs.field(default=(), converter=_links)
     conf_every: int = 0
     min_voters: int = 3
+    max_swap: int = 1
+    swaps: float = 0.0
+    split_joint: float = 0.0
     transfer_every: int = 0
 
     def link(self, frm: int, to: int) -> LinkFaults:
@@ -254,6 +267,7 @@ class Simulation:
         self._client_op: dict[int, tuple[int, int]] = {}
         self._client_read_at: dict[int, int] = {}
         self._values = 0
+        self._split_on: tuple[int, ConfState, tuple[int, ...], tuple[int, ...]] | None = None
         ids = self.cluster.config.node_ids
         for i in ids:
             period = max(
@@ -290,6 +304,7 @@ class Simulation:
         while self._queue and self._queue[0][0] <= duration:
             self.time, _, action = heapq.heappop(self._queue)
             self._act(action)
+            self._split_when_applied()
             self._scan()
         self.cluster.execute(Liveness(liveness_ticks))
         if self.cluster.model is None:
@@ -416,11 +431,42 @@ class Simulation:
         if cs.voters_outgoing:
             self._exec(Conf(lead, (), "auto"))  # leave the joint configuration first
             return
-        options = membership_changes(cs, c.config.node_ids, self.faults.min_voters)
+        f = self.faults
+        options = membership_changes(cs, c.config.node_ids, f.min_voters, f.max_swap)
+        swaps = [o for o in options if any(w[0] == "r" for w in o) and o[0][0] == "v"]
+        if swaps and f.swaps and self.rng.random() < f.swaps:
+            options = swaps
         if options:
             changes = self.rng.choice(options)
             transition = self.rng.choice(["auto", "auto", "implicit", "explicit"])
             self._exec(Conf(lead, changes, transition))
+            added = tuple(
+                int(w[1:]) for w in changes if w[0] == "v" and int(w[1:]) not in cs.voters
+            )
+            removed = tuple(int(w[1:]) for w in changes if w[0] != "v" and int(w[1:]) in cs.voters)
+            self._split_on = None
+            if added and removed and f.split_joint and self.rng.random() < f.split_joint:
+                self._split_on = (lead, cs, added, removed)
+
+    def _split_when_applied(self) -> None:
+        """Partition the voters a change adds from those it removes once its leader applies it."""
+        if self._split_on is None:
+            return
+        lead, before, added, removed = self._split_on
+        nd = self.cluster.nodes[lead]
+        if not nd.up:
+            self._split_on = None
+            return
+        if nd.running_config() == before:
+            return
+        self._split_on = None
+        a, b = list(added), list(removed)
+        for n in self.cluster.config.node_ids:
+            if n not in added and n not in removed:
+                (a if self.rng.random() < 0.5 else b).append(n)
+        self._exec(Partition((tuple(sorted(a)), tuple(sorted(b)))))
+        f = self.faults
+        self._at(self.rng.randint(f.min_partition, f.max_partition), ("heal",))
 
     def _scan(self) -> None:
         """Schedule new in-flight messages and pending writes."""

@@ -26,8 +26,9 @@ from hypothesis.stateful import run_state_machine_as_test
 import raftlib.log
 import raftlib.raft
 import raftlib.read_only
+import raftlib.tracker.tracker
 from raftlib import Config, Entry, HardState, Message, MessageType, RaftInvariantError, StateType
-from raftlib.quorum import VoteResult
+from raftlib.quorum import VoteResult, joint_vote_result
 from raftlib.raft import NONE, CampaignType
 from raftlib.testing import (
     Cluster,
@@ -201,6 +202,37 @@ def refuse_applied_beyond_commit(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(_Raft, "__init__", refusing)
 
 
+# -- joint consensus: a quorum of the incoming half alone --
+
+
+def elect_by_incoming_half(mp: pytest.MonkeyPatch) -> None:
+    """A candidate in a joint configuration wins with a majority of the incoming voters only."""
+    tally = raftlib.tracker.tracker.ProgressTracker.tally_votes
+
+    def incoming_only(self: raftlib.tracker.tracker.ProgressTracker) -> tuple[int, int, VoteResult]:
+        granted, rejected, _ = tally(self)
+        return granted, rejected, joint_vote_result(self.config.voters, frozenset(), self.votes)
+
+    mp.setattr(raftlib.tracker.tracker.ProgressTracker, "tally_votes", incoming_only)
+
+
+def confirm_reads_by_incoming_half(mp: pytest.MonkeyPatch) -> None:
+    """A ReadIndex round in a joint configuration is confirmed by the incoming voters only."""
+
+    def confirm(self: raftlib.raft._Raft, token: bytes) -> bool:
+        rs = self.read_only.pending.get(token)
+        if rs is None:
+            return False
+        votes = dict.fromkeys(rs.acks, True)
+        if joint_vote_result(self.trk.config.voters, (), votes) != VoteResult.WON:
+            return False
+        for done in self.read_only.advance(token):
+            self._respond_to_read_index(done.req, done.index)
+        return True
+
+    mp.setattr(_Raft, "_confirm_reads", confirm)
+
+
 class Story(NamedTuple):
     """A schedule that passes on the real raftlib and fails on the mutant as expected.
 
@@ -216,7 +248,57 @@ class Story(NamedTuple):
 
 NO_PRE_VOTE = "cluster voters=1,2,3 seed=1 pre_vote=0 check_quorum=0"
 
+# Leader 1 swaps voters 2 and 3 for 4 and 5 and commits the joint configuration with node 2's
+# ack; node 2 never hears that it committed, so it still runs the old configuration {1,2,3}.
+SWAP_UNSEEN = """cluster voters=1,2,3 spares=4,5 seed=1 pre_vote=0 check_quorum=0
+        campaign 1
+        stabilize
+        put 1 k a
+        stabilize
+        conf 1 explicit v4 v5 r2 r3
+        sync 1
+        deliver 1->2 APP
+        sync 2
+        deliver 2->1 APP_RESP
+        sync 1
+        partition 1 4 5 | 2 3
+        stabilize"""
+
 STORIES: dict[str, Story] = {
+    "joint-vote": Story(
+        elect_by_incoming_half,
+        # Node 4 wins with node 5's vote (the incoming half only), node 2 with node 3's.
+        f"""{SWAP_UNSEEN}
+        partition 4 5 | 1 2 3
+        campaign 4
+        stabilize
+        campaign 2
+        stabilize""",
+        "election-safety",
+    ),
+    "joint-read": Story(
+        confirm_reads_by_incoming_half,
+        # Node 2 wins with node 3's vote and commits b (with the empty entry of its term, so
+        # before it applies the joint configuration); node 1's read is confirmed by 4 and 5.
+        f"""{SWAP_UNSEEN}
+        campaign 2
+        sync 2
+        deliver 2->3 VOTE
+        sync 3
+        deliver 3->2 VOTE_RESP
+        put 2 k b
+        deliver 2->3 APP
+        sync 3
+        deliver 3->2 APP_RESP
+        deliver 2->3 APP
+        sync 3
+        deliver 3->2 APP_RESP
+        stabilize
+        get 1 k
+        stabilize""",
+        "linearizability",
+        "get k -> 'a'",
+    ),
     "stale-vote": Story(
         grant_votes_to_stale_logs,
         f"""{NO_PRE_VOTE}
@@ -593,6 +675,29 @@ HUNTS = {
         ),
         "durable-before-send",
         seeds=120,
+    ),
+    # Voters are swapped two at a time, and the moment the leader applies a swap, a partition
+    # cuts the voters it adds from those it removes: these run the old configuration, the
+    # others the joint one, and each side elects a leader.
+    "joint-vote": Hunt(
+        elect_by_incoming_half,
+        ClusterConfig(spares=(4, 5)),
+        FaultProfile(
+            conf_every=1000,
+            max_swap=2,
+            swaps=0.8,
+            split_joint=1.0,
+            partition_every=0,
+            min_partition=2000,
+            max_partition=5000,
+            reads=0.6,
+            client_timeout=500,
+        ),
+        "election-safety",
+        seeds=10,
+        # Two elections with PreVote and CheckQuorum around a swap: the first failing seed (5)
+        # shrinks to 70 events.
+        shrunk_to=80,
     ),
     "restart-past-commit": Hunt(
         refuse_applied_beyond_commit,
