@@ -393,7 +393,8 @@ def test_random_watches_see_etcds_events(etcd_binary: str, tmp_path: Path, seed:
         assert kvapp[c.watch_id] == etcd[c.watch_id], (
             f"seed {seed}, watch {c}: etcd saw\n{etcd[c.watch_id]}\nkvapp\n{kvapp[c.watch_id]}"
         )
-    assert sum(len(v) for v in etcd.values()) > 2 * WATCHERS, "the watches saw too little"
+    # each watcher is created and sees at least the final put or delete (or is cancelled)
+    assert sum(len(v) for v in etcd.values()) >= 2 * WATCHERS, "the watches saw too little"
 
 
 # -- the JSON gateway -------------------------------------------------------------------------
