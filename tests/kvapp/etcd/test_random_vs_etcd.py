@@ -29,6 +29,7 @@ import base64
 import contextlib
 import os
 import random
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -255,13 +256,18 @@ async def answers(target: str, requests: list[Request]) -> list[object]:
 
 
 def on_etcd(binary: str, tmp: Path, run: Callable[[str], Awaitable[_T]]) -> _T:
-    """``run(endpoint)`` against a fresh one-member etcd (its client URL serves the gateway)."""
+    """``run(endpoint)`` against a fresh one-member etcd (its client URL serves the gateway).
+
+    Its data directory goes afterwards: etcd preallocates a 64 MiB WAL, and a long hunt
+    (``KVAPP_SLOW=1`` or more seeds) would otherwise fill the disk with them.
+    """
     cluster = EtcdCluster(binary, tmp, 1)
     try:
         cluster.wait_ready()
         return asyncio.run(asyncio.wait_for(run(cluster.endpoints[0]), 120))
     finally:
         cluster.close()
+        shutil.rmtree(tmp / "e0", ignore_errors=True)
 
 
 async def kvapp_answers(requests: list[Request]) -> list[object]:
