@@ -572,12 +572,13 @@ class ClusterServicer:
         """Promote a caught-up learner to voter.
 
         A follower forwards it to the leader, which alone knows whether the learner is in
-        sync (as etcd does).
+        sync (as etcd does), and answers with the leader's member list: its own may not show
+        the promotion yet.
         """
         try:
             await self.api.service.member_promote(request.ID)
         except NotLeaderError:
-            await self.api.forward(
+            forwarded: rpc_pb2.MemberPromoteResponse = await self.api.forward(
                 context,
                 lambda ch, md: ch.unary_unary(
                     _MEMBER_PROMOTE,
@@ -585,6 +586,8 @@ class ClusterServicer:
                     response_deserializer=rpc_pb2.MemberPromoteResponse.FromString,
                 )(request, metadata=md),
             )
+            forwarded.header.CopyFrom(self._header())
+            return forwarded
         return rpc_pb2.MemberPromoteResponse(header=self._header(), members=self._members())
 
 

@@ -7,6 +7,7 @@ publish their gRPC URLs as ``kvapp serve`` does, so followers can forward lease 
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import grpc
 import pytest
@@ -14,8 +15,9 @@ import pytest
 from kvapp.etcdpb import rpc_pb2
 from kvapp.node import Member
 from kvapp.server.etcd import EtcdGrpcServer, MemberMaintenance, publish_grpc_urls
+from kvapp.service import MemberInfo
 from tests.kvapp.etcd.helpers import Etcd, aio
-from tests.kvapp.test_member import Clock, Hub, infos, leader_of, make_member, stop_all
+from tests.kvapp.test_member import Clock, Hub, Links, infos, leader_of, make_member, stop_all
 
 pb = rpc_pb2
 
@@ -166,4 +168,44 @@ async def test_a_follower_forwards_member_promote_to_the_leader() -> None:
             "etcdserver: can only promote a learner member which is in sync with leader",
         )
     finally:
+        await _stop(members, servers, clients)
+
+
+@aio
+async def test_a_promotion_forwarded_by_a_follower_answers_with_the_leaders_member_list() -> None:
+    members, servers, clients = await _start()
+    newcomer: Member | None = None
+    try:
+        await _published(members)
+        lead = leader_of(members)
+        i_follower = (members.index(lead) + 1) % 3
+        urls = ("http://127.0.0.1:29997",)
+        added = await members[i_follower].member_add(urls, is_learner=True)
+        info = MemberInfo(added.id, "m4", urls, is_learner=True)
+        initial = [m for m in lead.member_list() if m.id != added.id] + [info]
+        newcomer = make_member(
+            cast("Links", members[0]._network).hub,
+            info,
+            initial,
+            Clock(),
+            new_cluster=False,
+            auto_promote=False,
+        )
+        await newcomer.start()
+        for _ in range(500):
+            if lead._learner_caught_up(added.id):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the learner never caught up")
+        promoted = await clients[i_follower].call(
+            "Cluster",
+            "MemberPromote",
+            pb.MemberPromoteRequest(ID=added.id),
+            pb.MemberPromoteResponse,
+        )
+        assert not next(m for m in promoted.members if added.id == m.ID).isLearner
+    finally:
+        if newcomer is not None:
+            await newcomer.stop(transfer=False)
         await _stop(members, servers, clients)
