@@ -275,7 +275,7 @@ class MemberConfig:
     max_request_bytes: int = MAX_REQUEST_BYTES
     max_learners: int = 1
     auto_promote: bool = True
-    progress_notify_interval: float = 600.0
+    progress_notify_interval: float = attrs.field(default=600.0, validator=attrs.validators.gt(0))
     new_cluster: bool = True
     client_urls: tuple[str, ...] = ()
     min_free_disk_bytes: int = DEFAULT_MIN_FREE_BYTES

@@ -60,7 +60,15 @@ def test_bad_flags_are_refused_with_a_message_naming_them(argv: list[str], messa
 
 
 @pytest.mark.parametrize(
-    ("value", "seconds"), [("10m", 600.0), ("1m30s", 90.0), ("500ms", 0.5), ("1.5h", 5400.0)]
+    ("value", "seconds"),
+    [
+        ("10m", 600.0),
+        ("1m30s", 90.0),
+        ("500ms", 0.5),
+        ("1.5h", 5400.0),
+        ("2000000\u00b5s", 2.0),
+        ("2000000\u03bcs", 2.0),
+    ],
 )
 def test_the_progress_notify_interval_is_a_go_duration(value: str, seconds: float) -> None:
     assert parse_serve_args(args())[0].progress_notify_interval == 600.0  # etcd's default

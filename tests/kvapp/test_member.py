@@ -450,3 +450,16 @@ async def test_a_members_raft_randomness_comes_from_its_injected_rng() -> None:
         assert rng.draws > 0
     finally:
         await stop_all([m])
+
+
+def test_a_progress_notify_interval_must_be_positive() -> None:
+    """Zero would spin the member's progress loop; only the CLI checked it before."""
+    (info,) = infos(1)
+    with pytest.raises(ValueError, match="progress_notify_interval"):
+        MemberConfig(
+            name="m1",
+            member_id=info.id,
+            cluster_id=CLUSTER,
+            initial_members=(info,),
+            progress_notify_interval=0,
+        )
