@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
@@ -221,6 +221,25 @@ class EtcdApi:
                 raise RequestTimeoutError(f"leader unreachable: {details}") from None
             raise _Remote(e.code(), details) from None
 
+    async def forward_unary(
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        request: Any,
+        response_type: type[_T],
+    ) -> _T:
+        """Send a unary ``request`` to the leader's ``method`` (see :meth:`forward`)."""
+
+        def call(ch: grpc.aio.Channel, md: tuple[tuple[str, str], ...]) -> Awaitable[_T]:
+            rpc = ch.unary_unary(
+                method,
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=response_type.FromString,  # type: ignore[attr-defined]
+            )
+            return rpc(request, metadata=md)  # type: ignore[no-any-return]
+
+        return await self.forward(context, call)
+
     async def close(self) -> None:
         """Close the channels to leaders."""
         channels, self._channels = list(self._channels.values()), {}
@@ -419,13 +438,8 @@ class LeaseServicer:
         except LeaseNotFoundError:
             return rpc_pb2.LeaseTimeToLiveResponse(header=self.api.header(), ID=request.ID, TTL=-1)
         except NotLeaderError:
-            forwarded: rpc_pb2.LeaseTimeToLiveResponse = await self.api.forward(
-                context,
-                lambda ch, md: ch.unary_unary(
-                    _TIME_TO_LIVE,
-                    request_serializer=rpc_pb2.LeaseTimeToLiveRequest.SerializeToString,
-                    response_deserializer=rpc_pb2.LeaseTimeToLiveResponse.FromString,
-                )(request, metadata=md),
+            forwarded = await self.api.forward_unary(
+                context, _TIME_TO_LIVE, request, rpc_pb2.LeaseTimeToLiveResponse
             )
             forwarded.header.CopyFrom(self.api.header())
             return forwarded
@@ -578,13 +592,8 @@ class ClusterServicer:
         try:
             await self.api.service.member_promote(request.ID)
         except NotLeaderError:
-            forwarded: rpc_pb2.MemberPromoteResponse = await self.api.forward(
-                context,
-                lambda ch, md: ch.unary_unary(
-                    _MEMBER_PROMOTE,
-                    request_serializer=rpc_pb2.MemberPromoteRequest.SerializeToString,
-                    response_deserializer=rpc_pb2.MemberPromoteResponse.FromString,
-                )(request, metadata=md),
+            forwarded = await self.api.forward_unary(
+                context, _MEMBER_PROMOTE, request, rpc_pb2.MemberPromoteResponse
             )
             forwarded.header.CopyFrom(self._header())
             return forwarded
