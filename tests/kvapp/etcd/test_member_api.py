@@ -22,7 +22,7 @@ from tests.kvapp.test_member import Clock, Hub, Links, infos, leader_of, make_me
 pb = rpc_pb2
 
 
-async def _start() -> tuple[list[Member], list[EtcdGrpcServer], list[Etcd]]:
+async def _start(**cfg: object) -> tuple[list[Member], list[EtcdGrpcServer], list[Etcd]]:
     hub, clock = Hub(), Clock()
     initial = infos(3)
     servers = [EtcdGrpcServer(None, host="127.0.0.1", port=0) for _ in initial]  # type: ignore[arg-type]
@@ -35,6 +35,7 @@ async def _start() -> tuple[list[Member], list[EtcdGrpcServer], list[Etcd]]:
             initial,
             clock,
             client_urls=publish_grpc_urls((f"http://{s.endpoint}",)),
+            **cfg,
         )
         for info, s in zip(initial, servers, strict=True)
     ]
@@ -173,7 +174,8 @@ async def test_a_follower_forwards_member_promote_to_the_leader() -> None:
 
 @aio
 async def test_a_promotion_forwarded_by_a_follower_answers_with_the_leaders_member_list() -> None:
-    members, servers, clients = await _start()
+    # The leader must not promote the learner itself before the request arrives.
+    members, servers, clients = await _start(auto_promote=False)
     newcomer: Member | None = None
     try:
         await _published(members)
