@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kvapp.storage.errors import WalCorruptError
+from kvapp.storage.fs import OS, FileSystem
 from kvapp.storage.wal import BatchRecord, RecordAt, read_record_at
 from raftlib.storage import EntryWindow, limit_size
 from raftlib.types import ENTRY_OVERHEAD, Entry
@@ -41,9 +42,13 @@ class DiskBackedLog:
         where: where each entry after the placeholder is in the WAL (its batch record).
         hot_bytes: entry data to keep in memory, newest first; the rest of the committed
             entries' data is dropped and read back when asked for.
+        fs: the file layer the WAL is read back through.
     """
 
-    def __init__(self, entries: list[Entry], where: Sequence[RecordAt], hot_bytes: int) -> None:
+    def __init__(
+        self, entries: list[Entry], where: Sequence[RecordAt], hot_bytes: int, fs: FileSystem = OS
+    ) -> None:
+        self._fs = fs
         if len(where) != len(entries) - 1:
             raise ValueError(f"{len(where)} record locations for {len(entries) - 1} entries")
         self.window = EntryWindow(entries)
@@ -95,7 +100,7 @@ class DiskBackedLog:
         at = self._where[stand_in.index]
         batch = loaded.get(at)
         if batch is None:
-            rec = read_record_at(at)
+            rec = read_record_at(at, self._fs)
             if not isinstance(rec, BatchRecord):
                 raise WalCorruptError(at.path, at.offset, "entry record is not a batch record")
             batch = loaded[at] = {e.index: e for e in rec.entries}

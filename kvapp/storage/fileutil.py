@@ -8,20 +8,22 @@ The durability rules kvapp relies on (as etcd's ``fileutil`` does on Linux):
 
 ``fsync=False`` parameters exist for tests and benchmarks only: data then survives a process crash
 (it is in the page cache) but not a power loss.
+
+Every call goes through a :class:`~kvapp.storage.fs.FileSystem` (``fs``; the real one by
+default), so tests can run the same code on a simulated disk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
-import os
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
 from kvapp.storage.errors import StoreLockedError
+from kvapp.storage.fs import O_CREAT, O_RDONLY, O_TRUNC, O_WRONLY, OS, FileLock, FileSystem
 
 __all__ = [
     "TMP_SUFFIX",
@@ -37,6 +39,7 @@ __all__ = [
     "is_zero",
     "last_nonzero",
     "preallocate",
+    "read_file",
     "remove_tmp_files",
     "write_all",
     "write_file_atomic",
@@ -46,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
 """Suffix of files being written before their atomic rename; leftovers are deleted on open."""
-
-_fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
 class FsyncError(OSError):
@@ -67,7 +68,7 @@ def is_no_space(exc: OSError) -> bool:
     return not isinstance(exc, FsyncError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def free_bytes(path: str | os.PathLike[str]) -> int:
+def free_bytes(path: Path, fs: FileSystem = OS) -> int:
     """Bytes an unprivileged process can still write on the file system holding ``path``.
 
     ``statvfs``'s ``f_bavail * f_frsize``, what ``df`` shows as available (the blocks reserved
@@ -76,11 +77,10 @@ def free_bytes(path: str | os.PathLike[str]) -> int:
     Raises:
         OSError: ``path`` does not exist or cannot be examined.
     """
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
+    return fs.free_bytes(path)
 
 
-def fdatasync(fd: int) -> None:
+def fdatasync(fd: int, fs: FileSystem = OS) -> None:
     """Make the data written to ``fd`` (and the size needed to read it back) durable.
 
     Uses ``fdatasync`` where the platform has it, else ``fsync``. On macOS neither reaches the
@@ -90,63 +90,82 @@ def fdatasync(fd: int) -> None:
         FsyncError: the call failed.
     """
     try:
-        _fdatasync(fd)
+        fs.fdatasync(fd)
     except OSError as exc:
         raise FsyncError(exc.errno, f"fdatasync failed: {exc.strerror}") from exc
 
 
-def fsync(fd: int) -> None:
+def fsync(fd: int, fs: FileSystem = OS) -> None:
     """Make the data and all metadata of ``fd`` durable (``fsync``).
 
     Raises:
         FsyncError: the call failed.
     """
     try:
-        os.fsync(fd)
+        fs.fsync(fd)
     except OSError as exc:
         raise FsyncError(exc.errno, f"fsync failed: {exc.strerror}") from exc
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path, fs: FileSystem = OS) -> None:
     """Make the creations, renames and deletions of entries in directory ``path`` durable.
 
     Raises:
         FsyncError: the fsync failed.
         OSError: ``path`` could not be opened.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fsync(fd)
-    finally:
-        os.close(fd)
+        fs.fsync_dir(path)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        raise
+    except OSError as exc:
+        raise FsyncError(exc.errno, f"fsync of directory {path} failed: {exc.strerror}") from exc
 
 
-def ensure_dir(path: Path, *, fsync: bool = True) -> None:
+def ensure_dir(path: Path, *, fsync: bool = True, fs: FileSystem = OS) -> None:
     """Create directory ``path`` (and parents) if missing, durably.
 
     Each directory created is made durable by fsyncing its parent.
     """
     missing: list[Path] = []
     p = path
-    while not p.exists():
+    while fs.kind(p) is None:
         missing.append(p)
         p = p.parent
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):
-            d.mkdir()
+            fs.mkdir(d)
         if fsync:
-            fsync_dir(d.parent)
+            fsync_dir(d.parent, fs)
 
 
-def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+def write_all(fs: FileSystem, fd: int, data: bytes | memoryview, offset: int) -> None:
     """Write all of ``data`` at ``offset``, retrying short writes (e.g. near a full disk)."""
     view = memoryview(data)
     while view:
-        n = os.pwrite(fd, view, offset)
+        n = fs.pwrite(fd, view, offset)
         if n <= 0:
             raise OSError(f"pwrite wrote {n} bytes")
         view = view[n:]
         offset += n
+
+
+def read_file(path: Path, fs: FileSystem = OS) -> bytes:
+    """The whole content of file ``path``."""
+    fd = fs.open(path, O_RDONLY)
+    try:
+        size = fs.fsize(fd)
+        chunks = []
+        offset = 0
+        while True:
+            chunk = fs.pread(fd, max(size - offset, 1 << 16), offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+    finally:
+        fs.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class CopiedPart(Protocol):
@@ -156,13 +175,13 @@ class CopiedPart(Protocol):
         """Its size in bytes."""
         ...
 
-    def copy_to(self, fd: int, offset: int) -> None:
-        """Write it to ``fd`` at ``offset``."""
+    def copy_to(self, fs: FileSystem, fd: int, offset: int) -> None:
+        """Write it to ``fd`` (of ``fs``) at ``offset``."""
         ...
 
 
 def write_file_atomic(
-    path: Path, *parts: bytes | memoryview | CopiedPart, fsync: bool = True
+    path: Path, *parts: bytes | memoryview | CopiedPart, fsync: bool = True, fs: FileSystem = OS
 ) -> None:
     """Replace ``path`` with ``parts``, concatenated, atomically and durably.
 
@@ -172,52 +191,50 @@ def write_file_atomic(
     parts spares the caller joining large buffers.
     """
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = fs.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     try:
         offset = 0
         for part in parts:
             if isinstance(part, bytes | memoryview):
-                write_all(fd, part, offset)
+                write_all(fs, fd, part, offset)
             else:
-                part.copy_to(fd, offset)
+                part.copy_to(fs, fd, offset)
             offset += len(part)
         if fsync:
-            fdatasync(fd)
+            fdatasync(fd, fs)
     except BaseException:
-        os.close(fd)
+        fs.close(fd)
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            fs.unlink(tmp)
         raise
-    os.close(fd)
-    os.replace(tmp, path)
+    fs.close(fd)
+    fs.replace(tmp, path)
     if fsync:
-        fsync_dir(path.parent)
+        fsync_dir(path.parent, fs)
 
 
-def preallocate(fd: int, size: int) -> bool:
+def preallocate(fd: int, size: int, fs: FileSystem = OS) -> bool:
     """Reserve ``size`` bytes of disk for ``fd`` (zero-filled), if the file system supports it.
 
     Returns:
         Whether the space was reserved; ``False`` on file systems without ``fallocate``.
     """
-    if not hasattr(os, "posix_fallocate"):
-        return False
     try:
-        os.posix_fallocate(fd, 0, size)
+        fs.fallocate(fd, 0, size)
     except OSError as exc:
         logger.debug("preallocation of %d bytes not supported: %s", size, exc)
         return False
     return True
 
 
-def remove_tmp_files(directory: Path, *, fsync: bool = True) -> list[Path]:
+def remove_tmp_files(directory: Path, *, fsync: bool = True, fs: FileSystem = OS) -> list[Path]:
     """Delete the ``*.tmp`` files of writes a crash interrupted; returns what was deleted."""
-    removed = sorted(p for p in directory.iterdir() if p.name.endswith(TMP_SUFFIX))
+    removed = sorted(directory / n for n in fs.listdir(directory) if n.endswith(TMP_SUFFIX))
     for p in removed:
         logger.info("removing leftover temporary file %s", p)
-        p.unlink()
+        fs.unlink(p)
     if removed and fsync:
-        fsync_dir(directory)
+        fsync_dir(directory, fs)
     return removed
 
 
@@ -248,9 +265,10 @@ class DirLock:
     The kernel drops the lock when the process dies, so a crashed node never leaves it behind.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fs: FileSystem = OS) -> None:
         self._path = path
-        self._fd: int | None = None
+        self._fs = fs
+        self._held: FileLock | None = None
 
     def acquire(self) -> None:
         """Take the lock.
@@ -258,19 +276,16 @@ class DirLock:
         Raises:
             StoreLockedError: another open file description holds it.
         """
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._held = self._fs.lock(self._path)
         except BlockingIOError:
-            os.close(fd)
             raise StoreLockedError(f"{self._path} is locked by another process") from None
-        self._fd = fd
 
     def release(self) -> None:
         """Drop the lock (idempotent)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._held is not None:
+            self._held.release()
+            self._held = None
 
     def __enter__(self) -> DirLock:
         self.acquire()

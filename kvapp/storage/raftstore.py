@@ -33,12 +33,13 @@ The operator's view (layout, guarantees, errors and what to do about them) is do
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
+import posixpath
 import shlex
-import stat
 import zlib
 from collections.abc import Callable, Sequence
+from os import PathLike
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar, cast
@@ -57,6 +58,7 @@ from kvapp.storage.errors import (
     WalIdentityError,
 )
 from kvapp.storage.fileutil import DirLock, FsyncError, ensure_dir, is_no_space
+from kvapp.storage.fs import OS, FileSystem
 from kvapp.storage.snap import Snapshotter, data_offset
 from kvapp.storage.snapdata import FileSnapshotData
 from kvapp.storage.snapparts import SnapshotParts
@@ -96,7 +98,7 @@ _T = TypeVar("_T")
 
 _U64 = 1 << 64
 
-_FSYNC_FAILED: dict[str, str] = {}
+_FSYNC_FAILED: dict[tuple[int, str], str] = {}
 """Data directories (real paths) whose store saw an fsync fail in this process, with the error.
 
 Process-wide on purpose: after a failed fsync the page cache of those files cannot be trusted for
@@ -338,15 +340,18 @@ class RaftStore:
         where: Sequence[RecordAt] = (),
         hot_bytes: int = DEFAULT_HOT_BYTES,
         snapshot_in_file: bool = False,
+        fs: FileSystem = OS,
     ) -> None:
         """Use :meth:`open`."""
+        self.fs = fs
+        """The file layer this store reads and writes through."""
         self.directory = directory
         self._lock = lock
         self._wal = wal
         self._snapshotter = snapshotter
         self._hard_state = hard_state
         self._wal_hard_state = hard_state
-        self._log = DiskBackedLog(entries, where, hot_bytes)
+        self._log = DiskBackedLog(entries, where, hot_bytes, fs)
         self._keep_snapshots = keep_snapshots
         self._failure: OSError | None = None
         self._cut_deferred = False
@@ -361,7 +366,7 @@ class RaftStore:
     @classmethod
     def open(
         cls,
-        directory: str | os.PathLike[str],
+        directory: str | PathLike[str],
         *,
         cluster_id: int,
         member_id: int,
@@ -372,6 +377,7 @@ class RaftStore:
         conf_state: ConfState | None = None,
         hot_bytes: int = DEFAULT_HOT_BYTES,
         snapshot_in_file: bool = False,
+        fs: FileSystem = OS,
     ) -> RaftStore:
         """Open (or create) the store in ``directory`` and recover its state.
 
@@ -396,6 +402,8 @@ class RaftStore:
                 :class:`~kvapp.storage.snapdata.FileSnapshotData` that reads the file when used
                 instead of as ``bytes`` (see :meth:`snapshot`). Its user must read it as that
                 module says (kvapp's ``Member`` does); raftlib never looks inside.
+            fs: the file layer (the real file system by default; tests pass a simulated
+                disk, :class:`~kvapp.storage.simfs.SimFileSystem`).
 
         Raises:
             StoreFsyncFailedError: an fsync on this directory failed earlier in this process
@@ -414,7 +422,7 @@ class RaftStore:
         if keep_snapshots < 1:
             raise ValueError(f"keep_snapshots must be at least 1, got {keep_snapshots}")
         root = Path(directory)
-        failed = _FSYNC_FAILED.get(os.path.realpath(root))
+        failed = _FSYNC_FAILED.get(_fsync_key(fs, root))
         if failed is not None:
             raise StoreFsyncFailedError(
                 f"{root}: refusing to open: an fsync on this store failed earlier in this "
@@ -422,7 +430,7 @@ class RaftStore:
                 "process must exit; do not reopen this store in this process (a new process "
                 "recovers from what is really on disk)"
             )
-        check_layout(root)
+        check_layout(root, fs)
         try:
             return cls._open(
                 root,
@@ -434,9 +442,10 @@ class RaftStore:
                 conf_state=conf_state,
                 hot_bytes=hot_bytes,
                 snapshot_in_file=snapshot_in_file,
+                fs=fs,
             )
         except FsyncError as exc:
-            raise _fsync_failed(root, exc) from exc
+            raise _fsync_failed(fs, root, exc) from exc
         except WalIdentityError:
             raise
         except WalCorruptError as exc:
@@ -457,15 +466,16 @@ class RaftStore:
         conf_state: ConfState | None,
         hot_bytes: int,
         snapshot_in_file: bool,
+        fs: FileSystem,
     ) -> RaftStore:
         """:meth:`open` after its checks: lock, then create or recover."""
-        ensure_dir(root, fsync=fsync)
-        lock = DirLock(root / "LOCK")
+        ensure_dir(root, fsync=fsync, fs=fs)
+        lock = DirLock(root / "LOCK", fs)
         lock.acquire()
         try:
-            snapshotter = Snapshotter(root / "snap", fsync=fsync)
+            snapshotter = Snapshotter(root / "snap", fsync=fsync, fs=fs)
             wal_dir = root / "wal"
-            if not Wal.exists(wal_dir):
+            if not Wal.exists(wal_dir, fs):
                 if snapshotter.files():
                     raise WalCorruptError(
                         wal_dir,
@@ -481,6 +491,7 @@ class RaftStore:
                     segment_size=segment_size,
                     preallocate=preallocate,
                     fsync=fsync,
+                    fs=fs,
                 )
                 return cls(
                     directory=root,
@@ -493,6 +504,7 @@ class RaftStore:
                     keep_snapshots=keep_snapshots,
                     hot_bytes=hot_bytes,
                     snapshot_in_file=snapshot_in_file,
+                    fs=fs,
                 )
             wal, contents = Wal.open(
                 wal_dir,
@@ -500,6 +512,7 @@ class RaftStore:
                 segment_size=segment_size,
                 preallocate=preallocate,
                 fsync=fsync,
+                fs=fs,
             )
             try:
                 log = replay_records(contents.records)
@@ -539,6 +552,7 @@ class RaftStore:
             where=log.live_where(),
             hot_bytes=hot_bytes,
             snapshot_in_file=snapshot_in_file,
+            fs=fs,
         )
         # Entries after the snapshot are about to be applied again; older ones are not needed.
         store._log.evict(min(log.hard_state.commit, snapshot.metadata.index))
@@ -891,7 +905,7 @@ class RaftStore:
             self._failure = exc
             if isinstance(exc, FsyncError):
                 logger.critical("%s: fsync failed; the process must exit: %s", self, exc)
-                raise _fsync_failed(self.directory, exc) from exc
+                raise _fsync_failed(self.fs, self.directory, exc) from exc
             logger.exception("%s: disk write failed; the store refuses further writes", self)
             raise StoreFailedError(
                 f"{self.directory}: disk write failed: {exc}; close and reopen the store to "
@@ -933,7 +947,8 @@ class RaftStore:
             md = marker.metadata
             path = self._snapshotter.path_for(md.term, md.index)
             try:
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.unlink(path)
             except OSError as exc:  # harmless: an unrecorded newer file is removed on open
                 logger.warning("could not remove the unrecorded snapshot %s: %s", path, exc)
             raise
@@ -985,7 +1000,7 @@ class RaftStore:
         md = snap.metadata
         path = self._snapshotter.path_for(md.term, md.index)
         try:
-            kept = FileSnapshotData(path, data_offset(len(data)), len(data))
+            kept = FileSnapshotData(path, data_offset(len(data)), len(data), self.fs)
         except OSError as exc:
             logger.warning("%s: snapshot data kept in memory: cannot open %s: %s", self, path, exc)
             if isinstance(data, SnapshotParts):
@@ -1072,9 +1087,17 @@ _FSYNC_ADVICE = (
 )
 
 
-def _fsync_failed(root: Path, exc: OSError) -> StoreFsyncFailedError:
+def _fsync_key(fs: FileSystem, root: Path) -> tuple[int, str]:
+    """Which store ``root`` is: its real path, and on which file system.
+
+    A simulated disk is another machine, and a crashed one's successor another process.
+    """
+    return (0 if fs is OS else id(fs), fs.realpath(root))
+
+
+def _fsync_failed(fs: FileSystem, root: Path, exc: OSError) -> StoreFsyncFailedError:
     """Remember that an fsync under ``root`` failed in this process; the error to raise."""
-    _FSYNC_FAILED.setdefault(os.path.realpath(root), str(exc))
+    _FSYNC_FAILED.setdefault(_fsync_key(fs, root), str(exc))
     return StoreFsyncFailedError(f"{root}: fsync failed ({exc}); {_FSYNC_ADVICE}")
 
 
@@ -1084,24 +1107,24 @@ def repair_hint(root: Path) -> str:
     Added to the :class:`~kvapp.storage.errors.WalCorruptError` raised by
     :meth:`RaftStore.open`.
     """
-    command = f"python -m kvapp.storage.repair {shlex.quote(os.path.abspath(root))} --cut"
+    command = (
+        f"python -m kvapp.storage.repair {shlex.quote(posixpath.normpath(root.absolute()))} --cut"
+    )
     return (
         f"to keep this member's data, stop it and run `{command}`, which cuts the WAL before "
         "this record and loses what follows (see docs/storage.md); else replace the member"
     )
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "regular file"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISLNK(mode):
-        return "dangling symbolic link"
-    return "special file"
+_KIND_NAMES = {
+    "file": "regular file",
+    "dir": "directory",
+    "link": "dangling symbolic link",
+    "other": "special file",
+}
 
 
-def check_layout(root: Path) -> None:
+def check_layout(root: Path, fs: FileSystem = OS) -> None:
     """Check that what exists of data directory ``root`` has the right kinds of file.
 
     ``root``, ``root/wal`` and ``root/snap`` must be directories (or symbolic links to them)
@@ -1115,25 +1138,23 @@ def check_layout(root: Path) -> None:
     expected = ((root, True), (root / "wal", True), (root / "snap", True), (root / "LOCK", False))
     for path, is_dir in expected:
         try:
-            mode = os.stat(path).st_mode
+            kind = fs.kind(path)
         except NotADirectoryError:
             raise StorageLayoutError(
                 path, "a path component above it is not a directory; fix the data directory path"
             ) from None
-        except FileNotFoundError:
-            try:
-                mode = os.lstat(path).st_mode
-            except FileNotFoundError:
-                continue
-        if is_dir and not stat.S_ISDIR(mode):
+        if kind is None:
+            continue
+        if is_dir and kind != "dir":
             raise StorageLayoutError(
                 path,
-                f"is a {_kind(mode)}, not a directory (a data directory holds the directories "
-                "wal/ and snap/ and the file LOCK); move it away",
+                f"is a {_KIND_NAMES[kind]}, not a directory (a data directory holds the "
+                "directories wal/ and snap/ and the file LOCK); move it away",
             )
-        if not is_dir and not stat.S_ISREG(mode):
+        if not is_dir and kind != "file":
             raise StorageLayoutError(
-                path, f"is a {_kind(mode)}, not the regular file the store locks; move it away"
+                path,
+                f"is a {_KIND_NAMES[kind]}, not the regular file the store locks; move it away",
             )
 
 

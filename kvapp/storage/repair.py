@@ -25,6 +25,7 @@ from pathlib import Path
 
 from kvapp.storage.errors import DiskStorageError, SnapshotCorruptError, WalCorruptError
 from kvapp.storage.fileutil import DirLock
+from kvapp.storage.fs import OS
 from kvapp.storage.raftstore import RecoveredLog, check_layout, replay_records
 from kvapp.storage.snap import Snapshotter
 from kvapp.storage.wal import WalContents, cut_wal, read_wal
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DiskStorageError as exc:
         _out(f"error: {exc}")
         return 1
-    if not (root / "wal").is_dir():
+    if OS.kind(root / "wal") != "dir":
         _out(f"error: {root / 'wal'} does not exist")
         return 1
     lock = DirLock(root / "LOCK")

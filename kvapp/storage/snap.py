@@ -19,6 +19,7 @@ ones and prunes. The :class:`Snapshotter` only stores, lists, loads and deletes 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import zlib
@@ -34,9 +35,11 @@ from kvapp.storage.fileutil import (
     CopiedPart,
     ensure_dir,
     fsync_dir,
+    read_file,
     remove_tmp_files,
     write_file_atomic,
 )
+from kvapp.storage.fs import OS, FileSystem
 from kvapp.storage.snapparts import SnapshotParts
 from raftlib.codec import snapshot_from_array, snapshot_to_array
 from raftlib.types import Snapshot
@@ -178,14 +181,23 @@ class Snapshotter:
         fsync: ``False`` skips fsyncs (tests and benchmarks only).
         read_only: only list and load; neither create the directory nor clean it up (for
             inspection tools).
+        fs: the file layer.
     """
 
-    def __init__(self, directory: Path, *, fsync: bool = True, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        fsync: bool = True,
+        read_only: bool = False,
+        fs: FileSystem = OS,
+    ) -> None:
         self.directory = directory
+        self.fs = fs
         self._fsync = fsync
         if not read_only:
-            ensure_dir(directory, fsync=fsync)
-            remove_tmp_files(directory, fsync=fsync)
+            ensure_dir(directory, fsync=fsync, fs=fs)
+            remove_tmp_files(directory, fsync=fsync, fs=fs)
 
     def path_for(self, term: int, index: int) -> Path:
         """Where the snapshot at ``term``/``index`` is (or would be) stored."""
@@ -199,7 +211,7 @@ class Snapshotter:
         """
         md = snapshot.metadata
         path = self.path_for(md.term, md.index)
-        write_file_atomic(path, *_file_parts(snapshot), fsync=self._fsync)
+        write_file_atomic(path, *_file_parts(snapshot), fsync=self._fsync, fs=self.fs)
         logger.info(
             "saved snapshot at index %d term %d (%d bytes) to %s",
             md.index,
@@ -211,9 +223,10 @@ class Snapshotter:
 
     def files(self) -> list[SnapshotFile]:
         """The snapshot files present, newest (highest index) first; other files are ignored."""
-        if not self.directory.is_dir():
+        if self.fs.kind(self.directory) != "dir":
             return []
-        found = [f for p in self.directory.iterdir() if (f := _parse_name(p)) is not None]
+        names = self.fs.listdir(self.directory)
+        found = [f for n in names if (f := _parse_name(self.directory / n)) is not None]
         found.sort(reverse=True)
         return found
 
@@ -225,7 +238,7 @@ class Snapshotter:
         """
         path = self.path_for(term, index)
         try:
-            data = path.read_bytes()
+            data = read_file(path, self.fs)
         except FileNotFoundError:
             raise SnapshotCorruptError(path, "snapshot file is missing") from None
         return decode_snapshot_file(data, path, term=term, index=index)
@@ -239,20 +252,21 @@ class Snapshotter:
         path = self.path_for(term, index)
         target = path.with_name(path.name + BROKEN_SUFFIX)
         try:
-            path.rename(target)
+            self.fs.replace(path, target)
         except FileNotFoundError:
             return None
         if self._fsync:
-            fsync_dir(self.directory)
+            fsync_dir(self.directory, self.fs)
         logger.warning("set aside unusable snapshot file %s as %s", path.name, target.name)
         return target
 
     def remove(self, files: list[SnapshotFile]) -> None:
         """Delete ``files`` (durably)."""
         for f in files:
-            f.path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.unlink(f.path)
         if files and self._fsync:
-            fsync_dir(self.directory)
+            fsync_dir(self.directory, self.fs)
 
     def prune(self, keep: int, *, newest_index: int) -> list[SnapshotFile]:
         """Keep the ``keep`` newest files at or before ``newest_index``; delete the older ones.

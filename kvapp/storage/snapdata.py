@@ -27,12 +27,13 @@ pruned meanwhile (a newer snapshot was taken) stays readable to whoever still ho
 
 from __future__ import annotations
 
+import contextlib
 import io
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from kvapp.storage.fs import O_RDONLY, OS, FileSystem
 from raftlib import ExternalSnapshotData
 
 __all__ = ["FileSnapshotData", "open_snapshot_data", "snapshot_bytes"]
@@ -50,13 +51,14 @@ class FileSnapshotData:
         OSError: the file cannot be opened (from the constructor).
     """
 
-    __slots__ = ("__weakref__", "_fd", "offset", "path", "size")
+    __slots__ = ("__weakref__", "_fd", "fs", "offset", "path", "size")
 
-    def __init__(self, path: Path, offset: int, size: int) -> None:
+    def __init__(self, path: Path, offset: int, size: int, fs: FileSystem = OS) -> None:
         self.path = path
         self.offset = offset
         self.size = size
-        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.fs = fs
+        self._fd = fs.open(path, O_RDONLY)
 
     def __len__(self) -> int:
         return self.size
@@ -81,7 +83,8 @@ class FileSnapshotData:
     def __del__(self) -> None:
         fd, self._fd = getattr(self, "_fd", -1), -1
         if fd >= 0:
-            os.close(fd)
+            with contextlib.suppress(OSError):  # e.g. a simulated disk that has crashed since
+                self.fs.close(fd)
 
     def read_range(self, start: int, end: int) -> bytes:
         """Bytes ``start`` to ``end`` of the data (clipped to it).
@@ -94,7 +97,7 @@ class FileSnapshotData:
             return b""
         out = bytearray()
         while start + len(out) < end:
-            got = os.pread(
+            got = self.fs.pread(
                 self._fd, min(_CHUNK, end - start - len(out)), self.offset + start + len(out)
             )
             if not got:

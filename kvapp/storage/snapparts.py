@@ -16,13 +16,13 @@ snapshot's data through without looking inside.
 from __future__ import annotations
 
 import errno
-import os
 import zlib
 from collections.abc import Callable, Iterator
 from typing import TypeAlias
 
 from kvapp.storage.crc import crc32_combine
 from kvapp.storage.fileutil import write_all
+from kvapp.storage.fs import FileSystem
 from kvapp.storage.snapdata import FileSnapshotData
 
 __all__ = ["FileRange", "SnapshotParts"]
@@ -51,8 +51,10 @@ class FileRange:
     def __repr__(self) -> str:
         return f"FileRange({self.source!r}, {self.start}, {self.end})"
 
-    def copy_to(self, fd: int, offset: int) -> None:
-        """Write the range to ``fd`` at ``offset``, in the kernel where it can.
+    def copy_to(self, fs: FileSystem, fd: int, offset: int) -> None:
+        """Write the range to ``fd`` (of ``fs``, the source's too) at ``offset``.
+
+        In the kernel where it can.
 
         Raises:
             OSError: reading or writing failed, or the source file is shorter than it was.
@@ -61,23 +63,23 @@ class FileRange:
         at, end = self.start, self.end
         while at < end:
             try:
-                n = os.copy_file_range(src.fd, fd, end - at, src.offset + at, offset)
+                n = fs.copy_range(src.fd, fd, end - at, src.offset + at, offset)
             except OSError as exc:
                 if exc.errno not in _NO_KERNEL_COPY:
                     raise
-                self._copy_by_reading(fd, at, offset)
+                self._copy_by_reading(fs, fd, at, offset)
                 return
             if n == 0:
                 raise OSError(f"snapshot file {src.path} is shorter than it was")
             at += n
             offset += n
 
-    def _copy_by_reading(self, fd: int, at: int, offset: int) -> None:
+    def _copy_by_reading(self, fs: FileSystem, fd: int, at: int, offset: int) -> None:
         while at < self.end:
             chunk = self.source.read_range(at, min(at + _CHUNK, self.end))
             if not chunk:
                 raise OSError(f"snapshot file {self.source.path} is shorter than it was")
-            write_all(fd, chunk, offset)
+            write_all(fs, fd, chunk, offset)
             offset += len(chunk)
             at += len(chunk)
 

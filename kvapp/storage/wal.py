@@ -84,7 +84,6 @@ import functools
 import io
 import itertools
 import logging
-import os
 import struct
 import zlib
 from collections.abc import Sequence
@@ -104,11 +103,13 @@ from kvapp.storage.fileutil import (
     is_zero,
     last_nonzero,
     preallocate,
+    read_file,
     remove_tmp_files,
     write_all,
     write_file_atomic,
 )
 from kvapp.storage.fileutil import fsync as fsync_file
+from kvapp.storage.fs import O_CREAT, O_RDONLY, O_RDWR, O_TRUNC, OS, FileSystem
 from raftlib.codec import (
     conf_state_from_array,
     conf_state_to_array,
@@ -598,16 +599,16 @@ def _parse_segment_name(path: Path) -> Segment | None:
         return None
 
 
-def list_segments(directory: Path) -> list[Segment]:
+def list_segments(directory: Path, fs: FileSystem = OS) -> list[Segment]:
     """The segment files in ``directory``, in sequence order.
 
     Raises:
         WalCorruptError: a ``*.wal`` file has a malformed name.
     """
-    if not directory.is_dir():
+    if fs.kind(directory) != "dir":
         return []
     segments = []
-    for p in directory.iterdir():
+    for p in (directory / n for n in fs.listdir(directory)):
         if p.name.endswith(SEGMENT_SUFFIX):
             seg = _parse_segment_name(p)
             if seg is None:
@@ -624,12 +625,15 @@ def _decode_at(payload: bytes, path: Path, offset: int) -> Record:
         raise WalCorruptError(path, offset, f"record does not decode: {exc}") from exc
 
 
-def read_wal(directory: Path, *, metadata: WalMetadata | None = None) -> WalContents:
+def read_wal(
+    directory: Path, *, metadata: WalMetadata | None = None, fs: FileSystem = OS
+) -> WalContents:
     """Read and verify every record of the WAL in ``directory``, without changing anything.
 
     Args:
         directory: the WAL directory.
         metadata: the identity the caller expects; ``None`` accepts whatever the WAL holds.
+        fs: the file layer.
 
     Segments before a gap in the sequence numbers are not read, and do not stop the read, when
     the gap is wholly before the snapshot's segment (the newest segment started at or before the
@@ -649,7 +653,7 @@ def read_wal(directory: Path, *, metadata: WalMetadata | None = None) -> WalCont
             broken checksum chain, a bad record anywhere but a torn tail, or a record that does
             not decode.
     """
-    segments = list_segments(directory)
+    segments = list_segments(directory, fs)
     if not segments:
         raise WalCorruptError(directory, 0, "no WAL segments")
     start = 0
@@ -663,7 +667,7 @@ def read_wal(directory: Path, *, metadata: WalMetadata | None = None) -> WalCont
     scan = _Scan([], 0, 0, None)
     for i, seg in enumerate(segments):
         last = i == len(segments) - 1
-        scan = _scan_segment(seg.path.read_bytes(), seg.path, last=last)
+        scan = _scan_segment(read_file(seg.path, fs), seg.path, last=last)
         located = [
             LocatedRecord(_decode_at(p, seg.path, off), seg.path, off, prev)
             for off, p, prev in scan.frames
@@ -705,29 +709,29 @@ def read_wal(directory: Path, *, metadata: WalMetadata | None = None) -> WalCont
     last_seg = segments[-1]
     torn = None
     if scan.torn is not None:
-        size = last_seg.path.stat().st_size
+        size = fs.size(last_seg.path)
         torn = TornTail(last_seg.path, scan.end, size, scan.torn)
     return WalContents(found, records, segments, scan.end, scan.last_crc, torn, stale)
 
 
-def read_record_at(at: RecordAt) -> Record:
+def read_record_at(at: RecordAt, fs: FileSystem = OS) -> Record:
     """Read back the one record at ``at`` (written earlier, and still in its segment).
 
     Raises:
         WalCorruptError: the record there is not whole, fails its checksums, or does not decode.
         OSError: the segment cannot be read.
     """
-    fd = os.open(at.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd = fs.open(at.path, O_RDONLY)
     try:
-        head = os.pread(fd, _HEADER_SIZE, at.offset)
+        head = fs.pread(fd, _HEADER_SIZE, at.offset)
         if len(head) < _HEADER_SIZE:
             raise WalCorruptError(at.path, at.offset, "record header missing on read-back")
         length, hcrc = _HEADER.unpack(head)
         if not 0 < length <= MAX_RECORD_SIZE or zlib.crc32(head[:4]) != hcrc:
             raise WalCorruptError(at.path, at.offset, "bad record header on read-back")
-        body = os.pread(fd, length + 4, at.offset + _HEADER_SIZE)
+        body = fs.pread(fd, length + 4, at.offset + _HEADER_SIZE)
     finally:
-        os.close(fd)
+        fs.close(fd)
     if len(body) < length + 4:
         raise WalCorruptError(at.path, at.offset, "record truncated on read-back")
     payload = body[:length]
@@ -763,7 +767,7 @@ def _check_gap_before_snapshot(
         )
 
 
-def cut_wal(directory: Path, path: Path, offset: int) -> list[Path]:
+def cut_wal(directory: Path, path: Path, offset: int, fs: FileSystem = OS) -> list[Path]:
     """Drop everything from ``offset`` in segment ``path`` on: an operator's explicit repair.
 
     The dropped bytes are kept: the cut segment is first copied to ``<name>.broken`` (or, if the
@@ -776,12 +780,12 @@ def cut_wal(directory: Path, path: Path, offset: int) -> list[Path]:
     Raises:
         ValueError: the cut would remove the first segment's header, leaving no WAL at all.
     """
-    segments = list_segments(directory)
+    segments = list_segments(directory, fs)
     idx = next((i for i, s in enumerate(segments) if s.path == path), None)
     if idx is None:
         raise ValueError(f"{path} is not a segment of {directory}")
     seg = segments[idx]
-    data = seg.path.read_bytes()
+    data = read_file(seg.path, fs)
     scan = _scan_segment(data[:offset], seg.path, last=True)
     broken: list[Path] = []
     if len(scan.frames) < 2:
@@ -790,18 +794,20 @@ def cut_wal(directory: Path, path: Path, offset: int) -> list[Path]:
         later = segments[idx:]
     else:
         copy = seg.path.with_name(seg.path.name + ".broken")
-        write_file_atomic(copy, data)
+        write_file_atomic(copy, data, fs=fs)
         broken.append(copy)
-        with seg.path.open("r+b") as f:
-            f.truncate(scan.end)
-            f.flush()
-            fdatasync(f.fileno())
+        fd = fs.open(seg.path, O_RDWR)
+        try:
+            fs.ftruncate(fd, scan.end)
+            fdatasync(fd, fs)
+        finally:
+            fs.close(fd)
         later = segments[idx + 1 :]
     for s in later:
         target = s.path.with_name(s.path.name + ".broken")
-        s.path.rename(target)
+        fs.replace(s.path, target)
         broken.append(target)
-    fsync_dir(directory)
+    fsync_dir(directory, fs)
     return broken
 
 
@@ -830,8 +836,10 @@ class Wal:
         preallocate: bool,
         fsync: bool,
         zero_limit: int = 0,
+        fs: FileSystem = OS,
     ) -> None:
         """Use :meth:`create` or :meth:`open`."""
+        self._fs = fs
         self.directory = directory
         self.metadata = metadata
         self._segments = segments
@@ -846,9 +854,9 @@ class Wal:
         self._zeroed = offset  # the end of what appends and zeros have written
 
     @staticmethod
-    def exists(directory: Path) -> bool:
+    def exists(directory: Path, fs: FileSystem = OS) -> bool:
         """Whether ``directory`` holds any WAL segment."""
-        return bool(list_segments(directory))
+        return bool(list_segments(directory, fs))
 
     @classmethod
     def create(
@@ -860,16 +868,17 @@ class Wal:
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         preallocate: bool = True,
         fsync: bool = True,
+        fs: FileSystem = OS,
     ) -> Wal:
         """Start a new WAL in ``directory`` (created if missing) with ``state`` as its base.
 
         Raises:
             FileExistsError: ``directory`` already holds a WAL.
         """
-        ensure_dir(directory, fsync=fsync)
-        if Wal.exists(directory):
+        ensure_dir(directory, fsync=fsync, fs=fs)
+        if Wal.exists(directory, fs):
             raise FileExistsError(f"{directory} already holds a WAL")
-        remove_tmp_files(directory, fsync=fsync)
+        remove_tmp_files(directory, fsync=fsync, fs=fs)
         wal = cls(
             directory,
             metadata,
@@ -880,6 +889,7 @@ class Wal:
             segment_size=segment_size,
             preallocate=preallocate,
             fsync=fsync,
+            fs=fs,
         )
         wal._new_segment(0, state)
         logger.info(
@@ -899,6 +909,7 @@ class Wal:
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         preallocate: bool = True,
         fsync: bool = True,
+        fs: FileSystem = OS,
     ) -> tuple[Wal, WalContents]:
         """Open the WAL in ``directory`` for appending, after reading it all back.
 
@@ -914,8 +925,8 @@ class Wal:
             WalIdentityError: ``metadata`` is given and differs from the WAL's.
             WalCorruptError: see :func:`read_wal`.
         """
-        contents = read_wal(directory, metadata=metadata)
-        remove_tmp_files(directory, fsync=fsync)
+        contents = read_wal(directory, metadata=metadata, fs=fs)
+        remove_tmp_files(directory, fsync=fsync, fs=fs)
         if contents.stale:
             for seg in contents.stale:
                 logger.warning(
@@ -924,11 +935,12 @@ class Wal:
                     directory,
                     seg.path.name,
                 )
-                seg.path.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    fs.unlink(seg.path)
             if fsync:
-                fsync_dir(directory)
+                fsync_dir(directory, fs)
         last = contents.segments[-1]
-        fd = os.open(last.path, os.O_RDWR)
+        fd = fs.open(last.path, O_RDWR)
         try:
             if contents.torn is not None:
                 t = contents.torn
@@ -939,18 +951,18 @@ class Wal:
                     t.size - t.offset,
                     t.reason,
                 )
-                os.ftruncate(fd, contents.end_offset)
+                fs.ftruncate(fd, contents.end_offset)
                 if fsync:
-                    fdatasync(fd)
-            size = os.fstat(fd).st_size
+                    fdatasync(fd, fs)
+            size = fs.fsize(fd)
             if (
                 preallocate
                 and size < segment_size
-                and _preallocate_durably(fd, segment_size, fsync=fsync)
+                and _preallocate_durably(fs, fd, segment_size, fsync=fsync)
             ):
                 size = segment_size
         except BaseException:
-            os.close(fd)
+            fs.close(fd)
             raise
         wal = cls(
             directory,
@@ -963,6 +975,7 @@ class Wal:
             preallocate=preallocate,
             fsync=fsync,
             zero_limit=size if preallocate else 0,  # reserved by this run or an earlier one
+            fs=fs,
         )
         return wal, contents
 
@@ -1027,11 +1040,11 @@ class Wal:
             at += len(frame)
         buf = parts[0] if len(parts) == 1 else b"".join(parts)
         try:
-            write_all(fd, buf, self._offset)
+            write_all(self._fs, fd, buf, self._offset)
             if at > self._zeroed and self._zeroed < self._zero_limit:
                 self._zero_ahead(fd, at)
             if self._fsync:
-                fdatasync(fd)
+                fdatasync(fd, self._fs)
         except OSError as exc:
             self._failed = True
             no_space = is_no_space(exc)
@@ -1053,7 +1066,7 @@ class Wal:
         """
         stop = min(end + ZERO_AHEAD, self._zero_limit)
         if stop > end:
-            write_all(fd, memoryview(_zeros())[: stop - end], end)
+            write_all(self._fs, fd, memoryview(_zeros())[: stop - end], end)
         self._zeroed = max(stop, end)
 
     def _discard_partial(self, fd: int, cause: OSError, *, quiet: bool = False) -> bool:
@@ -1071,9 +1084,9 @@ class Wal:
         path = self._segments[-1].path
         self._zero_limit = self._zeroed = self._offset  # the cut gives back the reserved space
         try:
-            os.ftruncate(fd, self._offset)
+            self._fs.ftruncate(fd, self._offset)
             if self._fsync:
-                fdatasync(fd)
+                fdatasync(fd, self._fs)
         except FsyncError as exc:
             logger.error("WAL %s: syncing the removal of a partial record failed: %s", path, exc)
             raise exc from cause
@@ -1101,11 +1114,11 @@ class Wal:
         """
         fd = self._check()
         try:
-            if os.fstat(fd).st_size != self._offset:
+            if self._fs.fsize(fd) != self._offset:
                 self._zero_limit = self._zeroed = self._offset
-                os.ftruncate(fd, self._offset)
+                self._fs.ftruncate(fd, self._offset)
                 if self._fsync:
-                    fdatasync(fd)
+                    fdatasync(fd, self._fs)
             self._new_segment(self._segments[-1].seq + 1, state)
         except OSError as exc:
             if self._fd == fd and is_no_space(exc):
@@ -1114,7 +1127,7 @@ class Wal:
             self._failed = True
             logger.exception("cutting a new WAL segment in %s failed", self.directory)
             raise
-        os.close(fd)
+        self._fs.close(fd)
 
     def _new_segment(self, seq: int, state: StateRecord) -> None:
         index = state.last_index + 1
@@ -1125,22 +1138,23 @@ class Wal:
         )
         body, crc = frame_record(encode_record(state), crc)
         tmp = seg.path.with_name(seg.path.name + ".tmp")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fs = self._fs
+        fd = fs.open(tmp, O_RDWR | O_CREAT | O_TRUNC, 0o644)
         renamed = False
         try:
-            reserved = self._preallocate and preallocate(fd, self._segment_size)
-            write_all(fd, head + body, 0)
+            reserved = self._preallocate and preallocate(fd, self._segment_size, fs)
+            write_all(fs, fd, head + body, 0)
             if self._fsync:
-                fsync_file(fd)
-            os.replace(tmp, seg.path)
+                fsync_file(fd, fs)
+            fs.replace(tmp, seg.path)
             renamed = True
             if self._fsync:
-                fsync_dir(self.directory)
+                fsync_dir(self.directory, fs)
         except BaseException:
-            os.close(fd)
+            fs.close(fd)
             if not renamed:  # give back the space (a full disk) and leave no debris
                 with contextlib.suppress(OSError):
-                    tmp.unlink()
+                    fs.unlink(tmp)
             raise
         self._fd = fd
         self._offset = self._zeroed = len(head) + len(body)
@@ -1176,13 +1190,13 @@ class Wal:
         deleted = 0
         try:
             for seg in doomed:
-                seg.path.unlink()
+                self._fs.unlink(seg.path)
                 deleted += 1
         finally:
             del self._segments[:deleted]
         if doomed:
             if self._fsync:
-                fsync_dir(self.directory)
+                fsync_dir(self.directory, self._fs)
             logger.info(
                 "WAL %s: released %d segment(s) up to index %d", self.directory, len(doomed), index
             )
@@ -1191,7 +1205,7 @@ class Wal:
     def close(self) -> None:
         """Close the current segment file (idempotent). Everything appended is already synced."""
         if self._fd is not None:
-            os.close(self._fd)
+            self._fs.close(self._fd)
             self._fd = None
 
 
@@ -1200,10 +1214,10 @@ def _zeros() -> bytes:
     return bytes(ZERO_AHEAD)
 
 
-def _preallocate_durably(fd: int, size: int, *, fsync: bool) -> bool:
+def _preallocate_durably(fs: FileSystem, fd: int, size: int, *, fsync: bool) -> bool:
     """Preallocate ``fd`` to ``size`` and make the new extent durable; False if unsupported."""
-    if not preallocate(fd, size):
+    if not preallocate(fd, size, fs):
         return False
     if fsync:
-        fsync_file(fd)
+        fsync_file(fd, fs)
     return True

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
+import itertools
 from pathlib import Path
+from typing import BinaryIO, cast
 
+from kvapp.storage.fileutil import ensure_dir, write_all
+from kvapp.storage.fs import O_CREAT, O_RDWR, O_TRUNC, OS, FileSystem
 from kvapp.storage.snapdata import FileSnapshotData
 from raftlib.types import Message
 
@@ -30,35 +32,51 @@ __all__ = ["SnapshotSpool", "SpoolFile"]
 _SUFFIX = ".spool"
 
 
-class SpoolFile(io.FileIO):
+class SpoolFile(io.RawIOBase):
     """One incoming snapshot's file: written in order, then handed over or removed.
 
     ``close`` removes the file (unlinks it); :meth:`hand_over` first opens the
     ``FileSnapshotData`` that keeps the data readable.
     """
 
-    def __init__(self, fd: int, path: Path) -> None:
-        super().__init__(fd, "r+")
+    def __init__(self, fs: FileSystem, fd: int, path: Path) -> None:
+        super().__init__()
+        self.fs = fs
         self.path = path
+        self._fd: int | None = fd
+        self._pos = 0
+
+    def writable(self) -> bool:
+        """Yes."""
+        return True
+
+    def seekable(self) -> bool:
+        """No: it is written in order."""
+        return False
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self._pos
 
     def write(self, data: object, /) -> int:
-        """Write all of ``data`` (a raw file may take less than asked)."""
+        """Append all of ``data``."""
+        if self._fd is None:
+            raise ValueError(f"spool file {self.path} is closed")
         view = memoryview(data).cast("B")  # type: ignore[arg-type]
-        total = len(view)
-        while view:
-            n = super().write(view)
-            if not n:
-                raise OSError(f"spool file {self.path} took no bytes")
-            view = view[n:]
-        return total
+        write_all(self.fs, self._fd, view, self._pos)
+        self._pos += len(view)
+        return len(view)
 
     def close(self) -> None:
         """Close and remove the file (data handed over stays readable through its holder)."""
+        fd, self._fd = self._fd, None
         try:
-            super().close()
+            if fd is not None:
+                self.fs.close(fd)
         finally:
+            super().close()
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+                self.fs.unlink(self.path)
 
     def hand_over(self) -> FileSnapshotData:
         """The data written, as a ``FileSnapshotData``; the file is then closed and unlinked.
@@ -67,7 +85,7 @@ class SpoolFile(io.FileIO):
             OSError: the file could not be reopened.
         """
         try:
-            return FileSnapshotData(self.path, 0, self.tell())
+            return FileSnapshotData(self.path, 0, self._pos, self.fs)
         finally:
             self.close()
 
@@ -78,29 +96,34 @@ class SnapshotSpool:
     The directory is made when the first snapshot arrives.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fs: FileSystem = OS) -> None:
         self.directory = directory
+        self.fs = fs
+        self._serial = itertools.count()
 
-    def __call__(self, message: Message) -> SpoolFile:
+    def __call__(self, message: Message) -> BinaryIO:
         """A new spool file for the snapshot ``message`` announces.
 
         Raises:
             OSError: the file cannot be created.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.directory, fsync=False, fs=self.fs)
         index = message.snapshot.metadata.index if message.snapshot is not None else 0
-        fd, name = tempfile.mkstemp(
-            prefix=f"snapshot-{index:016x}-", suffix=_SUFFIX, dir=self.directory
-        )
-        return SpoolFile(fd, Path(name))
+        while True:
+            path = self.directory / f"snapshot-{index:016x}-{next(self._serial)}{_SUFFIX}"
+            if self.fs.kind(path) is None:
+                break
+        fd = self.fs.open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
+        return cast("BinaryIO", SpoolFile(self.fs, fd, path))
 
     def clear(self) -> int:
         """Remove spool files left by a transfer that a crash cut short; how many there were."""
-        if not self.directory.is_dir():
+        if self.fs.kind(self.directory) != "dir":
             return 0
         removed = 0
-        for p in self.directory.glob(f"*{_SUFFIX}"):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                removed += 1
+        for name in self.fs.listdir(self.directory):
+            if name.endswith(_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.unlink(self.directory / name)
+                    removed += 1
         return removed

@@ -40,6 +40,7 @@ from kvapp.node import MAX_REQUEST_BYTES, Member, MemberConfig
 from kvapp.requests import AlarmAction, AlarmMember, AlarmType
 from kvapp.service import MemberInfo
 from kvapp.storage import RaftStore, StoreFsyncFailedError, fileutil
+from kvapp.storage import fs as fsmod
 from kvapp.storage.wal import DEFAULT_SEGMENT_SIZE
 from raftlib import MemoryStorage, NodeStorage
 from raftlib.node import unwrap_proposal
@@ -482,7 +483,7 @@ def test_a_failed_fsync_still_stops_the_member(
             def fdatasync(fd: int) -> None:
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-            monkeypatch.setattr(fileutil, "_fdatasync", fdatasync)
+            monkeypatch.setattr(fsmod, "_fdatasync", fdatasync)
             assert not victim.node.is_leader
             await members[0].write(PutRequest(b"b", b"1"))  # the other two commit it
             await eventually(lambda: victim.failure is not None, lambda: "the member stopped")
@@ -531,7 +532,7 @@ def test_a_failed_fsync_makes_kvapp_serve_exit_with_status_1(
             def fdatasync(fd: int) -> None:
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-            monkeypatch.setattr(fileutil, "_fdatasync", fdatasync)
+            monkeypatch.setattr(fsmod, "_fdatasync", fdatasync)
             with pytest.raises((OutcomeUnknown, EtcdError, ClientError)):
                 await c.put(b"after", b"1")
         async with asyncio.timeout(20):

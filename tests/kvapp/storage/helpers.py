@@ -13,7 +13,9 @@ import attrs
 import pytest
 
 from kvapp.storage import fileutil
+from kvapp.storage import fs as fsmod
 from kvapp.storage import wal as walmod
+from kvapp.storage.fs import FileSystem
 from kvapp.storage.raftstore import RaftStore
 from kvapp.storage.wal import DEFAULT_SEGMENT_SIZE
 from raftlib.types import ConfState, Entry, HardState
@@ -114,15 +116,15 @@ class FaultyDisk:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FaultyDisk:
         real_write = fileutil.write_all
-        real_fdatasync = fileutil._fdatasync
+        real_fdatasync = fsmod._fdatasync
         real_fsync = os.fsync
 
-        def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+        def write_all(fs: FileSystem, fd: int, data: bytes | memoryview, offset: int) -> None:
             self.writes += 1
             if self.write_keeps is None:
-                real_write(fd, data, offset)
+                real_write(fs, fd, data, offset)
                 return
-            os.pwrite(fd, bytes(data)[: self.write_keeps], offset)
+            fs.pwrite(fd, bytes(data)[: self.write_keeps], offset)
             raise OSError(self.write_errno, os.strerror(self.write_errno))
 
         def sync(real: Callable[[int], None]) -> Callable[[int], None]:
@@ -135,6 +137,6 @@ class FaultyDisk:
             return call
 
         monkeypatch.setattr(walmod, "write_all", write_all)
-        monkeypatch.setattr(fileutil, "_fdatasync", sync(real_fdatasync))
+        monkeypatch.setattr(fsmod, "_fdatasync", sync(real_fdatasync))
         monkeypatch.setattr(os, "fsync", sync(real_fsync))
         return self

@@ -19,6 +19,7 @@ import pytest
 
 import raftlib.node as node_module
 from kvapp.storage import fileutil
+from kvapp.storage import fs as fsmod
 from kvapp.storage import wal as walmod
 from kvapp.storage.errors import (
     DiskStorageError,
@@ -26,6 +27,7 @@ from kvapp.storage.errors import (
     StoreFsyncFailedError,
     StoreFullError,
 )
+from kvapp.storage.fs import FileSystem
 from kvapp.storage.raftstore import RaftStore
 from kvapp.storage.wal import BatchRecord, SnapshotRecord, StateRecord, Wal, WalMetadata, read_wal
 from raftlib import ConfState, Node, Ready, StagingStorage, StorageFullError
@@ -66,11 +68,11 @@ def fail_wal_writes(
     real = fileutil.write_all
     calls: list[tuple[int, int]] = []
 
-    def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    def write_all(fs: FileSystem, fd: int, data: bytes | memoryview, offset: int) -> None:
         calls.append((len(calls) + 1, offset))
         if when(len(calls), offset):
             raise no_space()
-        real(fd, data, offset)
+        real(fs, fd, data, offset)
 
     monkeypatch.setattr(walmod, "write_all", write_all)
     return calls
@@ -165,7 +167,7 @@ def test_an_fsync_that_fails_for_lack_of_space_is_still_fatal(tmp_path, monkeypa
     def fdatasync(fd: int) -> None:
         raise no_space()
 
-    monkeypatch.setattr(fileutil, "_fdatasync", fdatasync)
+    monkeypatch.setattr(fsmod, "_fdatasync", fdatasync)
     with pytest.raises(StoreFsyncFailedError, match="the process must exit"):
         store.save(HardState(1, 1, 1), ents(2, 2))
     monkeypatch.undo()
@@ -216,8 +218,8 @@ def test_a_snapshot_file_that_does_not_fit_leaves_nothing_behind(tmp_path, monke
     store.save(HardState(1, 1, 3), ents(1, 3))
     real = fileutil.write_all
 
-    def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-        real(fd, bytes(data)[:10], offset)
+    def write_all(fs: FileSystem, fd: int, data: bytes | memoryview, offset: int) -> None:
+        real(fs, fd, bytes(data)[:10], offset)
         raise no_space()
 
     monkeypatch.setattr(fileutil, "write_all", write_all)
@@ -351,7 +353,7 @@ def test_a_staged_snapshot_that_does_not_fit_is_skipped_and_made_later(
     real = fileutil.write_all
     failed: list[int] = []
 
-    def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    def write_all(fs: FileSystem, fd: int, data: bytes | memoryview, offset: int) -> None:
         failed.append(offset)
         raise no_space()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import pathlib
+import os
 import shlex
 from pathlib import Path
 
@@ -209,16 +209,16 @@ def test_release_deletes_oldest_first(tmp_path, monkeypatch):
         fill(store, 60, seed=4)
         names = [s.path.name for s in store.wal.segments]
         deleted: list[str] = []
-        real_unlink = pathlib.Path.unlink
+        real_unlink = os.unlink
 
-        def unlink_then_crash(self: Path, missing_ok: bool = False) -> None:
+        def unlink_then_crash(path: Path) -> None:
             if len(deleted) == 2:
                 raise OSError(errno.EIO, "crash")
-            real_unlink(self, missing_ok=missing_ok)
-            deleted.append(self.name)
+            real_unlink(path)
+            deleted.append(Path(path).name)
 
         snap = store.create_snapshot(store.last_index() - 5, VOTERS, b"state")
-        monkeypatch.setattr(pathlib.Path, "unlink", unlink_then_crash)
+        monkeypatch.setattr(os, "unlink", unlink_then_crash)
         with pytest.raises(StoreFailedError, match="crash"):
             store.compact(snap.metadata.index)
         monkeypatch.undo()

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from kvapp.storage import fileutil
 from kvapp.storage import wal as walmod
 from kvapp.storage.errors import WalCorruptError, WalIdentityError
+from kvapp.storage.fs import FileSystem
 from kvapp.storage.wal import (
     BatchRecord,
     CompactRecord,
@@ -250,9 +251,9 @@ class _Writes:
         self.seen: list[tuple[int, int, bool]] = []
         real = fileutil.write_all
 
-        def spy(fd: int, data: bytes | memoryview, offset: int) -> None:
+        def spy(fs: FileSystem, fd: int, data: bytes | memoryview, offset: int) -> None:
             self.seen.append((offset, len(data), not any(bytes(data))))
-            real(fd, data, offset)
+            real(fs, fd, data, offset)
 
         self.spy = spy
         monkeypatch.setattr(walmod, "write_all", spy)
@@ -304,10 +305,10 @@ def test_no_zeros_without_preallocation_or_after_a_cut_back(tmp_path, monkeypatc
     assert len(writes.zeros()) == 1
     failures = [OSError(28, "No space left on device")]
 
-    def full_once(fd: int, data: bytes | memoryview, offset: int) -> None:
+    def full_once(fs: FileSystem, fd: int, data: bytes | memoryview, offset: int) -> None:
         if failures:
             raise failures.pop()
-        writes.spy(fd, data, offset)
+        writes.spy(fs, fd, data, offset)
 
     monkeypatch.setattr(walmod, "write_all", full_once)
     with pytest.raises(OSError, match="No space"):
@@ -331,10 +332,12 @@ def test_no_zeros_after_a_cut_that_found_no_space(tmp_path, monkeypatch):
     writes = _Writes(monkeypatch)
     real = fileutil.write_all
 
-    def no_space_for_new_segments(fd: int, data: bytes | memoryview, offset: int) -> None:
+    def no_space_for_new_segments(
+        fs: FileSystem, fd: int, data: bytes | memoryview, offset: int
+    ) -> None:
         if offset == 0:
             raise OSError(28, "No space left on device")
-        real(fd, data, offset)
+        real(fs, fd, data, offset)
 
     monkeypatch.setattr(walmod, "write_all", no_space_for_new_segments)
     with pytest.raises(OSError, match="No space"):
@@ -548,7 +551,7 @@ def test_undecodable_record_with_valid_crc_is_corruption(tmp_path):
 def test_write_failure_poisons_the_wal(tmp_path, monkeypatch):
     wal = new_wal(tmp_path)
 
-    def broken(fd: int, data: bytes, offset: int) -> None:
+    def broken(fs: FileSystem, fd: int, data: bytes, offset: int) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(walmod, "write_all", broken)
