@@ -27,6 +27,7 @@ from hypothesis.stateful import (
 
 from kvapp.storage.raftstore import RaftStore
 from kvapp.storage.simfs import PowerCut, SimFileSystem
+from kvapp.storage.snapdata import snapshot_bytes
 from raftlib.storage import MemoryStorage
 from raftlib.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata
 
@@ -38,7 +39,13 @@ Storage = RaftStore | MemoryStorage
 Op = Callable[[Storage], object]
 
 
-def open_store(fs: SimFileSystem, *, preallocate: bool, conf: ConfState | None = None) -> RaftStore:
+def open_store(
+    fs: SimFileSystem,
+    *,
+    preallocate: bool,
+    conf: ConfState | None = None,
+    in_file: bool = False,
+) -> RaftStore:
     """Small segments and two kept snapshots: cuts, releases and pruning happen constantly."""
     return RaftStore.open(
         DATA,
@@ -49,6 +56,7 @@ def open_store(fs: SimFileSystem, *, preallocate: bool, conf: ConfState | None =
         preallocate=preallocate,
         fsync=True,
         conf_state=conf,
+        snapshot_in_file=in_file,
         fs=fs,
     )
 
@@ -62,7 +70,7 @@ def observe(s: Storage) -> tuple[object, ...]:
         s.first_index(),
         s.last_index(),
         snap.metadata,
-        bytes(snap.data),
+        snapshot_bytes(snap.data),
         tuple(s.entries(first, last + 1)) if last >= first else (),
         tuple(s.term(i) for i in range(first - 1, last + 1)),
     )
@@ -149,17 +157,18 @@ def model_accepts(op: Op, model: MemoryStorage) -> bool:
 class PowerLossAnywhere(RuleBasedStateMachine):
     """Random writes on a simulated disk, with power lost between them and in the middle."""
 
-    @initialize(preallocate=st.booleans(), conf=st.none() | st.just(VOTERS))
-    def start(self, preallocate: bool, conf: ConfState | None) -> None:
+    @initialize(preallocate=st.booleans(), conf=st.none() | st.just(VOTERS), in_file=st.booleans())
+    def start(self, preallocate: bool, conf: ConfState | None, in_file: bool) -> None:
         self.preallocate = preallocate
+        self.in_file = in_file  # snapshots held as FileSnapshotData, copied file to file
         self.fs = SimFileSystem()
         self.model = MemoryStorage(conf)
-        self.store = open_store(self.fs, preallocate=preallocate, conf=conf)
+        self.store = open_store(self.fs, preallocate=preallocate, conf=conf, in_file=in_file)
         self.cuts = 0
 
     def _reopen_after_crash(self, seed: int | None) -> None:
         self.fs = self.fs.crash(None if seed is None else random.Random(seed))
-        self.store = open_store(self.fs, preallocate=self.preallocate)
+        self.store = open_store(self.fs, preallocate=self.preallocate, in_file=self.in_file)
 
     @rule(op=ops)
     def write(self, op: Op) -> None:
