@@ -26,6 +26,7 @@ started, and for the request in flight when the alarm was decided.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -95,6 +96,7 @@ class DiskGuard:
         raised: Callable[[], bool],
         storage_full: Callable[[], bool],
         propose: Callable[[AlarmAction], Awaitable[object]],
+        executor: concurrent.futures.Executor | None = None,
     ) -> None:
         if min_free < 0 or margin < 0:
             raise ValueError("min_free and margin must not be negative")
@@ -105,6 +107,7 @@ class DiskGuard:
         self.margin = margin
         self.interval = interval
         self._disk_free = disk_free
+        self._executor = executor
         self._raised = raised
         self._storage_full = storage_full
         self._propose = propose
@@ -153,7 +156,8 @@ class DiskGuard:
         if self._disk_free is None:
             return None
         try:
-            free = await asyncio.to_thread(self._disk_free)
+            loop = asyncio.get_running_loop()
+            free = await loop.run_in_executor(self._executor, self._disk_free)
         except OSError as exc:
             if not self._reading_failed:
                 logger.warning("%s: cannot read the free disk space: %s", self.name, exc)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import io
@@ -302,6 +303,10 @@ class Member:
             lack of space, and cleared once writes succeed again.
         rng: Raft's election jitter (seed it for reproducible runs, e.g. under a simulated
             event loop); default a system-seeded ``random.Random()``.
+        executor: where blocking work runs: the Raft node's (see ``raftlib.Node``'s
+            ``executor``) and the ``disk_free`` calls. ``None``: worker threads. A simulation
+            passes one that runs each job at once on the loop's thread.
+        run_id: see ``raftlib.Node``'s ``run_id`` (different on every start; ``None``: random).
     """
 
     def __init__(
@@ -313,6 +318,8 @@ class Member:
         clock: Callable[[], float] = time.monotonic,
         disk_free: Callable[[], int] | None = None,
         rng: random.Random | None = None,
+        executor: concurrent.futures.Executor | None = None,
+        run_id: int | None = None,
     ) -> None:
         self.config = config
         self.id = config.member_id
@@ -373,6 +380,8 @@ class Member:
             logger=logging.LoggerAdapter(logging.getLogger("raftlib"), {"member": config.name}),
             on_storage_full=self._on_storage_full,
             rng=rng,
+            executor=executor,
+            run_id=run_id,
         )
         # A RaftStore keeps the data of entries not applied yet (kvapp.storage.entrylog).
         note = getattr(storage, "note_applied", None)
@@ -388,6 +397,7 @@ class Member:
             raised=self._nospace_raised,
             storage_full=lambda: self.node.storage_full,
             propose=self._own_nospace,
+            executor=executor,
         )
         for m in self._members.values():
             self._link(m)

@@ -61,7 +61,7 @@ and :attr:`Committed.proposal` lets an application deduplicate if its transport 
 
 **Randomness.** raftlib's core never touches global randomness: election jitter comes from the
 injected ``rng``. As the I/O-side driver, ``Node`` creates a system-seeded ``random.Random()``
-when none is given, and draws its run id from ``random.SystemRandom``.
+when none is given, and draws its run id from ``random.SystemRandom`` unless given one.
 """
 
 from __future__ import annotations
@@ -487,6 +487,15 @@ class Node:
         save_on_loop_below: seconds; a synced write runs on the loop while the previous one
             took less than this, else in the worker thread (see the module docstring). 0: always
             in the worker, so the loop never waits on an fsync.
+        executor: where the node's blocking work runs (storage writes not made on the loop,
+            snapshots being encoded and staged, adopting them). ``None`` (the default): two
+            worker threads of the node's own, shut down by :meth:`stop`. Given, it runs all of
+            that, jobs one at a time in the order submitted, and the node never shuts it down:
+            a simulation under a virtual-time loop passes one that runs each job at once on
+            the loop's thread, so a run depends on nothing but its inputs and seeds.
+        run_id: tells this run's proposals from those an earlier run of the node left in the
+            log; it must differ on every start. ``None`` (the default): 64 bits from
+            ``random.SystemRandom``. A simulation draws it from its seeded generator.
 
     Raises:
         ConfigError: an option is invalid.
@@ -521,6 +530,8 @@ class Node:
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
         on_storage_full: Callable[[StorageFullError], object] | None = None,
         save_on_loop_below: float = 0.002,
+        executor: concurrent.futures.Executor | None = None,
+        run_id: int | None = None,
     ) -> None:
         if not tick_interval > 0:
             raise ConfigError("tick_interval must be positive")
@@ -576,7 +587,8 @@ class Node:
         self._expiry: asyncio.TimerHandle | None = None
         self._snapshot_job: asyncio.Task[None] | None = None
         self._snapshot_made: Snapshot | None = None
-        self._snap_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._given_executor = executor
+        self._snap_executor: concurrent.futures.Executor | None = executor
         self._snapshot_retry_at: float | None = None
         self._snapshot_backoff = _SNAPSHOT_RETRY_FIRST
         self._on_storage_full = on_storage_full
@@ -589,7 +601,7 @@ class Node:
         self._tick_interval = tick_interval
         self._election_tick = election_tick
         self._request_timeout = request_timeout
-        self._run_id = random.SystemRandom().getrandbits(64)
+        self._run_id = random.SystemRandom().getrandbits(64) if run_id is None else run_id
         self._seq = 0
         self._read_seq = 0
         self._ticks = 0
@@ -603,7 +615,7 @@ class Node:
         self._conf_props: dict[int, _Proposal[ConfState]] = {}
         self._by_index: dict[int, _Proposal[int] | _Proposal[ConfState]] = {}
         self._parked: deque[_Proposal[int] | _Proposal[ConfState]] = deque()
-        self._reads: set[_Read] = set()
+        self._reads: dict[_Read, None] = {}  # a set in arrival order: re-issued in that order
         self._read_ctx: dict[bytes, _Read] = {}
         self._read_wait: list[_Read] = []
         self._term = hard.term
@@ -618,7 +630,7 @@ class Node:
         self._state = _State.NEW
         self._closed = False
         self._failure: BaseException | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: concurrent.futures.Executor | None = None
         self._runner: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
 
@@ -634,7 +646,7 @@ class Node:
             raise RuntimeError(f"node {self._id} was already started")
         loop = asyncio.get_running_loop()
         self._clock = loop.time
-        self._executor = concurrent.futures.ThreadPoolExecutor(
+        self._executor = self._given_executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"raftlib-node-{self._id}"
         )
         self._state = _State.RUNNING
@@ -667,10 +679,10 @@ class Node:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._snap_executor is not None:
+        if self._snap_executor is not None and self._snap_executor is not self._given_executor:
             # A snapshot being encoded or staged finishes; it is simply never adopted.
             await asyncio.to_thread(self._snap_executor.shutdown, wait=True)
-        if self._executor is not None:
+        if self._executor is not None and self._executor is not self._given_executor:
             # Waits for a write already running in the worker; nothing new is submitted.
             await asyncio.to_thread(self._executor.shutdown, wait=True)
         self._state = _State.STOPPED
@@ -856,7 +868,7 @@ class Node:
         """
         loop = self._check_running()
         r = _Read(loop.create_future())
-        self._reads.add(r)
+        self._reads[r] = None
         r.future.add_done_callback(lambda _: self._forget_read(r))
         self._input(lambda: self._issue_read(r))
         t = self._timeout(timeout)
@@ -978,7 +990,9 @@ class Node:
         done = 0
         while True:
             await asyncio.sleep(max(0.0, start + (done + 1) * self._tick_interval - loop.time()))
-            due = int((loop.time() - start) / self._tick_interval) - done
+            # The slack: a clock that lands exactly on the deadline (a simulator's virtual one)
+            # may compute a hair under a whole tick there, and would then never move on.
+            due = int((loop.time() - start) / self._tick_interval + 1e-6) - done
             if due > 0:
                 done += due
                 self._ticks_due += due
@@ -1065,7 +1079,7 @@ class Node:
         self,
         saving: asyncio.Future[None],
         rd: Ready,
-        executor: concurrent.futures.ThreadPoolExecutor,
+        executor: concurrent.futures.Executor,
     ) -> None:
         """Wait for ``rd``'s write; while it raises StorageFullError, write it again.
 
@@ -1572,7 +1586,7 @@ class Node:
         self._read_wait = still
 
     def _forget_read(self, r: _Read) -> None:
-        self._reads.discard(r)
+        self._reads.pop(r, None)
         for ctx in r.ctxs:
             self._read_ctx.pop(ctx, None)
 

@@ -1,0 +1,254 @@
+"""A whole kvapp cluster in one process, in virtual time, on simulated disks and network.
+
+This is what the member's seams are for (issue 11, item 6): each :class:`~kvapp.node.Member`
+gets its clock (the loop's), its peer network (:class:`SimNet`: per-link FIFO delivery after a
+seeded random delay, drops, partitions), its file layer (a
+:class:`~kvapp.storage.simfs.SimFileSystem` under its Raft store, which can lose power) and its
+executor (:class:`InlineExecutor`: blocking work runs at once on the loop's thread) injected.
+:class:`SimLoop` is an asyncio loop whose clock is virtual: when nothing is ready it jumps to
+the next timer instead of sleeping, so a minute of cluster life takes a second or two, and a
+run depends only on its seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import random
+import selectors
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kvapp.node import Member, MemberConfig, cluster_id_for, member_id_for
+from kvapp.service import MemberInfo
+from kvapp.storage import RaftStore
+from kvapp.storage.simfs import SimFileSystem
+from kvapp.storage.snapdata import snapshot_bytes
+from raftlib import Message
+from raftlib.codec import decode_messages, encode_messages
+
+DATA = Path("/data")
+CLUSTER = cluster_id_for("sim")
+
+
+class _InstantSelector(selectors.BaseSelector):
+    """A selector with nothing to wait for: ``select(t)`` advances the virtual clock by ``t``."""
+
+    def __init__(self, loop: SimLoop) -> None:
+        self._loop = loop
+        self._keys: dict[int, selectors.SelectorKey] = {}
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._keys[fd] = key
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        return self._keys.pop(fd)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:
+            raise RuntimeError("the simulation has nothing left to run and no timer set")
+        self._loop.advance(timeout)
+        return []
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._keys
+
+    def close(self) -> None:
+        self._keys.clear()
+
+
+class SimLoop(asyncio.SelectorEventLoop):
+    """An event loop on a virtual clock that jumps from one timer to the next."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+        super().__init__(selector=_InstantSelector(self))
+
+    def time(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += max(0.0, seconds)
+
+
+class InlineExecutor(concurrent.futures.Executor):
+    """Runs each job at once on the calling thread: no threads, no scheduling nondeterminism."""
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        f: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
+            f.set_exception(exc)
+        return f
+
+
+class SimNet:
+    """The peer network: messages arrive after a random delay, in order on each link.
+
+    ``isolated`` members neither send nor receive; ``drop`` is the chance a message is lost
+    (a connection reset). Messages go to whatever member runs under the id when they arrive.
+    """
+
+    def __init__(self, rng: random.Random, loop: SimLoop) -> None:
+        self.rng = rng
+        self.loop = loop
+        self.members: dict[int, Member] = {}
+        self.isolated: set[int] = set()
+        self.drop = 0.0
+        self.delay = (0.0002, 0.003)
+        self.removed: dict[tuple[int, int], int] = {}
+        self._link_free: dict[tuple[int, int], float] = {}
+        self.sent = 0
+
+    def links(self, me: int) -> SimLinks:
+        return SimLinks(self, me)
+
+    def deliver(self, frm: int, m: Message) -> None:
+        if frm in self.isolated or m.to in self.isolated or self.rng.random() < self.drop:
+            return
+        removed_at = self.removed.get((m.to, frm))
+        sender = self.members.get(frm)
+        if removed_at and sender is not None:
+            self.loop.call_soon(sender.report_removed, m.to, removed_at)
+            return
+        m = _over_the_wire(m)
+        link = (frm, m.to)
+        at = max(self.loop.time() + self.rng.uniform(*self.delay), self._link_free.get(link, 0.0))
+        self._link_free[link] = at
+        self.sent += 1
+        self.loop.call_at(at, self._arrive, frm, m)
+
+    def _arrive(self, frm: int, m: Message) -> None:
+        if frm in self.isolated or m.to in self.isolated:
+            return
+        dest = self.members.get(m.to)
+        if dest is not None:
+            dest.receive(m)
+
+
+def _over_the_wire(m: Message) -> Message:
+    """``m`` as the receiver gets it from the real transport: encoded and decoded, and a
+    snapshot's data as bytes (the sender's may be a view of a file on its own disk)."""
+    raw: object = m.snapshot.data if m.snapshot is not None else b""
+    if m.snapshot is not None and not isinstance(raw, bytes):  # typed bytes, may be a file's
+        data = snapshot_bytes(raw)
+        m = attrs.evolve(m, snapshot=attrs.evolve(m.snapshot, data=data))
+    (out,) = decode_messages(encode_messages([m]))
+    return out
+
+
+class SimLinks:
+    def __init__(self, net: SimNet, me: int) -> None:
+        self.net = net
+        self.me = me
+
+    def send(self, messages: Sequence[Message]) -> None:
+        for m in messages:
+            self.net.deliver(self.me, m)
+
+    def add_peer(self, member_id: int, address: tuple[str, int]) -> None:
+        self.net.removed.pop((self.me, member_id), None)
+
+    def remove_peer(self, member_id: int, *, removed_at: int = 0) -> None:
+        if removed_at:
+            self.net.removed[(self.me, member_id)] = removed_at
+
+
+def infos(n: int) -> list[MemberInfo]:
+    out = []
+    for i in range(1, n + 1):
+        urls = (f"http://10.0.0.{i}:2380",)
+        out.append(MemberInfo(member_id_for(urls, CLUSTER), f"m{i}", urls))
+    return out
+
+
+class SimCluster:
+    """``n`` members on one :class:`SimLoop`, each with its own simulated disk."""
+
+    def __init__(self, loop: SimLoop, seed: int, n: int = 3, **config: Any) -> None:
+        self.loop = loop
+        self.rng = random.Random(seed)
+        self.net = SimNet(random.Random(self.rng.random()), loop)
+        self.infos = infos(n)
+        self.disks = {i.id: SimFileSystem() for i in self.infos}
+        self.members: dict[int, Member] = {}
+        self.stores: dict[int, RaftStore] = {}
+        self.config = {
+            "tick_interval": 0.01,
+            "lease_tick": 0.02,
+            "request_timeout": 1.0,
+            "snapshot_count": 200,
+            "keep_entries": 50,
+            **config,
+        }
+        self.crashes = 0
+
+    async def start(self, member_id: int) -> Member:
+        info = next(i for i in self.infos if i.id == member_id)
+        config = MemberConfig(
+            name=info.name,
+            member_id=info.id,
+            cluster_id=CLUSTER,
+            initial_members=tuple(self.infos),
+            **self.config,
+        )
+        store = RaftStore.open(
+            DATA, cluster_id=CLUSTER, member_id=info.id, segment_size=1 << 16,
+            snapshot_in_file=True, fs=self.disks[member_id],
+        )  # fmt: skip
+        m = Member(
+            config,
+            store,
+            self.net.links(info.id),
+            clock=self.loop.time,
+            rng=random.Random(self.rng.random()),
+            executor=InlineExecutor(),
+            run_id=self.rng.getrandbits(64),
+        )
+        self.members[member_id] = m
+        self.stores[member_id] = store
+        self.net.members[member_id] = m
+        await m.start()
+        return m
+
+    async def start_all(self) -> None:
+        for i in self.infos:
+            await self.start(i.id)
+
+    async def power_loss(self, member_id: int) -> None:
+        """The member's machine loses power: its disk keeps what a crash would leave."""
+        self.disks[member_id] = self.disks[member_id].crash(random.Random(self.rng.random()))
+        self.crashes += 1
+        m = self.members.pop(member_id)
+        self.net.members.pop(member_id, None)
+        await self._stop(m, self.stores.pop(member_id))
+
+    async def stop_all(self) -> None:
+        for member_id in list(self.members):
+            m = self.members.pop(member_id)
+            self.net.members.pop(member_id, None)
+            await self._stop(m, self.stores.pop(member_id))
+
+    @staticmethod
+    async def _stop(m: Member, store: RaftStore) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(m.stop(transfer=False), 10)
+        with contextlib.suppress(OSError):
+            store.close()
+
+    def leader(self) -> Member | None:
+        for m in self.members.values():
+            if m.node.is_leader:
+                return m
+        return None
