@@ -13,16 +13,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 
 from kvapp.errors import EtcdError, KvappError
+from kvapp.lease import LeaseGrantRequest, LeaseGrantResponse
 from kvapp.mvcc.types import PutRequest, RangeRequest
+from kvapp.node import Member
 from kvapp.service import OutcomeUnknown
 from raftlib.testing.linearizability import Operation, check_linearizability, register_model
 from tests.kvapp.simcluster import SimCluster, SimLoop
 
 KEYS = (b"x", b"y", b"z")
+_T = TypeVar("_T")
 FAILURES = (EtcdError, KvappError, OutcomeUnknown, TimeoutError)
 
 
@@ -77,6 +82,74 @@ class Client:
         self.history.append(Operation(self.n, ("get", key), value, call, loop.time()))
 
 
+class LeaseClient:
+    """Grants a lease, puts a key on it, keeps it alive for a while, then lets it go.
+
+    A lease must never expire sooner than its TTL after the call of its last successful
+    keep-alive (or of its grant): a linearizable read that *returned* before that and found
+    the key gone is a violation. Once let go, the key must be gone within the run.
+    """
+
+    def __init__(self, n: int, cluster: SimCluster, seed: int) -> None:
+        self.key = f"lease/{n}".encode()
+        self.cluster = cluster
+        self.rng = random.Random(seed)
+        self.renewed_at: float | None = None  # the call time of the last renewal that answered
+        self.ttl = 0
+        self.violations: list[str] = []
+        self.reads_after_letting_go = 0
+
+    async def _on_some_member(self, fn: Callable[[Member], Awaitable[_T]]) -> _T | None:
+        running = sorted(self.cluster.members)
+        member = self.cluster.members.get(self.rng.choice(running)) if running else None
+        if member is None:
+            return None
+        try:
+            async with asyncio.timeout(2.0):
+                return await fn(member)
+        except FAILURES:
+            return None
+
+    async def run(self, let_go_at: float, until: float) -> None:
+        loop = self.cluster.loop
+        while self.renewed_at is None and loop.time() < let_go_at:
+            call = loop.time()
+            granted = await self._on_some_member(lambda m: m.write(LeaseGrantRequest(ttl=3)))
+            if isinstance(granted, LeaseGrantResponse):
+                attach = PutRequest(self.key, b"v", lease=granted.id)
+
+                async def put_on(m: Member, attach: PutRequest = attach) -> object:
+                    return await m.write(attach)
+
+                put = await self._on_some_member(put_on)
+                if put is not None:
+                    self.renewed_at, self.ttl, self.lease = call, granted.ttl, granted.id
+            await asyncio.sleep(0.1)
+        while loop.time() < let_go_at and self.renewed_at is not None:
+            await asyncio.sleep(0.4)
+            lead = self.cluster.leader()
+            if lead is None:
+                continue
+            call = loop.time()
+            try:
+                async with asyncio.timeout(2.0):
+                    await lead.lease_keep_alive(self.lease)
+            except FAILURES:
+                continue
+            self.renewed_at = call
+        while self.renewed_at is not None and loop.time() < until:
+            await asyncio.sleep(0.05)
+            got = await self._on_some_member(lambda m: m.range(RangeRequest(self.key)))
+            if got is None or got.kvs:
+                continue
+            self.reads_after_letting_go += 1
+            if loop.time() < self.renewed_at + self.ttl:
+                self.violations.append(
+                    f"{self.key!r} gone at {loop.time():.3f}, renewed at "
+                    f"{self.renewed_at:.3f} for {self.ttl} s"
+                )
+
+
 async def nemesis(cluster: SimCluster, rng: random.Random, until: float) -> list[str]:
     """Faults, one at a time, each healed before the next: what happened, for the record."""
     log: list[str] = []
@@ -118,7 +191,14 @@ async def settle(cluster: SimCluster) -> None:
 
 
 def simulate(seed: int, seconds: float = 20.0) -> tuple[list[Operation], list[str], SimCluster]:
+    """Run one seeded simulation; its history, its faults and the cluster.
+
+    Raises:
+        AssertionError: the members did not converge, too little was done, or a lease
+            expired early or never.
+    """
     history: list[Operation] = []
+    lease_violations: list[str] = []
     faults: list[str] = []
     holder: list[SimCluster] = []
 
@@ -132,6 +212,11 @@ def simulate(seed: int, seconds: float = 20.0) -> tuple[list[Operation], list[st
         clients = [Client(n, cluster, history, rng.randrange(2**32)) for n in range(4)]
         until = loop.time() + seconds
         tasks = [asyncio.create_task(c.run(until)) for c in clients]
+        leasers = [LeaseClient(n, cluster, rng.randrange(2**32)) for n in range(2)]
+        let_go = [loop.time() + rng.uniform(1.0, seconds / 2) for _ in leasers]
+        tasks += [
+            asyncio.create_task(c.run(t, until)) for c, t in zip(leasers, let_go, strict=True)
+        ]
         faults.extend(await nemesis(cluster, random.Random(rng.random()), until))
         await asyncio.gather(*tasks)
         for i in cluster.infos:
@@ -146,10 +231,17 @@ def simulate(seed: int, seconds: float = 20.0) -> tuple[list[Operation], list[st
         assert len(revisions) == 1, revisions
         assert len(values) == 1, values
         assert sum(c.done for c in clients) > 200, [c.done for c in clients]
+        lease_violations.extend(v for c in leasers for v in c.violations)
+        for c in leasers:  # let go at most halfway: expired (and seen gone) by the end
+            assert c.renewed_at is not None, "no lease was ever granted"
+            assert c.reads_after_letting_go > 0, f"{c.key!r} never expired"
+            got = await cluster.members[cluster.infos[0].id].range(RangeRequest(c.key))
+            assert not got.kvs, f"{c.key!r} still there at the end"
         await cluster.stop_all()
 
     with asyncio.Runner(loop_factory=SimLoop) as runner:
         runner.run(main())
+    assert lease_violations == []
     return history, faults, holder[0]
 
 
