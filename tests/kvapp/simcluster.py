@@ -193,16 +193,23 @@ class SimCluster:
             **config,
         }
         self.crashes = 0
+        self.replaced = 0
+        self.configs = {
+            i.id: MemberConfig(
+                name=i.name,
+                member_id=i.id,
+                cluster_id=CLUSTER,
+                initial_members=tuple(self.infos),
+                **self.config,
+            )
+            for i in self.infos
+        }
+        self.gone: set[int] = set()  # removed from the cluster: never started again
+        self._joins = 0
 
     async def start(self, member_id: int) -> Member:
-        info = next(i for i in self.infos if i.id == member_id)
-        config = MemberConfig(
-            name=info.name,
-            member_id=info.id,
-            cluster_id=CLUSTER,
-            initial_members=tuple(self.infos),
-            **self.config,
-        )
+        config = self.configs[member_id]
+        info = next(i for i in config.initial_members if i.id == member_id)
         store = RaftStore.open(
             DATA, cluster_id=CLUSTER, member_id=info.id, segment_size=1 << 16,
             snapshot_in_file=True, fs=self.disks[member_id],
@@ -225,6 +232,81 @@ class SimCluster:
     async def start_all(self) -> None:
         for i in self.infos:
             await self.start(i.id)
+
+    async def start_missing(self) -> None:
+        """Start every member that is down but still in the cluster; stop the removed ones.
+
+        A removal that timed out may still have happened: the leader's member list decides.
+        """
+        for member_id in sorted(self.configs):
+            if member_id not in self.members and member_id not in self.gone:
+                await self.start(member_id)
+        for _ in range(1000):
+            lead = self.leader()
+            if lead is not None:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("no leader after every member was started")
+        listed = {m.id for m in lead.member_list()}
+        for member_id in sorted(set(self.members) - listed):
+            self.gone.add(member_id)
+            self.net.members.pop(member_id, None)
+            await self._stop(self.members.pop(member_id), self.stores.pop(member_id))
+
+    async def replace(self, victim: int) -> str:
+        """Add a new member (as a learner, promoted once caught up), then remove ``victim``.
+
+        Returns what happened, for the record. Any step may fail under faults; the cluster
+        must stay correct whatever the outcome.
+        """
+        timeout = 3.0
+        lead = self.leader()
+        if lead is None:
+            return "replace: no leader"
+        self._joins += 1
+        urls = (f"http://10.0.1.{self._joins}:2380",)
+        try:
+            added = await asyncio.wait_for(lead.member_add(urls, is_learner=True), timeout)
+        except Exception as exc:  # noqa: BLE001 - recorded; the run goes on
+            return f"replace: add failed ({type(exc).__name__})"
+        info = MemberInfo(added.id, f"j{self._joins}", urls, is_learner=True)
+        initial = [m for m in lead.member_list() if m.id != added.id] + [info]
+        self.configs[added.id] = MemberConfig(
+            name=info.name,
+            member_id=info.id,
+            cluster_id=CLUSTER,
+            initial_members=tuple(initial),
+            new_cluster=False,
+            **self.config,
+        )
+        self.disks[added.id] = SimFileSystem()
+        await self.start(added.id)
+        for _ in range(int(timeout / 0.01)):
+            now = self.leader()
+            if now is not None and any(
+                m.id == added.id and not m.is_learner for m in now.member_list()
+            ):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            return f"replace: {added.id:x} added, not promoted in time"
+        asker = self.members.get(victim) or self.leader()
+        if asker is None:
+            return f"replace: {added.id:x} promoted, no one to remove {victim:x}"
+        try:
+            await asyncio.wait_for(asker.member_remove(victim), timeout)
+        except Exception as exc:  # noqa: BLE001 - recorded; the run goes on
+            return (
+                f"replace: {added.id:x} promoted, removing {victim:x} failed ({type(exc).__name__})"
+            )
+        self.gone.add(victim)
+        self.replaced += 1
+        m = self.members.pop(victim, None)
+        self.net.members.pop(victim, None)
+        if m is not None:
+            await self._stop(m, self.stores.pop(victim))
+        return f"replace: {victim:x} by {added.id:x}"
 
     async def power_loss(self, member_id: int) -> None:
         """The member's machine loses power: its disk keeps what a crash would leave."""

@@ -1,11 +1,13 @@
 """Whole kvapp clusters under simulation: virtual time, a lossy network, disks that lose power.
 
-Clients put and read (linearizably) a few keys through random members while a nemesis cuts
-members off, drops messages and cuts the power of members (their simulated disks keep only
-what a power loss would), restarting them later. Everything runs on one
-:class:`~tests.kvapp.simcluster.SimLoop`, so a minute of cluster life takes about a second and
-a run is fixed by its seed. The history must be linearizable, every member must end with the
-same data, and the same seed must give the same history.
+Clients put and read (linearizably) a few keys through random members, and hold leases,
+while a nemesis cuts members off, drops messages, cuts the power of members (their simulated
+disks keep only what a power loss would) and restarts them, and replaces members (a new one
+joins as a learner and is promoted, then another is removed, sometimes the leader).
+Everything runs on one :class:`~tests.kvapp.simcluster.SimLoop`, so a minute of cluster life
+takes about a second and a run is fixed by its seed. The history must be linearizable, every
+member must end with the same data, leases must expire neither early nor never, and the same
+seed must give the same history.
 """
 
 from __future__ import annotations
@@ -154,16 +156,18 @@ async def nemesis(cluster: SimCluster, rng: random.Random, until: float) -> list
     """Faults, one at a time, each healed before the next: what happened, for the record."""
     log: list[str] = []
     loop = cluster.loop
-    ids = [i.id for i in cluster.infos]
     while loop.time() < until:
         await asyncio.sleep(rng.uniform(0.3, 1.0))
+        ids = sorted(i for i in cluster.configs if i not in cluster.gone)
         victim = rng.choice(ids)
-        fault = rng.choice(["isolate", "drop", "power", "power-leader"])
+        fault = rng.choice(["isolate", "drop", "power", "power-leader", "replace"])
         if fault == "power-leader":
             lead = cluster.leader()
             victim = lead.id if lead is not None else victim
         log.append(f"{loop.time():.3f} {fault} {victim:x}")
-        if fault == "isolate":
+        if fault == "replace":
+            log.append(await cluster.replace(victim))
+        elif fault == "isolate":
             cluster.net.isolated.add(victim)
             await asyncio.sleep(rng.uniform(0.2, 1.5))
             cluster.net.isolated.discard(victim)
@@ -219,9 +223,7 @@ def simulate(seed: int, seconds: float = 20.0) -> tuple[list[Operation], list[st
         ]
         faults.extend(await nemesis(cluster, random.Random(rng.random()), until))
         await asyncio.gather(*tasks)
-        for i in cluster.infos:
-            if i.id not in cluster.members:
-                await cluster.start(i.id)
+        await cluster.start_missing()
         await settle(cluster)
         revisions = {m.kv.store.revision for m in cluster.members.values()}
         values = {
@@ -235,7 +237,7 @@ def simulate(seed: int, seconds: float = 20.0) -> tuple[list[Operation], list[st
         for c in leasers:  # let go at most halfway: expired (and seen gone) by the end
             assert c.renewed_at is not None, "no lease was ever granted"
             assert c.reads_after_letting_go > 0, f"{c.key!r} never expired"
-            got = await cluster.members[cluster.infos[0].id].range(RangeRequest(c.key))
+            got = await next(iter(cluster.members.values())).range(RangeRequest(c.key))
             assert not got.kvs, f"{c.key!r} still there at the end"
         await cluster.stop_all()
 
@@ -249,6 +251,7 @@ def simulate(seed: int, seconds: float = 20.0) -> tuple[list[Operation], list[st
 def test_histories_under_partitions_drops_and_power_loss_are_linearizable(seed: int) -> None:
     history, faults, cluster = simulate(seed)
     assert cluster.crashes >= 2, faults
+    assert cluster.replaced >= 1, faults  # a member added (learner, promoted), another removed
     ops = [
         Operation(o.client, o.input, o.output, o.call, o.ret, id=i) for i, o in enumerate(history)
     ]
