@@ -41,6 +41,9 @@ class Client:
         self.rng = random.Random(seed)
         self.counter = itertools.count()
         self.done = 0
+        self.client_id = 1000 + n
+        self.requests = itertools.count(1)
+        self.retries = n % 2 == 0
 
     async def run(self, until: float) -> None:
         loop = self.cluster.loop
@@ -58,25 +61,36 @@ class Client:
             else:
                 await self.get(member, key)
 
-    async def put(self, member: object, key: bytes, value: bytes) -> None:
+    async def put(self, member: Member, key: bytes, value: bytes) -> None:
+        """One put, retried on other members under the same request id (deduplicated: it
+        takes effect once however many attempts reach the log). Half the clients retry."""
         loop = self.cluster.loop
         call = loop.time()
-        try:
-            async with asyncio.timeout(2.0):
-                await member.write(PutRequest(key, value))  # type: ignore[attr-defined]
-        except FAILURES:
-            ret = None
-        else:
+        request_id = next(self.requests)
+        ret = None
+        for attempt in range(3 if self.retries else 1):
+            if attempt:
+                await asyncio.sleep(self.rng.uniform(0.01, 0.2))
+                running = sorted(self.cluster.members)
+                member = self.cluster.members[self.rng.choice(running)] if running else member
+            try:
+                async with asyncio.timeout(2.0):
+                    await member.write(
+                        PutRequest(key, value), client_id=self.client_id, request_id=request_id
+                    )
+            except FAILURES:
+                continue
             ret = loop.time()
             self.done += 1
+            break
         self.history.append(Operation(self.n, ("put", key, value), None, call, ret))
 
-    async def get(self, member: object, key: bytes) -> None:
+    async def get(self, member: Member, key: bytes) -> None:
         loop = self.cluster.loop
         call = loop.time()
         try:
             async with asyncio.timeout(2.0):
-                got = await member.range(RangeRequest(key))  # type: ignore[attr-defined]
+                got = await member.range(RangeRequest(key))
         except FAILURES:
             return
         self.done += 1
