@@ -13,6 +13,7 @@ seed must give the same history.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import random
 from collections.abc import Awaitable, Callable
@@ -166,6 +167,10 @@ class LeaseClient:
                 )
 
 
+def _eio_on_sync(method: str, path: str | None) -> OSError | None:
+    return OSError(errno.EIO, "simulated I/O error") if method == "fdatasync" else None
+
+
 async def nemesis(cluster: SimCluster, rng: random.Random, until: float) -> list[str]:
     """Faults, one at a time, each healed before the next: what happened, for the record."""
     log: list[str] = []
@@ -174,13 +179,22 @@ async def nemesis(cluster: SimCluster, rng: random.Random, until: float) -> list
         await asyncio.sleep(rng.uniform(0.3, 1.0))
         ids = sorted(i for i in cluster.configs if i not in cluster.gone)
         victim = rng.choice(ids)
-        fault = rng.choice(["isolate", "drop", "power", "power-leader", "replace"])
+        fault = rng.choice(["isolate", "drop", "power", "power-leader", "replace", "fsync-eio"])
         if fault == "power-leader":
             lead = cluster.leader()
             victim = lead.id if lead is not None else victim
         log.append(f"{loop.time():.3f} {fault} {victim:x}")
         if fault == "replace":
             log.append(await cluster.replace(victim))
+        elif fault == "fsync-eio" and victim in cluster.members:
+            # The disk fails its syncs: the member must stop rather than carry on (its page
+            # cache no longer tells what is on disk); then it loses power and comes back.
+            cluster.disks[victim].fault = _eio_on_sync
+            await asyncio.sleep(rng.uniform(0.1, 0.5))
+            await cluster.power_loss(victim)
+            cluster.disks[victim].fault = None  # a new disk, as after a repair
+            await asyncio.sleep(rng.uniform(0.1, 0.5))
+            await cluster.start(victim)
         elif fault == "isolate":
             cluster.net.isolated.add(victim)
             await asyncio.sleep(rng.uniform(0.2, 1.5))
