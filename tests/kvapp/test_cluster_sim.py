@@ -6,8 +6,9 @@ disks keep only what a power loss would) and restarts them, and replaces members
 joins as a learner and is promoted, then another is removed, sometimes the leader).
 Everything runs on one :class:`~tests.kvapp.simcluster.SimLoop`, so a minute of cluster life
 takes about a second and a run is fixed by its seed. The history must be linearizable, every
-member must end with the same data, leases must expire neither early nor never, and the same
-seed must give the same history.
+member must end with the same data, leases must expire neither early nor never, a watcher
+resuming on member after member must see the history exactly once, and the same seed must give
+the same history.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import asyncio
 import errno
 import itertools
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import pytest
 
 from kvapp.errors import EtcdError, KvappError
 from kvapp.lease import LeaseGrantRequest, LeaseGrantResponse
-from kvapp.mvcc.types import PutRequest, RangeRequest
+from kvapp.mvcc.types import Event, PutRequest, RangeRequest
 from kvapp.node import Member
 from kvapp.service import OutcomeUnknown
 from raftlib.testing.linearizability import Operation, check_linearizability, register_model
@@ -167,6 +168,61 @@ class LeaseClient:
                 )
 
 
+Seen = tuple[int, int, bytes, bytes]  # revision, event type, key, value
+
+
+def _seen(events: Sequence[Event]) -> list[Seen]:
+    return [(e.kv.mod_revision, int(e.type), e.kv.key, e.kv.value) for e in events]
+
+
+class Watcher:
+    """Watches every key through one member at a time, resuming on another (from the revision
+    after the last one it saw) when its member goes away, and now and then anyway.
+
+    What it saw must be the cluster's history: every event once, in order, none invented.
+    """
+
+    def __init__(self, cluster: SimCluster, seed: int) -> None:
+        self.cluster = cluster
+        self.rng = random.Random(seed)
+        self.seen: list[Seen] = []
+        self.next_rev = 1
+        self.resumes = 0
+
+    async def run(self, until: float) -> None:
+        loop = self.cluster.loop
+        while loop.time() < until:
+            running = sorted(self.cluster.members)
+            if not running:
+                await asyncio.sleep(0.05)
+                continue
+            member = self.cluster.members[self.rng.choice(running)]
+            await self._follow(member, min(until, loop.time() + self.rng.uniform(0.5, 2.0)))
+            self.resumes += 1
+
+    async def catch_up(self, member: Member, revision: int) -> None:
+        """Follow ``member`` until every event up to ``revision`` was seen."""
+        await self._follow(member, self.cluster.loop.time() + 10.0, stop_at=revision)
+
+    async def _follow(self, member: Member, until: float, stop_at: int | None = None) -> None:
+        loop = self.cluster.loop
+        stream = member.open_watch_stream(lambda: None)
+        try:
+            stream.watch(b"\0", b"\0", start_revision=self.next_rev)
+            while loop.time() < until and self.cluster.members.get(member.id) is member:
+                for resp in stream.take():
+                    assert not resp.canceled, resp
+                    if resp.events:
+                        assert resp.events[0].kv.mod_revision >= self.next_rev, resp
+                        self.seen += _seen(resp.events)
+                        self.next_rev = resp.events[-1].kv.mod_revision + 1
+                if stop_at is not None and self.next_rev > stop_at:
+                    return
+                await asyncio.sleep(0.02)
+        finally:
+            stream.close()
+
+
 def _eio_on_sync(method: str, path: str | None) -> OSError | None:
     return OSError(errno.EIO, "simulated I/O error") if method == "fdatasync" else None
 
@@ -244,6 +300,8 @@ def simulate(seed: int, seconds: float = 20.0) -> tuple[list[Operation], list[st
         clients = [Client(n, cluster, history, rng.randrange(2**32)) for n in range(4)]
         until = loop.time() + seconds
         tasks = [asyncio.create_task(c.run(until)) for c in clients]
+        watcher = Watcher(cluster, rng.randrange(2**32))
+        tasks.append(asyncio.create_task(watcher.run(until)))
         leasers = [LeaseClient(n, cluster, rng.randrange(2**32)) for n in range(2)]
         let_go = [loop.time() + rng.uniform(1.0, seconds / 2) for _ in leasers]
         tasks += [
@@ -260,6 +318,14 @@ def simulate(seed: int, seconds: float = 20.0) -> tuple[list[Operation], list[st
         }
         assert len(revisions) == 1, revisions
         assert len(values) == 1, values
+        member = next(iter(cluster.members.values()))
+        (revision,) = revisions
+        await watcher.catch_up(member, revision)
+        everything = Watcher(cluster, 0)  # one watch from the first revision, at the end
+        await everything.catch_up(member, revision)
+        assert everything.seen[-1][0] == revision
+        assert watcher.resumes >= 3, watcher.resumes
+        assert watcher.seen == everything.seen
         assert sum(c.done for c in clients) > 200, [c.done for c in clients]
         lease_violations.extend(v for c in leasers for v in c.violations)
         for c in leasers:  # let go at most halfway: expired (and seen gone) by the end
