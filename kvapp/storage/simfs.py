@@ -318,11 +318,7 @@ class SimFileSystem:
         """
         self._check_alive()
         name = self._name(path)
-        node = self._lookup(name)
-        if node is None:
-            raise _error(errno.ENOENT, name.text)
-        if isinstance(node, _Dir):
-            raise _error(errno.EISDIR, name.text)
+        node = self._file_at(name)
         return bytes(node.data)
 
     def write_file(self, path: Path | str, data: bytes, *, durable: bool = True) -> None:
@@ -362,11 +358,7 @@ class SimFileSystem:
         """
         self._check_alive()
         name = self._name(path)
-        node = self._lookup(name)
-        if node is None:
-            raise _error(errno.ENOENT, name.text)
-        if isinstance(node, _Dir):
-            raise _error(errno.EISDIR, name.text)
+        node = self._file_at(name)
         end = offset + len(data)
         if offset < 0 or end > len(node.data):
             raise ValueError(f"{offset}..{end} is not within {name.text}'s {len(node.data)} bytes")
@@ -517,11 +509,7 @@ class SimFileSystem:
         """Make directory ``path``'s current table of names durable."""
         name = self._name(path)
         self._enter("fsync_dir", name.key, mutating=True)
-        node = self._lookup(name)
-        if node is None:
-            raise _error(errno.ENOENT, name.text)
-        if not isinstance(node, _Dir):
-            raise _error(errno.ENOTDIR, name.text)
+        node = self._dir_at(name)
         node.durable = dict(node.entries)
         node.pending.clear()
 
@@ -595,11 +583,7 @@ class SimFileSystem:
         """The names in directory ``path``, sorted."""
         name = self._name(path)
         self._enter("listdir", name.key, mutating=False)
-        node = self._lookup(name)
-        if node is None:
-            raise _error(errno.ENOENT, name.text)
-        if not isinstance(node, _Dir):
-            raise _error(errno.ENOTDIR, name.text)
+        node = self._dir_at(name)
         return sorted(node.entries)
 
     def kind(self, path: Path) -> str | None:
@@ -618,11 +602,7 @@ class SimFileSystem:
         """The size of file ``path`` (``IsADirectoryError`` for a directory, unlike ``stat``)."""
         name = self._name(path)
         self._enter("size", name.key, mutating=False)
-        node = self._lookup(name)
-        if node is None:
-            raise _error(errno.ENOENT, name.text)
-        if isinstance(node, _Dir):
-            raise _error(errno.EISDIR, name.text)
+        node = self._file_at(name)
         return len(node.data)
 
     def free_bytes(self, path: Path) -> int:
@@ -714,6 +694,22 @@ class SimFileSystem:
                 raise _error(errno.ENOTDIR, text, text2)
             d = node
         return d
+
+    def _file_at(self, name: _Name) -> _File:
+        node = self._lookup(name)
+        if node is None:
+            raise _error(errno.ENOENT, name.text)
+        if isinstance(node, _Dir):
+            raise _error(errno.EISDIR, name.text)
+        return node
+
+    def _dir_at(self, name: _Name) -> _Dir:
+        node = self._lookup(name)
+        if node is None:
+            raise _error(errno.ENOENT, name.text)
+        if not isinstance(node, _Dir):
+            raise _error(errno.ENOTDIR, name.text)
+        return node
 
     def _lookup(self, name: _Name) -> _File | _Dir | None:
         if not name.parts:
