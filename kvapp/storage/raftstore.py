@@ -37,6 +37,7 @@ import contextlib
 import logging
 import posixpath
 import shlex
+import weakref
 import zlib
 from collections.abc import Callable, Sequence
 from os import PathLike
@@ -98,12 +99,16 @@ _T = TypeVar("_T")
 
 _U64 = 1 << 64
 
-_FSYNC_FAILED: dict[tuple[int, str], str] = {}
+_FSYNC_FAILED: dict[str, str] = {}
 """Data directories (real paths) whose store saw an fsync fail in this process, with the error.
 
 Process-wide on purpose: after a failed fsync the page cache of those files cannot be trusted for
 the rest of the process, whichever ``RaftStore`` object reads them (see
 :class:`~kvapp.storage.errors.StoreFsyncFailedError`)."""
+_FSYNC_FAILED_ELSEWHERE: weakref.WeakKeyDictionary[FileSystem, dict[str, str]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The same for other file systems (simulated disks), each held only as long as its disk."""
 
 _EMPTY_STATE = StateRecord(
     hard_state=HardState(),
@@ -422,7 +427,7 @@ class RaftStore:
         if keep_snapshots < 1:
             raise ValueError(f"keep_snapshots must be at least 1, got {keep_snapshots}")
         root = Path(directory)
-        failed = _FSYNC_FAILED.get(_fsync_key(fs, root))
+        failed = _fsync_failures(fs).get(fs.realpath(root))
         if failed is not None:
             raise StoreFsyncFailedError(
                 f"{root}: refusing to open: an fsync on this store failed earlier in this "
@@ -1087,17 +1092,19 @@ _FSYNC_ADVICE = (
 )
 
 
-def _fsync_key(fs: FileSystem, root: Path) -> tuple[int, str]:
-    """Which store ``root`` is: its real path, and on which file system.
+def _fsync_failures(fs: FileSystem) -> dict[str, str]:
+    """The stores on ``fs`` whose fsync failed in this process, by real path.
 
     A simulated disk is another machine, and a crashed one's successor another process.
     """
-    return (0 if fs is OS else id(fs), fs.realpath(root))
+    if fs is OS:
+        return _FSYNC_FAILED
+    return _FSYNC_FAILED_ELSEWHERE.setdefault(fs, {})
 
 
 def _fsync_failed(fs: FileSystem, root: Path, exc: OSError) -> StoreFsyncFailedError:
     """Remember that an fsync under ``root`` failed in this process; the error to raise."""
-    _FSYNC_FAILED.setdefault(_fsync_key(fs, root), str(exc))
+    _fsync_failures(fs).setdefault(fs.realpath(root), str(exc))
     return StoreFsyncFailedError(f"{root}: fsync failed ({exc}); {_FSYNC_ADVICE}")
 
 

@@ -228,9 +228,19 @@ def _eio_on_sync(method: str, path: str | None) -> OSError | None:
 
 
 async def nemesis(cluster: SimCluster, rng: random.Random, until: float) -> list[str]:
-    """Faults, one at a time, each healed before the next: what happened, for the record."""
+    """Faults, one at a time, each healed before the next: what happened, for the record.
+
+    Several nemeses may run at once (their faults then overlap): each checks that its victim
+    is (still) running before it cuts its power and that it is down and still a member before
+    it starts it again.
+    """
     log: list[str] = []
     loop = cluster.loop
+
+    async def restart(victim: int) -> None:
+        if victim not in cluster.members and victim not in cluster.gone:
+            await cluster.start(victim)
+
     while loop.time() < until:
         await asyncio.sleep(rng.uniform(0.3, 1.0))
         ids = sorted(i for i in cluster.configs if i not in cluster.gone)
@@ -247,10 +257,11 @@ async def nemesis(cluster: SimCluster, rng: random.Random, until: float) -> list
             # cache no longer tells what is on disk); then it loses power and comes back.
             cluster.disks[victim].fault = _eio_on_sync
             await asyncio.sleep(rng.uniform(0.1, 0.5))
-            await cluster.power_loss(victim)
+            if victim in cluster.members:
+                await cluster.power_loss(victim)
             cluster.disks[victim].fault = None  # a new disk, as after a repair
             await asyncio.sleep(rng.uniform(0.1, 0.5))
-            await cluster.start(victim)
+            await restart(victim)
         elif fault == "isolate":
             cluster.net.isolated.add(victim)
             await asyncio.sleep(rng.uniform(0.2, 1.5))
@@ -262,7 +273,7 @@ async def nemesis(cluster: SimCluster, rng: random.Random, until: float) -> list
         elif victim in cluster.members:
             await cluster.power_loss(victim)
             await asyncio.sleep(rng.uniform(0.1, 1.0))
-            await cluster.start(victim)
+            await restart(victim)
     return log
 
 
@@ -278,8 +289,11 @@ async def settle(cluster: SimCluster) -> None:
     )
 
 
-def simulate(seed: int, seconds: float = 20.0) -> tuple[list[Operation], list[str], SimCluster]:
-    """Run one seeded simulation; its history, its faults and the cluster.
+def simulate(
+    seed: int, seconds: float = 20.0, nemeses: int = 1
+) -> tuple[list[Operation], list[str], SimCluster]:
+    """Run one seeded simulation, with ``nemeses`` fault makers at once; its history, its
+    faults and the cluster.
 
     Raises:
         AssertionError: the members did not converge, too little was done, or a lease
@@ -307,7 +321,9 @@ def simulate(seed: int, seconds: float = 20.0) -> tuple[list[Operation], list[st
         tasks += [
             asyncio.create_task(c.run(t, until)) for c, t in zip(leasers, let_go, strict=True)
         ]
-        faults.extend(await nemesis(cluster, random.Random(rng.random()), until))
+        makers = [nemesis(cluster, random.Random(rng.random()), until) for _ in range(nemeses)]
+        for made in await asyncio.gather(*makers):
+            faults.extend(made)
         await asyncio.gather(*tasks)
         await cluster.start_missing()
         await settle(cluster)
@@ -346,6 +362,18 @@ def test_histories_under_partitions_drops_and_power_loss_are_linearizable(seed: 
     history, faults, cluster = simulate(seed)
     assert cluster.crashes >= 2, faults
     assert cluster.replaced >= 1, faults  # a member added (learner, promoted), another removed
+    ops = [
+        Operation(o.client, o.input, o.output, o.call, o.ret, id=i) for i, o in enumerate(history)
+    ]
+    result = check_linearizability(ops, register_model())
+    assert result.ok is True, result.explain()
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_overlapping_faults_keep_histories_linearizable(seed: int) -> None:
+    """Two nemeses at once: two members may be down together (no quorum for a while)."""
+    history, faults, cluster = simulate(100 + seed, nemeses=2)
+    assert cluster.crashes >= 4, faults
     ops = [
         Operation(o.client, o.input, o.output, o.call, o.ret, id=i) for i, o in enumerate(history)
     ]
