@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import random
 import selectors
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +29,7 @@ from kvapp.service import MemberInfo
 from kvapp.storage import RaftStore
 from kvapp.storage.simfs import SimFileSystem
 from kvapp.storage.snapdata import snapshot_bytes
-from raftlib import Message
+from raftlib import Message, MessageType
 from raftlib.codec import decode_messages, encode_messages
 
 DATA = Path("/data")
@@ -116,6 +117,7 @@ class SimNet:
 
     def deliver(self, frm: int, m: Message) -> None:
         if frm in self.isolated or m.to in self.isolated or self.rng.random() < self.drop:
+            self._lost(frm, m)
             return
         removed_at = self.removed.get((m.to, frm))
         sender = self.members.get(frm)
@@ -130,11 +132,26 @@ class SimNet:
         self.loop.call_at(at, self._arrive, frm, m)
 
     def _arrive(self, frm: int, m: Message) -> None:
-        if frm in self.isolated or m.to in self.isolated:
-            return
         dest = self.members.get(m.to)
-        if dest is not None:
-            dest.receive(m)
+        if frm in self.isolated or m.to in self.isolated or dest is None:
+            self._lost(frm, m)
+            return
+        dest.receive(m)
+        if m.type == MessageType.SNAP:
+            self._tell(frm, "report_snapshot", m.to, success=True)
+
+    def _lost(self, frm: int, m: Message) -> None:
+        """As the real transport does: a snapshot that did not get through is reported failed
+        (else the leader would wait for it for ever); a peer out of reach, unreachable."""
+        if m.type == MessageType.SNAP:
+            self._tell(frm, "report_snapshot", m.to, success=False)
+        if frm in self.isolated or m.to in self.isolated or m.to not in self.members:
+            self._tell(frm, "report_unreachable", m.to)
+
+    def _tell(self, member_id: int, what: str, *args: object, **kwargs: object) -> None:
+        member = self.members.get(member_id)
+        if member is not None:
+            self.loop.call_soon(functools.partial(getattr(member, what), *args, **kwargs))
 
 
 def _over_the_wire(m: Message) -> Message:
