@@ -305,7 +305,8 @@ class Member:
             event loop); default a system-seeded ``random.Random()``.
         executor: where blocking work runs: the Raft node's (see ``raftlib.Node``'s
             ``executor``) and the ``disk_free`` calls. ``None``: worker threads. A simulation
-            passes one that runs each job at once on the loop's thread.
+            passes one that runs each job at once on the loop's thread. (:meth:`snapshot`, the
+            Maintenance snapshot stream, always encodes in a thread of its own.)
         run_id: see ``raftlib.Node``'s ``run_id`` (different on every start; ``None``: random).
     """
 

@@ -136,6 +136,7 @@ logger = logging.getLogger(__name__)
 
 _MiB = 1024 * 1024
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 
 ENVELOPE_MAGIC = b"\xffRN1"
 """The first four bytes of every proposal ``Node`` makes; the ``1`` is the envelope version."""
@@ -490,9 +491,11 @@ class Node:
         executor: where the node's blocking work runs (storage writes not made on the loop,
             snapshots being encoded and staged, adopting them). ``None`` (the default): two
             worker threads of the node's own, shut down by :meth:`stop`. Given, it runs all of
-            that, jobs one at a time in the order submitted, and the node never shuts it down:
-            a simulation under a virtual-time loop passes one that runs each job at once on
-            the loop's thread, so a run depends on nothing but its inputs and seeds.
+            that (the node still never runs two storage writes at once) and :meth:`stop`
+            waits for the node's jobs in it but never shuts it down. A thread pool needs two
+            workers, or encoding a snapshot holds up the writes behind it. A simulation under
+            a virtual-time loop passes one that runs each job at once on the loop's thread, so
+            a run depends on nothing but its inputs and seeds.
         run_id: tells this run's proposals from those an earlier run of the node left in the
             log; it must differ on every start. ``None`` (the default): 64 bits from
             ``random.SystemRandom``. A simulation draws it from its seeded generator.
@@ -588,6 +591,7 @@ class Node:
         self._snapshot_job: asyncio.Task[None] | None = None
         self._snapshot_made: Snapshot | None = None
         self._given_executor = executor
+        self._jobs: set[concurrent.futures.Future[object]] = set()  # submitted, not finished
         self._snap_executor: concurrent.futures.Executor | None = executor
         self._snapshot_retry_at: float | None = None
         self._snapshot_backoff = _SNAPSHOT_RETRY_FIRST
@@ -679,6 +683,11 @@ class Node:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._jobs:
+            # A job that already started runs to its end even when its waiter is cancelled;
+            # the storage must be left alone until it has (the node's own workers are shut
+            # down with wait=True below; a given executor is not the node's to shut down).
+            await asyncio.to_thread(concurrent.futures.wait, list(self._jobs))
         if self._snap_executor is not None and self._snap_executor is not self._given_executor:
             # A snapshot being encoded or staged finishes; it is simply never adopted.
             await asyncio.to_thread(self._snap_executor.shutdown, wait=True)
@@ -1051,7 +1060,9 @@ class Node:
                 raise RaftError("node has no worker")
             executor = self._executor
             if full is None:
-                saving = asyncio.wrap_future(executor.submit(self._timed_save, rd))
+                saving = asyncio.wrap_future(
+                    self._run_job(executor, functools.partial(self._timed_save, rd))
+                )
             else:
                 saving = asyncio.get_running_loop().create_future()
                 saving.set_exception(full)
@@ -1075,6 +1086,17 @@ class Node:
         self._raw.advance(rd)
         await self._maybe_snapshot()
 
+    def _run_job(
+        self, executor: concurrent.futures.Executor, fn: Callable[[], _R]
+    ) -> concurrent.futures.Future[_R]:
+        """``executor.submit(fn)``, remembered until it finishes (see :meth:`stop`)."""
+        job = executor.submit(fn)
+        if not job.done():
+            tracked = cast("concurrent.futures.Future[object]", job)
+            self._jobs.add(tracked)
+            tracked.add_done_callback(self._jobs.discard)
+        return job
+
     async def _saved(
         self,
         saving: asyncio.Future[None],
@@ -1094,7 +1116,9 @@ class Node:
                 self._storage_full_hit(exc, "writing the log; retrying until it succeeds")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _FULL_RETRY_MAX)
-                saving = asyncio.wrap_future(executor.submit(self._timed_save, rd))
+                saving = asyncio.wrap_future(
+                    self._run_job(executor, functools.partial(self._timed_save, rd))
+                )
             else:
                 self._storage_writable()
                 return
@@ -1428,7 +1452,9 @@ class Node:
             # Cleared only once adopted, so "none made and none pending" means the storage
             # holds the newest snapshot.
             try:
-                await asyncio.wrap_future(self._executor.submit(self._adopt_and_compact, made))
+                await asyncio.wrap_future(
+                    self._run_job(self._executor, functools.partial(self._adopt_and_compact, made))
+                )
             except StorageFullError as exc:
                 self._snapshot_made = None
                 self._snapshot_skipped(exc, made.metadata.index)
@@ -1453,8 +1479,11 @@ class Node:
         if not callable(data):
             try:
                 await asyncio.wrap_future(
-                    self._executor.submit(
-                        self._snapshot_and_compact, self._applied, self._conf_state, data
+                    self._run_job(
+                        self._executor,
+                        functools.partial(
+                            self._snapshot_and_compact, self._applied, self._conf_state, data
+                        ),
                     )
                 )
             except StorageFullError as exc:
@@ -1490,7 +1519,7 @@ class Node:
             return snap
 
         try:
-            snap = await asyncio.wrap_future(self._snap_executor.submit(make))
+            snap = await asyncio.wrap_future(self._run_job(self._snap_executor, make))
         except asyncio.CancelledError:
             raise
         except StorageFullError as exc:

@@ -23,7 +23,16 @@ from types import TracebackType
 from typing import Protocol
 
 from kvapp.storage.errors import StoreLockedError
-from kvapp.storage.fs import O_CREAT, O_RDONLY, O_TRUNC, O_WRONLY, OS, FileLock, FileSystem
+from kvapp.storage.fs import (
+    O_CREAT,
+    O_RDONLY,
+    O_TRUNC,
+    O_WRONLY,
+    OS,
+    FileLock,
+    FileSystem,
+    FsyncError,
+)
 
 __all__ = [
     "TMP_SUFFIX",
@@ -49,15 +58,6 @@ logger = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
 """Suffix of files being written before their atomic rename; leftovers are deleted on open."""
-
-
-class FsyncError(OSError):
-    """An ``fsync`` or ``fdatasync`` call failed (``errno`` is the call's).
-
-    Told apart from other ``OSError`` s because it is worse: the kernel may already have marked
-    the unwritten pages clean, so the page cache no longer tells what is on disk, and only a new
-    process can find out (see :class:`~kvapp.storage.errors.StoreFsyncFailedError`).
-    """
 
 
 def is_no_space(exc: OSError) -> bool:
@@ -114,12 +114,7 @@ def fsync_dir(path: Path, fs: FileSystem = OS) -> None:
         FsyncError: the fsync failed.
         OSError: ``path`` could not be opened.
     """
-    try:
-        fs.fsync_dir(path)
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        raise
-    except OSError as exc:
-        raise FsyncError(exc.errno, f"fsync of directory {path} failed: {exc.strerror}") from exc
+    fs.fsync_dir(path)
 
 
 def ensure_dir(path: Path, *, fsync: bool = True, fs: FileSystem = OS) -> None:

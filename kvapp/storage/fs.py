@@ -21,13 +21,33 @@ import stat
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["OS", "O_CREAT", "O_RDONLY", "O_RDWR", "O_TRUNC", "O_WRONLY", "FileLock", "FileSystem"]
+__all__ = [
+    "OS",
+    "O_CREAT",
+    "O_EXCL",
+    "O_RDONLY",
+    "O_RDWR",
+    "O_TRUNC",
+    "O_WRONLY",
+    "FileLock",
+    "FileSystem",
+    "FsyncError",
+]
 
 O_RDONLY, O_WRONLY, O_RDWR = os.O_RDONLY, os.O_WRONLY, os.O_RDWR
-O_CREAT, O_TRUNC = os.O_CREAT, os.O_TRUNC
+O_CREAT, O_TRUNC, O_EXCL = os.O_CREAT, os.O_TRUNC, os.O_EXCL
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+class FsyncError(OSError):
+    """An ``fsync`` or ``fdatasync`` call failed (``errno`` is the call's).
+
+    Told apart from other ``OSError`` s because it is worse: the kernel may already have marked
+    the unwritten pages clean, so the page cache no longer tells what is on disk, and only a new
+    process can find out (see :class:`~kvapp.storage.errors.StoreFsyncFailedError`).
+    """
 
 
 class FileLock(Protocol):
@@ -45,7 +65,7 @@ class FileSystem(Protocol):
         """Open ``path``; a descriptor.
 
         ``flags`` are ``os.O_*`` flags: ``O_RDONLY``, ``O_WRONLY``, ``O_RDWR``, ``O_CREAT``,
-        ``O_TRUNC``.
+        ``O_TRUNC``, ``O_EXCL``.
         """
         ...
 
@@ -95,7 +115,12 @@ class FileSystem(Protocol):
         ...
 
     def fsync_dir(self, path: Path) -> None:
-        """Make the creations, renames and deletions in directory ``path`` durable."""
+        """Make the creations, renames and deletions in directory ``path`` durable.
+
+        Raises:
+            FsyncError: the sync itself failed (fatal to the store, as any failed fsync).
+            OSError: the directory could not be opened (nothing was synced; not fatal).
+        """
         ...
 
     def replace(self, src: Path, dst: Path) -> None:
@@ -203,6 +228,10 @@ class _OsFileSystem:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
         try:
             os.fsync(fd)
+        except OSError as exc:
+            raise FsyncError(
+                exc.errno, f"fsync of directory {path} failed: {exc.strerror}"
+            ) from exc
         finally:
             os.close(fd)
 

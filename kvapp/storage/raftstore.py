@@ -108,7 +108,9 @@ the rest of the process, whichever ``RaftStore`` object reads them (see
 _FSYNC_FAILED_ELSEWHERE: weakref.WeakKeyDictionary[FileSystem, dict[str, str]] = (
     weakref.WeakKeyDictionary()
 )
-"""The same for other file systems (simulated disks), each held only as long as its disk."""
+"""The same for other file systems (simulated disks), each held only as long as its disk. A
+wrapper of the real file system has a registry of its own: it is another file system here."""
+_FSYNC_FAILED_HELD: dict[FileSystem, dict[str, str]] = {}
 
 _EMPTY_STATE = StateRecord(
     hard_state=HardState(),
@@ -1099,7 +1101,10 @@ def _fsync_failures(fs: FileSystem) -> dict[str, str]:
     """
     if fs is OS:
         return _FSYNC_FAILED
-    return _FSYNC_FAILED_ELSEWHERE.setdefault(fs, {})
+    try:
+        return _FSYNC_FAILED_ELSEWHERE.setdefault(fs, {})
+    except TypeError:  # not weakly referenceable (a slotted wrapper): held for good
+        return _FSYNC_FAILED_HELD.setdefault(fs, {})
 
 
 def _fsync_failed(fs: FileSystem, root: Path, exc: OSError) -> StoreFsyncFailedError:

@@ -236,7 +236,9 @@ class SimFileSystem:
             after the power-cut check; ``path`` is the normalised path the call names (for a
             descriptor, the path it was opened with; for ``replace``, the source; ``None`` for
             an unknown descriptor). An exception it returns is raised and the call does
-            nothing else.
+            nothing else. For ``fsync_dir``, return a
+            :class:`~kvapp.storage.fs.FsyncError` to fail the sync itself (a plain ``OSError``
+            means the directory could not be opened, which is not fatal to a store).
         mutations: mutating calls made so far (``open`` with ``O_CREAT`` or ``O_TRUNC``,
             ``pwrite``, ``ftruncate``, ``fallocate``, ``copy_range``, ``fdatasync``, ``fsync``,
             ``fsync_dir``, ``replace``, ``unlink``, ``mkdir``), counted whether or not they

@@ -61,6 +61,9 @@ class FileRange:
         """
         src = self.source
         at, end = self.start, self.end
+        if src.fs is not fs:  # descriptors of another file system: read through the source
+            self._copy_by_reading(fs, fd, at, offset)
+            return
         while at < end:
             try:
                 n = fs.copy_range(src.fd, fd, end - at, src.offset + at, offset)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from kvapp.storage.fileutil import ensure_dir, write_all
-from kvapp.storage.fs import O_CREAT, O_RDWR, O_TRUNC, OS, FileSystem
+from kvapp.storage.fs import O_CREAT, O_EXCL, O_RDWR, OS, FileSystem
 from kvapp.storage.snapdata import FileSnapshotData
 from raftlib.types import Message
 
@@ -111,10 +111,11 @@ class SnapshotSpool:
         index = message.snapshot.metadata.index if message.snapshot is not None else 0
         while True:
             path = self.directory / f"snapshot-{index:016x}-{next(self._serial)}{_SUFFIX}"
-            if self.fs.kind(path) is None:
-                break
-        fd = self.fs.open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
-        return cast("BinaryIO", SpoolFile(self.fs, fd, path))
+            try:
+                fd = self.fs.open(path, O_RDWR | O_CREAT | O_EXCL, 0o600)
+            except FileExistsError:
+                continue
+            return cast("BinaryIO", SpoolFile(self.fs, fd, path))
 
     def clear(self) -> int:
         """Remove spool files left by a transfer that a crash cut short; how many there were."""

@@ -8,6 +8,8 @@ Ticks are 5 ms, so an election takes 50-100 ms.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import copy
 import functools
 import os
@@ -1449,3 +1451,42 @@ async def test_a_leader_writing_on_the_loop_lets_its_appends_flush_first() -> No
     finally:
         await c.stop_all()
     assert order.get(lead.id) is True, f"the leader wrote before its appends went out: {order}"
+
+
+class _SlowWrites(MemoryStorage):
+    """Synced writes take 0.3 s once ``slow`` is set; counts the writes running."""
+
+    slow = False
+    running = 0
+
+    def save_ready(self, rd: Ready) -> None:
+        if self.slow and (rd.entries or rd.must_sync):
+            self.running += 1
+            time.sleep(0.3)
+            self.running -= 1
+        super().save_ready(rd)
+
+
+@pytest.mark.parametrize("executor", ["the node's own", "a given thread pool"])
+@run()
+async def test_stop_waits_for_a_write_already_running_in_the_worker(executor: str) -> None:
+    """After stop() the caller may close the storage: no write of the node may still run."""
+    pool = concurrent.futures.ThreadPoolExecutor(2) if executor != "the node's own" else None
+    storage = _SlowWrites(ConfState(voters=(1,)))
+    node = Node(
+        1, storage, send=lambda m: None, tick_interval=TICK, save_on_loop_below=0, executor=pool
+    )
+    node.start()
+    try:
+        await node.wait_leader(timeout=5)
+        storage.slow = True
+        proposal = asyncio.create_task(node.propose(b"x", timeout=5))
+        await eventually(lambda: storage.running == 1, "the write to start")
+        await node.stop()
+        assert storage.running == 0
+        with contextlib.suppress(NodeStopped):
+            await proposal
+    finally:
+        await node.stop()
+        if pool is not None:
+            pool.shutdown()
