@@ -144,6 +144,18 @@ class NativeConnector:
     def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
         self.tls = tls
 
+    async def open_stream(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The byte stream to a member: a TCP connection (over TLS if configured).
+
+        The network seam: a simulation overrides it with in-memory streams.
+
+        Raises:
+            OSError: the endpoint cannot be reached.
+        """
+        return await asyncio.open_connection(host, port, ssl=self.tls)
+
     async def connect(self, endpoint: str, *, client_id: int) -> NativeLink:
         """Connect to ``endpoint`` and handshake as ``client_id``.
 
@@ -154,7 +166,7 @@ class NativeConnector:
                 (an EtcdError it sent is the cause).
         """
         host, port = parse_endpoint(endpoint)
-        reader, writer = await asyncio.open_connection(host, port, ssl=self.tls)
+        reader, writer = await self.open_stream(host, port)
         try:
             writer.write(wire.encode_frame([wire.MAGIC, wire.VERSION, client_id]))
             await writer.drain()

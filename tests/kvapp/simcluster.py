@@ -13,8 +13,10 @@ run depends only on its seed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
+import errno
 import functools
 import random
 import selectors
@@ -24,7 +26,9 @@ from typing import Any
 
 import attrs
 
+from kvapp.client.native import NativeConnector
 from kvapp.node import Member, MemberConfig, cluster_id_for, member_id_for
+from kvapp.server.native import NativeServer
 from kvapp.service import MemberInfo
 from kvapp.storage import RaftStore
 from kvapp.storage.simfs import SimFileSystem
@@ -182,6 +186,117 @@ class SimLinks:
             self.net.removed[(self.me, member_id)] = removed_at
 
 
+class _Pipe(asyncio.WriteTransport):
+    """One direction of an in-memory byte stream: what is written arrives at the other end's
+    reader, in order, after the network's delay; held back (as TCP would) while either end
+    is cut off. Closing or aborting ends the stream at both ends."""
+
+    def __init__(self, net: SimNet, ends: tuple[int, int], peername: str) -> None:
+        super().__init__()
+        self.net = net
+        self.ends = ends  # (this end's member id or 0 for a client, the other end's)
+        self.peername = peername
+        self.peer_protocol: asyncio.StreamReaderProtocol | None = None
+        self.own_protocol: asyncio.StreamReaderProtocol | None = None
+        self.other: _Pipe | None = None
+        self._closing = False
+        self._free = 0.0
+        self._queue: collections.deque[tuple[float, bytes]] = collections.deque()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        loop = self.net.loop
+        at = max(loop.time() + self.net.rng.uniform(*self.net.delay), self._free)
+        self._free = at
+        self._queue.append((at, bytes(data)))
+        loop.call_at(at, self._pump)
+
+    def _pump(self) -> None:
+        """Hand over what is due, in order; all of it waits while an end is cut off."""
+        if self._closing:  # aborted: what was still on the way is lost, as with a reset
+            self._queue.clear()
+            return
+        if any(end in self.net.isolated for end in self.ends if end):
+            self.net.loop.call_later(0.05, self._pump)
+            return
+        now = self.net.loop.time()
+        while self._queue and self._queue[0][0] <= now:
+            _, data = self._queue.popleft()
+            if self.peer_protocol is not None:
+                self.peer_protocol.data_received(data)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        for pipe in (self, self.other):
+            if pipe is not None and not pipe._closing:
+                pipe._closing = True
+                if pipe.own_protocol is not None:
+                    self.net.loop.call_soon(pipe.own_protocol.connection_lost, None)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return (self.peername, 2379) if name == "peername" else default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def can_write_eof(self) -> bool:
+        return False
+
+
+def stream_pair(
+    net: SimNet, client_end: int, member_end: int
+) -> tuple[
+    tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    tuple[asyncio.StreamReader, asyncio.StreamWriter],
+]:
+    """A connected pair of in-memory streams: (the client's end, the member's end)."""
+    loop = net.loop
+    ends = []
+    pipes = [
+        _Pipe(net, (client_end, member_end), f"member-{member_end:x}"),
+        _Pipe(net, (member_end, client_end), f"client-{client_end:x}"),
+    ]
+    pipes[0].other, pipes[1].other = pipes[1], pipes[0]
+    for pipe in pipes:
+        reader = asyncio.StreamReader(limit=1 << 24, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        protocol.connection_made(pipe)
+        pipe.own_protocol = protocol
+        ends.append((reader, asyncio.StreamWriter(pipe, protocol, reader, loop)))
+    pipes[0].peer_protocol = pipes[1].own_protocol
+    pipes[1].peer_protocol = pipes[0].own_protocol
+    return ends[0], ends[1]
+
+
+class SimConnector(NativeConnector):
+    """kvapp's native protocol to the simulated members, over in-memory streams."""
+
+    def __init__(self, cluster: SimCluster) -> None:
+        super().__init__()
+        self.cluster = cluster
+
+    async def open_stream(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        net = self.cluster.net
+        await asyncio.sleep(net.rng.uniform(*net.delay))
+        member_id = self.cluster.by_host.get(host)
+        server = self.cluster.servers.get(member_id or 0)
+        if member_id is None or server is None or member_id in net.isolated:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"{host}:{port} refused")
+        client_end, member_end = stream_pair(net, 0, member_id)
+        task = asyncio.create_task(server._accept(*member_end))
+        self.cluster.connections.add(task)
+        task.add_done_callback(self.cluster.connections.discard)
+        return client_end
+
+
 def infos(n: int) -> list[MemberInfo]:
     out = []
     for i in range(1, n + 1):
@@ -217,10 +332,15 @@ class SimCluster:
                 member_id=i.id,
                 cluster_id=CLUSTER,
                 initial_members=tuple(self.infos),
+                client_urls=(f"http://{i.name}.sim:2379",),
                 **self.config,
             )
             for i in self.infos
         }
+        self.by_host = {f"{i.name}.sim": i.id for i in self.infos}
+        self.servers: dict[int, NativeServer] = {}  # each member's native protocol, unlistened
+        self.connections: set[asyncio.Task[None]] = set()
+        self.endpoints = [f"{i.name}.sim:2379" for i in self.infos]
         self.gone: set[int] = set()  # removed from the cluster: never started again
         self._joins = 0
 
@@ -244,6 +364,7 @@ class SimCluster:
         self.stores[member_id] = store
         self.net.members[member_id] = m
         await m.start()
+        self.servers[member_id] = NativeServer(m)
         return m
 
     async def start_all(self) -> None:
@@ -268,6 +389,7 @@ class SimCluster:
         listed = {m.id for m in lead.member_list()}
         for member_id in sorted(set(self.members) - listed):
             self.gone.add(member_id)
+            self._unserve(member_id)
             self.net.members.pop(member_id, None)
             await self._stop(self.members.pop(member_id), self.stores.pop(member_id))
 
@@ -295,8 +417,10 @@ class SimCluster:
             cluster_id=CLUSTER,
             initial_members=tuple(initial),
             new_cluster=False,
+            client_urls=(f"http://{info.name}.sim:2379",),
             **self.config,
         )
+        self.by_host[f"{info.name}.sim"] = info.id
         self.disks[added.id] = SimFileSystem()
         await self.start(added.id)
         for _ in range(int(timeout / 0.01)):
@@ -319,6 +443,7 @@ class SimCluster:
             )
         self.gone.add(victim)
         self.replaced += 1
+        self._unserve(victim)
         m = self.members.pop(victim, None)
         self.net.members.pop(victim, None)
         if m is not None:
@@ -329,15 +454,22 @@ class SimCluster:
         """The member's machine loses power: its disk keeps what a crash would leave."""
         self.disks[member_id] = self.disks[member_id].crash(random.Random(self.rng.random()))
         self.crashes += 1
+        self._unserve(member_id)
         m = self.members.pop(member_id)
         self.net.members.pop(member_id, None)
         await self._stop(m, self.stores.pop(member_id))
 
     async def stop_all(self) -> None:
         for member_id in list(self.members):
+            self._unserve(member_id)
             m = self.members.pop(member_id)
             self.net.members.pop(member_id, None)
             await self._stop(m, self.stores.pop(member_id))
+
+    def _unserve(self, member_id: int) -> None:
+        server = self.servers.pop(member_id, None)
+        if server is not None:
+            server.drop_connections()
 
     @staticmethod
     async def _stop(m: Member, store: RaftStore) -> None:

@@ -227,7 +227,12 @@ def _eio_on_sync(method: str, path: str | None) -> OSError | None:
     return OSError(errno.EIO, "simulated I/O error") if method == "fdatasync" else None
 
 
-async def nemesis(cluster: SimCluster, rng: random.Random, until: float) -> list[str]:
+FAULTS = ("isolate", "drop", "power", "power-leader", "replace", "fsync-eio")
+
+
+async def nemesis(
+    cluster: SimCluster, rng: random.Random, until: float, kinds: Sequence[str] = FAULTS
+) -> list[str]:
     """Faults, one at a time, each healed before the next: what happened, for the record.
 
     Several nemeses may run at once (their faults then overlap): each checks that its victim
@@ -245,7 +250,7 @@ async def nemesis(cluster: SimCluster, rng: random.Random, until: float) -> list
         await asyncio.sleep(rng.uniform(0.3, 1.0))
         ids = sorted(i for i in cluster.configs if i not in cluster.gone)
         victim = rng.choice(ids)
-        fault = rng.choice(["isolate", "drop", "power", "power-leader", "replace", "fsync-eio"])
+        fault = rng.choice(kinds)
         if fault == "power-leader":
             lead = cluster.leader()
             victim = lead.id if lead is not None else victim
