@@ -4,9 +4,10 @@ The cluster of :mod:`tests.kvapp.test_cluster_sim` (virtual time, a lossy networ
 losses, member replacements), but the clients are :class:`~kvapp.client.AsyncClient` s speaking
 the native protocol over in-memory streams (:class:`~tests.kvapp.simcluster.SimConnector`):
 what they see is what a user's program sees. Their puts (retried by the client under its
-request ids) and linearizable gets must form a linearizable history, and a client watch, which
+request ids) and linearizable gets must form a linearizable history; a client watch, which
 the client re-creates on another member whenever its connection goes, must deliver the
-cluster's history exactly once, in order.
+cluster's history exactly once, in order; and a lease kept alive by the client in the
+background must last at least a TTL from each renewal, and go once let go.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import random
 
 import pytest
 
-from kvapp.client import AsyncClient, Watch
+from kvapp.client import AsyncClient, KeepAlive, Watch
 from kvapp.client.errors import ClientError
 from kvapp.errors import EtcdError, KvappError
 from kvapp.service import OutcomeUnknown
@@ -62,6 +63,69 @@ class Recorder:
                 self.done += 1
                 value_seen = got.kvs[0].value if got.kvs else None
                 self.history.append(Operation(self.n, ("get", key), value_seen, call, loop.time()))
+
+
+class LeaseHolder:
+    """Holds a lease through the client's background keep-alive, then lets it go.
+
+    A successful renewal sent at ``s`` and acknowledged by ``r`` keeps the lease until at
+    least ``s + ttl``: a read called after ``r`` and answered before ``s + ttl`` must still find
+    the leased key. Once let go, the key must be gone by the end.
+    """
+
+    def __init__(self, client: AsyncClient, key: bytes) -> None:
+        self.client = client
+        self.key = key
+        self.renewals: list[tuple[float, float]] = []  # (sent, acknowledged by)
+        self.misses: list[tuple[float, float]] = []  # reads that found the key gone
+        self.ttl = 0
+        self.held = False
+
+    async def run(self, loop: asyncio.AbstractEventLoop, let_go: float, until: float) -> None:
+        keep: KeepAlive | None = None
+        while keep is None and loop.time() < let_go:
+            try:
+                grant = await self.client.lease_grant(3)
+                await self.client.put(self.key, b"held", lease=grant.id)
+                keep = await self.client.keep_alive(grant.id)
+            except FAILURES:
+                await asyncio.sleep(0.1)
+                continue
+            self.held, self.ttl = True, grant.ttl
+        if keep is None:
+            return
+
+        async def sample(keep: KeepAlive) -> None:  # each renewal, as soon as it is known
+            seen = keep.last_renewal
+            self.renewals.append((seen, loop.time()))
+            while True:
+                await asyncio.sleep(0.01)
+                if keep.last_renewal != seen:
+                    seen = keep.last_renewal
+                    self.renewals.append((seen, loop.time()))
+
+        sampler = asyncio.create_task(sample(keep))
+        while loop.time() < until:
+            await asyncio.sleep(0.02)
+            if loop.time() >= let_go and keep.alive:
+                await keep.stop()
+            call = loop.time()
+            try:
+                got = await self.client.get(self.key)
+            except FAILURES:
+                continue
+            if not got.kvs:
+                self.misses.append((call, loop.time()))
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
+
+    def violations(self) -> list[str]:
+        return [
+            f"{self.key!r} gone in a read [{c:.3f}, {t:.3f}] after a renewal sent at {s:.3f}"
+            for s, r in self.renewals
+            for c, t in self.misses
+            if r <= c and t < s + self.ttl
+        ]
 
 
 async def drain(watch: Watch, seen: list[Seen], until_revision: int, loop: SimLoop) -> None:
@@ -111,13 +175,19 @@ def simulate(seed: int, seconds: float = 15.0) -> tuple[list[Operation], list[st
 
         follower = asyncio.create_task(follow())
         until = loop.time() + seconds
+        holders = [LeaseHolder(client(4 + n), f"lease/{n}".encode()) for n in range(2)]
+        lets_go = [loop.time() + rng.uniform(2.0, seconds / 2) for _ in holders]
+        holding = [
+            asyncio.create_task(h.run(loop, t, until))
+            for h, t in zip(holders, lets_go, strict=True)
+        ]
         recorders = [Recorder(n, c, history, rng.randrange(2**32)) for n, c in enumerate(clients)]
         tasks = [asyncio.create_task(r.run(loop, until)) for r in recorders]
         # No member replacements: a client knows the endpoints it was given, and those
         # members may all be gone by the end (etcd's clients likewise).
         kinds = [f for f in FAULTS if f != "replace"]
         faults.extend(await nemesis(cluster, random.Random(rng.random()), until, kinds))
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks, *holding)
         await cluster.start_missing()
         await settle(cluster)
         member = next(iter(cluster.members.values()))
@@ -136,7 +206,14 @@ def simulate(seed: int, seconds: float = 15.0) -> tuple[list[Operation], list[st
         assert everything[-1][0] == revision, (everything[-1:], revision)
         assert seen == everything
         assert sum(r.done for r in recorders) > 150, [r.done for r in recorders]
-        for c in [*clients, watching]:
+        for h in holders:
+            assert h.held, f"{h.key!r}: no lease was ever granted"
+            assert h.renewals, f"{h.key!r}: never renewed"
+            assert h.misses, f"{h.key!r}: never seen gone"  # so the check below had reads
+            assert h.violations() == []
+            got = await watching.get(h.key)
+            assert not got.kvs, f"{h.key!r} still there after its lease was let go"
+        for c in [*clients, watching, *(h.client for h in holders)]:
             await c.close()
         await cluster.stop_all()
 
