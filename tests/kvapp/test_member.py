@@ -24,7 +24,7 @@ from kvapp.lease import LeaseGrantRequest, LeaseGrantResponse
 from kvapp.mvcc.types import PutRequest, RangeRequest
 from kvapp.node import Member, MemberConfig, cluster_id_for, member_id_for
 from kvapp.service import MemberInfo
-from raftlib import MemoryStorage, Message
+from raftlib import MemoryStorage, Message, NodeStorage
 
 TICK = 0.01
 
@@ -107,9 +107,17 @@ def infos(n: int) -> list[MemberInfo]:
 
 
 def make_member(
-    hub: Hub, info: MemberInfo, initial: list[MemberInfo], clock: Clock, **cfg: object
+    hub: Hub,
+    info: MemberInfo,
+    initial: list[MemberInfo],
+    clock: Clock,
+    *,
+    storage: NodeStorage | None = None,
+    disk_free: Callable[[], int] | None = None,
+    **cfg: object,
 ) -> Member:
-    """A member on ``hub`` (tests/conftest.py keeps earlier tests' objects out of its pauses)."""
+    """A member on ``hub`` (tests/conftest.py keeps earlier tests' objects out of its pauses),
+    on ``storage`` (default: a new MemoryStorage)."""
     config = MemberConfig(
         name=info.name,
         member_id=info.id,
@@ -119,12 +127,13 @@ def make_member(
         request_timeout=2.0,
         **{"lease_tick": TICK * 2, **cfg},  # type: ignore[arg-type]
     )
-    m = Member(config, MemoryStorage(), hub.links(info.id), clock=clock)
+    store = MemoryStorage() if storage is None else storage
+    m = Member(config, store, hub.links(info.id), clock=clock, disk_free=disk_free)
     hub.members[info.id] = m
     return m
 
 
-async def start_cluster(n: int = 3, **cfg: object) -> tuple[Hub, list[Member], Clock]:
+async def start_cluster(n: int = 3, **cfg: Any) -> tuple[Hub, list[Member], Clock]:
     hub, clock = Hub(), Clock()
     initial = infos(n)
     members = [make_member(hub, i, initial, clock, **cfg) for i in initial]

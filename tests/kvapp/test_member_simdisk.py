@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from kvapp.mvcc.types import PutRequest, RangeRequest
-from kvapp.node import Member, MemberConfig
+from kvapp.node import Member
 from kvapp.service import MemberInfo
 from kvapp.storage import RaftStore
 from kvapp.storage.simfs import SimFileSystem
-from tests.kvapp.test_member import CLUSTER, TICK, Clock, Hub, aio, infos
+from tests.kvapp.test_member import CLUSTER, Clock, Hub, aio, infos, make_member
 
 DATA = Path("/data")
 STORES: dict[Member, RaftStore] = {}
@@ -41,26 +41,17 @@ def open_store(fs: SimFileSystem, info: MemberInfo) -> RaftStore:
 
 
 def make(hub: Hub, info: MemberInfo, initial: list[MemberInfo], fs: SimFileSystem) -> Member:
-    config = MemberConfig(
-        name=info.name,
-        member_id=info.id,
-        cluster_id=CLUSTER,
-        initial_members=tuple(initial),
-        tick_interval=TICK,
-        lease_tick=TICK * 2,
-        request_timeout=2.0,
+    store = open_store(fs, info)
+    m = make_member(
+        hub,
+        info,
+        initial,
+        Clock(),
+        storage=store,
+        disk_free=lambda: fs.free_bytes(DATA),
         snapshot_count=40,  # snapshots and log compaction happen during the run
         keep_entries=10,
     )
-    store = open_store(fs, info)
-    m = Member(
-        config,
-        store,
-        hub.links(info.id),
-        clock=Clock(),
-        disk_free=lambda: fs.free_bytes(DATA),
-    )
-    hub.members[info.id] = m
     STORES[m] = store
     return m
 

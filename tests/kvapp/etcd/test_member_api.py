@@ -7,7 +7,7 @@ publish their gRPC URLs as ``kvapp serve`` does, so followers can forward lease 
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -22,7 +22,7 @@ from tests.kvapp.test_member import Clock, Hub, Links, infos, leader_of, make_me
 pb = rpc_pb2
 
 
-async def _start(**cfg: object) -> tuple[list[Member], list[EtcdGrpcServer], list[Etcd]]:
+async def _start(**cfg: Any) -> tuple[list[Member], list[EtcdGrpcServer], list[Etcd]]:
     hub, clock = Hub(), Clock()
     initial = infos(3)
     servers = [EtcdGrpcServer(None, host="127.0.0.1", port=0) for _ in initial]  # type: ignore[arg-type]
