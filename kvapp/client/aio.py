@@ -60,6 +60,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import random
 import secrets
 from collections import deque
@@ -70,7 +71,7 @@ import attrs
 
 from kvapp.client.deadlines import Deadlines
 from kvapp.client.errors import ClientError, LinkClosed, Unavailable
-from kvapp.client.native import NativeConnector
+from kvapp.client.native import NativeConnector, parse_endpoint
 from kvapp.client.transport import AdminLink, Connector, Link, WatchSpec, traits_of
 from kvapp.dedup import DEFAULT_WINDOW
 from kvapp.errors import (
@@ -140,6 +141,15 @@ Bytes = bytes | str
 
 def _why(error: BaseException) -> str:
     return str(error) or type(error).__name__
+
+
+def _address(endpoint: str) -> tuple[str, int] | str:
+    """``endpoint``'s host (lower case) and port, to compare endpoints spelled differently."""
+    try:
+        host, port = parse_endpoint(endpoint)
+    except ValueError:
+        return endpoint
+    return host.lower(), port
 
 
 def _b(value: Bytes) -> bytes:
@@ -294,6 +304,9 @@ class AsyncClient:
             send them; leader discovery there is not tested).
         rng: the source of retry jitter (seed it, with ``client_id``, for reproducible runs,
             e.g. under a simulated event loop); default a system-seeded ``random.Random()``.
+        auto_sync_interval: seconds between calls of :meth:`sync_endpoints` in the
+            background, from the first connection on (etcd's ``AutoSyncInterval``); 0, the
+            default, never syncs on its own.
 
     Raises:
         kvapp.tls.TlsConfigError: a TLS file is missing, unreadable or unusable.
@@ -319,6 +332,7 @@ class AsyncClient:
         tls: ClientTls | None = None,
         writes_to_leader: bool | None = None,
         rng: random.Random | None = None,
+        auto_sync_interval: float = 0.0,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
@@ -330,6 +344,8 @@ class AsyncClient:
             raise ValueError("invalid client configuration")
         if client_id is not None and not 0 < client_id < 1 << 63:
             raise ValueError("client_id must be 1..2**63-1")
+        if not 0 <= auto_sync_interval < math.inf:
+            raise ValueError("auto_sync_interval must be 0 (off) or a number of seconds")
         if protocol not in ("native", "etcd"):
             raise ValueError(f"protocol must be 'native' or 'etcd', not {protocol!r}")
         if connector is None:
@@ -364,6 +380,8 @@ class AsyncClient:
         self._closed = False
         self._watches: set[Watch] = set()
         self._keep_alives: set[KeepAlive] = set()
+        self._auto_sync_interval = auto_sync_interval
+        self._auto_sync: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -374,6 +392,9 @@ class AsyncClient:
     async def close(self) -> None:
         """Stop every watch and keep-alive and close every connection."""
         self._closed = True
+        if self._auto_sync is not None:
+            self._auto_sync.cancel()
+            await asyncio.gather(self._auto_sync, return_exceptions=True)
         for ka in list(self._keep_alives):
             await ka.stop()
         for w in list(self._watches):
@@ -549,6 +570,24 @@ class AsyncClient:
         """The cluster's members."""
         return await self._retry(lambda link: link.member_list(), _Mode.READ, "member list")
 
+    async def sync_endpoints(self) -> tuple[str, ...]:
+        """Make the endpoint list the client URLs of the cluster's voting members; the new list.
+
+        What etcd's ``Client.Sync`` does, so that a client outlives the members it was first
+        given once they are replaced. Members that have not started yet (no name published)
+        and learners are left out. A URL naming the address of an endpoint already listed
+        keeps that endpoint's spelling, so its connection is reused. Connections to
+        endpoints no longer listed stay open until they fail or the client closes (closing
+        them could cut a write in flight); the next requests go to listed ones. If no member
+        has a client URL, the list is left as it was.
+        """
+        members = await self.member_list()
+        # Over etcd's API the list shows the gRPC URLs unmarked, so this is right for both.
+        urls = [url for m in members if m.name and not m.is_learner for url in m.native_client_urls]
+        if urls:
+            self._set_endpoints(urls)
+        return self.endpoints
+
     async def member_add(self, peer_urls: Sequence[str], *, is_learner: bool = False) -> MemberInfo:
         """Add a member (retried only while it certainly reached no member)."""
         urls = (peer_urls,) if isinstance(peer_urls, str) else tuple(peer_urls)
@@ -678,7 +717,31 @@ class AsyncClient:
                 raise ClientError(f"{endpoint}: the client id changed while connecting")
             self._links[endpoint] = link
             self._member_of[endpoint] = link.member_id
+            if self._auto_sync_interval and self._auto_sync is None:
+                self._auto_sync = asyncio.create_task(self._sync_every(self._auto_sync_interval))
             return link
+
+    async def _sync_every(self, interval: float) -> None:
+        """:meth:`sync_endpoints` every ``interval`` seconds until the client closes."""
+        while not self._closed:
+            await asyncio.sleep(interval)
+            try:
+                await self.sync_endpoints()
+            except (ClientError, EtcdError) as e:
+                log.info("kvapp client: cannot sync the endpoint list yet: %s", _why(e))
+
+    def _set_endpoints(self, urls: Sequence[str]) -> None:
+        """Replace the endpoint list, keeping the current endpoint current if it stays."""
+        spelled = {_address(e): e for e in self.endpoints}
+        new = tuple(dict.fromkeys(spelled.get(_address(u), u) for u in urls))
+        current = self.endpoints[self._current]
+        self.endpoints = new
+        self._current = new.index(current) if current in new else 0
+
+    def _point_at(self, endpoint: str) -> None:
+        """Make ``endpoint`` the current one, if it is (still) listed."""
+        with contextlib.suppress(ValueError):
+            self._current = self.endpoints.index(endpoint)
 
     def _live(self, endpoint: str) -> Link | None:
         """The open link to ``endpoint``, if there is one."""
@@ -698,17 +761,17 @@ class AsyncClient:
 
     async def _link(self) -> Link:
         """A live link: the current endpoint's, else the next reachable one's."""
-        n = len(self.endpoints)
+        endpoints = self.endpoints  # a sync may replace the list while this waits
+        n, start = len(endpoints), self._current
         errors = []
         for i in range(n):
-            idx = (self._current + i) % n
-            endpoint = self.endpoints[idx]
+            endpoint = endpoints[(start + i) % n]
             try:
                 link = await self._open(endpoint)
             except (OSError, TimeoutError, ClientError, ValueError) as e:
                 errors.append(f"{endpoint}: {_why(e)}")
                 continue
-            self._current = idx
+            self._point_at(endpoint)
             return link
         raise Unavailable("no endpoint reachable: " + "; ".join(errors))
 

@@ -4,7 +4,7 @@ It speaks etcd's own API (:mod:`kvapp.etcdpb`, grpcio's asyncio API), so
 :class:`~kvapp.client.AsyncClient` works against real etcd (3.4 and later) as well as against
 kvapp members serving that API (``kvapp serve --listen-grpc-urls``). Select it with
 ``AsyncClient(endpoints, protocol="etcd")``; the endpoints are then the members' gRPC
-addresses (``host:port`` or ``http://host:port``; TLS is not supported yet).
+addresses (``host:port``, ``http://host:port``, or ``https://host:port`` with ``tls=``).
 
 One channel per member. Unary calls map one to one (Range, Put, DeleteRange, Txn, Compact,
 LeaseGrant, LeaseRevoke, LeaseTimeToLive, LeaseLeases, MemberList/Add/Remove/Promote, Status);
@@ -197,14 +197,16 @@ _RESPONSES: Final[dict[str, type]] = {
 
 
 def grpc_target(endpoint: str) -> str:
-    """The gRPC target of ``host:port``, ``[v6]:port`` or ``http://host:port``.
+    """The gRPC target of ``host:port``, ``[v6]:port``, ``http://host:port`` or ``https://...``.
+
+    Whether the channel uses TLS is the connector's ``tls``, not the scheme.
 
     Raises:
-        ValueError: no host or port, or an ``https`` URL (TLS is not supported yet).
+        ValueError: no host or port, or a scheme other than http and https.
     """
     parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-    if parts.scheme not in ("", "http"):
-        raise ValueError(f"endpoint {endpoint!r}: only plain http:// endpoints are supported")
+    if parts.scheme not in ("", "http", "https"):
+        raise ValueError(f"endpoint {endpoint!r}: the scheme must be http or https")
     if not parts.hostname or parts.port is None:
         raise ValueError(f"endpoint {endpoint!r} is not host:port")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
@@ -267,10 +269,13 @@ class EtcdConnector:
 
         Raises:
             OSError: the endpoint cannot be reached.
-            ValueError: ``endpoint`` is not host:port.
+            ValueError: ``endpoint`` is not host:port, or is an https URL and the connector
+                has no TLS.
             ProtocolError: it does not serve etcd's API (Status failed).
         """
         target = grpc_target(endpoint)
+        if self._credentials is None and endpoint.lower().startswith("https://"):
+            raise ValueError(f"endpoint {endpoint!r} is https: the client needs tls=")
         options = list(_CHANNEL_OPTIONS)
         if self._credentials is None:
             channel = grpc.aio.insecure_channel(target, options=options)

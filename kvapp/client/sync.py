@@ -99,6 +99,11 @@ class Client:
         return self._client.client_id
 
     @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The endpoints the client uses now (see :meth:`sync_endpoints`)."""
+        return self._client.endpoints
+
+    @property
     def aio(self) -> AsyncClient:
         """The asynchronous client underneath (use it only on :attr:`loop`)."""
         return self._client
@@ -273,6 +278,10 @@ class Client:
     def member_list(self) -> list[MemberInfo]:
         """See :meth:`AsyncClient.member_list`."""
         return self._call(self._client.member_list())
+
+    def sync_endpoints(self) -> tuple[str, ...]:
+        """See :meth:`AsyncClient.sync_endpoints`."""
+        return self._call(self._client.sync_endpoints())
 
     def member_add(self, peer_urls: Sequence[str], *, is_learner: bool = False) -> MemberInfo:
         """See :meth:`AsyncClient.member_add`."""

@@ -495,6 +495,86 @@ async def test_unavailable_members_are_skipped_for_reads_and_writes() -> None:
             await client.get(b"k")
 
 
+def publish(m: Members, i: int, *, name: str = "", learner: bool = False) -> str:
+    """Give fake member ``i`` the client URLs a started member publishes; its URL for ``m``'s
+    protocol (the other protocol's URL is a dead address, which a sync must not take)."""
+    service = m.services[i]
+    url = f"http://{m.endpoints[i]}"
+    dead = "http://127.0.0.1:1"
+    native, grpc = (url, dead) if m.protocol == "native" else (dead, url)
+    m.cluster.members[service.member_id] = attrs.evolve(
+        m.cluster.members[service.member_id],
+        name=name or f"m{i}",
+        client_urls=(native, *publish_grpc_urls((grpc,))),
+        is_learner=learner,
+    )
+    return url
+
+
+@both_protocols
+@run()
+async def test_sync_endpoints_takes_the_client_urls_of_the_started_voting_members(
+    protocol: str,
+) -> None:
+    async with members(4, protocol=protocol) as m:
+        urls = [publish(m, i) for i in range(2)]
+        publish(m, 2, learner=True)
+        unstarted = m.services[3].member_id
+        m.cluster.members[unstarted] = attrs.evolve(
+            m.cluster.members[unstarted], name="", client_urls=(f"http://{m.endpoints[3]}",)
+        )
+        async with AsyncClient(
+            [m.endpoints[0]],
+            protocol=protocol,  # type: ignore[arg-type]
+            retry_backoff=0.01,
+            connect_timeout=2,
+        ) as client:
+            synced = await client.sync_endpoints()
+            assert synced == client.endpoints == (m.endpoints[0], urls[1])  # spelling kept
+            await m.stop_server(0)
+            assert (await client.get(b"k")).kvs == ()
+            assert client.endpoints[client._current] == urls[1]
+
+            for i in range(2):  # nobody publishes a URL: the list stays
+                info = m.cluster.members[m.services[i].member_id]
+                m.cluster.members[info.id] = attrs.evolve(info, client_urls=())
+            assert await client.sync_endpoints() == (m.endpoints[0], urls[1])
+
+
+@both_protocols
+@run()
+async def test_a_client_syncing_on_its_own_outlives_the_members_it_was_given(
+    protocol: str,
+) -> None:
+    async with members(3, protocol=protocol) as m:
+        urls = [publish(m, i) for i in range(3)]
+        async with AsyncClient(
+            [m.endpoints[0]],
+            protocol=protocol,  # type: ignore[arg-type]
+            auto_sync_interval=0.05,
+            retry_backoff=0.01,
+            connect_timeout=2,
+        ) as client:
+            watch = await client.watch(b"w/", prefix=True)
+            await eventually(lambda: len(client.endpoints) == 3, "the client synced its list")
+            assert client.endpoints == (m.endpoints[0], urls[1], urls[2])
+            await client.put(b"w/1", b"a")
+            await m.stop_server(0)
+            await m.services[1].write(PutRequest(b"w/2", b"b"))
+            assert (await client.get(b"w/2")).kvs[0].value == b"b"
+            await client.put(b"w/3", b"c")
+            events = await collect(watch, 3)
+            assert [e.kv.key for e in events] == [b"w/1", b"w/2", b"w/3"]
+            assert client._auto_sync is not None
+        assert client._auto_sync.done(), "close() stops the background sync"
+
+
+def test_the_auto_sync_interval_is_checked() -> None:
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="auto_sync_interval"):
+            AsyncClient(["127.0.0.1:2379"], auto_sync_interval=bad)
+
+
 # -- writes to the leader ---------------------------------------------------------------------
 
 
@@ -709,6 +789,13 @@ def test_the_sync_client(protocol: str) -> None:
             client.lease_revoke(grant.id)
         assert client.status(endpoints[0]).header.member_id == 0x200
         assert cluster.writes_applied == 4
+
+        url = f"http://{endpoints[0]}"
+        info = cluster.members[0x200]
+        cluster.members[0x200] = attrs.evolve(
+            info, name="s", client_urls=(url if protocol == "native" else f"grpc+{url}",)
+        )
+        assert client.sync_endpoints() == client.endpoints == (endpoints[0],)
     with pytest.raises(RuntimeError, match="closed"):
         client.get(b"k")
 

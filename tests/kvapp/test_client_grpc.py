@@ -21,7 +21,7 @@ from kvapp.client import (
     AsyncClient,
     OutcomeUnknown,
 )
-from kvapp.client.etcd import EtcdLink, grpc_target
+from kvapp.client.etcd import EtcdConnector, EtcdLink, grpc_target
 from kvapp.errors import (
     EtcdError,
     GrpcCode,
@@ -58,11 +58,18 @@ def test_the_protocol_is_chosen_explicitly_and_endpoints_are_grpc_targets() -> N
     assert grpc_target("127.0.0.1:2379") == "127.0.0.1:2379"
     assert grpc_target("http://10.0.0.1:2379") == "10.0.0.1:2379"
     assert grpc_target("[::1]:2379") == "[::1]:2379"
-    for bad in ("https://127.0.0.1:2379", "127.0.0.1", "unix:///tmp/sock"):
+    assert grpc_target("https://10.0.0.1:2379") == "10.0.0.1:2379"  # TLS is the connector's
+    for bad in ("127.0.0.1", "unix:///tmp/sock", "ftp://127.0.0.1:2379"):
         with pytest.raises(ValueError, match="endpoint"):
             grpc_target(bad)
     with pytest.raises(ValueError, match="protocol"):
         AsyncClient(["127.0.0.1:2379"], protocol="grpc")  # type: ignore[arg-type]
+
+
+@run()
+async def test_an_https_endpoint_without_tls_is_refused_before_connecting() -> None:
+    with pytest.raises(ValueError, match="needs tls"):
+        await EtcdConnector().connect("https://127.0.0.1:1", client_id=1)
 
 
 # -- operations ---------------------------------------------------------------------------------
