@@ -105,6 +105,14 @@ def _register_step(state: Any, inp: Any, output: Any) -> tuple[bool, Any]:
         return True, inp[2]
     if kind == "get":
         return output == state, state
+    if kind == "cas":
+        expected, new = inp[2], inp[3]
+        if output is None:  # pending: it took effect if the compare held
+            return True, new if state == expected else state
+        succeeded, seen = output
+        if succeeded:
+            return state == expected, new
+        return state != expected and seen == state, state
     raise ValueError(f"unknown register operation {inp!r}")
 
 
@@ -116,14 +124,24 @@ def _register_partition(ops: Sequence[Operation]) -> list[Sequence[Operation]]:
 
 
 def _unread_pending_puts(ops: Sequence[Operation]) -> set[int]:
-    """The positions of pending puts whose value no get of their key returned.
+    """The positions of pending puts whose value nothing read.
 
-    Dropping one is sound: a put is a blind write, so in any linearization where it takes
-    effect no get comes between it and the next put of its key (that get would have returned
-    its value), and taking it out leaves every other answer as it was; and a pending
+    Read means: a get of their key returned it, a compare-and-set of their key compared
+    against it (whatever its outcome, or none yet), or a failed one saw it. Dropping such a
+    put is sound: a put is a blind write, so in any linearization where it takes effect
+    nothing reads its key between it and the next write of the key (that read would have
+    seen its value), and taking it out leaves every other answer as it was; and a pending
     operation may also never take effect at all.
     """
-    read = {(op.input[1], op.output) for op in ops if op.input[0] == "get" and not op.pending}
+    read = set()
+    for op in ops:
+        kind, key = op.input[0], op.input[1]
+        if kind == "get" and not op.pending:
+            read.add((key, op.output))
+        elif kind == "cas":
+            read.add((key, op.input[2]))
+            if not op.pending:
+                read.add((key, op.output[1]))
     return {
         i
         for i, op in enumerate(ops)
@@ -134,9 +152,12 @@ def _unread_pending_puts(ops: Sequence[Operation]) -> set[int]:
 def register_model(initial: Hashable = None) -> Model:
     """A map of independent read/write registers, partitioned by key.
 
-    Inputs are ``("put", key, value)`` (output ignored) and ``("get", key)`` (output: the value,
-    ``initial`` for a key never written). Pending puts whose value no get returned are dropped
-    before the search (see :attr:`Model.unobserved`).
+    Inputs are ``("put", key, value)`` (output ignored), ``("get", key)`` (output: the value,
+    ``initial`` for a key never written) and ``("cas", key, expected, new)``: set the key to
+    ``new`` if it holds ``expected`` (output: ``(True, expected)`` if it did, else
+    ``(False, value seen)``; a pending one took effect exactly if the compare held). Pending
+    puts whose value nothing read are dropped before the search (see
+    :attr:`Model.unobserved`).
     """
     return Model(
         init=lambda: initial,

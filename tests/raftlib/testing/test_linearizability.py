@@ -33,6 +33,18 @@ def get(client: int, key: str, value: str | None, call: float, ret: float | None
     return Operation(client, ("get", key), value, call, ret)
 
 
+def cas(
+    client: int,
+    key: str,
+    expected: str | None,
+    new: str,
+    output: tuple[bool, str | None] | None,
+    call: float,
+    ret: float | None,
+) -> Operation:
+    return Operation(client, ("cas", key, expected, new), output, call, ret)
+
+
 def _number(ops: list[Operation]) -> list[Operation]:
     return [Operation(o.client, o.input, o.output, o.call, o.ret, i) for i, o in enumerate(ops)]
 
@@ -287,6 +299,40 @@ def test_a_pending_put_that_was_read_is_kept() -> None:
     assert check(*history) is False
 
 
+def test_compare_and_set_succeeds_only_on_the_value_it_expects() -> None:
+    assert check(put(1, "x", "a", 0, 1), cas(2, "x", "a", "b", (True, "a"), 2, 3)) is True
+    assert check(put(1, "x", "a", 0, 1), cas(2, "x", "z", "b", (True, "z"), 2, 3)) is False
+    assert check(cas(1, "x", None, "a", (True, None), 0, 1), get(2, "x", "a", 2, 3)) is True
+
+
+def test_a_failed_compare_and_set_saw_the_value_and_changed_nothing() -> None:
+    base = [put(1, "x", "a", 0, 1)]
+    assert check(*base, cas(2, "x", "z", "b", (False, "a"), 2, 3), get(3, "x", "a", 4, 5))
+    assert check(*base, cas(2, "x", "z", "b", (False, "q"), 2, 3)) is False  # saw a ghost
+    assert check(*base, cas(2, "x", "a", "b", (False, "a"), 2, 3)) is False  # should have won
+    assert check(*base, cas(2, "x", "z", "b", (False, "a"), 2, 3), get(3, "x", "b", 4, 5)) is False
+
+
+def test_a_pending_compare_and_set_took_effect_only_if_its_compare_held() -> None:
+    base = [put(1, "x", "a", 0, 1)]
+    assert check(*base, cas(2, "x", "a", "b", None, 2, None), get(3, "x", "b", 3, 4)) is True
+    assert check(*base, cas(2, "x", "z", "b", None, 2, None), get(3, "x", "b", 3, 4)) is False
+
+
+def test_a_pending_put_a_compare_and_set_relied_on_is_kept() -> None:
+    """Nobody got "b", but a compare-and-set won against it: the put took effect."""
+    history = [
+        put(1, "x", "a", 0, 1),
+        put(2, "x", "b", 2, None),
+        cas(3, "x", "b", "c", (True, "b"), 3, 4),
+        get(3, "x", "c", 5, 6),
+    ]
+    assert check(*history) is True
+    assert check(*history[:2], cas(3, "x", "z", "c", (False, "b"), 3, 4)) is True
+    pending = cas(3, "x", "b", "c", None, 3, None)  # "c" was read: it won, against "b"
+    assert check(*history[:2], pending, get(4, "x", "c", 5, 6)) is True
+
+
 @given(st.data())
 def test_dropping_unread_pending_puts_never_changes_a_verdict(data: st.DataObject) -> None:
     """Against the same search without the pruning, on small random histories."""
@@ -295,11 +341,17 @@ def test_dropping_unread_pending_puts_never_changes_a_verdict(data: st.DataObjec
     for i in range(data.draw(st.integers(1, 7), label="n")):
         call = data.draw(st.integers(0, 8), label="call")
         ret = data.draw(st.none() | st.integers(call, 10), label="ret")
-        if data.draw(st.booleans(), label="is put"):
+        kind = data.draw(st.sampled_from(["put", "get", "cas"]), label="kind")
+        seen = data.draw(st.sampled_from([*values, *(f"v{j}" for j in range(i))]), label="seen")
+        if kind == "put":
             ops.append(put(i, "x", f"v{i}", call, ret))
-        else:
-            seen = data.draw(st.sampled_from([*values, *(f"v{j}" for j in range(i))]))
+        elif kind == "get":
             ops.append(get(i, "x", seen, call, ret if ret is not None else call + 1))
+        else:
+            won = data.draw(st.booleans(), label="won")
+            expected = seen if won else data.draw(st.sampled_from(values), label="expected")
+            output = None if ret is None else (won, seen)
+            ops.append(cas(i, "x", expected, f"v{i}", output, call, ret))
     numbered = _number(ops)
     pruned = check_linearizability(numbered, M).ok
     unpruned = check_linearizability(numbered, attrs.evolve(M, unobserved=None)).ok
