@@ -1,7 +1,9 @@
 """Whole kvapp clusters under simulation: virtual time, a lossy network, disks that lose power.
 
-Clients put and read (linearizably) a few keys through random members, and hold leases,
-while a nemesis cuts members off, drops messages, cuts the power of members (their simulated
+Clients put, read (linearizably) and compare-and-set (a txn) a few keys through random
+members, and hold leases; now and then someone compacts the history, and some txns read a
+revision that may have been compacted meanwhile (then the txn fails whole, on every member
+alike), while a nemesis cuts members off, drops messages, cuts the power of members (their simulated
 disks keep only what a power loss would) and restarts them, and replaces members (a new one
 joins as a learner and is promoted, then another is removed, sometimes the leader).
 Everything runs on one :class:`~tests.kvapp.simcluster.SimLoop`, so a minute of cluster life
@@ -22,9 +24,21 @@ from typing import TypeVar
 
 import pytest
 
-from kvapp.errors import EtcdError, KvappError
+from kvapp.errors import CompactedError, EtcdError, KvappError
 from kvapp.lease import LeaseGrantRequest, LeaseGrantResponse
-from kvapp.mvcc.types import Event, PutRequest, RangeRequest
+from kvapp.mvcc.types import (
+    CompactRequest,
+    Compare,
+    CompareResult,
+    CompareTarget,
+    Event,
+    PutRequest,
+    RangeRequest,
+    RangeResponse,
+    RequestOp,
+    TxnRequest,
+    TxnResponse,
+)
 from kvapp.node import Member
 from kvapp.service import OutcomeUnknown
 from raftlib.testing.linearizability import Operation, check_linearizability, register_model
@@ -46,6 +60,10 @@ class Client:
         self.client_id = 1000 + n
         self.requests = itertools.count(1)
         self.retries = n % 2 == 0
+        self.last: dict[bytes, bytes | None] = {}  # the value last seen of each key
+        self.old_revision = 0  # a revision read a while ago, for txns to read at
+        self.txns = 0
+        self.compacted = 0  # txns refused because the revision they read was compacted
 
     async def run(self, until: float) -> None:
         loop = self.cluster.loop
@@ -58,10 +76,13 @@ class Client:
             if member is None:
                 continue
             key = self.rng.choice(KEYS)
-            if self.rng.random() < 0.5:
+            dice = self.rng.random()
+            if dice < 0.4:
                 await self.put(member, key, f"{self.n}-{next(self.counter)}".encode())
-            else:
+            elif dice < 0.8:
                 await self.get(member, key)
+            else:
+                await self.cas(member, key)
 
     async def put(self, member: Member, key: bytes, value: bytes) -> None:
         """One put, retried on other members under the same request id (deduplicated: it
@@ -84,8 +105,57 @@ class Client:
                 continue
             ret = loop.time()
             self.done += 1
+            self.last[key] = value
             break
         self.history.append(Operation(self.n, ("put", key, value), None, call, ret))
+
+    async def cas(self, member: Member, key: bytes) -> None:
+        """A txn: if the key holds the value this client saw last, put a new one, else read
+        it. Half of them also read the key at an old revision, which fails the whole txn if
+        that was compacted. Retried like a put."""
+        loop = self.cluster.loop
+        expected = self.last.get(key)
+        new = f"{self.n}-{next(self.counter)}".encode()
+        if expected is None:
+            compare = Compare(key, CompareTarget.VERSION, CompareResult.EQUAL, 0)
+        else:
+            compare = Compare(key, CompareTarget.VALUE, CompareResult.EQUAL, expected)
+        success: list[RequestOp] = [PutRequest(key, new)]
+        if self.old_revision and self.rng.random() < 0.5:
+            success.append(RangeRequest(key, revision=self.old_revision))
+        txn = TxnRequest([compare], success, [RangeRequest(key)])
+        call = loop.time()
+        request_id = next(self.requests)
+        ret = output = None
+        for attempt in range(3 if self.retries else 1):
+            if attempt:
+                await asyncio.sleep(self.rng.uniform(0.01, 0.2))
+                running = sorted(self.cluster.members)
+                member = self.cluster.members[self.rng.choice(running)] if running else member
+            try:
+                async with asyncio.timeout(2.0):
+                    resp = await member.write(txn, client_id=self.client_id, request_id=request_id)
+            except CompactedError:
+                self.compacted += 1
+                if attempt == 0:
+                    return  # refused whole: it took no effect
+                break  # an earlier attempt may have taken effect: pending
+            except FAILURES:
+                continue
+            assert isinstance(resp, TxnResponse), resp
+            if resp.succeeded:
+                output = (True, expected)
+                self.last[key] = new
+            else:
+                (got,) = resp.responses
+                assert isinstance(got, RangeResponse), got
+                self.last[key] = got.kvs[0].value if got.kvs else None
+                output = (False, self.last[key])
+            ret = loop.time()
+            self.done += 1
+            self.txns += 1
+            break
+        self.history.append(Operation(self.n, ("cas", key, expected, new), output, call, ret))
 
     async def get(self, member: Member, key: bytes) -> None:
         loop = self.cluster.loop
@@ -97,6 +167,9 @@ class Client:
             return
         self.done += 1
         value = got.kvs[0].value if got.kvs else None
+        self.last[key] = value
+        if not self.old_revision or self.rng.random() < 0.05:
+            self.old_revision = got.revision
         self.history.append(Operation(self.n, ("get", key), value, call, loop.time()))
 
 
@@ -223,6 +296,30 @@ class Watcher:
             stream.close()
 
 
+async def compactor(cluster: SimCluster, watcher: Watcher, rng: random.Random, until: float) -> int:
+    """Compact the history now and then, through a random member; how many compactions
+    answered. Never past the hopping watcher's position, so it can always resume."""
+    loop = cluster.loop
+    done = 0
+    while loop.time() < until:
+        await asyncio.sleep(rng.uniform(1.0, 3.0))
+        running = sorted(cluster.members)
+        member = cluster.members.get(rng.choice(running)) if running else None
+        if member is None:
+            continue
+        store = member.kv.store
+        target = min(watcher.next_rev - 1, store.revision - 20)
+        if target < 1 or target <= store.compact_revision:
+            continue
+        try:
+            async with asyncio.timeout(2.0):
+                await member.write(CompactRequest(target))
+        except FAILURES:
+            continue
+        done += 1
+    return done
+
+
 def _eio_on_sync(method: str, path: str | None) -> OSError | None:
     return OSError(errno.EIO, "simulated I/O error") if method == "fdatasync" else None
 
@@ -321,6 +418,9 @@ def simulate(
         tasks = [asyncio.create_task(c.run(until)) for c in clients]
         watcher = Watcher(cluster, rng.randrange(2**32))
         tasks.append(asyncio.create_task(watcher.run(until)))
+        compacting = asyncio.create_task(
+            compactor(cluster, watcher, random.Random(rng.random()), until)
+        )
         leasers = [LeaseClient(n, cluster, rng.randrange(2**32)) for n in range(2)]
         let_go = [loop.time() + rng.uniform(1.0, seconds / 2) for _ in leasers]
         tasks += [
@@ -330,24 +430,33 @@ def simulate(
         for made in await asyncio.gather(*makers):
             faults.extend(made)
         await asyncio.gather(*tasks)
+        compactions = await compacting
         await cluster.start_missing()
         await settle(cluster)
         revisions = {m.kv.store.revision for m in cluster.members.values()}
+        compacted = {m.kv.store.compact_revision for m in cluster.members.values()}
         values = {
             tuple((kv.key, kv.value, kv.mod_revision) for kv in m.kv.store.range(b"\0", b"\0").kvs)
             for m in cluster.members.values()
         }
         assert len(revisions) == 1, revisions
         assert len(values) == 1, values
+        assert len(compacted) == 1, compacted
         member = next(iter(cluster.members.values()))
-        (revision,) = revisions
+        (revision,), (compact_revision,) = revisions, compacted
         await watcher.catch_up(member, revision)
-        everything = Watcher(cluster, 0)  # one watch from the first revision, at the end
+        everything = Watcher(cluster, 0)  # one watch from the oldest revision kept, at the end
+        everything.next_rev = kept = max(1, compact_revision)
         await everything.catch_up(member, revision)
         assert everything.seen[-1][0] == revision
         assert watcher.resumes >= 3, watcher.resumes
-        assert watcher.seen == everything.seen
+        assert watcher.seen[0][0] == 2, watcher.seen[:1]  # from the first write on
+        assert all(a[0] < b[0] for a, b in itertools.pairwise(watcher.seen)), "order, repeats"
+        assert [s for s in watcher.seen if s[0] >= kept] == everything.seen
         assert sum(c.done for c in clients) > 200, [c.done for c in clients]
+        assert sum(c.txns for c in clients) > 20, [c.txns for c in clients]
+        if seconds >= 10:
+            assert compactions >= 1, "nothing was compacted"
         lease_violations.extend(v for c in leasers for v in c.violations)
         for c in leasers:  # let go at most halfway: expired (and seen gone) by the end
             assert c.renewed_at is not None, "no lease was ever granted"
