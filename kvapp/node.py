@@ -353,6 +353,8 @@ class Member:
         self._promoting = False
         self._refused_updates: collections.OrderedDict[bytes, EtcdError] = collections.OrderedDict()
         self.removed = False
+        self._removed_seen = asyncio.Event()  # set with ``removed``, for a self-removal's caller
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []  # resolved past index
         self._stopping = False
         self._unsnapshotted = 0  # requests applied since the last snapshot
         self._log_mark = 0  # the store's change-log size at the last snapshot
@@ -497,7 +499,7 @@ class Member:
             member_id,
             index,
         )
-        self.removed = True
+        self._set_removed(True)
 
     # -- KvService --
 
@@ -633,10 +635,68 @@ class Member:
             raise MemberNotFoundError
         if member_id == self.node.leader_id and self.node.running:
             if member_id == self.id:
+                mine = self.node.status().progress.get(self.id)
                 await self._transfer_away()
+                if mine is not None and not self.node.is_leader:
+                    await self._until_applied_past(mine.match)
             elif me is not None and not me.is_learner:
                 await self._transfer_to(self.id)
-        await self._conf_change(ConfChange(ConfChangeType.REMOVE_NODE, member_id))
+        change = self._conf_change(ConfChange(ConfChangeType.REMOVE_NODE, member_id))
+        if member_id == self.id:
+            await self._removal_of_self(change)
+        else:
+            await change
+
+    async def _until_applied_past(self, index: int) -> None:
+        """Wait, at most two election timeouts, until an entry after ``index`` is applied here.
+
+        After handing leadership over, ``index + 1`` is the new leader's first entry. Until it
+        has applied every entry it held when elected, a leader refuses configuration changes
+        (one at a time, as etcd's raft), and a refused change forwarded by a follower is
+        dropped unreported: the proposer would time out. That entry applied here was committed,
+        so the leader applied it before it steps anything this member sends afterwards.
+        """
+        if self.node.applied > index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (index, fut)
+        self._applied_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.config.tick_interval * self.config.election_tick * 2):
+                await fut
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError):
+                self._applied_waiters.remove(waiter)
+
+    async def _removal_of_self(self, change: Coroutine[object, object, None]) -> None:
+        """Wait for this member's own removal: applied here, or learned from a peer.
+
+        The others commit the removal without this member and stop replicating to it, so it
+        may never apply the entry (and the proposal would time out): a peer saying it was
+        removed (:meth:`report_removed`) answers the call just as well.
+        """
+        proposal = asyncio.ensure_future(change)
+        told = asyncio.ensure_future(self._removed_seen.wait())
+        try:
+            await asyncio.wait((proposal, told), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            told.cancel()
+            if not proposal.done():
+                proposal.cancel()
+        try:
+            await proposal
+        except (asyncio.CancelledError, EtcdError, OutcomeUnknown):
+            if not self.removed:
+                raise
+
+    def _set_removed(self, removed: bool) -> None:
+        self.removed = removed
+        if removed:
+            self._removed_seen.set()
+        else:
+            self._removed_seen.clear()
 
     async def member_promote(self, member_id: int) -> None:
         """Promote a caught-up learner. See KvService.
@@ -1015,6 +1075,10 @@ class Member:
     def _apply(self, c: Committed) -> None:
         if self._note_applied is not None:
             self._note_applied(c.index)
+        if self._applied_waiters:
+            for index, fut in self._applied_waiters:
+                if c.index > index and not fut.done():
+                    fut.set_result(None)
         if c.index >= self._start_commit:
             self._caught_up.set()
         if c.conf_change is not None:
@@ -1096,13 +1160,13 @@ class Member:
                 # Re-added under the same id (its peer URLs): a member replaying the log from
                 # scratch meets its old removal first. It is a member again.
                 logger.info("%s: this member was added to the cluster again", self.config.name)
-                self.removed = False
+                self._set_removed(False)
             self._link(info)
         elif cc.type == ConfChangeType.REMOVE_NODE:
             self._members.pop(cc.node_id, None)
             if cc.node_id == self.id:
                 logger.warning("%s: this member was removed from the cluster", self.config.name)
-                self.removed = True
+                self._set_removed(True)
             else:
                 self._network.remove_peer(cc.node_id, removed_at=c.index)
         elif cc.context:  # UPDATE_NODE

@@ -44,7 +44,8 @@ def aio(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
 
 
 class Hub:
-    """An in-memory peer network: member id -> member; a cut member neither sends nor hears.
+    """An in-memory peer network: member id -> member; a cut member neither sends nor hears,
+    a deaf one sends but hears nothing.
 
     A member that removed another refuses its messages and tells it it was removed (as
     kvapp.transport does).
@@ -53,6 +54,7 @@ class Hub:
     def __init__(self) -> None:
         self.members: dict[int, Member] = {}
         self.cut: set[int] = set()
+        self.deaf: set[int] = set()
         self.removed: dict[tuple[int, int], int] = {}  # (remover, removed) -> removal index
 
     def links(self, me: int) -> Links:
@@ -68,7 +70,7 @@ class Links:
     def send(self, messages: Sequence[Message]) -> None:
         loop = asyncio.get_running_loop()
         for m in messages:
-            if self.me in self.hub.cut or m.to in self.hub.cut:
+            if self.me in self.hub.cut or m.to in self.hub.cut or m.to in self.hub.deaf:
                 continue
             dest = self.hub.members.get(m.to)
             removed_at = self.hub.removed.get((m.to, self.me))
@@ -337,6 +339,28 @@ async def test_a_member_removed_while_cut_off_learns_it_from_the_others() -> Non
         hub.cut.discard(victim.id)
         await wait_removed(victim)
         assert victim.id in {i.id for i in victim.member_list()}  # it never applied its removal
+    finally:
+        await stop_all(members)
+
+
+@aio
+async def test_a_member_removing_itself_is_answered_when_a_peer_says_it_is_gone() -> None:
+    # The others commit the removal without it and stop replicating to it, so it may never
+    # apply the entry; a peer's "removed" tells it the removal it asked for happened.
+    hub, members, _ = await start_cluster()
+    try:
+        victim = next(m for m in members if not m.node.is_leader)
+        for _ in range(500):  # it forwards its proposal to the leader it knows
+            if victim.node.leader_id != 0:
+                break
+            await asyncio.sleep(TICK)
+        hub.deaf.add(victim.id)
+        async with asyncio.timeout(victim.config.request_timeout / 2):
+            await victim.member_remove(victim.id)
+        assert victim.removed
+        assert victim.id in {i.id for i in victim.member_list()}  # it never applied its removal
+        survivors = [m for m in members if m is not victim]
+        assert all(victim.id not in {i.id for i in m.member_list()} for m in survivors)
     finally:
         await stop_all(members)
 
