@@ -574,16 +574,35 @@ class AsyncClient:
         """Make the endpoint list the client URLs of the cluster's voting members; the new list.
 
         What etcd's ``Client.Sync`` does, so that a client outlives the members it was first
-        given once they are replaced. Members that have not started yet (no name published)
-        and learners are left out. A URL naming the address of an endpoint already listed
-        keeps that endpoint's spelling, so its connection is reused. Connections to
-        endpoints no longer listed stay open until they fail or the client closes (closing
-        them could cut a write in flight); the next requests go to listed ones. If no member
-        has a client URL, the list is left as it was.
+        given once they are replaced. Learners and members that have not published their
+        client URLs yet (just added, not started) give none; an endpoint already listed stays
+        if it belongs to one of those (known from a connection), or, while some voter has
+        published no URL, if the client never connected to it: so a sync made while members
+        are starting does not shrink the list to the few that have published, which a later
+        replacement of those could leave unreachable. Endpoints of removed members go. A URL
+        naming the address of an endpoint already listed keeps that endpoint's spelling, so
+        its connection is reused. Connections to endpoints no longer listed stay open until
+        they fail or the client closes (closing them could cut a write in flight). If the
+        result would be empty, the list is left as it was.
         """
         members = await self.member_list()
         # Over etcd's API the list shows the gRPC URLs unmarked, so this is right for both.
-        urls = [url for m in members if m.name and not m.is_learner for url in m.native_client_urls]
+        published = {
+            m.id: m.native_client_urls
+            for m in members
+            if m.name and m.native_client_urls and not m.is_learner
+        }
+        incomplete = any(not m.is_learner and m.id not in published for m in members)
+        listed = {m.id for m in members}
+        keep = []
+        for e in self.endpoints:
+            member = self._member_of.get(e)
+            if member is None:
+                if incomplete:
+                    keep.append(e)
+            elif member in listed and member not in published:
+                keep.append(e)
+        urls = [u for urls in published.values() for u in urls] + keep
         if urls:
             self._set_endpoints(urls)
         return self.endpoints

@@ -543,6 +543,33 @@ async def test_sync_endpoints_takes_the_client_urls_of_the_started_voting_member
 
 @both_protocols
 @run()
+async def test_a_sync_while_members_are_starting_does_not_shrink_the_list(protocol: str) -> None:
+    async with (
+        members(3, protocol=protocol) as m,
+        AsyncClient(
+            m.endpoints,
+            protocol=protocol,  # type: ignore[arg-type]
+            retry_backoff=0.01,
+            connect_timeout=2,
+        ) as client,
+    ):
+        publish(m, 0)  # the others have not published their client URLs yet
+        assert await client.sync_endpoints() == tuple(m.endpoints)
+        for i in (1, 2):
+            publish(m, i)
+        assert await client.sync_endpoints() == tuple(m.endpoints)  # spellings kept
+        del m.cluster.members[m.services[2].member_id]  # removed, never connected to
+        assert await client.sync_endpoints() == tuple(m.endpoints[:2])
+        await m.stop_server(0)
+        await client.get(b"k")  # now connected to member 1
+        first = m.cluster.members.pop(m.services[0].member_id)
+        assert await client.sync_endpoints() == (m.endpoints[1],)
+        m.cluster.members[first.id] = attrs.evolve(first, is_learner=True)
+        assert await client.sync_endpoints() == (m.endpoints[1],)  # learners give none
+
+
+@both_protocols
+@run()
 async def test_a_client_syncing_on_its_own_outlives_the_members_it_was_given(
     protocol: str,
 ) -> None:
