@@ -41,7 +41,7 @@ from kvapp.mvcc.types import (
     TxnResponse,
 )
 from kvapp.node import Member
-from kvapp.service import OutcomeUnknown
+from kvapp.service import OutcomeUnknown, WriteRequest
 from raftlib.testing.linearizability import Operation, check_linearizability, register_model
 from tests.kvapp.simcluster import SimCluster, SimLoop
 
@@ -85,13 +85,12 @@ class Client:
             else:
                 await self.cas(member, key)
 
-    async def put(self, member: Member, key: bytes, value: bytes) -> None:
-        """One put, retried on other members under the same request id (deduplicated: it
-        takes effect once however many attempts reach the log). Half the clients retry."""
-        loop = self.cluster.loop
-        call = loop.time()
+    async def _write(self, member: Member, request: WriteRequest) -> tuple[object, int]:
+        """Send ``request`` under one request id, retried on other members (deduplicated: it
+        takes effect once however many attempts reach the log); half the clients retry.
+        Its answer (None if none came; a CompactedError if refused as such) and the attempt
+        that got it."""
         request_id = next(self.requests)
-        ret = None
         for attempt in range(3 if self.retries else 1):
             if attempt:
                 await asyncio.sleep(self.rng.uniform(0.01, 0.2))
@@ -99,22 +98,30 @@ class Client:
                 member = self.cluster.members[self.rng.choice(running)] if running else member
             try:
                 async with asyncio.timeout(2.0):
-                    await member.write(
-                        PutRequest(key, value), client_id=self.client_id, request_id=request_id
+                    resp = await member.write(
+                        request, client_id=self.client_id, request_id=request_id
                     )
+            except CompactedError as e:
+                return e, attempt
             except FAILURES:
                 continue
-            ret = loop.time()
+            return resp, attempt
+        return None, -1
+
+    async def put(self, member: Member, key: bytes, value: bytes) -> None:
+        call = self.cluster.loop.time()
+        resp, _ = await self._write(member, PutRequest(key, value))
+        ret = None
+        if resp is not None:
+            ret = self.cluster.loop.time()
             self.done += 1
             self.last[key] = value
-            break
         self.history.append(Operation(self.n, ("put", key, value), None, call, ret))
 
     async def cas(self, member: Member, key: bytes) -> None:
         """A txn: if the key holds the value this client saw last, put a new one, else read
         it. Half of them also read the key at an old revision, which fails the whole txn if
-        that was compacted. Retried like a put."""
-        loop = self.cluster.loop
+        that was compacted."""
         expected = self.last.get(key)
         new = f"{self.n}-{next(self.counter)}".encode()
         if expected is None:
@@ -124,25 +131,16 @@ class Client:
         success: list[RequestOp] = [PutRequest(key, new)]
         if self.old_revision and self.rng.random() < 0.5:
             success.append(RangeRequest(key, revision=self.old_revision))
-        txn = TxnRequest([compare], success, [RangeRequest(key)])
-        call = loop.time()
-        request_id = next(self.requests)
+        call = self.cluster.loop.time()
+        resp, attempt = await self._write(
+            member, TxnRequest([compare], success, [RangeRequest(key)])
+        )
         ret = output = None
-        for attempt in range(3 if self.retries else 1):
-            if attempt:
-                await asyncio.sleep(self.rng.uniform(0.01, 0.2))
-                running = sorted(self.cluster.members)
-                member = self.cluster.members[self.rng.choice(running)] if running else member
-            try:
-                async with asyncio.timeout(2.0):
-                    resp = await member.write(txn, client_id=self.client_id, request_id=request_id)
-            except CompactedError:
-                self.compacted += 1
-                if attempt == 0:
-                    return  # refused whole: it took no effect
-                break  # an earlier attempt may have taken effect: pending
-            except FAILURES:
-                continue
+        if isinstance(resp, CompactedError):
+            self.compacted += 1
+            if attempt == 0:
+                return  # refused whole: it took no effect
+        elif resp is not None:  # else an earlier attempt may have taken effect: pending
             assert isinstance(resp, TxnResponse), resp
             if resp.succeeded:
                 output = (True, expected)
@@ -152,10 +150,9 @@ class Client:
                 assert isinstance(got, RangeResponse), got
                 self.last[key] = got.kvs[0].value if got.kvs else None
                 output = (False, self.last[key])
-            ret = loop.time()
+            ret = self.cluster.loop.time()
             self.done += 1
             self.txns += 1
-            break
         self.history.append(Operation(self.n, ("cas", key, expected, new), output, call, ret))
 
     async def get(self, member: Member, key: bytes) -> None:

@@ -6,18 +6,16 @@ naming the members of a :class:`~tests.kvapp.test_recipes.ThreadCluster`.
 
 from __future__ import annotations
 
-import pathlib
-import re
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
+from tests.kvapp.docblocks import DOCS, python_blocks, run_block
 from tests.kvapp.test_recipes import ThreadCluster
 
-DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "kvapp.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+DOC = DOCS / "kvapp.md"
+BLOCKS = python_blocks(DOC)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +42,6 @@ def test_example_runs(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("KVAPP_ENDPOINTS", ",".join(cluster.endpoints))
-    namespace: dict[str, Any] = {"__name__": f"docs_kvapp_{index}"}
-    exec(compile(BLOCKS[index], f"{DOC}:block{index}", "exec"), namespace)
-    out = capsys.readouterr().out
+    out = run_block(DOC, index, cluster.endpoints, monkeypatch, capsys)
     if "sync_endpoints" in BLOCKS[index]:
         assert out.splitlines() == ["3 endpoints", "hello"], out

@@ -7,19 +7,15 @@ those ``python -m kvapp cluster`` prints).
 
 from __future__ import annotations
 
-import pathlib
-import re
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
+from tests.kvapp.docblocks import DOCS, python_blocks, run_block
 from tests.kvapp.test_recipes import ThreadCluster
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "locks.md"
-TEXT = DOC.read_text()
-BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, flags=re.DOTALL)
+DOC = DOCS / "locks.md"
+BLOCKS = python_blocks(DOC)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +26,7 @@ def cluster() -> Iterator[ThreadCluster]:
 
 def test_the_page_has_examples_and_is_in_the_nav() -> None:
     assert len(BLOCKS) >= 3
-    assert "locks.md" in (ROOT / "mkdocs.yml").read_text()
+    assert "locks.md" in (DOCS.parent / "mkdocs.yml").read_text()
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
@@ -40,10 +36,7 @@ def test_example_runs(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("KVAPP_ENDPOINTS", ",".join(cluster.endpoints))
-    namespace: dict[str, Any] = {"__name__": f"docs_locks_{index}"}
-    exec(compile(BLOCKS[index], f"{DOC}:block{index}", "exec"), namespace)
-    out = capsys.readouterr().out
+    out = run_block(DOC, index, cluster.endpoints, monkeypatch, capsys)
     if "FencedStore" in BLOCKS[index]:
         assert "the store refused a: token" in out
         assert "the cluster refused a: fenced write refused" in out
