@@ -417,6 +417,19 @@ class Applier:
         self._alarms_changed()
         return AlarmResponse([AlarmMember(*key)])
 
+    def member_removed(self, member_id: int) -> None:
+        """Forget a removed member's NOSPACE alarm (called when its removal is applied).
+
+        Its disk is no longer the cluster's, and it can no longer clear the alarm itself
+        (nor would anyone else, the way members clear their own), so it would keep every
+        write refused. etcd keeps it until an operator disarms it (etcd-io/etcd#14379).
+        Every member applies the removal at the same index, so all forget it alike.
+        """
+        key = (member_id, AlarmType.NOSPACE)
+        if key in self._alarms:
+            self._alarms.discard(key)
+            self._alarms_changed()
+
     def _alarms_changed(self) -> None:
         kinds = {kind for _, kind in self._alarms}
         self._nospace = AlarmType.NOSPACE in kinds

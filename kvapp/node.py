@@ -1164,6 +1164,7 @@ class Member:
             self._link(info)
         elif cc.type == ConfChangeType.REMOVE_NODE:
             self._members.pop(cc.node_id, None)
+            self.applier.member_removed(cc.node_id)
             if cc.node_id == self.id:
                 logger.warning("%s: this member was removed from the cluster", self.config.name)
                 self._set_removed(True)

@@ -607,6 +607,10 @@ class SimFileSystem:
         node = self._file_at(name)
         return len(node.data)
 
+    def used_bytes(self) -> int:
+        """Bytes the files hold now (open or linked), which count against :attr:`capacity`."""
+        return sum(len(f.data) for f in self._live.values())
+
     def free_bytes(self, path: Path) -> int:
         """``capacity`` less the bytes used (never negative), or 2**50 with no capacity."""
         name = self._name(path)
@@ -750,8 +754,7 @@ class SimFileSystem:
     def _free(self) -> int:
         if self.capacity is None:
             return _UNLIMITED_FREE
-        used = sum(len(f.data) for f in self._live.values())
-        return max(0, self.capacity - used)
+        return max(0, self.capacity - self.used_bytes())
 
     def _write(self, file: _File, data: bytes, offset: int) -> int:
         """Write what fits of ``data``; how much that was (``ENOSPC`` if nothing fits)."""

@@ -359,6 +359,7 @@ class SimCluster:
             rng=random.Random(self.rng.random()),
             executor=InlineExecutor(),
             run_id=self.rng.getrandbits(64),
+            disk_free=lambda: self.disks[member_id].free_bytes(DATA),  # its disk of the moment
         )
         self.members[member_id] = m
         self.stores[member_id] = store

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import pytest
 
-from kvapp.errors import CompactedError, EtcdError, KvappError
+from kvapp.errors import CompactedError, EtcdError, KvappError, NoSpaceError
 from kvapp.lease import LeaseGrantRequest, LeaseGrantResponse
 from kvapp.mvcc.types import (
     CompactRequest,
@@ -88,8 +88,8 @@ class Client:
     async def _write(self, member: Member, request: WriteRequest) -> tuple[object, int]:
         """Send ``request`` under one request id, retried on other members (deduplicated: it
         takes effect once however many attempts reach the log); half the clients retry.
-        Its answer (None if none came; a CompactedError if refused as such) and the attempt
-        that got it."""
+        Its answer (None if none came; the error if refused for certain: compacted, or
+        NOSPACE) and the attempt that got it."""
         request_id = next(self.requests)
         for attempt in range(3 if self.retries else 1):
             if attempt:
@@ -101,7 +101,7 @@ class Client:
                     resp = await member.write(
                         request, client_id=self.client_id, request_id=request_id
                     )
-            except CompactedError as e:
+            except (CompactedError, NoSpaceError) as e:
                 return e, attempt
             except FAILURES:
                 continue
@@ -110,9 +110,12 @@ class Client:
 
     async def put(self, member: Member, key: bytes, value: bytes) -> None:
         call = self.cluster.loop.time()
-        resp, _ = await self._write(member, PutRequest(key, value))
+        resp, attempt = await self._write(member, PutRequest(key, value))
         ret = None
-        if resp is not None:
+        if isinstance(resp, NoSpaceError):
+            if attempt == 0:
+                return  # refused before anything was proposed: no effect
+        elif resp is not None:
             ret = self.cluster.loop.time()
             self.done += 1
             self.last[key] = value
@@ -136,8 +139,8 @@ class Client:
             member, TxnRequest([compare], success, [RangeRequest(key)])
         )
         ret = output = None
-        if isinstance(resp, CompactedError):
-            self.compacted += 1
+        if isinstance(resp, (CompactedError, NoSpaceError)):
+            self.compacted += isinstance(resp, CompactedError)
             if attempt == 0:
                 return  # refused whole: it took no effect
         elif resp is not None:  # else an earlier attempt may have taken effect: pending
@@ -322,7 +325,7 @@ def _eio_on_sync(method: str, path: str | None) -> OSError | None:
     return OSError(errno.EIO, "simulated I/O error") if method == "fdatasync" else None
 
 
-FAULTS = ("isolate", "drop", "power", "power-leader", "replace", "fsync-eio")
+FAULTS = ("isolate", "drop", "power", "power-leader", "replace", "fsync-eio", "disk-full")
 
 
 async def nemesis(
@@ -362,6 +365,13 @@ async def nemesis(
             cluster.disks[victim].fault = None  # a new disk, as after a repair
             await asyncio.sleep(rng.uniform(0.1, 0.5))
             await restart(victim)
+        elif fault == "disk-full" and victim in cluster.members:
+            # The disk fills up (a little room left, or none): the member raises NOSPACE,
+            # writes are refused cluster-wide, reads go on; then space comes back.
+            disk = cluster.disks[victim]
+            disk.capacity = disk.used_bytes() + rng.choice((0, rng.randrange(1 << 16)))
+            await asyncio.sleep(rng.uniform(0.3, 1.5))
+            cluster.disks[victim].capacity = None  # (a power loss may have swapped the disk)
         elif fault == "isolate":
             cluster.net.isolated.add(victim)
             await asyncio.sleep(rng.uniform(0.2, 1.5))
@@ -440,6 +450,12 @@ def simulate(
         assert len(revisions) == 1, revisions
         assert len(values) == 1, values
         assert len(compacted) == 1, compacted
+        for m in cluster.members.values():  # every disk has room again: alarms cleared
+            for _ in range(500):
+                if not m.applier.alarms():
+                    break
+                await asyncio.sleep(0.01)
+            assert not m.applier.alarms(), (m.applier.alarms(), m.member_list())
         member = next(iter(cluster.members.values()))
         (revision,), (compact_revision,) = revisions, compacted
         await watcher.catch_up(member, revision)

@@ -44,7 +44,17 @@ from kvapp.storage import fs as fsmod
 from kvapp.storage.wal import DEFAULT_SEGMENT_SIZE
 from raftlib import MemoryStorage, NodeStorage
 from raftlib.node import unwrap_proposal
-from tests.kvapp.test_member import CLUSTER, TICK, Clock, Hub, aio, infos, stop_all
+from tests.kvapp.test_member import (
+    CLUSTER,
+    TICK,
+    Clock,
+    Hub,
+    aio,
+    infos,
+    leader_of,
+    start_cluster,
+    stop_all,
+)
 
 NOSPACE_TEXT = "etcdserver: mvcc: database space exceeded"
 NOSPACE, CORRUPT = AlarmType.NOSPACE, AlarmType.CORRUPT
@@ -85,6 +95,36 @@ def test_the_applier_refuses_before_proposing_what_the_alarms_would_refuse() -> 
     applier.apply(kvreq.Request(0, 0, kvreq.AlarmRequest(AlarmAction.ACTIVATE, 7, CORRUPT)), 5)
     with pytest.raises(CorruptClusterError):
         applier.check_alarms(kvreq.Request(0, 0, RangeRequest(b"k")))
+
+
+def test_a_removed_members_nospace_alarm_is_forgotten_and_its_others_kept() -> None:
+    applier = Applier(KvState(lambda: 0.0, grace=1.0))
+    for i, (member, kind) in enumerate([(7, NOSPACE), (7, CORRUPT), (8, NOSPACE)], start=1):
+        raise_it = kvreq.AlarmRequest(AlarmAction.ACTIVATE, member, kind)
+        applier.apply(kvreq.Request(0, 0, raise_it), i)
+    applier.member_removed(7)
+    assert applier.alarms() == (AlarmMember(7, CORRUPT), AlarmMember(8, NOSPACE))
+    applier.member_removed(8)
+    applier.member_removed(9)  # none raised: nothing to forget
+    assert applier.alarms() == (AlarmMember(7, CORRUPT),)
+
+
+@aio
+async def test_removing_a_member_whose_disk_is_full_lets_the_cluster_write_again() -> None:
+    # It cannot clear its own alarm any more (the cluster simulation found the cluster left
+    # refusing every write for good after such a replacement).
+    _, members, _ = await start_cluster()
+    try:
+        leader = leader_of(members)
+        full = next(m for m in members if m is not leader)
+        await leader.alarm(AlarmAction.ACTIVATE, full.id, NOSPACE)
+        with pytest.raises(NoSpaceError):
+            await leader.write(PutRequest(b"k", b"v"))
+        await leader.member_remove(full.id)
+        await leader.write(PutRequest(b"k", b"v"))
+        assert all(not m.applier.alarms() for m in members if m is not full)
+    finally:
+        await stop_all(members)
 
 
 # -- DiskGuard, one check at a time --

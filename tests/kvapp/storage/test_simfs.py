@@ -499,6 +499,7 @@ def test_a_write_past_the_capacity_is_short_then_refused() -> None:
     fd = fs.open(D / "f", RW_CREATE)
     assert fs.pwrite(fd, b"a" * 600, 0) == 600
     assert fs.free_bytes(D) == 400
+    assert fs.used_bytes() == 600
     assert fs.pwrite(fd, b"b" * 600, 600) == 400
     assert fs.fsize(fd) == 1000
     assert fs.free_bytes(D) == 0
