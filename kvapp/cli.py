@@ -124,17 +124,18 @@ def parse_duration(value: str, flag: str) -> float:
     Raises:
         UsageError: not a duration, or not positive.
     """
+    body = value[1:] if value[:1] in ("-", "+") else value  # Go takes a sign: -5s is negative
     pos, total = 0, 0.0
-    while pos < len(value):
-        m = _DURATION_PART.match(value, pos)
+    while pos < len(body):
+        m = _DURATION_PART.match(body, pos)
         if m is None:
             break
         total += float(m.group(1)) * _DURATION_UNIT[m.group(2)]
         pos = m.end()
-    if not value or pos != len(value):
+    if not body or pos != len(body):
         raise UsageError(f"{flag}: {value!r} is not a duration (such as 10m, 1m30s, 500ms)")
-    if total <= 0:
-        raise UsageError(f"{flag} must be positive")
+    if total <= 0 or value.startswith("-"):
+        raise UsageError(f"{flag} must be positive, not {value}")
     return total
 
 

@@ -48,6 +48,8 @@ def test_etcd_timing_flags_become_ticks() -> None:
         (args("--experimental-watch-progress-notify-interval", "10"), "not a duration"),
         (args("--experimental-watch-progress-notify-interval", "1x"), "not a duration"),
         (args("--experimental-watch-progress-notify-interval", "0s"), "must be positive"),
+        (args("--experimental-watch-progress-notify-interval=-5s"), "positive, not -5s"),
+        (args("--experimental-watch-progress-notify-interval=-"), "not a duration"),
         (
             ["--name", "a", "--initial-cluster", "a=http://127.0.0.1:1,b=http://127.0.0.1:1"],
             "given for both",
@@ -68,6 +70,7 @@ def test_bad_flags_are_refused_with_a_message_naming_them(argv: list[str], messa
         ("1.5h", 5400.0),
         ("2000000\u00b5s", 2.0),
         ("2000000\u03bcs", 2.0),
+        ("+2s", 2.0),
     ],
 )
 def test_the_progress_notify_interval_is_a_go_duration(value: str, seconds: float) -> None:
