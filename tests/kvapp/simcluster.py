@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from kvapp.client import AsyncClient
 from kvapp.client.native import NativeConnector
 from kvapp.node import Member, MemberConfig, cluster_id_for, member_id_for
 from kvapp.server.native import NativeServer
@@ -484,3 +485,19 @@ class SimCluster:
             if m.node.is_leader:
                 return m
         return None
+
+    def client(self, n: int, rng: random.Random) -> AsyncClient:
+        """kvapp's client over the simulated network, starting at the ``n``-th endpoint; its
+        ids and jitter from ``rng``. It syncs its endpoint list every virtual second, or the
+        replaced members would take the cluster with them."""
+        k = n % len(self.endpoints)
+        return AsyncClient(
+            self.endpoints[k:] + self.endpoints[:k],
+            connector=SimConnector(self),
+            connect_timeout=0.5,
+            request_timeout=1.0,
+            max_attempts=4,
+            client_id=rng.randrange(1, 2**63),
+            rng=random.Random(rng.random()),
+            auto_sync_interval=1.0,
+        )

@@ -23,7 +23,7 @@ from kvapp.client.errors import ClientError
 from kvapp.errors import EtcdError, KvappError
 from kvapp.service import OutcomeUnknown
 from raftlib.testing.linearizability import Operation, check_linearizability, register_model
-from tests.kvapp.simcluster import SimCluster, SimConnector, SimLoop
+from tests.kvapp.simcluster import SimCluster, SimLoop
 from tests.kvapp.test_cluster_sim import KEYS, Seen, _seen, nemesis, settle
 
 FAILURES = (OutcomeUnknown, ClientError, EtcdError, KvappError, TimeoutError)
@@ -153,17 +153,7 @@ def simulate(seed: int, seconds: float = 15.0) -> tuple[list[Operation], list[st
         await cluster.start_all()
 
         def client(n: int) -> AsyncClient:
-            endpoints = cluster.endpoints[n % 3 :] + cluster.endpoints[: n % 3]
-            return AsyncClient(
-                endpoints,
-                connector=SimConnector(cluster),
-                connect_timeout=0.5,
-                request_timeout=1.0,
-                max_attempts=4,
-                client_id=rng.randrange(1, 2**63),
-                rng=random.Random(rng.random()),
-                auto_sync_interval=1.0,  # or the replaced members take the cluster with them
-            )
+            return cluster.client(n, rng)
 
         clients = [client(n) for n in range(3)]
         watching = client(3)

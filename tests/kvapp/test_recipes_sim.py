@@ -23,7 +23,7 @@ from kvapp.client import AsyncClient
 from kvapp.recipes import AsyncLock, AsyncSession
 from kvapp.recipes.errors import LockLost, RecipeError
 from kvapp.service import OutcomeUnknown
-from tests.kvapp.simcluster import SimCluster, SimConnector, SimLoop
+from tests.kvapp.simcluster import SimCluster, SimLoop
 from tests.kvapp.test_client_sim import FAILURES
 from tests.kvapp.test_cluster_sim import nemesis, settle
 
@@ -80,19 +80,7 @@ def simulate(seed: int, seconds: float = 20.0) -> tuple[list[Worker], int, list[
         rng = random.Random(seed)
         cluster = SimCluster(loop, seed)
         await cluster.start_all()
-        clients = [
-            AsyncClient(
-                cluster.endpoints[n:] + cluster.endpoints[:n],
-                connector=SimConnector(cluster),
-                connect_timeout=0.5,
-                request_timeout=1.0,
-                max_attempts=4,
-                client_id=rng.randrange(1, 2**63),
-                rng=random.Random(rng.random()),
-                auto_sync_interval=1.0,
-            )
-            for n in range(3)
-        ]
+        clients = [cluster.client(n, rng) for n in range(3)]
         workers.extend(
             Worker(c, random.Random(rng.random()), stalls=n == 0) for n, c in enumerate(clients)
         )
