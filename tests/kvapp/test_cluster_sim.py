@@ -33,6 +33,7 @@ from kvapp.mvcc.types import (
     CompareResult,
     CompareTarget,
     Event,
+    EventType,
     PutRequest,
     RangeRequest,
     RangeResponse,
@@ -65,6 +66,7 @@ class Client:
         self.old_revision = 0  # a revision read a while ago, for txns to read at
         self.txns = 0
         self.compacted = 0  # txns refused because the revision they read was compacted
+        self.past: list[tuple[bytes, int, bytes | None]] = []  # (key, revision, value) read
 
     async def run(self, until: float) -> None:
         loop = self.cluster.loop
@@ -80,8 +82,10 @@ class Client:
             dice = self.rng.random()
             if dice < 0.4:
                 await self.put(member, key, f"{self.n}-{next(self.counter)}".encode())
-            elif dice < 0.8:
+            elif dice < 0.75:
                 await self.get(member, key)
+            elif dice < 0.8:
+                await self.get_past(member, key)
             else:
                 await self.cas(member, key)
 
@@ -157,6 +161,18 @@ class Client:
             self.done += 1
             self.txns += 1
         self.history.append(Operation(self.n, ("cas", key, expected, new), output, call, ret))
+
+    async def get_past(self, member: Member, key: bytes) -> None:
+        """Read ``key`` as of a revision read a while ago (any member, no barrier): the value
+        then is fixed for good, so it is checked against the final history."""
+        if not self.old_revision:
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                got = await member.range(RangeRequest(key, revision=self.old_revision))
+        except FAILURES:  # compacted, not there yet on this member, unreachable...
+            return
+        self.past.append((key, self.old_revision, got.kvs[0].value if got.kvs else None))
 
     async def get(self, member: Member, key: bytes) -> None:
         loop = self.cluster.loop
@@ -260,6 +276,7 @@ class Watcher:
         self.cluster = cluster
         self.rng = random.Random(seed)
         self.seen: list[Seen] = []
+        self.prevs: list[bytes | None] = []  # each seen event's prev_kv value (None: none)
         self.next_rev = 1
         self.resumes = 0
 
@@ -282,13 +299,14 @@ class Watcher:
         loop = self.cluster.loop
         stream = member.open_watch_stream(lambda: None)
         try:
-            stream.watch(b"\0", b"\0", start_revision=self.next_rev)
+            stream.watch(b"\0", b"\0", start_revision=self.next_rev, prev_kv=True)
             while loop.time() < until and self.cluster.members.get(member.id) is member:
                 for resp in stream.take():
                     assert not resp.canceled, resp
                     if resp.events:
                         assert resp.events[0].kv.mod_revision >= self.next_rev, resp
                         self.seen += _seen(resp.events)
+                        self.prevs += [e.prev_kv.value if e.prev_kv else None for e in resp.events]
                         self.next_rev = resp.events[-1].kv.mod_revision + 1
                 if stop_at is not None and self.next_rev > stop_at:
                     return
@@ -319,6 +337,26 @@ async def compactor(cluster: SimCluster, watcher: Watcher, rng: random.Random, u
             continue
         done += 1
     return done
+
+
+def _check_against_history(watcher: Watcher, clients: Sequence[Client]) -> None:
+    """The watcher's history is complete (from revision 1): every prev_kv it was sent must be
+    the version before, and every read at a past revision must give the value then."""
+    now: dict[bytes, bytes] = {}
+    versions: dict[bytes, list[tuple[int, bytes | None]]] = {}
+    for (rev, kind, key, value), prev in zip(watcher.seen, watcher.prevs, strict=True):
+        assert prev == now.get(key), (
+            f"revision {rev}, {key!r}: prev_kv {prev!r}, not {now.get(key)!r}"
+        )
+        if kind == EventType.PUT:
+            now[key] = value
+        else:
+            now.pop(key, None)
+        versions.setdefault(key, []).append((rev, now.get(key)))
+    for c in clients:
+        for key, rev, got in c.past:
+            then = [v for r, v in versions.get(key, []) if r <= rev]
+            assert got == (then[-1] if then else None), f"{key!r} at revision {rev}: {got!r}"
 
 
 def _eio_on_sync(method: str, path: str | None) -> OSError | None:
@@ -467,6 +505,7 @@ def simulate(
         assert watcher.seen[0][0] == 2, watcher.seen[:1]  # from the first write on
         assert all(a[0] < b[0] for a, b in itertools.pairwise(watcher.seen)), "order, repeats"
         assert [s for s in watcher.seen if s[0] >= kept] == everything.seen
+        _check_against_history(watcher, clients)
         assert sum(c.done for c in clients) > 200, [c.done for c in clients]
         assert sum(c.txns for c in clients) > 20, [c.txns for c in clients]
         if seconds >= 10:
