@@ -488,8 +488,9 @@ class SimCluster:
 
     def client(self, n: int, rng: random.Random) -> AsyncClient:
         """kvapp's client over the simulated network, starting at the ``n``-th endpoint; its
-        ids and jitter from ``rng``. It syncs its endpoint list every virtual second, or the
-        replaced members would take the cluster with them."""
+        ids and jitter from ``rng``. It syncs its endpoint list four times a virtual second, or
+        the replaced members would take the cluster with them: replacements can follow each
+        other within a second, and a list left that long can name only removed members."""
         k = n % len(self.endpoints)
         return AsyncClient(
             self.endpoints[k:] + self.endpoints[:k],
@@ -499,5 +500,5 @@ class SimCluster:
             max_attempts=4,
             client_id=rng.randrange(1, 2**63),
             rng=random.Random(rng.random()),
-            auto_sync_interval=1.0,
+            auto_sync_interval=0.25,
         )
