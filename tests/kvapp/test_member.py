@@ -19,6 +19,7 @@ from kvapp.errors import (
     NoLeaderError,
     NotLeaderError,
     RequestTooLargeError,
+    TooManyRequestsError,
 )
 from kvapp.lease import LeaseGrantRequest, LeaseGrantResponse
 from kvapp.mvcc.types import PutRequest, RangeRequest
@@ -361,6 +362,31 @@ async def test_a_member_removing_itself_is_answered_when_a_peer_says_it_is_gone(
         assert victim.id in {i.id for i in victim.member_list()}  # it never applied its removal
         survivors = [m for m in members if m is not victim]
         assert all(victim.id not in {i.id for i in m.member_list()} for m in survivors)
+    finally:
+        await stop_all(members)
+
+
+@aio
+async def test_a_second_membership_change_while_one_is_pending_is_refused_at_once() -> None:
+    # Raft takes one at a time: the leader refuses the other, and its caller learns so when
+    # the refusal (an empty entry in its place) commits, not after a timeout.
+    _, members, _ = await start_cluster()
+    try:
+        leader = leader_of(members)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        results = await asyncio.gather(
+            leader.member_add(("http://127.0.0.1:7101",), is_learner=True),
+            leader.member_add(("http://127.0.0.1:7102",), is_learner=True),
+            return_exceptions=True,
+        )
+        assert loop.time() - t0 < leader.config.request_timeout / 2, results
+        added, refused = results
+        assert isinstance(added, MemberInfo), results
+        assert isinstance(refused, TooManyRequestsError), results
+        urls = {u for m in leader.member_list() for u in m.peer_urls}
+        assert "http://127.0.0.1:7101" in urls
+        assert "http://127.0.0.1:7102" not in urls
     finally:
         await stop_all(members)
 
