@@ -2,7 +2,7 @@
 
 The cluster of :mod:`tests.kvapp.test_cluster_sim` (virtual time, a lossy network, power
 losses, member replacements), but the clients are :class:`~kvapp.client.AsyncClient` s speaking
-the native protocol over in-memory streams (:class:`~tests.kvapp.simcluster.SimConnector`):
+the native protocol over in-memory streams (:class:`~kvapp.testing.SimConnector`):
 what they see is what a user's program sees. Their puts (retried by the client under its
 request ids) and linearizable gets must form a linearizable history; a client watch, which
 the client re-creates on another member whenever its connection goes, must deliver the
@@ -22,8 +22,8 @@ from kvapp.client import AsyncClient, KeepAlive, Watch
 from kvapp.client.errors import ClientError
 from kvapp.errors import EtcdError, KvappError
 from kvapp.service import OutcomeUnknown
+from kvapp.testing import SimCluster, SimLoop
 from raftlib.testing.linearizability import Operation, check_linearizability, register_model
-from tests.kvapp.simcluster import SimCluster, SimLoop
 from tests.kvapp.test_cluster_sim import KEYS, Seen, _seen, nemesis, settle
 
 FAILURES = (OutcomeUnknown, ClientError, EtcdError, KvappError, TimeoutError)

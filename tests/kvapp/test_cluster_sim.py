@@ -6,7 +6,7 @@ revision that may have been compacted meanwhile (then the txn fails whole, on ev
 alike), while a nemesis cuts members off, drops messages, cuts the power of members (their simulated
 disks keep only what a power loss would) and restarts them, and replaces members (a new one
 joins as a learner and is promoted, then another is removed, sometimes the leader).
-Everything runs on one :class:`~tests.kvapp.simcluster.SimLoop`, so a minute of cluster life
+Everything runs on one :class:`~kvapp.testing.SimLoop`, so a minute of cluster life
 takes about a second and a run is fixed by its seed. The history must be linearizable, every
 member must end with the same data, leases must expire neither early nor never, a watcher
 resuming on member after member must see the history exactly once, and the same seed must give
@@ -43,8 +43,8 @@ from kvapp.mvcc.types import (
 )
 from kvapp.node import Member
 from kvapp.service import OutcomeUnknown, WriteRequest
+from kvapp.testing import SimCluster, SimLoop
 from raftlib.testing.linearizability import Operation, check_linearizability, register_model
-from tests.kvapp.simcluster import SimCluster, SimLoop
 
 KEYS = (b"x", b"y", b"z")
 _T = TypeVar("_T")

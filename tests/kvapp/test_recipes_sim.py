@@ -23,7 +23,7 @@ from kvapp.client import AsyncClient
 from kvapp.recipes import AsyncLock, AsyncSession
 from kvapp.recipes.errors import LockLost, RecipeError
 from kvapp.service import OutcomeUnknown
-from tests.kvapp.simcluster import SimCluster, SimLoop
+from kvapp.testing import SimCluster, SimLoop
 from tests.kvapp.test_client_sim import FAILURES
 from tests.kvapp.test_cluster_sim import nemesis, settle
 

@@ -1,6 +1,6 @@
 """A whole kvapp cluster in one process, in virtual time, on simulated disks and network.
 
-This is what the member's seams are for (issue 11, item 6): each :class:`~kvapp.node.Member`
+This is what the member's seams are for: each :class:`~kvapp.node.Member`
 gets its clock (the loop's), its peer network (:class:`SimNet`: per-link FIFO delivery after a
 seeded random delay, drops, partitions), its file layer (a
 :class:`~kvapp.storage.simfs.SimFileSystem` under its Raft store, which can lose power) and its
@@ -20,9 +20,9 @@ import errno
 import functools
 import random
 import selectors
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -38,7 +38,10 @@ from raftlib import Message, MessageType
 from raftlib.codec import decode_messages, encode_messages
 
 DATA = Path("/data")
+"""Where each member's store lives on its simulated disk."""
 CLUSTER = cluster_id_for("sim")
+"""The simulated clusters' id."""
+_T = TypeVar("_T")
 
 
 class _InstantSelector(selectors.BaseSelector):
@@ -79,9 +82,11 @@ class SimLoop(asyncio.SelectorEventLoop):
         super().__init__(selector=_InstantSelector(self))
 
     def time(self) -> float:
+        """The virtual clock, in seconds from 0."""
         return self._now
 
     def advance(self, seconds: float) -> None:
+        """Move the clock forward (the selector does, when nothing is ready)."""
         self._now += max(0.0, seconds)
 
 
@@ -91,6 +96,7 @@ class InlineExecutor(concurrent.futures.Executor):
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[Any]:
+        """Run ``fn`` now; a future already done with its result or exception."""
         f: concurrent.futures.Future[Any] = concurrent.futures.Future()
         try:
             f.set_result(fn(*args, **kwargs))
@@ -118,9 +124,11 @@ class SimNet:
         self.sent = 0
 
     def links(self, me: int) -> SimLinks:
+        """Member ``me``'s peer links (what :class:`~kvapp.node.Member` sends through)."""
         return SimLinks(self, me)
 
     def deliver(self, frm: int, m: Message) -> None:
+        """Send ``m`` from ``frm``: lost, refused as from a removed member, or delivered later."""
         if frm in self.isolated or m.to in self.isolated or self.rng.random() < self.drop:
             self._lost(frm, m)
             return
@@ -146,8 +154,11 @@ class SimNet:
             self._tell(frm, "report_snapshot", m.to, success=True)
 
     def _lost(self, frm: int, m: Message) -> None:
-        """As the real transport does: a snapshot that did not get through is reported failed
-        (else the leader would wait for it for ever); a peer out of reach, unreachable."""
+        """Report a lost message as the real transport does.
+
+        A snapshot that did not get through is reported failed (else the leader would wait
+        for it for ever); a peer out of reach, unreachable.
+        """
         if m.type == MessageType.SNAP:
             self._tell(frm, "report_snapshot", m.to, success=False)
         if frm in self.isolated or m.to in self.isolated or m.to not in self.members:
@@ -160,8 +171,11 @@ class SimNet:
 
 
 def _over_the_wire(m: Message) -> Message:
-    """``m`` as the receiver gets it from the real transport: encoded and decoded, and a
-    snapshot's data as bytes (the sender's may be a view of a file on its own disk)."""
+    """``m`` as the receiver gets it from the real transport.
+
+    Encoded and decoded, and a snapshot's data as bytes (the sender's may be a view of a file
+    on its own disk).
+    """
     raw: object = m.snapshot.data if m.snapshot is not None else b""
     if m.snapshot is not None and not isinstance(raw, bytes):  # typed bytes, may be a file's
         data = snapshot_bytes(raw)
@@ -171,26 +185,34 @@ def _over_the_wire(m: Message) -> Message:
 
 
 class SimLinks:
+    """One member's view of :class:`SimNet` (kvapp's ``PeerLinks``)."""
+
     def __init__(self, net: SimNet, me: int) -> None:
         self.net = net
         self.me = me
 
     def send(self, messages: Sequence[Message]) -> None:
+        """Send each message through the network."""
         for m in messages:
             self.net.deliver(self.me, m)
 
     def add_peer(self, member_id: int, address: tuple[str, int]) -> None:
+        """Link to a member (added again, it is no longer refused as removed)."""
         self.net.removed.pop((self.me, member_id), None)
 
     def remove_peer(self, member_id: int, *, removed_at: int = 0) -> None:
+        """Refuse a removed member's messages from now on, telling it it was removed."""
         if removed_at:
             self.net.removed[(self.me, member_id)] = removed_at
 
 
 class _Pipe(asyncio.WriteTransport):
-    """One direction of an in-memory byte stream: what is written arrives at the other end's
-    reader, in order, after the network's delay; held back (as TCP would) while either end
-    is cut off. Closing or aborting ends the stream at both ends."""
+    """One direction of an in-memory byte stream.
+
+    What is written arrives at the other end's reader, in order, after the network's delay;
+    held back (as TCP would) while either end is cut off. Closing or aborting ends the stream
+    at both ends.
+    """
 
     def __init__(self, net: SimNet, ends: tuple[int, int], peername: str) -> None:
         super().__init__()
@@ -285,6 +307,7 @@ class SimConnector(NativeConnector):
     async def open_stream(
         self, host: str, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect to the member serving ``host`` (``<name>.sim``), refused if it is down."""
         net = self.cluster.net
         await asyncio.sleep(net.rng.uniform(*net.delay))
         member_id = self.cluster.by_host.get(host)
@@ -292,13 +315,14 @@ class SimConnector(NativeConnector):
         if member_id is None or server is None or member_id in net.isolated:
             raise ConnectionRefusedError(errno.ECONNREFUSED, f"{host}:{port} refused")
         client_end, member_end = stream_pair(net, 0, member_id)
-        task = asyncio.create_task(server._accept(*member_end))
+        task = asyncio.create_task(server._accept(*member_end))  # as its listener would
         self.cluster.connections.add(task)
         task.add_done_callback(self.cluster.connections.discard)
         return client_end
 
 
 def infos(n: int) -> list[MemberInfo]:
+    """The first ``n`` members: ``m1``... with peer URLs ``http://10.0.0.<i>:2380``."""
     out = []
     for i in range(1, n + 1):
         urls = (f"http://10.0.0.{i}:2380",)
@@ -307,7 +331,22 @@ def infos(n: int) -> list[MemberInfo]:
 
 
 class SimCluster:
-    """``n`` members on one :class:`SimLoop`, each with its own simulated disk."""
+    """``n`` members on one :class:`SimLoop`, each with its own simulated disk.
+
+    Faults are plain operations on it: ``net.isolated`` (a set of member ids cut off from
+    everyone, clients included), ``net.drop`` (the chance each peer message is lost),
+    :meth:`power_loss` (the member stops; its disk keeps what a crash would leave) then
+    :meth:`start` (it recovers from that disk), ``disks[id].capacity`` (a full disk) and
+    ``disks[id].fault`` (failing calls; see :class:`~kvapp.storage.simfs.SimFileSystem`),
+    :meth:`replace` (a membership change). Everything is seeded by ``seed``.
+
+    Args:
+        loop: the running :class:`SimLoop`.
+        seed: the seed of every random choice of the cluster and its network.
+        n: how many members.
+        **config: :class:`~kvapp.node.MemberConfig` fields for every member (by default
+            10 ms ticks, 1 s request timeouts, a snapshot every 200 requests).
+    """
 
     def __init__(self, loop: SimLoop, seed: int, n: int = 3, **config: Any) -> None:
         self.loop = loop
@@ -346,6 +385,7 @@ class SimCluster:
         self._joins = 0
 
     async def start(self, member_id: int) -> Member:
+        """Start (or restart, from its disk) one member, serving clients as ``<name>.sim``."""
         config = self.configs[member_id]
         info = next(i for i in config.initial_members if i.id == member_id)
         store = RaftStore.open(
@@ -370,6 +410,7 @@ class SimCluster:
         return m
 
     async def start_all(self) -> None:
+        """Start the initial members."""
         for i in self.infos:
             await self.start(i.id)
 
@@ -462,6 +503,7 @@ class SimCluster:
         await self._stop(m, self.stores.pop(member_id))
 
     async def stop_all(self) -> None:
+        """Stop every running member (without handing leadership over)."""
         for member_id in list(self.members):
             self._unserve(member_id)
             m = self.members.pop(member_id)
@@ -481,16 +523,21 @@ class SimCluster:
             store.close()
 
     def leader(self) -> Member | None:
+        """A running member that believes it leads (at most one per term), or None."""
         for m in self.members.values():
             if m.node.is_leader:
                 return m
         return None
 
-    def client(self, n: int, rng: random.Random) -> AsyncClient:
-        """kvapp's client over the simulated network, starting at the ``n``-th endpoint; its
-        ids and jitter from ``rng``. It syncs its endpoint list four times a virtual second, or
-        the replaced members would take the cluster with them: replacements can follow each
-        other within a second, and a list left that long can name only removed members."""
+    def client(self, n: int = 0, rng: random.Random | None = None) -> AsyncClient:
+        """Kvapp's client over the simulated network, starting at the ``n``-th endpoint.
+
+        Its client id and retry jitter come from ``rng`` (by default the cluster's seeded
+        generator). It syncs its endpoint list four times a virtual second, or replaced
+        members would take the cluster with them: replacements can follow each other within
+        a second, and a list left that long can name only removed members.
+        """
+        rng = rng if rng is not None else self.rng
         k = n % len(self.endpoints)
         return AsyncClient(
             self.endpoints[k:] + self.endpoints[:k],
@@ -502,3 +549,29 @@ class SimCluster:
             rng=random.Random(rng.random()),
             auto_sync_interval=0.25,
         )
+
+
+def run(
+    scenario: Callable[[SimCluster], Awaitable[_T]], *, seed: int, members: int = 3, **config: Any
+) -> _T:
+    """Run ``scenario`` against a fresh simulated cluster; what it returns.
+
+    Makes a :class:`SimLoop`, starts ``members`` members (``config`` as for
+    :class:`SimCluster`), awaits ``scenario(cluster)``, then stops them. The same seed and the
+    same scenario give the same run, event for event: a failure replays exactly. The scenario
+    must keep to asyncio on the running loop (no threads, no real sockets, no ``time.sleep``),
+    or the run is neither fast nor reproducible.
+    """
+
+    async def main() -> _T:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, SimLoop)
+        cluster = SimCluster(loop, seed, members, **config)
+        await cluster.start_all()
+        try:
+            return await scenario(cluster)
+        finally:
+            await cluster.stop_all()
+
+    with asyncio.Runner(loop_factory=SimLoop) as runner:
+        return runner.run(main())
