@@ -1,4 +1,5 @@
-"""The lock recipe under simulation: fenced writes stay mutually exclusive through faults.
+"""The lock and election recipes under simulation: fenced writes stay mutually exclusive
+through faults, and observers never see leadership go backwards.
 
 Workers on kvapp's own client (:mod:`tests.kvapp.test_client_sim`'s simulated cluster: lost
 messages, partitions, power losses, full disks, member replacements) take turns holding one
@@ -10,17 +11,24 @@ writes. If two holders' fenced writes ever
 both got through after reading the same value, two successes would write the same number: so
 the numbers successful fenced writes wrote must all differ, and the counter must end between
 their count and their count plus the writes whose outcome stayed unknown.
+
+The election runs the same way (leaders campaign, proclaim, write under
+:meth:`~kvapp.recipes.AsyncElection.fenced_txn`, resign), watched by an observer: the leader is
+the oldest candidate key, so the create revisions it reports may never go down, and within one
+leader the proclamations (mod revisions) only go up, across the observer's own restarts too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 
 import pytest
 
 from kvapp.client import AsyncClient
-from kvapp.recipes import AsyncLock, AsyncSession
+from kvapp.mvcc.types import PutRequest
+from kvapp.recipes import AsyncElection, AsyncLock, AsyncSession
 from kvapp.recipes.errors import LockLost, RecipeError
 from kvapp.service import OutcomeUnknown
 from kvapp.testing import SimCluster, SimLoop
@@ -68,11 +76,70 @@ class Worker:
             await lock.release()
 
 
-def simulate(seed: int, seconds: float = 20.0) -> tuple[list[Worker], int, list[str]]:
-    """One seeded run: the workers, the counter's final value, the faults."""
+class Candidate(Worker):
+    """A worker whose turns are terms: campaign, proclaim, fenced writes, resign."""
+
+    async def run(self, loop: asyncio.AbstractEventLoop, until: float) -> None:
+        while loop.time() < until:
+            try:
+                async with AsyncSession(self.client, ttl=2, renew=not self.stalls) as session:
+                    election = AsyncElection(self.client, b"office", session)
+                    while loop.time() < until and session.alive:
+                        await self._term(election)
+            except (*FAILURES, RecipeError):
+                await asyncio.sleep(self.rng.uniform(0.05, 0.3))
+
+    async def _term(self, election: AsyncElection) -> None:
+        await election.campaign(b"elected", timeout=3)
+        try:
+            await election.proclaim(b"at work")
+            got = await self.client.get(COUNTER)
+            n = int(got.kvs[0].value) if got.kvs else 0
+            stall = self.stalls and self.rng.random() < 0.2
+            await asyncio.sleep(self.rng.uniform(1.0, 3.0) if stall else self.rng.uniform(0, 0.05))
+            try:
+                await election.fenced_txn([PutRequest(COUNTER, b"%d" % (n + 1))])
+            except LockLost:
+                self.refused += 1
+            except OutcomeUnknown:
+                self.unknown += 1
+            else:
+                self.wrote.append(n + 1)
+        finally:
+            await election.resign()
+
+
+class Observer:
+    """Follows the election's leader, starting a new observer whenever one fails."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.seen: list[tuple[int, int, bytes]] = []  # (create, mod revision, value) reported
+        self.restarts = 0
+
+    async def run(self, loop: asyncio.AbstractEventLoop, until: float) -> None:
+        async with AsyncSession(self.client, ttl=5) as session:
+            election = AsyncElection(self.client, b"office", session)
+            while loop.time() < until:
+                try:
+                    async with asyncio.timeout(until - loop.time()), election.observe() as leaders:
+                        async for kv in leaders:
+                            self.seen.append((kv.create_revision, kv.mod_revision, kv.value))
+                except TimeoutError:
+                    return
+                except (*FAILURES, RecipeError):
+                    self.restarts += 1
+                    await asyncio.sleep(0.1)
+
+
+def simulate(
+    seed: int, seconds: float = 20.0, *, election: bool = False
+) -> tuple[list[Worker], int, list[str], list[Observer]]:
+    """One seeded run: the workers, the counter's final value, the faults, the observers."""
     out: list[int] = []
     faults: list[str] = []
     workers: list[Worker] = []
+    observers: list[Observer] = []
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -81,29 +148,31 @@ def simulate(seed: int, seconds: float = 20.0) -> tuple[list[Worker], int, list[
         cluster = SimCluster(loop, seed)
         await cluster.start_all()
         clients = [cluster.client(n, rng) for n in range(3)]
+        kind = Candidate if election else Worker
         workers.extend(
-            Worker(c, random.Random(rng.random()), stalls=n == 0) for n, c in enumerate(clients)
+            kind(c, random.Random(rng.random()), stalls=n == 0) for n, c in enumerate(clients)
         )
         until = loop.time() + seconds
         tasks = [asyncio.create_task(w.run(loop, until)) for w in workers]
+        if election:
+            observers.append(Observer(cluster.client(3)))
+            tasks.append(asyncio.create_task(observers[0].run(loop, until)))
         faults.extend(await nemesis(cluster, random.Random(rng.random()), until))
         await asyncio.gather(*tasks)
         await cluster.start_missing()
         await settle(cluster)
         got = await clients[0].get(COUNTER)
         out.append(int(got.kvs[0].value) if got.kvs else 0)
-        for c in clients:
+        for c in clients + [o.client for o in observers]:
             await c.close()
         await cluster.stop_all()
 
     with asyncio.Runner(loop_factory=SimLoop) as runner:
         runner.run(main())
-    return workers, out[0], faults
+    return workers, out[0], faults, observers
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_fenced_writes_under_a_lock_never_overlap(seed: int) -> None:
-    workers, final, faults = simulate(seed)
+def _check_fenced(workers: list[Worker], final: int, faults: list[str]) -> None:
     wrote = sorted(n for w in workers for n in w.wrote)
     unknown = sum(w.unknown for w in workers)
     assert len(set(wrote)) == len(wrote), f"two holders wrote the same number: {wrote}"
@@ -111,3 +180,18 @@ def test_fenced_writes_under_a_lock_never_overlap(seed: int) -> None:
     assert final >= wrote[-1]
     assert len(wrote) >= 20, (wrote, faults)  # the lock was really taken in turns
     assert sum(w.refused for w in workers) >= 1, "fencing was never put to the test"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fenced_writes_under_a_lock_never_overlap(seed: int) -> None:
+    workers, final, faults, _ = simulate(seed)
+    _check_fenced(workers, final, faults)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_leaders_fenced_writes_never_overlap_and_observers_never_go_back(seed: int) -> None:
+    workers, final, faults, (observer,) = simulate(100 + seed, election=True)
+    _check_fenced(workers, final, faults)
+    seen = observer.seen
+    assert len({c for c, _, _ in seen}) >= 10, seen  # many terms were observed
+    assert all(a[:2] < b[:2] for a, b in itertools.pairwise(seen)), seen
