@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -39,6 +40,8 @@ COUNTER = b"counter"
 
 
 class Worker:
+    """Takes the lock in turns; under it, adds one to the counter with a fenced write."""
+
     def __init__(self, client: AsyncClient, rng: random.Random, *, stalls: bool) -> None:
         self.client = client
         self.rng = rng
@@ -51,60 +54,44 @@ class Worker:
         while loop.time() < until:
             try:
                 async with AsyncSession(self.client, ttl=2, renew=not self.stalls) as session:
-                    lock = AsyncLock(self.client, b"job", session)
                     while loop.time() < until and session.alive:
-                        await self._turn(lock)
+                        await self._turn(session)
             except (*FAILURES, RecipeError):
                 await asyncio.sleep(self.rng.uniform(0.05, 0.3))
 
-    async def _turn(self, lock: AsyncLock) -> None:
+    async def _turn(self, session: AsyncSession) -> None:
+        lock = AsyncLock(self.client, b"job", session)
         await lock.acquire(timeout=3)
         try:
-            got = await self.client.get(COUNTER)
-            n = int(got.kvs[0].value) if got.kvs else 0
-            stall = self.stalls and self.rng.random() < 0.2
-            await asyncio.sleep(self.rng.uniform(1.0, 3.0) if stall else self.rng.uniform(0, 0.05))
-            try:
-                await lock.fenced_put(COUNTER, b"%d" % (n + 1))
-            except LockLost:
-                self.refused += 1
-            except OutcomeUnknown:
-                self.unknown += 1
-            else:
-                self.wrote.append(n + 1)
+            await self._work(lambda n: lock.fenced_put(COUNTER, b"%d" % n))
         finally:
             await lock.release()
 
+    async def _work(self, fenced_write: Callable[[int], Awaitable[object]]) -> None:
+        """Read the counter, work (a stalling worker sometimes past its TTL), write it + 1."""
+        got = await self.client.get(COUNTER)
+        n = int(got.kvs[0].value) if got.kvs else 0
+        stall = self.stalls and self.rng.random() < 0.2
+        await asyncio.sleep(self.rng.uniform(1.0, 3.0) if stall else self.rng.uniform(0, 0.05))
+        try:
+            await fenced_write(n + 1)
+        except LockLost:
+            self.refused += 1
+        except OutcomeUnknown:
+            self.unknown += 1
+        else:
+            self.wrote.append(n + 1)
+
 
 class Candidate(Worker):
-    """A worker whose turns are terms: campaign, proclaim, fenced writes, resign."""
+    """A worker whose turns are terms: campaign, proclaim, the fenced write, resign."""
 
-    async def run(self, loop: asyncio.AbstractEventLoop, until: float) -> None:
-        while loop.time() < until:
-            try:
-                async with AsyncSession(self.client, ttl=2, renew=not self.stalls) as session:
-                    election = AsyncElection(self.client, b"office", session)
-                    while loop.time() < until and session.alive:
-                        await self._term(election)
-            except (*FAILURES, RecipeError):
-                await asyncio.sleep(self.rng.uniform(0.05, 0.3))
-
-    async def _term(self, election: AsyncElection) -> None:
+    async def _turn(self, session: AsyncSession) -> None:
+        election = AsyncElection(self.client, b"office", session)
         await election.campaign(b"elected", timeout=3)
         try:
             await election.proclaim(b"at work")
-            got = await self.client.get(COUNTER)
-            n = int(got.kvs[0].value) if got.kvs else 0
-            stall = self.stalls and self.rng.random() < 0.2
-            await asyncio.sleep(self.rng.uniform(1.0, 3.0) if stall else self.rng.uniform(0, 0.05))
-            try:
-                await election.fenced_txn([PutRequest(COUNTER, b"%d" % (n + 1))])
-            except LockLost:
-                self.refused += 1
-            except OutcomeUnknown:
-                self.unknown += 1
-            else:
-                self.wrote.append(n + 1)
+            await self._work(lambda n: election.fenced_txn([PutRequest(COUNTER, b"%d" % n)]))
         finally:
             await election.resign()
 
