@@ -333,11 +333,10 @@ def infos(n: int) -> list[MemberInfo]:
 class SimCluster:
     """``n`` members on one :class:`SimLoop`, each with its own simulated disk.
 
-    Faults are plain operations on it: ``net.isolated`` (a set of member ids cut off from
-    everyone, clients included), ``net.drop`` (the chance each peer message is lost),
+    Faults are plain calls: :meth:`isolate` and :meth:`heal`, :meth:`lose_messages`,
     :meth:`power_loss` (the member stops; its disk keeps what a crash would leave) then
-    :meth:`start` (it recovers from that disk), ``disks[id].capacity`` (a full disk) and
-    ``disks[id].fault`` (failing calls; see :class:`~kvapp.storage.simfs.SimFileSystem`),
+    :meth:`start` (it recovers from that disk), :meth:`fill_disk` and :meth:`free_disk`,
+    ``disks[id].fault`` (failing calls; see :class:`~kvapp.storage.simfs.SimFileSystem`), and
     :meth:`replace` (a membership change). Everything is seeded by ``seed``.
 
     Args:
@@ -521,6 +520,34 @@ class SimCluster:
             await asyncio.wait_for(m.stop(transfer=False), 10)
         with contextlib.suppress(OSError):
             store.close()
+
+    def isolate(self, member_id: int) -> None:
+        """Cut a member off from everyone, peers and clients (its connections hang, as TCP's)."""
+        self.net.isolated.add(member_id)
+
+    def heal(self, member_id: int | None = None) -> None:
+        """End one member's isolation, or (``None``) everyone's."""
+        if member_id is None:
+            self.net.isolated.clear()
+        else:
+            self.net.isolated.discard(member_id)
+
+    def lose_messages(self, chance: float) -> None:
+        """From now on lose each peer message with ``chance`` (0 to 1; 0: none)."""
+        if not 0.0 <= chance <= 1.0:
+            raise ValueError(f"a chance is between 0 and 1, not {chance}")
+        self.net.drop = chance
+
+    def fill_disk(self, member_id: int, room: int = 0) -> None:
+        """Make a member's disk full but for ``room`` bytes (it raises NOSPACE)."""
+        if room < 0:
+            raise ValueError(f"room must not be negative, not {room}")
+        disk = self.disks[member_id]
+        disk.capacity = disk.used_bytes() + room
+
+    def free_disk(self, member_id: int) -> None:
+        """Give a member's disk room again (it clears its NOSPACE)."""
+        self.disks[member_id].capacity = None
 
     def leader(self) -> Member | None:
         """A running member that believes it leads (at most one per term), or None."""

@@ -406,18 +406,17 @@ async def nemesis(
         elif fault == "disk-full" and victim in cluster.members:
             # The disk fills up (a little room left, or none): the member raises NOSPACE,
             # writes are refused cluster-wide, reads go on; then space comes back.
-            disk = cluster.disks[victim]
-            disk.capacity = disk.used_bytes() + rng.choice((0, rng.randrange(1 << 16)))
+            cluster.fill_disk(victim, rng.choice((0, rng.randrange(1 << 16))))
             await asyncio.sleep(rng.uniform(0.3, 1.5))
-            cluster.disks[victim].capacity = None  # (a power loss may have swapped the disk)
+            cluster.free_disk(victim)  # (a power loss may have swapped the disk meanwhile)
         elif fault == "isolate":
-            cluster.net.isolated.add(victim)
+            cluster.isolate(victim)
             await asyncio.sleep(rng.uniform(0.2, 1.5))
-            cluster.net.isolated.discard(victim)
+            cluster.heal(victim)
         elif fault == "drop":
-            cluster.net.drop = rng.uniform(0.05, 0.3)
+            cluster.lose_messages(rng.uniform(0.05, 0.3))
             await asyncio.sleep(rng.uniform(0.2, 1.5))
-            cluster.net.drop = 0.0
+            cluster.lose_messages(0.0)
         elif victim in cluster.members:
             await cluster.power_loss(victim)
             await asyncio.sleep(rng.uniform(0.1, 1.0))
