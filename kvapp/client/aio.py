@@ -7,10 +7,10 @@ a connection:
 
 Endpoints and failover
     Requests go to the current endpoint; when its connection fails the client moves to the
-    next endpoint in the list (round robin), and so on. Lease keep-alives and time-to-live, and
-    membership changes, go to the leader, found by asking any member for its status (leader
-    id), then connecting to the endpoint known to be that member, or to the leader's client
-    URLs from the member list, or probing the remaining endpoints.
+    next endpoint in the list (round robin), and so on. Lease keep-alives and time-to-live go
+    to the leader, found by asking any member for its status (leader id), then connecting to
+    the endpoint known to be that member, or to the leader's client URLs from the member list,
+    or probing the remaining endpoints.
 
     With the native protocol, writes go to the leader too while it is known and reachable
     (``writes_to_leader``). Any member takes a write, a follower by forwarding it to the
@@ -608,28 +608,15 @@ class AsyncClient:
         return self.endpoints
 
     async def member_add(self, peer_urls: Sequence[str], *, is_learner: bool = False) -> MemberInfo:
-        """Add a member (retried only while it certainly reached no member).
-
-        Membership changes go to the leader (with the native protocol): Raft takes one at a
-        time, and the leader refuses another at once (``TooManyRequestsError``, nothing
-        changed), where a follower forwarding it would learn nothing and time out.
-        """
+        """Add a member (retried only while it certainly reached no member)."""
         urls = (peer_urls,) if isinstance(peer_urls, str) else tuple(peer_urls)
         return await self._retry(
-            lambda link: link.member_add(urls, is_learner=is_learner),
-            _Mode.ONCE,
-            "member add",
-            leader=True,
+            lambda link: link.member_add(urls, is_learner=is_learner), _Mode.ONCE, "member add"
         )
 
     async def member_remove(self, member_id: int) -> None:
-        """Remove a member (retried only while it certainly reached no member).
-
-        Sent to the leader, as :meth:`member_add`.
-        """
-        await self._retry(
-            lambda link: link.member_remove(member_id), _Mode.ONCE, "member remove", leader=True
-        )
+        """Remove a member (retried only while it certainly reached no member)."""
+        await self._retry(lambda link: link.member_remove(member_id), _Mode.ONCE, "member remove")
 
     async def member_promote(self, member_id: int) -> None:
         """Promote a learner (retried only while it certainly reached no member).
@@ -644,14 +631,11 @@ class AsyncClient:
         """Give a member new peer URLs (retried only while it certainly reached no member).
 
         The other members dial the new URLs once the change is applied; restart the member
-        listening there. Sent to the leader, as :meth:`member_add`.
+        listening there.
         """
         urls = (peer_urls,) if isinstance(peer_urls, str) else tuple(peer_urls)
         await self._retry(
-            lambda link: _admin(link).member_update(member_id, urls),
-            _Mode.ONCE,
-            "member update",
-            leader=True,
+            lambda link: _admin(link).member_update(member_id, urls), _Mode.ONCE, "member update"
         )
 
     async def alarm_list(self) -> list[AlarmMember]:
