@@ -608,15 +608,29 @@ class AsyncClient:
         return self.endpoints
 
     async def member_add(self, peer_urls: Sequence[str], *, is_learner: bool = False) -> MemberInfo:
-        """Add a member (retried only while it certainly reached no member)."""
+        """Add a member (retried only while it certainly reached no member).
+
+        Membership changes go where writes go (with the native protocol, the leader while it
+        is known or can be found, else the current endpoint): Raft takes one at a time, and
+        the leader refuses another at once (``TooManyRequestsError``, nothing changed), where
+        a follower forwarding it would learn nothing and time out.
+        """
         urls = (peer_urls,) if isinstance(peer_urls, str) else tuple(peer_urls)
         return await self._retry(
-            lambda link: link.member_add(urls, is_learner=is_learner), _Mode.ONCE, "member add"
+            lambda link: link.member_add(urls, is_learner=is_learner),
+            _Mode.ONCE,
+            "member add",
+            write=True,
         )
 
     async def member_remove(self, member_id: int) -> None:
-        """Remove a member (retried only while it certainly reached no member)."""
-        await self._retry(lambda link: link.member_remove(member_id), _Mode.ONCE, "member remove")
+        """Remove a member (retried only while it certainly reached no member).
+
+        Sent as :meth:`member_add` is.
+        """
+        await self._retry(
+            lambda link: link.member_remove(member_id), _Mode.ONCE, "member remove", write=True
+        )
 
     async def member_promote(self, member_id: int) -> None:
         """Promote a learner (retried only while it certainly reached no member).
@@ -631,11 +645,14 @@ class AsyncClient:
         """Give a member new peer URLs (retried only while it certainly reached no member).
 
         The other members dial the new URLs once the change is applied; restart the member
-        listening there.
+        listening there. Sent as :meth:`member_add` is.
         """
         urls = (peer_urls,) if isinstance(peer_urls, str) else tuple(peer_urls)
         await self._retry(
-            lambda link: _admin(link).member_update(member_id, urls), _Mode.ONCE, "member update"
+            lambda link: _admin(link).member_update(member_id, urls),
+            _Mode.ONCE,
+            "member update",
+            write=True,
         )
 
     async def alarm_list(self) -> list[AlarmMember]:

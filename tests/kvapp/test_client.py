@@ -874,6 +874,28 @@ async def test_an_expired_retry_window_is_outcome_unknown_under_a_new_client_id(
 
 @both_protocols
 @run()
+async def test_membership_changes_go_to_the_leader_over_the_native_protocol(protocol: str) -> None:
+    # A follower would forward them through Raft, whose leader drops a change it refuses (one
+    # at a time) without a word; the leader itself says so at once. With no leader to be found
+    # they go to the current endpoint, as writes do. etcd's members forward.
+    async with members(2, leader=1, protocol=protocol) as m, client_for(m) as client:
+        follower, leader = m.services
+        added = await client.member_add(["http://127.0.0.1:7003"], is_learner=True)
+        await client.member_update(added.id, ["http://127.0.0.1:7004"])
+        await client.member_remove(added.id)
+        changes = {"member_add", "member_update", "member_remove"}
+        on_leader, on_follower = changes & set(leader.calls), changes & set(follower.calls)
+        assert (on_leader, on_follower) == (
+            (changes, set()) if protocol == "native" else (set(), changes)
+        )
+        m.cluster.leader_id = 0  # nobody knows a leader (an election, or a member just up)
+        async with client_for(m) as fresh:
+            await fresh.member_add(["http://127.0.0.1:7005"], is_learner=True)
+        assert follower.calls.count("member_add") == (1 if protocol == "native" else 2)
+
+
+@both_protocols
+@run()
 async def test_a_membership_change_whose_answer_is_lost_is_not_retried(protocol: str) -> None:
     async with members(2, protocol=protocol) as m, client_for(m) as client:
         real_add = m.services[0].member_add
