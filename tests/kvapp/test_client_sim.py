@@ -22,9 +22,9 @@ from kvapp.client import AsyncClient, KeepAlive, Watch
 from kvapp.client.errors import ClientError
 from kvapp.errors import EtcdError, KvappError
 from kvapp.service import OutcomeUnknown
-from kvapp.testing import SimCluster, SimLoop
-from raftlib.testing.linearizability import Operation, check_linearizability, register_model
-from tests.kvapp.test_cluster_sim import KEYS, Seen, _seen, nemesis, settle
+from kvapp.testing import SimCluster, SimLoop, run
+from raftlib.testing.linearizability import Operation
+from tests.kvapp.test_cluster_sim import KEYS, Seen, _seen, assert_linearizable, nemesis, settle
 
 FAILURES = (OutcomeUnknown, ClientError, EtcdError, KvappError, TimeoutError)
 
@@ -145,12 +145,9 @@ def simulate(seed: int, seconds: float = 15.0) -> tuple[list[Operation], list[st
     faults: list[str] = []
     resumes: list[int] = []
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        assert isinstance(loop, SimLoop)
+    async def main(cluster: SimCluster) -> None:
+        loop = cluster.loop
         rng = random.Random(seed)
-        cluster = SimCluster(loop, seed)
-        await cluster.start_all()
 
         def client(n: int) -> AsyncClient:
             return cluster.client(n, rng)
@@ -209,10 +206,8 @@ def simulate(seed: int, seconds: float = 15.0) -> tuple[list[Operation], list[st
             assert hosts == voters, (c.endpoints, voters)
         for c in everyone:
             await c.close()
-        await cluster.stop_all()
 
-    with asyncio.Runner(loop_factory=SimLoop) as runner:
-        runner.run(main())
+    run(main, seed=seed)
     return history, faults, resumes[0]
 
 
@@ -220,8 +215,4 @@ def simulate(seed: int, seconds: float = 15.0) -> tuple[list[Operation], list[st
 def test_clients_under_faults_see_a_linearizable_history_and_an_exact_watch(seed: int) -> None:
     history, faults, resumes = simulate(seed)
     assert resumes >= 1, faults  # the watch really failed over
-    ops = [
-        Operation(o.client, o.input, o.output, o.call, o.ret, id=i) for i, o in enumerate(history)
-    ]
-    result = check_linearizability(ops, register_model())
-    assert result.ok is True, result.explain()
+    assert_linearizable(history)

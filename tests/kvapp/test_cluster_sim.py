@@ -43,7 +43,7 @@ from kvapp.mvcc.types import (
 )
 from kvapp.node import Member
 from kvapp.service import OutcomeUnknown, WriteRequest
-from kvapp.testing import SimCluster, SimLoop
+from kvapp.testing import SimCluster, run
 from raftlib.testing.linearizability import Operation, check_linearizability, register_model
 
 KEYS = (b"x", b"y", b"z")
@@ -451,13 +451,10 @@ def simulate(
     faults: list[str] = []
     holder: list[SimCluster] = []
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        assert isinstance(loop, SimLoop)
+    async def main(cluster: SimCluster) -> None:
+        loop = cluster.loop
         rng = random.Random(seed)
-        cluster = SimCluster(loop, seed)
         holder.append(cluster)
-        await cluster.start_all()
         clients = [Client(n, cluster, history, rng.randrange(2**32)) for n in range(4)]
         until = loop.time() + seconds
         tasks = [asyncio.create_task(c.run(until)) for c in clients]
@@ -515,12 +512,19 @@ def simulate(
             assert c.reads_after_letting_go > 0, f"{c.key!r} never expired"
             got = await next(iter(cluster.members.values())).range(RangeRequest(c.key))
             assert not got.kvs, f"{c.key!r} still there at the end"
-        await cluster.stop_all()
 
-    with asyncio.Runner(loop_factory=SimLoop) as runner:
-        runner.run(main())
+    run(main, seed=seed)
     assert lease_violations == []
     return history, faults, holder[0]
+
+
+def assert_linearizable(history: Sequence[Operation]) -> None:
+    """The history, numbered, is linearizable for the register model (puts, gets, cas)."""
+    ops = [
+        Operation(o.client, o.input, o.output, o.call, o.ret, id=i) for i, o in enumerate(history)
+    ]
+    result = check_linearizability(ops, register_model())
+    assert result.ok is True, result.explain()
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -531,11 +535,7 @@ def test_histories_under_partitions_drops_and_power_loss_are_linearizable(seed: 
     # One fault at a time: a replacement runs on a healthy cluster, so every step of it must
     # succeed (a member asked to remove itself once timed out although it was removed).
     assert not [f for f in faults if "failed" in f or "not promoted" in f], faults
-    ops = [
-        Operation(o.client, o.input, o.output, o.call, o.ret, id=i) for i, o in enumerate(history)
-    ]
-    result = check_linearizability(ops, register_model())
-    assert result.ok is True, result.explain()
+    assert_linearizable(history)
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -543,11 +543,7 @@ def test_overlapping_faults_keep_histories_linearizable(seed: int) -> None:
     """Two nemeses at once: two members may be down together (no quorum for a while)."""
     history, faults, cluster = simulate(100 + seed, nemeses=2)
     assert cluster.crashes >= 4, faults
-    ops = [
-        Operation(o.client, o.input, o.output, o.call, o.ret, id=i) for i, o in enumerate(history)
-    ]
-    result = check_linearizability(ops, register_model())
-    assert result.ok is True, result.explain()
+    assert_linearizable(history)
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -558,11 +554,7 @@ def test_leaders_removing_themselves_are_answered(seed: int) -> None:
     call times out although nothing failed (seeds 46, 57 and 71 of the test above did)."""
     outcomes: list[str] = []
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        assert isinstance(loop, SimLoop)
-        cluster = SimCluster(loop, seed)
-        await cluster.start_all()
+    async def main(cluster: SimCluster) -> None:
         done = False
 
         async def load() -> None:  # entries in flight whenever leadership moves
@@ -584,10 +576,8 @@ def test_leaders_removing_themselves_are_answered(seed: int) -> None:
             outcomes.append(await cluster.replace(lead.id))
         done = True
         await writer
-        await cluster.stop_all()
 
-    with asyncio.Runner(loop_factory=SimLoop) as runner:
-        runner.run(main())
+    run(main, seed=seed)
     assert all(" by " in o for o in outcomes), outcomes
 
 

@@ -32,7 +32,7 @@ from kvapp.mvcc.types import PutRequest
 from kvapp.recipes import AsyncElection, AsyncLock, AsyncSession
 from kvapp.recipes.errors import LockLost, RecipeError
 from kvapp.service import OutcomeUnknown
-from kvapp.testing import SimCluster, SimLoop
+from kvapp.testing import SimCluster, run
 from tests.kvapp.test_client_sim import FAILURES
 from tests.kvapp.test_cluster_sim import nemesis, settle
 
@@ -128,12 +128,9 @@ def simulate(
     workers: list[Worker] = []
     observers: list[Observer] = []
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        assert isinstance(loop, SimLoop)
+    async def main(cluster: SimCluster) -> None:
+        loop = cluster.loop
         rng = random.Random(seed)
-        cluster = SimCluster(loop, seed)
-        await cluster.start_all()
         clients = [cluster.client(n, rng) for n in range(3)]
         kind = Candidate if election else Worker
         workers.extend(
@@ -152,10 +149,8 @@ def simulate(
         out.append(int(got.kvs[0].value) if got.kvs else 0)
         for c in clients + [o.client for o in observers]:
             await c.close()
-        await cluster.stop_all()
 
-    with asyncio.Runner(loop_factory=SimLoop) as runner:
-        runner.run(main())
+    run(main, seed=seed)
     return workers, out[0], faults, observers
 
 
